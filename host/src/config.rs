@@ -1,0 +1,413 @@
+//! Configuration: the TOML file as written ([`RawConfig`], unknown keys refused),
+//! then validated into what the daemon uses ([`Config`]). Every refusal names the
+//! key and what is wrong with it. With no file, the embedded default
+//! ([`DEFAULT_CONFIG`]) goes through exactly the same path.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::smtp::policy::{DomainUsers, Recipients};
+use crate::smtp::session::SessionConfig;
+
+/// The configuration `finaldot run` uses when no file is given.
+pub const DEFAULT_CONFIG: &str = r#"
+data_dir = "var"
+
+[smtp]
+listen = ["127.0.0.1:2525"]
+
+[domains.localhost]
+[domains."example.test"]
+"#;
+
+/// RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.
+const MIN_RECIPIENTS: usize = 100;
+
+/// A configuration problem, naming the file and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a value of the wrong type.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file, or "embedded default".
+        origin: String,
+        /// The parser's message (it names the key, line and column).
+        message: String,
+    },
+    /// A value that parses but is not acceptable.
+    #[error("{origin}: `{key}`: {why}")]
+    Invalid {
+        /// The file, or "embedded default".
+        origin: String,
+        /// The key, dotted (e.g. `smtp.max_recipients`).
+        key: String,
+        /// What is wrong and what would be right.
+        why: String,
+    },
+}
+
+/// The configuration file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Name in the greeting and Received headers; default: the system hostname.
+    pub hostname: Option<String>,
+    /// Where the spool lives; relative paths are resolved against the config file's directory.
+    pub data_dir: Option<PathBuf>,
+    /// The SMTP listener.
+    #[serde(default)]
+    pub smtp: RawSmtp,
+    /// The domains this server accepts mail for.
+    #[serde(default)]
+    pub domains: BTreeMap<String, RawDomain>,
+}
+
+/// `[smtp]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSmtp {
+    /// Addresses to listen on, as `IP:PORT`.
+    pub listen: Option<Vec<String>>,
+    /// Largest message in octets.
+    pub max_message_size: Option<u64>,
+    /// Most recipients per message.
+    pub max_recipients: Option<usize>,
+    /// Most simultaneous connections in total.
+    pub max_connections: Option<usize>,
+    /// Most simultaneous connections from one IP address.
+    pub max_connections_per_ip: Option<usize>,
+    /// Error replies before a session is closed with 421.
+    pub max_errors: Option<u32>,
+    /// Seconds to wait for the next command.
+    pub command_timeout_secs: Option<u64>,
+    /// Seconds to wait for more message content.
+    pub data_timeout_secs: Option<u64>,
+    /// Seconds a shutdown waits for messages in progress.
+    pub shutdown_grace_secs: Option<u64>,
+    /// Separator of address extensions (`user+tag`); empty to turn off.
+    pub recipient_delimiter: Option<String>,
+}
+
+/// `[domains."name"]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDomain {
+    /// Local parts that exist; absent means every local part is accepted.
+    pub recipients: Option<Vec<String>>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Server name.
+    pub hostname: String,
+    /// Data directory (absolute or relative to the working directory).
+    pub data_dir: PathBuf,
+    /// SMTP listener settings.
+    pub smtp: SmtpConfig,
+    /// Local domains, lowercase, sorted.
+    pub domains: Vec<String>,
+    /// The RCPT-time recipient table.
+    pub recipients: Recipients,
+}
+
+/// Validated `[smtp]`.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// Listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Largest message in octets.
+    pub max_message_size: u64,
+    /// Most recipients per message.
+    pub max_recipients: usize,
+    /// Most simultaneous connections.
+    pub max_connections: usize,
+    /// Most simultaneous connections per IP.
+    pub max_connections_per_ip: usize,
+    /// Error replies before 421.
+    pub max_errors: u32,
+    /// Wait for the next command.
+    pub command_timeout: Duration,
+    /// Wait for more content.
+    pub data_timeout: Duration,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Loads `path`, or the embedded default when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Config::parse(DEFAULT_CONFIG, "embedded default", Path::new(".")),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                let base = p.parent().unwrap_or(Path::new("."));
+                let base = if base.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    base
+                };
+                Config::parse(&text, &p.display().to_string(), base)
+            }
+        }
+    }
+
+    /// Parses and validates TOML text; relative paths are resolved against `base`.
+    pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        raw.validate(origin, base)
+    }
+
+    /// The spool directory.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir.join("spool")
+    }
+
+    /// What each SMTP session needs.
+    pub fn session_config(&self) -> SessionConfig {
+        SessionConfig {
+            hostname: self.hostname.clone(),
+            max_message_size: self.smtp.max_message_size,
+            max_recipients: self.smtp.max_recipients,
+            max_errors: self.smtp.max_errors,
+            recipients: self.recipients.clone(),
+        }
+    }
+}
+
+/// The system's host name, or `localhost` when it cannot be read.
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+impl RawConfig {
+    /// Validates into a [`Config`].
+    pub fn validate(self, origin: &str, base: &Path) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, why: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key: key.to_string(),
+            why,
+        };
+        let hostname = match self.hostname {
+            Some(h) if h.trim().is_empty() || h.contains(char::is_whitespace) => {
+                return Err(invalid("hostname", "must be a host name without spaces".into()))
+            }
+            Some(h) => h,
+            None => system_hostname(),
+        };
+        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("var"));
+        let data_dir = if data_dir.is_absolute() {
+            data_dir
+        } else {
+            base.join(data_dir)
+        };
+
+        let s = self.smtp;
+        let listen_raw = s.listen.unwrap_or_else(|| vec!["127.0.0.1:2525".to_string()]);
+        if listen_raw.is_empty() {
+            return Err(invalid("smtp.listen", "needs at least one address".into()));
+        }
+        let mut listen = Vec::new();
+        for a in &listen_raw {
+            listen.push(a.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "smtp.listen",
+                    format!("{a:?} is not IP:PORT (for example \"0.0.0.0:25\" or \"[::]:25\")"),
+                )
+            })?);
+        }
+        let max_message_size = s.max_message_size.unwrap_or(25 * 1024 * 1024);
+        if max_message_size < 64 * 1024 {
+            return Err(invalid(
+                "smtp.max_message_size",
+                format!("{max_message_size} is below the RFC 5321 minimum of 65536 octets"),
+            ));
+        }
+        let max_recipients = s.max_recipients.unwrap_or(1000);
+        if max_recipients < MIN_RECIPIENTS {
+            return Err(invalid(
+                "smtp.max_recipients",
+                format!("{max_recipients} is below {MIN_RECIPIENTS}, the minimum RFC 5321 section 4.5.3.1.8 requires"),
+            ));
+        }
+        let max_connections = s.max_connections.unwrap_or(1000);
+        let max_connections_per_ip = s.max_connections_per_ip.unwrap_or(50);
+        if max_connections == 0 {
+            return Err(invalid("smtp.max_connections", "must be at least 1".into()));
+        }
+        if max_connections_per_ip == 0 || max_connections_per_ip > max_connections {
+            return Err(invalid(
+                "smtp.max_connections_per_ip",
+                format!("must be between 1 and smtp.max_connections ({max_connections})"),
+            ));
+        }
+        let max_errors = s.max_errors.unwrap_or(20);
+        if max_errors == 0 {
+            return Err(invalid("smtp.max_errors", "must be at least 1".into()));
+        }
+        let secs = |key: &str, v: Option<u64>, default: u64, min: u64| {
+            let v = v.unwrap_or(default);
+            if v < min {
+                Err(invalid(key, format!("{v} is below the minimum of {min} seconds")))
+            } else {
+                Ok(Duration::from_secs(v))
+            }
+        };
+        // RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for a command;
+        // shorter values are allowed for tests and overloaded servers, not below 1 s.
+        let command_timeout = secs("smtp.command_timeout_secs", s.command_timeout_secs, 300, 1)?;
+        let data_timeout = secs("smtp.data_timeout_secs", s.data_timeout_secs, 180, 1)?;
+        let shutdown_grace = secs("smtp.shutdown_grace_secs", s.shutdown_grace_secs, 30, 0)?;
+        let delimiter = match s.recipient_delimiter.as_deref() {
+            None => Some('+'),
+            Some("") => None,
+            Some(d) if d.chars().count() == 1 => d.chars().next(),
+            Some(d) => {
+                return Err(invalid(
+                    "smtp.recipient_delimiter",
+                    format!("{d:?} must be one character, or empty to turn it off"),
+                ))
+            }
+        };
+
+        if self.domains.is_empty() {
+            return Err(invalid(
+                "domains",
+                "no local domains: add a [domains.\"example.org\"] table".into(),
+            ));
+        }
+        let mut table = Vec::new();
+        let mut domains = Vec::new();
+        let mut seen = HashSet::new();
+        for (name, d) in self.domains {
+            let key = format!("domains.{name:?}");
+            let lower = name.to_ascii_lowercase();
+            let valid = !lower.is_empty()
+                && lower.split('.').all(|l| {
+                    !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
+                });
+            if !valid {
+                return Err(invalid(&key, "is not a valid domain name".into()));
+            }
+            if !seen.insert(lower.clone()) {
+                return Err(invalid(&key, "is listed twice (domains compare case-insensitively)".into()));
+            }
+            let users = match d.recipients {
+                None => DomainUsers::CatchAll,
+                Some(list) => {
+                    let mut set = HashSet::new();
+                    for u in list {
+                        if u.is_empty() || u.contains('@') || u.contains(char::is_whitespace) {
+                            return Err(invalid(
+                                &format!("{key}.recipients"),
+                                format!("{u:?} is not a local part (write \"alice\", not \"alice@{name}\")"),
+                            ));
+                        }
+                        set.insert(u.to_lowercase());
+                    }
+                    DomainUsers::Listed(set)
+                }
+            };
+            table.push((lower.clone(), users));
+            domains.push(lower);
+        }
+
+        Ok(Config {
+            hostname,
+            data_dir,
+            smtp: SmtpConfig {
+                listen,
+                max_message_size,
+                max_recipients,
+                max_connections,
+                max_connections_per_ip,
+                max_errors,
+                command_timeout,
+                data_timeout,
+                shutdown_grace,
+            },
+            domains,
+            recipients: Recipients::new(table, delimiter),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml", Path::new("/etc/finaldot"))
+    }
+
+    #[test]
+    fn embedded_default_serves_localhost_and_example_test() {
+        let c = Config::load(None).expect("default");
+        assert_eq!(c.smtp.listen, vec!["127.0.0.1:2525".parse().expect("addr")]);
+        assert_eq!(c.domains, vec!["example.test", "localhost"]);
+        assert_eq!(c.data_dir, Path::new("./var"));
+    }
+
+    #[test]
+    fn example_file_documents_a_valid_config() {
+        let text = include_str!("../../finaldot.example.toml");
+        let c = parse(text).expect("example parses");
+        assert!(c.data_dir.is_absolute());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("[smtp]\nlisten = [\"127.0.0.1:25\"]\nmax_recipeints = 5\n[domains.a]\n")
+            .expect_err("must fail")
+            .to_string();
+        assert!(e.contains("max_recipeints"), "{e}");
+        assert!(e.contains("test.toml"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            ("[smtp]\nlisten = [\"localhost:25\"]\n[domains.a]\n", "smtp.listen"),
+            ("[smtp]\nmax_recipients = 10\n[domains.a]\n", "smtp.max_recipients"),
+            ("[smtp]\nmax_message_size = 10\n[domains.a]\n", "smtp.max_message_size"),
+            ("[smtp]\nrecipient_delimiter = \"++\"\n[domains.a]\n", "smtp.recipient_delimiter"),
+            ("[domains.\"a..b\"]\n", "domains"),
+            ("[domains.a]\nrecipients = [\"x@a\"]\n", "recipients"),
+            ("hostname = \"\"\n[domains.a]\n", "hostname"),
+            ("data_dir = \"x\"\n", "domains"),
+        ] {
+            let e = parse(text).expect_err(text).to_string();
+            assert!(e.contains(key), "{text:?} gave {e}");
+        }
+    }
+
+    #[test]
+    fn wrong_type_is_refused_with_location() {
+        let e = parse("[smtp]\nmax_recipients = \"many\"\n[domains.a]\n")
+            .expect_err("must fail")
+            .to_string();
+        assert!(e.contains("max_recipients"), "{e}");
+    }
+}

@@ -1,0 +1,488 @@
+//! The SMTP listener on tokio: accepts connections within the total and per-IP
+//! caps, drives one [`Session`] per connection, streams message content into
+//! the spool, and answers 250 only after [`Spool::commit`] returned.
+//!
+//! It is the one place where spool errors become SMTP replies
+//! ([`spool_error_reply`]); internal error text is logged, never sent.
+//! Graceful shutdown: stop accepting, answer 421 to idle sessions, let sessions
+//! in the middle of a message finish within the grace period, then 421.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use super::reply::Reply;
+use super::session::{Session, SessionConfig, Step};
+use crate::config::Config;
+use crate::spool::{self, Envelope, Spool, SpoolWriter};
+
+/// Content buffered before it is handed to a blocking write.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// The one mapping from spool errors to SMTP replies.
+pub fn spool_error_reply(e: &spool::Error) -> Reply {
+    if e.is_storage_full() {
+        Reply::new(452, "4.3.1", "Error: insufficient system storage, try again later")
+    } else {
+        Reply::new(451, "4.3.0", "Error: local error in processing, try again later")
+    }
+}
+
+/// Settings the listener needs beyond the session's.
+#[derive(Debug, Clone)]
+struct Limits {
+    max_connections_per_ip: usize,
+    command_timeout: Duration,
+    data_timeout: Duration,
+    shutdown_grace: Duration,
+}
+
+struct Shared {
+    session: Arc<SessionConfig>,
+    limits: Limits,
+    spool: Arc<Spool>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    total: Arc<Semaphore>,
+}
+
+/// A bound SMTP server, ready to [`Server::run`].
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Binds every listen address of `config`.
+    pub async fn bind(config: &Config, spool: Arc<Spool>) -> std::io::Result<Server> {
+        let mut listeners = Vec::new();
+        for addr in &config.smtp.listen {
+            let l = TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+            })?;
+            listeners.push(l);
+        }
+        Ok(Server {
+            listeners,
+            shared: Arc::new(Shared {
+                session: Arc::new(config.session_config()),
+                limits: Limits {
+                    max_connections_per_ip: config.smtp.max_connections_per_ip,
+                    command_timeout: config.smtp.command_timeout,
+                    data_timeout: config.smtp.data_timeout,
+                    shutdown_grace: config.smtp.shutdown_grace,
+                },
+                spool,
+                per_ip: Mutex::new(HashMap::new()),
+                total: Arc::new(Semaphore::new(config.smtp.max_connections)),
+            }),
+        })
+    }
+
+    /// The addresses actually bound (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully: returns
+    /// once every session has ended.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // Every accept loop and session holds a clone of `alive`; when the last
+        // one is dropped, `all_done` yields None (the mini-redis drop guard).
+        let (alive, mut all_done) = mpsc::channel::<()>(1);
+        for listener in self.listeners {
+            tokio::spawn(accept_loop(
+                listener,
+                self.shared.clone(),
+                stop_rx.clone(),
+                alive.clone(),
+            ));
+        }
+        drop(alive);
+        shutdown.await;
+        info!("shutting down: no new connections; messages in progress may finish");
+        let _ = stop_tx.send(true);
+        let _ = all_done.recv().await;
+        info!("all sessions closed");
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let alive = alive.clone();
+        let span = info_span!("smtp", client = %peer);
+        tokio::spawn(
+            async move {
+                connection(stream, peer, shared, stop).await;
+                drop(alive);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Releases a per-IP connection slot on drop.
+struct IpSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.shared.per_ip.lock() {
+            if let Some(n) = map.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+fn take_ip_slot(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
+    let mut map = shared.per_ip.lock().ok()?;
+    let n = map.entry(ip).or_insert(0);
+    if *n >= shared.limits.max_connections_per_ip {
+        return None;
+    }
+    *n += 1;
+    Some(IpSlot {
+        shared: shared.clone(),
+        ip,
+    })
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) {
+    let host = &shared.session.hostname;
+    let Ok(_total) = shared.total.clone().try_acquire_owned() else {
+        warn!("refused: too many connections");
+        let r = Reply::new(421, "4.7.0", format!("{host} Error: too many connections, try again later"));
+        let _ = stream.write_all(&r.to_bytes()).await;
+        return;
+    };
+    let Some(_slot) = take_ip_slot(&shared, peer.ip()) else {
+        warn!("refused: too many connections from this address");
+        let r = Reply::new(
+            421,
+            "4.7.0",
+            format!("{host} Error: too many connections from your address, try again later"),
+        );
+        let _ = stream.write_all(&r.to_bytes()).await;
+        return;
+    };
+    debug!("connected");
+    let mut conn = Conn {
+        stream,
+        session: Session::new(shared.session.clone(), peer.ip()),
+        shared: shared.clone(),
+        sink: None,
+        out: Vec::new(),
+        stop,
+        deadline: None,
+    };
+    if let Err(e) = conn.serve().await {
+        debug!(error = %e, "connection ended");
+    }
+    // Dropping an unfinished sink removes its tmp file.
+    if let Some(sink) = conn.sink.take() {
+        sink.discard().await;
+    }
+    debug!("disconnected");
+}
+
+/// The message being received: its spool file and content not yet written.
+struct Sink {
+    writer: Option<SpoolWriter>,
+    buffered: Vec<u8>,
+    failed: Option<spool::Error>,
+    envelope: Box<Envelope>,
+}
+
+impl Sink {
+    async fn push(&mut self, bytes: Vec<u8>) {
+        if self.failed.is_some() {
+            return;
+        }
+        if self.buffered.is_empty() {
+            self.buffered = bytes;
+        } else {
+            self.buffered.extend_from_slice(&bytes);
+        }
+        if self.buffered.len() >= WRITE_BATCH {
+            self.flush().await;
+        }
+    }
+
+    async fn flush(&mut self) {
+        let Some(mut writer) = self.writer.take() else {
+            return;
+        };
+        let data = std::mem::take(&mut self.buffered);
+        let r = tokio::task::spawn_blocking(move || {
+            let r = writer.write(&data);
+            (writer, r)
+        })
+        .await;
+        match r {
+            Ok((writer, Ok(()))) => self.writer = Some(writer),
+            Ok((_, Err(e))) => self.failed = Some(e),
+            Err(e) => self.failed = Some(join_error(e)),
+        }
+    }
+
+    async fn commit(mut self, spool: &Spool) -> Result<(spool::QueueId, u64, Box<Envelope>), spool::Error> {
+        self.flush().await;
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let writer = self.writer.take().ok_or(spool::Error::CommitterGone)?;
+        let size = writer.message_len();
+        let prepared = tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .map_err(join_error)??;
+        let id = spool.commit(prepared).await?;
+        Ok((id, size, self.envelope))
+    }
+
+    async fn discard(mut self) {
+        if let Some(writer) = self.writer.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(writer)).await;
+        }
+    }
+}
+
+fn join_error(e: tokio::task::JoinError) -> spool::Error {
+    spool::Error::Io {
+        op: "background write",
+        path: Default::default(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// Formats the `Received:` trace header (RFC 5321 §4.4) for a new message.
+pub fn received_header(env: &Envelope, hostname: &str, id: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+            .collect()
+    };
+    let ip = match env.client_ip {
+        IpAddr::V4(v4) => format!("[{v4}]"),
+        IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
+    };
+    let date = chrono::DateTime::from_timestamp(env.received_at as i64, 0)
+        .unwrap_or_default()
+        .to_rfc2822();
+    let mut h = format!(
+        "Received: from {} ({})\r\n\tby {} (finaldot) with {} id {}",
+        clean(&env.helo),
+        ip,
+        clean(hostname),
+        env.protocol,
+        id
+    );
+    if env.rcpt_to.len() == 1 {
+        h.push_str(&format!("\r\n\tfor <{}>", env.rcpt_to[0]));
+    }
+    h.push_str(&format!("; {date}\r\n"));
+    h
+}
+
+struct Conn {
+    stream: TcpStream,
+    session: Session,
+    shared: Arc<Shared>,
+    sink: Option<Sink>,
+    out: Vec<u8>,
+    stop: watch::Receiver<bool>,
+    /// Set when shutdown began: the end of the grace period.
+    deadline: Option<Instant>,
+}
+
+impl Conn {
+    async fn send(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    async fn send_final(&mut self, reply: Reply) -> std::io::Result<()> {
+        reply.write_to(&mut self.out);
+        self.send().await?;
+        let _ = self.stream.shutdown().await;
+        Ok(())
+    }
+
+    async fn serve(&mut self) -> std::io::Result<()> {
+        if *self.stop.borrow() {
+            let r = self.session.shutdown();
+            return self.send_final(r).await;
+        }
+        self.session.greeting().write_to(&mut self.out);
+        self.send().await?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if self.drive().await? {
+                self.send().await?;
+                let _ = self.stream.shutdown().await;
+                return Ok(());
+            }
+            self.send().await?;
+            if self.deadline.is_some() && !self.session.in_message() {
+                let r = self.session.shutdown();
+                return self.send_final(r).await;
+            }
+            let wait = if self.session.reading_content() {
+                self.shared.limits.data_timeout
+            } else {
+                self.shared.limits.command_timeout
+            };
+            let grace_end = self.deadline;
+            tokio::select! {
+                r = tokio::time::timeout(wait, self.stream.read(&mut buf)) => match r {
+                    Err(_) => {
+                        info!("timeout, closing");
+                        let r = self.session.timeout();
+                        return self.send_final(r).await;
+                    }
+                    Ok(Ok(0)) => {
+                        debug!("client closed the connection");
+                        return Ok(());
+                    }
+                    Ok(Ok(n)) => self.session.feed(&buf[..n]),
+                    Ok(Err(e)) => return Err(e),
+                },
+                _ = self.stop.changed(), if grace_end.is_none() => {
+                    self.deadline = Some(Instant::now() + self.shared.limits.shutdown_grace);
+                }
+                _ = tokio::time::sleep_until(grace_end.unwrap_or_else(Instant::now)), if grace_end.is_some() => {
+                    info!("shutdown grace period over, closing");
+                    let r = self.session.shutdown();
+                    return self.send_final(r).await;
+                }
+            }
+        }
+    }
+
+    /// Runs session steps until it needs input. Returns true when the session is over.
+    async fn drive(&mut self) -> std::io::Result<bool> {
+        loop {
+            match self.session.next_step() {
+                Step::NeedInput => return Ok(false),
+                Step::Close => return Ok(true),
+                Step::Reply(r) => r.write_to(&mut self.out),
+                Step::Begin(env) => {
+                    let r = self.begin(env).await;
+                    self.session.begun(r);
+                }
+                Step::Data(bytes) => {
+                    if let Some(sink) = self.sink.as_mut() {
+                        sink.push(bytes).await;
+                    }
+                }
+                Step::Abort => {
+                    if let Some(sink) = self.sink.take() {
+                        sink.discard().await;
+                    }
+                }
+                Step::Commit => {
+                    let r = self.commit().await;
+                    self.session.committed(r);
+                }
+            }
+        }
+    }
+
+    async fn begin(&mut self, env: Box<Envelope>) -> Result<(), Reply> {
+        let spool = self.shared.spool.clone();
+        let hostname = self.shared.session.hostname.clone();
+        let env2 = env.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let mut w = spool.begin(&env2)?;
+            let header = received_header(&env2, &hostname, w.id().as_str());
+            w.write(header.as_bytes())?;
+            Ok::<_, spool::Error>(w)
+        })
+        .await
+        .map_err(join_error)
+        .and_then(|r| r);
+        match r {
+            Ok(writer) => {
+                self.sink = Some(Sink {
+                    writer: Some(writer),
+                    buffered: Vec::new(),
+                    failed: None,
+                    envelope: env,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                error!(error = %e, "cannot start spool file");
+                Err(spool_error_reply(&e))
+            }
+        }
+    }
+
+    async fn commit(&mut self) -> Result<String, Reply> {
+        let Some(sink) = self.sink.take() else {
+            return Err(Reply::new(451, "4.3.0", "Error: local error in processing"));
+        };
+        match sink.commit(&self.shared.spool).await {
+            Ok((id, size, env)) => {
+                let from = if env.mail_from.is_empty() { "<>" } else { env.mail_from.as_str() };
+                info!(
+                    queue_id = %id,
+                    client_ip = %env.client_ip,
+                    from = %from,
+                    nrcpt = env.rcpt_to.len(),
+                    size,
+                    "queued"
+                );
+                Ok(id.to_string())
+            }
+            Err(e) => {
+                error!(error = %e, "message not queued");
+                Err(spool_error_reply(&e))
+            }
+        }
+    }
+}

@@ -1,0 +1,732 @@
+//! The SMTP session state machine, sans-IO: bytes in, [`Step`]s out.
+//!
+//! The driver (see `server.rs`) feeds whatever it read with [`Session::feed`]
+//! and then calls [`Session::next_step`] until it returns [`Step::NeedInput`].
+//! Two steps are requests the driver must answer before asking again:
+//! [`Step::Begin`] (open a spool file; answer with [`Session::begun`]) and
+//! [`Step::Commit`] (make the message durable; answer with
+//! [`Session::committed`]). Because the session stops at those points, replies
+//! to pipelined commands (RFC 2920) always come in order, after the 250 that
+//! follows the commit.
+//!
+//! SECURITY: every byte is hostile. Command lines are capped at 512 octets,
+//! only CRLF ends a line, message content goes through the bare-CR/LF and
+//! line-length checks, sizes are checked before data is kept, and every error
+//! reply counts toward a per-session error cap. Nothing here panics on input.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use memchr::memchr;
+
+use super::command::{self, Body, Command, Mailbox};
+use super::data::{DataDecoder, LineCheck};
+use super::policy::{RcptVerdict, Recipients};
+use super::reply::Reply;
+use crate::spool::Envelope;
+
+/// Longest command line including CRLF (RFC 5321 §4.5.3.1.4).
+pub const MAX_COMMAND_LINE: usize = 512;
+/// Largest piece of message content handed out in one [`Step::Data`].
+const DATA_CHUNK: usize = 64 * 1024;
+
+/// What a session needs to know about the server; shared by all sessions.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The server's name, used in the greeting and replies.
+    pub hostname: String,
+    /// Largest message accepted, in octets (advertised with SIZE).
+    pub max_message_size: u64,
+    /// Most recipients per message; more get 452 (RFC 5321 §4.5.3.1.10).
+    pub max_recipients: usize,
+    /// Error replies after which the session is closed with 421.
+    pub max_errors: u32,
+    /// Which recipients are local, which exist.
+    pub recipients: Recipients,
+}
+
+/// What the driver must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Everything buffered has been handled; read more input.
+    NeedInput,
+    /// Send this reply.
+    Reply(Reply),
+    /// Open a spool file for this envelope, then call [`Session::begun`].
+    Begin(Box<Envelope>),
+    /// Append these message bytes to the open spool file.
+    Data(Vec<u8>),
+    /// Make the open message durable, then call [`Session::committed`].
+    Commit,
+    /// Discard the open spool file (a reply follows as its own step).
+    Abort,
+    /// Send what is pending and close the connection.
+    Close,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Reading command lines.
+    Command,
+    /// Discarding the rest of an over-long command line.
+    SkipLongLine,
+    /// Waiting for [`Session::begun`]; then enter `then`.
+    AwaitBegin(Box<Phase>),
+    /// Reading DATA content.
+    Data(DataDecoder),
+    /// Reading a BDAT chunk.
+    Bdat {
+        remaining: u64,
+        last: bool,
+        /// When set, the chunk is consumed and discarded and this is the reply.
+        refuse: Option<Reply>,
+    },
+    /// Waiting for [`Session::committed`].
+    AwaitCommit,
+    /// The connection is over.
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Greeting {
+    Helo,
+    Ehlo,
+}
+
+#[derive(Debug, Default)]
+struct Content {
+    size: u64,
+    too_big: bool,
+    check: LineCheck,
+}
+
+#[derive(Debug)]
+struct Transaction {
+    mail_from: Option<Mailbox>,
+    body: Body,
+    smtputf8: bool,
+    rcpt_to: Vec<Mailbox>,
+    /// Set once the message content has begun (a spool file is open).
+    content: Option<Content>,
+}
+
+/// One SMTP session's state.
+#[derive(Debug)]
+pub struct Session {
+    cfg: Arc<SessionConfig>,
+    client_ip: IpAddr,
+    now: fn() -> u64,
+    greeting: Option<(Greeting, String)>,
+    tx: Option<Transaction>,
+    phase: Phase,
+    input: Vec<u8>,
+    pos: usize,
+    pending: VecDeque<Step>,
+    data_out: Vec<u8>,
+    errors: u32,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Session {
+    /// A new session for a client at `client_ip`.
+    pub fn new(cfg: Arc<SessionConfig>, client_ip: IpAddr) -> Self {
+        Session {
+            cfg,
+            client_ip,
+            now: unix_now,
+            greeting: None,
+            tx: None,
+            phase: Phase::Command,
+            input: Vec::new(),
+            pos: 0,
+            pending: VecDeque::new(),
+            data_out: Vec::new(),
+            errors: 0,
+        }
+    }
+
+    /// The 220 greeting to send when the connection opens.
+    pub fn greeting(&self) -> Reply {
+        Reply::new(220, "", format!("{} ESMTP finaldot", self.cfg.hostname))
+    }
+
+    /// True while message content is being received (DATA or a BDAT series),
+    /// the part a graceful shutdown lets finish.
+    pub fn in_message(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Data(_) | Phase::Bdat { .. } | Phase::AwaitBegin(_) | Phase::AwaitCommit
+        ) || self.tx.as_ref().is_some_and(|t| t.content.is_some())
+    }
+
+    /// True while the session is reading message content rather than commands
+    /// (the driver uses the data timeout then).
+    pub fn reading_content(&self) -> bool {
+        matches!(self.phase, Phase::Data(_) | Phase::Bdat { .. })
+    }
+
+    /// Appends bytes read from the client.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.pos > 0 && self.pos == self.input.len() {
+            self.input.clear();
+            self.pos = 0;
+        } else if self.pos > 64 * 1024 {
+            self.input.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.input.extend_from_slice(bytes);
+    }
+
+    /// The driver's answer to [`Step::Begin`].
+    pub fn begun(&mut self, result: Result<(), Reply>) {
+        let Phase::AwaitBegin(then) = std::mem::replace(&mut self.phase, Phase::Command) else {
+            debug_assert!(false, "begun() without Step::Begin");
+            return;
+        };
+        match result {
+            Ok(()) => {
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.content = Some(Content::default());
+                }
+                if matches!(*then, Phase::Data(_)) {
+                    self.reply(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
+                }
+                self.phase = *then;
+            }
+            Err(reply) => {
+                self.tx = None;
+                match *then {
+                    Phase::Bdat {
+                        remaining, last, ..
+                    } => {
+                        self.phase = Phase::Bdat {
+                            remaining,
+                            last,
+                            refuse: Some(reply),
+                        }
+                    }
+                    _ => self.error_reply(reply),
+                }
+            }
+        }
+    }
+
+    /// The driver's answer to [`Step::Commit`]: the queue id, or the error reply.
+    pub fn committed(&mut self, result: Result<String, Reply>) {
+        debug_assert!(matches!(self.phase, Phase::AwaitCommit));
+        self.phase = Phase::Command;
+        self.tx = None;
+        match result {
+            Ok(id) => self.reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))),
+            Err(reply) => self.error_reply(reply),
+        }
+    }
+
+    /// The reply for a timeout; the driver sends it and closes.
+    pub fn timeout(&mut self) -> Reply {
+        self.phase = Phase::Closed;
+        Reply::new(
+            421,
+            "4.4.2",
+            format!("{} Error: timeout exceeded", self.cfg.hostname),
+        )
+    }
+
+    /// The reply for a shutdown; the driver sends it and closes.
+    pub fn shutdown(&mut self) -> Reply {
+        self.phase = Phase::Closed;
+        Reply::new(
+            421,
+            "4.3.2",
+            format!("{} Service shutting down, closing channel", self.cfg.hostname),
+        )
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        self.pending.push_back(Step::Reply(reply));
+    }
+
+    fn error_reply(&mut self, reply: Reply) {
+        self.reply(reply);
+        self.errors += 1;
+        if self.errors >= self.cfg.max_errors {
+            self.reply(Reply::new(
+                421,
+                "4.7.0",
+                format!("{} Error: too many errors", self.cfg.hostname),
+            ));
+            self.pending.push_back(Step::Close);
+            self.phase = Phase::Closed;
+        }
+    }
+
+    /// The next thing the driver must do.
+    pub fn next_step(&mut self) -> Step {
+        loop {
+            if let Some(step) = self.pending.pop_front() {
+                return step;
+            }
+            match &mut self.phase {
+                Phase::Closed => return Step::Close,
+                Phase::AwaitBegin(_) | Phase::AwaitCommit => {
+                    debug_assert!(false, "next_step() while a request is unanswered");
+                    return Step::NeedInput;
+                }
+                Phase::Command => {
+                    if !self.command_step() {
+                        return Step::NeedInput;
+                    }
+                }
+                Phase::SkipLongLine => match memchr(b'\n', &self.input[self.pos..]) {
+                    Some(off) => {
+                        self.pos += off + 1;
+                        self.phase = Phase::Command;
+                        self.error_reply(Reply::new(500, "5.5.6", "Error: command line too long"));
+                    }
+                    None => {
+                        self.pos = self.input.len();
+                        return Step::NeedInput;
+                    }
+                },
+                Phase::Data(_) => {
+                    if !self.data_step() {
+                        return Step::NeedInput;
+                    }
+                }
+                Phase::Bdat { .. } => {
+                    if !self.bdat_step() {
+                        return Step::NeedInput;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one command line if a whole one is buffered. Returns false if more input is needed.
+    fn command_step(&mut self) -> bool {
+        let avail = &self.input[self.pos..];
+        let Some(lf) = memchr(b'\n', avail) else {
+            if avail.len() >= MAX_COMMAND_LINE {
+                self.pos = self.input.len();
+                self.phase = Phase::SkipLongLine;
+                return true;
+            }
+            return false;
+        };
+        let line_end = self.pos + lf;
+        self.pos = line_end + 1;
+        if lf + 1 > MAX_COMMAND_LINE {
+            self.error_reply(Reply::new(500, "5.5.6", "Error: command line too long"));
+            return true;
+        }
+        if lf == 0 || self.input[line_end - 1] != b'\r' {
+            self.error_reply(Reply::new(
+                500,
+                "5.5.2",
+                "Error: bare <LF> received; SMTP lines end with <CR><LF>",
+            ));
+            return true;
+        }
+        let line = self.input[line_end - lf..line_end - 1].to_vec();
+        if memchr(b'\r', &line).is_some() {
+            self.error_reply(Reply::new(500, "5.5.2", "Error: bare <CR> received in command"));
+            return true;
+        }
+        match command::parse(&line) {
+            Ok(cmd) => self.execute(cmd),
+            Err(reply) => self.error_reply(reply),
+        }
+        true
+    }
+
+    fn execute(&mut self, cmd: Command) {
+        match cmd {
+            Command::Ehlo(name) => {
+                self.abort_content();
+                self.tx = None;
+                self.greeting = Some((Greeting::Ehlo, name));
+                let c = &self.cfg;
+                let lines = vec![
+                    format!("{} greets {}", c.hostname, self.client_ip),
+                    "PIPELINING".to_string(),
+                    format!("SIZE {}", c.max_message_size),
+                    "8BITMIME".to_string(),
+                    "ENHANCEDSTATUSCODES".to_string(),
+                    "SMTPUTF8".to_string(),
+                    "CHUNKING".to_string(),
+                ];
+                self.reply(Reply::lines(250, "", lines));
+            }
+            Command::Helo(name) => {
+                self.abort_content();
+                self.tx = None;
+                self.greeting = Some((Greeting::Helo, name));
+                let text = self.cfg.hostname.clone();
+                self.reply(Reply::new(250, "", text));
+            }
+            Command::Mail { from, params } => self.mail(from, params),
+            Command::Rcpt { to } => self.rcpt(to),
+            Command::Data => self.data(),
+            Command::Bdat { size, last } => self.bdat(size, last),
+            Command::Rset => {
+                self.abort_content();
+                self.tx = None;
+                self.reply(Reply::new(250, "2.0.0", "Ok"));
+            }
+            Command::Noop => self.reply(Reply::new(250, "2.0.0", "Ok")),
+            Command::Quit => {
+                self.abort_content();
+                self.tx = None;
+                let text = format!("{} closing connection", self.cfg.hostname);
+                self.reply(Reply::new(221, "2.0.0", text));
+                self.pending.push_back(Step::Close);
+                self.phase = Phase::Closed;
+            }
+            Command::Vrfy => self.reply(Reply::new(
+                252,
+                "2.5.0",
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Command::Expn => {
+                self.error_reply(Reply::new(502, "5.5.1", "Error: EXPN is not available"))
+            }
+            Command::Help => self.reply(Reply::lines(
+                214,
+                "2.0.0",
+                vec![
+                    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP".into(),
+                    "See RFC 5321".into(),
+                ],
+            )),
+            Command::NotImplemented(verb) => self.error_reply(Reply::new(
+                502,
+                "5.5.1",
+                format!("Error: {verb} is not implemented"),
+            )),
+        }
+    }
+
+    /// Drops an open message (RSET, EHLO, QUIT in the middle of a BDAT series).
+    fn abort_content(&mut self) {
+        if self.tx.as_ref().is_some_and(|t| t.content.is_some()) {
+            self.pending.push_back(Step::Abort);
+        }
+    }
+
+    fn mail(&mut self, from: Option<Mailbox>, params: command::MailParams) {
+        let Some((greeting, _)) = &self.greeting else {
+            return self.error_reply(Reply::new(503, "5.5.1", "Error: send HELO/EHLO first"));
+        };
+        if self.tx.is_some() {
+            return self.error_reply(Reply::new(503, "5.5.1", "Error: nested MAIL command"));
+        }
+        if *greeting == Greeting::Helo && (params.smtputf8 || params.body != Body::SevenBit || params.size.is_some()) {
+            return self.error_reply(Reply::new(
+                555,
+                "5.5.4",
+                "MAIL parameters need EHLO, not HELO",
+            ));
+        }
+        if let Some(size) = params.size {
+            if size > self.cfg.max_message_size {
+                return self.error_reply(Reply::new(
+                    552,
+                    "5.3.4",
+                    "Message size exceeds fixed maximum message size",
+                ));
+            }
+        }
+        self.tx = Some(Transaction {
+            mail_from: from,
+            body: params.body,
+            smtputf8: params.smtputf8,
+            rcpt_to: Vec::new(),
+            content: None,
+        });
+        self.reply(Reply::new(250, "2.1.0", "Ok"));
+    }
+
+    fn rcpt(&mut self, to: Mailbox) {
+        let max = self.cfg.max_recipients;
+        let Some(tx) = self.tx.as_mut() else {
+            return self.error_reply(Reply::new(503, "5.5.1", "Error: need MAIL command"));
+        };
+        if tx.content.is_some() {
+            return self.error_reply(Reply::new(503, "5.5.1", "Error: RCPT after BDAT"));
+        }
+        if to.is_utf8() && !tx.smtputf8 {
+            return self.error_reply(Reply::new(
+                553,
+                "5.6.7",
+                "Non-ASCII address requires SMTPUTF8 on MAIL",
+            ));
+        }
+        if tx.rcpt_to.len() >= max {
+            return self.error_reply(Reply::new(452, "4.5.3", "Error: too many recipients"));
+        }
+        match self.cfg.recipients.check(&to) {
+            RcptVerdict::Accept => {
+                let tx = self.tx.as_mut().expect("checked above");
+                let addr = to.to_string();
+                if !tx.rcpt_to.iter().any(|r| r.to_string() == addr) {
+                    tx.rcpt_to.push(to);
+                }
+                self.reply(Reply::new(250, "2.1.5", "Ok"));
+            }
+            RcptVerdict::UnknownUser => self.error_reply(Reply::new(
+                550,
+                "5.1.1",
+                format!("<{to}>: Recipient address rejected: user unknown"),
+            )),
+            RcptVerdict::Relay => self.error_reply(Reply::new(
+                550,
+                "5.7.1",
+                format!("<{to}>: Relay access denied"),
+            )),
+        }
+    }
+
+    /// Checks that a transaction can take content; returns the refusal otherwise.
+    fn content_allowed(&self, bdat: bool) -> Result<(), Reply> {
+        match (&self.greeting, &self.tx) {
+            (None, _) => Err(Reply::new(503, "5.5.1", "Error: send HELO/EHLO first")),
+            (Some((Greeting::Helo, _)), _) if bdat => Err(Reply::new(
+                503,
+                "5.5.1",
+                "Error: BDAT needs EHLO (CHUNKING)",
+            )),
+            (_, None) => Err(Reply::new(503, "5.5.1", "Error: need MAIL command")),
+            (_, Some(tx)) if tx.rcpt_to.is_empty() => {
+                Err(Reply::new(554, "5.5.1", "Error: no valid recipients"))
+            }
+            (_, Some(tx)) if !bdat && tx.content.is_some() => Err(Reply::new(
+                503,
+                "5.5.1",
+                "Error: DATA after BDAT",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn envelope(&self) -> Option<Envelope> {
+        let tx = self.tx.as_ref()?;
+        let (greeting, helo) = self.greeting.as_ref()?;
+        let protocol = match (tx.smtputf8, greeting) {
+            (true, _) => "UTF8SMTP",
+            (false, Greeting::Ehlo) => "ESMTP",
+            (false, Greeting::Helo) => "SMTP",
+        };
+        Some(Envelope {
+            mail_from: tx.mail_from.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+            rcpt_to: tx.rcpt_to.iter().map(|r| r.to_string()).collect(),
+            client_ip: self.client_ip,
+            helo: helo.clone(),
+            protocol: protocol.to_string(),
+            received_at: (self.now)(),
+            body_8bit: tx.body == Body::EightBitMime,
+            smtputf8: tx.smtputf8,
+        })
+    }
+
+    fn data(&mut self) {
+        if let Err(reply) = self.content_allowed(false) {
+            return self.error_reply(reply);
+        }
+        match self.envelope() {
+            Some(env) => {
+                self.phase = Phase::AwaitBegin(Box::new(Phase::Data(DataDecoder::new())));
+                self.pending.push_back(Step::Begin(Box::new(env)));
+            }
+            None => self.error_reply(Reply::new(503, "5.5.1", "Error: need MAIL command")),
+        }
+    }
+
+    fn bdat(&mut self, size: u64, last: bool) {
+        if let Err(reply) = self.content_allowed(true) {
+            self.phase = Phase::Bdat {
+                remaining: size,
+                last,
+                refuse: Some(reply),
+            };
+            return;
+        }
+        let chunk = Phase::Bdat {
+            remaining: size,
+            last,
+            refuse: None,
+        };
+        if self.tx.as_ref().is_some_and(|t| t.content.is_some()) {
+            self.phase = chunk;
+            return;
+        }
+        match self.envelope() {
+            Some(env) => {
+                self.phase = Phase::AwaitBegin(Box::new(chunk));
+                self.pending.push_back(Step::Begin(Box::new(env)));
+            }
+            None => self.error_reply(Reply::new(503, "5.5.1", "Error: need MAIL command")),
+        }
+    }
+
+    /// Takes message bytes decoded into `data_out`: checks them, counts them, and
+    /// queues them as a Data step unless the message is already too big.
+    fn take_content(&mut self) {
+        if self.data_out.is_empty() {
+            return;
+        }
+        let max = self.cfg.max_message_size;
+        let Some(content) = self.tx.as_mut().and_then(|t| t.content.as_mut()) else {
+            self.data_out.clear();
+            return;
+        };
+        content.check.feed(&self.data_out);
+        content.size += self.data_out.len() as u64;
+        if content.size > max {
+            content.too_big = true;
+        }
+        if content.too_big {
+            self.data_out.clear();
+        } else {
+            let out = std::mem::replace(&mut self.data_out, Vec::with_capacity(DATA_CHUNK));
+            self.pending.push_back(Step::Data(out));
+        }
+    }
+
+    /// Ends the content: queues Commit, or Abort and the refusal.
+    fn end_content(&mut self) {
+        let refusal = match self.tx.as_mut().and_then(|t| t.content.as_mut()) {
+            None => Some(Reply::new(503, "5.5.1", "Error: no message in progress")),
+            Some(c) => {
+                c.check.finish();
+                if c.too_big {
+                    Some(Reply::new(
+                        552,
+                        "5.3.4",
+                        "Error: message size exceeds fixed maximum message size",
+                    ))
+                } else if c.check.bare_lf || c.check.bare_cr {
+                    Some(Reply::new(
+                        550,
+                        "5.6.0",
+                        "Error: message contains a bare <CR> or <LF>; lines must end with <CR><LF> (RFC 5321 section 2.3.8)",
+                    ))
+                } else if c.check.long_line {
+                    Some(Reply::new(
+                        550,
+                        "5.6.0",
+                        "Error: message has a line longer than 1000 octets (RFC 5321 section 4.5.3.1.6)",
+                    ))
+                } else {
+                    None
+                }
+            }
+        };
+        match refusal {
+            None => {
+                self.phase = Phase::AwaitCommit;
+                self.pending.push_back(Step::Commit);
+            }
+            Some(reply) => {
+                self.pending.push_back(Step::Abort);
+                self.tx = None;
+                self.phase = Phase::Command;
+                self.error_reply(reply);
+            }
+        }
+    }
+
+    fn data_step(&mut self) -> bool {
+        let Phase::Data(decoder) = &mut self.phase else {
+            return false;
+        };
+        if self.pos == self.input.len() {
+            return false;
+        }
+        let room = DATA_CHUNK.saturating_sub(self.data_out.len()).max(1);
+        let end = self.input.len().min(self.pos + room);
+        let (used, done) = decoder.decode(&self.input[self.pos..end], &mut self.data_out);
+        self.pos += used;
+        if done || self.data_out.len() >= DATA_CHUNK || self.pos == self.input.len() {
+            self.take_content();
+        }
+        if done {
+            self.end_content();
+        }
+        true
+    }
+
+    fn bdat_step(&mut self) -> bool {
+        let Phase::Bdat {
+            remaining,
+            last,
+            refuse,
+        } = &mut self.phase
+        else {
+            return false;
+        };
+        let avail = (self.input.len() - self.pos) as u64;
+        let take = avail.min(*remaining).min(DATA_CHUNK as u64) as usize;
+        *remaining -= take as u64;
+        let chunk_done = *remaining == 0;
+        let last = *last;
+        let refuse = if chunk_done { refuse.take() } else { None };
+        let refusing = refuse.is_some() || matches!(&self.phase, Phase::Bdat { refuse: Some(_), .. });
+        if take == 0 && !chunk_done {
+            return false;
+        }
+        if !refusing {
+            self.data_out
+                .extend_from_slice(&self.input[self.pos..self.pos + take]);
+            self.take_content();
+        }
+        self.pos += take;
+        if !chunk_done {
+            return true;
+        }
+        self.phase = Phase::Command;
+        if let Some(reply) = refuse {
+            self.error_reply(reply);
+        } else if last {
+            self.end_content();
+        } else {
+            let too_big = self
+                .tx
+                .as_ref()
+                .and_then(|t| t.content.as_ref())
+                .is_some_and(|c| c.too_big);
+            if too_big {
+                self.pending.push_back(Step::Abort);
+                self.tx = None;
+                self.error_reply(Reply::new(
+                    552,
+                    "5.3.4",
+                    "Error: message size exceeds fixed maximum message size",
+                ));
+            } else {
+                let size = self
+                    .tx
+                    .as_ref()
+                    .and_then(|t| t.content.as_ref())
+                    .map(|c| c.size)
+                    .unwrap_or(0);
+                self.reply(Reply::new(
+                    250,
+                    "2.0.0",
+                    format!("Ok: {size} octets received"),
+                ));
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -1,0 +1,374 @@
+//! Session tests: transcripts fed whole, split at every byte boundary, and byte by byte.
+
+use super::*;
+use crate::smtp::policy::DomainUsers;
+
+fn config() -> Arc<SessionConfig> {
+    Arc::new(SessionConfig {
+        hostname: "mx.test".into(),
+        max_message_size: 100_000,
+        max_recipients: 100,
+        max_errors: 20,
+        recipients: Recipients::new(
+            [
+                ("localhost".to_string(), DomainUsers::CatchAll),
+                (
+                    "example.test".to_string(),
+                    DomainUsers::Listed(["alice".to_string()].into_iter().collect()),
+                ),
+            ],
+            Some('+'),
+        ),
+    })
+}
+
+/// A fake driver: records replies, opened and committed messages.
+#[derive(Default)]
+struct Driver {
+    replies: Vec<u8>,
+    committed: Vec<(Envelope, Vec<u8>)>,
+    open: Option<(Envelope, Vec<u8>)>,
+    begins: usize,
+    aborts: usize,
+    closed: bool,
+    begin_fail: Option<Reply>,
+    commit_fail: Option<Reply>,
+}
+
+impl Driver {
+    fn drive(&mut self, s: &mut Session) {
+        loop {
+            match s.next_step() {
+                Step::NeedInput => return,
+                Step::Close => {
+                    self.closed = true;
+                    return;
+                }
+                Step::Reply(r) => r.write_to(&mut self.replies),
+                Step::Begin(env) => {
+                    self.begins += 1;
+                    match self.begin_fail.clone() {
+                        Some(r) => s.begun(Err(r)),
+                        None => {
+                            self.open = Some((*env, Vec::new()));
+                            s.begun(Ok(()));
+                        }
+                    }
+                }
+                Step::Data(d) => self.open.as_mut().expect("open message").1.extend(d),
+                Step::Abort => {
+                    self.aborts += 1;
+                    self.open = None;
+                }
+                Step::Commit => {
+                    let m = self.open.take().expect("open message");
+                    match self.commit_fail.clone() {
+                        Some(r) => s.committed(Err(r)),
+                        None => {
+                            self.committed.push(m);
+                            s.committed(Ok(format!("Q{}", self.committed.len())));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn codes(&self) -> Vec<u16> {
+        String::from_utf8_lossy(&self.replies)
+            .lines()
+            .filter(|l| l.len() >= 4 && &l[3..4] == " ")
+            .map(|l| l[..3].parse().expect("code"))
+            .collect()
+    }
+}
+
+fn session() -> Session {
+    Session::new(config(), "192.0.2.1".parse().expect("ip"))
+}
+
+/// Feeds `input` in pieces cut at `cuts` and returns the driver.
+fn run_cuts(input: &[u8], cuts: &[usize]) -> Driver {
+    let mut s = session();
+    let mut d = Driver::default();
+    let mut prev = 0;
+    for &c in cuts.iter().chain(std::iter::once(&input.len())) {
+        s.feed(&input[prev..c]);
+        d.drive(&mut s);
+        prev = c;
+    }
+    d
+}
+
+fn run(input: &[u8]) -> Driver {
+    run_cuts(input, &[])
+}
+
+/// Runs `input` whole, at every single split, and byte by byte; all must agree.
+fn run_every_split(input: &[u8]) -> Driver {
+    let whole = run(input);
+    for split in 0..=input.len() {
+        let d = run_cuts(input, &[split]);
+        assert_eq!(
+            String::from_utf8_lossy(&d.replies),
+            String::from_utf8_lossy(&whole.replies),
+            "split at {split}"
+        );
+        assert_eq!(d.committed, whole.committed, "split at {split}");
+    }
+    let cuts: Vec<usize> = (1..input.len()).collect();
+    let d = run_cuts(input, &cuts);
+    assert_eq!(d.replies, whole.replies, "byte by byte");
+    assert_eq!(d.committed, whole.committed, "byte by byte");
+    whole
+}
+
+const HELLO: &[u8] = b"EHLO client.test\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice@example.test>\r\n";
+
+fn with_hello(rest: &[u8]) -> Vec<u8> {
+    let mut v = HELLO.to_vec();
+    v.extend_from_slice(rest);
+    v
+}
+
+#[test]
+fn pipelined_transaction_queues_exact_bytes() {
+    let input = with_hello(
+        b"RCPT TO:<bob@localhost>\r\nDATA\r\nSubject: t\r\n\r\n..dot\r\nline\r\n.\r\nMAIL FROM:<>\r\nQUIT\r\n",
+    );
+    let d = run_every_split(&input);
+    assert_eq!(d.codes(), vec![250, 250, 250, 250, 354, 250, 250, 221]);
+    assert_eq!(d.committed.len(), 1);
+    let (env, body) = &d.committed[0];
+    assert_eq!(body, b"Subject: t\r\n\r\n.dot\r\nline\r\n");
+    assert_eq!(env.mail_from, "s@x.test");
+    assert_eq!(env.rcpt_to, vec!["alice@example.test", "bob@localhost"]);
+    assert_eq!(env.protocol, "ESMTP");
+    assert!(d.closed);
+    let text = String::from_utf8_lossy(&d.replies);
+    assert!(text.contains("250 2.0.0 Ok: queued as Q1\r\n250 2.1.0 Ok\r\n221 2.0.0"), "{text}");
+}
+
+#[test]
+fn ehlo_advertises_the_extensions() {
+    let d = run(b"EHLO c\r\n");
+    let text = String::from_utf8_lossy(&d.replies);
+    for ext in ["PIPELINING", "SIZE 100000", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING"] {
+        assert!(text.contains(&format!("250-{ext}\r\n")) || text.contains(&format!("250 {ext}\r\n")), "{ext} in {text}");
+    }
+}
+
+#[test]
+fn every_error_reply_has_an_enhanced_code() {
+    let d = run(b"MAIL FROM:<a@b.test>\r\nEHLO c\r\nRCPT TO:<a@localhost>\r\nFOO\r\nDATA\r\nVRFY x\r\nNOOP\r\n");
+    let text = String::from_utf8_lossy(&d.replies);
+    // EHLO's reply is the one exception (RFC 2034 section 3): skip its lines.
+    for line in text.lines().filter(|l| !l.starts_with("250-") && !l.contains("CHUNKING")) {
+        let enhanced = line.get(4..9).unwrap_or("");
+        let class = &line[..1];
+        assert!(
+            enhanced.starts_with(class) && enhanced.as_bytes()[1] == b'.',
+            "no enhanced code: {line}"
+        );
+    }
+}
+
+#[test]
+fn out_of_order_commands_get_503_and_the_session_goes_on() {
+    let d = run(b"MAIL FROM:<a@b.test>\r\nEHLO c\r\nRCPT TO:<a@localhost>\r\nDATA\r\nMAIL FROM:<a@b.test>\r\nMAIL FROM:<a@b.test>\r\nDATA\r\nNOOP\r\n");
+    assert_eq!(d.codes(), vec![503, 250, 503, 503, 250, 503, 554, 250]);
+    assert_eq!(d.begins, 0);
+}
+
+#[test]
+fn bad_syntax_gets_500_or_501() {
+    let d = run(b"EHLO c\r\nXYZZY\r\nMAIL FROM:a@b\r\nMAIL FROM:<a@b.test> FOO=1\r\nEHLO\r\nNOOP\r\n");
+    assert_eq!(d.codes(), vec![250, 500, 501, 555, 501, 250]);
+}
+
+#[test]
+fn relay_and_unknown_users_are_refused_at_rcpt() {
+    let d = run(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@elsewhere.test>\r\nRCPT TO:<mallory@example.test>\r\nRCPT TO:<alice+tag@example.test>\r\nRCPT TO:<postmaster>\r\n");
+    let text = String::from_utf8_lossy(&d.replies);
+    assert!(text.contains("550 5.7.1"), "{text}");
+    assert!(text.contains("550 5.1.1"), "{text}");
+    assert_eq!(d.codes(), vec![250, 250, 550, 550, 250, 250]);
+}
+
+#[test]
+fn smuggling_variants_are_refused_and_nothing_inside_runs() {
+    for sep in [&b"\n.\n"[..], b"\r\n.\n", b"\n.\r\n", b"\r.\r"] {
+        let mut input = with_hello(b"DATA\r\nSubject: x\r\n\r\nhello");
+        input.extend_from_slice(sep);
+        input.extend_from_slice(b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nsmuggled\r\n.\r\nNOOP\r\n");
+        let d = run_every_split(&input);
+        assert!(d.committed.is_empty(), "{sep:?} queued a message");
+        assert_eq!(d.begins, 1, "{sep:?}: smuggled DATA ran");
+        assert_eq!(d.aborts, 1);
+        assert_eq!(d.codes(), vec![250, 250, 250, 354, 550, 250], "{sep:?}");
+        assert!(String::from_utf8_lossy(&d.replies).contains("550 5.6.0"));
+    }
+}
+
+#[test]
+fn overlong_text_line_is_refused() {
+    let mut input = with_hello(b"DATA\r\n");
+    input.extend(std::iter::repeat_n(b'a', 1001));
+    input.extend_from_slice(b"\r\n.\r\nNOOP\r\n");
+    let d = run(&input);
+    assert!(d.committed.is_empty());
+    assert_eq!(d.codes(), vec![250, 250, 250, 354, 550, 250]);
+}
+
+#[test]
+fn size_is_checked_at_mail_and_during_data() {
+    let d = run(b"EHLO c\r\nMAIL FROM:<a@b.test> SIZE=100001\r\nMAIL FROM:<a@b.test> SIZE=100000\r\n");
+    assert_eq!(d.codes(), vec![250, 552, 250]);
+    let mut input = with_hello(b"DATA\r\n");
+    for _ in 0..2000 {
+        input.extend_from_slice(b"0123456789012345678901234567890123456789012345678\r\n");
+    }
+    input.extend_from_slice(b".\r\nNOOP\r\n");
+    let d = run(&input);
+    assert!(d.committed.is_empty());
+    assert_eq!(d.aborts, 1);
+    assert_eq!(d.codes(), vec![250, 250, 250, 354, 552, 250]);
+}
+
+#[test]
+fn too_many_recipients_get_452() {
+    let mut input = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n".to_vec();
+    for i in 0..101 {
+        input.extend_from_slice(format!("RCPT TO:<u{i}@localhost>\r\n").as_bytes());
+    }
+    let d = run(&input);
+    let codes = d.codes();
+    assert_eq!(codes.iter().filter(|&&c| c == 250).count(), 102);
+    assert_eq!(*codes.last().expect("reply"), 452);
+}
+
+#[test]
+fn long_and_bare_lf_command_lines_are_refused() {
+    let mut input = b"EHLO c\r\nNOOP ".to_vec();
+    input.extend(std::iter::repeat_n(b'x', 600));
+    input.extend_from_slice(b"\r\nNOOP\nNOOP\r\n");
+    let d = run_every_split(&input);
+    assert_eq!(d.codes(), vec![250, 500, 500, 250]);
+    let text = String::from_utf8_lossy(&d.replies);
+    assert!(text.contains("500 5.5.6"), "{text}");
+}
+
+#[test]
+fn bdat_chunks_are_joined_exactly() {
+    let input = with_hello(b"BDAT 5\r\nab\r\ncBDAT 3 LAST\r\nd\r\nNOOP\r\n");
+    let d = run_every_split(&input);
+    assert_eq!(d.codes(), vec![250, 250, 250, 250, 250, 250]);
+    assert_eq!(d.committed.len(), 1);
+    assert_eq!(d.committed[0].1, b"ab\r\ncd\r\n");
+}
+
+#[test]
+fn bdat_refused_still_consumes_its_octets() {
+    let d = run_every_split(b"EHLO c\r\nBDAT 6\r\nQUIT\r\nNOOP\r\n");
+    assert_eq!(d.codes(), vec![250, 503, 250]);
+    assert!(!d.closed);
+    let d = run(b"HELO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<a@localhost>\r\nBDAT 1 LAST\r\nxNOOP\r\n");
+    assert_eq!(d.codes(), vec![250, 250, 250, 503, 250]);
+}
+
+#[test]
+fn bdat_with_bare_lf_is_refused() {
+    let d = run_every_split(&with_hello(b"BDAT 4\r\na\r\nbBDAT 2 LAST\r\n\n\nNOOP\r\n"));
+    assert!(d.committed.is_empty());
+    assert_eq!(d.codes(), vec![250, 250, 250, 250, 550, 250]);
+}
+
+#[test]
+fn bdat_bare_cr_across_chunks_is_refused_but_split_crlf_is_fine() {
+    let d = run(&with_hello(b"BDAT 2\r\na\rBDAT 3 LAST\r\n\nb\r"));
+    assert!(d.committed.is_empty(), "final bare CR");
+    let d = run(&with_hello(b"BDAT 2\r\na\rBDAT 3 LAST\r\n\nb\r\n"));
+    // "a\r" + "\nb\r\n" is clean once joined... but the 3-octet chunk is "\nb\r": CR at the end.
+    assert!(d.committed.is_empty());
+    let d = run(&with_hello(b"BDAT 2\r\na\rBDAT 4 LAST\r\n\nb\r\n"));
+    assert_eq!(d.committed.len(), 1);
+    assert_eq!(d.committed[0].1, b"a\r\nb\r\n");
+}
+
+#[test]
+fn rset_during_bdat_aborts_the_message() {
+    let d = run(&with_hello(b"BDAT 3\r\nabcRSET\r\nBDAT 1 LAST\r\nx"));
+    assert_eq!(d.aborts, 1);
+    assert!(d.committed.is_empty());
+    assert_eq!(d.codes(), vec![250, 250, 250, 250, 250, 503]);
+}
+
+#[test]
+fn data_after_bdat_is_503() {
+    let d = run(&with_hello(b"BDAT 1\r\naDATA\r\n"));
+    assert_eq!(d.codes(), vec![250, 250, 250, 250, 503]);
+}
+
+#[test]
+fn spool_failures_become_the_drivers_replies() {
+    let mut s = session();
+    let mut d = Driver {
+        begin_fail: Some(Reply::new(452, "4.3.1", "full")),
+        ..Driver::default()
+    };
+    s.feed(&with_hello(b"DATA\r\nx\r\n.\r\nNOOP\r\n"));
+    d.drive(&mut s);
+    // No 354: the 452 comes instead, and the content lines are then commands.
+    assert_eq!(d.codes(), vec![250, 250, 250, 452, 500, 500, 250]);
+
+    let mut s = session();
+    let mut d = Driver {
+        commit_fail: Some(Reply::new(451, "4.3.0", "err")),
+        ..Driver::default()
+    };
+    s.feed(&with_hello(b"DATA\r\nx\r\n.\r\nNOOP\r\n"));
+    d.drive(&mut s);
+    assert_eq!(d.codes(), vec![250, 250, 250, 354, 451, 250]);
+    assert!(d.committed.is_empty());
+}
+
+#[test]
+fn too_many_errors_close_with_421() {
+    let input: Vec<u8> = b"BAD\r\n".repeat(25);
+    let d = run(&input);
+    let codes = d.codes();
+    assert_eq!(codes.len(), 21);
+    assert_eq!(codes[20], 421);
+    assert!(d.closed);
+}
+
+#[test]
+fn helo_session_has_no_extensions() {
+    let d = run(b"HELO c\r\nMAIL FROM:<a@b.test> BODY=8BITMIME\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<a@localhost>\r\nDATA\r\nx\r\n.\r\n");
+    assert_eq!(d.codes(), vec![250, 555, 250, 250, 354, 250]);
+    assert_eq!(d.committed[0].0.protocol, "SMTP");
+}
+
+#[test]
+fn smtputf8_transaction() {
+    let d = run("EHLO c\r\nMAIL FROM:<jøran@x.test> SMTPUTF8\r\nRCPT TO:<ålice@localhost>\r\nDATA\r\nx\r\n.\r\n".as_bytes());
+    assert_eq!(d.codes(), vec![250, 250, 250, 354, 250]);
+    assert_eq!(d.committed[0].0.protocol, "UTF8SMTP");
+    assert!(d.committed[0].0.smtputf8);
+    let d = run("EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<ålice@localhost>\r\n".as_bytes());
+    assert_eq!(d.codes(), vec![250, 250, 553]);
+}
+
+#[test]
+fn vrfy_never_reveals_users_and_help_answers() {
+    let d = run(b"VRFY alice\r\nHELP\r\nEXPN list\r\nSTARTTLS\r\n");
+    assert_eq!(d.codes(), vec![252, 214, 502, 502]);
+}
+
+#[test]
+fn empty_message_and_duplicate_recipients() {
+    let d = run(&with_hello(b"RCPT TO:<alice@example.test>\r\nDATA\r\n.\r\n"));
+    assert_eq!(d.committed.len(), 1);
+    assert_eq!(d.committed[0].1, b"");
+    assert_eq!(d.committed[0].0.rcpt_to.len(), 1);
+}

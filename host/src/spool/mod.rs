@@ -1,0 +1,610 @@
+//! The spool: where an accepted message lives until the pipeline finishes it.
+//!
+//! It owns the queue directories (`tmp/`, `incoming/`, `active/`, `deferred/`,
+//! `hold/`, `corrupt/`, Postfix's vocabulary) and the one guarantee the whole
+//! product rests on: **a message is durable before its 250**. [`Spool::begin`]
+//! creates a file in `tmp/`, [`SpoolWriter::write`] streams the message into it,
+//! [`SpoolWriter::finish`] writes the end marker and fsyncs the file, and
+//! [`Spool::commit`] renames it into `incoming/` and fsyncs that directory. Only
+//! after `commit` returns may the SMTP side say 250.
+//!
+//! Group commit: renames and the directory fsync are done by one committer
+//! thread, which takes every commit that arrived while it was busy and covers
+//! them all with a single directory fsync. File fsyncs run in parallel on the
+//! callers' blocking threads, where the filesystem merges them into shared
+//! journal commits.
+//!
+//! Invariants: a file outside `tmp/` is complete (its end marker matches its
+//! length); nothing unreadable is ever deleted (recovery moves it to `corrupt/`);
+//! a queue id is unique among live files because it embeds the file's inode.
+
+mod queue_file;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use queue_file::{read_header, read_message, Envelope, FormatError, Header};
+
+/// A message's queue id: uppercase hex of its creation time and inode number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueId(String);
+
+impl QueueId {
+    /// The id as text (also the file name in every queue directory).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Accepts a queue id given by an administrator or read from a directory.
+    pub fn parse(s: &str) -> Option<QueueId> {
+        let ok = !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        ok.then(|| QueueId(s.to_ascii_uppercase()))
+    }
+}
+
+impl std::fmt::Display for QueueId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The queue states, each a directory of the spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueState {
+    /// Being written; never a complete message.
+    Tmp,
+    /// Accepted and durable, waiting for the pipeline.
+    Incoming,
+    /// Claimed by a pipeline worker.
+    Active,
+    /// Waiting for its next attempt.
+    Deferred,
+    /// Held for an administrator.
+    Hold,
+    /// Unreadable; kept for an administrator, never deleted.
+    Corrupt,
+}
+
+impl QueueState {
+    /// Every state, in directory-creation order.
+    pub const ALL: [QueueState; 6] = [
+        QueueState::Tmp,
+        QueueState::Incoming,
+        QueueState::Active,
+        QueueState::Deferred,
+        QueueState::Hold,
+        QueueState::Corrupt,
+    ];
+
+    /// The directory name of this state.
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            QueueState::Tmp => "tmp",
+            QueueState::Incoming => "incoming",
+            QueueState::Active => "active",
+            QueueState::Deferred => "deferred",
+            QueueState::Hold => "hold",
+            QueueState::Corrupt => "corrupt",
+        }
+    }
+}
+
+/// A spool failure. [`Error::is_storage_full`] tells the SMTP side whether to
+/// answer 452 (out of space) or 451 (other local error).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A filesystem operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The envelope could not be encoded.
+    #[error("encoding envelope: {0}")]
+    Encode(#[from] postcard::Error),
+    /// The committer thread is gone (the daemon is shutting down).
+    #[error("spool committer has stopped")]
+    CommitterGone,
+}
+
+impl Error {
+    fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// True when the cause is lack of space (ENOSPC, EDQUOT, EFBIG).
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG)
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// What [`Spool::recover`] found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Half-written files removed from `tmp/`.
+    pub tmp_removed: usize,
+    /// Files returned from `active/` to `incoming/`.
+    pub active_returned: usize,
+    /// Unreadable files moved to `corrupt/`.
+    pub corrupt: usize,
+    /// Valid messages now waiting in `incoming/` and `deferred/`.
+    pub queued: usize,
+}
+
+/// The spool of one daemon.
+pub struct Spool {
+    root: PathBuf,
+    committer: mpsc::Sender<CommitRequest>,
+    fault: Arc<AtomicI32>,
+    tmp_counter: AtomicU64,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool").field("root", &self.root).finish()
+    }
+}
+
+struct CommitRequest {
+    tmp: PathBuf,
+    id: QueueId,
+    done: tokio::sync::oneshot::Sender<Result<(), Error>>,
+}
+
+/// A message being written into `tmp/`. Dropping it without
+/// [`SpoolWriter::finish`] removes the file.
+pub struct SpoolWriter {
+    id: QueueId,
+    path: PathBuf,
+    file: Option<BufWriter<File>>,
+    message_len: u64,
+    fault: Arc<AtomicI32>,
+}
+
+/// A message whose file is complete and fsynced in `tmp/`, ready for [`Spool::commit`].
+#[derive(Debug)]
+pub struct Prepared {
+    id: QueueId,
+    tmp: PathBuf,
+    armed: bool,
+}
+
+impl Prepared {
+    /// The queue id the message will have.
+    pub fn id(&self) -> &QueueId {
+        &self.id
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool under `root` and starts its committer thread.
+    pub fn open(root: &Path) -> Result<Spool, Error> {
+        for state in QueueState::ALL {
+            let dir = root.join(state.dir_name());
+            fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+        }
+        sync_dir(root)?;
+        let (tx, rx) = mpsc::channel::<CommitRequest>();
+        let incoming = root.join(QueueState::Incoming.dir_name());
+        std::thread::Builder::new()
+            .name("spool-commit".into())
+            .spawn(move || committer(rx, incoming))
+            .map_err(|e| Error::io("starting committer for", root, e))?;
+        Ok(Spool {
+            root: root.to_path_buf(),
+            committer: tx,
+            fault: Arc::new(AtomicI32::new(0)),
+            tmp_counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The spool's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of a queue state.
+    pub fn dir(&self, state: QueueState) -> PathBuf {
+        self.root.join(state.dir_name())
+    }
+
+    /// The path of a message in a queue state.
+    pub fn path(&self, state: QueueState, id: &QueueId) -> PathBuf {
+        self.dir(state).join(id.as_str())
+    }
+
+    /// Makes every later write fail with this OS error (0 turns it off).
+    /// For tests of the disk-full path; never set in normal operation.
+    #[doc(hidden)]
+    pub fn inject_write_fault(&self, errno: i32) {
+        self.fault.store(errno, Ordering::SeqCst);
+    }
+
+    /// Starts a message: creates its file in `tmp/` and writes the envelope.
+    /// Blocking; call it off the async runtime.
+    pub fn begin(&self, envelope: &Envelope) -> Result<SpoolWriter, Error> {
+        check_fault(&self.fault, &self.root)?;
+        let prelude = queue_file::encode_prelude(envelope)?;
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .dir(QueueState::Tmp)
+            .join(format!("new.{}.{}", std::process::id(), n));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io("creating", &path, e))?;
+        let ino = file
+            .metadata()
+            .map_err(|e| Error::io("stat", &path, e))?
+            .ino();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let id = QueueId(format!(
+            "{:X}{:05X}{:X}",
+            now.as_secs(),
+            now.subsec_micros(),
+            ino
+        ));
+        let mut writer = SpoolWriter {
+            id,
+            path,
+            file: Some(BufWriter::with_capacity(64 * 1024, file)),
+            message_len: 0,
+            fault: self.fault.clone(),
+        };
+        writer.write_raw(&prelude)?;
+        Ok(writer)
+    }
+
+    /// Makes a prepared message durable in `incoming/`. When this returns `Ok`,
+    /// the message survives a crash and power loss; only then may it be acked.
+    pub async fn commit(&self, mut prepared: Prepared) -> Result<QueueId, Error> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let id = prepared.id.clone();
+        self.committer
+            .send(CommitRequest {
+                tmp: prepared.tmp.clone(),
+                id: id.clone(),
+                done,
+            })
+            .map_err(|_| Error::CommitterGone)?;
+        // The committer owns the file now: it renames it or removes it.
+        prepared.armed = false;
+        wait.await.map_err(|_| Error::CommitterGone)??;
+        Ok(id)
+    }
+
+    /// Lists the queue ids in a state, oldest first.
+    pub fn list(&self, state: QueueState) -> Result<Vec<QueueId>, Error> {
+        let dir = self.dir(state);
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))? {
+            let entry = entry.map_err(|e| Error::io("listing", &dir, e))?;
+            if let Some(id) = entry.file_name().to_str().and_then(QueueId::parse) {
+                ids.push(id);
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Recovery at start: clears `tmp/`, returns `active/` to `incoming/`, and
+    /// moves every unreadable queue file to `corrupt/` (never deleting it).
+    pub fn recover(&self) -> Result<Recovery, Error> {
+        let mut report = Recovery::default();
+        let tmp = self.dir(QueueState::Tmp);
+        for entry in fs::read_dir(&tmp).map_err(|e| Error::io("listing", &tmp, e))? {
+            let path = entry.map_err(|e| Error::io("listing", &tmp, e))?.path();
+            fs::remove_file(&path).map_err(|e| Error::io("removing", &path, e))?;
+            report.tmp_removed += 1;
+        }
+        let active = self.dir(QueueState::Active);
+        let incoming = self.dir(QueueState::Incoming);
+        for entry in fs::read_dir(&active).map_err(|e| Error::io("listing", &active, e))? {
+            let entry = entry.map_err(|e| Error::io("listing", &active, e))?;
+            let to = incoming.join(entry.file_name());
+            fs::rename(entry.path(), &to).map_err(|e| Error::io("returning", &to, e))?;
+            report.active_returned += 1;
+        }
+        for state in [QueueState::Incoming, QueueState::Deferred, QueueState::Hold] {
+            let dir = self.dir(state);
+            for entry in fs::read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))? {
+                let path = entry.map_err(|e| Error::io("listing", &dir, e))?.path();
+                let name_ok = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(QueueId::parse)
+                    .is_some();
+                let verdict = if name_ok {
+                    read_header(&path).map(|_| ()).map_err(|e| e.to_string())
+                } else {
+                    Err("file name is not a queue id".to_string())
+                };
+                match verdict {
+                    Ok(()) => {
+                        if state != QueueState::Hold {
+                            report.queued += 1;
+                        }
+                    }
+                    Err(why) => {
+                        let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
+                        let to = self.dir(QueueState::Corrupt).join(name);
+                        tracing::warn!(file = %path.display(), reason = %why, "moving unreadable queue file to corrupt/");
+                        fs::rename(&path, &to).map_err(|e| Error::io("moving to corrupt", &to, e))?;
+                        report.corrupt += 1;
+                    }
+                }
+            }
+        }
+        for state in QueueState::ALL {
+            sync_dir(&self.dir(state))?;
+        }
+        Ok(report)
+    }
+}
+
+fn check_fault(fault: &AtomicI32, path: &Path) -> Result<(), Error> {
+    match fault.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        errno => Err(Error::io(
+            "writing",
+            path,
+            io::Error::from_raw_os_error(errno),
+        )),
+    }
+}
+
+impl SpoolWriter {
+    /// The queue id this message will have.
+    pub fn id(&self) -> &QueueId {
+        &self.id
+    }
+
+    /// Bytes of message written so far.
+    pub fn message_len(&self) -> u64 {
+        self.message_len
+    }
+
+    fn write_raw(&mut self, data: &[u8]) -> Result<(), Error> {
+        check_fault(&self.fault, &self.path)?;
+        let file = self.file.as_mut().ok_or_else(|| {
+            Error::io("writing", &self.path, io::Error::other("writer already failed"))
+        })?;
+        if let Err(e) = file.write_all(data) {
+            self.file = None;
+            return Err(Error::io("writing", &self.path, e));
+        }
+        Ok(())
+    }
+
+    /// Appends message bytes. Blocking.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.write_raw(data)?;
+        self.message_len += data.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the end marker, flushes and fsyncs the file. Blocking.
+    pub fn finish(mut self) -> Result<Prepared, Error> {
+        let trailer = queue_file::encode_trailer(self.message_len);
+        self.write_raw(&trailer)?;
+        let buffered = self.file.take().ok_or_else(|| {
+            Error::io("writing", &self.path, io::Error::other("writer already failed"))
+        })?;
+        let file = buffered
+            .into_inner()
+            .map_err(|e| Error::io("flushing", &self.path, e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| Error::io("fsync", &self.path, e))?;
+        Ok(Prepared {
+            id: self.id.clone(),
+            tmp: std::mem::take(&mut self.path),
+            armed: true,
+        })
+    }
+}
+
+impl Drop for SpoolWriter {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// fsyncs a directory so that renames and creations in it are durable.
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync", dir, e))
+}
+
+/// The committer thread: renames every waiting message into `incoming/`, then
+/// covers all of them with one directory fsync.
+fn committer(rx: mpsc::Receiver<CommitRequest>, incoming: PathBuf) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let mut renamed = Vec::with_capacity(batch.len());
+        for req in batch {
+            let to = incoming.join(req.id.as_str());
+            match fs::rename(&req.tmp, &to) {
+                Ok(()) => renamed.push((req, to)),
+                Err(e) => {
+                    let _ = fs::remove_file(&req.tmp);
+                    let _ = req.done.send(Err(Error::io("renaming into", &to, e)));
+                }
+            }
+        }
+        if renamed.is_empty() {
+            continue;
+        }
+        match sync_dir(&incoming) {
+            Ok(()) => {
+                for (req, _) in renamed {
+                    let _ = req.done.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                // Not durable, so not acked: take the files back out rather than
+                // risk delivering a message whose sender will retry it.
+                let why = e.to_string();
+                for (req, to) in renamed {
+                    let _ = fs::remove_file(&to);
+                    let _ = req.done.send(Err(Error::io(
+                        "fsync",
+                        &incoming,
+                        io::Error::other(why.clone()),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            mail_from: "a@x.test".into(),
+            rcpt_to: vec!["b@localhost".into()],
+            client_ip: "127.0.0.1".parse().expect("ip"),
+            helo: "c".into(),
+            protocol: "ESMTP".into(),
+            received_at: 0,
+            body_8bit: false,
+            smtputf8: false,
+        }
+    }
+
+    async fn put(spool: &Spool, body: &[u8]) -> Result<QueueId, Error> {
+        let mut w = spool.begin(&envelope())?;
+        w.write(body)?;
+        let p = w.finish()?;
+        spool.commit(p).await
+    }
+
+    #[tokio::test]
+    async fn commit_puts_a_complete_file_in_incoming() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        let id = put(&spool, b"hello\r\n").await.expect("commit");
+        let (h, m) = read_message(&spool.path(QueueState::Incoming, &id)).expect("read");
+        assert_eq!(m, b"hello\r\n");
+        assert_eq!(h.envelope, envelope());
+        assert!(spool.list(QueueState::Tmp).expect("list").is_empty());
+        assert_eq!(fs::read_dir(spool.dir(QueueState::Tmp)).expect("ls").count(), 0);
+    }
+
+    #[tokio::test]
+    async fn concurrent_commits_all_land_with_unique_ids() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Arc::new(Spool::open(dir.path()).expect("open"));
+        let mut tasks = Vec::new();
+        for i in 0..32 {
+            let spool = spool.clone();
+            tasks.push(tokio::spawn(async move {
+                let body = format!("message {i}\r\n");
+                put(&spool, body.as_bytes()).await
+            }));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for t in tasks {
+            ids.insert(t.await.expect("join").expect("commit"));
+        }
+        assert_eq!(ids.len(), 32);
+        assert_eq!(spool.list(QueueState::Incoming).expect("list").len(), 32);
+    }
+
+    #[tokio::test]
+    async fn dropped_writer_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        let mut w = spool.begin(&envelope()).expect("begin");
+        w.write(b"partial").expect("write");
+        drop(w);
+        assert_eq!(fs::read_dir(spool.dir(QueueState::Tmp)).expect("ls").count(), 0);
+        assert!(spool.list(QueueState::Incoming).expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn injected_enospc_is_storage_full_and_nothing_is_queued() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        let mut w = spool.begin(&envelope()).expect("begin");
+        spool.inject_write_fault(libc::ENOSPC);
+        let err = w.write(b"x").expect_err("must fail");
+        assert!(err.is_storage_full());
+        drop(w);
+        spool.inject_write_fault(libc::EIO);
+        let err = put(&spool, b"y").await.expect_err("must fail");
+        assert!(!err.is_storage_full());
+        assert!(spool.list(QueueState::Incoming).expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn recovery_clears_tmp_returns_active_and_quarantines_torn_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        let good = put(&spool, b"good\r\n").await.expect("commit");
+        let active = put(&spool, b"active\r\n").await.expect("commit");
+        fs::rename(
+            spool.path(QueueState::Incoming, &active),
+            spool.path(QueueState::Active, &active),
+        )
+        .expect("mv");
+        fs::write(spool.dir(QueueState::Tmp).join("new.1.1"), b"half").expect("tmp");
+        let torn = QueueId::parse("ABC").expect("id");
+        let bytes = fs::read(spool.path(QueueState::Incoming, &good)).expect("read");
+        fs::write(spool.path(QueueState::Incoming, &torn), &bytes[..bytes.len() - 3]).expect("torn");
+
+        let report = spool.recover().expect("recover");
+        assert_eq!(
+            report,
+            Recovery {
+                tmp_removed: 1,
+                active_returned: 1,
+                corrupt: 1,
+                queued: 2
+            }
+        );
+        assert!(spool.path(QueueState::Incoming, &active).exists());
+        assert!(spool.path(QueueState::Corrupt, &torn).exists());
+        assert_eq!(
+            fs::read(spool.path(QueueState::Corrupt, &torn)).expect("kept"),
+            &bytes[..bytes.len() - 3]
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! The queue file format: one file per message.
+//!
+//! ```text
+//! "FINALDOT"            8 bytes, magic
+//! version               u16 LE (currently 1)
+//! envelope length N     u32 LE
+//! envelope              N bytes, postcard-encoded [`Envelope`]
+//! message               M bytes, the raw message (Received: header first, CRLF lines)
+//! end marker            "\r\nFD-END" (8 bytes)
+//! M                     u64 LE
+//! ```
+//!
+//! The end marker carries the message length, and a reader checks that it matches
+//! the file's length, so a torn or truncated file can never look complete.
+//!
+//! SECURITY: a queue file is trusted only after [`read_header`] validated magic,
+//! version, envelope and end marker; anything else is corrupt.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// File magic.
+pub const MAGIC: &[u8; 8] = b"FINALDOT";
+/// The current format version.
+pub const VERSION: u16 = 1;
+/// The end marker that precedes the message length at the end of the file.
+pub const END_MARKER: &[u8; 8] = b"\r\nFD-END";
+/// Size of the fixed prelude (magic, version, envelope length).
+pub const PRELUDE_LEN: u64 = 14;
+/// Size of the trailer (end marker, message length).
+pub const TRAILER_LEN: u64 = 16;
+/// Largest envelope accepted when reading (a sanity bound against garbage lengths).
+const MAX_ENVELOPE: u32 = 64 * 1024 * 1024;
+
+/// The SMTP envelope and client facts of one queued message.
+///
+/// Fields are only ever appended (postcard is positional), never reordered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The reverse-path; empty for the null sender `<>`.
+    pub mail_from: String,
+    /// The forward-paths, in the order the client gave them, without duplicates.
+    pub rcpt_to: Vec<String>,
+    /// The client's IP address.
+    pub client_ip: IpAddr,
+    /// The name the client gave in HELO/EHLO.
+    pub helo: String,
+    /// The protocol for the Received header (RFC 3848): `SMTP`, `ESMTP`, `UTF8ESMTP`…
+    pub protocol: String,
+    /// When the transaction's content began, in seconds since the Unix epoch.
+    pub received_at: u64,
+    /// The client declared BODY=8BITMIME.
+    pub body_8bit: bool,
+    /// The client declared SMTPUTF8.
+    pub smtputf8: bool,
+}
+
+/// Why a queue file was found invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    /// The file could not be read.
+    #[error("read failed: {0}")]
+    Io(#[from] io::Error),
+    /// The file does not start with the magic.
+    #[error("not a finaldot queue file (bad magic)")]
+    BadMagic,
+    /// The format version is not one this build reads.
+    #[error("unsupported queue file version {0}")]
+    Version(u16),
+    /// The envelope did not decode.
+    #[error("envelope does not decode: {0}")]
+    Envelope(postcard::Error),
+    /// The end marker is missing or its length does not match: a torn file.
+    #[error("incomplete file (end marker missing or length mismatch)")]
+    Torn,
+}
+
+/// The decoded header of a queue file and where its message lies.
+#[derive(Debug, Clone)]
+pub struct Header {
+    /// The envelope.
+    pub envelope: Envelope,
+    /// Offset of the first message byte.
+    pub message_offset: u64,
+    /// Length of the message in bytes.
+    pub message_len: u64,
+}
+
+/// Encodes the prelude and envelope that start a queue file.
+pub fn encode_prelude(envelope: &Envelope) -> Result<Vec<u8>, postcard::Error> {
+    let env = postcard::to_allocvec(envelope)?;
+    let mut out = Vec::with_capacity(PRELUDE_LEN as usize + env.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(env.len() as u32).to_le_bytes());
+    out.extend_from_slice(&env);
+    Ok(out)
+}
+
+/// Encodes the trailer for a message of `message_len` bytes.
+pub fn encode_trailer(message_len: u64) -> [u8; TRAILER_LEN as usize] {
+    let mut out = [0u8; TRAILER_LEN as usize];
+    out[..8].copy_from_slice(END_MARKER);
+    out[8..].copy_from_slice(&message_len.to_le_bytes());
+    out
+}
+
+/// Reads and validates a queue file's header and trailer without reading the message.
+pub fn read_header(path: &Path) -> Result<Header, FormatError> {
+    let mut f = File::open(path)?;
+    let file_len = f.metadata()?.len();
+    if file_len < PRELUDE_LEN + TRAILER_LEN {
+        return Err(FormatError::Torn);
+    }
+    let mut prelude = [0u8; PRELUDE_LEN as usize];
+    f.read_exact(&mut prelude)?;
+    if &prelude[..8] != MAGIC {
+        return Err(FormatError::BadMagic);
+    }
+    let version = u16::from_le_bytes([prelude[8], prelude[9]]);
+    if version != VERSION {
+        return Err(FormatError::Version(version));
+    }
+    let env_len = u32::from_le_bytes([prelude[10], prelude[11], prelude[12], prelude[13]]);
+    if env_len > MAX_ENVELOPE || PRELUDE_LEN + u64::from(env_len) + TRAILER_LEN > file_len {
+        return Err(FormatError::Torn);
+    }
+    let mut env = vec![0u8; env_len as usize];
+    f.read_exact(&mut env)?;
+    let envelope: Envelope = postcard::from_bytes(&env).map_err(FormatError::Envelope)?;
+    f.seek(SeekFrom::End(-(TRAILER_LEN as i64)))?;
+    let mut trailer = [0u8; TRAILER_LEN as usize];
+    f.read_exact(&mut trailer)?;
+    if &trailer[..8] != END_MARKER {
+        return Err(FormatError::Torn);
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&trailer[8..]);
+    let message_len = u64::from_le_bytes(len);
+    let message_offset = PRELUDE_LEN + u64::from(env_len);
+    if message_offset + message_len + TRAILER_LEN != file_len {
+        return Err(FormatError::Torn);
+    }
+    Ok(Header {
+        envelope,
+        message_offset,
+        message_len,
+    })
+}
+
+/// Reads a whole queue file: its header and the message bytes.
+pub fn read_message(path: &Path) -> Result<(Header, Vec<u8>), FormatError> {
+    let header = read_header(path)?;
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(header.message_offset))?;
+    let mut message = vec![0u8; header.message_len as usize];
+    f.read_exact(&mut message)?;
+    Ok((header, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            mail_from: "a@x.test".into(),
+            rcpt_to: vec!["b@y.test".into(), "c@y.test".into()],
+            client_ip: "192.0.2.7".parse().expect("ip"),
+            helo: "client.test".into(),
+            protocol: "ESMTP".into(),
+            received_at: 1_700_000_000,
+            body_8bit: true,
+            smtputf8: false,
+        }
+    }
+
+    fn write_file(dir: &Path, bytes: &[u8]) -> std::path::PathBuf {
+        let p = dir.join("q");
+        File::create(&p).and_then(|mut f| f.write_all(bytes)).expect("write");
+        p
+    }
+
+    fn whole(msg: &[u8]) -> Vec<u8> {
+        let mut bytes = encode_prelude(&envelope()).expect("encode");
+        bytes.extend_from_slice(msg);
+        bytes.extend_from_slice(&encode_trailer(msg.len() as u64));
+        bytes
+    }
+
+    #[test]
+    fn round_trips_envelope_and_message() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = write_file(dir.path(), &whole(b"Subject: hi\r\n\r\nbody\r\n"));
+        let (h, m) = read_message(&p).expect("read");
+        assert_eq!(h.envelope, envelope());
+        assert_eq!(m, b"Subject: hi\r\n\r\nbody\r\n");
+    }
+
+    #[test]
+    fn every_truncation_is_detected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bytes = whole(b"Subject: hi\r\n\r\nbody\r\n");
+        for cut in 0..bytes.len() {
+            let p = write_file(dir.path(), &bytes[..cut]);
+            assert!(read_header(&p).is_err(), "truncated at {cut} looked complete");
+        }
+    }
+
+    #[test]
+    fn bad_magic_and_version_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut bytes = whole(b"x");
+        bytes[0] = b'X';
+        let p = write_file(dir.path(), &bytes);
+        assert!(matches!(read_header(&p), Err(FormatError::BadMagic)));
+        let mut bytes = whole(b"x");
+        bytes[8] = 9;
+        let p = write_file(dir.path(), &bytes);
+        assert!(matches!(read_header(&p), Err(FormatError::Version(9))));
+    }
+}
