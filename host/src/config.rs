@@ -212,7 +212,10 @@ impl RawConfig {
         };
         let hostname = match self.hostname {
             Some(h) if h.trim().is_empty() || h.contains(char::is_whitespace) => {
-                return Err(invalid("hostname", "must be a host name without spaces".into()))
+                return Err(invalid(
+                    "hostname",
+                    "must be a host name without spaces".into(),
+                ))
             }
             Some(h) => h,
             None => system_hostname(),
@@ -225,7 +228,9 @@ impl RawConfig {
         };
 
         let s = self.smtp;
-        let listen_raw = s.listen.unwrap_or_else(|| vec!["127.0.0.1:2525".to_string()]);
+        let listen_raw = s
+            .listen
+            .unwrap_or_else(|| vec!["127.0.0.1:2525".to_string()]);
         if listen_raw.is_empty() {
             return Err(invalid("smtp.listen", "needs at least one address".into()));
         }
@@ -270,7 +275,10 @@ impl RawConfig {
         let secs = |key: &str, v: Option<u64>, default: u64, min: u64| {
             let v = v.unwrap_or(default);
             if v < min {
-                Err(invalid(key, format!("{v} is below the minimum of {min} seconds")))
+                Err(invalid(
+                    key,
+                    format!("{v} is below the minimum of {min} seconds"),
+                ))
             } else {
                 Ok(Duration::from_secs(v))
             }
@@ -306,13 +314,18 @@ impl RawConfig {
             let lower = name.to_ascii_lowercase();
             let valid = !lower.is_empty()
                 && lower.split('.').all(|l| {
-                    !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
+                    !l.is_empty()
+                        && l.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
                 });
             if !valid {
                 return Err(invalid(&key, "is not a valid domain name".into()));
             }
             if !seen.insert(lower.clone()) {
-                return Err(invalid(&key, "is listed twice (domains compare case-insensitively)".into()));
+                return Err(invalid(
+                    &key,
+                    "is listed twice (domains compare case-insensitively)".into(),
+                ));
             }
             let users = match d.recipients {
                 None => DomainUsers::CatchAll,
@@ -389,10 +402,22 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         for (text, key) in [
-            ("[smtp]\nlisten = [\"localhost:25\"]\n[domains.a]\n", "smtp.listen"),
-            ("[smtp]\nmax_recipients = 10\n[domains.a]\n", "smtp.max_recipients"),
-            ("[smtp]\nmax_message_size = 10\n[domains.a]\n", "smtp.max_message_size"),
-            ("[smtp]\nrecipient_delimiter = \"++\"\n[domains.a]\n", "smtp.recipient_delimiter"),
+            (
+                "[smtp]\nlisten = [\"localhost:25\"]\n[domains.a]\n",
+                "smtp.listen",
+            ),
+            (
+                "[smtp]\nmax_recipients = 10\n[domains.a]\n",
+                "smtp.max_recipients",
+            ),
+            (
+                "[smtp]\nmax_message_size = 10\n[domains.a]\n",
+                "smtp.max_message_size",
+            ),
+            (
+                "[smtp]\nrecipient_delimiter = \"++\"\n[domains.a]\n",
+                "smtp.recipient_delimiter",
+            ),
             ("[domains.\"a..b\"]\n", "domains"),
             ("[domains.a]\nrecipients = [\"x@a\"]\n", "recipients"),
             ("hostname = \"\"\n[domains.a]\n", "hostname"),

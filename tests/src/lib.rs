@@ -1,1 +1,367 @@
-//! x
+//! The end-to-end test harness: starts the real `finaldot` binary on
+//! 127.0.0.1 port 0 in a temporary directory, talks SMTP to it over TCP, and
+//! reads what it left in the spool.
+//!
+//! A failing test keeps its temporary directory and prints its path (with the
+//! daemon's log inside), so the evidence survives the run.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use finaldot::spool::{read_message, Envelope, QueueState};
+
+/// The path of the `finaldot` binary built by this `cargo test` run.
+pub fn finaldot_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FINALDOT_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-exe> → target/<profile>/finaldot
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = dir.join("finaldot");
+    assert!(
+        bin.exists(),
+        "{} not found: run the tests with `cargo test --workspace` (it builds the binary) or set FINALDOT_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A temporary directory that is kept, and its path printed, if the test fails.
+pub struct TestDir {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TestDir {
+    /// A new directory named after the test.
+    pub fn new(name: &str) -> TestDir {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("finaldot-{name}-"))
+            .tempdir()
+            .expect("tempdir");
+        TestDir { dir: Some(dir) }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().expect("dir").path()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(d) = self.dir.take() {
+                let p = d.keep();
+                eprintln!("test failed; its directory is kept at {}", p.display());
+            }
+        }
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    child: Option<Child>,
+    /// The SMTP address it listens on.
+    pub addr: SocketAddr,
+    /// Its data directory (spool under `data/spool`).
+    pub data_dir: PathBuf,
+    log: Arc<Mutex<String>>,
+    log_path: PathBuf,
+}
+
+/// The config text for a test daemon in `dir`, with `extra` appended to `[smtp]`.
+pub fn test_config(dir: &Path, smtp_extra: &str, tail: &str) -> String {
+    format!(
+        "hostname = \"mx.test\"\ndata_dir = {:?}\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n{smtp_extra}\n\n[domains.localhost]\n[domains.\"example.test\"]\nrecipients = [\"alice\", \"bob\"]\n{tail}\n",
+        dir.join("data")
+    )
+}
+
+impl Daemon {
+    /// Starts a daemon in `dir` with the default test config.
+    pub fn start(dir: &Path) -> Daemon {
+        Daemon::start_with(dir, &test_config(dir, "", ""))
+    }
+
+    /// Starts a daemon in `dir` with this config text (written to `dir/finaldot.toml`).
+    pub fn start_with(dir: &Path, config: &str) -> Daemon {
+        let config_path = dir.join("finaldot.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log_path = dir.join(format!(
+            "daemon-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let mut child = Command::new(finaldot_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn finaldot");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            let log_path = log_path.clone();
+            std::thread::spawn(move || {
+                let mut file = std::fs::File::create(&log_path).ok();
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(f) = file.as_mut() {
+                        let _ = writeln!(f, "{line}");
+                    }
+                    if line.contains("listening on") {
+                        if let Some(a) = line.split("addr=").nth(1) {
+                            let a = a.split_whitespace().next().unwrap_or("");
+                            if let Ok(a) = a.parse::<SocketAddr>() {
+                                let _ = addr_tx.send(a);
+                            }
+                        }
+                    }
+                    if let Ok(mut l) = log.lock() {
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
+                }
+            });
+        }
+        let addr = match addr_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "daemon did not start listening; log:\n{}",
+                    log.lock().map(|l| l.clone()).unwrap_or_default()
+                );
+            }
+        };
+        Daemon {
+            child: Some(child),
+            addr,
+            data_dir: dir.join("data"),
+            log,
+            log_path,
+        }
+    }
+
+    /// The daemon's stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Where the log is also written.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `HUP`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit (at most `limit`), returning its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                self.child = None;
+                return Some(s);
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The spool directory of a queue state.
+    pub fn spool_dir(&self, state: QueueState) -> PathBuf {
+        self.data_dir.join("spool").join(state.dir_name())
+    }
+
+    /// The files in a queue state, sorted.
+    pub fn spool_files(&self, state: QueueState) -> Vec<PathBuf> {
+        spool_files(&self.data_dir, state)
+    }
+
+    /// A new SMTP client connection (greeting already read and checked).
+    pub fn connect(&self) -> Client {
+        let mut c = Client::connect_raw(self.addr);
+        let (code, text) = c.read_reply();
+        assert_eq!(code, 220, "greeting: {text}");
+        c
+    }
+}
+
+/// The files in a queue state under `data_dir`, sorted.
+pub fn spool_files(data_dir: &Path, state: QueueState) -> Vec<PathBuf> {
+    let dir = data_dir.join("spool").join(state.dir_name());
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("daemon log ({}):\n{}", self.log_path.display(), self.log());
+        }
+    }
+}
+
+/// A raw SMTP client over TCP, for exact dialogues.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    /// Connects without reading the greeting.
+    pub fn connect_raw(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        Client {
+            reader: BufReader::new(stream.try_clone().expect("clone")),
+            writer: stream,
+        }
+    }
+
+    /// Sends raw bytes.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("send");
+    }
+
+    /// Reads one (possibly multi-line) reply: its code and all its text lines joined by '\n'.
+    pub fn read_reply(&mut self) -> (u16, String) {
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).expect("read reply");
+            assert!(
+                n > 0,
+                "connection closed while waiting for a reply (got {text:?})"
+            );
+            assert!(
+                line.ends_with("\r\n"),
+                "reply line not CRLF-terminated: {line:?}"
+            );
+            let code: u16 = line[..3].parse().expect("reply code");
+            text.push_str(line.trim_end());
+            text.push('\n');
+            if line.as_bytes()[3] == b' ' {
+                return (code, text);
+            }
+        }
+    }
+
+    /// Sends a command line (CRLF added) and reads its reply.
+    pub fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.read_reply()
+    }
+
+    /// Sends a command and asserts the reply code.
+    pub fn expect(&mut self, line: &str, code: u16) -> String {
+        let (c, text) = self.cmd(line);
+        assert_eq!(c, code, "{line:?} got {text}");
+        text
+    }
+
+    /// True once the server has closed the connection (reads until EOF).
+    pub fn is_closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest).is_ok()
+    }
+
+    /// Sends one whole message (EHLO…DATA…) and returns the final reply.
+    pub fn send_message(&mut self, from: &str, to: &[&str], body: &[u8]) -> (u16, String) {
+        self.expect("EHLO client.test", 250);
+        self.expect(&format!("MAIL FROM:<{from}>"), 250);
+        for r in to {
+            self.expect(&format!("RCPT TO:<{r}>"), 250);
+        }
+        self.expect("DATA", 354);
+        self.send(&dot_stuff(body));
+        self.send(b".\r\n");
+        self.read_reply()
+    }
+}
+
+/// Dot-stuffs a CRLF message for DATA (RFC 5321 §4.5.2).
+pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 16);
+    let mut at_line_start = true;
+    for &b in body {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    out
+}
+
+/// The queue id from a `250 2.0.0 Ok: queued as ID` reply.
+pub fn queued_id(reply: &str) -> String {
+    reply
+        .split("queued as ")
+        .nth(1)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("not a queued reply: {reply}"))
+}
+
+/// Polls `f` until it returns true or `limit` passes.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}

@@ -136,7 +136,11 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
             let arg = rest.trim();
             let domain = arg.split(' ').next().unwrap_or("");
             if domain.is_empty() {
-                return Err(Reply::new(501, "5.5.4", format!("Syntax: {upper} hostname")));
+                return Err(Reply::new(
+                    501,
+                    "5.5.4",
+                    format!("Syntax: {upper} hostname"),
+                ));
             }
             if !domain.chars().all(|c| !c.is_control()) {
                 return Err(Reply::new(501, "5.5.4", "Invalid hostname"));
@@ -213,11 +217,14 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
     let usage = || Reply::new(501, "5.5.4", "Syntax: MAIL FROM:<address>");
     let after = strip_keyword(rest, "FROM:").ok_or_else(usage)?;
     let (path, params) = split_path(after).ok_or_else(usage)?;
-    let from = if path.is_empty() {
-        None
-    } else {
-        Some(parse_path(path).map_err(|why| Reply::new(501, "5.1.7", format!("Bad sender address syntax: {why}")))?)
-    };
+    let from =
+        if path.is_empty() {
+            None
+        } else {
+            Some(parse_path(path).map_err(|why| {
+                Reply::new(501, "5.1.7", format!("Bad sender address syntax: {why}"))
+            })?)
+        };
     let mut out = MailParams::default();
     for param in params.split(' ').filter(|p| !p.is_empty()) {
         let (key, value) = match param.split_once('=') {
@@ -282,7 +289,11 @@ fn parse_rcpt(rest: &str) -> Result<Command, Reply> {
         });
     }
     if path.is_empty() {
-        return Err(Reply::new(501, "5.1.3", "Bad recipient address syntax: empty path"));
+        return Err(Reply::new(
+            501,
+            "5.1.3",
+            "Bad recipient address syntax: empty path",
+        ));
     }
     let to = parse_path(path)
         .map_err(|why| Reply::new(501, "5.1.3", format!("Bad recipient address syntax: {why}")))?;
@@ -350,7 +361,9 @@ fn check_local(local: &str) -> Result<(), &'static str> {
         return Err("local part longer than 64 octets");
     }
     if let Some(inner) = local.strip_prefix('"') {
-        let inner = inner.strip_suffix('"').ok_or("unterminated quoted string")?;
+        let inner = inner
+            .strip_suffix('"')
+            .ok_or("unterminated quoted string")?;
         let mut chars = inner.chars();
         while let Some(c) = chars.next() {
             match c {
@@ -425,7 +438,10 @@ mod tests {
 
     #[test]
     fn verbs_are_case_insensitive() {
-        assert_eq!(parse(b"ehlo client.test"), Ok(Command::Ehlo("client.test".into())));
+        assert_eq!(
+            parse(b"ehlo client.test"),
+            Ok(Command::Ehlo("client.test".into()))
+        );
         assert_eq!(parse(b"NoOp"), Ok(Command::Noop));
         assert_eq!(parse(b"quit"), Ok(Command::Quit));
     }
@@ -467,19 +483,34 @@ mod tests {
     #[test]
     fn source_route_is_ignored() {
         let c = parse(b"RCPT TO:<@relay.test,@other.test:joe@x.test>").unwrap();
-        assert_eq!(c, Command::Rcpt { to: mb("joe", "x.test") });
+        assert_eq!(
+            c,
+            Command::Rcpt {
+                to: mb("joe", "x.test")
+            }
+        );
     }
 
     #[test]
     fn quoted_local_part_may_hold_specials() {
         let c = parse(br#"RCPT TO:<"john >doe"@x.test>"#).unwrap();
-        assert_eq!(c, Command::Rcpt { to: mb("\"john >doe\"", "x.test") });
+        assert_eq!(
+            c,
+            Command::Rcpt {
+                to: mb("\"john >doe\"", "x.test")
+            }
+        );
     }
 
     #[test]
     fn postmaster_without_domain() {
         let c = parse(b"RCPT TO:<Postmaster>").unwrap();
-        assert_eq!(c, Command::Rcpt { to: mb("Postmaster", "") });
+        assert_eq!(
+            c,
+            Command::Rcpt {
+                to: mb("Postmaster", "")
+            }
+        );
     }
 
     #[test]
@@ -500,7 +531,12 @@ mod tests {
             b"RCPT TO:<>",
         ] {
             let r = parse(bad).unwrap_err();
-            assert_eq!((r.code, r.enhanced), (501, "5.1.3"), "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                (r.code, r.enhanced),
+                (501, "5.1.3"),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let r = parse(b"MAIL FROM:<a@@x>").unwrap_err();
         assert_eq!((r.code, r.enhanced), (501, "5.1.7"));
@@ -521,8 +557,20 @@ mod tests {
 
     #[test]
     fn bdat_forms() {
-        assert_eq!(parse(b"BDAT 10"), Ok(Command::Bdat { size: 10, last: false }));
-        assert_eq!(parse(b"bdat 0 last"), Ok(Command::Bdat { size: 0, last: true }));
+        assert_eq!(
+            parse(b"BDAT 10"),
+            Ok(Command::Bdat {
+                size: 10,
+                last: false
+            })
+        );
+        assert_eq!(
+            parse(b"bdat 0 last"),
+            Ok(Command::Bdat {
+                size: 0,
+                last: true
+            })
+        );
         assert_eq!(parse(b"BDAT").unwrap_err().code, 501);
         assert_eq!(parse(b"BDAT -1").unwrap_err().code, 501);
         assert_eq!(parse(b"BDAT 1 FIRST").unwrap_err().code, 501);

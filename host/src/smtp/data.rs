@@ -212,7 +212,11 @@ mod tests {
     #[test]
     fn unstuffs_and_stops_at_crlf_dot_crlf() {
         let input = b"Subject: x\r\n\r\n..leading dot\r\n.\r\nQUIT\r\n";
-        check_every_split(input, b"Subject: x\r\n\r\n.leading dot\r\n", input.len() - 6);
+        check_every_split(
+            input,
+            b"Subject: x\r\n\r\n.leading dot\r\n",
+            input.len() - 6,
+        );
     }
 
     #[test]
@@ -248,7 +252,11 @@ mod tests {
                 c.feed(&bad[..split]);
                 c.feed(&bad[split..]);
                 c.finish();
-                assert!(c.bare_lf || c.bare_cr, "{:?} split {split}", String::from_utf8_lossy(bad));
+                assert!(
+                    c.bare_lf || c.bare_cr,
+                    "{:?} split {split}",
+                    String::from_utf8_lossy(bad)
+                );
             }
         }
     }

@@ -36,7 +36,10 @@ pub struct Recipients {
 impl Recipients {
     /// A table from `(domain, users)` pairs; domains and users compare case-insensitively.
     /// With a delimiter (e.g. `+`), `user+tag` is checked as `user`.
-    pub fn new(domains: impl IntoIterator<Item = (String, DomainUsers)>, delimiter: Option<char>) -> Self {
+    pub fn new(
+        domains: impl IntoIterator<Item = (String, DomainUsers)>,
+        delimiter: Option<char>,
+    ) -> Self {
         Recipients {
             domains: domains
                 .into_iter()
@@ -104,26 +107,41 @@ mod tests {
 
     #[test]
     fn relay_is_refused_for_foreign_domains() {
-        assert_eq!(table().check(&mb("a", "elsewhere.test")), RcptVerdict::Relay);
+        assert_eq!(
+            table().check(&mb("a", "elsewhere.test")),
+            RcptVerdict::Relay
+        );
     }
 
     #[test]
     fn listed_users_case_insensitive_with_plus_tags() {
         let t = table();
         assert_eq!(t.check(&mb("Alice", "example.test")), RcptVerdict::Accept);
-        assert_eq!(t.check(&mb("alice+lists", "EXAMPLE.test")), RcptVerdict::Accept);
-        assert_eq!(t.check(&mb("mallory", "example.test")), RcptVerdict::UnknownUser);
+        assert_eq!(
+            t.check(&mb("alice+lists", "EXAMPLE.test")),
+            RcptVerdict::Accept
+        );
+        assert_eq!(
+            t.check(&mb("mallory", "example.test")),
+            RcptVerdict::UnknownUser
+        );
     }
 
     #[test]
     fn postmaster_always_exists() {
         let t = table();
-        assert_eq!(t.check(&mb("PostMaster", "example.test")), RcptVerdict::Accept);
+        assert_eq!(
+            t.check(&mb("PostMaster", "example.test")),
+            RcptVerdict::Accept
+        );
         assert_eq!(t.check(&mb("postmaster", "")), RcptVerdict::Accept);
     }
 
     #[test]
     fn catch_all_accepts_anyone() {
-        assert_eq!(table().check(&mb("whoever", "localhost")), RcptVerdict::Accept);
+        assert_eq!(
+            table().check(&mb("whoever", "localhost")),
+            RcptVerdict::Accept
+        );
     }
 }

@@ -29,9 +29,17 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// The one mapping from spool errors to SMTP replies.
 pub fn spool_error_reply(e: &spool::Error) -> Reply {
     if e.is_storage_full() {
-        Reply::new(452, "4.3.1", "Error: insufficient system storage, try again later")
+        Reply::new(
+            452,
+            "4.3.1",
+            "Error: insufficient system storage, try again later",
+        )
     } else {
-        Reply::new(451, "4.3.0", "Error: local error in processing, try again later")
+        Reply::new(
+            451,
+            "4.3.0",
+            "Error: local error in processing, try again later",
+        )
     }
 }
 
@@ -193,7 +201,11 @@ async fn connection(
     let host = &shared.session.hostname;
     let Ok(_total) = shared.total.clone().try_acquire_owned() else {
         warn!("refused: too many connections");
-        let r = Reply::new(421, "4.7.0", format!("{host} Error: too many connections, try again later"));
+        let r = Reply::new(
+            421,
+            "4.7.0",
+            format!("{host} Error: too many connections, try again later"),
+        );
         let _ = stream.write_all(&r.to_bytes()).await;
         return;
     };
@@ -267,7 +279,10 @@ impl Sink {
         }
     }
 
-    async fn commit(mut self, spool: &Spool) -> Result<(spool::QueueId, u64, Box<Envelope>), spool::Error> {
+    async fn commit(
+        mut self,
+        spool: &Spool,
+    ) -> Result<(spool::QueueId, u64, Box<Envelope>), spool::Error> {
         self.flush().await;
         if let Some(e) = self.failed.take() {
             return Err(e);
@@ -468,7 +483,11 @@ impl Conn {
         };
         match sink.commit(&self.shared.spool).await {
             Ok((id, size, env)) => {
-                let from = if env.mail_from.is_empty() { "<>" } else { env.mail_from.as_str() };
+                let from = if env.mail_from.is_empty() {
+                    "<>"
+                } else {
+                    env.mail_from.as_str()
+                };
                 info!(
                     queue_id = %id,
                     client_ip = %env.client_ip,

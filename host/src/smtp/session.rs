@@ -245,7 +245,10 @@ impl Session {
         Reply::new(
             421,
             "4.3.2",
-            format!("{} Service shutting down, closing channel", self.cfg.hostname),
+            format!(
+                "{} Service shutting down, closing channel",
+                self.cfg.hostname
+            ),
         )
     }
 
@@ -336,7 +339,11 @@ impl Session {
         }
         let line = self.input[line_end - lf..line_end - 1].to_vec();
         if memchr(b'\r', &line).is_some() {
-            self.error_reply(Reply::new(500, "5.5.2", "Error: bare <CR> received in command"));
+            self.error_reply(Reply::new(
+                500,
+                "5.5.2",
+                "Error: bare <CR> received in command",
+            ));
             return true;
         }
         match command::parse(&line) {
@@ -427,7 +434,9 @@ impl Session {
         if self.tx.is_some() {
             return self.error_reply(Reply::new(503, "5.5.1", "Error: nested MAIL command"));
         }
-        if *greeting == Greeting::Helo && (params.smtputf8 || params.body != Body::SevenBit || params.size.is_some()) {
+        if *greeting == Greeting::Helo
+            && (params.smtputf8 || params.body != Body::SevenBit || params.size.is_some())
+        {
             return self.error_reply(Reply::new(
                 555,
                 "5.5.4",
@@ -506,11 +515,9 @@ impl Session {
             (_, Some(tx)) if tx.rcpt_to.is_empty() => {
                 Err(Reply::new(554, "5.5.1", "Error: no valid recipients"))
             }
-            (_, Some(tx)) if !bdat && tx.content.is_some() => Err(Reply::new(
-                503,
-                "5.5.1",
-                "Error: DATA after BDAT",
-            )),
+            (_, Some(tx)) if !bdat && tx.content.is_some() => {
+                Err(Reply::new(503, "5.5.1", "Error: DATA after BDAT"))
+            }
             _ => Ok(()),
         }
     }
@@ -524,7 +531,11 @@ impl Session {
             (false, Greeting::Helo) => "SMTP",
         };
         Some(Envelope {
-            mail_from: tx.mail_from.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+            mail_from: tx
+                .mail_from
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_default(),
             rcpt_to: tx.rcpt_to.iter().map(|r| r.to_string()).collect(),
             client_ip: self.client_ip,
             helo: helo.clone(),
@@ -677,7 +688,14 @@ impl Session {
         let chunk_done = *remaining == 0;
         let last = *last;
         let refuse = if chunk_done { refuse.take() } else { None };
-        let refusing = refuse.is_some() || matches!(&self.phase, Phase::Bdat { refuse: Some(_), .. });
+        let refusing = refuse.is_some()
+            || matches!(
+                &self.phase,
+                Phase::Bdat {
+                    refuse: Some(_),
+                    ..
+                }
+            );
         if take == 0 && !chunk_done {
             return false;
         }

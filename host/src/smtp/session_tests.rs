@@ -123,7 +123,8 @@ fn run_every_split(input: &[u8]) -> Driver {
     whole
 }
 
-const HELLO: &[u8] = b"EHLO client.test\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice@example.test>\r\n";
+const HELLO: &[u8] =
+    b"EHLO client.test\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<alice@example.test>\r\n";
 
 fn with_hello(rest: &[u8]) -> Vec<u8> {
     let mut v = HELLO.to_vec();
@@ -146,15 +147,28 @@ fn pipelined_transaction_queues_exact_bytes() {
     assert_eq!(env.protocol, "ESMTP");
     assert!(d.closed);
     let text = String::from_utf8_lossy(&d.replies);
-    assert!(text.contains("250 2.0.0 Ok: queued as Q1\r\n250 2.1.0 Ok\r\n221 2.0.0"), "{text}");
+    assert!(
+        text.contains("250 2.0.0 Ok: queued as Q1\r\n250 2.1.0 Ok\r\n221 2.0.0"),
+        "{text}"
+    );
 }
 
 #[test]
 fn ehlo_advertises_the_extensions() {
     let d = run(b"EHLO c\r\n");
     let text = String::from_utf8_lossy(&d.replies);
-    for ext in ["PIPELINING", "SIZE 100000", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING"] {
-        assert!(text.contains(&format!("250-{ext}\r\n")) || text.contains(&format!("250 {ext}\r\n")), "{ext} in {text}");
+    for ext in [
+        "PIPELINING",
+        "SIZE 100000",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+        "CHUNKING",
+    ] {
+        assert!(
+            text.contains(&format!("250-{ext}\r\n")) || text.contains(&format!("250 {ext}\r\n")),
+            "{ext} in {text}"
+        );
     }
 }
 
@@ -163,7 +177,10 @@ fn every_error_reply_has_an_enhanced_code() {
     let d = run(b"MAIL FROM:<a@b.test>\r\nEHLO c\r\nRCPT TO:<a@localhost>\r\nFOO\r\nDATA\r\nVRFY x\r\nNOOP\r\n");
     let text = String::from_utf8_lossy(&d.replies);
     // EHLO's reply is the one exception (RFC 2034 section 3): skip its lines.
-    for line in text.lines().filter(|l| !l.starts_with("250-") && !l.contains("CHUNKING")) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with("250-") && !l.contains("CHUNKING"))
+    {
         let enhanced = line.get(4..9).unwrap_or("");
         let class = &line[..1];
         assert!(
@@ -182,7 +199,8 @@ fn out_of_order_commands_get_503_and_the_session_goes_on() {
 
 #[test]
 fn bad_syntax_gets_500_or_501() {
-    let d = run(b"EHLO c\r\nXYZZY\r\nMAIL FROM:a@b\r\nMAIL FROM:<a@b.test> FOO=1\r\nEHLO\r\nNOOP\r\n");
+    let d =
+        run(b"EHLO c\r\nXYZZY\r\nMAIL FROM:a@b\r\nMAIL FROM:<a@b.test> FOO=1\r\nEHLO\r\nNOOP\r\n");
     assert_eq!(d.codes(), vec![250, 500, 501, 555, 501, 250]);
 }
 
@@ -222,7 +240,8 @@ fn overlong_text_line_is_refused() {
 
 #[test]
 fn size_is_checked_at_mail_and_during_data() {
-    let d = run(b"EHLO c\r\nMAIL FROM:<a@b.test> SIZE=100001\r\nMAIL FROM:<a@b.test> SIZE=100000\r\n");
+    let d =
+        run(b"EHLO c\r\nMAIL FROM:<a@b.test> SIZE=100001\r\nMAIL FROM:<a@b.test> SIZE=100000\r\n");
     assert_eq!(d.codes(), vec![250, 552, 250]);
     let mut input = with_hello(b"DATA\r\n");
     for _ in 0..2000 {
@@ -272,7 +291,8 @@ fn bdat_refused_still_consumes_its_octets() {
     let d = run_every_split(b"EHLO c\r\nBDAT 6\r\nQUIT\r\nNOOP\r\n");
     assert_eq!(d.codes(), vec![250, 503, 250]);
     assert!(!d.closed);
-    let d = run(b"HELO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<a@localhost>\r\nBDAT 1 LAST\r\nxNOOP\r\n");
+    let d =
+        run(b"HELO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<a@localhost>\r\nBDAT 1 LAST\r\nxNOOP\r\n");
     assert_eq!(d.codes(), vec![250, 250, 250, 503, 250]);
 }
 
@@ -367,7 +387,9 @@ fn vrfy_never_reveals_users_and_help_answers() {
 
 #[test]
 fn empty_message_and_duplicate_recipients() {
-    let d = run(&with_hello(b"RCPT TO:<alice@example.test>\r\nDATA\r\n.\r\n"));
+    let d = run(&with_hello(
+        b"RCPT TO:<alice@example.test>\r\nDATA\r\n.\r\n",
+    ));
     assert_eq!(d.committed.len(), 1);
     assert_eq!(d.committed[0].1, b"");
     assert_eq!(d.committed[0].0.rcpt_to.len(), 1);

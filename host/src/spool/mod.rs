@@ -360,7 +360,8 @@ impl Spool {
                         let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
                         let to = self.dir(QueueState::Corrupt).join(name);
                         tracing::warn!(file = %path.display(), reason = %why, "moving unreadable queue file to corrupt/");
-                        fs::rename(&path, &to).map_err(|e| Error::io("moving to corrupt", &to, e))?;
+                        fs::rename(&path, &to)
+                            .map_err(|e| Error::io("moving to corrupt", &to, e))?;
                         report.corrupt += 1;
                     }
                 }
@@ -398,7 +399,11 @@ impl SpoolWriter {
     fn write_raw(&mut self, data: &[u8]) -> Result<(), Error> {
         check_fault(&self.fault, &self.path)?;
         let file = self.file.as_mut().ok_or_else(|| {
-            Error::io("writing", &self.path, io::Error::other("writer already failed"))
+            Error::io(
+                "writing",
+                &self.path,
+                io::Error::other("writer already failed"),
+            )
         })?;
         if let Err(e) = file.write_all(data) {
             self.file = None;
@@ -419,7 +424,11 @@ impl SpoolWriter {
         let trailer = queue_file::encode_trailer(self.message_len);
         self.write_raw(&trailer)?;
         let buffered = self.file.take().ok_or_else(|| {
-            Error::io("writing", &self.path, io::Error::other("writer already failed"))
+            Error::io(
+                "writing",
+                &self.path,
+                io::Error::other("writer already failed"),
+            )
         })?;
         let file = buffered
             .into_inner()
@@ -525,7 +534,12 @@ mod tests {
         assert_eq!(m, b"hello\r\n");
         assert_eq!(h.envelope, envelope());
         assert!(spool.list(QueueState::Tmp).expect("list").is_empty());
-        assert_eq!(fs::read_dir(spool.dir(QueueState::Tmp)).expect("ls").count(), 0);
+        assert_eq!(
+            fs::read_dir(spool.dir(QueueState::Tmp))
+                .expect("ls")
+                .count(),
+            0
+        );
     }
 
     #[tokio::test]
@@ -555,7 +569,12 @@ mod tests {
         let mut w = spool.begin(&envelope()).expect("begin");
         w.write(b"partial").expect("write");
         drop(w);
-        assert_eq!(fs::read_dir(spool.dir(QueueState::Tmp)).expect("ls").count(), 0);
+        assert_eq!(
+            fs::read_dir(spool.dir(QueueState::Tmp))
+                .expect("ls")
+                .count(),
+            0
+        );
         assert!(spool.list(QueueState::Incoming).expect("list").is_empty());
     }
 
@@ -588,7 +607,11 @@ mod tests {
         fs::write(spool.dir(QueueState::Tmp).join("new.1.1"), b"half").expect("tmp");
         let torn = QueueId::parse("ABC").expect("id");
         let bytes = fs::read(spool.path(QueueState::Incoming, &good)).expect("read");
-        fs::write(spool.path(QueueState::Incoming, &torn), &bytes[..bytes.len() - 3]).expect("torn");
+        fs::write(
+            spool.path(QueueState::Incoming, &torn),
+            &bytes[..bytes.len() - 3],
+        )
+        .expect("torn");
 
         let report = spool.recover().expect("recover");
         assert_eq!(

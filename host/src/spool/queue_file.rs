@@ -182,7 +182,9 @@ mod tests {
 
     fn write_file(dir: &Path, bytes: &[u8]) -> std::path::PathBuf {
         let p = dir.join("q");
-        File::create(&p).and_then(|mut f| f.write_all(bytes)).expect("write");
+        File::create(&p)
+            .and_then(|mut f| f.write_all(bytes))
+            .expect("write");
         p
     }
 
@@ -208,7 +210,10 @@ mod tests {
         let bytes = whole(b"Subject: hi\r\n\r\nbody\r\n");
         for cut in 0..bytes.len() {
             let p = write_file(dir.path(), &bytes[..cut]);
-            assert!(read_header(&p).is_err(), "truncated at {cut} looked complete");
+            assert!(
+                read_header(&p).is_err(),
+                "truncated at {cut} looked complete"
+            );
         }
     }
 
