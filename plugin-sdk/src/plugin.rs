@@ -1,0 +1,556 @@
+//! What a plugin author writes against: the [`Plugin`] trait, the [`Message`]
+//! it inspects and changes, and the [`Context`] through which it reaches the
+//! capabilities the configuration granted it.
+
+use crate::host;
+use crate::wire::{
+    Change, Header, HostErrorKind, HostRequest, HostResponse, Level, MessageInput, MessageState,
+    Recipient, Value, Verdict,
+};
+
+/// A plugin's error. Returned from a hook, it is a temporary failure: the
+/// message is deferred and retried, never dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    message: String,
+    kind: Option<HostErrorKind>,
+}
+
+impl Error {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Error {
+        Error {
+            message: message.into(),
+            kind: None,
+        }
+    }
+
+    /// What the host said, when the error came from a host request.
+    pub fn host_kind(&self) -> Option<HostErrorKind> {
+        self.kind
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<String> for Error {
+    fn from(s: String) -> Self {
+        Error::new(s)
+    }
+}
+
+impl From<&str> for Error {
+    fn from(s: &str) -> Self {
+        Error::new(s)
+    }
+}
+
+/// `Result` with the SDK's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A finaldot plugin.
+///
+/// The host creates the plugin with `Default`, calls [`Plugin::on_configure`]
+/// with its table from the configuration, then [`Plugin::on_message`] for a
+/// message. By default every message gets a fresh instance.
+pub trait Plugin: Default + Send + 'static {
+    /// Receives the plugin's configuration table. The default accepts anything.
+    fn on_configure(&mut self, config: &Config) -> Result<()> {
+        let _ = config;
+        Ok(())
+    }
+
+    /// Looks at (and possibly changes) one message and returns a verdict.
+    fn on_message(&mut self, msg: &mut Message, cx: &Context) -> Result<Verdict>;
+}
+
+/// The plugin's configuration: its name and its table from the config file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    name: String,
+    table: Value,
+}
+
+impl Config {
+    /// A configuration (the SDK builds these; tests may too).
+    pub fn new(name: impl Into<String>, table: Value) -> Config {
+        Config {
+            name: name.into(),
+            table,
+        }
+    }
+
+    /// The plugin's name in the configuration.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The whole table.
+    pub fn table(&self) -> &Value {
+        &self.table
+    }
+
+    /// A value by key.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.table.get(key)
+    }
+
+    /// A string by key; an error naming the key if it has another type.
+    pub fn str(&self, key: &str) -> Result<Option<&str>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(Error::new(format!("`{key}` must be a string"))),
+        }
+    }
+
+    /// An integer by key.
+    pub fn int(&self, key: &str) -> Result<Option<i64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Int(i)) => Ok(Some(*i)),
+            Some(_) => Err(Error::new(format!("`{key}` must be an integer"))),
+        }
+    }
+
+    /// A boolean by key.
+    pub fn bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(Error::new(format!("`{key}` must be true or false"))),
+        }
+    }
+
+    /// An array of strings by key.
+    pub fn strings(&self, key: &str) -> Result<Vec<String>> {
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| Error::new(format!("`{key}` must be an array of strings")))
+                })
+                .collect(),
+            Some(_) => Err(Error::new(format!("`{key}` must be an array of strings"))),
+        }
+    }
+}
+
+/// The message a plugin sees: envelope and headers in memory, the body read
+/// from the host on demand. Every change made through it is recorded and
+/// returned to the host, which applies the same changes.
+#[derive(Debug, Clone)]
+pub struct Message {
+    queue_id: String,
+    state: MessageState,
+    body_len: u64,
+    client_ip: String,
+    helo: String,
+    received_at: u64,
+    changes: Vec<Change>,
+}
+
+impl Message {
+    /// Builds the message from the host's input.
+    pub fn from_input(input: MessageInput) -> Message {
+        Message {
+            queue_id: input.queue_id,
+            state: input.state,
+            body_len: input.body_len,
+            client_ip: input.client_ip,
+            helo: input.helo,
+            received_at: input.received_at,
+            changes: Vec::new(),
+        }
+    }
+
+    /// The changes made so far, in order.
+    pub fn changes(&self) -> &[Change] {
+        &self.changes
+    }
+
+    /// Consumes the message, returning its changes.
+    pub fn into_changes(self) -> Vec<Change> {
+        self.changes
+    }
+
+    /// The state (envelope and headers) as changed so far.
+    pub fn state(&self) -> &MessageState {
+        &self.state
+    }
+
+    fn change(&mut self, c: Change) {
+        self.state.apply(&c);
+        self.changes.push(c);
+    }
+
+    /// The queue id.
+    pub fn queue_id(&self) -> &str {
+        &self.queue_id
+    }
+
+    /// The envelope sender; empty for the null sender `<>`.
+    pub fn sender(&self) -> &str {
+        &self.state.envelope.mail_from
+    }
+
+    /// All recipients, with their states.
+    pub fn recipients(&self) -> &[Recipient] {
+        &self.state.envelope.recipients
+    }
+
+    /// The recipients no plugin has delivered, failed or deferred yet.
+    pub fn pending_recipients(&self) -> Vec<Recipient> {
+        self.recipients()
+            .iter()
+            .filter(|r| r.is_pending())
+            .cloned()
+            .collect()
+    }
+
+    /// The SMTP client's IP address.
+    pub fn client_ip(&self) -> &str {
+        &self.client_ip
+    }
+
+    /// The client's HELO/EHLO name.
+    pub fn helo(&self) -> &str {
+        &self.helo
+    }
+
+    /// When the message was received (seconds since the Unix epoch).
+    pub fn received_at(&self) -> u64 {
+        self.received_at
+    }
+
+    /// All header fields in order.
+    pub fn headers(&self) -> &[Header] {
+        &self.state.headers
+    }
+
+    /// The first header with this name, as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.state.headers.iter().find(|h| h.is(name)).map(Header::text)
+    }
+
+    /// Every header with this name, as text.
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.state
+            .headers
+            .iter()
+            .filter(|h| h.is(name))
+            .map(Header::text)
+            .collect()
+    }
+
+    /// Adds a header at the end of the header block.
+    pub fn add_header(&mut self, name: &str, value: &str) {
+        self.change(Change::AddHeader(Header::new(name, value)));
+    }
+
+    /// Adds a header at the top (where trace headers go).
+    pub fn prepend_header(&mut self, name: &str, value: &str) {
+        self.change(Change::PrependHeader(Header::new(name, value)));
+    }
+
+    /// Removes every header with this name.
+    pub fn remove_header(&mut self, name: &str) {
+        self.change(Change::RemoveHeader {
+            name: name.to_string(),
+        });
+    }
+
+    /// Replaces every header with this name by one.
+    pub fn set_header(&mut self, name: &str, value: &str) {
+        self.change(Change::ReplaceHeader(Header::new(name, value)));
+    }
+
+    /// Adds a recipient (e.g. a list member), remembering where it came from.
+    pub fn add_recipient(&mut self, address: &str, original: Option<&str>) {
+        self.change(Change::AddRecipient {
+            address: address.to_string(),
+            original: original.map(str::to_string),
+        });
+    }
+
+    /// Removes a recipient.
+    pub fn remove_recipient(&mut self, address: &str) {
+        self.change(Change::RemoveRecipient {
+            address: address.to_string(),
+        });
+    }
+
+    /// Rewrites a recipient's address.
+    pub fn rewrite_recipient(&mut self, from: &str, to: &str) {
+        self.change(Change::RewriteRecipient {
+            from: from.to_string(),
+            to: to.to_string(),
+        });
+    }
+
+    /// Sets the envelope sender ("" for `<>`).
+    pub fn set_sender(&mut self, address: &str) {
+        self.change(Change::SetSender {
+            address: address.to_string(),
+        });
+    }
+
+    /// Marks a recipient delivered.
+    pub fn mark_delivered(&mut self, address: &str, note: &str) {
+        self.change(Change::MarkDelivered {
+            address: address.to_string(),
+            note: note.to_string(),
+        });
+    }
+
+    /// Marks a recipient permanently failed (`status` like `5.1.1`).
+    pub fn mark_failed(&mut self, address: &str, status: &str, reason: &str) {
+        self.change(Change::MarkFailed {
+            address: address.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Marks a recipient temporarily failed; it is retried later.
+    pub fn mark_deferred(&mut self, address: &str, reason: &str) {
+        self.change(Change::MarkDeferred {
+            address: address.to_string(),
+            reason: reason.to_string(),
+        });
+    }
+
+    /// The body's length in bytes.
+    pub fn body_len(&self) -> u64 {
+        self.body_len
+    }
+
+    /// Reads body bytes at `offset` into `buf`; returns how many (0 at the end).
+    pub fn read_body(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        host::body_read(offset, buf).map_err(Error::new)
+    }
+
+    /// Reads the whole body. Prefer [`Message::read_body`] for large messages.
+    pub fn body(&self) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; self.body_len as usize];
+        let mut off = 0usize;
+        while off < out.len() {
+            let n = self.read_body(off as u64, &mut out[off..])?;
+            if n == 0 {
+                break;
+            }
+            off += n;
+        }
+        out.truncate(off);
+        Ok(out)
+    }
+}
+
+/// The plugin's view of the host: logging, time and granted capabilities.
+#[derive(Debug, Clone)]
+pub struct Context {
+    queue_id: String,
+}
+
+impl Context {
+    /// A context for the message with this queue id.
+    pub fn new(queue_id: String) -> Context {
+        Context { queue_id }
+    }
+
+    /// The queue id of the message being processed.
+    pub fn queue_id(&self) -> &str {
+        &self.queue_id
+    }
+
+    /// Logs at a level; the host adds the queue id and the plugin's name.
+    pub fn log(&self, level: Level, message: &str) {
+        host::log(level, message);
+    }
+
+    /// Logs an informational line.
+    pub fn info(&self, message: &str) {
+        self.log(Level::Info, message);
+    }
+
+    /// Logs a warning.
+    pub fn warn(&self, message: &str) {
+        self.log(Level::Warn, message);
+    }
+
+    /// Logs an error.
+    pub fn error(&self, message: &str) {
+        self.log(Level::Error, message);
+    }
+
+    /// Logs a debugging line.
+    pub fn debug(&self, message: &str) {
+        self.log(Level::Debug, message);
+    }
+
+    /// The current time in milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        host::now_ms()
+    }
+
+    /// A directory granted in the configuration under this name.
+    pub fn dir(&self, grant: &str) -> Dir {
+        Dir {
+            grant: grant.to_string(),
+        }
+    }
+
+    /// The plugin's key-value namespace (if granted).
+    pub fn kv(&self) -> Kv {
+        Kv
+    }
+}
+
+fn request(req: HostRequest) -> Result<HostResponse> {
+    match host::call(&req) {
+        HostResponse::Error { kind, message } => Err(Error {
+            message,
+            kind: Some(kind),
+        }),
+        other => Ok(other),
+    }
+}
+
+fn unexpected(r: HostResponse) -> Error {
+    Error::new(format!("unexpected host response {r:?}"))
+}
+
+/// A granted directory. Paths are relative, without `..`; the host confines
+/// them beneath the grant's root and refuses writes to a read-only grant.
+#[derive(Debug, Clone)]
+pub struct Dir {
+    grant: String,
+}
+
+impl Dir {
+    /// Reads a whole file.
+    pub fn read(&self, path: &str) -> Result<Vec<u8>> {
+        match request(HostRequest::ReadFile {
+            grant: self.grant.clone(),
+            path: path.to_string(),
+        })? {
+            HostResponse::Data(Some(d)) => Ok(d),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Writes a file durably and atomically.
+    pub fn write(&self, path: &str, data: &[u8]) -> Result<()> {
+        match request(HostRequest::WriteFile {
+            grant: self.grant.clone(),
+            path: path.to_string(),
+            data: data.to_vec(),
+        })? {
+            HostResponse::Done => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Lists the entry names in a directory ("" for the grant's root).
+    pub fn list(&self, path: &str) -> Result<Vec<String>> {
+        match request(HostRequest::ListDir {
+            grant: self.grant.clone(),
+            path: path.to_string(),
+        })? {
+            HostResponse::Entries(e) => Ok(e),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Creates a directory and its parents.
+    pub fn create_dir_all(&self, path: &str) -> Result<()> {
+        match request(HostRequest::CreateDir {
+            grant: self.grant.clone(),
+            path: path.to_string(),
+        })? {
+            HostResponse::Done => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Whether a path exists.
+    pub fn exists(&self, path: &str) -> Result<bool> {
+        match request(HostRequest::Exists {
+            grant: self.grant.clone(),
+            path: path.to_string(),
+        })? {
+            HostResponse::Bool(b) => Ok(b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Writes the message (these headers, then the body, which never passes
+    /// through the plugin) to `tmp_path`, fsyncs it, renames it to `path` and
+    /// fsyncs the directory: when this returns `Ok`, the file is durable.
+    pub fn write_message(
+        &self,
+        tmp_path: &str,
+        path: &str,
+        headers: &[Header],
+        lf_endings: bool,
+    ) -> Result<()> {
+        match request(HostRequest::WriteMessage {
+            grant: self.grant.clone(),
+            tmp_path: tmp_path.to_string(),
+            path: path.to_string(),
+            headers: headers.to_vec(),
+            lf_endings,
+        })? {
+            HostResponse::Done => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+}
+
+/// The plugin's key-value namespace, kept by the host on disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Kv;
+
+impl Kv {
+    /// The value of a key, if present and not expired.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match request(HostRequest::KvGet { key: key.to_vec() })? {
+            HostResponse::Data(d) => Ok(d),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Stores a value, optionally expiring after `ttl_secs`.
+    pub fn put(&self, key: &[u8], value: &[u8], ttl_secs: Option<u64>) -> Result<()> {
+        match request(HostRequest::KvPut {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            ttl_secs,
+        })? {
+            HostResponse::Done => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Deletes a key.
+    pub fn delete(&self, key: &[u8]) -> Result<()> {
+        match request(HostRequest::KvDelete { key: key.to_vec() })? {
+            HostResponse::Done => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! The native test harness: run a plugin with `cargo test`, no wasm and no daemon.
+//!
+//! A [`TestHost`] stands in for finaldot: it serves the body, the clock, logs,
+//! granted directories (plain paths on disk, checked like the real host's) and
+//! an in-memory key-value namespace. Build a [`TestMessage`] in code or from an
+//! `.eml` file, run the plugin, and assert on the [`Outcome`].
+//!
+//! ```
+//! use finaldot_sdk::prelude::*;
+//! use finaldot_sdk::testing::{TestHost, TestMessage};
+//!
+//! #[derive(Default)]
+//! struct Tag;
+//! impl Plugin for Tag {
+//!     fn on_message(&mut self, msg: &mut Message, _cx: &Context) -> Result<Verdict> {
+//!         msg.add_header("X-Tagged", "yes");
+//!         Ok(Verdict::Continue)
+//!     }
+//! }
+//!
+//! let mut host = TestHost::new();
+//! let msg = TestMessage::from_eml(b"Subject: hi\r\n\r\nbody\r\n").recipient("alice@localhost");
+//! let out = host.run(&mut Tag, &msg).unwrap();
+//! assert_eq!(out.verdict, Verdict::Continue);
+//! assert_eq!(out.header("X-Tagged").as_deref(), Some("yes"));
+//! ```
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use crate::plugin::{Config, Context, Message, Plugin, Result};
+use crate::wire::{
+    check_relative_path, parse_headers, Change, Envelope, HostErrorKind, HostRequest,
+    HostResponse, Level, MessageInput, MessageState, Recipient, Value, Verdict, ABI_VERSION,
+};
+
+#[derive(Default)]
+struct State {
+    dirs: HashMap<String, (PathBuf, bool)>,
+    kv: HashMap<Vec<u8>, (Vec<u8>, Option<u64>)>,
+    logs: Vec<(Level, String)>,
+    now_ms: u64,
+    body: Vec<u8>,
+    headers: Vec<u8>,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<RefCell<State>>>> = const { RefCell::new(None) };
+}
+
+/// The native host the SDK's host functions reach during [`TestHost::run`].
+pub(crate) struct Current(Rc<RefCell<State>>);
+
+pub(crate) fn with_host<T>(f: impl FnOnce(&mut Current) -> T) -> T {
+    let state = CURRENT.with(|c| c.borrow().clone()).unwrap_or_else(|| {
+        panic!("no finaldot host here: run the plugin through finaldot_sdk::testing::TestHost")
+    });
+    f(&mut Current(state))
+}
+
+fn err(kind: HostErrorKind, message: impl Into<String>) -> HostResponse {
+    HostResponse::Error {
+        kind,
+        message: message.into(),
+    }
+}
+
+impl Current {
+    pub(crate) fn log(&mut self, level: Level, message: &str) {
+        self.0.borrow_mut().logs.push((level, message.to_string()));
+    }
+
+    pub(crate) fn body_read(&mut self, offset: u64, buf: &mut [u8]) -> usize {
+        let s = self.0.borrow();
+        let start = (offset as usize).min(s.body.len());
+        let n = buf.len().min(s.body.len() - start);
+        buf[..n].copy_from_slice(&s.body[start..start + n]);
+        n
+    }
+
+    pub(crate) fn now_ms(&mut self) -> u64 {
+        self.0.borrow().now_ms
+    }
+
+    fn resolve(&self, grant: &str, path: &str, write: bool) -> std::result::Result<PathBuf, HostResponse> {
+        let s = self.0.borrow();
+        let Some((root, writable)) = s.dirs.get(grant) else {
+            return Err(err(HostErrorKind::NotGranted, format!("no directory grant named {grant:?}")));
+        };
+        if write && !writable {
+            return Err(err(HostErrorKind::NotGranted, format!("grant {grant:?} is read-only")));
+        }
+        check_relative_path(path).map_err(|why| err(HostErrorKind::Escape, format!("{path:?}: {why}")))?;
+        Ok(if path.is_empty() { root.clone() } else { root.join(path) })
+    }
+
+    pub(crate) fn call(&mut self, req: &HostRequest) -> HostResponse {
+        let io = |e: std::io::Error| {
+            let kind = if e.kind() == std::io::ErrorKind::NotFound {
+                HostErrorKind::NotFound
+            } else {
+                HostErrorKind::Io
+            };
+            err(kind, e.to_string())
+        };
+        let result = (|| -> std::result::Result<HostResponse, HostResponse> {
+            Ok(match req {
+                HostRequest::ReadFile { grant, path } => {
+                    HostResponse::Data(Some(std::fs::read(self.resolve(grant, path, false)?).map_err(io)?))
+                }
+                HostRequest::WriteFile { grant, path, data } => {
+                    let p = self.resolve(grant, path, true)?;
+                    let tmp = p.with_extension("finaldot-tmp");
+                    std::fs::write(&tmp, data).map_err(io)?;
+                    std::fs::rename(&tmp, &p).map_err(io)?;
+                    HostResponse::Done
+                }
+                HostRequest::ListDir { grant, path } => {
+                    let mut names: Vec<String> = std::fs::read_dir(self.resolve(grant, path, false)?)
+                        .map_err(io)?
+                        .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
+                        .collect();
+                    names.sort();
+                    HostResponse::Entries(names)
+                }
+                HostRequest::CreateDir { grant, path } => {
+                    std::fs::create_dir_all(self.resolve(grant, path, true)?).map_err(io)?;
+                    HostResponse::Done
+                }
+                HostRequest::Exists { grant, path } => {
+                    HostResponse::Bool(self.resolve(grant, path, false)?.exists())
+                }
+                HostRequest::WriteMessage { grant, tmp_path, path, headers, lf_endings } => {
+                    let tmp = self.resolve(grant, tmp_path, true)?;
+                    let dst = self.resolve(grant, path, true)?;
+                    let mut data = Vec::new();
+                    for h in headers {
+                        h.write_to(&mut data);
+                    }
+                    data.extend_from_slice(b"\r\n");
+                    data.extend_from_slice(&self.0.borrow().body);
+                    if *lf_endings {
+                        data = crlf_to_lf(&data);
+                    }
+                    std::fs::write(&tmp, &data).map_err(io)?;
+                    std::fs::rename(&tmp, &dst).map_err(io)?;
+                    HostResponse::Done
+                }
+                HostRequest::KvGet { key } => {
+                    let s = self.0.borrow();
+                    let now = s.now_ms;
+                    HostResponse::Data(
+                        s.kv.get(key)
+                            .filter(|(_, exp)| exp.is_none_or(|e| e > now))
+                            .map(|(v, _)| v.clone()),
+                    )
+                }
+                HostRequest::KvPut { key, value, ttl_secs } => {
+                    let mut s = self.0.borrow_mut();
+                    let exp = ttl_secs.map(|t| s.now_ms + t * 1000);
+                    s.kv.insert(key.clone(), (value.clone(), exp));
+                    HostResponse::Done
+                }
+                HostRequest::KvDelete { key } => {
+                    self.0.borrow_mut().kv.remove(key);
+                    HostResponse::Done
+                }
+            })
+        })();
+        result.unwrap_or_else(|e| e)
+    }
+}
+
+/// Converts CRLF line endings to LF (how Unix mailboxes store mail).
+pub fn crlf_to_lf(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut i = 0;
+    while i < data.len() {
+        if data[i] == b'\r' && data.get(i + 1) == Some(&b'\n') {
+            i += 1;
+            continue;
+        }
+        out.push(data[i]);
+        i += 1;
+    }
+    out
+}
+
+/// A message for a test: envelope, headers and body.
+#[derive(Debug, Clone)]
+pub struct TestMessage {
+    input: MessageInput,
+    body: Vec<u8>,
+}
+
+impl TestMessage {
+    /// A message from raw bytes (an `.eml` file, CRLF or LF), with sender
+    /// `sender@example.test` and no recipients yet.
+    pub fn from_eml(raw: &[u8]) -> TestMessage {
+        let (headers, body_at) = parse_headers(raw);
+        TestMessage {
+            input: MessageInput {
+                abi: ABI_VERSION,
+                queue_id: "TESTQUEUEID".to_string(),
+                state: MessageState {
+                    envelope: Envelope {
+                        mail_from: "sender@example.test".to_string(),
+                        recipients: Vec::new(),
+                    },
+                    headers,
+                },
+                body_len: (raw.len() - body_at) as u64,
+                client_ip: "192.0.2.1".to_string(),
+                helo: "client.example.test".to_string(),
+                received_at: 1_700_000_000,
+            },
+            body: raw[body_at..].to_vec(),
+        }
+    }
+
+    /// Reads an `.eml` file.
+    pub fn from_file(path: impl AsRef<Path>) -> std::io::Result<TestMessage> {
+        Ok(TestMessage::from_eml(&std::fs::read(path)?))
+    }
+
+    /// Sets the envelope sender ("" for `<>`).
+    pub fn sender(mut self, address: &str) -> Self {
+        self.input.state.envelope.mail_from = address.to_string();
+        self
+    }
+
+    /// Adds a pending recipient.
+    pub fn recipient(mut self, address: &str) -> Self {
+        self.input.state.envelope.recipients.push(Recipient::new(address));
+        self
+    }
+
+    /// Sets the queue id.
+    pub fn queue_id(mut self, id: &str) -> Self {
+        self.input.queue_id = id.to_string();
+        self
+    }
+
+    /// The input the plugin will see.
+    pub fn input(&self) -> &MessageInput {
+        &self.input
+    }
+
+    /// The body bytes.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// The message after an outcome's changes, as the next plugin would see it.
+    pub fn after(&self, outcome: &Outcome) -> TestMessage {
+        let mut next = self.clone();
+        next.input.state = outcome.state.clone();
+        next
+    }
+}
+
+/// What one run of a plugin produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The changes, in order.
+    pub changes: Vec<Change>,
+    /// Envelope and headers with the changes applied.
+    pub state: MessageState,
+    /// The lines the plugin logged during the run.
+    pub logs: Vec<(Level, String)>,
+}
+
+impl Outcome {
+    /// The first header with this name after the changes, as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.state.headers.iter().find(|h| h.is(name)).map(|h| h.text())
+    }
+
+    /// The state of a recipient after the changes.
+    pub fn recipient(&self, address: &str) -> Option<&Recipient> {
+        self.state
+            .envelope
+            .recipients
+            .iter()
+            .find(|r| r.address.eq_ignore_ascii_case(address))
+    }
+}
+
+/// A stand-in for the finaldot host.
+#[derive(Clone, Default)]
+pub struct TestHost {
+    state: Rc<RefCell<State>>,
+}
+
+impl TestHost {
+    /// A host with no grants, time at 2023-11-14 (1_700_000_000_000 ms).
+    pub fn new() -> TestHost {
+        let host = TestHost::default();
+        host.state.borrow_mut().now_ms = 1_700_000_000_000;
+        host
+    }
+
+    /// Grants a directory under `name` (read-only unless `writable`).
+    pub fn grant_dir(&mut self, name: &str, path: impl Into<PathBuf>, writable: bool) -> &mut Self {
+        self.state
+            .borrow_mut()
+            .dirs
+            .insert(name.to_string(), (path.into(), writable));
+        self
+    }
+
+    /// Sets the clock.
+    pub fn set_now_ms(&mut self, ms: u64) -> &mut Self {
+        self.state.borrow_mut().now_ms = ms;
+        self
+    }
+
+    /// Every line logged so far.
+    pub fn logs(&self) -> Vec<(Level, String)> {
+        self.state.borrow().logs.clone()
+    }
+
+    fn enter<T>(&self, f: impl FnOnce() -> T) -> T {
+        CURRENT.with(|c| *c.borrow_mut() = Some(self.state.clone()));
+        struct Leave;
+        impl Drop for Leave {
+            fn drop(&mut self) {
+                CURRENT.with(|c| *c.borrow_mut() = None);
+            }
+        }
+        let _leave = Leave;
+        f()
+    }
+
+    /// Creates a plugin and configures it with this table (as the host does).
+    pub fn configure<P: Plugin>(&mut self, name: &str, table: Value) -> Result<P> {
+        self.enter(|| {
+            let mut p = P::default();
+            p.on_configure(&Config::new(name, table))?;
+            Ok(p)
+        })
+    }
+
+    /// Runs `on_message` on a message.
+    pub fn run<P: Plugin>(&mut self, plugin: &mut P, msg: &TestMessage) -> Result<Outcome> {
+        {
+            let mut s = self.state.borrow_mut();
+            s.body = msg.body.clone();
+            s.headers.clear();
+        }
+        let before = self.state.borrow().logs.len();
+        let cx = Context::new(msg.input.queue_id.clone());
+        let mut m = Message::from_input(msg.input.clone());
+        let verdict = self.enter(|| plugin.on_message(&mut m, &cx))?;
+        let logs = self.state.borrow().logs[before..].to_vec();
+        Ok(Outcome {
+            verdict,
+            state: m.state().clone(),
+            changes: m.into_changes(),
+            logs,
+        })
+    }
+}
+
+/// Converts a TOML value (a plugin's table as written in a config file) into
+/// the wire [`Value`]. Dates become strings.
+pub fn value_from_toml(v: &toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::String(s.clone()),
+        toml::Value::Integer(i) => Value::Int(*i),
+        toml::Value::Float(f) => Value::Float(*f),
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.iter().map(value_from_toml).collect()),
+        toml::Value::Table(t) => Value::Table(
+            t.iter()
+                .map(|(k, v)| (k.clone(), value_from_toml(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// Parses TOML text into a configuration table (for tests).
+pub fn config_from_toml(text: &str) -> std::result::Result<Value, String> {
+    let t: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    Ok(value_from_toml(&toml::Value::Table(t)))
+}

@@ -1,0 +1,759 @@
+//! The ABI v1 wire types, defined once and used by both the host and the guest.
+//!
+//! Everything here is encoded with postcard, which is positional: fields are
+//! only ever appended at the end of a struct and variants only at the end of an
+//! enum, never reordered or removed. Every top-level payload starts with the ABI
+//! version (`abi`), checked by the receiver. Byte fields are `serde_bytes`
+//! (postcard would otherwise encode a `Vec<u8>` element by element).
+//!
+//! The functions that give the types meaning ([`parse_headers`],
+//! [`MessageState::apply`], [`check_relative_path`]) live here too, so the host
+//! and a plugin can never disagree about what a change does.
+
+use serde::{Deserialize, Serialize};
+
+/// The ABI version of this SDK; the host refuses a plugin that reports another.
+pub const ABI_VERSION: u32 = 1;
+
+/// One header field, as it appears in the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// The field name, as written (compare case-insensitively).
+    pub name: String,
+    /// The raw value after the colon, without the final CRLF; folding is kept.
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+impl Header {
+    /// A header from a name and a value (a leading space is added when missing).
+    pub fn new(name: impl Into<String>, value: impl AsRef<[u8]>) -> Header {
+        let value = value.as_ref();
+        let mut v = Vec::with_capacity(value.len() + 1);
+        if !value.starts_with(b" ") && !value.starts_with(b"\t") {
+            v.push(b' ');
+        }
+        v.extend_from_slice(value);
+        Header {
+            name: name.into(),
+            value: v,
+        }
+    }
+
+    /// The value as text: unfolded, trimmed, invalid UTF-8 replaced.
+    pub fn text(&self) -> String {
+        let unfolded: Vec<u8> = self
+            .value
+            .iter()
+            .copied()
+            .filter(|&b| b != b'\r' && b != b'\n')
+            .collect();
+        String::from_utf8_lossy(&unfolded).trim().to_string()
+    }
+
+    /// True if the name matches, ignoring ASCII case.
+    pub fn is(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name)
+    }
+
+    /// Appends `Name:value\r\n` to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.name.as_bytes());
+        out.push(b':');
+        out.extend_from_slice(&self.value);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Where one recipient stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecipientState {
+    /// Not yet delivered or failed.
+    Pending,
+    /// Delivered (or deliberately suppressed) by a plugin.
+    Delivered {
+        /// What delivered it, for the log and `queue show`.
+        note: String,
+    },
+    /// Failed permanently; goes into the bounce.
+    Failed {
+        /// Enhanced status code, e.g. `5.1.1`.
+        status: String,
+        /// Human-readable reason.
+        reason: String,
+    },
+    /// Failed temporarily; retried later.
+    Deferred {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One envelope recipient and its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    /// The address (`local@domain`).
+    pub address: String,
+    /// Its state.
+    pub state: RecipientState,
+    /// The address as the SMTP client gave it, when a plugin rewrote or expanded it.
+    pub original: Option<String>,
+}
+
+impl Recipient {
+    /// A pending recipient.
+    pub fn new(address: impl Into<String>) -> Recipient {
+        Recipient {
+            address: address.into(),
+            state: RecipientState::Pending,
+            original: None,
+        }
+    }
+
+    /// True while no plugin has delivered, failed or deferred it.
+    pub fn is_pending(&self) -> bool {
+        self.state == RecipientState::Pending
+    }
+
+    /// The local part (before the last `@`).
+    pub fn local_part(&self) -> &str {
+        self.address
+            .rsplit_once('@')
+            .map(|(l, _)| l)
+            .unwrap_or(&self.address)
+    }
+
+    /// The domain (after the last `@`), empty if none.
+    pub fn domain(&self) -> &str {
+        self.address
+            .rsplit_once('@')
+            .map(|(_, d)| d)
+            .unwrap_or("")
+    }
+}
+
+/// The envelope a plugin sees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The reverse-path; empty for the null sender `<>`.
+    pub mail_from: String,
+    /// The recipients with their states.
+    pub recipients: Vec<Recipient>,
+}
+
+/// The message state a plugin sees and changes: envelope and headers (the body
+/// is read through the host, never copied in unasked).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageState {
+    /// The envelope.
+    pub envelope: Envelope,
+    /// The header fields in order, duplicates kept.
+    pub headers: Vec<Header>,
+}
+
+/// A change a plugin asks for. Applied in order by [`MessageState::apply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// Adds a header at the end of the header block.
+    AddHeader(Header),
+    /// Adds a header at the top of the header block (where trace headers go).
+    PrependHeader(Header),
+    /// Removes every header with this name.
+    RemoveHeader {
+        /// Field name, case-insensitive.
+        name: String,
+    },
+    /// Replaces every header with this name by one (at the first one's place, or at the end).
+    ReplaceHeader(Header),
+    /// Adds a pending recipient (no effect if already present).
+    AddRecipient {
+        /// The address.
+        address: String,
+        /// Where it came from (e.g. the list address it was expanded from).
+        original: Option<String>,
+    },
+    /// Removes a recipient.
+    RemoveRecipient {
+        /// The address.
+        address: String,
+    },
+    /// Replaces a recipient's address, keeping its state.
+    RewriteRecipient {
+        /// The old address.
+        from: String,
+        /// The new address.
+        to: String,
+    },
+    /// Sets the envelope sender (e.g. a list's bounce address); empty for `<>`.
+    SetSender {
+        /// The new reverse-path.
+        address: String,
+    },
+    /// Marks a recipient delivered.
+    MarkDelivered {
+        /// The address.
+        address: String,
+        /// How, for the log.
+        note: String,
+    },
+    /// Marks a recipient permanently failed (it goes into the bounce).
+    MarkFailed {
+        /// The address.
+        address: String,
+        /// Enhanced status code, e.g. `5.1.1`.
+        status: String,
+        /// Why.
+        reason: String,
+    },
+    /// Marks a recipient temporarily failed (it is retried).
+    MarkDeferred {
+        /// The address.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl MessageState {
+    fn recipient_mut(&mut self, address: &str) -> Option<&mut Recipient> {
+        self.envelope
+            .recipients
+            .iter_mut()
+            .find(|r| r.address.eq_ignore_ascii_case(address))
+    }
+
+    /// Applies one change. Changes naming an unknown recipient do nothing.
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::AddHeader(h) => self.headers.push(h.clone()),
+            Change::PrependHeader(h) => self.headers.insert(0, h.clone()),
+            Change::RemoveHeader { name } => self.headers.retain(|h| !h.is(name)),
+            Change::ReplaceHeader(new) => {
+                match self.headers.iter().position(|h| h.is(&new.name)) {
+                    Some(i) => {
+                        self.headers[i] = new.clone();
+                        let mut n = 0;
+                        self.headers.retain(|h| {
+                            n += 1;
+                            n - 1 <= i || !h.is(&new.name)
+                        });
+                    }
+                    None => self.headers.push(new.clone()),
+                }
+            }
+            Change::AddRecipient { address, original } => {
+                if self.recipient_mut(address).is_none() {
+                    self.envelope.recipients.push(Recipient {
+                        address: address.clone(),
+                        state: RecipientState::Pending,
+                        original: original.clone(),
+                    });
+                }
+            }
+            Change::RemoveRecipient { address } => self
+                .envelope
+                .recipients
+                .retain(|r| !r.address.eq_ignore_ascii_case(address)),
+            Change::RewriteRecipient { from, to } => {
+                if let Some(r) = self.recipient_mut(from) {
+                    if r.original.is_none() {
+                        r.original = Some(r.address.clone());
+                    }
+                    r.address = to.clone();
+                }
+            }
+            Change::SetSender { address } => self.envelope.mail_from = address.clone(),
+            Change::MarkDelivered { address, note } => {
+                if let Some(r) = self.recipient_mut(address) {
+                    r.state = RecipientState::Delivered { note: note.clone() };
+                }
+            }
+            Change::MarkFailed {
+                address,
+                status,
+                reason,
+            } => {
+                if let Some(r) = self.recipient_mut(address) {
+                    r.state = RecipientState::Failed {
+                        status: status.clone(),
+                        reason: reason.clone(),
+                    };
+                }
+            }
+            Change::MarkDeferred { address, reason } => {
+                if let Some(r) = self.recipient_mut(address) {
+                    r.state = RecipientState::Deferred {
+                        reason: reason.clone(),
+                    };
+                }
+            }
+        }
+    }
+
+    /// The header block, CRLF-terminated lines, without the blank separator line.
+    pub fn header_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for h in &self.headers {
+            h.write_to(&mut out);
+        }
+        out
+    }
+}
+
+/// What a plugin decided about the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verdict {
+    /// Go on to the next plugin, with this plugin's changes applied.
+    Continue,
+    /// Drop the message silently (every pending recipient counts as delivered).
+    Discard {
+        /// Why, for the log.
+        reason: String,
+    },
+    /// Put the message on hold for an administrator.
+    Hold {
+        /// Why, for the log and `queue show`.
+        reason: String,
+    },
+    /// Fail every pending recipient permanently; a bounce goes to the sender.
+    Bounce {
+        /// Reply code for the DSN, e.g. 550.
+        code: u16,
+        /// Enhanced status code, e.g. `5.7.1`.
+        status: String,
+        /// Text for the DSN.
+        text: String,
+    },
+    /// Try the message again later.
+    Defer {
+        /// Why.
+        reason: String,
+        /// Earliest retry, in seconds; the host's backoff when `None`.
+        retry_after_secs: Option<u64>,
+    },
+}
+
+/// A plugin's configuration value (its table from the config file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A string.
+    String(String),
+    /// An array.
+    Array(Vec<Value>),
+    /// A table, keys in file order.
+    Table(Vec<(String, Value)>),
+}
+
+impl Value {
+    /// An empty table.
+    pub fn empty() -> Value {
+        Value::Table(Vec::new())
+    }
+
+    /// The entry `key` of a table.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        match self {
+            Value::Table(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// This value as a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// This value as an integer.
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// This value as a boolean.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// This value as an array.
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// This value's entries, if it is a table.
+    pub fn as_table(&self) -> Option<&[(String, Value)]> {
+        match self {
+            Value::Table(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// Host → guest: configure a fresh instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigureInput {
+    /// ABI version ([`ABI_VERSION`]).
+    pub abi: u32,
+    /// The plugin's name in the configuration.
+    pub name: String,
+    /// The plugin's table from the configuration.
+    pub config: Value,
+}
+
+/// Host → guest: one message to look at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageInput {
+    /// ABI version ([`ABI_VERSION`]).
+    pub abi: u32,
+    /// The message's queue id.
+    pub queue_id: String,
+    /// Envelope and headers as the previous plugins left them.
+    pub state: MessageState,
+    /// Length of the body in bytes (read it with the host's body functions).
+    pub body_len: u64,
+    /// The SMTP client's IP address.
+    pub client_ip: String,
+    /// The name the client gave in HELO/EHLO.
+    pub helo: String,
+    /// When the message was received, seconds since the Unix epoch.
+    pub received_at: u64,
+}
+
+/// Guest → host: what `on_message` returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageOutput {
+    /// ABI version ([`ABI_VERSION`]).
+    pub abi: u32,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The changes, in the order they were made.
+    pub changes: Vec<Change>,
+}
+
+/// Guest → host: the result of a call, or the plugin's own error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GuestResult<T> {
+    /// Success.
+    Ok(T),
+    /// The plugin returned an error (a temporary failure: the message is retried).
+    Err(String),
+}
+
+/// Guest → host: what `on_configure` reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginInfo {
+    /// ABI version ([`ABI_VERSION`]).
+    pub abi: u32,
+    /// The plugin's crate name.
+    pub name: String,
+    /// The plugin's crate version.
+    pub version: String,
+}
+
+/// Log levels for the host's log function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(u32)]
+pub enum Level {
+    /// Errors.
+    Error = 1,
+    /// Warnings.
+    Warn = 2,
+    /// Informational.
+    Info = 3,
+    /// Debugging.
+    Debug = 4,
+}
+
+impl Level {
+    /// From the number used on the ABI.
+    pub fn from_u32(n: u32) -> Level {
+        match n {
+            1 => Level::Error,
+            2 => Level::Warn,
+            3 => Level::Info,
+            _ => Level::Debug,
+        }
+    }
+}
+
+/// Guest → host: a capability request (the `call` host function).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostRequest {
+    /// Reads a whole file from a granted directory.
+    ReadFile {
+        /// The grant's name.
+        grant: String,
+        /// A relative path beneath it.
+        path: String,
+    },
+    /// Writes a file durably and atomically (temp file, fsync, rename, directory fsync).
+    WriteFile {
+        /// The grant's name (must be read-write).
+        grant: String,
+        /// A relative path beneath it.
+        path: String,
+        /// The contents.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Lists the entry names of a directory.
+    ListDir {
+        /// The grant's name.
+        grant: String,
+        /// A relative path beneath it ("" for the root).
+        path: String,
+    },
+    /// Creates a directory and its parents.
+    CreateDir {
+        /// The grant's name (must be read-write).
+        grant: String,
+        /// A relative path beneath it.
+        path: String,
+    },
+    /// Whether a path exists.
+    Exists {
+        /// The grant's name.
+        grant: String,
+        /// A relative path beneath it.
+        path: String,
+    },
+    /// Writes the message (these headers, then the body from the host) to
+    /// `tmp_path`, fsyncs it, renames it to `path` and fsyncs that directory.
+    /// The body never passes through the plugin.
+    WriteMessage {
+        /// The grant's name (must be read-write).
+        grant: String,
+        /// Where to write first (e.g. `alice/Maildir/tmp/NAME`).
+        tmp_path: String,
+        /// Where it ends (e.g. `alice/Maildir/new/NAME`).
+        path: String,
+        /// The complete header block to write before the body.
+        headers: Vec<Header>,
+        /// Write LF line endings instead of CRLF (Unix mailbox convention).
+        lf_endings: bool,
+    },
+    /// Reads a key from the plugin's key-value namespace.
+    KvGet {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// Stores a key, optionally expiring after `ttl_secs`.
+    KvPut {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// Lifetime in seconds; forever when `None`.
+        ttl_secs: Option<u64>,
+    },
+    /// Deletes a key.
+    KvDelete {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+}
+
+/// Why the host refused or failed a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostErrorKind {
+    /// The plugin has no such grant (or a read-only one, for a write).
+    NotGranted,
+    /// The path is absolute, has `..`, or escapes through a symlink.
+    Escape,
+    /// No such file or directory.
+    NotFound,
+    /// The storage is full.
+    StorageFull,
+    /// Another I/O error.
+    Io,
+    /// The request was malformed.
+    Invalid,
+}
+
+/// Host → guest: the answer to a [`HostRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostResponse {
+    /// Done, nothing to return.
+    Done,
+    /// Bytes (a file, a value); `None` when a key is absent.
+    Data(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
+    /// Directory entry names.
+    Entries(Vec<String>),
+    /// A yes/no answer.
+    Bool(bool),
+    /// The request failed.
+    Error {
+        /// What kind of failure.
+        kind: HostErrorKind,
+        /// A message for the log.
+        message: String,
+    },
+}
+
+/// Checks that `path` is a plain relative path: not absolute, no `..`, no empty
+/// or `.` components, no NUL. The host also confines it beneath the grant's root
+/// (symlinks included); this check makes a plugin's mistake a clear error early.
+pub fn check_relative_path(path: &str) -> Result<(), &'static str> {
+    if path.starts_with('/') || path.starts_with('\\') {
+        return Err("absolute paths are not allowed");
+    }
+    if path.contains('\0') {
+        return Err("NUL in path");
+    }
+    for part in path.split('/') {
+        match part {
+            ".." => return Err("`..` is not allowed"),
+            "." => return Err("`.` components are not allowed"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Splits a raw message into its header fields and the offset of the body.
+/// Lines may end in CRLF or LF (an `.eml` file may have either). The body
+/// starts after the first empty line; a message without one is all headers.
+pub fn parse_headers(message: &[u8]) -> (Vec<Header>, usize) {
+    let mut headers: Vec<Header> = Vec::new();
+    let mut pos = 0;
+    while pos < message.len() {
+        let end = message[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|i| pos + i + 1)
+            .unwrap_or(message.len());
+        let line = &message[pos..end];
+        let content = line
+            .strip_suffix(b"\n")
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .unwrap_or(line);
+        if content.is_empty() {
+            return (headers, end);
+        }
+        if content[0] == b' ' || content[0] == b'\t' {
+            if let Some(last) = headers.last_mut() {
+                last.value.extend_from_slice(b"\r\n");
+                last.value.extend_from_slice(content);
+            }
+        } else if let Some(colon) = content.iter().position(|&b| b == b':') {
+            headers.push(Header {
+                name: String::from_utf8_lossy(&content[..colon]).trim_end().to_string(),
+                value: content[colon + 1..].to_vec(),
+            });
+        } else {
+            // Not a header line: the header block ends here (no blank line).
+            return (headers, pos);
+        }
+        pos = end;
+    }
+    (headers, message.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> MessageState {
+        MessageState {
+            envelope: Envelope {
+                mail_from: "s@x.test".into(),
+                recipients: vec![Recipient::new("a@x.test"), Recipient::new("b@x.test")],
+            },
+            headers: vec![
+                Header::new("Subject", "one"),
+                Header::new("X-A", "1"),
+                Header::new("x-a", "2"),
+            ],
+        }
+    }
+
+    #[test]
+    fn header_changes() {
+        let mut s = state();
+        s.apply(&Change::ReplaceHeader(Header::new("X-A", "9")));
+        assert_eq!(s.headers.len(), 2);
+        assert_eq!(s.headers[1].text(), "9");
+        s.apply(&Change::PrependHeader(Header::new("Received", "x")));
+        s.apply(&Change::AddHeader(Header::new("X-B", "b")));
+        assert_eq!(s.headers[0].name, "Received");
+        assert_eq!(s.headers.last().map(|h| h.name.as_str()), Some("X-B"));
+        s.apply(&Change::RemoveHeader { name: "x-b".into() });
+        assert!(!s.headers.iter().any(|h| h.is("X-B")));
+        assert_eq!(
+            s.header_bytes(),
+            b"Received: x\r\nSubject: one\r\nX-A: 9\r\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn recipient_changes() {
+        let mut s = state();
+        s.apply(&Change::AddRecipient {
+            address: "c@x.test".into(),
+            original: Some("list@x.test".into()),
+        });
+        s.apply(&Change::AddRecipient {
+            address: "C@x.test".into(),
+            original: None,
+        });
+        s.apply(&Change::RewriteRecipient {
+            from: "a@x.test".into(),
+            to: "alice@x.test".into(),
+        });
+        s.apply(&Change::MarkFailed {
+            address: "b@x.test".into(),
+            status: "5.1.1".into(),
+            reason: "no".into(),
+        });
+        s.apply(&Change::RemoveRecipient {
+            address: "nobody@x.test".into(),
+        });
+        let r = &s.envelope.recipients;
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].address, "alice@x.test");
+        assert_eq!(r[0].original.as_deref(), Some("a@x.test"));
+        assert!(matches!(r[1].state, RecipientState::Failed { .. }));
+        assert_eq!(r[2].original.as_deref(), Some("list@x.test"));
+    }
+
+    #[test]
+    fn parses_folded_headers_and_finds_the_body() {
+        let m = b"Subject: a\r\n long\r\nTo: b\r\n\r\nbody\r\n";
+        let (h, off) = parse_headers(m);
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].value, b" a\r\n long");
+        assert_eq!(h[0].text(), "a long");
+        assert_eq!(&m[off..], b"body\r\n");
+        let (h, off) = parse_headers(b"A: 1\nB: 2\n\nbody\n");
+        assert_eq!(h.len(), 2);
+        assert_eq!(off, 11);
+    }
+
+    #[test]
+    fn relative_paths() {
+        assert!(check_relative_path("alice/Maildir/new/x").is_ok());
+        assert!(check_relative_path("/etc/passwd").is_err());
+        assert!(check_relative_path("a/../../etc").is_err());
+        assert!(check_relative_path("a/./b").is_err());
+    }
+}
