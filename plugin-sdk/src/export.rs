@@ -4,6 +4,7 @@
 //! Exports (all `extern "C"`):
 //! - `finaldot_abi_version() -> u32`
 //! - `finaldot_alloc(len: u32) -> u32` and `finaldot_dealloc(ptr: u32, len: u32)`
+//! - `finaldot_info() -> u64`: output `GuestResult<PluginInfo>` (name, version)
 //! - `finaldot_configure(ptr: u32, len: u32) -> u64`: input [`ConfigureInput`],
 //!   output `GuestResult<PluginInfo>`
 //! - `finaldot_on_message(ptr: u32, len: u32) -> u64`: input [`MessageInput`],
@@ -171,6 +172,15 @@ impl<P: Plugin> Slot<P> {
     }
 }
 
+/// `finaldot_info`: the plugin's crate name and version, without configuring it.
+pub fn info(name: &str, version: &str) -> u64 {
+    encode(&GuestResult::Ok(PluginInfo {
+        abi: ABI_VERSION,
+        name: name.to_string(),
+        version: version.to_string(),
+    }))
+}
+
 /// Exports a [`Plugin`] type as a finaldot ABI v1 WebAssembly module.
 ///
 /// ```ignore
@@ -201,6 +211,13 @@ macro_rules! export_plugin {
         pub extern "C" fn finaldot_dealloc(ptr: u32, len: u32) {
             // SAFETY: the host passes back a buffer it got from finaldot_alloc or an output.
             unsafe { $crate::export::dealloc(ptr, len) }
+        }
+
+        /// The plugin's name and version.
+        #[allow(unsafe_code)]
+        #[no_mangle]
+        pub extern "C" fn finaldot_info() -> u64 {
+            $crate::export::info(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
         }
 
         /// Configures the plugin.

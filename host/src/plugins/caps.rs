@@ -1,0 +1,377 @@
+//! Capabilities a plugin can be granted: directories (read-only or read-write)
+//! and a key-value namespace. Nothing is granted by default.
+//!
+//! SECURITY: every path comes from a plugin and is hostile. It is checked with
+//! [`check_relative_path`] and then opened through `cap-std`, whose `Dir`
+//! resolves paths beneath its root only: `..`, absolute paths and symlinks
+//! that lead outside are refused by the operating system's `openat` walk, not
+//! by string checks alone. Writes go to a read-write grant only, and are
+//! durable and atomic (temp file, fsync, rename, directory fsync).
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, OpenOptions};
+use finaldot_sdk::wire::{check_relative_path, HostErrorKind, HostRequest, HostResponse, Header};
+
+use super::instance::Body;
+
+/// A directory grant as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirGrant {
+    /// The name the plugin uses (`cx.dir(name)`).
+    pub name: String,
+    /// The directory on the host.
+    pub path: PathBuf,
+    /// Whether the plugin may write.
+    pub writable: bool,
+}
+
+/// What one plugin is granted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Directories.
+    pub dirs: Vec<DirGrant>,
+    /// The directory that holds the plugin's key-value namespace, if granted.
+    pub kv: Option<PathBuf>,
+}
+
+/// Grants opened for use: directory handles that cannot reach outside.
+pub struct OpenGrants {
+    dirs: HashMap<String, (Dir, bool)>,
+    kv: Option<Kv>,
+}
+
+/// A capability failure, reported to the plugin as a [`HostResponse::Error`].
+#[derive(Debug)]
+pub struct CapError {
+    kind: HostErrorKind,
+    message: String,
+}
+
+impl CapError {
+    fn new(kind: HostErrorKind, message: impl Into<String>) -> Self {
+        CapError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    fn io(what: &str, e: io::Error) -> Self {
+        let kind = match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => HostErrorKind::StorageFull,
+            Some(libc::ELOOP) | Some(libc::EXDEV) | Some(libc::EPERM) => HostErrorKind::Escape,
+            _ if e.kind() == io::ErrorKind::NotFound => HostErrorKind::NotFound,
+            _ if e.kind() == io::ErrorKind::PermissionDenied => HostErrorKind::Escape,
+            _ => HostErrorKind::Io,
+        };
+        CapError::new(kind, format!("{what}: {e}"))
+    }
+}
+
+impl OpenGrants {
+    /// Opens every granted directory (creating read-write ones if missing).
+    pub fn open(grants: &Grants) -> io::Result<OpenGrants> {
+        let mut dirs = HashMap::new();
+        for g in &grants.dirs {
+            if g.writable {
+                std::fs::create_dir_all(&g.path)?;
+            }
+            let dir = Dir::open_ambient_dir(&g.path, ambient_authority()).map_err(|e| {
+                io::Error::new(e.kind(), format!("opening grant {:?} at {}: {e}", g.name, g.path.display()))
+            })?;
+            dirs.insert(g.name.clone(), (dir, g.writable));
+        }
+        let kv = match &grants.kv {
+            Some(p) => Some(Kv::open(p)?),
+            None => None,
+        };
+        Ok(OpenGrants { dirs, kv })
+    }
+
+    /// Nothing granted.
+    pub fn none() -> OpenGrants {
+        OpenGrants {
+            dirs: HashMap::new(),
+            kv: None,
+        }
+    }
+
+    fn dir(&self, grant: &str, path: &str, write: bool) -> Result<&Dir, CapError> {
+        let (dir, writable) = self.dirs.get(grant).ok_or_else(|| {
+            CapError::new(HostErrorKind::NotGranted, format!("no directory is granted as {grant:?}"))
+        })?;
+        if write && !writable {
+            return Err(CapError::new(
+                HostErrorKind::NotGranted,
+                format!("directory grant {grant:?} is read-only"),
+            ));
+        }
+        check_relative_path(path)
+            .map_err(|why| CapError::new(HostErrorKind::Escape, format!("{path:?}: {why}")))?;
+        Ok(dir)
+    }
+
+    /// Serves one request. `now` is seconds since the epoch (for kv expiry).
+    pub fn handle(&self, req: &HostRequest, body: &Body, now: u64) -> HostResponse {
+        match self.serve(req, body, now) {
+            Ok(r) => r,
+            Err(e) => HostResponse::Error {
+                kind: e.kind,
+                message: e.message,
+            },
+        }
+    }
+
+    fn serve(&self, req: &HostRequest, body: &Body, now: u64) -> Result<HostResponse, CapError> {
+        Ok(match req {
+            HostRequest::ReadFile { grant, path } => {
+                let dir = self.dir(grant, path, false)?;
+                let data = dir.read(path).map_err(|e| CapError::io(path, e))?;
+                HostResponse::Data(Some(data))
+            }
+            HostRequest::WriteFile { grant, path, data } => {
+                let dir = self.dir(grant, path, true)?;
+                let tmp = tmp_name(path);
+                write_durably(dir, &tmp, path, |f| f.write_all(data))?;
+                HostResponse::Done
+            }
+            HostRequest::ListDir { grant, path } => {
+                let dir = self.dir(grant, path, false)?;
+                let rd = if path.is_empty() {
+                    dir.entries()
+                } else {
+                    dir.read_dir(path)
+                }
+                .map_err(|e| CapError::io(path, e))?;
+                let mut names: Vec<String> = rd
+                    .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
+                    .collect();
+                names.sort();
+                HostResponse::Entries(names)
+            }
+            HostRequest::CreateDir { grant, path } => {
+                let dir = self.dir(grant, path, true)?;
+                dir.create_dir_all(path).map_err(|e| CapError::io(path, e))?;
+                HostResponse::Done
+            }
+            HostRequest::Exists { grant, path } => {
+                let dir = self.dir(grant, path, false)?;
+                match dir.metadata(path) {
+                    Ok(_) => HostResponse::Bool(true),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => HostResponse::Bool(false),
+                    Err(e) => return Err(CapError::io(path, e)),
+                }
+            }
+            HostRequest::WriteMessage {
+                grant,
+                tmp_path,
+                path,
+                headers,
+                lf_endings,
+            } => {
+                let dir = self.dir(grant, path, true)?;
+                self.dir(grant, tmp_path, true)?;
+                write_durably(dir, tmp_path, path, |f| {
+                    write_message(f, headers, body, *lf_endings)
+                })?;
+                HostResponse::Done
+            }
+            HostRequest::KvGet { key } => {
+                let kv = self.kv()?;
+                HostResponse::Data(kv.get(key, now).map_err(|e| CapError::io("kv", e))?)
+            }
+            HostRequest::KvPut {
+                key,
+                value,
+                ttl_secs,
+            } => {
+                let kv = self.kv()?;
+                let expires = ttl_secs.map(|t| now.saturating_add(t)).unwrap_or(0);
+                kv.put(key, value, expires).map_err(|e| CapError::io("kv", e))?;
+                HostResponse::Done
+            }
+            HostRequest::KvDelete { key } => {
+                let kv = self.kv()?;
+                kv.delete(key).map_err(|e| CapError::io("kv", e))?;
+                HostResponse::Done
+            }
+        })
+    }
+
+    fn kv(&self) -> Result<&Kv, CapError> {
+        self.kv.as_ref().ok_or_else(|| {
+            CapError::new(HostErrorKind::NotGranted, "no key-value namespace is granted")
+        })
+    }
+}
+
+fn tmp_name(path: &str) -> String {
+    let (parent, name) = match path.rsplit_once('/') {
+        Some((p, n)) => (format!("{p}/"), n),
+        None => (String::new(), path),
+    };
+    format!(
+        "{parent}.{name}.finaldot-tmp.{}.{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    )
+    .replace(['(', ')'], "")
+}
+
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map(|(p, _)| p).unwrap_or("")
+}
+
+fn sync_dir(dir: &Dir, path: &str) -> Result<(), CapError> {
+    // cap-std's directory handles are O_PATH; fsync needs a readable descriptor.
+    let target = if path.is_empty() { "." } else { path };
+    dir.open_with(target, OpenOptions::new().read(true))
+        .map_err(|e| CapError::io(target, e))?
+        .into_std()
+        .sync_all()
+        .map_err(|e| CapError::io("fsync directory", e))
+}
+
+/// Writes `tmp` with `fill`, fsyncs it, renames it to `path`, fsyncs `path`'s directory.
+fn write_durably(
+    dir: &Dir,
+    tmp: &str,
+    path: &str,
+    fill: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
+) -> Result<(), CapError> {
+    let file = dir
+        .open_with(tmp, OpenOptions::new().write(true).create(true).truncate(true))
+        .map_err(|e| CapError::io(tmp, e))?;
+    let mut file = file.into_std();
+    let written = fill(&mut file).and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        let _ = dir.remove_file(tmp);
+        return Err(CapError::io(tmp, e));
+    }
+    drop(file);
+    if let Err(e) = dir.rename(tmp, dir, path) {
+        let _ = dir.remove_file(tmp);
+        return Err(CapError::io(path, e));
+    }
+    sync_dir(dir, parent_of(path))
+}
+
+fn write_message(
+    f: &mut std::fs::File,
+    headers: &[Header],
+    body: &Body,
+    lf: bool,
+) -> io::Result<()> {
+    let mut w = io::BufWriter::with_capacity(64 * 1024, f);
+    let mut head = Vec::new();
+    for h in headers {
+        h.write_to(&mut head);
+    }
+    head.extend_from_slice(b"\r\n");
+    let mut last_cr = false;
+    let mut put = |w: &mut io::BufWriter<&mut std::fs::File>, chunk: &[u8]| -> io::Result<()> {
+        if !lf {
+            return w.write_all(chunk);
+        }
+        // CRLF → LF, also across chunk boundaries.
+        let mut start = 0;
+        for (i, &b) in chunk.iter().enumerate() {
+            if last_cr && b != b'\n' {
+                w.write_all(b"\r")?;
+            }
+            if b == b'\r' {
+                w.write_all(&chunk[start..i])?;
+                start = i + 1;
+                last_cr = true;
+            } else {
+                last_cr = false;
+            }
+        }
+        w.write_all(&chunk[start..])
+    };
+    put(&mut w, &head)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut off = 0u64;
+    loop {
+        let n = body.read_at(off, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        put(&mut w, &buf[..n])?;
+        off += n as u64;
+    }
+    if last_cr {
+        w.write_all(b"\r")?;
+    }
+    w.flush()
+}
+
+/// A plugin's key-value namespace: one file per key in its own directory,
+/// written durably and atomically. A value file is an 8-byte expiry
+/// (seconds since the epoch, 0 = never) followed by the value.
+pub struct Kv {
+    dir: Dir,
+    lock: Mutex<()>,
+}
+
+impl Kv {
+    /// Opens (creating) the namespace directory.
+    pub fn open(path: &Path) -> io::Result<Kv> {
+        std::fs::create_dir_all(path)?;
+        Ok(Kv {
+            dir: Dir::open_ambient_dir(path, ambient_authority())?,
+            lock: Mutex::new(()),
+        })
+    }
+
+    fn file_name(key: &[u8]) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(key);
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The value, if present and not expired.
+    pub fn get(&self, key: &[u8], now: u64) -> io::Result<Option<Vec<u8>>> {
+        let mut f = match self.dir.open(Self::file_name(key)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut data = Vec::new();
+        f.read_to_end(&mut data)?;
+        if data.len() < 8 {
+            return Ok(None);
+        }
+        let mut exp = [0u8; 8];
+        exp.copy_from_slice(&data[..8]);
+        let exp = u64::from_le_bytes(exp);
+        if exp != 0 && exp <= now {
+            return Ok(None);
+        }
+        Ok(Some(data[8..].to_vec()))
+    }
+
+    /// Stores a value durably; `expires` 0 means never.
+    pub fn put(&self, key: &[u8], value: &[u8], expires: u64) -> io::Result<()> {
+        let _g = self.lock.lock().map_err(|_| io::Error::other("kv lock poisoned"))?;
+        let name = Self::file_name(key);
+        let tmp = format!(".{name}.tmp");
+        write_durably(&self.dir, &tmp, &name, |f| {
+            f.write_all(&expires.to_le_bytes())?;
+            f.write_all(value)
+        })
+        .map_err(|e| io::Error::other(e.message))
+    }
+
+    /// Deletes a key (absent is fine).
+    pub fn delete(&self, key: &[u8]) -> io::Result<()> {
+        match self.dir.remove_file(Self::file_name(key)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}

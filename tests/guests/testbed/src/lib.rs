@@ -1,0 +1,191 @@
+//! `finaldot-testbed`: the plugin finaldot's own tests load. Its config key
+//! `mode` picks a behaviour, well-behaved or hostile:
+//!
+//! | mode | does |
+//! |---|---|
+//! | `ok` (default) | reads the whole body, adds `X-Testbed: ok` and `X-Body-Len`, continues |
+//! | `loop` | loops forever (time limit) |
+//! | `membomb` | allocates until it fails (memory limit) |
+//! | `recurse` | recurses without end (stack limit) |
+//! | `panic` | panics with `testbed panic: boom` |
+//! | `unreachable` | executes `unreachable` |
+//! | `error` | returns an error |
+//! | `fs` | tries `op` on grant `grant` at `path`, reports `X-Result: ok` or the error kind |
+//! | `deliver` | writes the message to `out/<queue id>` through the host |
+//! | `kv` | counts messages in its key-value namespace into `X-Count` |
+//! | `verdict` | returns the verdict named by `verdict` (defer, hold, bounce, discard) |
+//! | `spin` | burns `ms` milliseconds of CPU, then continues |
+
+use finaldot_sdk::prelude::*;
+use finaldot_sdk::wire::HostErrorKind;
+
+/// The plugin's settings.
+#[derive(Default)]
+pub struct Testbed {
+    mode: String,
+    grant: String,
+    path: String,
+    op: String,
+    verdict: String,
+    ms: u64,
+}
+
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    // Not a tail call: every frame stays on the stack.
+    std::hint::black_box(n) + recurse(n + 1) + 1
+}
+
+impl Plugin for Testbed {
+    fn on_configure(&mut self, config: &Config) -> Result<()> {
+        self.mode = config.str("mode")?.unwrap_or("ok").to_string();
+        self.grant = config.str("grant")?.unwrap_or("data").to_string();
+        self.path = config.str("path")?.unwrap_or("").to_string();
+        self.op = config.str("op")?.unwrap_or("read").to_string();
+        self.verdict = config.str("verdict")?.unwrap_or("continue").to_string();
+        self.ms = config.int("ms")?.unwrap_or(50) as u64;
+        if self.mode == "configure-error" {
+            return Err(Error::new("testbed refuses this configuration"));
+        }
+        Ok(())
+    }
+
+    fn on_message(&mut self, msg: &mut Message, cx: &Context) -> Result<Verdict> {
+        match self.mode.as_str() {
+            "ok" => {
+                let body = msg.body()?;
+                msg.add_header("X-Testbed", "ok");
+                msg.add_header("X-Body-Len", &body.len().to_string());
+                cx.info("testbed ok");
+            }
+            "loop" => {
+                let mut i: u64 = 0;
+                loop {
+                    i = std::hint::black_box(i.wrapping_add(1));
+                }
+            }
+            "membomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "recurse" => {
+                let n = recurse(0);
+                msg.add_header("X-Never", &n.to_string());
+            }
+            "panic" => panic!("testbed panic: boom"),
+            "unreachable" => {
+                #[cfg(target_arch = "wasm32")]
+                core::arch::wasm32::unreachable();
+                #[cfg(not(target_arch = "wasm32"))]
+                std::process::abort();
+            }
+            "error" => return Err(Error::new("testbed error")),
+            "fs" => {
+                let dir = cx.dir(&self.grant);
+                let r = match self.op.as_str() {
+                    "read" => dir.read(&self.path).map(|_| ()),
+                    "write" => dir.write(&self.path, b"written by testbed"),
+                    "list" => dir.list(&self.path).map(|_| ()),
+                    "mkdir" => dir.create_dir_all(&self.path),
+                    _ => Err(Error::new("unknown op")),
+                };
+                let result = match r {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => match e.host_kind() {
+                        Some(HostErrorKind::NotGranted) => "NotGranted".to_string(),
+                        Some(HostErrorKind::Escape) => "Escape".to_string(),
+                        Some(HostErrorKind::NotFound) => "NotFound".to_string(),
+                        Some(k) => format!("{k:?}"),
+                        None => format!("error: {e}"),
+                    },
+                };
+                msg.add_header("X-Result", &result);
+            }
+            "deliver" => {
+                let dir = cx.dir(&self.grant);
+                let name = msg.queue_id().to_string();
+                let headers = msg.headers().to_vec();
+                dir.write_message(&format!("tmp-{name}"), &name, &headers, false)?;
+                for r in msg.pending_recipients() {
+                    msg.mark_delivered(&r.address, "testbed");
+                }
+            }
+            "kv" => {
+                let kv = cx.kv();
+                let n = kv
+                    .get(b"count")?
+                    .and_then(|v| String::from_utf8(v).ok())
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    + 1;
+                kv.put(b"count", n.to_string().as_bytes(), None)?;
+                msg.add_header("X-Count", &n.to_string());
+            }
+            "verdict" => {
+                return Ok(match self.verdict.as_str() {
+                    "defer" => Verdict::Defer {
+                        reason: "testbed defers".into(),
+                        retry_after_secs: None,
+                    },
+                    "hold" => Verdict::Hold {
+                        reason: "testbed holds".into(),
+                    },
+                    "bounce" => Verdict::Bounce {
+                        code: 550,
+                        status: "5.7.1".into(),
+                        text: "testbed bounces".into(),
+                    },
+                    "discard" => Verdict::Discard {
+                        reason: "testbed discards".into(),
+                    },
+                    _ => Verdict::Continue,
+                })
+            }
+            "spin" => {
+                let start = cx.now_ms();
+                let mut x: u64 = 1;
+                while cx.now_ms() < start + self.ms {
+                    for _ in 0..10_000 {
+                        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                    }
+                }
+                msg.add_header("X-Spun", &self.ms.to_string());
+            }
+            other => return Err(Error::new(format!("unknown testbed mode {other:?}"))),
+        }
+        Ok(Verdict::Continue)
+    }
+}
+
+finaldot_sdk::export_plugin!(Testbed);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use finaldot_sdk::testing::{config_from_toml, TestHost, TestMessage};
+
+    #[test]
+    fn ok_mode_reads_the_body_natively() {
+        let mut host = TestHost::new();
+        let mut p: Testbed = host.configure("t", Value::empty()).unwrap();
+        let msg = TestMessage::from_eml(b"Subject: x\r\n\r\n12345\r\n").recipient("a@localhost");
+        let out = host.run(&mut p, &msg).unwrap();
+        assert_eq!(out.header("X-Body-Len").as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn fs_mode_reports_escape_natively() {
+        let dir = std::env::temp_dir();
+        let mut host = TestHost::new();
+        host.grant_dir("data", &dir, false);
+        let mut p: Testbed = host
+            .configure("t", config_from_toml("mode = \"fs\"\npath = \"../etc/passwd\"").unwrap())
+            .unwrap();
+        let msg = TestMessage::from_eml(b"Subject: x\r\n\r\n").recipient("a@localhost");
+        let out = host.run(&mut p, &msg).unwrap();
+        assert_eq!(out.header("X-Result").as_deref(), Some("Escape"));
+    }
+}
