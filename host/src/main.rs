@@ -33,6 +33,19 @@ enum Command {
         /// Configuration file (TOML).
         file: Option<PathBuf>,
     },
+    /// Work with plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Show a plugin's name, version, ABI and exports, and whether it would load
+    /// (exit status 1 if not).
+    Check {
+        /// The plugin's .wasm file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -64,6 +77,7 @@ fn main() -> ExitCode {
             run(config)
         }
         Command::CheckConfig { file } => check_config(file),
+        Command::Plugin(PluginCommand::Check { file }) => plugin_check(&file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -104,4 +118,34 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
         config.data_dir.display()
     );
     Ok(())
+}
+
+fn plugin_check(file: &std::path::Path) -> anyhow::Result<()> {
+    use finaldot::plugins::{Runtime, RuntimeOptions};
+    let runtime = Runtime::new(RuntimeOptions {
+        max_instances: 4,
+        ..RuntimeOptions::default()
+    })?;
+    println!("file:     {}", file.display());
+    match runtime.load(file) {
+        Ok(m) => {
+            println!("name:     {}", m.info.name);
+            println!("version:  {}", m.info.version);
+            println!(
+                "abi:      {} (this host supports {})",
+                m.info.abi,
+                finaldot_sdk::ABI_VERSION
+            );
+            println!("sha256:   {}", m.hash);
+            println!("exports:  {}", m.exports.join(", "));
+            println!("imports:  {}", m.imports.join(", "));
+            println!("compiled: {:.1} ms", m.compile_time.as_secs_f64() * 1000.0);
+            println!("loads:    yes");
+            Ok(())
+        }
+        Err(e) => {
+            println!("loads:    no");
+            Err(e.into())
+        }
+    }
 }

@@ -250,6 +250,10 @@ impl Runtime {
             fail(Fault::Import(format!("{e:#}")))
         })?;
         let exports: Vec<String> = module.exports().map(|e| e.name().to_string()).collect();
+        let imports: Vec<String> = module
+            .imports()
+            .map(|i| format!("{}::{}", i.module(), i.name()))
+            .collect();
         // The ABI version first: every ABI keeps `finaldot_abi_version() -> u32`.
         let info = self.probe(&pre).map_err(fail)?;
         Ok(Arc::new(LoadedModule {
@@ -259,6 +263,7 @@ impl Runtime {
             hash,
             info,
             exports,
+            imports,
             loaded_at: SystemTime::now(),
             from_cache,
             compile_time,
@@ -283,7 +288,10 @@ impl Runtime {
                 }
             }
         }
-        let module = Module::new(&self.engine, bytes).map_err(|e| Fault::Compile(format!("{e:#}")))?;
+        let module = Module::new(&self.engine, bytes).map_err(|e| {
+            // wasmparser's messages span lines; keep the error on one.
+            Fault::Compile(format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" "))
+        })?;
         if let Some(path) = &cached {
             if let Ok(ser) = module.serialize() {
                 let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
@@ -360,6 +368,8 @@ pub struct LoadedModule {
     pub info: PluginInfo,
     /// Its exports.
     pub exports: Vec<String>,
+    /// Its imports (all `finaldot::…`).
+    pub imports: Vec<String>,
     /// When it was loaded.
     pub loaded_at: SystemTime,
     /// Whether the compiled code came from the on-disk cache.
