@@ -23,14 +23,20 @@ fn wasm(name: &str) -> PathBuf {
         .expect("target dir")
         .join("wasm32-unknown-unknown/release")
         .join(format!("{name}.wasm"));
-    assert!(p.exists(), "{} missing: build the plugins first (./dev test does)", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: build the plugins first (./dev test does)",
+        p.display()
+    );
     p
 }
 
 fn message(size: usize) -> (MessageInput, Body) {
     let mut raw = String::new();
     for i in 0..12 {
-        raw.push_str(&format!("X-Header-{i}: some typical header value number {i}\r\n"));
+        raw.push_str(&format!(
+            "X-Header-{i}: some typical header value number {i}\r\n"
+        ));
     }
     raw.push_str("Subject: benchmark\r\n\r\n");
     let line = "the quick brown fox jumps over the lazy dog, again and again.....\r\n";
@@ -65,7 +71,15 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
-fn bench(rt: &Runtime, plugin: &str, file: &str, config: Value, reuse: bool, size: usize, iters: usize) {
+fn bench(
+    rt: &Runtime,
+    plugin: &str,
+    file: &str,
+    config: Value,
+    reuse: bool,
+    size: usize,
+    iters: usize,
+) {
     let p = Plugin::new(
         rt,
         PluginSpec {
@@ -94,7 +108,11 @@ fn bench(rt: &Runtime, plugin: &str, file: &str, config: Value, reuse: bool, siz
         "{:<10} {:<7} {:>8} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
         plugin,
         if reuse { "reused" } else { "fresh" },
-        if size >= 1 << 20 { format!("{} MiB", size >> 20) } else { format!("{} KiB", size >> 10) },
+        if size >= 1 << 20 {
+            format!("{} MiB", size >> 20)
+        } else {
+            format!("{} KiB", size >> 10)
+        },
         percentile(&times, 0.5),
         percentile(&times, 0.9),
         percentile(&times, 0.99),
@@ -105,11 +123,27 @@ fn bench(rt: &Runtime, plugin: &str, file: &str, config: Value, reuse: bool, siz
 fn main() {
     let rt = Runtime::new(RuntimeOptions::default()).expect("runtime");
     println!("plugin call cost in microseconds (instantiate + configure + encode + call + decode)");
-    println!("{:<10} {:<7} {:>8} {:>8} {:>8} {:>8} {:>8}", "plugin", "inst", "message", "p50", "p90", "p99", "mean");
-    for (size, iters) in [(1024, 5000), (4096, 5000), (64 * 1024, 2000), (1 << 20, 300)] {
+    println!(
+        "{:<10} {:<7} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "plugin", "inst", "message", "p50", "p90", "p99", "mean"
+    );
+    for (size, iters) in [
+        (1024, 5000),
+        (4096, 5000),
+        (64 * 1024, 2000),
+        (1 << 20, 300),
+    ] {
         for reuse in [false, true] {
             bench(&rt, "stamp", "stamp", Value::empty(), reuse, size, iters);
-            bench(&rt, "reads-body", "finaldot_testbed", Value::empty(), reuse, size, iters);
+            bench(
+                &rt,
+                "reads-body",
+                "finaldot_testbed",
+                Value::empty(),
+                reuse,
+                size,
+                iters,
+            );
         }
     }
 }

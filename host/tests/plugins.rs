@@ -83,7 +83,11 @@ fn call_fault(p: &Plugin) -> Fault {
     let (input, body) = message(b"Subject: x\r\n\r\nbody\r\n");
     let err = p.call(&input, body, false).expect_err("must fault");
     assert_eq!(err.plugin, "testbed");
-    assert!(err.version.starts_with("finaldot-testbed 0.1.0 #"), "{}", err.version);
+    assert!(
+        err.version.starts_with("finaldot-testbed 0.1.0 #"),
+        "{}",
+        err.version
+    );
     err.fault
 }
 
@@ -160,13 +164,26 @@ fn unreachable_is_a_trap() {
 fn plugin_error_and_configure_error_are_named() {
     let p = testbed("mode = \"error\"");
     assert_eq!(call_fault(&p), Fault::Guest("testbed error".into()));
-    let e = Plugin::new(runtime(), spec("testbed", wasm("finaldot_testbed"), "mode = \"configure-error\""))
-        .err()
-        .expect("refused");
-    assert_eq!(e.fault, Fault::Configure("testbed refuses this configuration".into()));
-    let e = Plugin::new(runtime(), spec("testbed", wasm("finaldot_testbed"), "mode = 7"))
-        .err()
-        .expect("refused");
+    let e = Plugin::new(
+        runtime(),
+        spec(
+            "testbed",
+            wasm("finaldot_testbed"),
+            "mode = \"configure-error\"",
+        ),
+    )
+    .err()
+    .expect("refused");
+    assert_eq!(
+        e.fault,
+        Fault::Configure("testbed refuses this configuration".into())
+    );
+    let e = Plugin::new(
+        runtime(),
+        spec("testbed", wasm("finaldot_testbed"), "mode = 7"),
+    )
+    .err()
+    .expect("refused");
     assert_eq!(e.fault, Fault::Configure("`mode` must be a string".into()));
 }
 
@@ -193,7 +210,10 @@ fn wat_module(dir: &Path, name: &str, abi: u32, on_message_body: &str) -> PathBu
 #[test]
 fn garbage_output_is_malformed_output() {
     let dir = tempfile::tempdir().expect("tmp");
-    for body in ["(i64.const 0x00000C0000000008)", "(i64.const 0x7fff000000001000)"] {
+    for body in [
+        "(i64.const 0x00000C0000000008)",
+        "(i64.const 0x7fff000000001000)",
+    ] {
         let file = wat_module(dir.path(), "garbage", 1, body);
         let p = Plugin::new(runtime(), spec("garbage", file, "")).expect("loads");
         let (input, b) = message(b"Subject: x\r\n\r\n");
@@ -209,10 +229,19 @@ fn wrong_abi_version_is_refused_naming_file_and_versions() {
     let dir = tempfile::tempdir().expect("tmp");
     let file = wat_module(dir.path(), "abi2", 2, "(i64.const 0)");
     let err = runtime().load(&file).expect_err("refused");
-    assert_eq!(err.fault, Fault::AbiMismatch { found: 2, supported: 1 });
+    assert_eq!(
+        err.fault,
+        Fault::AbiMismatch {
+            found: 2,
+            supported: 1
+        }
+    );
     let text = err.to_string();
     assert!(text.contains("abi2.wasm"), "{text}");
-    assert!(text.contains("ABI version 2 is not supported (this host supports 1)"), "{text}");
+    assert!(
+        text.contains("ABI version 2 is not supported (this host supports 1)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -225,7 +254,10 @@ fn wasi_imports_and_non_wasm_are_refused() {
     .expect("wat");
     std::fs::write(&file, wasi).expect("write");
     let err = runtime().load(&file).expect_err("refused");
-    assert!(matches!(&err.fault, Fault::Import(m) if m.contains("wasi_snapshot_preview1::fd_write")), "{err}");
+    assert!(
+        matches!(&err.fault, Fault::Import(m) if m.contains("wasi_snapshot_preview1::fd_write")),
+        "{err}"
+    );
     let file = dir.path().join("junk.wasm");
     std::fs::write(&file, b"not wasm at all").expect("write");
     let err = runtime().load(&file).expect_err("refused");
@@ -286,23 +318,42 @@ fn directory_grants_confine_the_plugin() {
     assert_eq!(case(&ro, "path = \"link/secret.txt\""), "Escape");
     assert_eq!(case(&ro, "path = \"passwd\""), "Escape");
     assert_eq!(case(&ro, "path = \"missing.txt\""), "NotFound");
-    assert_eq!(case(&ro, "grant = \"other\"\npath = \"inside.txt\""), "NotGranted");
-    assert_eq!(case(&ro, "op = \"write\"\npath = \"new.txt\""), "NotGranted");
+    assert_eq!(
+        case(&ro, "grant = \"other\"\npath = \"inside.txt\""),
+        "NotGranted"
+    );
+    assert_eq!(
+        case(&ro, "op = \"write\"\npath = \"new.txt\""),
+        "NotGranted"
+    );
     assert!(!granted.join("new.txt").exists());
     assert_eq!(case(&rw, "op = \"write\"\npath = \"new.txt\""), "ok");
-    assert_eq!(std::fs::read(granted.join("new.txt")).expect("written"), b"written by testbed");
-    assert_eq!(case(&rw, "op = \"write\"\npath = \"link/evil.txt\""), "Escape");
+    assert_eq!(
+        std::fs::read(granted.join("new.txt")).expect("written"),
+        b"written by testbed"
+    );
+    assert_eq!(
+        case(&rw, "op = \"write\"\npath = \"link/evil.txt\""),
+        "Escape"
+    );
     assert!(!root.path().join("evil.txt").exists());
     assert_eq!(case(&rw, "op = \"mkdir\"\npath = \"a/b/c\""), "ok");
     assert!(granted.join("a/b/c").is_dir());
     // No grant at all: every request is refused.
-    assert_eq!(fs_result(Grants::default(), "mode = \"fs\"\npath = \"x\""), "NotGranted");
+    assert_eq!(
+        fs_result(Grants::default(), "mode = \"fs\"\npath = \"x\""),
+        "NotGranted"
+    );
 }
 
 #[test]
 fn write_message_puts_headers_and_host_body_in_the_file() {
     let out_dir = tempfile::tempdir().expect("tmp");
-    let mut s = spec("testbed", wasm("finaldot_testbed"), "mode = \"deliver\"\ngrant = \"out\"");
+    let mut s = spec(
+        "testbed",
+        wasm("finaldot_testbed"),
+        "mode = \"deliver\"\ngrant = \"out\"",
+    );
     s.grants.dirs.push(DirGrant {
         name: "out".into(),
         path: out_dir.path().to_path_buf(),
@@ -333,14 +384,25 @@ fn kv_namespace_persists_across_fresh_instances() {
         for c in &out.output.changes {
             state.apply(c);
         }
-        assert_eq!(state.headers.iter().find(|h| h.is("X-Count")).map(|h| h.text()).as_deref(), Some(want));
+        assert_eq!(
+            state
+                .headers
+                .iter()
+                .find(|h| h.is("X-Count"))
+                .map(|h| h.text())
+                .as_deref(),
+            Some(want)
+        );
     }
     // Without the grant, the same plugin gets an error, not access.
     s.grants.kv = None;
     let p = Plugin::new(runtime(), s).expect("load");
     let (input, body) = message(b"Subject: x\r\n\r\n");
     let err = p.call(&input, body, false).expect_err("no kv grant");
-    assert!(matches!(&err.fault, Fault::Guest(m) if m.contains("no key-value namespace")), "{err}");
+    assert!(
+        matches!(&err.fault, Fault::Guest(m) if m.contains("no key-value namespace")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -372,4 +434,44 @@ fn compiled_modules_are_cached_on_disk() {
     let m2 = second.load(&wasm("stamp")).expect("load");
     assert!(m2.from_cache);
     assert_eq!(m.hash, m2.hash);
+}
+
+#[test]
+fn a_large_body_never_enters_a_plugin_that_does_not_read_it() {
+    // A 40 MiB body and a 16 MiB memory cap: if the body were copied into the
+    // plugin, the call would hit the cap.
+    let big = {
+        let mut m = b"Subject: big\r\n\r\n".to_vec();
+        m.resize(40 << 20, b'a');
+        m
+    };
+    let mut s = spec("stamp", wasm("stamp"), "");
+    s.limits.memory = 16 << 20;
+    let p = Plugin::new(runtime(), s).expect("load");
+    let (input, body) = message(&big);
+    p.call(&input, body, false)
+        .expect("stamp never reads the body");
+
+    // And a delivery plugin writes it to a file without holding it either.
+    let out_dir = tempfile::tempdir().expect("tmp");
+    let mut s = spec(
+        "testbed",
+        wasm("finaldot_testbed"),
+        "mode = \"deliver\"\ngrant = \"out\"",
+    );
+    s.limits.memory = 16 << 20;
+    s.grants.dirs.push(DirGrant {
+        name: "out".into(),
+        path: out_dir.path().to_path_buf(),
+        writable: true,
+    });
+    let p = Plugin::new(runtime(), s).expect("load");
+    let (input, body) = message(&big);
+    p.call(&input, body, false).expect("deliver");
+    assert_eq!(
+        std::fs::metadata(out_dir.path().join("Q1"))
+            .expect("file")
+            .len(),
+        big.len() as u64
+    );
 }

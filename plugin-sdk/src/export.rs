@@ -35,7 +35,13 @@ pub fn alloc(len: u32) -> u32 {
 /// and not have been freed.
 pub unsafe fn dealloc(ptr: u32, len: u32) {
     // SAFETY: the caller guarantees the buffer came from `alloc(len)`.
-    unsafe { drop(Vec::from_raw_parts(ptr as usize as *mut u8, 0, len as usize)) }
+    unsafe {
+        drop(Vec::from_raw_parts(
+            ptr as usize as *mut u8,
+            0,
+            len as usize,
+        ))
+    }
 }
 
 /// Takes ownership of a packed buffer the host allocated in our memory.
@@ -114,9 +120,10 @@ impl<P: Plugin> Slot<P> {
         let bytes = unsafe { input(ptr, len) };
         let result = match postcard::from_bytes::<ConfigureInput>(&bytes) {
             Err(e) => GuestResult::Err(format!("configure input does not decode: {e}")),
-            Ok(cfg) if cfg.abi != ABI_VERSION => {
-                GuestResult::Err(format!("host speaks ABI {}, plugin {}", cfg.abi, ABI_VERSION))
-            }
+            Ok(cfg) if cfg.abi != ABI_VERSION => GuestResult::Err(format!(
+                "host speaks ABI {}, plugin {}",
+                cfg.abi, ABI_VERSION
+            )),
             Ok(cfg) => {
                 let mut plugin = P::default();
                 match plugin.on_configure(&crate::plugin::Config::new(cfg.name, cfg.config)) {
@@ -226,7 +233,12 @@ macro_rules! export_plugin {
         pub extern "C" fn finaldot_configure(ptr: u32, len: u32) -> u64 {
             // SAFETY: the host wrote the input into a buffer from finaldot_alloc.
             unsafe {
-                __FINALDOT_SLOT.configure(ptr, len, env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
+                __FINALDOT_SLOT.configure(
+                    ptr,
+                    len,
+                    env!("CARGO_PKG_NAME"),
+                    env!("CARGO_PKG_VERSION"),
+                )
             }
         }
 

@@ -244,7 +244,11 @@ impl Message {
 
     /// The first header with this name, as text.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.state.headers.iter().find(|h| h.is(name)).map(Header::text)
+        self.state
+            .headers
+            .iter()
+            .find(|h| h.is(name))
+            .map(Header::text)
     }
 
     /// Every header with this name, as text.

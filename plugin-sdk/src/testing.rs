@@ -32,8 +32,8 @@ use std::rc::Rc;
 
 use crate::plugin::{Config, Context, Message, Plugin, Result};
 use crate::wire::{
-    check_relative_path, parse_headers, Change, Envelope, HostErrorKind, HostRequest,
-    HostResponse, Level, MessageInput, MessageState, Recipient, Value, Verdict, ABI_VERSION,
+    check_relative_path, parse_headers, Change, Envelope, HostErrorKind, HostRequest, HostResponse,
+    Level, MessageInput, MessageState, Recipient, Value, Verdict, ABI_VERSION,
 };
 
 #[derive(Default)]
@@ -84,16 +84,32 @@ impl Current {
         self.0.borrow().now_ms
     }
 
-    fn resolve(&self, grant: &str, path: &str, write: bool) -> std::result::Result<PathBuf, HostResponse> {
+    fn resolve(
+        &self,
+        grant: &str,
+        path: &str,
+        write: bool,
+    ) -> std::result::Result<PathBuf, HostResponse> {
         let s = self.0.borrow();
         let Some((root, writable)) = s.dirs.get(grant) else {
-            return Err(err(HostErrorKind::NotGranted, format!("no directory grant named {grant:?}")));
+            return Err(err(
+                HostErrorKind::NotGranted,
+                format!("no directory grant named {grant:?}"),
+            ));
         };
         if write && !writable {
-            return Err(err(HostErrorKind::NotGranted, format!("grant {grant:?} is read-only")));
+            return Err(err(
+                HostErrorKind::NotGranted,
+                format!("grant {grant:?} is read-only"),
+            ));
         }
-        check_relative_path(path).map_err(|why| err(HostErrorKind::Escape, format!("{path:?}: {why}")))?;
-        Ok(if path.is_empty() { root.clone() } else { root.join(path) })
+        check_relative_path(path)
+            .map_err(|why| err(HostErrorKind::Escape, format!("{path:?}: {why}")))?;
+        Ok(if path.is_empty() {
+            root.clone()
+        } else {
+            root.join(path)
+        })
     }
 
     pub(crate) fn call(&mut self, req: &HostRequest) -> HostResponse {
@@ -107,9 +123,9 @@ impl Current {
         };
         let result = (|| -> std::result::Result<HostResponse, HostResponse> {
             Ok(match req {
-                HostRequest::ReadFile { grant, path } => {
-                    HostResponse::Data(Some(std::fs::read(self.resolve(grant, path, false)?).map_err(io)?))
-                }
+                HostRequest::ReadFile { grant, path } => HostResponse::Data(Some(
+                    std::fs::read(self.resolve(grant, path, false)?).map_err(io)?,
+                )),
                 HostRequest::WriteFile { grant, path, data } => {
                     let p = self.resolve(grant, path, true)?;
                     let tmp = p.with_extension("finaldot-tmp");
@@ -118,10 +134,11 @@ impl Current {
                     HostResponse::Done
                 }
                 HostRequest::ListDir { grant, path } => {
-                    let mut names: Vec<String> = std::fs::read_dir(self.resolve(grant, path, false)?)
-                        .map_err(io)?
-                        .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
-                        .collect();
+                    let mut names: Vec<String> =
+                        std::fs::read_dir(self.resolve(grant, path, false)?)
+                            .map_err(io)?
+                            .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
+                            .collect();
                     names.sort();
                     HostResponse::Entries(names)
                 }
@@ -132,7 +149,13 @@ impl Current {
                 HostRequest::Exists { grant, path } => {
                     HostResponse::Bool(self.resolve(grant, path, false)?.exists())
                 }
-                HostRequest::WriteMessage { grant, tmp_path, path, headers, lf_endings } => {
+                HostRequest::WriteMessage {
+                    grant,
+                    tmp_path,
+                    path,
+                    headers,
+                    lf_endings,
+                } => {
                     let tmp = self.resolve(grant, tmp_path, true)?;
                     let dst = self.resolve(grant, path, true)?;
                     let mut data = Vec::new();
@@ -157,7 +180,11 @@ impl Current {
                             .map(|(v, _)| v.clone()),
                     )
                 }
-                HostRequest::KvPut { key, value, ttl_secs } => {
+                HostRequest::KvPut {
+                    key,
+                    value,
+                    ttl_secs,
+                } => {
                     let mut s = self.0.borrow_mut();
                     let exp = ttl_secs.map(|t| s.now_ms + t * 1000);
                     s.kv.insert(key.clone(), (value.clone(), exp));
@@ -233,7 +260,11 @@ impl TestMessage {
 
     /// Adds a pending recipient.
     pub fn recipient(mut self, address: &str) -> Self {
-        self.input.state.envelope.recipients.push(Recipient::new(address));
+        self.input
+            .state
+            .envelope
+            .recipients
+            .push(Recipient::new(address));
         self
     }
 
@@ -277,7 +308,11 @@ pub struct Outcome {
 impl Outcome {
     /// The first header with this name after the changes, as text.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.state.headers.iter().find(|h| h.is(name)).map(|h| h.text())
+        self.state
+            .headers
+            .iter()
+            .find(|h| h.is(name))
+            .map(|h| h.text())
     }
 
     /// The state of a recipient after the changes.

@@ -125,10 +125,7 @@ impl Recipient {
 
     /// The domain (after the last `@`), empty if none.
     pub fn domain(&self) -> &str {
-        self.address
-            .rsplit_once('@')
-            .map(|(_, d)| d)
-            .unwrap_or("")
+        self.address.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
     }
 }
 
@@ -228,19 +225,17 @@ impl MessageState {
             Change::AddHeader(h) => self.headers.push(h.clone()),
             Change::PrependHeader(h) => self.headers.insert(0, h.clone()),
             Change::RemoveHeader { name } => self.headers.retain(|h| !h.is(name)),
-            Change::ReplaceHeader(new) => {
-                match self.headers.iter().position(|h| h.is(&new.name)) {
-                    Some(i) => {
-                        self.headers[i] = new.clone();
-                        let mut n = 0;
-                        self.headers.retain(|h| {
-                            n += 1;
-                            n - 1 <= i || !h.is(&new.name)
-                        });
-                    }
-                    None => self.headers.push(new.clone()),
+            Change::ReplaceHeader(new) => match self.headers.iter().position(|h| h.is(&new.name)) {
+                Some(i) => {
+                    self.headers[i] = new.clone();
+                    let mut n = 0;
+                    self.headers.retain(|h| {
+                        n += 1;
+                        n - 1 <= i || !h.is(&new.name)
+                    });
                 }
-            }
+                None => self.headers.push(new.clone()),
+            },
             Change::AddRecipient { address, original } => {
                 if self.recipient_mut(address).is_none() {
                     self.envelope.recipients.push(Recipient {
@@ -657,7 +652,9 @@ pub fn parse_headers(message: &[u8]) -> (Vec<Header>, usize) {
             }
         } else if let Some(colon) = content.iter().position(|&b| b == b':') {
             headers.push(Header {
-                name: String::from_utf8_lossy(&content[..colon]).trim_end().to_string(),
+                name: String::from_utf8_lossy(&content[..colon])
+                    .trim_end()
+                    .to_string(),
                 value: content[colon + 1..].to_vec(),
             });
         } else {
@@ -755,5 +752,230 @@ mod tests {
         assert!(check_relative_path("/etc/passwd").is_err());
         assert!(check_relative_path("a/../../etc").is_err());
         assert!(check_relative_path("a/./b").is_err());
+    }
+}
+
+#[cfg(test)]
+mod round_trip {
+    //! Every wire type through postcard and back, empty and maximal.
+    use super::*;
+
+    fn rt<T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(v: &T) {
+        let bytes = postcard::to_allocvec(v).expect("encode");
+        let back: T = postcard::from_bytes(&bytes).expect("decode");
+        assert_eq!(&back, v);
+    }
+
+    fn big_state() -> MessageState {
+        let long = "x".repeat(70_000);
+        MessageState {
+            envelope: Envelope {
+                mail_from: long.clone(),
+                recipients: (0..1000)
+                    .map(|i| Recipient {
+                        address: format!("user{i}@example.test"),
+                        state: match i % 4 {
+                            0 => RecipientState::Pending,
+                            1 => RecipientState::Delivered { note: long.clone() },
+                            2 => RecipientState::Failed {
+                                status: "5.1.1".into(),
+                                reason: "ü".repeat(100),
+                            },
+                            _ => RecipientState::Deferred {
+                                reason: String::new(),
+                            },
+                        },
+                        original: (i % 2 == 0).then(|| "list@example.test".to_string()),
+                    })
+                    .collect(),
+            },
+            headers: vec![Header {
+                name: "X-Big".into(),
+                value: (0..=255u8).cycle().take(1 << 20).collect(),
+            }],
+        }
+    }
+
+    fn empty_state() -> MessageState {
+        MessageState {
+            envelope: Envelope {
+                mail_from: String::new(),
+                recipients: Vec::new(),
+            },
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn inputs_and_outputs() {
+        for state in [empty_state(), big_state()] {
+            rt(&MessageInput {
+                abi: ABI_VERSION,
+                queue_id: "Q".into(),
+                state: state.clone(),
+                body_len: u64::MAX,
+                client_ip: "::1".into(),
+                helo: String::new(),
+                received_at: u64::MAX,
+            });
+            rt(&state);
+        }
+        let all_changes = vec![
+            Change::AddHeader(Header::new("A", "1")),
+            Change::PrependHeader(Header::new("B", "")),
+            Change::RemoveHeader {
+                name: String::new(),
+            },
+            Change::ReplaceHeader(Header::new("C", vec![0u8, 255, 13, 10])),
+            Change::AddRecipient {
+                address: "a@b".into(),
+                original: None,
+            },
+            Change::AddRecipient {
+                address: "a@b".into(),
+                original: Some("l@b".into()),
+            },
+            Change::RemoveRecipient {
+                address: "a@b".into(),
+            },
+            Change::RewriteRecipient {
+                from: "a@b".into(),
+                to: "c@d".into(),
+            },
+            Change::SetSender {
+                address: String::new(),
+            },
+            Change::MarkDelivered {
+                address: "a@b".into(),
+                note: "n".into(),
+            },
+            Change::MarkFailed {
+                address: "a@b".into(),
+                status: "5.0.0".into(),
+                reason: "r".into(),
+            },
+            Change::MarkDeferred {
+                address: "a@b".into(),
+                reason: "r".into(),
+            },
+        ];
+        for verdict in [
+            Verdict::Continue,
+            Verdict::Discard {
+                reason: String::new(),
+            },
+            Verdict::Hold { reason: "h".into() },
+            Verdict::Bounce {
+                code: u16::MAX,
+                status: "5.7.1".into(),
+                text: "t".into(),
+            },
+            Verdict::Defer {
+                reason: "d".into(),
+                retry_after_secs: Some(u64::MAX),
+            },
+            Verdict::Defer {
+                reason: "d".into(),
+                retry_after_secs: None,
+            },
+        ] {
+            rt(&GuestResult::Ok(MessageOutput {
+                abi: ABI_VERSION,
+                verdict,
+                changes: all_changes.clone(),
+            }));
+        }
+        rt(&GuestResult::<MessageOutput>::Err("e".repeat(10_000)));
+        rt(&GuestResult::Ok(PluginInfo {
+            abi: 1,
+            name: String::new(),
+            version: String::new(),
+        }));
+    }
+
+    #[test]
+    fn configuration_values() {
+        let v = Value::Table(vec![
+            ("b".into(), Value::Bool(true)),
+            ("i".into(), Value::Int(i64::MIN)),
+            ("f".into(), Value::Float(1.5)),
+            ("s".into(), Value::String(String::new())),
+            (
+                "a".into(),
+                Value::Array(vec![Value::Array(vec![]), Value::Table(vec![])]),
+            ),
+        ]);
+        rt(&ConfigureInput {
+            abi: ABI_VERSION,
+            name: "n".into(),
+            config: v,
+        });
+        rt(&ConfigureInput {
+            abi: ABI_VERSION,
+            name: String::new(),
+            config: Value::empty(),
+        });
+    }
+
+    #[test]
+    fn host_requests_and_responses() {
+        for req in [
+            HostRequest::ReadFile {
+                grant: "g".into(),
+                path: String::new(),
+            },
+            HostRequest::WriteFile {
+                grant: "g".into(),
+                path: "p".into(),
+                data: vec![0; 1 << 20],
+            },
+            HostRequest::ListDir {
+                grant: "g".into(),
+                path: "p".into(),
+            },
+            HostRequest::CreateDir {
+                grant: "g".into(),
+                path: "p".into(),
+            },
+            HostRequest::Exists {
+                grant: "g".into(),
+                path: "p".into(),
+            },
+            HostRequest::WriteMessage {
+                grant: "g".into(),
+                tmp_path: "t".into(),
+                path: "p".into(),
+                headers: vec![Header::new("Return-Path", "<a@b>")],
+                lf_endings: true,
+            },
+            HostRequest::KvGet { key: vec![] },
+            HostRequest::KvPut {
+                key: vec![1],
+                value: vec![2; 1000],
+                ttl_secs: Some(u64::MAX),
+            },
+            HostRequest::KvDelete { key: vec![255] },
+        ] {
+            rt(&req);
+        }
+        for resp in [
+            HostResponse::Done,
+            HostResponse::Data(None),
+            HostResponse::Data(Some(vec![])),
+            HostResponse::Data(Some(vec![7; 1 << 20])),
+            HostResponse::Entries(vec![]),
+            HostResponse::Entries(vec!["a".into(); 1000]),
+            HostResponse::Bool(false),
+            HostResponse::Error {
+                kind: HostErrorKind::Escape,
+                message: "m".into(),
+            },
+            HostResponse::Error {
+                kind: HostErrorKind::StorageFull,
+                message: String::new(),
+            },
+        ] {
+            rt(&resp);
+        }
     }
 }

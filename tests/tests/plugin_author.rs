@@ -9,8 +9,11 @@ use finaldot_e2e::{finaldot_bin, TestDir};
 
 /// The first Rust code block of the SDK's crate docs (lib.rs `//!` lines).
 fn ten_line_example() -> String {
-    let lib = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-sdk/src/lib.rs"))
-        .expect("read sdk lib.rs");
+    let lib = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../plugin-sdk/src/lib.rs"
+    ))
+    .expect("read sdk lib.rs");
     let mut code = String::new();
     let mut inside = false;
     for line in lib.lines().filter_map(|l| l.strip_prefix("//!")) {
@@ -27,7 +30,10 @@ fn ten_line_example() -> String {
             code.push('\n');
         }
     }
-    assert!(code.contains("export_plugin!"), "example not found in the SDK docs");
+    assert!(
+        code.contains("export_plugin!"),
+        "example not found in the SDK docs"
+    );
     code
 }
 
@@ -49,7 +55,13 @@ fn ten_line_example_builds_to_wasm_and_passes_plugin_check() {
     // A shared target dir keeps this fast after the first run.
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/author-test");
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--target", "wasm32-unknown-unknown", "--offline"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--offline",
+        ])
         .env("CARGO_TARGET_DIR", &target)
         .current_dir(&krate)
         .output()
@@ -65,7 +77,11 @@ fn ten_line_example_builds_to_wasm_and_passes_plugin_check() {
             .output()
             .expect("run cargo")
     };
-    assert!(out.status.success(), "build failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "build failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let wasm = target.join("wasm32-unknown-unknown/release/my_plugin.wasm");
     let check = Command::new(finaldot_bin())
         .args(["plugin", "check"])
@@ -73,7 +89,11 @@ fn ten_line_example_builds_to_wasm_and_passes_plugin_check() {
         .output()
         .expect("plugin check");
     let text = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "{text}\n{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     assert!(text.contains("name:     my-plugin"), "{text}");
     assert!(text.contains("loads:    yes"), "{text}");
 }

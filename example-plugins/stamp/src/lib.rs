@@ -36,7 +36,8 @@ mod tests {
         let mut plugin: Stamp = host
             .configure("stamp", config_from_toml("by = \"mx1\"").unwrap())
             .unwrap();
-        let msg = TestMessage::from_eml(b"Subject: hi\r\n\r\nbody\r\n").recipient("alice@localhost");
+        let msg =
+            TestMessage::from_eml(b"Subject: hi\r\n\r\nbody\r\n").recipient("alice@localhost");
         let out = host.run(&mut plugin, &msg).unwrap();
         assert_eq!(out.verdict, Verdict::Continue);
         assert_eq!(out.header("X-Stamped-By").as_deref(), Some("mx1"));

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
-use finaldot_sdk::wire::{check_relative_path, HostErrorKind, HostRequest, HostResponse, Header};
+use finaldot_sdk::wire::{check_relative_path, Header, HostErrorKind, HostRequest, HostResponse};
 
 use super::instance::Body;
 
@@ -81,7 +81,10 @@ impl OpenGrants {
                 std::fs::create_dir_all(&g.path)?;
             }
             let dir = Dir::open_ambient_dir(&g.path, ambient_authority()).map_err(|e| {
-                io::Error::new(e.kind(), format!("opening grant {:?} at {}: {e}", g.name, g.path.display()))
+                io::Error::new(
+                    e.kind(),
+                    format!("opening grant {:?} at {}: {e}", g.name, g.path.display()),
+                )
             })?;
             dirs.insert(g.name.clone(), (dir, g.writable));
         }
@@ -102,7 +105,10 @@ impl OpenGrants {
 
     fn dir(&self, grant: &str, path: &str, write: bool) -> Result<&Dir, CapError> {
         let (dir, writable) = self.dirs.get(grant).ok_or_else(|| {
-            CapError::new(HostErrorKind::NotGranted, format!("no directory is granted as {grant:?}"))
+            CapError::new(
+                HostErrorKind::NotGranted,
+                format!("no directory is granted as {grant:?}"),
+            )
         })?;
         if write && !writable {
             return Err(CapError::new(
@@ -155,7 +161,8 @@ impl OpenGrants {
             }
             HostRequest::CreateDir { grant, path } => {
                 let dir = self.dir(grant, path, true)?;
-                dir.create_dir_all(path).map_err(|e| CapError::io(path, e))?;
+                dir.create_dir_all(path)
+                    .map_err(|e| CapError::io(path, e))?;
                 HostResponse::Done
             }
             HostRequest::Exists { grant, path } => {
@@ -191,7 +198,8 @@ impl OpenGrants {
             } => {
                 let kv = self.kv()?;
                 let expires = ttl_secs.map(|t| now.saturating_add(t)).unwrap_or(0);
-                kv.put(key, value, expires).map_err(|e| CapError::io("kv", e))?;
+                kv.put(key, value, expires)
+                    .map_err(|e| CapError::io("kv", e))?;
                 HostResponse::Done
             }
             HostRequest::KvDelete { key } => {
@@ -204,7 +212,10 @@ impl OpenGrants {
 
     fn kv(&self) -> Result<&Kv, CapError> {
         self.kv.as_ref().ok_or_else(|| {
-            CapError::new(HostErrorKind::NotGranted, "no key-value namespace is granted")
+            CapError::new(
+                HostErrorKind::NotGranted,
+                "no key-value namespace is granted",
+            )
         })
     }
 }
@@ -244,7 +255,10 @@ fn write_durably(
     fill: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
 ) -> Result<(), CapError> {
     let file = dir
-        .open_with(tmp, OpenOptions::new().write(true).create(true).truncate(true))
+        .open_with(
+            tmp,
+            OpenOptions::new().write(true).create(true).truncate(true),
+        )
         .map_err(|e| CapError::io(tmp, e))?;
     let mut file = file.into_std();
     let written = fill(&mut file).and_then(|()| file.sync_all());
@@ -357,7 +371,10 @@ impl Kv {
 
     /// Stores a value durably; `expires` 0 means never.
     pub fn put(&self, key: &[u8], value: &[u8], expires: u64) -> io::Result<()> {
-        let _g = self.lock.lock().map_err(|_| io::Error::other("kv lock poisoned"))?;
+        let _g = self
+            .lock
+            .lock()
+            .map_err(|_| io::Error::other("kv lock poisoned"))?;
         let name = Self::file_name(key);
         let tmp = format!(".{name}.tmp");
         write_durably(&self.dir, &tmp, &name, |f| {

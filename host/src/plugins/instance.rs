@@ -71,9 +71,7 @@ impl Body {
                 Ok(n)
             }
             Body::File {
-                file,
-                offset: base,
-                ..
+                file, offset: base, ..
             } => file.read_at(&mut buf[..n], base + offset),
         }
     }
@@ -200,7 +198,11 @@ pub fn define_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Result
     linker.func_wrap(
         "finaldot",
         "log",
-        |mut caller: Caller<'_, HostState>, level: u32, ptr: u32, len: u32| -> wasmtime::Result<()> {
+        |mut caller: Caller<'_, HostState>,
+         level: u32,
+         ptr: u32,
+         len: u32|
+         -> wasmtime::Result<()> {
             let bytes = read_guest(&mut caller, ptr, len.min(64 * 1024))?;
             let text = String::from_utf8_lossy(&bytes).into_owned();
             let level = Level::from_u32(level);
@@ -230,7 +232,11 @@ pub fn define_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Result
     linker.func_wrap(
         "finaldot",
         "body_read",
-        |mut caller: Caller<'_, HostState>, offset: u64, ptr: u32, len: u32| -> wasmtime::Result<i64> {
+        |mut caller: Caller<'_, HostState>,
+         offset: u64,
+         ptr: u32,
+         len: u32|
+         -> wasmtime::Result<i64> {
             let mem = memory(&mut caller)?;
             let body = caller.data().body.clone();
             let want = (len as usize).min(4 * 1024 * 1024);
@@ -318,22 +324,38 @@ impl PluginInstance {
         store.set_epoch_deadline(deadline_ticks(limits.timeout));
         let started = Instant::now();
         let err = |store: &Store<HostState>, e: wasmtime::Error| {
-            PluginError::new(name, &module.version_label(), classify(store, e, limits, started))
+            PluginError::new(
+                name,
+                &module.version_label(),
+                classify(store, e, limits, started),
+            )
         };
         let instance = module
             .pre
             .instantiate(&mut store)
             .map_err(|e| err(&store, e))?;
         let get = |store: &mut Store<HostState>, n: &str| {
-            instance
-                .get_func(&mut *store, n)
-                .ok_or_else(|| PluginError::new(name, &module.version_label(), Fault::MissingExport(n.to_string())))
+            instance.get_func(&mut *store, n).ok_or_else(|| {
+                PluginError::new(
+                    name,
+                    &module.version_label(),
+                    Fault::MissingExport(n.to_string()),
+                )
+            })
         };
-        let memory = instance
-            .get_memory(&mut store, "memory")
-            .ok_or_else(|| PluginError::new(name, &module.version_label(), Fault::MissingExport("memory".into())))?;
+        let memory = instance.get_memory(&mut store, "memory").ok_or_else(|| {
+            PluginError::new(
+                name,
+                &module.version_label(),
+                Fault::MissingExport("memory".into()),
+            )
+        })?;
         let bad_sig = |n: &str, e: wasmtime::Error| {
-            PluginError::new(name, &module.version_label(), Fault::MissingExport(format!("{n} (wrong signature: {e})")))
+            PluginError::new(
+                name,
+                &module.version_label(),
+                Fault::MissingExport(format!("{n} (wrong signature: {e})")),
+            )
         };
         let alloc = get(&mut store, "finaldot_alloc")?
             .typed::<u32, u32>(&store)
@@ -380,7 +402,11 @@ impl PluginInstance {
     }
 
     fn error(&self, fault: Fault) -> PluginError {
-        PluginError::new(&self.store.data().plugin, &self.module.version_label(), fault)
+        PluginError::new(
+            &self.store.data().plugin,
+            &self.module.version_label(),
+            fault,
+        )
     }
 
     /// The lines logged so far (when capturing).
@@ -395,7 +421,8 @@ impl PluginInstance {
         input: &[u8],
     ) -> Result<T, PluginError> {
         let started = Instant::now();
-        self.store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.limits.timeout));
         let result = self.call_inner(f, input);
         match result {
             Ok(v) => Ok(v),
@@ -415,13 +442,23 @@ impl PluginInstance {
         f: TypedFunc<(u32, u32), u64>,
         input: &[u8],
     ) -> Result<T, CallFault> {
-        let len = u32::try_from(input.len())
-            .map_err(|_| CallFault::Fault(Fault::MalformedOutput("input larger than 4 GiB".into())))?;
-        let ptr = self.alloc.call(&mut self.store, len).map_err(CallFault::Wasm)?;
+        let len = u32::try_from(input.len()).map_err(|_| {
+            CallFault::Fault(Fault::MalformedOutput("input larger than 4 GiB".into()))
+        })?;
+        let ptr = self
+            .alloc
+            .call(&mut self.store, len)
+            .map_err(CallFault::Wasm)?;
         self.memory
             .write(&mut self.store, ptr as usize, input)
-            .map_err(|_| CallFault::Fault(Fault::MalformedOutput("finaldot_alloc returned an out-of-bounds buffer".into())))?;
-        let packed = f.call(&mut self.store, (ptr, len)).map_err(CallFault::Wasm)?;
+            .map_err(|_| {
+                CallFault::Fault(Fault::MalformedOutput(
+                    "finaldot_alloc returned an out-of-bounds buffer".into(),
+                ))
+            })?;
+        let packed = f
+            .call(&mut self.store, (ptr, len))
+            .map_err(CallFault::Wasm)?;
         let (out_ptr, out_len) = ((packed >> 32) as u32, (packed & 0xffff_ffff) as u32);
         let data = self.memory.data(&self.store);
         let bytes = data
@@ -431,8 +468,11 @@ impl PluginInstance {
                     "output buffer {out_ptr}+{out_len} is outside the plugin's memory"
                 )))
             })?;
-        let decoded = postcard::from_bytes::<T>(bytes)
-            .map_err(|e| CallFault::Fault(Fault::MalformedOutput(format!("output does not decode: {e}"))))?;
+        let decoded = postcard::from_bytes::<T>(bytes).map_err(|e| {
+            CallFault::Fault(Fault::MalformedOutput(format!(
+                "output does not decode: {e}"
+            )))
+        })?;
         if out_len > 0 {
             self.dealloc
                 .call(&mut self.store, (out_ptr, out_len))
@@ -442,9 +482,15 @@ impl PluginInstance {
     }
 
     /// Runs `on_message`. The instance is poisoned after any fault.
-    pub fn on_message(&mut self, input: &MessageInput, body: Body) -> Result<MessageOutput, PluginError> {
+    pub fn on_message(
+        &mut self,
+        input: &MessageInput,
+        body: Body,
+    ) -> Result<MessageOutput, PluginError> {
         if self.poisoned {
-            return Err(self.error(Fault::Trap("instance was poisoned by an earlier fault".into())));
+            return Err(self.error(Fault::Trap(
+                "instance was poisoned by an earlier fault".into(),
+            )));
         }
         {
             let s = self.store.data_mut();
@@ -479,7 +525,12 @@ fn deadline_ticks(timeout: Duration) -> u64 {
 }
 
 /// Turns a wasmtime error into a fault, using what the store saw.
-fn classify(store: &Store<HostState>, e: wasmtime::Error, limits: Limits, started: Instant) -> Fault {
+fn classify(
+    store: &Store<HostState>,
+    e: wasmtime::Error,
+    limits: Limits,
+    started: Instant,
+) -> Fault {
     let s = store.data();
     if s.limiter.hit {
         return Fault::MemoryLimit(limits.memory);

@@ -26,7 +26,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use finaldot_sdk::wire::{GuestResult, MessageInput, MessageOutput, PluginInfo, Value, ABI_VERSION};
+use finaldot_sdk::wire::{
+    GuestResult, MessageInput, MessageOutput, PluginInfo, Value, ABI_VERSION,
+};
 use sha2::Digest;
 use wasmtime::{Engine, InstancePre, Linker, Module, Store};
 
@@ -163,7 +165,9 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("cache_dir", &self.cache_dir).finish()
+        f.debug_struct("Runtime")
+            .field("cache_dir", &self.cache_dir)
+            .finish()
     }
 }
 
@@ -246,9 +250,10 @@ impl Runtime {
                 ))));
             }
         }
-        let pre = self.linker.instantiate_pre(&module).map_err(|e| {
-            fail(Fault::Import(format!("{e:#}")))
-        })?;
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| fail(Fault::Import(format!("{e:#}"))))?;
         let exports: Vec<String> = module.exports().map(|e| e.name().to_string()).collect();
         let imports: Vec<String> = module
             .imports()
@@ -284,18 +289,28 @@ impl Runtime {
                 let m = unsafe { Module::deserialize_file(&self.engine, path) };
                 match m {
                     Ok(m) => return Ok((m, true)),
-                    Err(e) => tracing::warn!(file = %path.display(), error = %e, "ignoring unusable compiled-module cache entry"),
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "ignoring unusable compiled-module cache entry")
+                    }
                 }
             }
         }
         let module = Module::new(&self.engine, bytes).map_err(|e| {
             // wasmparser's messages span lines; keep the error on one.
-            Fault::Compile(format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" "))
+            Fault::Compile(
+                format!("{e:#}")
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
         })?;
         if let Some(path) = &cached {
             if let Ok(ser) = module.serialize() {
                 let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-                if std::fs::write(&tmp, &ser).and_then(|()| std::fs::rename(&tmp, path)).is_err() {
+                if std::fs::write(&tmp, &ser)
+                    .and_then(|()| std::fs::rename(&tmp, path))
+                    .is_err()
+                {
                     let _ = std::fs::remove_file(&tmp);
                 }
             }
@@ -344,10 +359,9 @@ impl Runtime {
             .call(&mut store, ())
             .map_err(|e| Fault::Trap(format!("finaldot_info: {e:#}")))?;
         let (ptr, len) = ((packed >> 32) as usize, (packed & 0xffff_ffff) as usize);
-        let bytes = memory
-            .data(&store)
-            .get(ptr..ptr + len)
-            .ok_or_else(|| Fault::MalformedOutput("finaldot_info returned an out-of-bounds buffer".into()))?;
+        let bytes = memory.data(&store).get(ptr..ptr + len).ok_or_else(|| {
+            Fault::MalformedOutput("finaldot_info returned an out-of-bounds buffer".into())
+        })?;
         match postcard::from_bytes::<GuestResult<PluginInfo>>(bytes) {
             Ok(GuestResult::Ok(info)) => Ok(info),
             Ok(GuestResult::Err(e)) => Err(Fault::Guest(e)),
@@ -459,7 +473,11 @@ impl Plugin {
             e
         })?;
         let grants = OpenGrants::open(&spec.grants).map_err(|e| {
-            PluginError::new(&spec.name, &module.version_label(), Fault::Io(e.to_string()))
+            PluginError::new(
+                &spec.name,
+                &module.version_label(),
+                Fault::Io(e.to_string()),
+            )
         })?;
         let plugin = Plugin {
             module: RwLock::new(module),
@@ -521,7 +539,12 @@ impl Plugin {
 
     /// Runs the plugin on one message. `capture_logs` keeps its log lines in
     /// the result (for `finaldot plugin test`).
-    pub fn call(&self, input: &MessageInput, body: Body, capture_logs: bool) -> Result<CallResult, PluginError> {
+    pub fn call(
+        &self,
+        input: &MessageInput,
+        body: Body,
+        capture_logs: bool,
+    ) -> Result<CallResult, PluginError> {
         let started = Instant::now();
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let result = (|| {

@@ -149,7 +149,9 @@ impl Plugin for Testbed {
                 let mut x: u64 = 1;
                 while cx.now_ms() < start + self.ms {
                     for _ in 0..10_000 {
-                        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                        );
                     }
                 }
                 msg.add_header("X-Spun", &self.ms.to_string());
@@ -182,7 +184,10 @@ mod tests {
         let mut host = TestHost::new();
         host.grant_dir("data", &dir, false);
         let mut p: Testbed = host
-            .configure("t", config_from_toml("mode = \"fs\"\npath = \"../etc/passwd\"").unwrap())
+            .configure(
+                "t",
+                config_from_toml("mode = \"fs\"\npath = \"../etc/passwd\"").unwrap(),
+            )
             .unwrap();
         let msg = TestMessage::from_eml(b"Subject: x\r\n\r\n").recipient("a@localhost");
         let out = host.run(&mut p, &msg).unwrap();
