@@ -6,6 +6,8 @@ use std::sync::Arc;
 use tracing::info;
 
 use crate::config::Config;
+use crate::pipeline::{self, Pipeline};
+use crate::plugins::{Runtime, RuntimeOptions};
 use crate::smtp::server::Server;
 use crate::spool::{self, Spool};
 
@@ -29,11 +31,19 @@ pub enum StartError {
     /// Signal handlers could not be installed.
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The plugin runtime could not start.
+    #[error("{0}")]
+    Runtime(#[from] crate::plugins::RuntimeError),
+    /// The pipeline threads could not start.
+    #[error("starting the pipeline: {0}")]
+    Pipeline(std::io::Error),
 }
 
 /// A started daemon: spool recovered, listeners bound.
 pub struct Daemon {
     server: Server,
+    pipeline: Option<Pipeline>,
+    _runtime: Option<Runtime>,
 }
 
 impl Daemon {
@@ -57,13 +67,39 @@ impl Daemon {
             );
             Ok::<_, spool::Error>(spool)
         })?;
-        let server = Server::bind(config, Arc::new(spool))
+        let spool = Arc::new(spool);
+        let (pipeline, runtime) = if config.plugins.is_empty() {
+            tracing::warn!("no plugins configured: accepted mail stays in the queue (see [[plugins]] in finaldot.example.toml)");
+            (None, None)
+        } else {
+            let runtime = Runtime::new(RuntimeOptions {
+                cache_dir: Some(config.data_dir.join("cache")),
+                max_instances: (64 + config.pipeline.workers * 4 + config.plugins.len() * 16) as u32,
+                max_memory: config.plugins.iter().map(|p| p.limits.memory).max().unwrap_or(1 << 26),
+            })?;
+            let chain = tokio::task::block_in_place(|| pipeline::load_chain(&runtime, &config.plugins));
+            let p = Pipeline::start(
+                spool.clone(),
+                chain,
+                pipeline::Settings {
+                    config: config.pipeline.clone(),
+                    hostname: config.hostname.clone(),
+                },
+            )
+            .map_err(StartError::Pipeline)?;
+            (Some(p), Some(runtime))
+        };
+        let server = Server::bind(config, spool)
             .await
             .map_err(StartError::Listen)?;
         for addr in server.local_addrs() {
             info!(%addr, hostname = %config.hostname, "listening on {addr}");
         }
-        Ok(Daemon { server })
+        Ok(Daemon {
+            server,
+            pipeline,
+            _runtime: runtime,
+        })
     }
 
     /// The bound SMTP addresses.
@@ -84,6 +120,9 @@ impl Daemon {
                 }
             })
             .await;
+        if let Some(p) = self.pipeline {
+            tokio::task::block_in_place(|| p.shutdown());
+        }
         info!("stopped");
         Ok(())
     }

@@ -401,26 +401,8 @@ impl TestHost {
     }
 }
 
-/// Converts a TOML value (a plugin's table as written in a config file) into
-/// the wire [`Value`]. Dates become strings.
-pub fn value_from_toml(v: &toml::Value) -> Value {
-    match v {
-        toml::Value::String(s) => Value::String(s.clone()),
-        toml::Value::Integer(i) => Value::Int(*i),
-        toml::Value::Float(f) => Value::Float(*f),
-        toml::Value::Boolean(b) => Value::Bool(*b),
-        toml::Value::Datetime(d) => Value::String(d.to_string()),
-        toml::Value::Array(a) => Value::Array(a.iter().map(value_from_toml).collect()),
-        toml::Value::Table(t) => Value::Table(
-            t.iter()
-                .map(|(k, v)| (k.clone(), value_from_toml(v)))
-                .collect(),
-        ),
-    }
-}
-
 /// Parses TOML text into a configuration table (for tests).
 pub fn config_from_toml(text: &str) -> std::result::Result<Value, String> {
     let t: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-    Ok(value_from_toml(&toml::Value::Table(t)))
+    Ok(Value::from_toml(&toml::Value::Table(t)))
 }

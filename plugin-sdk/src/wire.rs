@@ -391,6 +391,25 @@ impl Value {
         }
     }
 
+    /// Converts a TOML value (a plugin's table as written in a config file).
+    /// Dates become strings.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_toml(v: &toml::Value) -> Value {
+        match v {
+            toml::Value::String(s) => Value::String(s.clone()),
+            toml::Value::Integer(i) => Value::Int(*i),
+            toml::Value::Float(f) => Value::Float(*f),
+            toml::Value::Boolean(b) => Value::Bool(*b),
+            toml::Value::Datetime(d) => Value::String(d.to_string()),
+            toml::Value::Array(a) => Value::Array(a.iter().map(Value::from_toml).collect()),
+            toml::Value::Table(t) => Value::Table(
+                t.iter()
+                    .map(|(k, v)| (k.clone(), Value::from_toml(v)))
+                    .collect(),
+            ),
+        }
+    }
+
     /// This value's entries, if it is a table.
     pub fn as_table(&self) -> Option<&[(String, Value)]> {
         match self {

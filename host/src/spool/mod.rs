@@ -18,6 +18,7 @@
 //! length); nothing unreadable is ever deleted (recovery moves it to `corrupt/`);
 //! a queue id is unique among live files because it embeds the file's inode.
 
+mod progress;
 mod queue_file;
 
 use std::fs::{self, File, OpenOptions};
@@ -28,7 +29,14 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use progress::{Progress, StageRecord};
 pub use queue_file::{read_header, read_message, Envelope, FormatError, Header};
+
+/// Called with each queue id once it is durable in `incoming/`.
+pub type CommitHook = Box<dyn Fn(&QueueId) + Send + Sync>;
+
+/// The directory (beside the queue directories) that holds progress records.
+pub const PROGRESS_DIR: &str = "state";
 
 /// A message's queue id: uppercase hex of its creation time and inode number.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -155,6 +163,7 @@ pub struct Recovery {
 pub struct Spool {
     root: PathBuf,
     committer: mpsc::Sender<CommitRequest>,
+    notify: Arc<std::sync::OnceLock<CommitHook>>,
     fault: Arc<AtomicI32>,
     tmp_counter: AtomicU64,
 }
@@ -211,16 +220,23 @@ impl Spool {
             let dir = root.join(state.dir_name());
             fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
         }
+        let progress = root.join(PROGRESS_DIR);
+        fs::create_dir_all(&progress).map_err(|e| Error::io("creating", &progress, e))?;
         sync_dir(root)?;
         let (tx, rx) = mpsc::channel::<CommitRequest>();
         let incoming = root.join(QueueState::Incoming.dir_name());
-        std::thread::Builder::new()
-            .name("spool-commit".into())
-            .spawn(move || committer(rx, incoming))
-            .map_err(|e| Error::io("starting committer for", root, e))?;
+        let notify: Arc<std::sync::OnceLock<CommitHook>> = Arc::default();
+        {
+            let notify = notify.clone();
+            std::thread::Builder::new()
+                .name("spool-commit".into())
+                .spawn(move || committer(rx, incoming, notify))
+                .map_err(|e| Error::io("starting committer for", root, e))?;
+        }
         Ok(Spool {
             root: root.to_path_buf(),
             committer: tx,
+            notify,
             fault: Arc::new(AtomicI32::new(0)),
             tmp_counter: AtomicU64::new(0),
         })
@@ -304,6 +320,198 @@ impl Spool {
         Ok(id)
     }
 
+    /// Like [`Spool::commit`], for threads outside the async runtime.
+    pub fn commit_blocking(&self, mut prepared: Prepared) -> Result<QueueId, Error> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let id = prepared.id.clone();
+        self.committer
+            .send(CommitRequest {
+                tmp: prepared.tmp.clone(),
+                id: id.clone(),
+                done,
+            })
+            .map_err(|_| Error::CommitterGone)?;
+        prepared.armed = false;
+        wait.blocking_recv().map_err(|_| Error::CommitterGone)??;
+        Ok(id)
+    }
+
+    /// Calls `hook` with every newly committed queue id, right after it became
+    /// durable (the pipeline's wake-up). Only the first call takes effect.
+    pub fn notify_commits(&self, hook: CommitHook) {
+        let _ = self.notify.set(hook);
+    }
+
+    /// Where a message is now, if anywhere.
+    pub fn locate(&self, id: &QueueId) -> Option<QueueState> {
+        [
+            QueueState::Active,
+            QueueState::Incoming,
+            QueueState::Deferred,
+            QueueState::Hold,
+            QueueState::Corrupt,
+        ]
+        .into_iter()
+        .find(|s| self.path(*s, id).exists())
+    }
+
+    fn move_to(&self, id: &QueueId, from: QueueState, to: QueueState) -> Result<bool, Error> {
+        let dst = self.path(to, id);
+        match fs::rename(self.path(from, id), &dst) {
+            Ok(()) => {
+                sync_dir(&self.dir(to))?;
+                sync_dir(&self.dir(from))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("moving", &dst, e)),
+        }
+    }
+
+    /// Claims a message for a pipeline worker: `incoming/` or `deferred/` →
+    /// `active/`. `None` if it is in neither (another worker or an
+    /// administrator got there first).
+    pub fn claim(&self, id: &QueueId) -> Result<Option<QueueState>, Error> {
+        for from in [QueueState::Incoming, QueueState::Deferred] {
+            if self.move_to(id, from, QueueState::Active)? {
+                return Ok(Some(from));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The message is finished (delivered, bounced or discarded): removes it,
+    /// then its progress record.
+    pub fn complete(&self, id: &QueueId) -> Result<(), Error> {
+        for state in [QueueState::Active, QueueState::Incoming, QueueState::Deferred, QueueState::Hold] {
+            let p = self.path(state, id);
+            match fs::remove_file(&p) {
+                Ok(()) => {
+                    sync_dir(&self.dir(state))?;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("removing", &p, e)),
+            }
+        }
+        let p = self.progress_path(id);
+        match fs::remove_file(&p) {
+            Ok(()) | Err(_) => Ok(()),
+        }
+    }
+
+    /// `active/` → `deferred/`, due at `next_attempt` (seconds since the
+    /// epoch; recorded as the file's modification time, as Postfix does).
+    pub fn defer(&self, id: &QueueId, next_attempt: u64) -> Result<(), Error> {
+        let src = self.path(QueueState::Active, id);
+        let when = UNIX_EPOCH + std::time::Duration::from_secs(next_attempt);
+        File::options()
+            .write(true)
+            .open(&src)
+            .and_then(|f| f.set_modified(when))
+            .map_err(|e| Error::io("setting next attempt on", &src, e))?;
+        self.move_to(id, QueueState::Active, QueueState::Deferred)?;
+        Ok(())
+    }
+
+    /// Puts a message on hold (from `active/`, `incoming/` or `deferred/`).
+    pub fn hold(&self, id: &QueueId) -> Result<bool, Error> {
+        for from in [QueueState::Active, QueueState::Incoming, QueueState::Deferred] {
+            if self.move_to(id, from, QueueState::Hold)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Returns a message to `incoming/` for an immediate attempt (from
+    /// `hold/` or `deferred/`).
+    pub fn requeue(&self, id: &QueueId) -> Result<bool, Error> {
+        for from in [QueueState::Hold, QueueState::Deferred] {
+            if self.move_to(id, from, QueueState::Incoming)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Removes a message deliberately (an administrator's `queue delete`).
+    /// A message being processed (`active/`) is not touched.
+    pub fn delete(&self, id: &QueueId) -> Result<bool, Error> {
+        for state in [QueueState::Incoming, QueueState::Deferred, QueueState::Hold, QueueState::Corrupt] {
+            let p = self.path(state, id);
+            match fs::remove_file(&p) {
+                Ok(()) => {
+                    sync_dir(&self.dir(state))?;
+                    let _ = fs::remove_file(self.progress_path(id));
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("removing", &p, e)),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Deferred messages due at or before `now` (seconds since the epoch), oldest first.
+    pub fn due_deferred(&self, now: u64) -> Result<Vec<QueueId>, Error> {
+        let dir = self.dir(QueueState::Deferred);
+        let mut due = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))? {
+            let Ok(entry) = entry else { continue };
+            let Some(id) = entry.file_name().to_str().and_then(QueueId::parse) else {
+                continue;
+            };
+            let when = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            if when <= now {
+                due.push((when, id));
+            }
+        }
+        due.sort();
+        Ok(due.into_iter().map(|(_, id)| id).collect())
+    }
+
+    /// The path of a message's progress record.
+    pub fn progress_path(&self, id: &QueueId) -> PathBuf {
+        self.root.join(PROGRESS_DIR).join(id.as_str())
+    }
+
+    /// Reads a message's progress record, if it has one.
+    pub fn load_progress(&self, id: &QueueId) -> Result<Option<Progress>, Error> {
+        let p = self.progress_path(id);
+        match fs::read(&p) {
+            Ok(bytes) => Progress::decode(&bytes)
+                .map(Some)
+                .map_err(|why| Error::io("reading", &p, io::Error::new(io::ErrorKind::InvalidData, why))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("reading", &p, e)),
+        }
+    }
+
+    /// Replaces a message's progress record durably and atomically.
+    pub fn save_progress(&self, id: &QueueId, progress: &Progress) -> Result<(), Error> {
+        let dir = self.root.join(PROGRESS_DIR);
+        let dst = dir.join(id.as_str());
+        let tmp = dir.join(format!(".{id}.tmp"));
+        let bytes = progress.encode()?;
+        let written = File::create(&tmp).and_then(|mut f| {
+            f.write_all(&bytes)?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io("writing", &tmp, e));
+        }
+        fs::rename(&tmp, &dst).map_err(|e| Error::io("renaming", &dst, e))?;
+        sync_dir(&dir)
+    }
+
     /// Lists the queue ids in a state, oldest first.
     pub fn list(&self, state: QueueState) -> Result<Vec<QueueId>, Error> {
         let dir = self.dir(state);
@@ -367,9 +575,21 @@ impl Spool {
                 }
             }
         }
+        let progress = self.root.join(PROGRESS_DIR);
+        for entry in fs::read_dir(&progress).map_err(|e| Error::io("listing", &progress, e))? {
+            let entry = entry.map_err(|e| Error::io("listing", &progress, e))?;
+            let orphan = match entry.file_name().to_str().and_then(QueueId::parse) {
+                Some(id) => self.locate(&id).is_none(),
+                None => true,
+            };
+            if orphan {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
         for state in QueueState::ALL {
             sync_dir(&self.dir(state))?;
         }
+        sync_dir(&progress)?;
         Ok(report)
     }
 }
@@ -460,7 +680,11 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
 
 /// The committer thread: renames every waiting message into `incoming/`, then
 /// covers all of them with one directory fsync.
-fn committer(rx: mpsc::Receiver<CommitRequest>, incoming: PathBuf) {
+fn committer(
+    rx: mpsc::Receiver<CommitRequest>,
+    incoming: PathBuf,
+    notify: Arc<std::sync::OnceLock<CommitHook>>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
@@ -481,6 +705,9 @@ fn committer(rx: mpsc::Receiver<CommitRequest>, incoming: PathBuf) {
         match sync_dir(&incoming) {
             Ok(()) => {
                 for (req, _) in renamed {
+                    if let Some(hook) = notify.get() {
+                        hook(&req.id);
+                    }
                     let _ = req.done.send(Ok(()));
                 }
             }

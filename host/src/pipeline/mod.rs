@@ -1,0 +1,250 @@
+//! The post-acceptance pipeline: after the 250, it owns each message until it
+//! is delivered, bounced, held or deliberately removed.
+//!
+//! A scheduler thread learns of new mail from the spool's commit hook (and,
+//! as the backstop, from a periodic rescan of `incoming/` and of the due part
+//! of `deferred/`), interleaves fresh and retried mail, and hands queue ids to
+//! a bounded pool of worker threads. Workers run at a lower scheduling
+//! priority than the SMTP threads (plugin CPU never delays a 250), claim a
+//! message (`incoming|deferred → active`), run the plugin chain in order, and
+//! checkpoint the message's [`Progress`] durably after every stage, so a
+//! restart resumes at the next unfinished stage and no stage's effect is
+//! applied twice. See [`worker`] for the verdict and retry rules.
+//!
+//! Invariant: every message ends delivered, bounced (a DSN to its sender,
+//! never to `<>`), held, or removed by an administrator. A recipient no plugin
+//! delivered or failed by the end of the chain fails with `5.1.1`.
+
+pub mod dsn;
+pub mod worker;
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::config::PipelineConfig;
+use crate::plugins::{Plugin, PluginSpec, Runtime};
+use crate::spool::{QueueId, Spool};
+
+/// One stage of the chain: its spec and, if it loaded, the plugin.
+pub struct Stage {
+    /// How it is configured.
+    pub spec: PluginSpec,
+    /// The loaded plugin, or why it is not available (messages wait).
+    pub plugin: Result<Arc<Plugin>, String>,
+}
+
+/// Loads every configured plugin. A plugin that fails to load does not stop
+/// the daemon: its stage defers messages (they wait, they are not skipped)
+/// and the reason is logged.
+pub fn load_chain(runtime: &Runtime, specs: &[PluginSpec]) -> Vec<Stage> {
+    specs
+        .iter()
+        .map(|spec| {
+            let plugin = match Plugin::new(runtime, spec.clone()) {
+                Ok(p) => {
+                    let m = p.module();
+                    info!(
+                        plugin = %spec.name,
+                        version = %m.version_label(),
+                        file = %spec.file.display(),
+                        cached = m.from_cache,
+                        "plugin loaded"
+                    );
+                    Ok(Arc::new(p))
+                }
+                Err(e) => {
+                    warn!(plugin = %spec.name, file = %spec.file.display(), error = %e, "plugin not available: its stage defers messages until it loads");
+                    Err(e.to_string())
+                }
+            };
+            Stage {
+                spec: spec.clone(),
+                plugin,
+            }
+        })
+        .collect()
+}
+
+/// What the pipeline needs besides the chain.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The pipeline section of the configuration.
+    pub config: PipelineConfig,
+    /// The server's name (for DSNs).
+    pub hostname: String,
+}
+
+enum Event {
+    Committed(QueueId),
+    Done(QueueId),
+    Stop,
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    events: mpsc::Sender<Event>,
+    scheduler: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Pipeline {
+    /// Starts the scheduler and the workers.
+    pub fn start(spool: Arc<Spool>, chain: Vec<Stage>, settings: Settings) -> std::io::Result<Pipeline> {
+        let (events_tx, events_rx) = mpsc::channel::<Event>();
+        {
+            let tx = Mutex::new(events_tx.clone());
+            spool.notify_commits(Box::new(move |id| {
+                if let Ok(tx) = tx.lock() {
+                    let _ = tx.send(Event::Committed(id.clone()));
+                }
+            }));
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (work_tx, work_rx) = mpsc::channel::<QueueId>();
+        let work_rx = Arc::new(Mutex::new(work_rx));
+        let ctx = Arc::new(worker::Context {
+            spool: spool.clone(),
+            chain,
+            settings: settings.clone(),
+        });
+        let mut workers = Vec::new();
+        for n in 0..settings.config.workers {
+            let rx = work_rx.clone();
+            let ctx = ctx.clone();
+            let events = events_tx.clone();
+            let nice = settings.config.nice;
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("pipeline-{n}"))
+                    .spawn(move || {
+                        lower_priority(nice);
+                        loop {
+                            let next = match rx.lock() {
+                                Ok(rx) => rx.recv(),
+                                Err(_) => return,
+                            };
+                            let Ok(id) = next else { return };
+                            worker::process(&ctx, &id);
+                            let _ = events.send(Event::Done(id));
+                        }
+                    })?,
+            );
+        }
+        let scheduler = {
+            let stop = stop.clone();
+            let cfg = settings.config.clone();
+            std::thread::Builder::new()
+                .name("pipeline-scheduler".into())
+                .spawn(move || schedule(spool, cfg, events_rx, work_tx, stop))?
+        };
+        Ok(Pipeline {
+            stop,
+            events: events_tx,
+            scheduler: Some(scheduler),
+            workers,
+        })
+    }
+
+    /// Stops dispatching, lets workers finish the message they hold (each
+    /// plugin call is bounded by its time limit), and waits for them.
+    pub fn shutdown(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.events.send(Event::Stop);
+        if let Some(s) = self.scheduler.take() {
+            let _ = s.join();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        info!("pipeline stopped");
+    }
+}
+
+/// Lowers the calling thread's CPU priority (Linux: per-thread niceness), so
+/// plugin work yields the CPU to the SMTP threads.
+fn lower_priority(nice: i32) {
+    #[allow(unsafe_code)]
+    // SAFETY: setpriority has no memory-safety preconditions; on Linux, who=0
+    // with PRIO_PROCESS names the calling thread.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if r != 0 {
+        warn!(nice, "could not lower the pipeline threads' priority");
+    }
+}
+
+fn schedule(
+    spool: Arc<Spool>,
+    cfg: PipelineConfig,
+    events: mpsc::Receiver<Event>,
+    work: mpsc::Sender<QueueId>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut fresh: VecDeque<QueueId> = VecDeque::new();
+    let mut retry: VecDeque<QueueId> = VecDeque::new();
+    let mut known: HashSet<QueueId> = HashSet::new();
+    let mut idle = cfg.workers;
+    let mut last_scan: Option<Instant> = None;
+    let mut take_fresh = true;
+    loop {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        if last_scan.is_none_or(|t| t.elapsed() >= cfg.rescan) {
+            last_scan = Some(Instant::now());
+            if let Ok(ids) = spool.list(crate::spool::QueueState::Incoming) {
+                for id in ids {
+                    if known.insert(id.clone()) {
+                        fresh.push_back(id);
+                    }
+                }
+            }
+            if let Ok(ids) = spool.due_deferred(worker::unix_now()) {
+                for id in ids {
+                    if known.insert(id.clone()) {
+                        retry.push_back(id);
+                    }
+                }
+            }
+        }
+        // Interleave new and retried mail so a retry backlog never starves fresh mail.
+        while idle > 0 && !(fresh.is_empty() && retry.is_empty()) {
+            let next = if take_fresh {
+                fresh.pop_front().or_else(|| retry.pop_front())
+            } else {
+                retry.pop_front().or_else(|| fresh.pop_front())
+            };
+            take_fresh = !take_fresh;
+            if let Some(id) = next {
+                if work.send(id).is_err() {
+                    return;
+                }
+                idle -= 1;
+            }
+        }
+        let wait = cfg
+            .rescan
+            .saturating_sub(last_scan.map(|t| t.elapsed()).unwrap_or_default())
+            .max(Duration::from_millis(10));
+        match events.recv_timeout(wait) {
+            Ok(Event::Committed(id)) => {
+                if known.insert(id.clone()) {
+                    fresh.push_back(id);
+                }
+            }
+            Ok(Event::Done(id)) => {
+                if known.remove(&id) {
+                    idle += 1;
+                }
+            }
+            Ok(Event::Stop) => return,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}

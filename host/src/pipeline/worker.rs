@@ -1,0 +1,511 @@
+//! One message through the chain: claim, run stages with checkpoints, settle.
+//!
+//! Verdicts (after the plugin's changes are applied):
+//! - `Continue`: the next stage.
+//! - `Discard`: every open recipient counts as delivered ("discarded"); done.
+//! - `Hold`: to `hold/`; released, it resumes after this stage.
+//! - `Bounce`: every open recipient fails with the given status; DSN.
+//! - `Defer`: to `deferred/`; the retry runs this stage again.
+//!
+//! A plugin fault (trap, panic, timeout, memory limit, malformed output, an
+//! error returned) or a plugin that is not loaded is a temporary failure: the
+//! message is deferred with exponential backoff and jitter and the stage runs
+//! again; after `max_faults` consecutive faults it is held, so a poison
+//! message never loops forever. Recipients a stage marks deferred are retried
+//! from that stage. At the end of the chain a recipient still open fails with
+//! `5.1.1`; past the queue lifetime, deferred recipients fail with `5.4.7`.
+//! Failures are reported once, in one DSN per attempt, never to `<>`.
+
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::io::{Read, Seek, SeekFrom};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::Arc;
+
+use finaldot_sdk::wire::{
+    parse_headers, Envelope, MessageInput, MessageState, Recipient, RecipientState, Verdict,
+    ABI_VERSION,
+};
+use tracing::{error, info, info_span, warn};
+
+use super::dsn::{self, DsnKind, DsnRecipient};
+use super::{Settings, Stage};
+use crate::plugins::Body;
+use crate::spool::{self, Header, Progress, QueueId, QueueState, Spool, StageRecord};
+
+/// What every worker shares.
+pub struct Context {
+    /// The spool.
+    pub spool: Arc<Spool>,
+    /// The plugin chain.
+    pub chain: Vec<Stage>,
+    /// Settings.
+    pub settings: Settings,
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Processes one queue id; errors are logged and the message is left to retry.
+pub fn process(ctx: &Context, id: &QueueId) {
+    let span = info_span!("queue", queue_id = %id);
+    let _enter = span.enter();
+    if let Err(e) = run(ctx, id) {
+        error!(error = %e, "pipeline could not process the message; it will be retried");
+        // Out of active/ so it is retried without waiting for a restart.
+        let next = unix_now() + ctx.settings.config.retry_min.as_secs();
+        if ctx.spool.locate(id) == Some(QueueState::Active) {
+            if let Err(e) = ctx.spool.defer(id, next) {
+                error!(error = %e, "could not defer the message; it stays in active/ until restart");
+            }
+        }
+    }
+}
+
+/// Header bytes read at most when a message is first parsed.
+const MAX_HEADER_BYTES: u64 = 1024 * 1024;
+
+pub(crate) fn new_progress(path: &Path, header: &Header) -> Result<Progress, spool::Error> {
+    let io = |e| spool::Error::Io {
+        op: "reading",
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let mut f = File::open(path).map_err(io)?;
+    f.seek(SeekFrom::Start(header.message_offset)).map_err(io)?;
+    let mut head = Vec::new();
+    f.take(header.message_len.min(MAX_HEADER_BYTES))
+        .read_to_end(&mut head)
+        .map_err(io)?;
+    let (headers, body_offset) = parse_headers(&head);
+    let env = &header.envelope;
+    Ok(Progress {
+        state: MessageState {
+            envelope: Envelope {
+                mail_from: env.mail_from.clone(),
+                recipients: env.rcpt_to.iter().map(Recipient::new).collect(),
+            },
+            headers,
+        },
+        body_offset: body_offset as u64,
+        next_stage: 0,
+        stages: Vec::new(),
+        attempts: 0,
+        faults: 0,
+        queued_at: env.received_at,
+        next_attempt: 0,
+        last_error: None,
+        hold_reason: None,
+        notified: Vec::new(),
+        delay_warned: false,
+    })
+}
+
+fn is_open(r: &Recipient) -> bool {
+    matches!(r.state, RecipientState::Pending | RecipientState::Deferred { .. })
+}
+
+fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
+    let spool = &ctx.spool;
+    if spool.claim(id)?.is_none() {
+        return Ok(());
+    }
+    let path = spool.path(QueueState::Active, id);
+    let header = match spool::read_header(&path) {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(reason = %e, "unreadable queue file moved to corrupt/");
+            let to = spool.path(QueueState::Corrupt, id);
+            std::fs::rename(&path, &to).map_err(|e| spool::Error::Io {
+                op: "moving to corrupt",
+                path: to,
+                source: e,
+            })?;
+            return Ok(());
+        }
+    };
+    let mut progress = match spool.load_progress(id)? {
+        Some(p) => p,
+        None => new_progress(&path, &header)?,
+    };
+    progress.attempts += 1;
+    progress.hold_reason = None;
+    for r in &mut progress.state.envelope.recipients {
+        if matches!(r.state, RecipientState::Deferred { .. }) {
+            r.state = RecipientState::Pending;
+        }
+    }
+    let file = Arc::new(File::open(&path).map_err(|e| spool::Error::Io {
+        op: "opening",
+        path: path.clone(),
+        source: e,
+    })?);
+    let body_len = header.message_len.saturating_sub(progress.body_offset);
+    let body = Body::File {
+        file,
+        offset: header.message_offset + progress.body_offset,
+        len: body_len,
+    };
+    let total = ctx.chain.len() as u32;
+    let mut deferred_from: Option<u32> = None;
+    while progress.next_stage < total {
+        let i = progress.next_stage;
+        let stage = &ctx.chain[i as usize];
+        let name = &stage.spec.name;
+        let plugin = match &stage.plugin {
+            Ok(p) => p,
+            Err(why) => {
+                let e = format!("plugin {name} is not available: {why}");
+                warn!(plugin = %name, "{e}; message deferred");
+                progress.last_error = Some(e);
+                return defer(ctx, id, &mut progress, &header, None);
+            }
+        };
+        let input = MessageInput {
+            abi: ABI_VERSION,
+            queue_id: id.to_string(),
+            state: progress.state.clone(),
+            body_len,
+            client_ip: header.envelope.client_ip.to_string(),
+            helo: header.envelope.helo.clone(),
+            received_at: header.envelope.received_at,
+        };
+        let record = |progress: &mut Progress, version: String, outcome: String| {
+            progress.stages.push(StageRecord {
+                stage: i,
+                plugin: name.clone(),
+                version,
+                outcome,
+                at: unix_now(),
+            });
+        };
+        match plugin.call(&input, body.clone(), false) {
+            Err(e) => {
+                progress.faults += 1;
+                progress.last_error = Some(e.to_string());
+                record(&mut progress, e.version.clone(), format!("fault: {}", e.fault));
+                if progress.faults >= ctx.settings.config.max_faults {
+                    let reason = format!("{} consecutive plugin faults; last: {e}", progress.faults);
+                    warn!(plugin = %name, "{reason}; message held");
+                    progress.hold_reason = Some(reason);
+                    spool.save_progress(id, &progress)?;
+                    spool.hold(id)?;
+                    return Ok(());
+                }
+                warn!(plugin = %name, error = %e, faults = progress.faults, "plugin fault; message deferred");
+                return defer(ctx, id, &mut progress, &header, None);
+            }
+            Ok(result) => {
+                progress.faults = 0;
+                let was_deferred: Vec<bool> = progress
+                    .state
+                    .envelope
+                    .recipients
+                    .iter()
+                    .map(|r| matches!(r.state, RecipientState::Deferred { .. }))
+                    .collect();
+                for c in &result.output.changes {
+                    progress.state.apply(c);
+                }
+                let newly_deferred = progress
+                    .state
+                    .envelope
+                    .recipients
+                    .iter()
+                    .enumerate()
+                    .any(|(k, r)| {
+                        matches!(r.state, RecipientState::Deferred { .. })
+                            && !was_deferred.get(k).copied().unwrap_or(false)
+                    });
+                if newly_deferred {
+                    deferred_from = Some(deferred_from.map_or(i, |d| d.min(i)));
+                }
+                let verdict = result.output.verdict;
+                let outcome = match &verdict {
+                    Verdict::Continue => "continue".to_string(),
+                    Verdict::Discard { reason } => format!("discard: {reason}"),
+                    Verdict::Hold { reason } => format!("hold: {reason}"),
+                    Verdict::Bounce { code, status, text } => format!("bounce: {code} {status} {text}"),
+                    Verdict::Defer { reason, .. } => format!("defer: {reason}"),
+                };
+                info!(
+                    plugin = %name,
+                    version = %result.version,
+                    changes = result.output.changes.len(),
+                    micros = result.elapsed.as_micros() as u64,
+                    "stage {i} done: {outcome}"
+                );
+                record(&mut progress, result.version, outcome);
+                match verdict {
+                    Verdict::Continue => progress.next_stage = i + 1,
+                    Verdict::Discard { reason } => {
+                        for r in progress.state.envelope.recipients.iter_mut().filter(|r| is_open(r)) {
+                            r.state = RecipientState::Delivered {
+                                note: format!("discarded by {name}: {reason}"),
+                            };
+                        }
+                        progress.next_stage = total;
+                    }
+                    Verdict::Hold { reason } => {
+                        progress.next_stage = i + 1;
+                        info!(plugin = %name, reason = %reason, "held");
+                        progress.hold_reason = Some(format!("{name}: {reason}"));
+                        spool.save_progress(id, &progress)?;
+                        spool.hold(id)?;
+                        return Ok(());
+                    }
+                    Verdict::Bounce { code, status, text } => {
+                        for r in progress.state.envelope.recipients.iter_mut().filter(|r| is_open(r)) {
+                            r.state = RecipientState::Failed {
+                                status: status.clone(),
+                                reason: format!("{code} {status} {text}"),
+                            };
+                        }
+                        progress.next_stage = total;
+                    }
+                    Verdict::Defer {
+                        reason,
+                        retry_after_secs,
+                    } => {
+                        progress.last_error = Some(format!("{name}: {reason}"));
+                        return defer(ctx, id, &mut progress, &header, retry_after_secs);
+                    }
+                }
+                spool.save_progress(id, &progress)?;
+            }
+        }
+    }
+    settle(ctx, id, &mut progress, &header, deferred_from)
+}
+
+/// The end of the chain: fail what nobody took, report failures, and either
+/// finish the message or defer what is left.
+fn settle(
+    ctx: &Context,
+    id: &QueueId,
+    progress: &mut Progress,
+    header: &Header,
+    deferred_from: Option<u32>,
+) -> Result<(), spool::Error> {
+    for r in progress.state.envelope.recipients.iter_mut() {
+        if r.state == RecipientState::Pending {
+            r.state = RecipientState::Failed {
+                status: "5.1.1".into(),
+                reason: "undeliverable: no plugin in the chain delivered this recipient".into(),
+            };
+        }
+    }
+    let any_deferred = progress
+        .state
+        .envelope
+        .recipients
+        .iter()
+        .any(|r| matches!(r.state, RecipientState::Deferred { .. }));
+    if any_deferred {
+        progress.next_stage = deferred_from.unwrap_or(0);
+        progress.last_error = progress
+            .state
+            .envelope
+            .recipients
+            .iter()
+            .find_map(|r| match &r.state {
+                RecipientState::Deferred { reason } => Some(format!("<{}>: {reason}", r.address)),
+                _ => None,
+            })
+            .or(progress.last_error.take());
+        return defer(ctx, id, progress, header, None);
+    }
+    notify_failures(ctx, id, progress, header)?;
+    for r in &progress.state.envelope.recipients {
+        match &r.state {
+            RecipientState::Delivered { note } => info!(to = %r.address, note = %note, "delivered"),
+            RecipientState::Failed { status, reason } => {
+                info!(to = %r.address, status = %status, reason = %reason, "failed")
+            }
+            _ => {}
+        }
+    }
+    ctx.spool.complete(id)?;
+    info!(attempts = progress.attempts, "done, removed from the queue");
+    Ok(())
+}
+
+/// Sends one DSN for every failed recipient not yet reported.
+fn notify_failures(
+    ctx: &Context,
+    id: &QueueId,
+    progress: &mut Progress,
+    header: &Header,
+) -> Result<(), spool::Error> {
+    let fresh: Vec<DsnRecipient> = progress
+        .state
+        .envelope
+        .recipients
+        .iter()
+        .filter(|r| !progress.notified.contains(&r.address))
+        .filter_map(|r| match &r.state {
+            RecipientState::Failed { status, reason } => Some(DsnRecipient {
+                recipient: r.clone(),
+                status: status.clone(),
+                reason: reason.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    send_dsn(ctx, id, progress, header, DsnKind::Failed, &fresh)?;
+    progress
+        .notified
+        .extend(fresh.into_iter().map(|r| r.recipient.address));
+    Ok(())
+}
+
+fn send_dsn(
+    ctx: &Context,
+    id: &QueueId,
+    progress: &Progress,
+    header: &Header,
+    kind: DsnKind,
+    recipients: &[DsnRecipient],
+) -> Result<(), spool::Error> {
+    let sender = &progress.state.envelope.mail_from;
+    if sender.is_empty() {
+        info!(
+            recipients = recipients.len(),
+            "not sending a DSN: the message has the null sender <>"
+        );
+        return Ok(());
+    }
+    let spool = &ctx.spool;
+    let path = spool.path(QueueState::Active, id);
+    let mut original = Vec::new();
+    if let Ok(mut f) = File::open(&path) {
+        if f.seek(SeekFrom::Start(header.message_offset)).is_ok() {
+            let _ = f.take(progress.body_offset).read_to_end(&mut original);
+        }
+    }
+    // The blank line that ends the header block is not part of the headers.
+    while original.ends_with(b"\r\n\r\n") || original.ends_with(b"\n\n") {
+        original.pop();
+        if original.ends_with(b"\r") {
+            original.pop();
+        }
+    }
+    let now = unix_now();
+    let hostname = &ctx.settings.hostname;
+    let msg = dsn::build(
+        kind,
+        hostname,
+        id.as_str(),
+        sender,
+        progress.queued_at,
+        now,
+        recipients,
+        &original,
+    );
+    let env = spool::Envelope {
+        mail_from: String::new(),
+        rcpt_to: vec![sender.clone()],
+        client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        helo: hostname.clone(),
+        protocol: "local".into(),
+        received_at: now,
+        body_8bit: true,
+        smtputf8: !sender.is_ascii(),
+    };
+    let mut w = spool.begin(&env)?;
+    w.write(&msg)?;
+    let dsn_id = spool.commit_blocking(w.finish()?)?;
+    info!(dsn_queue_id = %dsn_id, to = %sender, kind = ?kind, recipients = recipients.len(), "DSN queued for the sender");
+    Ok(())
+}
+
+/// Exponential backoff with ±10 % jitter, between the configured bounds.
+fn backoff(ctx: &Context, id: &QueueId, attempts: u32) -> u64 {
+    let cfg = &ctx.settings.config;
+    let min = cfg.retry_min.as_secs().max(1);
+    let base = min
+        .saturating_mul(1u64 << attempts.saturating_sub(1).min(30))
+        .min(cfg.retry_max.as_secs().max(min));
+    let spread = base / 5;
+    if spread == 0 {
+        return base;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (id, attempts, std::time::SystemTime::now()).hash(&mut h);
+    base - spread / 2 + h.finish() % (spread + 1)
+}
+
+/// Defers the message (or bounces what is left, past the queue lifetime).
+fn defer(
+    ctx: &Context,
+    id: &QueueId,
+    progress: &mut Progress,
+    header: &Header,
+    hint_secs: Option<u64>,
+) -> Result<(), spool::Error> {
+    let cfg = &ctx.settings.config;
+    let now = unix_now();
+    let age = now.saturating_sub(progress.queued_at);
+    if age >= cfg.max_queue_lifetime.as_secs() {
+        let why = progress
+            .last_error
+            .clone()
+            .unwrap_or_else(|| "temporary failures".into());
+        for r in progress.state.envelope.recipients.iter_mut().filter(|r| is_open(r)) {
+            r.state = RecipientState::Failed {
+                status: "5.4.7".into(),
+                reason: format!("delivery time expired after {}s in the queue: {why}", age),
+            };
+        }
+        warn!(age_secs = age, "queue lifetime exceeded; bouncing what is left");
+        notify_failures(ctx, id, progress, header)?;
+        ctx.spool.complete(id)?;
+        info!(attempts = progress.attempts, "done, removed from the queue");
+        return Ok(());
+    }
+    // Recipients already failed are reported now, not at the very end.
+    notify_failures(ctx, id, progress, header)?;
+    if let Some(after) = cfg.delay_warning {
+        if !progress.delay_warned && age >= after.as_secs() {
+            let delayed: Vec<DsnRecipient> = progress
+                .state
+                .envelope
+                .recipients
+                .iter()
+                .filter(|r| is_open(r))
+                .map(|r| DsnRecipient {
+                    recipient: r.clone(),
+                    status: "4.4.7".into(),
+                    reason: progress
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "delivery temporarily failed".into()),
+                })
+                .collect();
+            if !delayed.is_empty() {
+                send_dsn(ctx, id, progress, header, DsnKind::Delayed, &delayed)?;
+            }
+            progress.delay_warned = true;
+        }
+    }
+    let delay = hint_secs.unwrap_or_else(|| backoff(ctx, id, progress.attempts));
+    progress.next_attempt = now + delay;
+    ctx.spool.save_progress(id, progress)?;
+    ctx.spool.defer(id, progress.next_attempt)?;
+    info!(
+        delay_secs = delay,
+        attempts = progress.attempts,
+        reason = progress.last_error.as_deref().unwrap_or(""),
+        "deferred"
+    );
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Per-message progress: where the pipeline stands with a message, kept
+//! durably beside it in `state/<queue id>` and replaced atomically (write a
+//! temp file, fsync, rename, fsync the directory), so a restart resumes where
+//! the work stopped and never repeats a finished stage's effect.
+//!
+//! Format: `"FDPROG"`, a u16 LE version, then the postcard-encoded
+//! [`Progress`] (fields only appended, never reordered).
+
+use finaldot_sdk::wire::MessageState;
+use serde::{Deserialize, Serialize};
+
+/// Magic of a progress file.
+pub const MAGIC: &[u8; 6] = b"FDPROG";
+/// Format version.
+pub const VERSION: u16 = 1;
+
+/// One pipeline stage that ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// The stage's index in the chain.
+    pub stage: u32,
+    /// The plugin's name in the configuration.
+    pub plugin: String,
+    /// The module's version label (crate name, version, content hash).
+    pub version: String,
+    /// What happened, in a few words.
+    pub outcome: String,
+    /// When (seconds since the epoch).
+    pub at: u64,
+}
+
+/// Where the pipeline stands with one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Envelope (with per-recipient states) and headers as the stages left them.
+    pub state: MessageState,
+    /// Where the body starts within the queued message.
+    pub body_offset: u64,
+    /// The next stage to run.
+    pub next_stage: u32,
+    /// The stages that ran, in order (retries included).
+    pub stages: Vec<StageRecord>,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// Consecutive plugin faults (reset by any clean stage).
+    pub faults: u32,
+    /// When the message was queued (seconds since the epoch).
+    pub queued_at: u64,
+    /// When the next attempt is due (seconds since the epoch; 0 = now).
+    pub next_attempt: u64,
+    /// The last error, for `queue list` and `queue show`.
+    pub last_error: Option<String>,
+    /// Why the message is on hold, if it is.
+    pub hold_reason: Option<String>,
+    /// Recipients already reported to the sender in a DSN.
+    pub notified: Vec<String>,
+    /// Whether a delay warning was sent.
+    pub delay_warned: bool,
+}
+
+impl Progress {
+    /// Encodes with magic and version.
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        postcard::to_extend(self, out)
+    }
+
+    /// Decodes, checking magic and version.
+    pub fn decode(bytes: &[u8]) -> Result<Progress, String> {
+        if bytes.len() < 8 || &bytes[..6] != MAGIC {
+            return Err("not a progress file".into());
+        }
+        let version = u16::from_le_bytes([bytes[6], bytes[7]]);
+        if version != VERSION {
+            return Err(format!("unsupported progress version {version}"));
+        }
+        postcard::from_bytes(&bytes[8..]).map_err(|e| format!("progress does not decode: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use finaldot_sdk::wire::{Envelope, Header, Recipient};
+
+    #[test]
+    fn round_trips_and_rejects_garbage() {
+        let p = Progress {
+            state: MessageState {
+                envelope: Envelope {
+                    mail_from: "a@b".into(),
+                    recipients: vec![Recipient::new("c@d")],
+                },
+                headers: vec![Header::new("Subject", "x")],
+            },
+            body_offset: 42,
+            next_stage: 1,
+            stages: vec![StageRecord {
+                stage: 0,
+                plugin: "p".into(),
+                version: "v".into(),
+                outcome: "continue".into(),
+                at: 1,
+            }],
+            attempts: 1,
+            faults: 0,
+            queued_at: 5,
+            next_attempt: 0,
+            last_error: None,
+            hold_reason: None,
+            notified: vec![],
+            delay_warned: false,
+        };
+        let bytes = p.encode().expect("encode");
+        assert_eq!(Progress::decode(&bytes).expect("decode"), p);
+        assert!(Progress::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(Progress::decode(b"garbage!").is_err());
+    }
+}
