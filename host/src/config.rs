@@ -442,11 +442,16 @@ impl RawConfig {
         }
 
         let p = self.pipeline;
-        let plugin_dir = p.plugin_dir.map(|d| if d.is_absolute() { d } else { base.join(d) })
+        let plugin_dir = p
+            .plugin_dir
+            .map(|d| if d.is_absolute() { d } else { base.join(d) })
             .unwrap_or_else(|| data_dir.join("plugins"));
         let workers = p.workers.unwrap_or(2);
         if workers == 0 || workers > 256 {
-            return Err(invalid("pipeline.workers", format!("{workers} must be between 1 and 256")));
+            return Err(invalid(
+                "pipeline.workers",
+                format!("{workers} must be between 1 and 256"),
+            ));
         }
         let retry_min = secs("pipeline.retry_min_secs", p.retry_min_secs, 60, 1)?;
         let retry_max = secs("pipeline.retry_max_secs", p.retry_max_secs, 3600, 1)?;
@@ -456,7 +461,12 @@ impl RawConfig {
                 "must not be less than pipeline.retry_min_secs".into(),
             ));
         }
-        let max_queue_lifetime = secs("pipeline.max_queue_lifetime_secs", p.max_queue_lifetime_secs, 5 * 86400, 1)?;
+        let max_queue_lifetime = secs(
+            "pipeline.max_queue_lifetime_secs",
+            p.max_queue_lifetime_secs,
+            5 * 86400,
+            1,
+        )?;
         let max_faults = p.max_faults.unwrap_or(5);
         if max_faults == 0 {
             return Err(invalid("pipeline.max_faults", "must be at least 1".into()));
@@ -468,7 +478,10 @@ impl RawConfig {
         let rescan = secs("pipeline.rescan_secs", p.rescan_secs, 5, 1)?;
         let nice = p.nice.unwrap_or(10);
         if !(0..=19).contains(&nice) {
-            return Err(invalid("pipeline.nice", format!("{nice} must be between 0 and 19")));
+            return Err(invalid(
+                "pipeline.nice",
+                format!("{nice} must be between 0 and 19"),
+            ));
         }
 
         let mut plugins = Vec::new();
@@ -476,35 +489,62 @@ impl RawConfig {
         for (i, rp) in self.plugins.into_iter().enumerate() {
             let key = |k: &str| format!("plugins[{i}].{k}");
             let name_ok = !rp.name.is_empty()
-                && rp.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                && rp
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
             if !name_ok {
-                return Err(invalid(&key("name"), format!("{:?} must be letters, digits, - and _", rp.name)));
+                return Err(invalid(
+                    &key("name"),
+                    format!("{:?} must be letters, digits, - and _", rp.name),
+                ));
             }
             if !names.insert(rp.name.clone()) {
-                return Err(invalid(&key("name"), format!("{:?} is used twice", rp.name)));
+                return Err(invalid(
+                    &key("name"),
+                    format!("{:?} is used twice", rp.name),
+                ));
             }
-            let file = if rp.file.is_absolute() { rp.file } else { plugin_dir.join(rp.file) };
+            let file = if rp.file.is_absolute() {
+                rp.file
+            } else {
+                plugin_dir.join(rp.file)
+            };
             let timeout_ms = rp.timeout_ms.unwrap_or(1000);
             if !(1..=600_000).contains(&timeout_ms) {
-                return Err(invalid(&key("timeout_ms"), format!("{timeout_ms} must be between 1 and 600000")));
+                return Err(invalid(
+                    &key("timeout_ms"),
+                    format!("{timeout_ms} must be between 1 and 600000"),
+                ));
             }
             let memory_mb = rp.memory_mb.unwrap_or(64);
             if !(1..=1024).contains(&memory_mb) {
-                return Err(invalid(&key("memory_mb"), format!("{memory_mb} must be between 1 and 1024")));
+                return Err(invalid(
+                    &key("memory_mb"),
+                    format!("{memory_mb} must be between 1 and 1024"),
+                ));
             }
             let mut grant_names = HashSet::new();
             let mut dirs = Vec::new();
             for (j, d) in rp.dirs.into_iter().enumerate() {
                 if !grant_names.insert(d.name.clone()) {
-                    return Err(invalid(&key(&format!("dirs[{j}].name")), format!("{:?} is granted twice", d.name)));
+                    return Err(invalid(
+                        &key(&format!("dirs[{j}].name")),
+                        format!("{:?} is granted twice", d.name),
+                    ));
                 }
                 dirs.push(DirGrant {
                     name: d.name,
-                    path: if d.path.is_absolute() { d.path } else { base.join(d.path) },
+                    path: if d.path.is_absolute() {
+                        d.path
+                    } else {
+                        base.join(d.path)
+                    },
                     writable: d.writable,
                 });
             }
-            let config = finaldot_sdk::Value::from_toml(&toml::Value::Table(rp.config.unwrap_or_default()));
+            let config =
+                finaldot_sdk::Value::from_toml(&toml::Value::Table(rp.config.unwrap_or_default()));
             plugins.push(PluginSpec {
                 name: rp.name.clone(),
                 file,
@@ -515,7 +555,10 @@ impl RawConfig {
                 },
                 grants: Grants {
                     dirs,
-                    kv: rp.kv.unwrap_or(false).then(|| data_dir.join("kv").join(&rp.name)),
+                    kv: rp
+                        .kv
+                        .unwrap_or(false)
+                        .then(|| data_dir.join("kv").join(&rp.name)),
                 },
                 reuse_instance: rp.reuse_instance.unwrap_or(false),
             });

@@ -74,10 +74,17 @@ impl Daemon {
         } else {
             let runtime = Runtime::new(RuntimeOptions {
                 cache_dir: Some(config.data_dir.join("cache")),
-                max_instances: (64 + config.pipeline.workers * 4 + config.plugins.len() * 16) as u32,
-                max_memory: config.plugins.iter().map(|p| p.limits.memory).max().unwrap_or(1 << 26),
+                max_instances: (64 + config.pipeline.workers * 4 + config.plugins.len() * 16)
+                    as u32,
+                max_memory: config
+                    .plugins
+                    .iter()
+                    .map(|p| p.limits.memory)
+                    .max()
+                    .unwrap_or(1 << 26),
             })?;
-            let chain = tokio::task::block_in_place(|| pipeline::load_chain(&runtime, &config.plugins));
+            let chain =
+                tokio::task::block_in_place(|| pipeline::load_chain(&runtime, &config.plugins));
             let p = Pipeline::start(
                 spool.clone(),
                 chain,

@@ -211,7 +211,10 @@ fn queue(config: Option<PathBuf>, json: bool, command: QueueCommand) -> anyhow::
     let config = Config::load(config.as_deref())?;
     let dir = config.spool_dir();
     if !dir.join("incoming").is_dir() {
-        anyhow::bail!("no spool at {} (has the daemon ever run with this config?)", dir.display());
+        anyhow::bail!(
+            "no spool at {} (has the daemon ever run with this config?)",
+            dir.display()
+        );
     }
     let spool = finaldot::spool::Spool::open(&dir)?;
     let done = |what: &str, id: &str| {
@@ -232,12 +235,20 @@ fn queue(config: Option<PathBuf>, json: bool, command: QueueCommand) -> anyhow::
                 println!("queue is empty");
                 return Ok(());
             }
-            println!("{:<22} {:<9} {:>8} {:>9}  {:<30} {}", "ID", "STATE", "AGE", "SIZE", "SENDER", "RECIPIENTS / NEXT ATTEMPT / LAST ERROR");
+            println!(
+                "{:<22} {:<9} {:>8} {:>9}  {:<30} RECIPIENTS / NEXT ATTEMPT / LAST ERROR",
+                "ID", "STATE", "AGE", "SIZE", "SENDER"
+            );
             let now = finaldot::pipeline::worker::unix_now();
             for e in &entries {
                 println!(
                     "{:<22} {:<9} {:>7}s {:>9}  {:<30} {}",
-                    e.id, e.state, e.age_secs, e.size, e.sender, e.open_recipients.join(", ")
+                    e.id,
+                    e.state,
+                    e.age_secs,
+                    e.size,
+                    e.sender,
+                    e.open_recipients.join(", ")
                 );
                 if let Some(t) = e.next_attempt {
                     println!("{:>24}next attempt in {}s", "", t.saturating_sub(now));
@@ -260,7 +271,10 @@ fn queue(config: Option<PathBuf>, json: bool, command: QueueCommand) -> anyhow::
             let e = &d.entry;
             println!("id:        {}", e.id);
             println!("state:     {}", e.state);
-            println!("age:       {}s, {} attempt(s), {} bytes", e.age_secs, d.attempts, e.size);
+            println!(
+                "age:       {}s, {} attempt(s), {} bytes",
+                e.age_secs, d.attempts, e.size
+            );
             println!("sender:    {}", e.sender);
             if let Some(h) = &e.hold_reason {
                 println!("held:      {h}");
@@ -281,13 +295,19 @@ fn queue(config: Option<PathBuf>, json: bool, command: QueueCommand) -> anyhow::
                 println!("  {n}: {v}");
             }
         }
-        QueueCommand::Retry { id: Some(id), all: false } => {
+        QueueCommand::Retry {
+            id: Some(id),
+            all: false,
+        } => {
             q::retry(&spool, &q::parse_id(&id)?)?;
             done("queued for an immediate attempt", &id);
         }
         QueueCommand::Retry { .. } => {
             let n = q::retry_all(&spool)?;
-            done(&format!("{n} deferred message(s) queued for an immediate attempt"), "all");
+            done(
+                &format!("{n} deferred message(s) queued for an immediate attempt"),
+                "all",
+            );
         }
         QueueCommand::Hold { id } => {
             q::hold(&spool, &q::parse_id(&id)?)?;

@@ -93,7 +93,11 @@ fn state_text(r: &RecipientState) -> String {
     }
 }
 
-fn progress_of(spool: &Spool, id: &QueueId, state: QueueState) -> Result<(Progress, u64), spool::Error> {
+fn progress_of(
+    spool: &Spool,
+    id: &QueueId,
+    state: QueueState,
+) -> Result<(Progress, u64), spool::Error> {
     let path = spool.path(state, id);
     let header = spool::read_header(&path).map_err(|e| spool::Error::Io {
         op: "reading",
@@ -107,7 +111,11 @@ fn progress_of(spool: &Spool, id: &QueueId, state: QueueState) -> Result<(Progre
     Ok((progress, header.message_len))
 }
 
-fn entry(spool: &Spool, id: &QueueId, state: QueueState) -> Result<(Entry, Progress), spool::Error> {
+fn entry(
+    spool: &Spool,
+    id: &QueueId,
+    state: QueueState,
+) -> Result<(Entry, Progress), spool::Error> {
     let (p, size) = progress_of(spool, id, state)?;
     let next_attempt = (state == QueueState::Deferred).then_some(p.next_attempt);
     let e = Entry {
@@ -125,7 +133,12 @@ fn entry(spool: &Spool, id: &QueueId, state: QueueState) -> Result<(Entry, Progr
             .envelope
             .recipients
             .iter()
-            .filter(|r| matches!(r.state, RecipientState::Pending | RecipientState::Deferred { .. }))
+            .filter(|r| {
+                matches!(
+                    r.state,
+                    RecipientState::Pending | RecipientState::Deferred { .. }
+                )
+            })
             .map(|r| r.address.clone())
             .collect(),
         recipients: p.state.envelope.recipients.len(),
@@ -139,7 +152,12 @@ fn entry(spool: &Spool, id: &QueueId, state: QueueState) -> Result<(Entry, Progr
 /// Every message in the queue, by state then age.
 pub fn list(spool: &Spool) -> Result<Vec<Entry>, QueueError> {
     let mut out = Vec::new();
-    for state in [QueueState::Active, QueueState::Incoming, QueueState::Deferred, QueueState::Hold] {
+    for state in [
+        QueueState::Active,
+        QueueState::Incoming,
+        QueueState::Deferred,
+        QueueState::Hold,
+    ] {
         for id in spool.list(state)? {
             match entry(spool, &id, state) {
                 Ok((e, _)) => out.push(e),
@@ -154,7 +172,9 @@ pub fn list(spool: &Spool) -> Result<Vec<Entry>, QueueError> {
             id: id.to_string(),
             state: "corrupt".into(),
             age_secs: 0,
-            size: std::fs::metadata(spool.path(QueueState::Corrupt, &id)).map(|m| m.len()).unwrap_or(0),
+            size: std::fs::metadata(spool.path(QueueState::Corrupt, &id))
+                .map(|m| m.len())
+                .unwrap_or(0),
             sender: String::new(),
             open_recipients: Vec::new(),
             recipients: 0,
@@ -192,7 +212,12 @@ pub fn show(spool: &Spool, id: &QueueId) -> Result<Details, QueueError> {
             .iter()
             .map(|r| (r.address.clone(), state_text(&r.state)))
             .collect(),
-        headers: p.state.headers.iter().map(|h| (h.name.clone(), h.text())).collect(),
+        headers: p
+            .state
+            .headers
+            .iter()
+            .map(|h| (h.name.clone(), h.text()))
+            .collect(),
         stages: p.stages.clone(),
         attempts: p.attempts,
     })
@@ -299,7 +324,10 @@ pub fn bounce(spool: &Spool, id: &QueueId) -> Result<(), QueueError> {
     }
     let (mut p, _) = progress_of(spool, id, state)?;
     for r in p.state.envelope.recipients.iter_mut() {
-        if matches!(r.state, RecipientState::Pending | RecipientState::Deferred { .. }) {
+        if matches!(
+            r.state,
+            RecipientState::Pending | RecipientState::Deferred { .. }
+        ) {
             r.state = RecipientState::Failed {
                 status: "5.0.0".into(),
                 reason: "bounced by the administrator".into(),

@@ -34,6 +34,23 @@ pub fn finaldot_bin() -> PathBuf {
     bin
 }
 
+/// A plugin built to wasm by `./dev test` (target/wasm32-unknown-unknown/release/NAME.wasm).
+pub fn wasm(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let p = exe
+        .ancestors()
+        .nth(3)
+        .expect("target dir above target/<profile>/deps")
+        .join("wasm32-unknown-unknown/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `./dev test` (it builds every plugin crate for wasm32-unknown-unknown first)",
+        p.display()
+    );
+    p
+}
+
 /// A temporary directory that is kept, and its path printed, if the test fails.
 pub struct TestDir {
     dir: Option<tempfile::TempDir>,
@@ -364,4 +381,35 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     f()
+}
+
+/// Runs `finaldot queue --config DIR/finaldot.toml ARGS...`; returns (success, stdout, stderr).
+pub fn queue_cmd(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(finaldot_bin())
+        .arg("queue")
+        .arg("--config")
+        .arg(dir.join("finaldot.toml"))
+        .args(args)
+        .output()
+        .expect("run finaldot queue");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `finaldot queue list --json`, parsed.
+pub fn queue_list(dir: &Path) -> Vec<serde_json::Value> {
+    let (ok, out, err) = queue_cmd(dir, &["list", "--json"]);
+    assert!(ok, "queue list failed: {err}");
+    serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("queue list JSON")
+}
+
+/// A `[[plugins]]` table for a wasm built by `./dev test`, with extra lines.
+pub fn plugin_toml(name: &str, wasm_name: &str, extra: &str) -> String {
+    format!(
+        "[[plugins]]\nname = \"{name}\"\nfile = {:?}\n{extra}\n\n",
+        wasm(wasm_name)
+    )
 }

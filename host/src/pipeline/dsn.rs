@@ -64,11 +64,15 @@ pub fn build(
         ),
     };
     let mut m = String::new();
-    m.push_str(&format!("From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"));
+    m.push_str(&format!(
+        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"
+    ));
     m.push_str(&format!("To: <{}>\r\n", one_line(sender, 320)));
     m.push_str(&format!("Subject: {subject}\r\n"));
     m.push_str(&format!("Date: {}\r\n", rfc2822(now)));
-    m.push_str(&format!("Message-ID: <{queue_id}.{now}.dsn@{hostname}>\r\n"));
+    m.push_str(&format!(
+        "Message-ID: <{queue_id}.{now}.dsn@{hostname}>\r\n"
+    ));
     m.push_str("Auto-Submitted: auto-replied\r\n");
     m.push_str("MIME-Version: 1.0\r\n");
     m.push_str(&format!(
@@ -77,8 +81,12 @@ pub fn build(
     m.push_str("\r\nThis is a MIME-encapsulated message.\r\n\r\n");
 
     m.push_str(&format!("--{boundary}\r\n"));
-    m.push_str("Content-Description: Notification\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n");
-    m.push_str(&format!("This is the mail system at host {hostname}.\r\n\r\n{intro}\r\n\r\n"));
+    m.push_str(
+        "Content-Description: Notification\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n",
+    );
+    m.push_str(&format!(
+        "This is the mail system at host {hostname}.\r\n\r\n{intro}\r\n\r\n"
+    ));
     for r in recipients {
         m.push_str(&format!(
             "<{}>: {}\r\n",
@@ -89,19 +97,30 @@ pub fn build(
     m.push_str("\r\n");
 
     m.push_str(&format!("--{boundary}\r\n"));
-    m.push_str("Content-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n");
+    m.push_str(
+        "Content-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n",
+    );
     m.push_str(&format!("Reporting-MTA: dns; {hostname}\r\n"));
     m.push_str(&format!("X-Finaldot-Queue-ID: {queue_id}\r\n"));
     m.push_str(&format!("Arrival-Date: {}\r\n", rfc2822(arrival)));
     for r in recipients {
         m.push_str("\r\n");
         if let Some(orig) = &r.recipient.original {
-            m.push_str(&format!("Original-Recipient: rfc822; {}\r\n", one_line(orig, 320)));
+            m.push_str(&format!(
+                "Original-Recipient: rfc822; {}\r\n",
+                one_line(orig, 320)
+            ));
         }
-        m.push_str(&format!("Final-Recipient: rfc822; {}\r\n", one_line(&r.recipient.address, 320)));
+        m.push_str(&format!(
+            "Final-Recipient: rfc822; {}\r\n",
+            one_line(&r.recipient.address, 320)
+        ));
         m.push_str(&format!("Action: {action}\r\n"));
         m.push_str(&format!("Status: {}\r\n", one_line(&r.status, 16)));
-        m.push_str(&format!("Diagnostic-Code: X-finaldot; {}\r\n", one_line(&r.reason, 500)));
+        m.push_str(&format!(
+            "Diagnostic-Code: X-finaldot; {}\r\n",
+            one_line(&r.reason, 500)
+        ));
         if kind == DsnKind::Delayed {
             m.push_str(&format!("Last-Attempt-Date: {}\r\n", rfc2822(now)));
         }

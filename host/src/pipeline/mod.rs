@@ -95,7 +95,11 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Starts the scheduler and the workers.
-    pub fn start(spool: Arc<Spool>, chain: Vec<Stage>, settings: Settings) -> std::io::Result<Pipeline> {
+    pub fn start(
+        spool: Arc<Spool>,
+        chain: Vec<Stage>,
+        settings: Settings,
+    ) -> std::io::Result<Pipeline> {
         let (events_tx, events_rx) = mpsc::channel::<Event>();
         {
             let tx = Mutex::new(events_tx.clone());

@@ -108,7 +108,10 @@ pub(crate) fn new_progress(path: &Path, header: &Header) -> Result<Progress, spo
 }
 
 fn is_open(r: &Recipient) -> bool {
-    matches!(r.state, RecipientState::Pending | RecipientState::Deferred { .. })
+    matches!(
+        r.state,
+        RecipientState::Pending | RecipientState::Deferred { .. }
+    )
 }
 
 fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
@@ -189,9 +192,14 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
             Err(e) => {
                 progress.faults += 1;
                 progress.last_error = Some(e.to_string());
-                record(&mut progress, e.version.clone(), format!("fault: {}", e.fault));
+                record(
+                    &mut progress,
+                    e.version.clone(),
+                    format!("fault: {}", e.fault),
+                );
                 if progress.faults >= ctx.settings.config.max_faults {
-                    let reason = format!("{} consecutive plugin faults; last: {e}", progress.faults);
+                    let reason =
+                        format!("{} consecutive plugin faults; last: {e}", progress.faults);
                     warn!(plugin = %name, "{reason}; message held");
                     progress.hold_reason = Some(reason);
                     spool.save_progress(id, &progress)?;
@@ -213,16 +221,17 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
                 for c in &result.output.changes {
                     progress.state.apply(c);
                 }
-                let newly_deferred = progress
-                    .state
-                    .envelope
-                    .recipients
-                    .iter()
-                    .enumerate()
-                    .any(|(k, r)| {
-                        matches!(r.state, RecipientState::Deferred { .. })
-                            && !was_deferred.get(k).copied().unwrap_or(false)
-                    });
+                let newly_deferred =
+                    progress
+                        .state
+                        .envelope
+                        .recipients
+                        .iter()
+                        .enumerate()
+                        .any(|(k, r)| {
+                            matches!(r.state, RecipientState::Deferred { .. })
+                                && !was_deferred.get(k).copied().unwrap_or(false)
+                        });
                 if newly_deferred {
                     deferred_from = Some(deferred_from.map_or(i, |d| d.min(i)));
                 }
@@ -231,7 +240,9 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
                     Verdict::Continue => "continue".to_string(),
                     Verdict::Discard { reason } => format!("discard: {reason}"),
                     Verdict::Hold { reason } => format!("hold: {reason}"),
-                    Verdict::Bounce { code, status, text } => format!("bounce: {code} {status} {text}"),
+                    Verdict::Bounce { code, status, text } => {
+                        format!("bounce: {code} {status} {text}")
+                    }
                     Verdict::Defer { reason, .. } => format!("defer: {reason}"),
                 };
                 info!(
@@ -245,7 +256,13 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
                 match verdict {
                     Verdict::Continue => progress.next_stage = i + 1,
                     Verdict::Discard { reason } => {
-                        for r in progress.state.envelope.recipients.iter_mut().filter(|r| is_open(r)) {
+                        for r in progress
+                            .state
+                            .envelope
+                            .recipients
+                            .iter_mut()
+                            .filter(|r| is_open(r))
+                        {
                             r.state = RecipientState::Delivered {
                                 note: format!("discarded by {name}: {reason}"),
                             };
@@ -261,7 +278,13 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
                         return Ok(());
                     }
                     Verdict::Bounce { code, status, text } => {
-                        for r in progress.state.envelope.recipients.iter_mut().filter(|r| is_open(r)) {
+                        for r in progress
+                            .state
+                            .envelope
+                            .recipients
+                            .iter_mut()
+                            .filter(|r| is_open(r))
+                        {
                             r.state = RecipientState::Failed {
                                 status: status.clone(),
                                 reason: format!("{code} {status} {text}"),
@@ -460,13 +483,22 @@ fn defer(
             .last_error
             .clone()
             .unwrap_or_else(|| "temporary failures".into());
-        for r in progress.state.envelope.recipients.iter_mut().filter(|r| is_open(r)) {
+        for r in progress
+            .state
+            .envelope
+            .recipients
+            .iter_mut()
+            .filter(|r| is_open(r))
+        {
             r.state = RecipientState::Failed {
                 status: "5.4.7".into(),
                 reason: format!("delivery time expired after {}s in the queue: {why}", age),
             };
         }
-        warn!(age_secs = age, "queue lifetime exceeded; bouncing what is left");
+        warn!(
+            age_secs = age,
+            "queue lifetime exceeded; bouncing what is left"
+        );
         notify_failures(ctx, id, progress, header)?;
         ctx.spool.complete(id)?;
         info!(attempts = progress.attempts, "done, removed from the queue");

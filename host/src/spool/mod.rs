@@ -383,7 +383,12 @@ impl Spool {
     /// The message is finished (delivered, bounced or discarded): removes it,
     /// then its progress record.
     pub fn complete(&self, id: &QueueId) -> Result<(), Error> {
-        for state in [QueueState::Active, QueueState::Incoming, QueueState::Deferred, QueueState::Hold] {
+        for state in [
+            QueueState::Active,
+            QueueState::Incoming,
+            QueueState::Deferred,
+            QueueState::Hold,
+        ] {
             let p = self.path(state, id);
             match fs::remove_file(&p) {
                 Ok(()) => {
@@ -416,7 +421,11 @@ impl Spool {
 
     /// Puts a message on hold (from `active/`, `incoming/` or `deferred/`).
     pub fn hold(&self, id: &QueueId) -> Result<bool, Error> {
-        for from in [QueueState::Active, QueueState::Incoming, QueueState::Deferred] {
+        for from in [
+            QueueState::Active,
+            QueueState::Incoming,
+            QueueState::Deferred,
+        ] {
             if self.move_to(id, from, QueueState::Hold)? {
                 return Ok(true);
             }
@@ -438,7 +447,12 @@ impl Spool {
     /// Removes a message deliberately (an administrator's `queue delete`).
     /// A message being processed (`active/`) is not touched.
     pub fn delete(&self, id: &QueueId) -> Result<bool, Error> {
-        for state in [QueueState::Incoming, QueueState::Deferred, QueueState::Hold, QueueState::Corrupt] {
+        for state in [
+            QueueState::Incoming,
+            QueueState::Deferred,
+            QueueState::Hold,
+            QueueState::Corrupt,
+        ] {
             let p = self.path(state, id);
             match fs::remove_file(&p) {
                 Ok(()) => {
@@ -486,9 +500,13 @@ impl Spool {
     pub fn load_progress(&self, id: &QueueId) -> Result<Option<Progress>, Error> {
         let p = self.progress_path(id);
         match fs::read(&p) {
-            Ok(bytes) => Progress::decode(&bytes)
-                .map(Some)
-                .map_err(|why| Error::io("reading", &p, io::Error::new(io::ErrorKind::InvalidData, why))),
+            Ok(bytes) => Progress::decode(&bytes).map(Some).map_err(|why| {
+                Error::io(
+                    "reading",
+                    &p,
+                    io::Error::new(io::ErrorKind::InvalidData, why),
+                )
+            }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io("reading", &p, e)),
         }

@@ -11,7 +11,8 @@
 //! | `unreachable` | executes `unreachable` |
 //! | `error` | returns an error |
 //! | `fs` | tries `op` on grant `grant` at `path`, reports `X-Result: ok` or the error kind |
-//! | `deliver` | writes the message to `out/<queue id>` through the host |
+//! | `deliver` | writes the message to grant `grant` as `<queue id>` through the host and marks the recipients (or only those in `only`) delivered |
+//! | `defer-once` | defers a message the first time it sees it (kv), continues the next time |
 //! | `kv` | counts messages in its key-value namespace into `X-Count` |
 //! | `verdict` | returns the verdict named by `verdict` (defer, hold, bounce, discard) |
 //! | `spin` | burns `ms` milliseconds of CPU, then continues |
@@ -28,6 +29,7 @@ pub struct Testbed {
     op: String,
     verdict: String,
     ms: u64,
+    only: Vec<String>,
 }
 
 #[allow(unconditional_recursion)]
@@ -44,6 +46,7 @@ impl Plugin for Testbed {
         self.op = config.str("op")?.unwrap_or("read").to_string();
         self.verdict = config.str("verdict")?.unwrap_or("continue").to_string();
         self.ms = config.int("ms")?.unwrap_or(50) as u64;
+        self.only = config.strings("only")?;
         if self.mode == "configure-error" {
             return Err(Error::new("testbed refuses this configuration"));
         }
@@ -110,8 +113,21 @@ impl Plugin for Testbed {
                 let headers = msg.headers().to_vec();
                 dir.write_message(&format!("tmp-{name}"), &name, &headers, false)?;
                 for r in msg.pending_recipients() {
-                    msg.mark_delivered(&r.address, "testbed");
+                    if self.only.is_empty() || self.only.contains(&r.address) {
+                        msg.mark_delivered(&r.address, "testbed");
+                    }
                 }
+            }
+            "defer-once" => {
+                let key = format!("seen-{}", msg.queue_id());
+                if cx.kv().get(key.as_bytes())?.is_none() {
+                    cx.kv().put(key.as_bytes(), b"1", None)?;
+                    return Ok(Verdict::Defer {
+                        reason: "testbed defers the first attempt".into(),
+                        retry_after_secs: None,
+                    });
+                }
+                msg.add_header("X-Deferred-Once", "yes");
             }
             "kv" => {
                 let kv = cx.kv();

@@ -4,32 +4,16 @@
 //! (`stamp`) and one that reads all of it (`finaldot-testbed`, mode ok).
 //!
 //! Reproduce: `./dev bench` (or build the plugins as `./dev test` does, then
-//! `cargo bench -p finaldot --bench plugin_call`).
+//! `cargo bench -p finaldot-e2e --bench plugin_call`).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use finaldot::plugins::{Body, Limits, Plugin, PluginSpec, Runtime, RuntimeOptions};
+use finaldot_e2e::wasm;
 use finaldot_sdk::wire::{
     parse_headers, Envelope, MessageInput, MessageState, Recipient, Value, ABI_VERSION,
 };
-
-fn wasm(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("exe");
-    let p = exe
-        .ancestors()
-        .nth(3)
-        .expect("target dir")
-        .join("wasm32-unknown-unknown/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.exists(),
-        "{} missing: build the plugins first (./dev test does)",
-        p.display()
-    );
-    p
-}
 
 fn message(size: usize) -> (MessageInput, Body) {
     let mut raw = String::new();

@@ -11,28 +11,11 @@ use std::time::{Duration, Instant};
 use finaldot::plugins::{
     Body, DirGrant, Fault, Grants, Limits, Plugin, PluginSpec, Runtime, RuntimeOptions,
 };
+use finaldot_e2e::wasm;
 use finaldot_sdk::testing::config_from_toml;
 use finaldot_sdk::wire::{
     parse_headers, Envelope, MessageInput, MessageState, Recipient, ABI_VERSION,
 };
-
-/// A wasm artifact built by `./dev test` (cargo build --target wasm32-unknown-unknown --release).
-pub fn wasm(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("exe");
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .expect("target dir above target/<profile>/deps");
-    let p = target
-        .join("wasm32-unknown-unknown/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.exists(),
-        "{} is missing: run `./dev test`, or first `cargo build --release --target wasm32-unknown-unknown -p finaldot-testbed -p stamp`",
-        p.display()
-    );
-    p
-}
 
 fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
