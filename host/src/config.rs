@@ -617,6 +617,23 @@ mod tests {
         let text = include_str!("../../finaldot.example.toml");
         let c = parse(text).expect("example parses");
         assert!(c.data_dir.is_absolute());
+        assert_eq!(c.plugins.len(), 1);
+        assert_eq!(c.plugins[0].file, Path::new("/etc/finaldot/var/plugins/stamp.wasm"));
+    }
+
+    #[test]
+    fn plugin_settings_are_validated_with_their_keys() {
+        for (text, key) in [
+            ("[domains.a]\n[[plugins]]\nname = \"x y\"\nfile = \"x.wasm\"\n", "plugins[0].name"),
+            ("[domains.a]\n[[plugins]]\nname = \"x\"\nfile = \"x.wasm\"\ntimeout_ms = 0\n", "plugins[0].timeout_ms"),
+            ("[domains.a]\n[[plugins]]\nname = \"x\"\nfile = \"x.wasm\"\n[[plugins]]\nname = \"x\"\nfile = \"y.wasm\"\n", "plugins[1].name"),
+            ("[domains.a]\n[pipeline]\nworkers = 0\n", "pipeline.workers"),
+            ("[domains.a]\n[pipeline]\nretry_min_secs = 10\nretry_max_secs = 5\n", "pipeline.retry_max_secs"),
+            ("[domains.a]\n[[plugins]]\nname = \"x\"\nfile = \"x.wasm\"\nsurprise = 1\n", "surprise"),
+        ] {
+            let e = parse(text).expect_err(text).to_string();
+            assert!(e.contains(key), "{text:?} gave {e}");
+        }
     }
 
     #[test]

@@ -424,3 +424,55 @@ fn queue_commands_list_show_hold_release_retry_bounce_delete() {
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["sender"], "<>");
 }
+
+#[test]
+fn delay_warning_then_bounce_when_the_queue_lifetime_runs_out() {
+    let dir = TestDir::new("lifetime");
+    let plugins = plugin_toml(
+        "later",
+        "finaldot_testbed",
+        "config = { mode = \"verdict\", verdict = \"defer\" }",
+    );
+    let cfg = test_config(
+        dir.path(),
+        "",
+        &format!("[pipeline]\nretry_min_secs = 1\nretry_max_secs = 1\nrescan_secs = 1\ndelay_warning_secs = 1\nmax_queue_lifetime_secs = 3\n\n{plugins}"),
+    );
+    let d = Daemon::start_with(dir.path(), &cfg);
+    let id = send(
+        &d,
+        "sender@remote.test",
+        &["bob@example.test"],
+        "Subject: never\r\n\r\nx\r\n",
+    );
+    let line = |needle: &str| {
+        d.log()
+            .lines()
+            .any(|l| l.contains(&format!("queue_id={id}")) && l.contains(needle))
+    };
+    assert!(
+        wait_until(LONG, || line("kind=Delayed")),
+        "no delay warning; log:\n{}",
+        d.log()
+    );
+    assert!(
+        wait_until(LONG, || line("kind=Failed")),
+        "no bounce; log:\n{}",
+        d.log()
+    );
+    assert!(wait_until(LONG, || line("status=5.4.7")), "{}", d.log());
+    assert!(line("queue lifetime exceeded"));
+    assert!(wait_until(LONG, || !queue_list(dir.path())
+        .iter()
+        .any(|e| e["id"] == id.as_str())));
+    // The DSNs (from <>) meet the same deferring chain, and never get a DSN of their own.
+    assert!(wait_until(LONG, || d
+        .log()
+        .contains("not sending a DSN: the message has the null sender")));
+    assert_eq!(
+        d.log().matches("DSN queued for the sender").count(),
+        2,
+        "{}",
+        d.log()
+    );
+}

@@ -344,6 +344,16 @@ fn settle(
             .or(progress.last_error.take());
         return defer(ctx, id, progress, header, None);
     }
+    finish(ctx, id, progress, header)
+}
+
+/// Reports failures, logs every recipient's outcome, removes the message.
+fn finish(
+    ctx: &Context,
+    id: &QueueId,
+    progress: &mut Progress,
+    header: &Header,
+) -> Result<(), spool::Error> {
     notify_failures(ctx, id, progress, header)?;
     for r in &progress.state.envelope.recipients {
         match &r.state {
@@ -499,10 +509,7 @@ fn defer(
             age_secs = age,
             "queue lifetime exceeded; bouncing what is left"
         );
-        notify_failures(ctx, id, progress, header)?;
-        ctx.spool.complete(id)?;
-        info!(attempts = progress.attempts, "done, removed from the queue");
-        return Ok(());
+        return finish(ctx, id, progress, header);
     }
     // Recipients already failed are reported now, not at the very end.
     notify_failures(ctx, id, progress, header)?;
