@@ -39,6 +39,7 @@
 //! disagree about the encoding.
 #![deny(unsafe_code)]
 
+pub mod digest;
 #[allow(unsafe_code)]
 pub mod export;
 #[allow(unsafe_code)]
