@@ -23,6 +23,31 @@ listen = ["127.0.0.1:2525"]
 
 [domains.localhost]
 [domains."example.test"]
+
+[pipeline]
+plugin_dir = "var/plugins"
+
+[[plugins]]
+name = "dedup"
+file = "dedup.wasm"
+kv = true
+
+[[plugins]]
+name = "list-expand"
+file = "list_expand.wasm"
+dirs = [{ name = "lists", path = "var/lists" }]
+
+[[plugins]]
+name = "filter"
+file = "filter.wasm"
+
+[[plugins]]
+name = "local-delivery"
+file = "local_delivery.wasm"
+dirs = [{ name = "mail", path = "var/mail", writable = true }]
+[plugins.config]
+domains = ["localhost", "example.test"]
+aliases = { postmaster = "root", abuse = "root", mailer-daemon = "root" }
 "#;
 
 /// RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.
@@ -610,6 +635,12 @@ mod tests {
         assert_eq!(c.smtp.listen, vec!["127.0.0.1:2525".parse().expect("addr")]);
         assert_eq!(c.domains, vec!["example.test", "localhost"]);
         assert_eq!(c.data_dir, Path::new("./var"));
+        let names: Vec<_> = c.plugins.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["dedup", "list-expand", "filter", "local-delivery"]);
+        assert_eq!(
+            c.plugins[3].file,
+            Path::new("./var/plugins/local_delivery.wasm")
+        );
     }
 
     #[test]
@@ -618,7 +649,10 @@ mod tests {
         let c = parse(text).expect("example parses");
         assert!(c.data_dir.is_absolute());
         assert_eq!(c.plugins.len(), 1);
-        assert_eq!(c.plugins[0].file, Path::new("/etc/finaldot/var/plugins/stamp.wasm"));
+        assert_eq!(
+            c.plugins[0].file,
+            Path::new("/etc/finaldot/var/plugins/stamp.wasm")
+        );
     }
 
     #[test]

@@ -27,6 +27,9 @@ enum Command {
         /// Log line format on stderr (the level comes from RUST_LOG, default info).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Listen here instead of the configuration's smtp.listen (repeatable; IP:PORT).
+        #[arg(long)]
+        listen: Vec<std::net::SocketAddr>,
     },
     /// Validate a configuration file without starting (no file: the embedded default).
     CheckConfig {
@@ -123,9 +126,13 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config, log_format } => {
+        Command::Run {
+            config,
+            log_format,
+            listen,
+        } => {
             init_logging(log_format);
-            run(config)
+            run(config, listen)
         }
         Command::CheckConfig { file } => check_config(file),
         Command::Plugin(PluginCommand::Check { file }) => plugin_check(&file),
@@ -144,8 +151,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = Config::load(config.as_deref())?;
+fn run(config: Option<PathBuf>, listen: Vec<std::net::SocketAddr>) -> anyhow::Result<()> {
+    let mut config = Config::load(config.as_deref())?;
+    if !listen.is_empty() {
+        config.smtp.listen = listen;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("finaldot-smtp")

@@ -112,6 +112,20 @@ impl Daemon {
     pub fn start_with(dir: &Path, config: &str) -> Daemon {
         let config_path = dir.join("finaldot.toml");
         std::fs::write(&config_path, config).expect("write config");
+        let mut args: Vec<std::ffi::OsString> = vec!["run".into(), "--config".into()];
+        args.push(config_path.into_os_string());
+        Daemon::spawn(dir, &args, dir.join("data"))
+    }
+
+    /// Starts `finaldot run` with no configuration file (the embedded default)
+    /// in `dir` as its working directory, on 127.0.0.1 port 0.
+    pub fn start_default(dir: &Path) -> Daemon {
+        let args: Vec<std::ffi::OsString> =
+            vec!["run".into(), "--listen".into(), "127.0.0.1:0".into()];
+        Daemon::spawn(dir, &args, dir.join("var"))
+    }
+
+    fn spawn(dir: &Path, args: &[std::ffi::OsString], data_dir: PathBuf) -> Daemon {
         let log_path = dir.join(format!(
             "daemon-{}.log",
             std::time::SystemTime::now()
@@ -120,9 +134,8 @@ impl Daemon {
                 .unwrap_or(0)
         ));
         let mut child = Command::new(finaldot_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
+            .args(args)
+            .current_dir(dir)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -172,7 +185,7 @@ impl Daemon {
         Daemon {
             child: Some(child),
             addr,
-            data_dir: dir.join("data"),
+            data_dir,
             log,
             log_path,
         }
@@ -404,6 +417,29 @@ pub fn queue_list(dir: &Path) -> Vec<serde_json::Value> {
     let (ok, out, err) = queue_cmd(dir, &["list", "--json"]);
     assert!(ok, "queue list failed: {err}");
     serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("queue list JSON")
+}
+
+/// Copies the example plugins to `DIR/var/plugins`, where the embedded
+/// default configuration looks for them (as `./dev run` does).
+pub fn install_example_plugins(dir: &Path) {
+    let plugins = dir.join("var/plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir var/plugins");
+    for p in ["dedup", "list_expand", "filter", "local_delivery"] {
+        std::fs::copy(wasm(p), plugins.join(format!("{p}.wasm"))).expect("copy plugin");
+    }
+}
+
+/// Polls a directory until it holds `n` entries; returns them sorted.
+pub fn wait_for_files(dir: &Path, n: usize, limit: Duration) -> Vec<PathBuf> {
+    let list = || -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    wait_until(limit, || list().len() >= n);
+    list()
 }
 
 /// A `[[plugins]]` table for a wasm built by `./dev test`, with extra lines.

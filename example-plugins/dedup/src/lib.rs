@@ -29,7 +29,10 @@ fn identity(msg: &Message) -> Result<String> {
     let mut h = Fnv64::new();
     for name in ["From", "To", "Cc", "Date", "Subject"] {
         for v in msg.header_all(name) {
-            h.update(name.as_bytes()).update(b":").update(v.as_bytes()).update(b"\n");
+            h.update(name.as_bytes())
+                .update(b":")
+                .update(v.as_bytes())
+                .update(b"\n");
         }
     }
     let mut buf = vec![0u8; 64 * 1024];
@@ -72,7 +75,10 @@ impl Plugin for Dedup {
                         "duplicate of {first} for <{}> ({id}): not delivered again",
                         r.address
                     ));
-                    msg.mark_delivered(&r.address, &format!("duplicate of {first}, suppressed by dedup"));
+                    msg.mark_delivered(
+                        &r.address,
+                        &format!("duplicate of {first}, suppressed by dedup"),
+                    );
                 }
                 Some(_) => {}
                 None => kv.put(key.as_bytes(), me.as_bytes(), Some(self.window_secs))?,
@@ -93,9 +99,13 @@ mod tests {
     #[test]
     fn second_copy_is_suppressed_per_recipient_within_the_window() {
         let mut host = TestHost::new();
-        let mut p: Dedup = host.configure("dedup", config_from_toml("window_hours = 1").unwrap()).unwrap();
+        let mut p: Dedup = host
+            .configure("dedup", config_from_toml("window_hours = 1").unwrap())
+            .unwrap();
         let eml = b"Message-ID: <1@x>\r\nSubject: once\r\n\r\nbody\r\n";
-        let first = TestMessage::from_eml(eml).queue_id("Q1").recipient("alice@localhost");
+        let first = TestMessage::from_eml(eml)
+            .queue_id("Q1")
+            .recipient("alice@localhost");
         let out = host.run(&mut p, &first).unwrap();
         assert!(out.changes.is_empty());
         // The same queue id again (a re-run after a restart) is not a duplicate.
@@ -106,11 +116,15 @@ mod tests {
             .recipient("alice@localhost")
             .recipient("bob@localhost");
         let out = host.run(&mut p, &second).unwrap();
-        assert!(matches!(out.recipient("alice@localhost").unwrap().state, RecipientState::Delivered { ref note } if note.contains("duplicate of Q1")));
+        assert!(
+            matches!(out.recipient("alice@localhost").unwrap().state, RecipientState::Delivered { ref note } if note.contains("duplicate of Q1"))
+        );
         assert!(out.recipient("bob@localhost").unwrap().is_pending());
         // After the window the same message is new again.
         host.set_now_ms(1_700_000_000_000 + 3_601_000);
-        let third = TestMessage::from_eml(eml).queue_id("Q3").recipient("alice@localhost");
+        let third = TestMessage::from_eml(eml)
+            .queue_id("Q3")
+            .recipient("alice@localhost");
         assert!(host.run(&mut p, &third).unwrap().changes.is_empty());
     }
 
@@ -118,9 +132,15 @@ mod tests {
     fn without_message_id_the_body_and_headers_decide() {
         let mut host = TestHost::new();
         let mut p: Dedup = host.configure("dedup", Value::empty()).unwrap();
-        let a = TestMessage::from_eml(b"Subject: s\r\n\r\nbody one\r\n").queue_id("Q1").recipient("a@l");
-        let b = TestMessage::from_eml(b"Subject: s\r\n\r\nbody two\r\n").queue_id("Q2").recipient("a@l");
-        let a2 = TestMessage::from_eml(b"Subject: s\r\n\r\nbody one\r\n").queue_id("Q3").recipient("a@l");
+        let a = TestMessage::from_eml(b"Subject: s\r\n\r\nbody one\r\n")
+            .queue_id("Q1")
+            .recipient("a@l");
+        let b = TestMessage::from_eml(b"Subject: s\r\n\r\nbody two\r\n")
+            .queue_id("Q2")
+            .recipient("a@l");
+        let a2 = TestMessage::from_eml(b"Subject: s\r\n\r\nbody one\r\n")
+            .queue_id("Q3")
+            .recipient("a@l");
         assert!(host.run(&mut p, &a).unwrap().changes.is_empty());
         assert!(host.run(&mut p, &b).unwrap().changes.is_empty());
         assert_eq!(host.run(&mut p, &a2).unwrap().changes.len(), 1);

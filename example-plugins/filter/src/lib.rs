@@ -12,7 +12,11 @@ use regex_lite::Regex;
 /// What a matching rule does.
 #[derive(Debug, Clone, PartialEq)]
 enum Action {
-    Reject { code: u16, status: String, text: String },
+    Reject {
+        code: u16,
+        status: String,
+        text: String,
+    },
     Discard,
     Hold,
     AddHeader(String, String),
@@ -54,7 +58,8 @@ pub struct Filter {
 
 fn regex(rule: &str, key: &str, v: Option<&str>) -> Result<Option<Regex>> {
     v.map(|p| {
-        Regex::new(p).map_err(|e| Error::new(format!("rule {rule}: `{key}` is not a valid regex: {e}")))
+        Regex::new(p)
+            .map_err(|e| Error::new(format!("rule {rule}: `{key}` is not a valid regex: {e}")))
     })
     .transpose()
 }
@@ -70,10 +75,14 @@ fn parse_action(rule: &str, t: &Value) -> Result<Action> {
         "discard" => Action::Discard,
         "hold" => Action::Hold,
         "add-header" => {
-            let h = s("add_header").ok_or_else(|| Error::new(format!("rule {rule}: add-header needs `add_header = \"Name: value\"`")))?;
-            let (n, v) = h
-                .split_once(':')
-                .ok_or_else(|| Error::new(format!("rule {rule}: `add_header` must be \"Name: value\"")))?;
+            let h = s("add_header").ok_or_else(|| {
+                Error::new(format!(
+                    "rule {rule}: add-header needs `add_header = \"Name: value\"`"
+                ))
+            })?;
+            let (n, v) = h.split_once(':').ok_or_else(|| {
+                Error::new(format!("rule {rule}: `add_header` must be \"Name: value\""))
+            })?;
             Action::AddHeader(n.trim().to_string(), v.trim().to_string())
         }
         "score" => Action::Score,
@@ -94,11 +103,22 @@ fn parse_rule(i: usize, t: &Value) -> Result<Rule> {
         contains: lower("contains"),
         regex: regex(&name, "regex", t.get("regex").and_then(Value::as_str))?,
         body_contains: lower("body_contains"),
-        body_regex: regex(&name, "body_regex", t.get("body_regex").and_then(Value::as_str))?,
-        size_over: t.get("size_over").and_then(Value::as_int).map(|n| n.max(0) as u64),
+        body_regex: regex(
+            &name,
+            "body_regex",
+            t.get("body_regex").and_then(Value::as_str),
+        )?,
+        size_over: t
+            .get("size_over")
+            .and_then(Value::as_int)
+            .map(|n| n.max(0) as u64),
         sender: lower("sender"),
         recipient: lower("recipient"),
-        attachment: regex(&name, "attachment", t.get("attachment").and_then(Value::as_str))?,
+        attachment: regex(
+            &name,
+            "attachment",
+            t.get("attachment").and_then(Value::as_str),
+        )?,
         action: parse_action(&name, t)?,
         score: match t.get("score") {
             Some(Value::Int(i)) => *i as f64,
@@ -108,7 +128,10 @@ fn parse_rule(i: usize, t: &Value) -> Result<Rule> {
         name,
     };
     if rule.header.is_none() && (rule.contains.is_some() || rule.regex.is_some()) {
-        return Err(Error::new(format!("rule {}: `contains`/`regex` need `header`", rule.name)));
+        return Err(Error::new(format!(
+            "rule {}: `contains`/`regex` need `header`",
+            rule.name
+        )));
     }
     Ok(rule)
 }
@@ -140,7 +163,9 @@ impl Filter {
         if let Some(h) = &rule.header {
             let values = msg.header_all(h);
             let ok = values.iter().any(|v| {
-                rule.contains.as_ref().is_none_or(|c| v.to_lowercase().contains(c))
+                rule.contains
+                    .as_ref()
+                    .is_none_or(|c| v.to_lowercase().contains(c))
                     && rule.regex.as_ref().is_none_or(|r| r.is_match(v))
             });
             if !ok {
@@ -158,7 +183,11 @@ impl Filter {
             }
         }
         if let Some(s) = &rule.recipient {
-            if !msg.recipients().iter().any(|r| r.address.to_lowercase().contains(s)) {
+            if !msg
+                .recipients()
+                .iter()
+                .any(|r| r.address.to_lowercase().contains(s))
+            {
                 return false;
             }
         }
@@ -181,7 +210,13 @@ impl Filter {
         true
     }
 
-    fn apply(&self, rule_name: &str, action: &Action, msg: &mut Message, cx: &Context) -> Option<Verdict> {
+    fn apply(
+        &self,
+        rule_name: &str,
+        action: &Action,
+        msg: &mut Message,
+        cx: &Context,
+    ) -> Option<Verdict> {
         let why = format!("filter rule {rule_name}");
         match action {
             Action::Reject { code, status, text } => {
@@ -215,7 +250,11 @@ impl Plugin for Filter {
         self.score_mode = match config.str("mode")?.unwrap_or("first") {
             "first" => false,
             "score" => true,
-            other => return Err(Error::new(format!("`mode` {other:?} must be \"first\" or \"score\""))),
+            other => {
+                return Err(Error::new(format!(
+                    "`mode` {other:?} must be \"first\" or \"score\""
+                )))
+            }
         };
         self.threshold = match config.get("threshold") {
             Some(Value::Int(i)) => *i as f64,
@@ -231,12 +270,20 @@ impl Plugin for Filter {
                 status: "5.7.1".into(),
                 text: "message refused by policy (score)".into(),
             },
-            other => return Err(Error::new(format!("`threshold_action` {other:?} must be hold, discard or reject"))),
+            other => {
+                return Err(Error::new(format!(
+                    "`threshold_action` {other:?} must be hold, discard or reject"
+                )))
+            }
         });
         self.max_body_scan = config.int("max_body_scan")?.unwrap_or(1 << 20).max(0) as u64;
         self.rules = match config.get("rules") {
             None => Vec::new(),
-            Some(Value::Array(items)) => items.iter().enumerate().map(|(i, t)| parse_rule(i, t)).collect::<Result<_>>()?,
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, t)| parse_rule(i, t))
+                .collect::<Result<_>>()?,
             Some(_) => return Err(Error::new("`rules` must be an array of tables ([[rules]])")),
         };
         Ok(())
@@ -280,10 +327,14 @@ impl Plugin for Filter {
         }
         if self.score_mode && !fired.is_empty() {
             msg.add_header("X-Filter-Score", &format!("{score} ({})", fired.join(", ")));
-            cx.info(&format!("filter score {score} from rules {}", fired.join(", ")));
+            cx.info(&format!(
+                "filter score {score} from rules {}",
+                fired.join(", ")
+            ));
             if score >= self.threshold {
                 if let Some(action) = &self.threshold_action {
-                    let name = format!("score {score} >= {} ({})", self.threshold, fired.join(", "));
+                    let name =
+                        format!("score {score} >= {} ({})", self.threshold, fired.join(", "));
                     if let Some(v) = self.apply(&name, action, msg, cx) {
                         return Ok(v);
                     }
@@ -303,8 +354,12 @@ mod tests {
 
     fn run(cfg: &str, eml: &[u8]) -> Outcome {
         let mut host = TestHost::new();
-        let mut p: Filter = host.configure("filter", config_from_toml(cfg).unwrap()).unwrap();
-        let msg = TestMessage::from_eml(eml).sender("someone@spam.test").recipient("alice@localhost");
+        let mut p: Filter = host
+            .configure("filter", config_from_toml(cfg).unwrap())
+            .unwrap();
+        let msg = TestMessage::from_eml(eml)
+            .sender("someone@spam.test")
+            .recipient("alice@localhost");
         host.run(&mut p, &msg).unwrap()
     }
 
@@ -333,14 +388,22 @@ add_header = "X-Big: yes"
     #[test]
     fn first_match_decides_and_is_logged() {
         let out = run(RULES, b"Subject: cheap V1AGRA\r\n\r\nbuy\r\n");
-        assert_eq!(out.verdict, Verdict::Hold { reason: "filter rule pills".into() });
+        assert_eq!(
+            out.verdict,
+            Verdict::Hold {
+                reason: "filter rule pills".into()
+            }
+        );
         assert!(out.logs.iter().any(|(_, l)| l == "filter rule pills: hold"));
         let out = run(
             RULES,
             b"Subject: invoice\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Disposition: attachment; filename=\"invoice.EXE\"\r\n\r\nMZ\r\n--b--\r\n",
         );
         assert!(matches!(out.verdict, Verdict::Bounce { code: 554, .. }));
-        let out = run(RULES, format!("Subject: hello\r\n\r\n{}\r\n", "x".repeat(200)).as_bytes());
+        let out = run(
+            RULES,
+            format!("Subject: hello\r\n\r\n{}\r\n", "x".repeat(200)).as_bytes(),
+        );
         assert_eq!(out.verdict, Verdict::Continue);
         assert_eq!(out.header("X-Big").as_deref(), Some("yes"));
         let out = run(RULES, b"Subject: hello\r\n\r\nshort\r\n");
@@ -366,22 +429,40 @@ score = 2.5
 "#;
         let out = run(cfg, b"Subject: BUY NOW!\r\n\r\nx\r\n");
         assert!(matches!(out.verdict, Verdict::Discard { .. }));
-        assert_eq!(out.header("X-Filter-Score").as_deref(), Some("5.5 (spam-sender, shouting)"));
+        assert_eq!(
+            out.header("X-Filter-Score").as_deref(),
+            Some("5.5 (spam-sender, shouting)")
+        );
         let out = run(cfg, b"Subject: hello\r\n\r\nx\r\n");
         assert_eq!(out.verdict, Verdict::Continue);
-        assert_eq!(out.header("X-Filter-Score").as_deref(), Some("3 (spam-sender)"));
+        assert_eq!(
+            out.header("X-Filter-Score").as_deref(),
+            Some("3 (spam-sender)")
+        );
     }
 
     #[test]
     fn bad_rules_are_refused_with_their_names() {
         let mut host = TestHost::new();
         for (cfg, want) in [
-            ("[[rules]]\nname = \"r1\"\nheader = \"Subject\"\nregex = \"(\"\n", "r1"),
-            ("[[rules]]\nname = \"r2\"\naction = \"explode\"\n", "explode"),
-            ("[[rules]]\nname = \"r3\"\ncontains = \"x\"\n", "need `header`"),
+            (
+                "[[rules]]\nname = \"r1\"\nheader = \"Subject\"\nregex = \"(\"\n",
+                "r1",
+            ),
+            (
+                "[[rules]]\nname = \"r2\"\naction = \"explode\"\n",
+                "explode",
+            ),
+            (
+                "[[rules]]\nname = \"r3\"\ncontains = \"x\"\n",
+                "need `header`",
+            ),
             ("mode = \"vote\"\n", "mode"),
         ] {
-            let e = host.configure::<Filter>("f", config_from_toml(cfg).unwrap()).err().unwrap();
+            let e = host
+                .configure::<Filter>("f", config_from_toml(cfg).unwrap())
+                .err()
+                .unwrap();
             assert!(e.to_string().contains(want), "{cfg}: {e}");
         }
     }

@@ -82,8 +82,12 @@ impl List {
                     let value = value.trim();
                     match key.trim().to_ascii_lowercase().as_str() {
                         "name" => list.name = value.to_string(),
-                        "members-only" => list.members_only = yes(value).map_err(|e| bad(e.to_string()))?,
-                        "moderated" => list.moderated = yes(value).map_err(|e| bad(e.to_string()))?,
+                        "members-only" => {
+                            list.members_only = yes(value).map_err(|e| bad(e.to_string()))?
+                        }
+                        "moderated" => {
+                            list.moderated = yes(value).map_err(|e| bad(e.to_string()))?
+                        }
                         "bounces" => list.bounces = value.to_ascii_lowercase(),
                         "unsubscribe-url" => list.unsubscribe_url = Some(value.to_string()),
                         other => return Err(bad(format!("unknown option {other:?}"))),
@@ -95,7 +99,11 @@ impl List {
                         list.members.push(m);
                     }
                 }
-                _ => return Err(bad(format!("{line:?} is neither `option: value` nor an address"))),
+                _ => {
+                    return Err(bad(format!(
+                        "{line:?} is neither `option: value` nor an address"
+                    )))
+                }
             }
         }
         Ok(list)
@@ -135,16 +143,32 @@ impl ListExpand {
     }
 
     /// Members of `list`, with nested lists expanded (cycles and depth cut, logged).
-    fn expand(&self, cx: &Context, list: &List, depth: usize, path: &mut Vec<String>, out: &mut Vec<String>) -> Result<()> {
+    fn expand(
+        &self,
+        cx: &Context,
+        list: &List,
+        depth: usize,
+        path: &mut Vec<String>,
+        out: &mut Vec<String>,
+    ) -> Result<()> {
         path.push(list.address.clone());
         for m in &list.members {
             if path.contains(m) {
-                cx.warn(&format!("list {}: member {m} would loop back ({}); skipped", list.address, path.join(" -> ")));
+                cx.warn(&format!(
+                    "list {}: member {m} would loop back ({}); skipped",
+                    list.address,
+                    path.join(" -> ")
+                ));
                 continue;
             }
             match self.load(cx, m)? {
-                Some(nested) if depth + 1 < self.max_depth => self.expand(cx, &nested, depth + 1, path, out)?,
-                Some(_) => cx.warn(&format!("list {}: nested list {m} is deeper than {}; skipped", list.address, self.max_depth)),
+                Some(nested) if depth + 1 < self.max_depth => {
+                    self.expand(cx, &nested, depth + 1, path, out)?
+                }
+                Some(_) => cx.warn(&format!(
+                    "list {}: nested list {m} is deeper than {}; skipped",
+                    list.address, self.max_depth
+                )),
                 None => {
                     if !out.contains(m) {
                         out.push(m.clone());
@@ -178,14 +202,23 @@ impl Plugin for ListExpand {
                     .iter()
                     .any(|v| v.eq_ignore_ascii_case(&list.address));
             if looped {
-                cx.warn(&format!("list {}: message already went through this list; held", list.address));
+                cx.warn(&format!(
+                    "list {}: message already went through this list; held",
+                    list.address
+                ));
                 return Ok(Verdict::Hold {
-                    reason: format!("mail loop: the message already went through list {}", list.address),
+                    reason: format!(
+                        "mail loop: the message already went through list {}",
+                        list.address
+                    ),
                 });
             }
             let sender = msg.sender().to_ascii_lowercase();
             if list.members_only && !list.members.contains(&sender) {
-                cx.info(&format!("list {}: {sender} is not a member; refused", list.address));
+                cx.info(&format!(
+                    "list {}: {sender} is not a member; refused",
+                    list.address
+                ));
                 msg.mark_failed(
                     &r.address,
                     "5.7.1",
@@ -195,11 +228,22 @@ impl Plugin for ListExpand {
             }
             let mut members = Vec::new();
             self.expand(cx, &list, 0, &mut Vec::new(), &mut members)?;
-            msg.mark_delivered(&r.address, &format!("expanded to {} members of list {}", members.len(), list.address));
+            msg.mark_delivered(
+                &r.address,
+                &format!(
+                    "expanded to {} members of list {}",
+                    members.len(),
+                    list.address
+                ),
+            );
             for m in &members {
                 msg.add_recipient(m, Some(&r.address));
             }
-            cx.info(&format!("list {}: expanded to {} members", list.address, members.len()));
+            cx.info(&format!(
+                "list {}: expanded to {} members",
+                list.address,
+                members.len()
+            ));
             if !headers_done {
                 headers_done = true;
                 let req = list.request_address();
@@ -208,10 +252,16 @@ impl Plugin for ListExpand {
                 msg.set_header("List-Help", &format!("<mailto:{req}?subject=help>"));
                 match &list.unsubscribe_url {
                     Some(url) => {
-                        msg.set_header("List-Unsubscribe", &format!("<{url}>, <mailto:{req}?subject=unsubscribe>"));
+                        msg.set_header(
+                            "List-Unsubscribe",
+                            &format!("<{url}>, <mailto:{req}?subject=unsubscribe>"),
+                        );
                         msg.set_header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click");
                     }
-                    None => msg.set_header("List-Unsubscribe", &format!("<mailto:{req}?subject=unsubscribe>")),
+                    None => msg.set_header(
+                        "List-Unsubscribe",
+                        &format!("<mailto:{req}?subject=unsubscribe>"),
+                    ),
                 }
                 msg.set_header("Precedence", "list");
                 msg.add_header("X-Loop", &list.address);
@@ -223,7 +273,9 @@ impl Plugin for ListExpand {
         }
         if let Some(list) = moderated {
             return Ok(Verdict::Hold {
-                reason: format!("moderated list {list}: waiting for approval (finaldot queue release)"),
+                reason: format!(
+                    "moderated list {list}: waiting for approval (finaldot queue release)"
+                ),
             });
         }
         Ok(Verdict::Continue)
@@ -241,7 +293,11 @@ mod tests {
     struct Lists(std::path::PathBuf);
     impl Lists {
         fn new(files: &[(&str, &str)]) -> Lists {
-            let p = std::env::temp_dir().join(format!("list-expand-test-{}-{:?}", std::process::id(), std::time::SystemTime::now()));
+            let p = std::env::temp_dir().join(format!(
+                "list-expand-test-{}-{:?}",
+                std::process::id(),
+                std::time::SystemTime::now()
+            ));
             std::fs::create_dir_all(&p).unwrap();
             for (name, text) in files {
                 std::fs::write(p.join(name), text).unwrap();
@@ -259,7 +315,9 @@ mod tests {
         let dir = Lists::new(files);
         let mut host = TestHost::new();
         host.grant_dir("lists", &dir.0, false);
-        let mut p: ListExpand = host.configure("lists", config_from_toml("").unwrap()).unwrap();
+        let mut p: ListExpand = host
+            .configure("lists", config_from_toml("").unwrap())
+            .unwrap();
         host.run(&mut p, &msg).unwrap()
     }
 
@@ -270,13 +328,37 @@ mod tests {
             TestMessage::from_eml(b"Subject: hi\r\n\r\nx\r\n").sender("carol@x.test").recipient("team@localhost"),
         );
         assert_eq!(out.verdict, Verdict::Continue);
-        let addrs: Vec<_> = out.state.envelope.recipients.iter().map(|r| r.address.as_str()).collect();
-        assert_eq!(addrs, ["team@localhost", "alice@localhost", "bob@localhost"]);
-        assert!(matches!(out.recipient("team@localhost").unwrap().state, RecipientState::Delivered { .. }));
-        assert_eq!(out.recipient("bob@localhost").unwrap().original.as_deref(), Some("team@localhost"));
-        assert_eq!(out.header("List-Id").as_deref(), Some("Team <team.localhost>"));
-        assert_eq!(out.header("List-Post").as_deref(), Some("<mailto:team@localhost>"));
-        assert_eq!(out.header("List-Unsubscribe-Post").as_deref(), Some("List-Unsubscribe=One-Click"));
+        let addrs: Vec<_> = out
+            .state
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
+        assert_eq!(
+            addrs,
+            ["team@localhost", "alice@localhost", "bob@localhost"]
+        );
+        assert!(matches!(
+            out.recipient("team@localhost").unwrap().state,
+            RecipientState::Delivered { .. }
+        ));
+        assert_eq!(
+            out.recipient("bob@localhost").unwrap().original.as_deref(),
+            Some("team@localhost")
+        );
+        assert_eq!(
+            out.header("List-Id").as_deref(),
+            Some("Team <team.localhost>")
+        );
+        assert_eq!(
+            out.header("List-Post").as_deref(),
+            Some("<mailto:team@localhost>")
+        );
+        assert_eq!(
+            out.header("List-Unsubscribe-Post").as_deref(),
+            Some("List-Unsubscribe=One-Click")
+        );
         assert_eq!(out.header("Precedence").as_deref(), Some("list"));
         assert_eq!(out.state.envelope.mail_from, "team-bounces@localhost");
     }
@@ -285,7 +367,8 @@ mod tests {
     fn a_message_that_already_went_through_the_list_is_held() {
         let out = run(
             &[("team@localhost", "alice@localhost\n")],
-            TestMessage::from_eml(b"List-Id: Team <team.localhost>\r\nSubject: again\r\n\r\n").recipient("team@localhost"),
+            TestMessage::from_eml(b"List-Id: Team <team.localhost>\r\nSubject: again\r\n\r\n")
+                .recipient("team@localhost"),
         );
         assert!(matches!(out.verdict, Verdict::Hold { .. }));
     }
@@ -299,8 +382,17 @@ mod tests {
             ],
             TestMessage::from_eml(b"Subject: x\r\n\r\n").recipient("all@localhost"),
         );
-        let addrs: Vec<_> = out.state.envelope.recipients.iter().map(|r| r.address.as_str()).collect();
-        assert_eq!(addrs, ["all@localhost", "alice@localhost", "carol@localhost"]);
+        let addrs: Vec<_> = out
+            .state
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
+        assert_eq!(
+            addrs,
+            ["all@localhost", "alice@localhost", "carol@localhost"]
+        );
         assert!(out.logs.iter().any(|(_, l)| l.contains("loop back")));
     }
 
@@ -308,15 +400,24 @@ mod tests {
     fn members_only_refuses_outsiders_and_moderated_holds() {
         let out = run(
             &[("team@localhost", "members-only: yes\nalice@localhost\n")],
-            TestMessage::from_eml(b"Subject: x\r\n\r\n").sender("mallory@x.test").recipient("team@localhost"),
+            TestMessage::from_eml(b"Subject: x\r\n\r\n")
+                .sender("mallory@x.test")
+                .recipient("team@localhost"),
         );
-        assert!(matches!(out.recipient("team@localhost").unwrap().state, RecipientState::Failed { ref status, .. } if status == "5.7.1"));
+        assert!(
+            matches!(out.recipient("team@localhost").unwrap().state, RecipientState::Failed { ref status, .. } if status == "5.7.1")
+        );
         let out = run(
             &[("team@localhost", "moderated: yes\nalice@localhost\n")],
             TestMessage::from_eml(b"Subject: x\r\n\r\n").recipient("team@localhost"),
         );
-        assert!(matches!(out.verdict, Verdict::Hold { ref reason } if reason.contains("moderated")));
-        assert!(out.recipient("alice@localhost").is_some(), "expanded before the hold");
+        assert!(
+            matches!(out.verdict, Verdict::Hold { ref reason } if reason.contains("moderated"))
+        );
+        assert!(
+            out.recipient("alice@localhost").is_some(),
+            "expanded before the hold"
+        );
     }
 
     #[test]

@@ -115,7 +115,10 @@ impl Plugin for LocalDelivery {
                     .collect(),
             ),
         };
-        self.layout = config.str("layout")?.unwrap_or("{user}/Maildir").to_string();
+        self.layout = config
+            .str("layout")?
+            .unwrap_or("{user}/Maildir")
+            .to_string();
         if !self.layout.contains("{user}") {
             return Err(Error::new("`layout` must contain {user}"));
         }
@@ -143,7 +146,11 @@ impl Plugin for LocalDelivery {
     fn on_message(&mut self, msg: &mut Message, cx: &Context) -> Result<Verdict> {
         let mut done: Vec<String> = Vec::new();
         for r in msg.pending_recipients() {
-            if !self.domains.iter().any(|d| r.domain().eq_ignore_ascii_case(d)) {
+            if !self
+                .domains
+                .iter()
+                .any(|d| r.domain().eq_ignore_ascii_case(d))
+            {
                 continue;
             }
             let user = match self.resolve(r.local_part()) {
@@ -155,7 +162,10 @@ impl Plugin for LocalDelivery {
                 }
             };
             if done.contains(&user) {
-                msg.mark_delivered(&r.address, &format!("maildir {user} (same mailbox as an earlier recipient)"));
+                msg.mark_delivered(
+                    &r.address,
+                    &format!("maildir {user} (same mailbox as an earlier recipient)"),
+                );
                 continue;
             }
             match self.deliver(msg, cx, &r.address, &user) {
@@ -278,10 +288,17 @@ mod tests {
             .recipient("carol@elsewhere.test")
             .recipient("../../etc@localhost");
         let out = host.run(&mut p, &msg).unwrap();
-        assert!(matches!(out.recipient("mallory@localhost").unwrap().state, RecipientState::Failed { ref status, .. } if status == "5.1.1"));
-        assert!(matches!(out.recipient("abuse@localhost").unwrap().state, RecipientState::Delivered { ref note } if note == "maildir root"));
+        assert!(
+            matches!(out.recipient("mallory@localhost").unwrap().state, RecipientState::Failed { ref status, .. } if status == "5.1.1")
+        );
+        assert!(
+            matches!(out.recipient("abuse@localhost").unwrap().state, RecipientState::Delivered { ref note } if note == "maildir root")
+        );
         assert!(out.recipient("carol@elsewhere.test").unwrap().is_pending());
-        assert!(matches!(out.recipient("../../etc@localhost").unwrap().state, RecipientState::Failed { .. }));
+        assert!(matches!(
+            out.recipient("../../etc@localhost").unwrap().state,
+            RecipientState::Failed { .. }
+        ));
     }
 
     #[test]
@@ -293,14 +310,20 @@ mod tests {
             .unwrap();
         let msg = TestMessage::from_eml(b"Subject: x\r\n\r\n").recipient("alice@localhost");
         let out = host.run(&mut p, &msg).unwrap();
-        assert!(matches!(out.recipient("alice@localhost").unwrap().state, RecipientState::Deferred { .. }));
+        assert!(matches!(
+            out.recipient("alice@localhost").unwrap().state,
+            RecipientState::Deferred { .. }
+        ));
     }
 
     #[test]
     fn configuration_mistakes_are_named() {
         let mut host = TestHost::new();
         let e = host
-            .configure::<LocalDelivery>("ld", config_from_toml("layout = \"Maildir\"\ndomains = [\"a\"]").unwrap())
+            .configure::<LocalDelivery>(
+                "ld",
+                config_from_toml("layout = \"Maildir\"\ndomains = [\"a\"]").unwrap(),
+            )
             .err()
             .unwrap();
         assert!(e.to_string().contains("layout"));

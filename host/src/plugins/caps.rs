@@ -77,9 +77,14 @@ impl OpenGrants {
     pub fn open(grants: &Grants) -> io::Result<OpenGrants> {
         let mut dirs = HashMap::new();
         for g in &grants.dirs {
-            if g.writable {
-                std::fs::create_dir_all(&g.path)?;
-            }
+            // A missing directory is created empty (for a read-only grant that
+            // grants nothing yet, e.g. a lists directory with no lists).
+            std::fs::create_dir_all(&g.path).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("creating grant {:?} at {}: {e}", g.name, g.path.display()),
+                )
+            })?;
             let dir = Dir::open_ambient_dir(&g.path, ambient_authority()).map_err(|e| {
                 io::Error::new(
                     e.kind(),

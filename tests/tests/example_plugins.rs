@@ -1,0 +1,222 @@
+//! The example plugins in the daemon's default chain (dedup → list-expand →
+//! filter → local-delivery), end to end: real SMTP in, real Maildirs out,
+//! read back by Python's `mailbox` module.
+
+use std::path::Path;
+use std::time::Duration;
+
+use finaldot_e2e::*;
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn start_default(dir: &Path) -> Daemon {
+    install_example_plugins(dir);
+    Daemon::start_default(dir)
+}
+
+fn send(d: &Daemon, from: &str, to: &[&str], body: &[u8]) -> String {
+    let mut c = d.connect();
+    let (code, text) = c.send_message(from, to, body);
+    assert_eq!(code, 250, "{text}");
+    queued_id(&text)
+}
+
+fn maildir_new(dir: &Path, user: &str) -> std::path::PathBuf {
+    dir.join("var/mail").join(user).join("Maildir/new")
+}
+
+fn queue_drained(d: &Daemon) -> bool {
+    [
+        QueueState::Incoming,
+        QueueState::Active,
+        QueueState::Deferred,
+    ]
+    .iter()
+    .all(|s| d.spool_files(*s).is_empty())
+}
+
+#[test]
+fn default_run_delivers_into_a_maildir_that_python_reads() {
+    let dir = TestDir::new("default-maildir");
+    let d = start_default(dir.path());
+    let body = b"From: Sender <s@remote.test>\r\nTo: alice@localhost\r\nSubject: first message\r\nMessage-ID: <first@remote.test>\r\n\r\nHello Alice.\r\n.leading dot\r\n";
+    send(&d, "s@remote.test", &["alice@localhost"], body);
+    let files = wait_for_files(&maildir_new(dir.path(), "alice"), 1, LONG);
+    assert_eq!(files.len(), 1, "log:\n{}", d.log());
+    let on_disk = std::fs::read(&files[0]).expect("read");
+    let text = String::from_utf8_lossy(&on_disk);
+    assert!(text.starts_with("Return-Path: <s@remote.test>\nDelivered-To: alice@localhost\nReceived: from client.test"), "{text}");
+    let original_lf = String::from_utf8_lossy(body).replace("\r\n", "\n");
+    assert!(text.ends_with(&original_lf), "{text}");
+    assert!(wait_until(LONG, || queue_drained(&d)));
+
+    let script = r#"
+import mailbox, sys
+md = mailbox.Maildir(sys.argv[1], factory=None, create=False)
+keys = md.keys()
+assert len(keys) == 1, keys
+sys.stdout.buffer.write(md.get_bytes(keys[0]))
+"#;
+    let Ok(out) = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(dir.path().join("var/mail/alice/Maildir"))
+        .output()
+    else {
+        eprintln!("python3 not installed: the Maildir is checked on CI");
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.stdout, on_disk,
+        "python's mailbox reads different bytes"
+    );
+}
+
+#[test]
+fn a_list_message_reaches_every_member_once_with_list_headers() {
+    let dir = TestDir::new("default-list");
+    std::fs::create_dir_all(dir.path().join("var/lists")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("var/lists/team@localhost"),
+        "name: The Team\nalice@localhost\nbob@localhost\n",
+    )
+    .expect("list file");
+    let d = start_default(dir.path());
+    // alice is also addressed directly: she still gets one copy.
+    send(
+        &d,
+        "carol@remote.test",
+        &["team@localhost", "alice@localhost"],
+        b"Subject: to the team\r\nMessage-ID: <team-1@remote.test>\r\n\r\nhi all\r\n",
+    );
+    for user in ["alice", "bob"] {
+        let files = wait_for_files(&maildir_new(dir.path(), user), 1, LONG);
+        assert_eq!(files.len(), 1, "{user}; log:\n{}", d.log());
+        let text = std::fs::read_to_string(&files[0]).expect("read");
+        assert!(
+            text.contains("\nList-Id: The Team <team.localhost>\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nList-Post: <mailto:team@localhost>\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nPrecedence: list\n"), "{text}");
+        assert!(
+            text.starts_with("Return-Path: <team-bounces@localhost>\n"),
+            "{text}"
+        );
+    }
+    assert!(wait_until(LONG, || queue_drained(&d)));
+    assert!(
+        !maildir_new(dir.path(), "team").exists(),
+        "the list address got a mailbox"
+    );
+    assert_eq!(
+        wait_for_files(&maildir_new(dir.path(), "alice"), 1, LONG).len(),
+        1
+    );
+}
+
+#[test]
+fn the_same_message_sent_twice_is_delivered_once() {
+    let dir = TestDir::new("default-dedup");
+    let d = start_default(dir.path());
+    let body =
+        b"Subject: RFC 1047\r\nMessage-ID: <dup@remote.test>\r\n\r\nsent twice after a timeout\r\n";
+    let first = send(
+        &d,
+        "s@remote.test",
+        &["alice@localhost", "bob@localhost"],
+        body,
+    );
+    let second = send(&d, "s@remote.test", &["alice@localhost"], body);
+    assert_ne!(first, second);
+    assert!(
+        wait_until(LONG, || queue_drained(&d)
+            && d.log().contains("not delivered again")),
+        "log:\n{}",
+        d.log()
+    );
+    assert_eq!(
+        wait_for_files(&maildir_new(dir.path(), "alice"), 1, LONG).len(),
+        1
+    );
+    assert_eq!(
+        wait_for_files(&maildir_new(dir.path(), "bob"), 1, LONG).len(),
+        1
+    );
+    assert!(
+        d.log().contains(&format!("duplicate of {first}")),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn a_filter_rule_holds_a_matching_message() {
+    let dir = TestDir::new("filter-hold");
+    let mail = dir.path().join("mail");
+    let plugins = format!(
+        "{}{}",
+        plugin_toml(
+            "filter",
+            "filter",
+            "[plugins.config]\n[[plugins.config.rules]]\nname = \"quarantine\"\nheader = \"Subject\"\ncontains = \"quarantine me\"\naction = \"hold\"\n"
+        ),
+        plugin_toml(
+            "local-delivery",
+            "local_delivery",
+            &format!("dirs = [{{ name = \"mail\", path = {mail:?}, writable = true }}]\nconfig = {{ domains = [\"example.test\"], users = [\"alice\", \"bob\"] }}"),
+        )
+    );
+    let d = Daemon::start_with(
+        dir.path(),
+        &test_config(
+            dir.path(),
+            "",
+            &format!("[pipeline]\nrescan_secs = 1\n\n{plugins}"),
+        ),
+    );
+    let held = send(
+        &d,
+        "s@remote.test",
+        &["alice@example.test"],
+        b"Subject: please QUARANTINE me\r\n\r\nx\r\n",
+    );
+    send(
+        &d,
+        "s@remote.test",
+        &["bob@example.test"],
+        b"Subject: ordinary\r\n\r\nx\r\n",
+    );
+    assert_eq!(
+        wait_for_files(&mail.join("bob/Maildir/new"), 1, LONG).len(),
+        1,
+        "log:\n{}",
+        d.log()
+    );
+    assert!(
+        wait_until(LONG, || d.spool_files(QueueState::Hold).len() == 1),
+        "log:\n{}",
+        d.log()
+    );
+    let list = queue_list(dir.path());
+    let e = list
+        .iter()
+        .find(|e| e["id"] == held.as_str())
+        .expect("held message listed");
+    assert_eq!(e["state"], "hold");
+    assert_eq!(e["hold_reason"], "filter: filter rule quarantine");
+    assert!(
+        d.log().contains("filter rule quarantine: hold"),
+        "{}",
+        d.log()
+    );
+    assert!(!mail.join("alice/Maildir/new").exists());
+}
