@@ -68,6 +68,10 @@ impl Daemon {
             Ok::<_, spool::Error>(spool)
         })?;
         let spool = Arc::new(spool);
+        // Listeners first: a port that is taken fails the start before any plugin loads.
+        let server = Server::bind(config, spool.clone())
+            .await
+            .map_err(StartError::Listen)?;
         let (pipeline, runtime) = if config.plugins.is_empty() {
             tracing::warn!("no plugins configured: accepted mail stays in the queue (see [[plugins]] in finaldot.example.toml)");
             (None, None)
@@ -86,7 +90,7 @@ impl Daemon {
             let chain =
                 tokio::task::block_in_place(|| pipeline::load_chain(&runtime, &config.plugins));
             let p = Pipeline::start(
-                spool.clone(),
+                spool,
                 chain,
                 pipeline::Settings {
                     config: config.pipeline.clone(),
@@ -96,9 +100,6 @@ impl Daemon {
             .map_err(StartError::Pipeline)?;
             (Some(p), Some(runtime))
         };
-        let server = Server::bind(config, spool)
-            .await
-            .map_err(StartError::Listen)?;
         for addr in server.local_addrs() {
             info!(%addr, hostname = %config.hostname, "listening on {addr}");
         }
