@@ -1,12 +1,24 @@
-//! The daemon: opens and recovers the spool, binds the listeners, serves until
-//! SIGTERM or SIGINT, then shuts down gracefully (exit status 0).
+//! The daemon: opens and recovers the spool, binds the listeners, starts the
+//! plugin runtime, the pipeline and the plugin-directory watcher, and serves
+//! until SIGTERM or SIGINT, then shuts down gracefully (exit status 0).
+//!
+//! Configuration reload, on SIGHUP or when the config file changes: the new
+//! file is validated whole first; an invalid one is refused with the reason
+//! and the running configuration stays. A valid one is applied: listeners,
+//! SMTP limits and domains (for new connections), the plugin chain (order and
+//! per-plugin settings; unchanged plugins keep running as they are) and the
+//! pipeline's retry settings. `data_dir`, `pipeline.workers` and
+//! `pipeline.plugin_dir` need a restart (a reload that changes them says so).
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use tracing::info;
+use notify::Watcher;
+use tracing::{error, info, warn};
 
-use crate::config::Config;
-use crate::pipeline::{self, Pipeline};
+use crate::config::{Config, ConfigError};
+use crate::pipeline::{self, chain, Pipeline, SharedChain};
 use crate::plugins::{Runtime, RuntimeOptions};
 use crate::smtp::server::Server;
 use crate::spool::{self, Spool};
@@ -18,7 +30,7 @@ pub enum StartError {
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
         /// The directory.
-        path: std::path::PathBuf,
+        path: PathBuf,
         /// The OS error.
         source: std::io::Error,
     },
@@ -34,21 +46,26 @@ pub enum StartError {
     /// The plugin runtime could not start.
     #[error("{0}")]
     Runtime(#[from] crate::plugins::RuntimeError),
-    /// The pipeline threads could not start.
-    #[error("starting the pipeline: {0}")]
-    Pipeline(std::io::Error),
+    /// A background thread could not start.
+    #[error("starting {0}: {1}")]
+    Thread(&'static str, std::io::Error),
 }
 
-/// A started daemon: spool recovered, listeners bound.
+/// A started daemon.
 pub struct Daemon {
+    config: Config,
+    config_path: Option<PathBuf>,
     server: Server,
-    pipeline: Option<Pipeline>,
-    _runtime: Option<Runtime>,
+    runtime: Arc<Runtime>,
+    chain: SharedChain,
+    pipeline: Pipeline,
+    _reloader: chain::Reloader,
 }
 
 impl Daemon {
-    /// Opens the spool, runs recovery and binds the listeners.
-    pub async fn start(config: &Config) -> Result<Daemon, StartError> {
+    /// Opens the spool, runs recovery, binds the listeners, loads the plugins
+    /// and starts the pipeline. `config_path` is what a reload re-reads.
+    pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Daemon, StartError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -69,44 +86,49 @@ impl Daemon {
         })?;
         let spool = Arc::new(spool);
         // Listeners first: a port that is taken fails the start before any plugin loads.
-        let server = Server::bind(config, spool.clone())
+        let server = Server::bind(&config, spool.clone())
             .await
             .map_err(StartError::Listen)?;
-        let (pipeline, runtime) = if config.plugins.is_empty() {
-            tracing::warn!("no plugins configured: accepted mail stays in the queue (see [[plugins]] in finaldot.example.toml)");
-            (None, None)
-        } else {
-            let runtime = Runtime::new(RuntimeOptions {
-                cache_dir: Some(config.data_dir.join("cache")),
-                max_instances: (64 + config.pipeline.workers * 4 + config.plugins.len() * 16)
-                    as u32,
-                max_memory: config
-                    .plugins
-                    .iter()
-                    .map(|p| p.limits.memory)
-                    .max()
-                    .unwrap_or(1 << 26),
-            })?;
-            let chain =
-                tokio::task::block_in_place(|| pipeline::load_chain(&runtime, &config.plugins));
-            let p = Pipeline::start(
-                spool,
-                chain,
-                pipeline::Settings {
-                    config: config.pipeline.clone(),
-                    hostname: config.hostname.clone(),
-                },
-            )
-            .map_err(StartError::Pipeline)?;
-            (Some(p), Some(runtime))
-        };
+        if config.plugins.is_empty() {
+            warn!("no plugins configured: accepted mail stays in the queue (see [[plugins]] in finaldot.example.toml)");
+        }
+        let runtime = Arc::new(Runtime::new(RuntimeOptions {
+            cache_dir: Some(config.data_dir.join("cache")),
+            max_instances: (64 + config.pipeline.workers * 4 + config.plugins.len().max(8) * 16)
+                as u32,
+            max_memory: 1 << 30,
+        })?);
+        let stages =
+            tokio::task::block_in_place(|| pipeline::load_chain(&runtime, &config.plugins));
+        let chain: SharedChain = Arc::new(RwLock::new(Arc::new(stages)));
+        let pipeline = Pipeline::start(
+            spool,
+            chain.clone(),
+            pipeline::Settings {
+                config: config.pipeline.clone(),
+                hostname: config.hostname.clone(),
+            },
+        )
+        .map_err(|e| StartError::Thread("the pipeline", e))?;
+        let reloader = chain::Reloader::start(
+            runtime.clone(),
+            chain.clone(),
+            config.pipeline.plugin_dir.clone(),
+            config.pipeline.rescan,
+            chain::status_path(&config.data_dir),
+        )
+        .map_err(|e| StartError::Thread("the plugin watcher", e))?;
         for addr in server.local_addrs() {
             info!(%addr, hostname = %config.hostname, "listening on {addr}");
         }
         Ok(Daemon {
+            config,
+            config_path,
             server,
+            runtime,
+            chain,
             pipeline,
-            _runtime: runtime,
+            _reloader: reloader,
         })
     }
 
@@ -115,23 +137,145 @@ impl Daemon {
         self.server.local_addrs()
     }
 
-    /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
-    pub async fn run_until_signal(self) -> Result<(), StartError> {
+    /// Re-reads the configuration file and applies it, or refuses it whole.
+    pub async fn reload(&mut self) {
+        let Some(path) = self.config_path.clone() else {
+            info!("running on the embedded default configuration: nothing to reload");
+            return;
+        };
+        let new = match Config::load(Some(&path)) {
+            Ok(c) => c,
+            Err(e) => {
+                refused(&e);
+                return;
+            }
+        };
+        let old = &self.config;
+        if new.data_dir != old.data_dir {
+            error!(
+                "configuration reload refused: data_dir changed ({} -> {}); that needs a restart. Keeping the running configuration",
+                old.data_dir.display(),
+                new.data_dir.display()
+            );
+            return;
+        }
+        for (what, changed) in [
+            (
+                "pipeline.workers",
+                new.pipeline.workers != old.pipeline.workers,
+            ),
+            (
+                "pipeline.plugin_dir",
+                new.pipeline.plugin_dir != old.pipeline.plugin_dir,
+            ),
+        ] {
+            if changed {
+                warn!("{what} changed: it takes effect at the next restart");
+            }
+        }
+        for problem in self.server.reconfigure(&new).await {
+            error!("configuration reload: {problem}");
+        }
+        // The chain: plugins whose settings did not change keep running as they are.
+        let current = chain::snapshot(&self.chain);
+        let runtime = self.runtime.clone();
+        let stages: Vec<Arc<pipeline::Stage>> = tokio::task::block_in_place(|| {
+            new.plugins
+                .iter()
+                .map(|spec| {
+                    current
+                        .iter()
+                        .find(|s| s.spec == *spec)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(pipeline::Stage::load(&runtime, spec.clone())))
+                })
+                .collect()
+        });
+        if let Ok(mut c) = self.chain.write() {
+            *c = Arc::new(stages);
+        }
+        self.pipeline.reconfigure(pipeline::Settings {
+            config: new.pipeline.clone(),
+            hostname: new.hostname.clone(),
+        });
+        let names: Vec<&str> = new.plugins.iter().map(|p| p.name.as_str()).collect();
+        info!(file = %path.display(), chain = %names.join(" -> "), "configuration reloaded");
+        self.config = new;
+    }
+
+    /// Serves until SIGTERM or SIGINT, reloading on SIGHUP and on changes of
+    /// the config file, then shuts down gracefully.
+    pub async fn run_until_signal(mut self) -> Result<(), StartError> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
         let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
-        self.server
-            .run(async move {
-                tokio::select! {
-                    _ = term.recv() => info!("SIGTERM received"),
-                    _ = int.recv() => info!("SIGINT received"),
+        let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
+        let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let _watcher = self
+            .config_path
+            .as_ref()
+            .and_then(|path| watch_config(path, changed_tx));
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM received"); break; }
+                _ = int.recv() => { info!("SIGINT received"); break; }
+                _ = hup.recv() => { info!("SIGHUP received: reloading the configuration"); self.reload().await; }
+                Some(()) = changed.recv() => {
+                    // Editors write in several steps: let them finish.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    while changed.try_recv().is_ok() {}
+                    info!("configuration file changed: reloading");
+                    self.reload().await;
                 }
-            })
-            .await;
-        if let Some(p) = self.pipeline {
-            tokio::task::block_in_place(|| p.shutdown());
+            }
         }
+        self.server.shutdown().await;
+        let Daemon { pipeline, .. } = self;
+        tokio::task::block_in_place(|| pipeline.shutdown());
         info!("stopped");
         Ok(())
+    }
+}
+
+fn refused(e: &ConfigError) {
+    error!("configuration reload refused: {e}; keeping the running configuration");
+}
+
+/// Watches the config file's directory for changes to that file.
+fn watch_config(
+    path: &std::path::Path,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    let file = path.file_name()?.to_os_string();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            let ours = ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(file.as_os_str()));
+            let writes = matches!(
+                ev.kind,
+                notify::EventKind::Modify(_)
+                    | notify::EventKind::Create(_)
+                    | notify::EventKind::Access(notify::event::AccessKind::Close(
+                        notify::event::AccessMode::Write
+                    ))
+            );
+            if ours && writes {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .ok()?;
+    match w.watch(dir, notify::RecursiveMode::NonRecursive) {
+        Ok(()) => Some(w),
+        Err(e) => {
+            warn!(error = %e, "cannot watch the config file; reload with SIGHUP");
+            None
+        }
     }
 }

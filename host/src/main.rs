@@ -94,6 +94,16 @@ enum QueueCommand {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// What the running (or last run) daemon has loaded: name, file, version,
+    /// ABI, content hash, loaded at, calls, faults.
+    List {
+        /// Configuration file, to find the data directory (default: the embedded default).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a plugin's name, version, ABI and exports, and whether it would load
     /// (exit status 1 if not).
     Check {
@@ -136,6 +146,7 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { file } => check_config(file),
         Command::Plugin(PluginCommand::Check { file }) => plugin_check(&file),
+        Command::Plugin(PluginCommand::List { config, json }) => plugin_list(config, json),
         Command::Queue {
             config,
             json,
@@ -152,7 +163,8 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Option<PathBuf>, listen: Vec<std::net::SocketAddr>) -> anyhow::Result<()> {
-    let mut config = Config::load(config.as_deref())?;
+    let config_path = config;
+    let mut config = Config::load(config_path.as_deref())?;
     if !listen.is_empty() {
         config.smtp.listen = listen;
     }
@@ -162,7 +174,7 @@ fn run(config: Option<PathBuf>, listen: Vec<std::net::SocketAddr>) -> anyhow::Re
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let daemon = Daemon::start(&config).await?;
+        let daemon = Daemon::start(config, config_path).await?;
         daemon.run_until_signal().await?;
         Ok(())
     })
@@ -336,5 +348,48 @@ fn queue(config: Option<PathBuf>, json: bool, command: QueueCommand) -> anyhow::
             done("bounced; the DSN goes out on the next pipeline pass", &id);
         }
     }
+    Ok(())
+}
+
+fn plugin_list(config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    use finaldot::pipeline::chain::{status_path, PluginStatus};
+    let config = Config::load(config.as_deref())?;
+    let path = status_path(&config.data_dir);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no plugin status at {} (is the daemon running with this config?)",
+            path.display()
+        )
+    })?;
+    if json {
+        println!("{}", text.trim_end());
+        return Ok(());
+    }
+    let list: Vec<PluginStatus> =
+        serde_json::from_str(&text).context("reading the plugin status file")?;
+    let age = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for p in &list {
+        println!("{}", p.name);
+        println!("  file:      {}", p.file);
+        match (&p.version, &p.error) {
+            (Some(v), _) => {
+                println!("  version:   {v} (ABI {})", p.abi.unwrap_or(0));
+                println!("  sha256:    {}", p.hash.as_deref().unwrap_or(""));
+                println!("  loaded at: {} (unix time)", p.loaded_at.unwrap_or(0));
+                println!("  calls:     {}, faults: {}", p.calls, p.faults);
+            }
+            (None, Some(e)) => println!("  NOT LOADED: {e}"),
+            (None, None) => println!("  NOT LOADED"),
+        }
+    }
+    println!(
+        "({} plugin(s); status written {age}s ago by the daemon)",
+        list.len()
+    );
     Ok(())
 }

@@ -51,9 +51,10 @@ async fn start(dir: &Path) -> (Arc<Spool>, Client, tokio::sync::oneshot::Sender<
     let server = Server::bind(&config, spool.clone()).await.expect("bind");
     let addr = server.local_addrs()[0];
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
+    tokio::spawn(async move {
         let _ = stopped.await;
-    }));
+        server.shutdown().await;
+    });
     let (r, w) = TcpStream::connect(addr)
         .await
         .expect("connect")

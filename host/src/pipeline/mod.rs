@@ -15,6 +15,7 @@
 //! never to `<>`), held, or removed by an administrator. A recipient no plugin
 //! delivered or failed by the end of the chain fails with `5.1.1`.
 
+pub mod chain;
 pub mod dsn;
 pub mod worker;
 
@@ -26,49 +27,10 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+pub use chain::{load_chain, SharedChain, Stage};
+
 use crate::config::PipelineConfig;
-use crate::plugins::{Plugin, PluginSpec, Runtime};
 use crate::spool::{QueueId, Spool};
-
-/// One stage of the chain: its spec and, if it loaded, the plugin.
-pub struct Stage {
-    /// How it is configured.
-    pub spec: PluginSpec,
-    /// The loaded plugin, or why it is not available (messages wait).
-    pub plugin: Result<Arc<Plugin>, String>,
-}
-
-/// Loads every configured plugin. A plugin that fails to load does not stop
-/// the daemon: its stage defers messages (they wait, they are not skipped)
-/// and the reason is logged.
-pub fn load_chain(runtime: &Runtime, specs: &[PluginSpec]) -> Vec<Stage> {
-    specs
-        .iter()
-        .map(|spec| {
-            let plugin = match Plugin::new(runtime, spec.clone()) {
-                Ok(p) => {
-                    let m = p.module();
-                    info!(
-                        plugin = %spec.name,
-                        version = %m.version_label(),
-                        file = %spec.file.display(),
-                        cached = m.from_cache,
-                        "plugin loaded"
-                    );
-                    Ok(Arc::new(p))
-                }
-                Err(e) => {
-                    warn!(plugin = %spec.name, file = %spec.file.display(), error = %e, "plugin not available: its stage defers messages until it loads");
-                    Err(e.to_string())
-                }
-            };
-            Stage {
-                spec: spec.clone(),
-                plugin,
-            }
-        })
-        .collect()
-}
 
 /// What the pipeline needs besides the chain.
 #[derive(Debug, Clone)]
@@ -87,6 +49,7 @@ enum Event {
 
 /// A running pipeline.
 pub struct Pipeline {
+    ctx: Arc<worker::Context>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     events: mpsc::Sender<Event>,
     scheduler: Option<JoinHandle<()>>,
@@ -97,7 +60,7 @@ impl Pipeline {
     /// Starts the scheduler and the workers.
     pub fn start(
         spool: Arc<Spool>,
-        chain: Vec<Stage>,
+        chain: SharedChain,
         settings: Settings,
     ) -> std::io::Result<Pipeline> {
         let (events_tx, events_rx) = mpsc::channel::<Event>();
@@ -115,7 +78,7 @@ impl Pipeline {
         let ctx = Arc::new(worker::Context {
             spool: spool.clone(),
             chain,
-            settings: settings.clone(),
+            settings: std::sync::RwLock::new(settings.clone()),
         });
         let mut workers = Vec::new();
         for n in 0..settings.config.workers {
@@ -148,11 +111,21 @@ impl Pipeline {
                 .spawn(move || schedule(spool, cfg, events_rx, work_tx, stop))?
         };
         Ok(Pipeline {
+            ctx,
             stop,
             events: events_tx,
             scheduler: Some(scheduler),
             workers,
         })
+    }
+
+    /// Applies new settings (retries, lifetime, faults, warnings) to the next
+    /// messages. The number of workers and the rescan interval stay as they
+    /// started until a restart.
+    pub fn reconfigure(&self, settings: Settings) {
+        if let Ok(mut s) = self.ctx.settings.write() {
+            *s = settings;
+        }
     }
 
     /// Stops dispatching, lets workers finish the message they hold (each

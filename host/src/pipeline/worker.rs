@@ -29,8 +29,9 @@ use finaldot_sdk::wire::{
 };
 use tracing::{error, info, info_span, warn};
 
+use super::chain::{snapshot, SharedChain};
 use super::dsn::{self, DsnKind, DsnRecipient};
-use super::{Settings, Stage};
+use super::Settings;
 use crate::plugins::Body;
 use crate::spool::{self, Header, Progress, QueueId, QueueState, Spool, StageRecord};
 
@@ -38,10 +39,20 @@ use crate::spool::{self, Header, Progress, QueueId, QueueState, Spool, StageReco
 pub struct Context {
     /// The spool.
     pub spool: Arc<Spool>,
-    /// The plugin chain.
-    pub chain: Vec<Stage>,
-    /// Settings.
-    pub settings: Settings,
+    /// The plugin chain (replaced whole by a configuration reload).
+    pub chain: SharedChain,
+    /// Settings (replaced by a configuration reload).
+    pub settings: std::sync::RwLock<Settings>,
+}
+
+impl Context {
+    /// The settings in force.
+    pub fn settings(&self) -> Settings {
+        match self.settings.read() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
 }
 
 /// Seconds since the Unix epoch.
@@ -59,7 +70,7 @@ pub fn process(ctx: &Context, id: &QueueId) {
     if let Err(e) = run(ctx, id) {
         error!(error = %e, "pipeline could not process the message; it will be retried");
         // Out of active/ so it is retried without waiting for a restart.
-        let next = unix_now() + ctx.settings.config.retry_min.as_secs();
+        let next = unix_now() + ctx.settings().config.retry_min.as_secs();
         if ctx.spool.locate(id) == Some(QueueState::Active) {
             if let Err(e) = ctx.spool.defer(id, next) {
                 error!(error = %e, "could not defer the message; it stays in active/ until restart");
@@ -104,6 +115,7 @@ pub(crate) fn new_progress(path: &Path, header: &Header) -> Result<Progress, spo
         hold_reason: None,
         notified: Vec::new(),
         delay_warned: false,
+        chain: Vec::new(),
     })
 }
 
@@ -116,6 +128,12 @@ fn is_open(r: &Recipient) -> bool {
 
 fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
     let spool = &ctx.spool;
+    // One chain for the whole attempt, even if a reload replaces it meanwhile.
+    let stages = snapshot(&ctx.chain);
+    if stages.is_empty() {
+        // No plugin configured: the message waits in the queue, untouched.
+        return Ok(());
+    }
     if spool.claim(id)?.is_none() {
         return Ok(());
     }
@@ -155,13 +173,16 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
         offset: header.message_offset + progress.body_offset,
         len: body_len,
     };
-    let total = ctx.chain.len() as u32;
+    let names: Vec<String> = stages.iter().map(|s| s.spec.name.clone()).collect();
+    progress.next_stage = resume_at(&progress, &names);
+    progress.chain = names;
+    let total = stages.len() as u32;
     let mut deferred_from: Option<u32> = None;
     while progress.next_stage < total {
         let i = progress.next_stage;
-        let stage = &ctx.chain[i as usize];
+        let stage = &stages[i as usize];
         let name = &stage.spec.name;
-        let plugin = match &stage.plugin {
+        let plugin = match stage.current() {
             Ok(p) => p,
             Err(why) => {
                 let e = format!("plugin {name} is not available: {why}");
@@ -197,7 +218,7 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
                     e.version.clone(),
                     format!("fault: {}", e.fault),
                 );
-                if progress.faults >= ctx.settings.config.max_faults {
+                if progress.faults >= ctx.settings().config.max_faults {
                     let reason =
                         format!("{} consecutive plugin faults; last: {e}", progress.faults);
                     warn!(plugin = %name, "{reason}; message held");
@@ -305,6 +326,23 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
         }
     }
     settle(ctx, id, &mut progress, &header, deferred_from)
+}
+
+/// Where to resume: the recorded stage if the chain is the one the message
+/// last ran under; after a configuration change, the first plugin of the old
+/// remainder that is still configured (finished stages never run again).
+fn resume_at(progress: &Progress, names: &[String]) -> u32 {
+    let next = progress.next_stage;
+    if progress.chain.is_empty() || progress.chain == names || next == u32::MAX {
+        return next;
+    }
+    progress
+        .chain
+        .iter()
+        .skip(next as usize)
+        .find_map(|n| names.iter().position(|m| m == n))
+        .map(|i| i as u32)
+        .unwrap_or(names.len() as u32)
 }
 
 /// The end of the chain: fail what nobody took, report failures, and either
@@ -433,7 +471,8 @@ fn send_dsn(
         }
     }
     let now = unix_now();
-    let hostname = &ctx.settings.hostname;
+    let settings = ctx.settings();
+    let hostname = &settings.hostname;
     let msg = dsn::build(
         kind,
         hostname,
@@ -463,7 +502,8 @@ fn send_dsn(
 
 /// Exponential backoff with ±10 % jitter, between the configured bounds.
 fn backoff(ctx: &Context, id: &QueueId, attempts: u32) -> u64 {
-    let cfg = &ctx.settings.config;
+    let settings = ctx.settings();
+    let cfg = &settings.config;
     let min = cfg.retry_min.as_secs().max(1);
     let base = min
         .saturating_mul(1u64 << attempts.saturating_sub(1).min(30))
@@ -485,7 +525,8 @@ fn defer(
     header: &Header,
     hint_secs: Option<u64>,
 ) -> Result<(), spool::Error> {
-    let cfg = &ctx.settings.config;
+    let settings = ctx.settings();
+    let cfg = &settings.config;
     let now = unix_now();
     let age = now.saturating_sub(progress.queued_at);
     if age >= cfg.max_queue_lifetime.as_secs() {

@@ -23,7 +23,7 @@ pub mod instance;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use finaldot_sdk::wire::{
@@ -415,7 +415,7 @@ impl LoadedModule {
 }
 
 /// How a plugin is configured: its module, settings, limits and grants.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PluginSpec {
     /// Its name in the configuration (logs, errors, `queue show`).
     pub name: String,
@@ -444,7 +444,7 @@ pub struct PluginStats {
 /// A configured plugin, ready to be called for messages.
 pub struct Plugin {
     spec: PluginSpec,
-    module: RwLock<Arc<LoadedModule>>,
+    module: Arc<LoadedModule>,
     grants: Arc<OpenGrants>,
     idle: Mutex<Vec<PluginInstance>>,
     /// Call statistics.
@@ -472,6 +472,11 @@ impl Plugin {
             e.plugin = spec.name.clone();
             e
         })?;
+        Plugin::with_module(module, spec)
+    }
+
+    /// Like [`Plugin::new`], with a module already loaded and checked.
+    pub fn with_module(module: Arc<LoadedModule>, spec: PluginSpec) -> Result<Plugin, PluginError> {
         let grants = OpenGrants::open(&spec.grants).map_err(|e| {
             PluginError::new(
                 &spec.name,
@@ -480,7 +485,7 @@ impl Plugin {
             )
         })?;
         let plugin = Plugin {
-            module: RwLock::new(module),
+            module,
             grants: Arc::new(grants),
             idle: Mutex::new(Vec::new()),
             stats: PluginStats::default(),
@@ -500,10 +505,7 @@ impl Plugin {
 
     /// The module currently in use.
     pub fn module(&self) -> Arc<LoadedModule> {
-        match self.module.read() {
-            Ok(m) => m.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.module.clone()
     }
 
     fn instance(&self, capture_logs: bool) -> Result<PluginInstance, PluginError> {

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,7 +44,7 @@ pub fn spool_error_reply(e: &spool::Error) -> Reply {
 }
 
 /// Settings the listener needs beyond the session's.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct Limits {
     max_connections_per_ip: usize,
     command_timeout: Duration,
@@ -52,75 +52,178 @@ struct Limits {
     shutdown_grace: Duration,
 }
 
+impl Limits {
+    fn of(config: &Config) -> Limits {
+        Limits {
+            max_connections_per_ip: config.smtp.max_connections_per_ip,
+            command_timeout: config.smtp.command_timeout,
+            data_timeout: config.smtp.data_timeout,
+            shutdown_grace: config.smtp.shutdown_grace,
+        }
+    }
+}
+
 struct Shared {
-    session: Arc<SessionConfig>,
-    limits: Limits,
+    /// Replaced whole by a configuration reload; a session keeps the one it started with.
+    session: RwLock<Arc<SessionConfig>>,
+    limits: RwLock<Limits>,
     spool: Arc<Spool>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     total: Arc<Semaphore>,
+    max_connections: Mutex<usize>,
 }
 
-/// A bound SMTP server, ready to [`Server::run`].
+impl Shared {
+    fn session(&self) -> Arc<SessionConfig> {
+        match self.session.read() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        match self.limits.read() {
+            Ok(l) => *l,
+            Err(p) => *p.into_inner(),
+        }
+    }
+}
+
+/// One listening socket: the address it was configured as, the address it
+/// bound, and how to stop its accept loop.
+struct Listener {
+    bound: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// A running SMTP server: listeners accepting, sessions served, until
+/// [`Server::shutdown`].
 pub struct Server {
-    listeners: Vec<TcpListener>,
     shared: Arc<Shared>,
+    listeners: Mutex<HashMap<SocketAddr, Listener>>,
+    stop: watch::Sender<bool>,
+    alive: Mutex<Option<mpsc::Sender<()>>>,
+    all_done: tokio::sync::Mutex<mpsc::Receiver<()>>,
 }
 
 impl Server {
-    /// Binds every listen address of `config`.
+    /// Binds every listen address of `config` and starts accepting.
     pub async fn bind(config: &Config, spool: Arc<Spool>) -> std::io::Result<Server> {
-        let mut listeners = Vec::new();
-        for addr in &config.smtp.listen {
-            let l = TcpListener::bind(addr).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-            })?;
-            listeners.push(l);
-        }
-        Ok(Server {
-            listeners,
+        let (stop, _) = watch::channel(false);
+        // Every accept loop and session holds a clone of `alive`; when the last
+        // one is dropped, `all_done` yields None (the mini-redis drop guard).
+        let (alive, all_done) = mpsc::channel::<()>(1);
+        let server = Server {
             shared: Arc::new(Shared {
-                session: Arc::new(config.session_config()),
-                limits: Limits {
-                    max_connections_per_ip: config.smtp.max_connections_per_ip,
-                    command_timeout: config.smtp.command_timeout,
-                    data_timeout: config.smtp.data_timeout,
-                    shutdown_grace: config.smtp.shutdown_grace,
-                },
+                session: RwLock::new(Arc::new(config.session_config())),
+                limits: RwLock::new(Limits::of(config)),
                 spool,
                 per_ip: Mutex::new(HashMap::new()),
                 total: Arc::new(Semaphore::new(config.smtp.max_connections)),
+                max_connections: Mutex::new(config.smtp.max_connections),
             }),
-        })
+            listeners: Mutex::new(HashMap::new()),
+            stop,
+            alive: Mutex::new(Some(alive)),
+            all_done: tokio::sync::Mutex::new(all_done),
+        };
+        for addr in &config.smtp.listen {
+            server.listen(*addr).await?;
+        }
+        Ok(server)
+    }
+
+    async fn listen(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        let bound = l.local_addr()?;
+        let (stop_one, stop_one_rx) = watch::channel(false);
+        let alive = self
+            .alive
+            .lock()
+            .ok()
+            .and_then(|a| a.clone())
+            .ok_or_else(|| std::io::Error::other("server is shutting down"))?;
+        tokio::spawn(accept_loop(
+            l,
+            self.shared.clone(),
+            self.stop.subscribe(),
+            stop_one_rx,
+            alive,
+        ));
+        if let Ok(mut map) = self.listeners.lock() {
+            map.insert(
+                addr,
+                Listener {
+                    bound,
+                    stop: stop_one,
+                },
+            );
+        }
+        Ok(bound)
     }
 
     /// The addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect()
+            .lock()
+            .map(|m| m.values().map(|l| l.bound).collect())
+            .unwrap_or_default()
     }
 
-    /// Serves until `shutdown` completes, then shuts down gracefully: returns
-    /// once every session has ended.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        // Every accept loop and session holds a clone of `alive`; when the last
-        // one is dropped, `all_done` yields None (the mini-redis drop guard).
-        let (alive, mut all_done) = mpsc::channel::<()>(1);
-        for listener in self.listeners {
-            tokio::spawn(accept_loop(
-                listener,
-                self.shared.clone(),
-                stop_rx.clone(),
-                alive.clone(),
-            ));
+    /// Applies a new configuration: session settings and limits for new
+    /// connections, the connection cap, and the listen addresses (new ones
+    /// bound, removed ones closed; sessions already open go on). Returns the
+    /// problems it met (a listener that could not be bound), having applied
+    /// everything else.
+    pub async fn reconfigure(&self, config: &Config) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Ok(mut s) = self.shared.session.write() {
+            *s = Arc::new(config.session_config());
         }
-        drop(alive);
-        shutdown.await;
+        if let Ok(mut l) = self.shared.limits.write() {
+            *l = Limits::of(config);
+        }
+        if let Ok(mut max) = self.shared.max_connections.lock() {
+            let new = config.smtp.max_connections;
+            if new > *max {
+                self.shared.total.add_permits(new - *max);
+            } else {
+                self.shared.total.forget_permits(*max - new);
+            }
+            *max = new;
+        }
+        let current: Vec<SocketAddr> = self
+            .listeners
+            .lock()
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default();
+        for addr in current.iter().filter(|a| !config.smtp.listen.contains(a)) {
+            if let Some(l) = self.listeners.lock().ok().and_then(|mut m| m.remove(addr)) {
+                let _ = l.stop.send(true);
+                info!(%addr, "stopped listening on {addr}");
+            }
+        }
+        for addr in config.smtp.listen.iter().filter(|a| !current.contains(a)) {
+            match self.listen(*addr).await {
+                Ok(bound) => info!(addr = %bound, "listening on {bound}"),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        problems
+    }
+
+    /// Stops accepting, answers 421 to idle sessions, lets sessions in the
+    /// middle of a message finish within the grace period, and returns once
+    /// every session has ended.
+    pub async fn shutdown(&self) {
         info!("shutting down: no new connections; messages in progress may finish");
-        let _ = stop_tx.send(true);
-        let _ = all_done.recv().await;
+        let _ = self.stop.send(true);
+        if let Ok(mut a) = self.alive.lock() {
+            a.take();
+        }
+        let _ = self.all_done.lock().await.recv().await;
         info!("all sessions closed");
     }
 }
@@ -129,12 +232,14 @@ async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
+    mut stop_one: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = stop.changed() => return,
+            _ = stop_one.changed() => return,
         };
         let (stream, peer) = match accepted {
             Ok(x) => x,
@@ -182,7 +287,7 @@ impl Drop for IpSlot {
 fn take_ip_slot(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
     let mut map = shared.per_ip.lock().ok()?;
     let n = map.entry(ip).or_insert(0);
-    if *n >= shared.limits.max_connections_per_ip {
+    if *n >= shared.limits().max_connections_per_ip {
         return None;
     }
     *n += 1;
@@ -198,7 +303,9 @@ async fn connection(
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
 ) {
-    let host = &shared.session.hostname;
+    let session_config = shared.session();
+    let limits = shared.limits();
+    let host = &session_config.hostname;
     let Ok(_total) = shared.total.clone().try_acquire_owned() else {
         warn!("refused: too many connections");
         let r = Reply::new(
@@ -222,7 +329,9 @@ async fn connection(
     debug!("connected");
     let mut conn = Conn {
         stream,
-        session: Session::new(shared.session.clone(), peer.ip()),
+        session: Session::new(session_config.clone(), peer.ip()),
+        hostname: session_config.hostname.clone(),
+        limits,
         shared: shared.clone(),
         sink: None,
         out: Vec::new(),
@@ -343,6 +452,8 @@ pub fn received_header(env: &Envelope, hostname: &str, id: &str) -> String {
 struct Conn {
     stream: TcpStream,
     session: Session,
+    hostname: String,
+    limits: Limits,
     shared: Arc<Shared>,
     sink: Option<Sink>,
     out: Vec<u8>,
@@ -387,9 +498,9 @@ impl Conn {
                 return self.send_final(r).await;
             }
             let wait = if self.session.reading_content() {
-                self.shared.limits.data_timeout
+                self.limits.data_timeout
             } else {
-                self.shared.limits.command_timeout
+                self.limits.command_timeout
             };
             let grace_end = self.deadline;
             tokio::select! {
@@ -407,7 +518,7 @@ impl Conn {
                     Ok(Err(e)) => return Err(e),
                 },
                 _ = self.stop.changed(), if grace_end.is_none() => {
-                    self.deadline = Some(Instant::now() + self.shared.limits.shutdown_grace);
+                    self.deadline = Some(Instant::now() + self.limits.shutdown_grace);
                 }
                 _ = tokio::time::sleep_until(grace_end.unwrap_or_else(Instant::now)), if grace_end.is_some() => {
                     info!("shutdown grace period over, closing");
@@ -449,7 +560,7 @@ impl Conn {
 
     async fn begin(&mut self, env: Box<Envelope>) -> Result<(), Reply> {
         let spool = self.shared.spool.clone();
-        let hostname = self.shared.session.hostname.clone();
+        let hostname = self.hostname.clone();
         let env2 = env.clone();
         let r = tokio::task::spawn_blocking(move || {
             let mut w = spool.begin(&env2)?;

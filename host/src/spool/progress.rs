@@ -56,6 +56,9 @@ pub struct Progress {
     pub notified: Vec<String>,
     /// Whether a delay warning was sent.
     pub delay_warned: bool,
+    /// The chain's plugin names when `next_stage` was recorded (so a
+    /// configuration change resumes at the right plugin).
+    pub chain: Vec<String>,
 }
 
 impl Progress {
@@ -112,6 +115,7 @@ mod tests {
             hold_reason: None,
             notified: vec![],
             delay_warned: false,
+            chain: vec!["p".into()],
         };
         let bytes = p.encode().expect("encode");
         assert_eq!(Progress::decode(&bytes).expect("decode"), p);

@@ -16,6 +16,7 @@
 //! | `kv` | counts messages in its key-value namespace into `X-Count` |
 //! | `verdict` | returns the verdict named by `verdict` (defer, hold, bounce, discard) |
 //! | `spin` | burns `ms` milliseconds of CPU, then continues |
+//! | `version` | stamps `X-Version: NNNNNN` from [`VERSION_MARKER`] (tests patch the digits in the .wasm to make new versions) |
 
 use finaldot_sdk::prelude::*;
 use finaldot_sdk::wire::HostErrorKind;
@@ -31,6 +32,10 @@ pub struct Testbed {
     ms: u64,
     only: Vec<String>,
 }
+
+/// A version the hot-reload tests rewrite in the compiled `.wasm` (same length,
+/// so the module stays valid and only its data changes).
+pub static VERSION_MARKER: [u8; 23] = *b"FINALDOT-VERSION-000000";
 
 #[allow(unconditional_recursion)]
 fn recurse(n: u64) -> u64 {
@@ -117,6 +122,11 @@ impl Plugin for Testbed {
                         msg.mark_delivered(&r.address, "testbed");
                     }
                 }
+            }
+            "version" => {
+                let marker = std::hint::black_box(&VERSION_MARKER);
+                let v = std::str::from_utf8(&marker[17..]).unwrap_or("invalid");
+                msg.add_header("X-Version", v);
             }
             "defer-once" => {
                 let key = format!("seen-{}", msg.queue_id());
