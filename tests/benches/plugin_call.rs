@@ -6,14 +6,11 @@
 //! Reproduce: `./dev bench` (or build the plugins as `./dev test` does, then
 //! `cargo bench -p finaldot-e2e --bench plugin_call`).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use finaldot::plugins::{Body, Limits, Plugin, PluginSpec, Runtime, RuntimeOptions};
-use finaldot_e2e::wasm;
-use finaldot_sdk::wire::{
-    parse_headers, Envelope, MessageInput, MessageState, Recipient, Value, ABI_VERSION,
-};
+use finaldot_e2e::{message_input, wasm};
+use finaldot_sdk::wire::{MessageInput, Value};
 
 fn message(size: usize) -> (MessageInput, Body) {
     let mut raw = String::new();
@@ -29,25 +26,7 @@ fn message(size: usize) -> (MessageInput, Body) {
     }
     raw.truncate(size);
     let raw = raw.into_bytes();
-    let (headers, at) = parse_headers(&raw);
-    (
-        MessageInput {
-            abi: ABI_VERSION,
-            queue_id: "BENCH".into(),
-            state: MessageState {
-                envelope: Envelope {
-                    mail_from: "s@x.test".into(),
-                    recipients: vec![Recipient::new("alice@localhost")],
-                },
-                headers,
-            },
-            body_len: (raw.len() - at) as u64,
-            client_ip: "127.0.0.1".into(),
-            helo: "bench".into(),
-            received_at: 0,
-        },
-        Body::Bytes(Arc::from(raw[at..].to_vec())),
-    )
+    message_input(&raw)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {

@@ -449,3 +449,30 @@ pub fn plugin_toml(name: &str, wasm_name: &str, extra: &str) -> String {
         wasm(wasm_name)
     )
 }
+
+/// A message as the pipeline hands it to a plugin: `raw` split into headers
+/// and body, one recipient (`alice@localhost`), queue id `Q1`.
+pub fn message_input(raw: &[u8]) -> (finaldot_sdk::wire::MessageInput, finaldot::plugins::Body) {
+    use finaldot_sdk::wire::{
+        parse_headers, Envelope, MessageInput, MessageState, Recipient, ABI_VERSION,
+    };
+    let (headers, at) = parse_headers(raw);
+    (
+        MessageInput {
+            abi: ABI_VERSION,
+            queue_id: "Q1".into(),
+            state: MessageState {
+                envelope: Envelope {
+                    mail_from: "s@x.test".into(),
+                    recipients: vec![Recipient::new("alice@localhost")],
+                },
+                headers,
+            },
+            body_len: (raw.len() - at) as u64,
+            client_ip: "127.0.0.1".into(),
+            helo: "client.test".into(),
+            received_at: 0,
+        },
+        finaldot::plugins::Body::Bytes(std::sync::Arc::from(raw[at..].to_vec())),
+    )
+}

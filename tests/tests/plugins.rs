@@ -5,17 +5,15 @@
 //! fault and that the same runtime still serves the next call.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use finaldot::plugins::{
     Body, DirGrant, Fault, Grants, Limits, Plugin, PluginSpec, Runtime, RuntimeOptions,
 };
-use finaldot_e2e::wasm;
+use finaldot_e2e::{message_input, wasm};
 use finaldot_sdk::testing::config_from_toml;
-use finaldot_sdk::wire::{
-    parse_headers, Envelope, MessageInput, MessageState, Recipient, ABI_VERSION,
-};
+use finaldot_sdk::wire::MessageInput;
 
 fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
@@ -23,25 +21,7 @@ fn runtime() -> &'static Runtime {
 }
 
 fn message(raw: &[u8]) -> (MessageInput, Body) {
-    let (headers, at) = parse_headers(raw);
-    (
-        MessageInput {
-            abi: ABI_VERSION,
-            queue_id: "Q1".into(),
-            state: MessageState {
-                envelope: Envelope {
-                    mail_from: "s@x.test".into(),
-                    recipients: vec![Recipient::new("alice@localhost")],
-                },
-                headers,
-            },
-            body_len: (raw.len() - at) as u64,
-            client_ip: "127.0.0.1".into(),
-            helo: "c".into(),
-            received_at: 0,
-        },
-        Body::Bytes(Arc::from(raw[at..].to_vec())),
-    )
+    message_input(raw)
 }
 
 fn spec(name: &str, file: PathBuf, config: &str) -> PluginSpec {

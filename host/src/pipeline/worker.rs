@@ -126,6 +126,19 @@ fn is_open(r: &Recipient) -> bool {
     )
 }
 
+/// Gives every recipient still open this final state.
+fn close_open(progress: &mut Progress, state: RecipientState) {
+    for r in progress
+        .state
+        .envelope
+        .recipients
+        .iter_mut()
+        .filter(|r| is_open(r))
+    {
+        r.state = state.clone();
+    }
+}
+
 fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
     let spool = &ctx.spool;
     // One chain for the whole attempt, even if a reload replaces it meanwhile.
@@ -277,17 +290,12 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
                 match verdict {
                     Verdict::Continue => progress.next_stage = i + 1,
                     Verdict::Discard { reason } => {
-                        for r in progress
-                            .state
-                            .envelope
-                            .recipients
-                            .iter_mut()
-                            .filter(|r| is_open(r))
-                        {
-                            r.state = RecipientState::Delivered {
+                        close_open(
+                            &mut progress,
+                            RecipientState::Delivered {
                                 note: format!("discarded by {name}: {reason}"),
-                            };
-                        }
+                            },
+                        );
                         progress.next_stage = total;
                     }
                     Verdict::Hold { reason } => {
@@ -299,18 +307,13 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
                         return Ok(());
                     }
                     Verdict::Bounce { code, status, text } => {
-                        for r in progress
-                            .state
-                            .envelope
-                            .recipients
-                            .iter_mut()
-                            .filter(|r| is_open(r))
-                        {
-                            r.state = RecipientState::Failed {
-                                status: status.clone(),
+                        close_open(
+                            &mut progress,
+                            RecipientState::Failed {
                                 reason: format!("{code} {status} {text}"),
-                            };
-                        }
+                                status,
+                            },
+                        );
                         progress.next_stage = total;
                     }
                     Verdict::Defer {
@@ -534,18 +537,13 @@ fn defer(
             .last_error
             .clone()
             .unwrap_or_else(|| "temporary failures".into());
-        for r in progress
-            .state
-            .envelope
-            .recipients
-            .iter_mut()
-            .filter(|r| is_open(r))
-        {
-            r.state = RecipientState::Failed {
+        close_open(
+            progress,
+            RecipientState::Failed {
                 status: "5.4.7".into(),
-                reason: format!("delivery time expired after {}s in the queue: {why}", age),
-            };
-        }
+                reason: format!("delivery time expired after {age}s in the queue: {why}"),
+            },
+        );
         warn!(
             age_secs = age,
             "queue lifetime exceeded; bouncing what is left"

@@ -302,9 +302,11 @@ impl Spool {
         Ok(writer)
     }
 
-    /// Makes a prepared message durable in `incoming/`. When this returns `Ok`,
-    /// the message survives a crash and power loss; only then may it be acked.
-    pub async fn commit(&self, mut prepared: Prepared) -> Result<QueueId, Error> {
+    /// Hands a prepared message to the committer thread.
+    fn send_to_committer(
+        &self,
+        mut prepared: Prepared,
+    ) -> Result<(QueueId, tokio::sync::oneshot::Receiver<Result<(), Error>>), Error> {
         let (done, wait) = tokio::sync::oneshot::channel();
         let id = prepared.id.clone();
         self.committer
@@ -316,22 +318,20 @@ impl Spool {
             .map_err(|_| Error::CommitterGone)?;
         // The committer owns the file now: it renames it or removes it.
         prepared.armed = false;
+        Ok((id, wait))
+    }
+
+    /// Makes a prepared message durable in `incoming/`. When this returns `Ok`,
+    /// the message survives a crash and power loss; only then may it be acked.
+    pub async fn commit(&self, prepared: Prepared) -> Result<QueueId, Error> {
+        let (id, wait) = self.send_to_committer(prepared)?;
         wait.await.map_err(|_| Error::CommitterGone)??;
         Ok(id)
     }
 
     /// Like [`Spool::commit`], for threads outside the async runtime.
-    pub fn commit_blocking(&self, mut prepared: Prepared) -> Result<QueueId, Error> {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        let id = prepared.id.clone();
-        self.committer
-            .send(CommitRequest {
-                tmp: prepared.tmp.clone(),
-                id: id.clone(),
-                done,
-            })
-            .map_err(|_| Error::CommitterGone)?;
-        prepared.armed = false;
+    pub fn commit_blocking(&self, prepared: Prepared) -> Result<QueueId, Error> {
+        let (id, wait) = self.send_to_committer(prepared)?;
         wait.blocking_recv().map_err(|_| Error::CommitterGone)??;
         Ok(id)
     }
