@@ -5,6 +5,8 @@
 //! A failing test keeps its temporary directory and prints its path (with the
 //! daemon's log inside), so the evidence survives the run.
 
+pub mod load;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -19,36 +21,33 @@ pub fn finaldot_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("FINALDOT_BIN") {
         return PathBuf::from(p);
     }
-    // target/<profile>/deps/<test-exe> → target/<profile>/finaldot
+    // A test runs from target/<profile>/deps/, a bench binary from target/<profile>/.
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps");
-    let bin = dir.join("finaldot");
-    assert!(
-        bin.exists(),
-        "{} not found: run the tests with `cargo test --workspace` (it builds the binary) or set FINALDOT_BIN",
-        bin.display()
-    );
-    bin
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("finaldot"))
+        .collect();
+    let bin = candidates.iter().find(|p| p.is_file()).cloned();
+    bin.unwrap_or_else(|| {
+        panic!(
+            "finaldot binary not found near {}: run the tests with `cargo test --workspace` (it builds the binary) or set FINALDOT_BIN",
+            exe.display()
+        )
+    })
 }
 
 /// A plugin built to wasm by `./dev test` (target/wasm32-unknown-unknown/release/NAME.wasm).
 pub fn wasm(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let p = exe
+    let found = exe
         .ancestors()
-        .nth(3)
-        .expect("target dir above target/<profile>/deps")
-        .join("wasm32-unknown-unknown/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.exists(),
-        "{} is missing: run `./dev test` (it builds every plugin crate for wasm32-unknown-unknown first)",
-        p.display()
-    );
-    p
+        .map(|d| d.join("wasm32-unknown-unknown/release").join(format!("{name}.wasm")))
+        .find(|p| p.exists());
+    found.unwrap_or_else(|| {
+        panic!("{name}.wasm is missing: run `./dev test` (it builds every plugin crate for wasm32-unknown-unknown first)")
+    })
 }
 
 /// A temporary directory that is kept, and its path printed, if the test fails.

@@ -1,0 +1,243 @@
+//! `bench`: the benchmark matrix. Starts finaldot itself (the release build)
+//! on a temporary spool for every cell and drives it with the load generator:
+//! concurrency 1, 8 and 64 with 4 KiB bodies and 8 with 100 KiB, for the
+//! plugin chains *none*, *default* (dedup → filter → local-delivery) and
+//! *heavy* (the default plus a plugin burning 50 ms of CPU per message).
+//! Prints, per cell, accepted msg/s and ack-latency percentiles and, with a
+//! chain, delivered msg/s and the backlog at the end; then the ratios the
+//! targets are about. Optionally the same load against another server
+//! (`--compare HOST:PORT --compare-to ADDRESS`, e.g. a local Postfix).
+//!
+//! ```text
+//! ./dev bench            # builds everything, runs this with defaults
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use finaldot_e2e::load::{run, LoadReport, LoadSpec};
+use finaldot_e2e::{plugin_toml, test_config, wasm, Daemon, QueueState, TestDir};
+
+/// Benchmark matrix.
+#[derive(Parser)]
+struct Args {
+    /// Seconds per cell.
+    #[arg(long, default_value_t = 8)]
+    seconds: u64,
+    /// Only these chains (none, default, heavy).
+    #[arg(long, value_delimiter = ',', default_value = "none,default,heavy")]
+    chains: Vec<String>,
+    /// CPU each message costs in the heavy chain, milliseconds.
+    #[arg(long, default_value_t = 50)]
+    heavy_ms: u64,
+    /// Another SMTP server to run the same cells against (e.g. Postfix on 127.0.0.1:2526).
+    #[arg(long)]
+    compare: Option<std::net::SocketAddr>,
+    /// Recipient address for --compare.
+    #[arg(long, default_value = "alice@bench.test")]
+    compare_to: String,
+    /// Write the results as JSON lines here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+const CELLS: [(usize, usize); 4] = [(1, 4096), (8, 4096), (64, 4096), (8, 100 * 1024)];
+
+fn chain_toml(dir: &Path, chain: &str, heavy_ms: u64) -> String {
+    let mail = dir.join("mail");
+    let mut t = String::from("[pipeline]\nworkers = 2\nrescan_secs = 5\n\n");
+    if chain == "none" {
+        return t;
+    }
+    t.push_str(&plugin_toml("dedup", "dedup", "kv = true"));
+    t.push_str(&plugin_toml("filter", "filter", ""));
+    if chain == "heavy" {
+        t.push_str(&plugin_toml(
+            "heavy",
+            "finaldot_testbed",
+            &format!("timeout_ms = 10000\nconfig = {{ mode = \"spin\", ms = {heavy_ms} }}"),
+        ));
+    }
+    t.push_str(&plugin_toml(
+        "local-delivery",
+        "local_delivery",
+        &format!(
+            "dirs = [{{ name = \"mail\", path = {mail:?}, writable = true }}]\nconfig = {{ domains = [\"localhost\", \"example.test\"] }}"
+        ),
+    ));
+    t
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
+}
+
+struct Cell {
+    chain: String,
+    concurrency: usize,
+    size: usize,
+    report: LoadReport,
+    delivered_per_second: Option<f64>,
+    backlog: Option<usize>,
+}
+
+fn run_cell(args: &Args, chain: &str, concurrency: usize, size: usize) -> Cell {
+    let dir = TestDir::new(&format!("bench-{chain}-{concurrency}-{size}"));
+    let cfg = test_config(dir.path(), "max_connections = 2000\nmax_connections_per_ip = 1000", &chain_toml(dir.path(), chain, args.heavy_ms));
+    let d = Daemon::start_with(dir.path(), &cfg);
+    let maildir = dir.path().join("mail/alice/Maildir/new");
+    let spec = LoadSpec {
+        addr: d.addr,
+        concurrency,
+        duration: Some(Duration::from_secs(args.seconds)),
+        count: None,
+        size,
+        recipients: 1,
+        domain: "localhost".into(),
+        user: "alice".into(),
+    };
+    let before = count_files(&maildir);
+    let t = Instant::now();
+    let report = run(&spec);
+    let elapsed = t.elapsed().as_secs_f64();
+    let (delivered_per_second, backlog) = if chain == "none" {
+        (None, None)
+    } else {
+        let delivered = count_files(&maildir) - before;
+        let backlog = [QueueState::Incoming, QueueState::Active, QueueState::Deferred]
+            .iter()
+            .map(|s| d.spool_files(*s).len())
+            .sum();
+        (Some(delivered as f64 / elapsed), Some(backlog))
+    };
+    drop(d);
+    Cell {
+        chain: chain.to_string(),
+        concurrency,
+        size,
+        report,
+        delivered_per_second,
+        backlog,
+    }
+}
+
+fn print_header() {
+    println!(
+        "{:<8} {:>4} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>11} {:>8}",
+        "chain", "conc", "body", "acc/s", "p50 ms", "p90 ms", "p99 ms", "p99.9", "max ms", "errors", "deliv/s", "backlog"
+    );
+}
+
+fn print_cell(c: &Cell) {
+    let r = &c.report;
+    println!(
+        "{:<8} {:>4} {:>6}K {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>11} {:>8}",
+        c.chain,
+        c.concurrency,
+        c.size / 1024,
+        r.per_second,
+        r.p50_ms,
+        r.p90_ms,
+        r.p99_ms,
+        r.p999_ms,
+        r.max_ms,
+        r.errors,
+        c.delivered_per_second.map(|d| format!("{d:.0}")).unwrap_or_else(|| "-".into()),
+        c.backlog.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
+    );
+    if let Some(e) = &r.first_error {
+        println!("         first error: {e}");
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    // Everything the cells need must exist before the clock starts.
+    for p in ["dedup", "filter", "local_delivery", "finaldot_testbed"] {
+        let _ = wasm(p);
+    }
+    println!(
+        "finaldot benchmark matrix: {} s per cell, {} cores, binary {}",
+        args.seconds,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        finaldot_e2e::finaldot_bin().display()
+    );
+    print_header();
+    let mut cells = Vec::new();
+    for chain in &args.chains {
+        for (c, size) in CELLS {
+            let cell = run_cell(&args, chain, c, size);
+            print_cell(&cell);
+            cells.push(cell);
+        }
+    }
+    if let Some(addr) = args.compare {
+        let (user, domain) = args.compare_to.rsplit_once('@').unwrap_or(("alice", "bench.test"));
+        println!("\nthe same load against {addr} (to {}):", args.compare_to);
+        print_header();
+        for (c, size) in CELLS {
+            let report = run(&LoadSpec {
+                addr,
+                concurrency: c,
+                duration: Some(Duration::from_secs(args.seconds)),
+                count: None,
+                size,
+                recipients: 1,
+                domain: domain.into(),
+                user: user.into(),
+            });
+            let cell = Cell {
+                chain: "other".into(),
+                concurrency: c,
+                size,
+                report,
+                delivered_per_second: None,
+                backlog: None,
+            };
+            print_cell(&cell);
+            cells.push(cell);
+        }
+    }
+    let find = |chain: &str, c: usize, size: usize| cells.iter().find(|x| x.chain == chain && x.concurrency == c && x.size == size);
+    println!();
+    if let (Some(none), Some(heavy)) = (find("none", 8, 4096), find("heavy", 8, 4096)) {
+        println!(
+            "target 1: p99 ack at c=8 with the heavy chain / without a chain = {:.2} (target <= 1.2)",
+            heavy.report.p99_ms / none.report.p99_ms.max(1e-9)
+        );
+    }
+    if let Some(def) = find("default", 8, 4096) {
+        if let Some(d) = def.delivered_per_second {
+            println!(
+                "target 4: default chain at c=8 delivers {:.0}/s of {:.0}/s accepted = {:.0}% (target >= 80%)",
+                d,
+                def.report.per_second,
+                100.0 * d / def.report.per_second.max(1e-9)
+            );
+        }
+    }
+    if let (Some(fd), Some(other)) = (find("default", 64, 4096), find("other", 64, 4096)) {
+        println!(
+            "target 2: at c=64, finaldot (default chain) accepts {:.0}/s vs {:.0}/s = {:.2}x, p99 {:.1} ms vs {:.1} ms",
+            fd.report.per_second,
+            other.report.per_second,
+            fd.report.per_second / other.report.per_second.max(1e-9),
+            fd.report.p99_ms,
+            other.report.p99_ms
+        );
+    }
+    if let Some(path) = &args.json {
+        let lines: Vec<String> = cells
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "chain": c.chain, "concurrency": c.concurrency, "size": c.size,
+                    "report": c.report, "delivered_per_second": c.delivered_per_second, "backlog": c.backlog,
+                })
+                .to_string()
+            })
+            .collect();
+        let _ = std::fs::write(path, lines.join("\n") + "\n");
+    }
+}
