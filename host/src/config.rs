@@ -128,6 +128,8 @@ pub struct RawPipeline {
     pub rescan_secs: Option<u64>,
     /// Scheduling niceness of pipeline threads (0-19).
     pub nice: Option<i32>,
+    /// Plugin calls running WebAssembly at once (default: cores - 1, at least 1).
+    pub max_running_plugins: Option<usize>,
 }
 
 /// `[[plugins]]` as written.
@@ -240,6 +242,8 @@ pub struct PipelineConfig {
     pub rescan: Duration,
     /// Niceness of pipeline threads.
     pub nice: i32,
+    /// Plugin calls running WebAssembly at once.
+    pub max_running_plugins: usize,
 }
 
 /// Validated `[smtp]`.
@@ -471,7 +475,7 @@ impl RawConfig {
             .plugin_dir
             .map(|d| if d.is_absolute() { d } else { base.join(d) })
             .unwrap_or_else(|| data_dir.join("plugins"));
-        let workers = p.workers.unwrap_or(2);
+        let workers = p.workers.unwrap_or(4);
         if workers == 0 || workers > 256 {
             return Err(invalid(
                 "pipeline.workers",
@@ -501,7 +505,7 @@ impl RawConfig {
             n => Some(Duration::from_secs(n)),
         };
         let rescan = secs("pipeline.rescan_secs", p.rescan_secs, 5, 1)?;
-        let nice = p.nice.unwrap_or(10);
+        let nice = p.nice.unwrap_or(19);
         if !(0..=19).contains(&nice) {
             return Err(invalid(
                 "pipeline.nice",
@@ -600,6 +604,10 @@ impl RawConfig {
                 delay_warning,
                 rescan,
                 nice,
+                max_running_plugins: match p.max_running_plugins {
+                    None | Some(0) => crate::plugins::default_max_running(),
+                    Some(n) => n,
+                },
             },
             plugins,
             hostname,

@@ -97,6 +97,7 @@ impl Daemon {
             max_instances: (64 + config.pipeline.workers * 4 + config.plugins.len().max(8) * 16)
                 as u32,
             max_memory: 1 << 30,
+            max_running: config.pipeline.max_running_plugins,
         })?);
         let stages =
             tokio::task::block_in_place(|| pipeline::load_chain(&runtime, &config.plugins));

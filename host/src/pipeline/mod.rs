@@ -143,13 +143,21 @@ impl Pipeline {
     }
 }
 
-/// Lowers the calling thread's CPU priority (Linux: per-thread niceness), so
-/// plugin work yields the CPU to the SMTP threads.
+/// Lowers the calling thread's CPU priority so plugin work yields the CPU to
+/// the SMTP threads: Linux's SCHED_IDLE class (the thread runs only when a
+/// core is otherwise idle) when `nice` is 19, else the per-thread niceness.
 fn lower_priority(nice: i32) {
     #[allow(unsafe_code)]
-    // SAFETY: setpriority has no memory-safety preconditions; on Linux, who=0
-    // with PRIO_PROCESS names the calling thread.
-    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    // SAFETY: plain system calls on the calling thread (who/pid 0), with a
+    // fully initialised parameter struct; no memory is shared.
+    let r = unsafe {
+        if nice >= 19 {
+            let param = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
+        } else {
+            libc::setpriority(libc::PRIO_PROCESS, 0, nice)
+        }
+    };
     if r != 0 {
         warn!(nice, "could not lower the pipeline threads' priority");
     }

@@ -324,7 +324,14 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
                         return defer(ctx, id, &mut progress, &header, retry_after_secs);
                     }
                 }
-                spool.save_progress(id, &progress)?;
+                // The checkpoint. Skipped when there is nothing new to keep (a
+                // stage that changed nothing; re-running it after a crash gives
+                // the same result) and after the last stage (settling right
+                // after either finishes the message or saves it on deferral).
+                let last = progress.next_stage >= total;
+                if !result.output.changes.is_empty() && !last {
+                    spool.save_progress(id, &progress)?;
+                }
             }
         }
     }
@@ -395,7 +402,7 @@ fn finish(
     progress: &mut Progress,
     header: &Header,
 ) -> Result<(), spool::Error> {
-    notify_failures(ctx, id, progress, header)?;
+    let notified = notify_failures(ctx, id, progress, header)?;
     for r in &progress.state.envelope.recipients {
         match &r.state {
             RecipientState::Delivered { note } => info!(to = %r.address, note = %note, "delivered"),
@@ -405,18 +412,21 @@ fn finish(
             _ => {}
         }
     }
-    ctx.spool.complete(id)?;
+    // A removal lost in a crash re-runs the message from its last checkpoint,
+    // which the stages tolerate (local delivery finds its earlier files); but a
+    // DSN must not go out twice, so after one the removal is made durable.
+    ctx.spool.complete(id, notified)?;
     info!(attempts = progress.attempts, "done, removed from the queue");
     Ok(())
 }
 
-/// Sends one DSN for every failed recipient not yet reported.
+/// Sends one DSN for every failed recipient not yet reported; true if it sent one.
 fn notify_failures(
     ctx: &Context,
     id: &QueueId,
     progress: &mut Progress,
     header: &Header,
-) -> Result<(), spool::Error> {
+) -> Result<bool, spool::Error> {
     let fresh: Vec<DsnRecipient> = progress
         .state
         .envelope
@@ -433,13 +443,13 @@ fn notify_failures(
         })
         .collect();
     if fresh.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     send_dsn(ctx, id, progress, header, DsnKind::Failed, &fresh)?;
     progress
         .notified
         .extend(fresh.into_iter().map(|r| r.recipient.address));
-    Ok(())
+    Ok(true)
 }
 
 fn send_dsn(

@@ -94,6 +94,7 @@ pub struct HostState {
     queue_id: String,
     body: Body,
     grants: Arc<OpenGrants>,
+    gate: Option<Arc<super::CpuGate>>,
     panic: Option<String>,
     capture_logs: bool,
     logs: Vec<LogLine>,
@@ -112,6 +113,7 @@ impl HostState {
             queue_id: String::new(),
             body: Body::empty(),
             grants: Arc::new(OpenGrants::none()),
+            gate: None,
             panic: None,
             capture_logs: false,
             logs: Vec::new(),
@@ -264,6 +266,9 @@ pub fn define_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Result
             let response = match postcard::from_bytes::<HostRequest>(&bytes) {
                 Ok(req) => {
                     let s = caller.data();
+                    // Host I/O does not need the plugin's CPU slot: give it
+                    // back for the duration, take one again before returning.
+                    let _paused = s.gate.as_deref().map(super::CpuGate::pause);
                     s.grants.handle(&req, &s.body, unix_now().as_secs())
                 }
                 Err(e) => finaldot_sdk::wire::HostResponse::Error {
@@ -314,6 +319,7 @@ impl PluginInstance {
                 queue_id: String::new(),
                 body: Body::empty(),
                 grants,
+                gate: Some(module.gate.clone()),
                 panic: None,
                 capture_logs,
                 logs: Vec::new(),

@@ -133,6 +133,76 @@ impl PluginError {
     }
 }
 
+/// Limits how many plugin calls run WebAssembly at once (the CPU-bound part),
+/// so that plugin work can never take every core from the SMTP threads. A
+/// call gives its slot back while the host does I/O for it (a capability
+/// request), so disk waits never hold a core's slot.
+#[derive(Debug)]
+pub struct CpuGate {
+    free: std::sync::Mutex<usize>,
+    wake: std::sync::Condvar,
+}
+
+/// A held slot of the [`CpuGate`]; released on drop.
+pub struct CpuSlot<'a>(&'a CpuGate);
+
+impl CpuGate {
+    /// A gate with `slots` slots (at least 1).
+    pub fn new(slots: usize) -> CpuGate {
+        CpuGate {
+            free: std::sync::Mutex::new(slots.max(1)),
+            wake: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Waits for a slot.
+    pub fn enter(&self) -> CpuSlot<'_> {
+        let mut free = match self.free.lock() {
+            Ok(f) => f,
+            Err(p) => p.into_inner(),
+        };
+        while *free == 0 {
+            free = match self.wake.wait(free) {
+                Ok(f) => f,
+                Err(p) => p.into_inner(),
+            };
+        }
+        *free -= 1;
+        CpuSlot(self)
+    }
+
+    /// Lends the calling thread's slot out while it waits on I/O; the
+    /// returned guard takes a slot again (waiting if need be) when dropped.
+    pub fn pause(&self) -> Paused<'_> {
+        self.leave();
+        Paused(self)
+    }
+
+    fn leave(&self) {
+        let mut free = match self.free.lock() {
+            Ok(f) => f,
+            Err(p) => p.into_inner(),
+        };
+        *free += 1;
+        self.wake.notify_one();
+    }
+}
+
+/// A slot lent out by [`CpuGate::pause`]; taken back on drop.
+pub struct Paused<'a>(&'a CpuGate);
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        std::mem::forget(self.0.enter());
+    }
+}
+
+impl Drop for CpuSlot<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
 /// Settings of the runtime.
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
@@ -142,6 +212,16 @@ pub struct RuntimeOptions {
     pub max_instances: u32,
     /// Largest memory any plugin may be given.
     pub max_memory: usize,
+    /// Plugin calls running WebAssembly at once (see [`CpuGate`]).
+    pub max_running: usize,
+}
+
+/// One less than the number of cores (at least one): what the pipeline may
+/// use without ever taking the last core from the SMTP threads.
+pub fn default_max_running() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get().saturating_sub(1).max(1))
+        .unwrap_or(1)
 }
 
 impl Default for RuntimeOptions {
@@ -150,6 +230,7 @@ impl Default for RuntimeOptions {
             cache_dir: None,
             max_instances: 128,
             max_memory: 1024 * 1024 * 1024,
+            max_running: default_max_running(),
         }
     }
 }
@@ -157,6 +238,7 @@ impl Default for RuntimeOptions {
 /// The process's plugin runtime.
 pub struct Runtime {
     engine: Engine,
+    gate: Arc<CpuGate>,
     linker: Linker<instance::HostState>,
     cache_dir: Option<PathBuf>,
     engine_key: String,
@@ -215,6 +297,7 @@ impl Runtime {
         }
         Ok(Runtime {
             engine,
+            gate: Arc::new(CpuGate::new(opts.max_running)),
             linker,
             cache_dir: opts.cache_dir,
             engine_key,
@@ -264,6 +347,7 @@ impl Runtime {
         Ok(Arc::new(LoadedModule {
             module,
             pre,
+            gate: self.gate.clone(),
             file: file.to_path_buf(),
             hash,
             info,
@@ -374,6 +458,7 @@ impl Runtime {
 pub struct LoadedModule {
     module: Module,
     pre: InstancePre<instance::HostState>,
+    gate: Arc<CpuGate>,
     /// The file it came from.
     pub file: PathBuf,
     /// SHA-256 of the wasm bytes, hex.
@@ -549,6 +634,8 @@ impl Plugin {
     ) -> Result<CallResult, PluginError> {
         let started = Instant::now();
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let gate = self.module.gate.clone();
+        let _slot = gate.enter();
         let result = (|| {
             let mut inst = self.instance(capture_logs)?;
             let version = inst.module().version_label();

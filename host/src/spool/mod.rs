@@ -355,12 +355,17 @@ impl Spool {
         .find(|s| self.path(*s, id).exists())
     }
 
-    fn move_to(&self, id: &QueueId, from: QueueState, to: QueueState) -> Result<bool, Error> {
+    /// Renames a message between states; with `durable`, the move survives a
+    /// crash (both directories fsynced). Without, a crash may undo it, which
+    /// must be harmless (a claim or a deferral is simply redone).
+    fn move_to(&self, id: &QueueId, from: QueueState, to: QueueState, durable: bool) -> Result<bool, Error> {
         let dst = self.path(to, id);
         match fs::rename(self.path(from, id), &dst) {
             Ok(()) => {
-                sync_dir(&self.dir(to))?;
-                sync_dir(&self.dir(from))?;
+                if durable {
+                    sync_dir(&self.dir(to))?;
+                    sync_dir(&self.dir(from))?;
+                }
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -373,7 +378,8 @@ impl Spool {
     /// administrator got there first).
     pub fn claim(&self, id: &QueueId) -> Result<Option<QueueState>, Error> {
         for from in [QueueState::Incoming, QueueState::Deferred] {
-            if self.move_to(id, from, QueueState::Active)? {
+            // Not durable: after a crash, recovery returns active/ to incoming/ anyway.
+            if self.move_to(id, from, QueueState::Active, false)? {
                 return Ok(Some(from));
             }
         }
@@ -381,8 +387,10 @@ impl Spool {
     }
 
     /// The message is finished (delivered, bounced or discarded): removes it,
-    /// then its progress record.
-    pub fn complete(&self, id: &QueueId) -> Result<(), Error> {
+    /// then its progress record. With `durable` the removal survives a crash;
+    /// without, a crash may bring the message back, to be run again from its
+    /// last checkpoint (every stage must be idempotent for that).
+    pub fn complete(&self, id: &QueueId, durable: bool) -> Result<(), Error> {
         for state in [
             QueueState::Active,
             QueueState::Incoming,
@@ -392,7 +400,9 @@ impl Spool {
             let p = self.path(state, id);
             match fs::remove_file(&p) {
                 Ok(()) => {
-                    sync_dir(&self.dir(state))?;
+                    if durable {
+                        sync_dir(&self.dir(state))?;
+                    }
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -415,7 +425,9 @@ impl Spool {
             .open(&src)
             .and_then(|f| f.set_modified(when))
             .map_err(|e| Error::io("setting next attempt on", &src, e))?;
-        self.move_to(id, QueueState::Active, QueueState::Deferred)?;
+        // Not durable: the progress record (saved first) holds the retry time;
+        // a lost rename only makes the retry come sooner.
+        self.move_to(id, QueueState::Active, QueueState::Deferred, false)?;
         Ok(())
     }
 
@@ -426,7 +438,7 @@ impl Spool {
             QueueState::Incoming,
             QueueState::Deferred,
         ] {
-            if self.move_to(id, from, QueueState::Hold)? {
+            if self.move_to(id, from, QueueState::Hold, true)? {
                 return Ok(true);
             }
         }
@@ -437,7 +449,7 @@ impl Spool {
     /// `hold/` or `deferred/`).
     pub fn requeue(&self, id: &QueueId) -> Result<bool, Error> {
         for from in [QueueState::Hold, QueueState::Deferred] {
-            if self.move_to(id, from, QueueState::Incoming)? {
+            if self.move_to(id, from, QueueState::Incoming, true)? {
                 return Ok(true);
             }
         }

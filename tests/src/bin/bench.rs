@@ -37,6 +37,15 @@ struct Args {
     /// Recipient address for --compare.
     #[arg(long, default_value = "alice@bench.test")]
     compare_to: String,
+    /// Pipeline workers in the daemon (default: the daemon's default).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Pipeline thread priority (pipeline.nice; 19 = SCHED_IDLE).
+    #[arg(long)]
+    nice: Option<i32>,
+    /// Only these concurrencies.
+    #[arg(long, value_delimiter = ',')]
+    only_concurrency: Vec<usize>,
     /// Write the results as JSON lines here too.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -44,9 +53,17 @@ struct Args {
 
 const CELLS: [(usize, usize); 4] = [(1, 4096), (8, 4096), (64, 4096), (8, 100 * 1024)];
 
-fn chain_toml(dir: &Path, chain: &str, heavy_ms: u64) -> String {
+fn chain_toml(dir: &Path, chain: &str, args: &Args) -> String {
+    let heavy_ms = args.heavy_ms;
     let mail = dir.join("mail");
-    let mut t = String::from("[pipeline]\nworkers = 2\nrescan_secs = 5\n\n");
+    let mut t = String::from("[pipeline]\nrescan_secs = 5\n");
+    if let Some(w) = args.workers {
+        t.push_str(&format!("workers = {w}\n"));
+    }
+    if let Some(n) = args.nice {
+        t.push_str(&format!("nice = {n}\n"));
+    }
+    t.push('\n');
     if chain == "none" {
         return t;
     }
@@ -84,7 +101,7 @@ struct Cell {
 
 fn run_cell(args: &Args, chain: &str, concurrency: usize, size: usize) -> Cell {
     let dir = TestDir::new(&format!("bench-{chain}-{concurrency}-{size}"));
-    let cfg = test_config(dir.path(), "max_connections = 2000\nmax_connections_per_ip = 1000", &chain_toml(dir.path(), chain, args.heavy_ms));
+    let cfg = test_config(dir.path(), "max_connections = 2000\nmax_connections_per_ip = 1000", &chain_toml(dir.path(), chain, args));
     let d = Daemon::start_with(dir.path(), &cfg);
     let maildir = dir.path().join("mail/alice/Maildir/new");
     let spec = LoadSpec {
@@ -167,6 +184,9 @@ fn main() {
     let mut cells = Vec::new();
     for chain in &args.chains {
         for (c, size) in CELLS {
+            if !args.only_concurrency.is_empty() && !args.only_concurrency.contains(&c) {
+                continue;
+            }
             let cell = run_cell(&args, chain, c, size);
             print_cell(&cell);
             cells.push(cell);
