@@ -43,7 +43,10 @@ pub fn wasm(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let found = exe
         .ancestors()
-        .map(|d| d.join("wasm32-unknown-unknown/release").join(format!("{name}.wasm")))
+        .map(|d| {
+            d.join("wasm32-unknown-unknown/release")
+                .join(format!("{name}.wasm"))
+        })
         .find(|p| p.exists());
     found.unwrap_or_else(|| {
         panic!("{name}.wasm is missing: run `./dev test` (it builds every plugin crate for wasm32-unknown-unknown first)")

@@ -118,7 +118,10 @@ impl Conn {
         if c == code {
             Ok(())
         } else {
-            Err(std::io::Error::other(format!("expected {code}, got {}", text.trim())))
+            Err(std::io::Error::other(format!(
+                "expected {code}, got {}",
+                text.trim()
+            )))
         }
     }
 }
@@ -160,7 +163,8 @@ pub fn run(spec: &LoadSpec) -> LoadReport {
                 first_error.clone(),
             );
             std::thread::spawn(move || {
-                let mut local = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("bounds");
+                let mut local =
+                    Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("bounds");
                 let mut conn: Option<Conn> = None;
                 let mut n = 0u64;
                 let fail = |e: String| {
@@ -190,10 +194,16 @@ pub fn run(spec: &LoadSpec) -> LoadReport {
                         if conn.is_none() {
                             conn = Some(Conn::open(spec.addr)?);
                         }
-                        let c = conn.as_mut().ok_or_else(|| std::io::Error::other("no connection"))?;
+                        let c = conn
+                            .as_mut()
+                            .ok_or_else(|| std::io::Error::other("no connection"))?;
                         let mut cmds = String::from("MAIL FROM:<load@loadgen.test>\r\n");
                         for r in 0..spec.recipients {
-                            let user = if r == 0 { spec.user.clone() } else { format!("{}{r}", spec.user) };
+                            let user = if r == 0 {
+                                spec.user.clone()
+                            } else {
+                                format!("{}{r}", spec.user)
+                            };
                             cmds.push_str(&format!("RCPT TO:<{user}@{}>\r\n", spec.domain));
                         }
                         cmds.push_str("DATA\r\n");
@@ -210,7 +220,10 @@ pub fn run(spec: &LoadSpec) -> LoadReport {
                         let (code, text) = c.reply()?;
                         let latency = t.elapsed();
                         if code != 250 {
-                            return Err(std::io::Error::other(format!("final reply {}", text.trim())));
+                            return Err(std::io::Error::other(format!(
+                                "final reply {}",
+                                text.trim()
+                            )));
                         }
                         Ok(latency)
                     })();

@@ -358,7 +358,13 @@ impl Spool {
     /// Renames a message between states; with `durable`, the move survives a
     /// crash (both directories fsynced). Without, a crash may undo it, which
     /// must be harmless (a claim or a deferral is simply redone).
-    fn move_to(&self, id: &QueueId, from: QueueState, to: QueueState, durable: bool) -> Result<bool, Error> {
+    fn move_to(
+        &self,
+        id: &QueueId,
+        from: QueueState,
+        to: QueueState,
+        durable: bool,
+    ) -> Result<bool, Error> {
         let dst = self.path(to, id);
         match fs::rename(self.path(from, id), &dst) {
             Ok(()) => {

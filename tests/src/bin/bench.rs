@@ -86,6 +86,48 @@ fn chain_toml(dir: &Path, chain: &str, args: &Args) -> String {
     t
 }
 
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resident memory of an idle daemon, then with `n` idle connections open.
+fn memory(n: usize) {
+    let dir = TestDir::new("bench-memory");
+    let cfg = test_config(
+        dir.path(),
+        "max_connections = 5000\nmax_connections_per_ip = 5000",
+        "",
+    );
+    let d = Daemon::start_with(dir.path(), &cfg);
+    std::thread::sleep(Duration::from_millis(300));
+    let idle = rss_kib(d.pid());
+    let conns: Vec<_> = (0..n)
+        .filter_map(|_| {
+            let mut c = std::net::TcpStream::connect(d.addr).ok()?;
+            let mut buf = [0u8; 512];
+            std::io::Read::read(&mut c, &mut buf).ok()?;
+            Some(c)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let with = rss_kib(d.pid());
+    println!(
+        "memory: daemon RSS {} KiB idle, {} KiB with {} idle connections ({:.1} KiB per connection)",
+        idle,
+        with,
+        conns.len(),
+        (with.saturating_sub(idle)) as f64 / conns.len().max(1) as f64
+    );
+}
+
 fn count_files(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
 }
@@ -97,11 +139,16 @@ struct Cell {
     report: LoadReport,
     delivered_per_second: Option<f64>,
     backlog: Option<usize>,
+    peak_rss_kib: u64,
 }
 
 fn run_cell(args: &Args, chain: &str, concurrency: usize, size: usize) -> Cell {
     let dir = TestDir::new(&format!("bench-{chain}-{concurrency}-{size}"));
-    let cfg = test_config(dir.path(), "max_connections = 2000\nmax_connections_per_ip = 1000", &chain_toml(dir.path(), chain, args));
+    let cfg = test_config(
+        dir.path(),
+        "max_connections = 2000\nmax_connections_per_ip = 1000",
+        &chain_toml(dir.path(), chain, args),
+    );
     let d = Daemon::start_with(dir.path(), &cfg);
     let maildir = dir.path().join("mail/alice/Maildir/new");
     let spec = LoadSpec {
@@ -116,16 +163,35 @@ fn run_cell(args: &Args, chain: &str, concurrency: usize, size: usize) -> Cell {
     };
     let before = count_files(&maildir);
     let t = Instant::now();
+    let pid = d.pid();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peak
+        })
+    };
     let report = run(&spec);
     let elapsed = t.elapsed().as_secs_f64();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak_rss = sampler.join().unwrap_or(0);
     let (delivered_per_second, backlog) = if chain == "none" {
         (None, None)
     } else {
         let delivered = count_files(&maildir) - before;
-        let backlog = [QueueState::Incoming, QueueState::Active, QueueState::Deferred]
-            .iter()
-            .map(|s| d.spool_files(*s).len())
-            .sum();
+        let backlog = [
+            QueueState::Incoming,
+            QueueState::Active,
+            QueueState::Deferred,
+        ]
+        .iter()
+        .map(|s| d.spool_files(*s).len())
+        .sum();
         (Some(delivered as f64 / elapsed), Some(backlog))
     };
     drop(d);
@@ -136,20 +202,33 @@ fn run_cell(args: &Args, chain: &str, concurrency: usize, size: usize) -> Cell {
         report,
         delivered_per_second,
         backlog,
+        peak_rss_kib: peak_rss,
     }
 }
 
 fn print_header() {
     println!(
-        "{:<8} {:>4} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>11} {:>8}",
-        "chain", "conc", "body", "acc/s", "p50 ms", "p90 ms", "p99 ms", "p99.9", "max ms", "errors", "deliv/s", "backlog"
+        "{:<8} {:>4} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>11} {:>8} {:>9}",
+        "chain",
+        "conc",
+        "body",
+        "acc/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9",
+        "max ms",
+        "errors",
+        "deliv/s",
+        "backlog",
+        "rss MiB"
     );
 }
 
 fn print_cell(c: &Cell) {
     let r = &c.report;
     println!(
-        "{:<8} {:>4} {:>6}K {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>11} {:>8}",
+        "{:<8} {:>4} {:>6}K {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>11} {:>8} {:>9}",
         c.chain,
         c.concurrency,
         c.size / 1024,
@@ -162,6 +241,7 @@ fn print_cell(c: &Cell) {
         r.errors,
         c.delivered_per_second.map(|d| format!("{d:.0}")).unwrap_or_else(|| "-".into()),
         c.backlog.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
+        if c.peak_rss_kib > 0 { format!("{:.1}", c.peak_rss_kib as f64 / 1024.0) } else { "-".into() },
     );
     if let Some(e) = &r.first_error {
         println!("         first error: {e}");
@@ -177,9 +257,12 @@ fn main() {
     println!(
         "finaldot benchmark matrix: {} s per cell, {} cores, binary {}",
         args.seconds,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         finaldot_e2e::finaldot_bin().display()
     );
+    memory(1000);
     print_header();
     let mut cells = Vec::new();
     for chain in &args.chains {
@@ -193,7 +276,10 @@ fn main() {
         }
     }
     if let Some(addr) = args.compare {
-        let (user, domain) = args.compare_to.rsplit_once('@').unwrap_or(("alice", "bench.test"));
+        let (user, domain) = args
+            .compare_to
+            .rsplit_once('@')
+            .unwrap_or(("alice", "bench.test"));
         println!("\nthe same load against {addr} (to {}):", args.compare_to);
         print_header();
         for (c, size) in CELLS {
@@ -214,12 +300,17 @@ fn main() {
                 report,
                 delivered_per_second: None,
                 backlog: None,
+                peak_rss_kib: 0,
             };
             print_cell(&cell);
             cells.push(cell);
         }
     }
-    let find = |chain: &str, c: usize, size: usize| cells.iter().find(|x| x.chain == chain && x.concurrency == c && x.size == size);
+    let find = |chain: &str, c: usize, size: usize| {
+        cells
+            .iter()
+            .find(|x| x.chain == chain && x.concurrency == c && x.size == size)
+    };
     println!();
     if let (Some(none), Some(heavy)) = (find("none", 8, 4096), find("heavy", 8, 4096)) {
         println!(
@@ -253,7 +344,7 @@ fn main() {
             .map(|c| {
                 serde_json::json!({
                     "chain": c.chain, "concurrency": c.concurrency, "size": c.size,
-                    "report": c.report, "delivered_per_second": c.delivered_per_second, "backlog": c.backlog,
+                    "report": c.report, "delivered_per_second": c.delivered_per_second, "backlog": c.backlog, "peak_rss_kib": c.peak_rss_kib,
                 })
                 .to_string()
             })
