@@ -333,12 +333,12 @@ fn reload_loop(
     rescan: Duration,
     status_file: &Path,
 ) {
-    let mut stamps: HashMap<PathBuf, Option<(u64, SystemTime)>> = snapshot(chain)
-        .iter()
-        .map(|s| (s.spec.file.clone(), file_stamp(&s.spec.file)))
-        .collect();
+    // Empty at first: the first scan (at once) compares every file with the
+    // version the stage loaded (by content hash), so a change made between
+    // the load and the start of the watch is not missed.
+    let mut stamps: HashMap<PathBuf, Option<(u64, SystemTime)>> = HashMap::new();
     write_status(status_file, &snapshot(chain));
-    let mut last_scan = Instant::now();
+    let mut last_scan: Option<Instant> = None;
     let mut last_status = Instant::now();
     loop {
         if stop.try_recv().is_ok() {
@@ -359,15 +359,15 @@ fn reload_loop(
             }
         }
         let stages = snapshot(chain);
-        if last_scan.elapsed() >= rescan {
-            last_scan = Instant::now();
+        if last_scan.is_none_or(|t| t.elapsed() >= rescan) {
+            last_scan = Some(Instant::now());
             for s in stages.iter() {
                 let now = file_stamp(&s.spec.file);
-                let before = stamps.get(&s.spec.file).cloned().flatten();
+                let before = stamps.get(&s.spec.file);
                 let serving = s.current().is_ok();
-                // A change since last look, or a stage whose state disagrees
-                // with its file (events can be lost, or come before we watch).
-                if now != before || now.is_some() != serving {
+                // A change since last look (or a first look), or a stage whose
+                // state disagrees with its file (events can be lost).
+                if before != Some(&now) || now.is_some() != serving {
                     changed.push(s.spec.file.clone());
                 }
             }
