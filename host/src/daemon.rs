@@ -51,8 +51,29 @@ pub enum StartError {
     Thread(&'static str, std::io::Error),
 }
 
+/// The signals the daemon handles, registered before it announces that it
+/// listens (so a SIGHUP right after start is a reload, never the default
+/// action, which would end the process).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> Result<Signals, StartError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(StartError::Signals)?,
+            int: signal(SignalKind::interrupt()).map_err(StartError::Signals)?,
+            hup: signal(SignalKind::hangup()).map_err(StartError::Signals)?,
+        })
+    }
+}
+
 /// A started daemon.
 pub struct Daemon {
+    signals: Signals,
     config: Config,
     config_path: Option<PathBuf>,
     server: Server,
@@ -66,6 +87,7 @@ impl Daemon {
     /// Opens the spool, runs recovery, binds the listeners, loads the plugins
     /// and starts the pipeline. `config_path` is what a reload re-reads.
     pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Daemon, StartError> {
+        let signals = Signals::register()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -123,6 +145,7 @@ impl Daemon {
             info!(%addr, hostname = %config.hostname, "listening on {addr}");
         }
         Ok(Daemon {
+            signals,
             config,
             config_path,
             server,
@@ -207,10 +230,6 @@ impl Daemon {
     /// Serves until SIGTERM or SIGINT, reloading on SIGHUP and on changes of
     /// the config file, then shuts down gracefully.
     pub async fn run_until_signal(mut self) -> Result<(), StartError> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
-        let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
         let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<()>();
         let _watcher = self
             .config_path
@@ -218,9 +237,9 @@ impl Daemon {
             .and_then(|path| watch_config(path, changed_tx));
         loop {
             tokio::select! {
-                _ = term.recv() => { info!("SIGTERM received"); break; }
-                _ = int.recv() => { info!("SIGINT received"); break; }
-                _ = hup.recv() => { info!("SIGHUP received: reloading the configuration"); self.reload().await; }
+                _ = self.signals.term.recv() => { info!("SIGTERM received"); break; }
+                _ = self.signals.int.recv() => { info!("SIGINT received"); break; }
+                _ = self.signals.hup.recv() => { info!("SIGHUP received: reloading the configuration"); self.reload().await; }
                 Some(()) = changed.recv() => {
                     // Editors write in several steps: let them finish.
                     tokio::time::sleep(Duration::from_millis(100)).await;
