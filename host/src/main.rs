@@ -94,6 +94,40 @@ enum QueueCommand {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Create a plugin crate from a template: it builds for
+    /// wasm32-unknown-unknown and its test passes with no edits.
+    New {
+        /// Crate name (letters, digits, -, _).
+        name: String,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The finaldot-sdk crate to depend on (default: the one this binary was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Run one plugin on one message, outside the daemon, with the daemon's
+    /// limits and capabilities; print the verdict, the changes, the log lines
+    /// and the call time.
+    Test {
+        /// The plugin's .wasm file.
+        file: PathBuf,
+        /// The message (.eml, CRLF or LF line endings).
+        message: PathBuf,
+        /// Take the plugin's settings, limits and grants from this configuration
+        /// (the [[plugins]] entry with this file, or --name).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Which [[plugins]] entry of --config to use.
+        #[arg(long)]
+        name: Option<String>,
+        /// Envelope sender.
+        #[arg(long, default_value = "sender@example.test")]
+        from: String,
+        /// Envelope recipients (repeatable).
+        #[arg(long, default_value = "alice@localhost")]
+        to: Vec<String>,
+    },
     /// What the running (or last run) daemon has loaded: name, file, version,
     /// ABI, content hash, loaded at, calls, faults.
     List {
@@ -146,6 +180,15 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { file } => check_config(file),
         Command::Plugin(PluginCommand::Check { file }) => plugin_check(&file),
+        Command::Plugin(PluginCommand::New { name, dir, sdk }) => plugin_new(&name, dir, sdk),
+        Command::Plugin(PluginCommand::Test {
+            file,
+            message,
+            config,
+            name,
+            from,
+            to,
+        }) => plugin_test(&file, &message, config, name, &from, &to),
         Command::Plugin(PluginCommand::List { config, json }) => plugin_list(config, json),
         Command::Queue {
             config,
@@ -392,4 +435,176 @@ fn plugin_list(config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
         list.len()
     );
     Ok(())
+}
+
+fn plugin_new(name: &str, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow::Result<()> {
+    let valid = !name.is_empty()
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        anyhow::bail!(
+            "{name:?} is not a crate name: start with a letter; letters, digits, - and _"
+        );
+    }
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    if dir.exists() {
+        anyhow::bail!("{} already exists", dir.display());
+    }
+    let sdk = match sdk {
+        Some(p) => p,
+        None => {
+            let built_from = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-sdk");
+            if !built_from.join("Cargo.toml").exists() {
+                anyhow::bail!(
+                    "where is finaldot-sdk? pass --sdk PATH (a checkout's plugin-sdk directory)"
+                );
+            }
+            built_from
+        }
+    };
+    let sdk = sdk
+        .canonicalize()
+        .with_context(|| format!("finaldot-sdk at {}", sdk.display()))?;
+    let crate_name = name.replace('-', "_");
+    let type_name: String = name
+        .split(['-', '_'])
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut c = p.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    let fill = |t: &str| {
+        t.replace("{{name}}", name)
+            .replace("{{crate}}", &crate_name)
+            .replace("{{type}}", &type_name)
+            .replace(
+                "{{sdk}}",
+                &format!("{{ path = {:?} }}", sdk.display().to_string()),
+            )
+    };
+    std::fs::create_dir_all(dir.join("src"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    for (path, template) in [
+        ("Cargo.toml", include_str!("templates/plugin_cargo.toml")),
+        ("src/lib.rs", include_str!("templates/plugin_lib.rs")),
+        ("README.md", include_str!("templates/plugin_readme.md")),
+    ] {
+        std::fs::write(dir.join(path), fill(template))
+            .with_context(|| format!("writing {}", dir.join(path).display()))?;
+    }
+    std::fs::write(dir.join(".gitignore"), "/target\n")?;
+    println!("created plugin {name} in {}", dir.display());
+    println!(
+        "next: cd {} && cargo test && cargo build --release --target wasm32-unknown-unknown",
+        dir.display()
+    );
+    Ok(())
+}
+
+fn plugin_test(
+    file: &std::path::Path,
+    message: &std::path::Path,
+    config: Option<PathBuf>,
+    name: Option<String>,
+    from: &str,
+    to: &[String],
+) -> anyhow::Result<()> {
+    use finaldot::plugins::{Body, Plugin, PluginSpec, Runtime, RuntimeOptions};
+    use finaldot_sdk::wire::{parse_headers, Envelope, MessageInput, MessageState, Recipient};
+    let spec = match &config {
+        Some(path) => {
+            let cfg = Config::load(Some(path))?;
+            let wanted = file.file_name();
+            cfg.plugins
+                .into_iter()
+                .find(|p| match &name {
+                    Some(n) => &p.name == n,
+                    None => p.file.file_name() == wanted,
+                })
+                .map(|mut p| {
+                    p.file = file.to_path_buf();
+                    p
+                })
+                .with_context(|| {
+                    format!(
+                        "no [[plugins]] entry for {} in {}",
+                        file.display(),
+                        path.display()
+                    )
+                })?
+        }
+        None => PluginSpec {
+            name: name.unwrap_or_else(|| {
+                file.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "plugin".into())
+            }),
+            file: file.to_path_buf(),
+            config: finaldot_sdk::Value::empty(),
+            limits: Default::default(),
+            grants: Default::default(),
+            reuse_instance: false,
+        },
+    };
+    let raw = std::fs::read(message).with_context(|| format!("reading {}", message.display()))?;
+    let (headers, body_at) = parse_headers(&raw);
+    let input = MessageInput {
+        abi: finaldot_sdk::ABI_VERSION,
+        queue_id: "PLUGINTEST".into(),
+        state: MessageState {
+            envelope: Envelope {
+                mail_from: from.to_string(),
+                recipients: to.iter().map(Recipient::new).collect(),
+            },
+            headers,
+        },
+        body_len: (raw.len() - body_at) as u64,
+        client_ip: "127.0.0.1".into(),
+        helo: "plugin-test".into(),
+        received_at: 0,
+    };
+    let runtime = Runtime::new(RuntimeOptions {
+        max_instances: 4,
+        ..RuntimeOptions::default()
+    })?;
+    let plugin = Plugin::new(&runtime, spec)?;
+    let m = plugin.module();
+    println!("plugin:   {} ({})", plugin.spec().name, m.version_label());
+    let result = plugin.call(
+        &input,
+        Body::Bytes(std::sync::Arc::from(raw[body_at..].to_vec())),
+        true,
+    );
+    match result {
+        Ok(r) => {
+            println!("verdict:  {:?}", r.output.verdict);
+            println!("changes:  {}", r.output.changes.len());
+            for c in &r.output.changes {
+                println!("  {c:?}");
+            }
+            let mut state = input.state.clone();
+            for c in &r.output.changes {
+                state.apply(c);
+            }
+            println!("recipients after:");
+            for rc in &state.envelope.recipients {
+                println!("  {} {:?}", rc.address, rc.state);
+            }
+            println!("log:");
+            for l in &r.logs {
+                println!("  {:?} {}", l.level, l.text);
+            }
+            println!("time:     {:.1} µs", r.elapsed.as_secs_f64() * 1e6);
+            Ok(())
+        }
+        Err(e) => {
+            println!("fault:    {e}");
+            Err(e.into())
+        }
+    }
 }

@@ -112,3 +112,110 @@ fn plugin_check_refuses_what_would_not_load() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("loads:    no"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.wasm"));
 }
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{:?} failed:\n{}\n{}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn plugin_new_builds_tests_and_runs_with_plugin_test() {
+    let dir = TestDir::new("plugin-new");
+    let krate = dir.path().join("greeter");
+    run_ok(
+        Command::new(finaldot_bin())
+            .args(["plugin", "new", "greeter", "--dir"])
+            .arg(&krate),
+    );
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/author-test");
+    // Its own test passes with no edits...
+    run_ok(
+        Command::new(cargo())
+            .arg("test")
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(&krate),
+    );
+    // ...it builds for wasm...
+    run_ok(
+        Command::new(cargo())
+            .args(["build", "--release", "--target", "wasm32-unknown-unknown"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(&krate),
+    );
+    let wasm = target.join("wasm32-unknown-unknown/release/greeter.wasm");
+    assert!(run_ok(
+        Command::new(finaldot_bin())
+            .args(["plugin", "check"])
+            .arg(&wasm)
+    )
+    .contains("loads:    yes"));
+    // ...and runs on a message outside the daemon.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hello.eml");
+    let out = run_ok(
+        Command::new(finaldot_bin())
+            .args(["plugin", "test"])
+            .arg(&wasm)
+            .arg(&fixture),
+    );
+    assert!(out.contains("verdict:  Continue"), "{out}");
+    assert!(out.contains("X-Processed-By"), "{out}");
+    assert!(out.contains("1 recipient(s), tagged greeter"), "{out}");
+    assert!(out.contains("time:"), "{out}");
+}
+
+#[test]
+fn plugin_test_uses_the_configured_settings_and_grants() {
+    let dir = TestDir::new("plugin-test");
+    let mail = dir.path().join("mail");
+    let cfg = dir.path().join("finaldot.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[domains.localhost]\n[[plugins]]\nname = \"local-delivery\"\nfile = \"local_delivery.wasm\"\ndirs = [{{ name = \"mail\", path = {mail:?}, writable = true }}]\nconfig = {{ domains = [\"localhost\"], users = [\"alice\"] }}\n"
+        ),
+    )
+    .expect("config");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hello.eml");
+    let out = run_ok(
+        Command::new(finaldot_bin())
+            .args(["plugin", "test"])
+            .arg(finaldot_e2e::wasm("local_delivery"))
+            .arg(&fixture)
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--to", "alice@localhost", "--to", "mallory@localhost"]),
+    );
+    assert!(out.contains("alice@localhost Delivered"), "{out}");
+    assert!(out.contains("mallory@localhost Failed"), "{out}");
+    let files: Vec<_> = std::fs::read_dir(mail.join("alice/Maildir/new"))
+        .expect("maildir")
+        .collect();
+    assert_eq!(files.len(), 1);
+    // A plugin that faults makes the command fail, with the fault printed.
+    let out = Command::new(finaldot_bin())
+        .args(["plugin", "test"])
+        .arg(finaldot_e2e::wasm("local_delivery"))
+        .arg(&fixture)
+        .output()
+        .expect("run");
+    assert!(
+        !out.status.success(),
+        "local-delivery without its config must refuse to load"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("domains"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -164,9 +164,19 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
             return Ok(());
         }
     };
-    let mut progress = match spool.load_progress(id)? {
-        Some(p) => p,
-        None => new_progress(&path, &header)?,
+    let mut progress = match spool.load_progress(id) {
+        Ok(Some(p)) => p,
+        Ok(None) => new_progress(&path, &header)?,
+        Err(e) => {
+            // Never let a bad record stop a message: keep it for inspection and
+            // start over from the first stage (stages are idempotent).
+            let kept = spool
+                .dir(QueueState::Corrupt)
+                .join(format!("{id}.progress"));
+            let _ = std::fs::rename(spool.progress_path(id), &kept);
+            error!(error = %e, kept = %kept.display(), "progress record unreadable; the message starts over from its first stage");
+            new_progress(&path, &header)?
+        }
     };
     progress.attempts += 1;
     progress.hold_reason = None;
