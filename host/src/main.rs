@@ -585,7 +585,7 @@ fn plugin_test(
             println!("verdict:  {:?}", r.output.verdict);
             println!("changes:  {}", r.output.changes.len());
             for c in &r.output.changes {
-                println!("  {c:?}");
+                println!("  {c}");
             }
             let mut state = input.state.clone();
             for c in &r.output.changes {

@@ -211,6 +211,29 @@ pub enum Change {
     },
 }
 
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::AddHeader(h) => write!(f, "add header {}: {}", h.name, h.text()),
+            Change::PrependHeader(h) => write!(f, "prepend header {}: {}", h.name, h.text()),
+            Change::RemoveHeader { name } => write!(f, "remove header {name}"),
+            Change::ReplaceHeader(h) => write!(f, "replace header {}: {}", h.name, h.text()),
+            Change::AddRecipient { address, original } => match original {
+                Some(o) => write!(f, "add recipient <{address}> (from <{o}>)"),
+                None => write!(f, "add recipient <{address}>"),
+            },
+            Change::RemoveRecipient { address } => write!(f, "remove recipient <{address}>"),
+            Change::RewriteRecipient { from, to } => write!(f, "rewrite recipient <{from}> to <{to}>"),
+            Change::SetSender { address } => write!(f, "set sender <{address}>"),
+            Change::MarkDelivered { address, note } => write!(f, "<{address}> delivered: {note}"),
+            Change::MarkFailed { address, status, reason } => {
+                write!(f, "<{address}> failed {status}: {reason}")
+            }
+            Change::MarkDeferred { address, reason } => write!(f, "<{address}> deferred: {reason}"),
+        }
+    }
+}
+
 impl MessageState {
     fn recipient_mut(&mut self, address: &str) -> Option<&mut Recipient> {
         self.envelope
