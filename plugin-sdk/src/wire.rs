@@ -223,10 +223,16 @@ impl std::fmt::Display for Change {
                 None => write!(f, "add recipient <{address}>"),
             },
             Change::RemoveRecipient { address } => write!(f, "remove recipient <{address}>"),
-            Change::RewriteRecipient { from, to } => write!(f, "rewrite recipient <{from}> to <{to}>"),
+            Change::RewriteRecipient { from, to } => {
+                write!(f, "rewrite recipient <{from}> to <{to}>")
+            }
             Change::SetSender { address } => write!(f, "set sender <{address}>"),
             Change::MarkDelivered { address, note } => write!(f, "<{address}> delivered: {note}"),
-            Change::MarkFailed { address, status, reason } => {
+            Change::MarkFailed {
+                address,
+                status,
+                reason,
+            } => {
                 write!(f, "<{address}> failed {status}: {reason}")
             }
             Change::MarkDeferred { address, reason } => write!(f, "<{address}> deferred: {reason}"),

@@ -14,6 +14,17 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+/// Lowers the calling thread's priority (Linux, per thread), so that a load
+/// generator on the same machine as the server under test does not take the
+/// server's CPU: real clients are elsewhere. Applied alike whatever the server.
+fn yield_to_server(nice: i32) {
+    #[allow(unsafe_code)]
+    // SAFETY: a plain system call on the calling thread; no memory involved.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+    }
+}
+
 /// What to send.
 #[derive(Debug, Clone)]
 pub struct LoadSpec {
@@ -33,6 +44,8 @@ pub struct LoadSpec {
     pub domain: String,
     /// Local part of the recipients (`user`, then `user1`, `user2`… for several).
     pub user: String,
+    /// Niceness of the load threads (0 = as the caller).
+    pub nice: i32,
 }
 
 /// What a run measured.
@@ -163,6 +176,9 @@ pub fn run(spec: &LoadSpec) -> LoadReport {
                 first_error.clone(),
             );
             std::thread::spawn(move || {
+                if spec.nice > 0 {
+                    yield_to_server(spec.nice);
+                }
                 let mut local =
                     Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("bounds");
                 let mut conn: Option<Conn> = None;

@@ -34,7 +34,10 @@ fn the_plugin_tutorial_runs_as_written() {
     let blocks = tutorial_blocks();
     assert!(blocks.len() >= 5, "tutorial blocks not found: {blocks:?}");
     let dir = TestDir::new("tutorial");
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("repo");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repo");
     let bin_dir = finaldot_bin().parent().expect("bin dir").to_path_buf();
     let pid_file = dir.path().join("tutorial/daemon.pid");
     let script = format!(
@@ -49,7 +52,11 @@ fn the_plugin_tutorial_runs_as_written() {
         .env("FINALDOT_SRC", &repo)
         .env(
             "PATH",
-            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default()),
+            format!(
+                "{}:{}",
+                bin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
         )
         .env("RUST_LOG", "info")
         .output()
@@ -61,6 +68,9 @@ fn the_plugin_tutorial_runs_as_written() {
         "the tutorial failed:\n--- stdout\n{stdout}\n--- stderr\n{}\n--- daemon log\n{log}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("X-Greeting: hello from the tutorial"), "{stdout}");
+    assert!(
+        stdout.contains("X-Greeting: hello from the tutorial"),
+        "{stdout}"
+    );
     assert!(stdout.contains("loads:    yes"), "{stdout}");
 }

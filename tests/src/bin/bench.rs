@@ -46,6 +46,11 @@ struct Args {
     /// Only these concurrencies.
     #[arg(long, value_delimiter = ',')]
     only_concurrency: Vec<usize>,
+    /// Niceness of the load generator's threads: real clients are on other
+    /// machines, so by default the local client yields the CPU to the server
+    /// (finaldot and the --compare server alike).
+    #[arg(long, default_value_t = 10)]
+    client_nice: i32,
     /// Write the results as JSON lines here too.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -160,6 +165,7 @@ fn run_cell(args: &Args, chain: &str, concurrency: usize, size: usize) -> Cell {
         recipients: 1,
         domain: "localhost".into(),
         user: "alice".into(),
+        nice: args.client_nice,
     };
     let before = count_files(&maildir);
     let t = Instant::now();
@@ -292,6 +298,7 @@ fn main() {
                 recipients: 1,
                 domain: domain.into(),
                 user: user.into(),
+                nice: args.client_nice,
             });
             let cell = Cell {
                 chain: "other".into(),

@@ -35,6 +35,9 @@ struct Args {
     /// First recipient address.
     #[arg(long, default_value = "alice@localhost")]
     to: String,
+    /// Niceness of the client threads (so a server on the same machine gets the CPU first).
+    #[arg(long, default_value_t = 0)]
+    nice: i32,
 }
 
 fn main() {
@@ -53,6 +56,7 @@ fn main() {
         recipients: a.recipients.max(1),
         domain: domain.to_string(),
         user: user.to_string(),
+        nice: a.nice,
     };
     let report = run(&spec);
     println!("{report}");
