@@ -48,6 +48,9 @@ dirs = [{ name = "mail", path = "var/mail", writable = true }]
 [plugins.config]
 domains = ["localhost", "example.test"]
 aliases = { postmaster = "root", abuse = "root", mailer-daemon = "root" }
+
+[metrics]
+listen = "127.0.0.1:9425"
 "#;
 
 /// RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.
@@ -104,6 +107,17 @@ pub struct RawConfig {
     /// The plugin chain, in order.
     #[serde(default)]
     pub plugins: Vec<RawPlugin>,
+    /// Metrics and the status page.
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// `[metrics]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Where to serve `/metrics` and the status page (IP:PORT); absent = off.
+    pub listen: Option<String>,
 }
 
 /// `[pipeline]` as written.
@@ -219,6 +233,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// The plugin chain, in order.
     pub plugins: Vec<PluginSpec>,
+    /// Where `/metrics` and the status page are served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Validated `[pipeline]`.
@@ -593,7 +609,26 @@ impl RawConfig {
             });
         }
 
+        let metrics_listen = match self.metrics.listen {
+            None => None,
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "metrics.listen",
+                    format!("{a:?} is not IP:PORT (for example \"127.0.0.1:9425\")"),
+                )
+            })?),
+        };
+        if let Some(m) = metrics_listen {
+            if listen.contains(&m) && m.port() != 0 {
+                return Err(invalid(
+                    "metrics.listen",
+                    format!("{m} is also an SMTP listen address"),
+                ));
+            }
+        }
+
         Ok(Config {
+            metrics_listen,
             pipeline: PipelineConfig {
                 workers,
                 plugin_dir,

@@ -111,6 +111,11 @@ impl Daemon {
         let server = Server::bind(&config, spool.clone())
             .await
             .map_err(StartError::Listen)?;
+        if let Some(addr) = config.metrics_listen {
+            crate::metrics::serve(addr, spool.clone(), chain::status_path(&config.data_dir))
+                .await
+                .map_err(StartError::Listen)?;
+        }
         if config.plugins.is_empty() {
             warn!("no plugins configured: accepted mail stays in the queue (see [[plugins]] in finaldot.example.toml)");
         }

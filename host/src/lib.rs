@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod metrics;
 pub mod pipeline;
 pub mod plugins;
 pub mod queue;

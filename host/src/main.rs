@@ -30,6 +30,9 @@ enum Command {
         /// Listen here instead of the configuration's smtp.listen (repeatable; IP:PORT).
         #[arg(long)]
         listen: Vec<std::net::SocketAddr>,
+        /// Serve metrics and the status page here instead of metrics.listen (IP:PORT).
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Validate a configuration file without starting (no file: the embedded default).
     CheckConfig {
@@ -174,9 +177,10 @@ fn main() -> ExitCode {
             config,
             log_format,
             listen,
+            metrics_listen,
         } => {
             init_logging(log_format);
-            run(config, listen)
+            run(config, listen, metrics_listen)
         }
         Command::CheckConfig { file } => check_config(file),
         Command::Plugin(PluginCommand::Check { file }) => plugin_check(&file),
@@ -205,11 +209,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Option<PathBuf>, listen: Vec<std::net::SocketAddr>) -> anyhow::Result<()> {
+fn run(
+    config: Option<PathBuf>,
+    listen: Vec<std::net::SocketAddr>,
+    metrics_listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     let config_path = config;
     let mut config = Config::load(config_path.as_deref())?;
     if !listen.is_empty() {
         config.smtp.listen = listen;
+    }
+    if metrics_listen.is_some() {
+        config.metrics_listen = metrics_listen;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

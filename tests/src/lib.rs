@@ -120,10 +120,15 @@ impl Daemon {
     }
 
     /// Starts `finaldot run` with no configuration file (the embedded default)
-    /// in `dir` as its working directory, on 127.0.0.1 port 0.
+    /// in `dir` as its working directory, SMTP and metrics on 127.0.0.1 port 0.
     pub fn start_default(dir: &Path) -> Daemon {
-        let args: Vec<std::ffi::OsString> =
-            vec!["run".into(), "--listen".into(), "127.0.0.1:0".into()];
+        let args: Vec<std::ffi::OsString> = vec![
+            "run".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+        ];
         Daemon::spawn(dir, &args, dir.join("var"))
     }
 

@@ -234,6 +234,10 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
         };
         match plugin.call(&input, body.clone(), false) {
             Err(e) => {
+                let l = crate::metrics::labels(&[("plugin", name), ("version", &e.version)]);
+                let m = crate::metrics::global();
+                m.plugin_calls.get_or_create(&l).inc();
+                m.plugin_faults.get_or_create(&l).inc();
                 progress.faults += 1;
                 progress.last_error = Some(e.to_string());
                 record(
@@ -248,12 +252,21 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
                     progress.hold_reason = Some(reason);
                     spool.save_progress(id, &progress)?;
                     spool.hold(id)?;
+                    crate::metrics::global().holds.inc();
                     return Ok(());
                 }
                 warn!(plugin = %name, error = %e, faults = progress.faults, "plugin fault; message deferred");
                 return defer(ctx, id, &mut progress, &header, None);
             }
             Ok(result) => {
+                let m = crate::metrics::global();
+                let secs = result.elapsed.as_secs_f64();
+                let l = crate::metrics::labels(&[("plugin", name), ("version", &result.version)]);
+                m.plugin_calls.get_or_create(&l).inc();
+                m.plugin_call_seconds.get_or_create(&l).observe(secs);
+                m.stage_seconds
+                    .get_or_create(&crate::metrics::labels(&[("plugin", name)]))
+                    .observe(secs);
                 progress.faults = 0;
                 let was_deferred: Vec<bool> = progress
                     .state
@@ -314,6 +327,7 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
                         progress.hold_reason = Some(format!("{name}: {reason}"));
                         spool.save_progress(id, &progress)?;
                         spool.hold(id)?;
+                        crate::metrics::global().holds.inc();
                         return Ok(());
                     }
                     Verdict::Bounce { code, status, text } => {
@@ -413,10 +427,15 @@ fn finish(
     header: &Header,
 ) -> Result<(), spool::Error> {
     let notified = notify_failures(ctx, id, progress, header)?;
+    let m = crate::metrics::global();
     for r in &progress.state.envelope.recipients {
         match &r.state {
-            RecipientState::Delivered { note } => info!(to = %r.address, note = %note, "delivered"),
+            RecipientState::Delivered { note } => {
+                m.deliveries.inc();
+                info!(to = %r.address, note = %note, "delivered")
+            }
             RecipientState::Failed { status, reason } => {
+                m.bounces.inc();
                 info!(to = %r.address, status = %status, reason = %reason, "failed")
             }
             _ => {}
@@ -519,6 +538,7 @@ fn send_dsn(
     let mut w = spool.begin(&env)?;
     w.write(&msg)?;
     let dsn_id = spool.commit_blocking(w.finish()?)?;
+    crate::metrics::global().dsns.inc();
     info!(dsn_queue_id = %dsn_id, to = %sender, kind = ?kind, recipients = recipients.len(), "DSN queued for the sender");
     Ok(())
 }
@@ -599,6 +619,7 @@ fn defer(
     progress.next_attempt = now + delay;
     ctx.spool.save_progress(id, progress)?;
     ctx.spool.defer(id, progress.next_attempt)?;
+    crate::metrics::global().deferrals.inc();
     info!(
         delay_secs = delay,
         attempts = progress.attempts,

@@ -327,7 +327,12 @@ async fn connection(
         return;
     };
     debug!("connected");
+    let m = crate::metrics::global();
+    m.connections.inc();
+    m.connections_open.inc();
     let mut conn = Conn {
+        refusing: false,
+        ack_started: None,
         stream,
         session: Session::new(session_config.clone(), peer.ip()),
         hostname: session_config.hostname.clone(),
@@ -346,6 +351,7 @@ async fn connection(
         sink.discard().await;
     }
     debug!("disconnected");
+    crate::metrics::global().connections_open.dec();
 }
 
 /// The message being received: its spool file and content not yet written.
@@ -450,6 +456,10 @@ pub fn received_header(env: &Envelope, hostname: &str, id: &str) -> String {
 }
 
 struct Conn {
+    /// The next reply ends a refused message (counted in the metrics).
+    refusing: bool,
+    /// When the current message's commit began (for the ack-latency histogram).
+    ack_started: Option<std::time::Instant>,
     stream: TcpStream,
     session: Session,
     hostname: String,
@@ -493,6 +503,11 @@ impl Conn {
                 return Ok(());
             }
             self.send().await?;
+            if let Some(t) = self.ack_started.take() {
+                crate::metrics::global()
+                    .ack_latency
+                    .observe(t.elapsed().as_secs_f64());
+            }
             if self.deadline.is_some() && !self.session.in_message() {
                 let r = self.session.shutdown();
                 return self.send_final(r).await;
@@ -535,7 +550,19 @@ impl Conn {
             match self.session.next_step() {
                 Step::NeedInput => return Ok(false),
                 Step::Close => return Ok(true),
-                Step::Reply(r) => r.write_to(&mut self.out),
+                Step::Reply(r) => {
+                    if std::mem::take(&mut self.refusing) && r.is_error() {
+                        let code = r.code.to_string();
+                        crate::metrics::global()
+                            .messages
+                            .get_or_create(&crate::metrics::labels(&[
+                                ("result", "refused"),
+                                ("code", &code),
+                            ]))
+                            .inc();
+                    }
+                    r.write_to(&mut self.out)
+                }
                 Step::Begin(env) => {
                     let r = self.begin(env).await;
                     self.session.begun(r);
@@ -546,12 +573,26 @@ impl Conn {
                     }
                 }
                 Step::Abort => {
+                    self.refusing = true;
                     if let Some(sink) = self.sink.take() {
                         sink.discard().await;
                     }
                 }
                 Step::Commit => {
+                    self.ack_started = Some(std::time::Instant::now());
                     let r = self.commit().await;
+                    let m = crate::metrics::global();
+                    let code = match &r {
+                        Ok(_) => "250".to_string(),
+                        Err(reply) => reply.code.to_string(),
+                    };
+                    let result = if r.is_ok() { "accepted" } else { "refused" };
+                    m.messages
+                        .get_or_create(&crate::metrics::labels(&[
+                            ("result", result),
+                            ("code", &code),
+                        ]))
+                        .inc();
                     self.session.committed(r);
                 }
             }
@@ -594,6 +635,7 @@ impl Conn {
         };
         match sink.commit(&self.shared.spool).await {
             Ok((id, size, env)) => {
+                crate::metrics::global().message_bytes.inc_by(size);
                 let from = if env.mail_from.is_empty() {
                     "<>"
                 } else {

@@ -1,0 +1,448 @@
+//! Metrics and the status page: counters and histograms every part of the
+//! daemon updates, served in the Prometheus text format at `/metrics` and as a
+//! self-refreshing HTML page at `/` on a local address of their own
+//! (`[metrics] listen`), never on the SMTP ports.
+//!
+//! Names follow Prometheus conventions (`finaldot_…_total`, `_seconds`, base
+//! units). Queue sizes are counted from the spool directories at each scrape.
+//!
+//! SECURITY: the page is read-only and shows queue counts and plugin names,
+//! nothing from messages; bind it to loopback or a management network.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tracing::{info, warn};
+
+use crate::spool::{QueueState, Spool};
+
+/// Label pairs.
+pub type Labels = Vec<(String, String)>;
+
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~26 s
+    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+}
+
+/// Every metric of the daemon.
+pub struct Metrics {
+    registry: Registry,
+    /// SMTP connections accepted.
+    pub connections: Counter,
+    /// SMTP connections open now.
+    pub connections_open: Gauge,
+    /// Messages at the end of DATA/BDAT, by result and reply code.
+    pub messages: Family<Labels, Counter>,
+    /// Bytes of accepted messages.
+    pub message_bytes: Counter,
+    /// Time from the end of the message to its reply being sent.
+    pub ack_latency: Histogram,
+    /// Messages in each queue state (set at scrape time).
+    pub queue: Family<Labels, Gauge>,
+    /// Pipeline stage duration, by plugin.
+    pub stage_seconds: HistogramFamily,
+    /// Plugin calls, by plugin and version.
+    pub plugin_calls: Family<Labels, Counter>,
+    /// Plugin faults, by plugin and version.
+    pub plugin_faults: Family<Labels, Counter>,
+    /// Plugin call time, by plugin and version.
+    pub plugin_call_seconds: HistogramFamily,
+    /// Recipients delivered.
+    pub deliveries: Counter,
+    /// Recipients failed permanently (reported in a DSN).
+    pub bounces: Counter,
+    /// Messages deferred.
+    pub deferrals: Counter,
+    /// Messages held.
+    pub holds: Counter,
+    /// DSNs queued.
+    pub dsns: Counter,
+}
+
+/// The daemon's metrics.
+pub fn global() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+/// Labels from pairs.
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("finaldot");
+        let m = Metrics {
+            connections: Counter::default(),
+            connections_open: Gauge::default(),
+            messages: Family::default(),
+            message_bytes: Counter::default(),
+            ack_latency: latency_histogram(),
+            queue: Family::default(),
+            stage_seconds: Family::new_with_constructor(latency_histogram),
+            plugin_calls: Family::default(),
+            plugin_faults: Family::default(),
+            plugin_call_seconds: Family::new_with_constructor(latency_histogram),
+            deliveries: Counter::default(),
+            bounces: Counter::default(),
+            deferrals: Counter::default(),
+            holds: Counter::default(),
+            dsns: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "smtp_connections",
+            "SMTP connections accepted",
+            m.connections.clone(),
+        );
+        registry.register(
+            "smtp_connections_open",
+            "SMTP connections open now",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "smtp_messages",
+            "Messages at the end of DATA/BDAT, by result and reply code",
+            m.messages.clone(),
+        );
+        registry.register(
+            "smtp_message_bytes",
+            "Bytes of accepted messages",
+            m.message_bytes.clone(),
+        );
+        registry.register(
+            "smtp_ack_latency_seconds",
+            "From the end of a message to its reply",
+            m.ack_latency.clone(),
+        );
+        registry.register(
+            "queue_messages",
+            "Messages in each queue state",
+            m.queue.clone(),
+        );
+        registry.register(
+            "pipeline_stage_duration_seconds",
+            "Pipeline stage duration, by plugin",
+            m.stage_seconds.clone(),
+        );
+        registry.register(
+            "plugin_calls",
+            "Plugin calls, by plugin and version",
+            m.plugin_calls.clone(),
+        );
+        registry.register(
+            "plugin_faults",
+            "Plugin faults, by plugin and version",
+            m.plugin_faults.clone(),
+        );
+        registry.register(
+            "plugin_call_duration_seconds",
+            "Plugin call time, by plugin and version",
+            m.plugin_call_seconds.clone(),
+        );
+        registry.register("deliveries", "Recipients delivered", m.deliveries.clone());
+        registry.register(
+            "bounces",
+            "Recipients failed permanently",
+            m.bounces.clone(),
+        );
+        registry.register("deferrals", "Messages deferred", m.deferrals.clone());
+        registry.register("holds", "Messages held", m.holds.clone());
+        registry.register(
+            "dsns",
+            "Delivery status notifications queued",
+            m.dsns.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition, with queue sizes counted now.
+    pub fn render(&self, spool: &Spool) -> String {
+        for state in [
+            QueueState::Incoming,
+            QueueState::Active,
+            QueueState::Deferred,
+            QueueState::Hold,
+            QueueState::Corrupt,
+        ] {
+            let n = std::fs::read_dir(spool.dir(state))
+                .map(|r| r.count())
+                .unwrap_or(0);
+            self.queue
+                .get_or_create(&labels(&[("state", state.dir_name())]))
+                .set(n as i64);
+        }
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// A histogram read back from the exposition: (upper bound, cumulative count).
+fn buckets(text: &str, metric: &str, label_filter: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{metric}_bucket{{");
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(label_filter))
+    {
+        let le = line
+            .split("le=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .map(|s| {
+                if s == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    s.parse().unwrap_or(f64::INFINITY)
+                }
+            });
+        let count = line.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok());
+        if let (Some(le), Some(count)) = (le, count) {
+            out.push((le, count));
+        }
+    }
+    out
+}
+
+/// The q-quantile from cumulative buckets (as Prometheus' histogram_quantile).
+fn quantile(b: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = b.last()?.1;
+    if total == 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, c) in b {
+        if c >= rank {
+            if le.is_infinite() {
+                return Some(prev.0);
+            }
+            let within = if c > prev.1 {
+                (rank - prev.1) / (c - prev.1)
+            } else {
+                1.0
+            };
+            return Some(prev.0 + (le - prev.0) * within);
+        }
+        prev = (le, c);
+    }
+    None
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map(|s| format!("{:.2} ms", s * 1000.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The status page.
+fn status_page(metrics_text: &str, plugins_json: &str) -> String {
+    let value = |name: &str| -> String {
+        metrics_text
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or("0")
+            .to_string()
+    };
+    let mut queue_rows = String::new();
+    for state in ["incoming", "active", "deferred", "hold", "corrupt"] {
+        let n = metrics_text
+            .lines()
+            .find(|l| {
+                l.starts_with("finaldot_queue_messages{")
+                    && l.contains(&format!("state=\"{state}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or("0");
+        queue_rows.push_str(&format!("<tr><td>{state}</td><td class=n>{n}</td></tr>"));
+    }
+    let ack = buckets(metrics_text, "finaldot_smtp_ack_latency_seconds", "");
+    let mut ack_rows = String::new();
+    let mut prev = 0.0;
+    let total = ack.last().map(|b| b.1).unwrap_or(0.0).max(1.0);
+    for (le, c) in &ack {
+        let n = c - prev;
+        prev = *c;
+        if n == 0.0 {
+            continue;
+        }
+        let width = (300.0 * n / total).ceil() as u32;
+        let bound = if le.is_infinite() {
+            "more".to_string()
+        } else {
+            format!("≤ {:.2} ms", le * 1000.0)
+        };
+        ack_rows.push_str(&format!(
+            "<tr><td>{bound}</td><td class=n>{n}</td><td><div class=bar style=\"width:{width}px\"></div></td></tr>"
+        ));
+    }
+    let mut plugin_rows = String::new();
+    let plugins: Vec<serde_json::Value> = serde_json::from_str(plugins_json).unwrap_or_default();
+    for p in &plugins {
+        let name = p["name"].as_str().unwrap_or("?");
+        let filter = format!("plugin=\"{name}\"");
+        let b = buckets(
+            metrics_text,
+            "finaldot_plugin_call_duration_seconds",
+            &filter,
+        );
+        let state = if p["loaded"].as_bool().unwrap_or(false) {
+            html_escape(p["version"].as_str().unwrap_or(""))
+        } else {
+            format!(
+                "<b>not loaded</b>: {}",
+                html_escape(p["error"].as_str().unwrap_or(""))
+            )
+        };
+        plugin_rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td></tr>",
+            html_escape(name),
+            state,
+            p["calls"].as_u64().unwrap_or(0),
+            p["faults"].as_u64().unwrap_or(0),
+            ms(quantile(&b, 0.5)),
+            ms(quantile(&b, 0.99)),
+        ));
+    }
+    format!(
+        r#"<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+<title>finaldot status</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222 }}
+table {{ border-collapse: collapse; margin-bottom: 1.5em }}
+td, th {{ padding: 2px 10px; border-bottom: 1px solid #ddd; text-align: left }}
+td.n {{ text-align: right; font-variant-numeric: tabular-nums }}
+.bar {{ background: #4a7; height: 10px }}
+</style></head><body>
+<h1>finaldot</h1>
+<p>Accepted: {accepted} messages, {bytes} bytes. Connections open: {open}. Delivered: {deliveries} recipients; bounced: {bounces}; deferrals: {deferrals}; holds: {holds}. Refreshes every 5 s. <a href="/metrics">/metrics</a></p>
+<h2>Queue</h2>
+<table><tr><th>state</th><th>messages</th></tr>{queue_rows}</table>
+<h2>Ack latency (end of message → 250), p50 {p50}, p99 {p99}</h2>
+<table><tr><th>bucket</th><th>messages</th><th></th></tr>{ack_rows}</table>
+<h2>Plugins</h2>
+<table><tr><th>name</th><th>version</th><th>calls</th><th>faults</th><th>p50</th><th>p99</th></tr>{plugin_rows}</table>
+</body></html>
+"#,
+        accepted = metrics_text
+            .lines()
+            .filter(|l| l.starts_with("finaldot_smtp_messages_total{")
+                && l.contains("result=\"accepted\""))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum::<f64>(),
+        bytes = value("finaldot_smtp_message_bytes_total"),
+        open = value("finaldot_smtp_connections_open"),
+        deliveries = value("finaldot_deliveries_total"),
+        bounces = value("finaldot_bounces_total"),
+        deferrals = value("finaldot_deferrals_total"),
+        holds = value("finaldot_holds_total"),
+        p50 = ms(quantile(&ack, 0.5)),
+        p99 = ms(quantile(&ack, 0.99)),
+    )
+}
+
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    spool: Arc<Spool>,
+    plugins_status: Arc<PathBuf>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let text = || global().render(&spool);
+    let (status, ctype, body) = match req.uri().path() {
+        "/metrics" => (200, "text/plain; version=0.0.4; charset=utf-8", text()),
+        "/" => {
+            let plugins =
+                std::fs::read_to_string(plugins_status.as_ref()).unwrap_or_else(|_| "[]".into());
+            (
+                200,
+                "text/html; charset=utf-8",
+                status_page(&text(), &plugins),
+            )
+        }
+        _ => (404, "text/plain; charset=utf-8", "not found\n".to_string()),
+    };
+    let resp = Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .body(Full::new(Bytes::from(body)));
+    Ok(resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"error")))))
+}
+
+/// Serves `/metrics` and `/` on `addr`; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    spool: Arc<Spool>,
+    plugins_status: PathBuf,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("metrics: cannot listen on {addr}: {e}"))
+    })?;
+    let bound = listener.local_addr()?;
+    let plugins_status = Arc::new(plugins_status);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (spool, plugins_status) = (spool.clone(), plugins_status.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    handle(req, spool.clone(), plugins_status.clone())
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await
+                {
+                    warn!(error = %e, "metrics connection");
+                }
+            });
+        }
+    });
+    info!(addr = %bound, "metrics and status page on http://{bound}/");
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let b = vec![
+            (0.001, 0.0),
+            (0.002, 50.0),
+            (0.004, 100.0),
+            (f64::INFINITY, 100.0),
+        ];
+        let p50 = quantile(&b, 0.5).expect("p50");
+        assert!((p50 - 0.002).abs() < 1e-9, "{p50}");
+        let p99 = quantile(&b, 0.99).expect("p99");
+        assert!(p99 > 0.0038 && p99 <= 0.004, "{p99}");
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+}
