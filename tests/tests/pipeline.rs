@@ -19,6 +19,20 @@ fn config(dir: &Path, plugins: &str) -> String {
     )
 }
 
+/// A config whose only plugin defers every message, with these `[pipeline]` settings.
+fn always_defer(dir: &Path, pipeline: &str) -> String {
+    let plugins = plugin_toml(
+        "later",
+        "finaldot_testbed",
+        "config = { mode = \"verdict\", verdict = \"defer\" }",
+    );
+    test_config(
+        dir,
+        "",
+        &format!("[pipeline]\nrescan_secs = 1\n{pipeline}\n\n{plugins}"),
+    )
+}
+
 fn deliver_to(out: &Path, extra: &str) -> String {
     plugin_toml(
         "deliver",
@@ -317,15 +331,9 @@ fn kill9_mid_chain_resumes_at_the_next_stage_without_repeating_one() {
 #[test]
 fn queue_commands_list_show_hold_release_retry_bounce_delete() {
     let dir = TestDir::new("queue-cmds");
-    let plugins = plugin_toml(
-        "later",
-        "finaldot_testbed",
-        "config = { mode = \"verdict\", verdict = \"defer\" }",
-    );
-    let cfg = test_config(
+    let cfg = always_defer(
         dir.path(),
-        "",
-        &format!("[pipeline]\nretry_min_secs = 3600\nretry_max_secs = 7200\nrescan_secs = 1\ndelay_warning_secs = 0\n\n{plugins}"),
+        "retry_min_secs = 3600\nretry_max_secs = 7200\ndelay_warning_secs = 0",
     );
     let mut d = Daemon::start_with(dir.path(), &cfg);
     let a = send(
@@ -428,15 +436,9 @@ fn queue_commands_list_show_hold_release_retry_bounce_delete() {
 #[test]
 fn delay_warning_then_bounce_when_the_queue_lifetime_runs_out() {
     let dir = TestDir::new("lifetime");
-    let plugins = plugin_toml(
-        "later",
-        "finaldot_testbed",
-        "config = { mode = \"verdict\", verdict = \"defer\" }",
-    );
-    let cfg = test_config(
+    let cfg = always_defer(
         dir.path(),
-        "",
-        &format!("[pipeline]\nretry_min_secs = 1\nretry_max_secs = 1\nrescan_secs = 1\ndelay_warning_secs = 1\nmax_queue_lifetime_secs = 3\n\n{plugins}"),
+        "retry_min_secs = 1\nretry_max_secs = 1\ndelay_warning_secs = 1\nmax_queue_lifetime_secs = 3",
     );
     let d = Daemon::start_with(dir.path(), &cfg);
     let id = send(

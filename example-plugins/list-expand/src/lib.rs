@@ -311,6 +311,15 @@ mod tests {
         }
     }
 
+    fn addresses(out: &finaldot_sdk::testing::Outcome) -> Vec<&str> {
+        out.state
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect()
+    }
+
     fn run(files: &[(&str, &str)], msg: TestMessage) -> finaldot_sdk::testing::Outcome {
         let dir = Lists::new(files);
         let mut host = TestHost::new();
@@ -328,13 +337,7 @@ mod tests {
             TestMessage::from_eml(b"Subject: hi\r\n\r\nx\r\n").sender("carol@x.test").recipient("team@localhost"),
         );
         assert_eq!(out.verdict, Verdict::Continue);
-        let addrs: Vec<_> = out
-            .state
-            .envelope
-            .recipients
-            .iter()
-            .map(|r| r.address.as_str())
-            .collect();
+        let addrs = addresses(&out);
         assert_eq!(
             addrs,
             ["team@localhost", "alice@localhost", "bob@localhost"]
@@ -382,13 +385,7 @@ mod tests {
             ],
             TestMessage::from_eml(b"Subject: x\r\n\r\n").recipient("all@localhost"),
         );
-        let addrs: Vec<_> = out
-            .state
-            .envelope
-            .recipients
-            .iter()
-            .map(|r| r.address.as_str())
-            .collect();
+        let addrs = addresses(&out);
         assert_eq!(
             addrs,
             ["all@localhost", "alice@localhost", "carol@localhost"]
