@@ -118,3 +118,14 @@ fn kill9_under_load_loses_no_acked_message() {
         incoming.len()
     );
 }
+
+#[test]
+fn crash_soak_five_kills_nothing_lost_nothing_doubled() {
+    let report = finaldot_e2e::soak::run(5, 4, (300, 900));
+    eprintln!("{report}");
+    assert_eq!(report.kills, 5);
+    assert!(report.acked > 20, "too little mail got through: {report}");
+    assert_eq!(report.lost, 0, "{report}");
+    assert_eq!(report.duplicated, 0, "{report}");
+    assert_eq!(report.delivered, report.expected, "{report}");
+}
