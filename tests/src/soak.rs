@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use crate::{plugin_toml, test_config, Client, Daemon, QueueState, TestDir};
 
+/// A message that got a 250: its token and its recipients.
+type Acked = (String, Vec<String>);
+
 /// What a soak found.
 #[derive(Debug, Clone, Default)]
 pub struct SoakReport {
@@ -107,7 +110,7 @@ pub fn run(kills: usize, senders: usize, between: (u64, u64)) -> SoakReport {
     let addr: Arc<Mutex<SocketAddr>> = Arc::new(Mutex::new("127.0.0.1:9".parse().expect("addr")));
     let stop = Arc::new(AtomicBool::new(false));
     // token -> recipients, for messages that got a 250.
-    let acked: Arc<Mutex<Vec<(String, Vec<String>)>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
     let mut d = Daemon::start_with(dir.path(), &cfg);
     *addr.lock().expect("lock") = d.addr;
     quiet_sender_panics();
