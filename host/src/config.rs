@@ -206,6 +206,18 @@ pub struct RawSmtp {
     pub shutdown_grace_secs: Option<u64>,
     /// Separator of address extensions (`user+tag`); empty to turn off.
     pub recipient_delimiter: Option<String>,
+    /// STARTTLS certificate and key.
+    pub tls: Option<RawTls>,
+}
+
+/// `[smtp.tls]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 /// `[domains."name"]` as written.
@@ -283,6 +295,17 @@ pub struct SmtpConfig {
     pub data_timeout: Duration,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// STARTTLS certificate and key files, when TLS is offered.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Where the STARTTLS certificate chain and key are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 impl Config {
@@ -328,6 +351,7 @@ impl Config {
             max_recipients: self.smtp.max_recipients,
             max_errors: self.smtp.max_errors,
             recipients: self.recipients.clone(),
+            starttls: self.smtp.tls.is_some(),
         }
     }
 }
@@ -438,6 +462,14 @@ impl RawConfig {
                 ))
             }
         };
+
+        let tls = s.tls.map(|t| {
+            let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+            TlsFiles {
+                cert: abs(t.cert),
+                key: abs(t.key),
+            }
+        });
 
         if self.domains.is_empty() {
             return Err(invalid(
@@ -657,6 +689,7 @@ impl RawConfig {
                 command_timeout,
                 data_timeout,
                 shutdown_grace,
+                tls,
             },
             domains,
             recipients: Recipients::new(table, delimiter),

@@ -18,6 +18,7 @@ fn config() -> Arc<SessionConfig> {
             [("localhost".to_string(), DomainUsers::CatchAll)],
             Some('+'),
         ),
+        starttls: false,
     })
 }
 
@@ -66,6 +67,7 @@ fn run(input: &[u8], cuts: &[usize]) -> (Vec<u8>, usize) {
                     commits += 1;
                     s.committed(Ok("Q".into()))
                 }
+                Step::StartTls => s.tls_established("TLS".into()),
                 Step::Data(_) | Step::Abort => {}
             }
         }

@@ -19,6 +19,7 @@ fn parser() {
         max_recipients: 1000,
         max_errors: 20,
         recipients: Recipients::new([("localhost".to_string(), DomainUsers::CatchAll)], None),
+        starttls: false,
     });
     let mut body = Vec::new();
     let line: &[u8] = b"..a line of text that starts with a dot and is sixty-odd octets long\r\n";
@@ -66,6 +67,7 @@ fn spool_commits(concurrency: usize, total: usize) {
         received_at: 0,
         body_8bit: false,
         smtputf8: false,
+        tls: None,
     };
     let body = vec![b'x'; 4096];
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -534,6 +534,7 @@ fn send_dsn(
         received_at: now,
         body_8bit: true,
         smtputf8: !sender.is_ascii(),
+        tls: None,
     };
     let mut w = spool.begin(&env)?;
     w.write(&msg)?;

@@ -97,6 +97,8 @@ pub enum Command {
     Expn,
     /// HELP, with an optional topic.
     Help,
+    /// STARTTLS (RFC 3207).
+    StartTls,
     /// A command defined by an extension finaldot does not offer (yet).
     NotImplemented(&'static str),
 }
@@ -167,7 +169,7 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         }
         "EXPN" => Ok(Command::Expn),
         "HELP" => Ok(Command::Help),
-        "STARTTLS" => Ok(Command::NotImplemented("STARTTLS")),
+        "STARTTLS" => no_args(Command::StartTls, "STARTTLS"),
         "AUTH" => Ok(Command::NotImplemented("AUTH")),
         "ETRN" => Ok(Command::NotImplemented("ETRN")),
         "TURN" => Ok(Command::NotImplemented("TURN")),

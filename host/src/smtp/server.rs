@@ -71,9 +71,18 @@ struct Shared {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     total: Arc<Semaphore>,
     max_connections: Mutex<usize>,
+    /// The STARTTLS acceptor, when a certificate is configured.
+    tls: RwLock<Option<tokio_rustls::TlsAcceptor>>,
 }
 
 impl Shared {
+    fn tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        match self.tls.read() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
     fn session(&self) -> Arc<SessionConfig> {
         match self.session.read() {
             Ok(s) => s.clone(),
@@ -121,6 +130,10 @@ impl Server {
                 per_ip: Mutex::new(HashMap::new()),
                 total: Arc::new(Semaphore::new(config.smtp.max_connections)),
                 max_connections: Mutex::new(config.smtp.max_connections),
+                tls: RwLock::new(match &config.smtp.tls {
+                    Some(files) => Some(tls_acceptor(files)?),
+                    None => None,
+                }),
             }),
             listeners: Mutex::new(HashMap::new()),
             stop,
@@ -179,8 +192,21 @@ impl Server {
     /// everything else.
     pub async fn reconfigure(&self, config: &Config) -> Vec<String> {
         let mut problems = Vec::new();
+        // The certificate is re-read with the configuration (a renewed one takes effect).
+        let mut session = config.session_config();
+        match config.smtp.tls.as_ref().map(tls_acceptor).transpose() {
+            Ok(acceptor) => {
+                if let Ok(mut t) = self.shared.tls.write() {
+                    *t = acceptor;
+                }
+            }
+            Err(e) => {
+                problems.push(format!("{e}; keeping the previous TLS setting"));
+                session.starttls = self.shared.tls().is_some();
+            }
+        }
         if let Ok(mut s) = self.shared.session.write() {
-            *s = Arc::new(config.session_config());
+            *s = Arc::new(session);
         }
         if let Ok(mut l) = self.shared.limits.write() {
             *l = Limits::of(config);
@@ -333,7 +359,7 @@ async fn connection(
     let mut conn = Conn {
         refusing: false,
         ack_started: None,
-        stream,
+        stream: Stream::Plain(stream),
         session: Session::new(session_config.clone(), peer.ip()),
         hostname: session_config.hostname.clone(),
         limits,
@@ -426,6 +452,18 @@ fn join_error(e: tokio::task::JoinError) -> spool::Error {
     }
 }
 
+fn clean_spaces(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
 /// Formats the `Received:` trace header (RFC 5321 §4.4) for a new message.
 pub fn received_header(env: &Envelope, hostname: &str, id: &str) -> String {
     let clean = |s: &str| -> String {
@@ -440,12 +478,18 @@ pub fn received_header(env: &Envelope, hostname: &str, id: &str) -> String {
     let date = chrono::DateTime::from_timestamp(env.received_at as i64, 0)
         .unwrap_or_default()
         .to_rfc2822();
+    let tls = env
+        .tls
+        .as_deref()
+        .map(|t| format!(" (using {})", clean_spaces(t)))
+        .unwrap_or_default();
     let mut h = format!(
-        "Received: from {} ({})\r\n\tby {} (finaldot) with {} id {}",
+        "Received: from {} ({})\r\n\tby {} (finaldot) with {}{} id {}",
         clean(&env.helo),
         ip,
         clean(hostname),
         env.protocol,
+        tls,
         id
     );
     if env.rcpt_to.len() == 1 {
@@ -455,12 +499,83 @@ pub fn received_header(env: &Envelope, hostname: &str, id: &str) -> String {
     h
 }
 
+/// The connection's byte stream: plain TCP, or TLS after STARTTLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// Only while the handshake is in progress.
+    Upgrading,
+}
+
+impl Stream {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+            Stream::Upgrading => Ok(0),
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(data).await,
+            Stream::Tls(s) => {
+                s.write_all(data).await?;
+                s.flush().await
+            }
+            Stream::Upgrading => Err(std::io::Error::other("connection is being upgraded")),
+        }
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.shutdown().await,
+            Stream::Tls(s) => s.shutdown().await,
+            Stream::Upgrading => Ok(()),
+        }
+    }
+}
+
+/// Loads the STARTTLS certificate chain and key (TLS 1.2 and 1.3 only).
+pub fn tls_acceptor(files: &crate::config::TlsFiles) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, path: &std::path::Path, e: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("TLS {what} {}: {e}", path.display()),
+        )
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| bad("certificate", &files.cert, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad("certificate", &files.cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad(
+            "certificate",
+            &files.cert,
+            "no certificate in the file".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| bad("key", &files.key, e.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .map_err(|e| bad("setup", &files.cert, e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| bad("certificate/key", &files.cert, e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 struct Conn {
     /// The next reply ends a refused message (counted in the metrics).
     refusing: bool,
     /// When the current message's commit began (for the ack-latency histogram).
     ack_started: Option<std::time::Instant>,
-    stream: TcpStream,
+    stream: Stream,
     session: Session,
     hostname: String,
     limits: Limits,
@@ -576,6 +691,37 @@ impl Conn {
                     self.refusing = true;
                     if let Some(sink) = self.sink.take() {
                         sink.discard().await;
+                    }
+                }
+                Step::StartTls => {
+                    self.send().await?;
+                    let Some(acceptor) = self.shared.tls() else {
+                        return Ok(true);
+                    };
+                    let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Upgrading)
+                    else {
+                        return Ok(true);
+                    };
+                    match acceptor.accept(tcp).await {
+                        Ok(tls) => {
+                            let conn = tls.get_ref().1;
+                            let info = format!(
+                                "{} with cipher {}",
+                                conn.protocol_version()
+                                    .map(|v| format!("{v:?}").replace("TLSv1_", "TLSv1."))
+                                    .unwrap_or_default(),
+                                conn.negotiated_cipher_suite()
+                                    .map(|c| format!("{:?}", c.suite()))
+                                    .unwrap_or_default()
+                            );
+                            debug!(tls = %info, "TLS established");
+                            self.stream = Stream::Tls(Box::new(tls));
+                            self.session.tls_established(info);
+                        }
+                        Err(e) => {
+                            info!(error = %e, "TLS handshake failed");
+                            return Ok(true);
+                        }
                     }
                 }
                 Step::Commit => {

@@ -44,6 +44,8 @@ pub struct SessionConfig {
     pub max_errors: u32,
     /// Which recipients are local, which exist.
     pub recipients: Recipients,
+    /// Whether STARTTLS is offered (a certificate is configured).
+    pub starttls: bool,
 }
 
 /// What the driver must do next.
@@ -61,6 +63,9 @@ pub enum Step {
     Commit,
     /// Discard the open spool file (a reply follows as its own step).
     Abort,
+    /// Send what is pending, then start TLS on the connection (RFC 3207),
+    /// then call [`Session::tls_established`].
+    StartTls,
     /// Send what is pending and close the connection.
     Close,
 }
@@ -84,6 +89,8 @@ enum Phase {
     },
     /// Waiting for [`Session::committed`].
     AwaitCommit,
+    /// Waiting for [`Session::tls_established`].
+    AwaitTls,
     /// The connection is over.
     Closed,
 }
@@ -125,6 +132,8 @@ pub struct Session {
     pending: VecDeque<Step>,
     data_out: Vec<u8>,
     errors: u32,
+    /// Set once TLS is up: the protocol version and cipher suite.
+    tls: Option<String>,
 }
 
 fn unix_now() -> u64 {
@@ -149,6 +158,7 @@ impl Session {
             pending: VecDeque::new(),
             data_out: Vec::new(),
             errors: 0,
+            tls: None,
         }
     }
 
@@ -229,6 +239,21 @@ impl Session {
         }
     }
 
+    /// The driver's report that the TLS handshake after [`Step::StartTls`]
+    /// succeeded (`info`: version and cipher, for the Received header). The
+    /// session starts over, as RFC 3207 requires: the client must EHLO again.
+    pub fn tls_established(&mut self, info: String) {
+        self.tls = Some(info);
+        self.greeting = None;
+        self.tx = None;
+        self.phase = Phase::Command;
+    }
+
+    /// Whether TLS is up.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// The reply for a timeout; the driver sends it and closes.
     pub fn timeout(&mut self) -> Reply {
         self.phase = Phase::Closed;
@@ -278,7 +303,7 @@ impl Session {
             }
             match &mut self.phase {
                 Phase::Closed => return Step::Close,
-                Phase::AwaitBegin(_) | Phase::AwaitCommit => {
+                Phase::AwaitBegin(_) | Phase::AwaitCommit | Phase::AwaitTls => {
                     debug_assert!(false, "next_step() while a request is unanswered");
                     return Step::NeedInput;
                 }
@@ -369,6 +394,10 @@ impl Session {
                     "SMTPUTF8".to_string(),
                     "CHUNKING".to_string(),
                 ];
+                let mut lines = lines;
+                if c.starttls && self.tls.is_none() {
+                    lines.push("STARTTLS".to_string());
+                }
                 self.reply(Reply::lines(250, "", lines));
             }
             Command::Helo(name) => {
@@ -412,12 +441,36 @@ impl Session {
                     "See RFC 5321".into(),
                 ],
             )),
+            Command::StartTls => self.starttls(),
             Command::NotImplemented(verb) => self.error_reply(Reply::new(
                 502,
                 "5.5.1",
                 format!("Error: {verb} is not implemented"),
             )),
         }
+    }
+
+    fn starttls(&mut self) {
+        if !self.cfg.starttls {
+            return self.error_reply(Reply::new(502, "5.5.1", "Error: STARTTLS is not available"));
+        }
+        if self.tls.is_some() {
+            return self.error_reply(Reply::new(503, "5.5.1", "Error: TLS is already active"));
+        }
+        if self.tx.is_some() {
+            return self.error_reply(Reply::new(
+                503,
+                "5.5.1",
+                "Error: STARTTLS inside a transaction",
+            ));
+        }
+        self.reply(Reply::new(220, "2.0.0", "Ready to start TLS"));
+        self.pending.push_back(Step::StartTls);
+        // Anything the client pipelined after STARTTLS arrived in plaintext and
+        // must not be run inside the TLS session (CVE-2011-0411).
+        self.input.clear();
+        self.pos = 0;
+        self.phase = Phase::AwaitTls;
     }
 
     /// Drops an open message (RSET, EHLO, QUIT in the middle of a BDAT series).
@@ -525,10 +578,13 @@ impl Session {
     fn envelope(&self) -> Option<Envelope> {
         let tx = self.tx.as_ref()?;
         let (greeting, helo) = self.greeting.as_ref()?;
-        let protocol = match (tx.smtputf8, greeting) {
-            (true, _) => "UTF8SMTP",
-            (false, Greeting::Ehlo) => "ESMTP",
-            (false, Greeting::Helo) => "SMTP",
+        // RFC 3848 / RFC 6531 "with" keywords; S for TLS.
+        let protocol = match (tx.smtputf8, greeting, self.tls.is_some()) {
+            (true, _, false) => "UTF8SMTP",
+            (true, _, true) => "UTF8SMTPS",
+            (false, Greeting::Ehlo, false) => "ESMTP",
+            (false, Greeting::Ehlo, true) => "ESMTPS",
+            (false, Greeting::Helo, _) => "SMTP",
         };
         Some(Envelope {
             mail_from: tx
@@ -543,6 +599,7 @@ impl Session {
             received_at: (self.now)(),
             body_8bit: tx.body == Body::EightBitMime,
             smtputf8: tx.smtputf8,
+            tls: self.tls.clone(),
         })
     }
 

@@ -19,6 +19,7 @@ fn config() -> Arc<SessionConfig> {
             ],
             Some('+'),
         ),
+        starttls: false,
     })
 }
 
@@ -33,6 +34,7 @@ struct Driver {
     closed: bool,
     begin_fail: Option<Reply>,
     commit_fail: Option<Reply>,
+    tls_started: usize,
 }
 
 impl Driver {
@@ -59,6 +61,10 @@ impl Driver {
                 Step::Abort => {
                     self.aborts += 1;
                     self.open = None;
+                }
+                Step::StartTls => {
+                    self.tls_started += 1;
+                    s.tls_established("TLSv1.3 with cipher TEST".into());
                 }
                 Step::Commit => {
                     let m = self.open.take().expect("open message");
@@ -393,4 +399,47 @@ fn empty_message_and_duplicate_recipients() {
     assert_eq!(d.committed.len(), 1);
     assert_eq!(d.committed[0].1, b"");
     assert_eq!(d.committed[0].0.rcpt_to.len(), 1);
+}
+
+#[test]
+fn starttls_discards_pipelined_plaintext_and_resets_the_session() {
+    let mut cfg = (*config()).clone();
+    cfg.starttls = true;
+    let mut s = Session::new(Arc::new(cfg), "192.0.2.1".parse().expect("ip"));
+    let mut d = Driver::default();
+    s.feed(b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<evil@x.test>\r\n");
+    d.drive(&mut s);
+    assert_eq!(d.tls_started, 1);
+    let text = String::from_utf8_lossy(&d.replies).to_string();
+    assert!(
+        text.contains("250-STARTTLS\r\n") || text.contains("250 STARTTLS\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("220 2.0.0 Ready to start TLS\r\n"),
+        "the pipelined MAIL was answered: {text}"
+    );
+    // Inside TLS: EHLO again, no STARTTLS offered, STARTTLS refused, TLS in the protocol.
+    s.feed(b"MAIL FROM:<a@b.test>\r\nEHLO c\r\nSTARTTLS\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@localhost>\r\nDATA\r\nx\r\n.\r\n");
+    d.replies.clear();
+    d.drive(&mut s);
+    let text = String::from_utf8_lossy(&d.replies).to_string();
+    assert!(!text.contains("STARTTLS"), "{text}");
+    assert_eq!(d.codes(), vec![503, 250, 503, 250, 250, 354, 250]);
+    assert_eq!(d.committed[0].0.protocol, "ESMTPS");
+    assert_eq!(
+        d.committed[0].0.tls.as_deref(),
+        Some("TLSv1.3 with cipher TEST")
+    );
+}
+
+#[test]
+fn starttls_without_a_certificate_is_502_and_not_offered() {
+    let d = run(b"EHLO c\r\nSTARTTLS\r\nSTARTTLS now\r\n");
+    let text = String::from_utf8_lossy(&d.replies).to_string();
+    assert!(
+        !text.contains("250-STARTTLS") && !text.contains("250 STARTTLS"),
+        "{text}"
+    );
+    assert_eq!(d.codes(), vec![250, 502, 501]);
 }

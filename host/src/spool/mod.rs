@@ -778,6 +778,7 @@ mod tests {
             received_at: 0,
             body_8bit: false,
             smtputf8: false,
+            tls: None,
         }
     }
 

@@ -57,6 +57,8 @@ pub struct Envelope {
     pub body_8bit: bool,
     /// The client declared SMTPUTF8.
     pub smtputf8: bool,
+    /// TLS version and cipher suite, when the session used STARTTLS.
+    pub tls: Option<String>,
 }
 
 /// Why a queue file was found invalid.
@@ -177,6 +179,7 @@ mod tests {
             received_at: 1_700_000_000,
             body_8bit: true,
             smtputf8: false,
+            tls: None,
         }
     }
 
