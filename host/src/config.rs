@@ -196,6 +196,8 @@ pub struct RawSmtp {
     pub max_connections: Option<usize>,
     /// Most simultaneous connections from one IP address.
     pub max_connections_per_ip: Option<usize>,
+    /// Most new connections per minute from one IP address (0 = no limit).
+    pub max_connection_rate_per_ip: Option<usize>,
     /// Error replies before a session is closed with 421.
     pub max_errors: Option<u32>,
     /// Seconds to wait for the next command.
@@ -287,6 +289,8 @@ pub struct SmtpConfig {
     pub max_connections: usize,
     /// Most simultaneous connections per IP.
     pub max_connections_per_ip: usize,
+    /// Most new connections per minute per IP (0 = no limit).
+    pub max_connection_rate_per_ip: usize,
     /// Error replies before 421.
     pub max_errors: u32,
     /// Wait for the next command.
@@ -685,6 +689,7 @@ impl RawConfig {
                 max_recipients,
                 max_connections,
                 max_connections_per_ip,
+                max_connection_rate_per_ip: s.max_connection_rate_per_ip.unwrap_or(0),
                 max_errors,
                 command_timeout,
                 data_timeout,

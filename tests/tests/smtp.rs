@@ -256,6 +256,24 @@ fn connection_caps_answer_421() {
 }
 
 #[test]
+fn connection_rate_per_ip_answers_421_over_the_limit() {
+    let dir = TestDir::new("rate");
+    let d = Daemon::start_with(
+        dir.path(),
+        &test_config(dir.path(), "max_connection_rate_per_ip = 3", ""),
+    );
+    for _ in 0..3 {
+        let mut c = d.connect();
+        c.expect("QUIT", 221);
+    }
+    let mut c = Client::connect_raw(d.addr);
+    let (code, text) = c.read_reply();
+    assert_eq!(code, 421, "{text}");
+    assert!(text.contains("per minute"), "{text}");
+    assert!(c.is_closed());
+}
+
+#[test]
 fn idle_client_times_out_with_421() {
     let dir = TestDir::new("timeout");
     let d = Daemon::start_with(

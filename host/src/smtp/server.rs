@@ -47,6 +47,7 @@ pub fn spool_error_reply(e: &spool::Error) -> Reply {
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     max_connections_per_ip: usize,
+    max_connection_rate_per_ip: usize,
     command_timeout: Duration,
     data_timeout: Duration,
     shutdown_grace: Duration,
@@ -56,6 +57,7 @@ impl Limits {
     fn of(config: &Config) -> Limits {
         Limits {
             max_connections_per_ip: config.smtp.max_connections_per_ip,
+            max_connection_rate_per_ip: config.smtp.max_connection_rate_per_ip,
             command_timeout: config.smtp.command_timeout,
             data_timeout: config.smtp.data_timeout,
             shutdown_grace: config.smtp.shutdown_grace,
@@ -69,6 +71,8 @@ struct Shared {
     limits: RwLock<Limits>,
     spool: Arc<Spool>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Connection times in the last minute, per IP (for the rate limit).
+    recent: Mutex<HashMap<IpAddr, std::collections::VecDeque<std::time::Instant>>>,
     total: Arc<Semaphore>,
     max_connections: Mutex<usize>,
     /// The STARTTLS acceptor, when a certificate is configured.
@@ -128,6 +132,7 @@ impl Server {
                 limits: RwLock::new(Limits::of(config)),
                 spool,
                 per_ip: Mutex::new(HashMap::new()),
+                recent: Mutex::new(HashMap::new()),
                 total: Arc::new(Semaphore::new(config.smtp.max_connections)),
                 max_connections: Mutex::new(config.smtp.max_connections),
                 tls: RwLock::new(match &config.smtp.tls {
@@ -310,6 +315,32 @@ impl Drop for IpSlot {
     }
 }
 
+/// Records a new connection from `ip`; false if it is over the per-minute rate.
+fn within_rate(shared: &Shared, ip: IpAddr) -> bool {
+    let limit = shared.limits().max_connection_rate_per_ip;
+    if limit == 0 {
+        return true;
+    }
+    let Ok(mut map) = shared.recent.lock() else {
+        return true;
+    };
+    let now = std::time::Instant::now();
+    let minute = Duration::from_secs(60);
+    // Forget addresses that have been quiet for a minute, so the map stays small.
+    if map.len() > 10_000 {
+        map.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < minute));
+    }
+    let q = map.entry(ip).or_default();
+    while q.front().is_some_and(|t| now.duration_since(*t) >= minute) {
+        q.pop_front();
+    }
+    if q.len() >= limit {
+        return false;
+    }
+    q.push_back(now);
+    true
+}
+
 fn take_ip_slot(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
     let mut map = shared.per_ip.lock().ok()?;
     let n = map.entry(ip).or_insert(0);
@@ -342,6 +373,18 @@ async fn connection(
         let _ = stream.write_all(&r.to_bytes()).await;
         return;
     };
+    if !within_rate(&shared, peer.ip()) {
+        warn!("refused: connection rate from this address over the limit");
+        let r = Reply::new(
+            421,
+            "4.7.0",
+            format!(
+                "{host} Error: too many connections from your address per minute, try again later"
+            ),
+        );
+        let _ = stream.write_all(&r.to_bytes()).await;
+        return;
+    }
     let Some(_slot) = take_ip_slot(&shared, peer.ip()) else {
         warn!("refused: too many connections from this address");
         let r = Reply::new(
