@@ -18,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use serde::Serialize;
-use sha2::Digest;
 use tracing::{error, info, warn};
 
 use crate::plugins::{Plugin, PluginSpec, Runtime};
@@ -96,10 +95,7 @@ impl Stage {
                 return false;
             }
         };
-        let hash: String = sha2::Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = crate::plugins::content_hash(&bytes);
         if let Ok(p) = self.current() {
             if p.module().hash == hash {
                 return false;

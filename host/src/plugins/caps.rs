@@ -348,9 +348,7 @@ impl Kv {
     }
 
     fn file_name(key: &[u8]) -> String {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(key);
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        super::content_hash(key)
     }
 
     /// The value, if present and not expired.

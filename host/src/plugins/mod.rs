@@ -35,6 +35,15 @@ use wasmtime::{Engine, InstancePre, Linker, Module, Store};
 pub use caps::{DirGrant, Grants, OpenGrants};
 pub use instance::{Body, LogLine, PluginInstance};
 
+/// SHA-256 of `bytes` as lowercase hex: a plugin's identity (and the name of
+/// a key-value file).
+pub fn content_hash(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// How often the epoch clock ticks; time limits are rounded up to it.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -317,10 +326,7 @@ impl Runtime {
     pub fn load_bytes(&self, bytes: &[u8], file: &Path) -> Result<Arc<LoadedModule>, PluginError> {
         let label = file.display().to_string();
         let fail = |fault| PluginError::new(&label, "not loaded", fault);
-        let hash: String = sha2::Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = content_hash(bytes);
         let started = Instant::now();
         let (module, from_cache) = self.compile(bytes, &hash).map_err(fail)?;
         let compile_time = started.elapsed();
