@@ -14,6 +14,13 @@
 //! callers' blocking threads, where the filesystem merges them into shared
 //! journal commits.
 //!
+//! Recycling: a finished message's file is not unlinked but renamed back into
+//! `tmp/` (up to [`RECYCLE_MAX_FILES`] small files) and overwritten by a later
+//! message. Creating and deleting an inode per message is the costliest part
+//! of a spool commit on ext4 (the inode allocator scans past every recently
+//! freed inode under the directory lock); a rename is not. Recovery clears
+//! `tmp/` as before, so a recycled file never outlives the process.
+//!
 //! Invariants: a file outside `tmp/` is complete (its end marker matches its
 //! length); nothing unreadable is ever deleted (recovery moves it to `corrupt/`);
 //! a queue id is unique among live files because it embeds the file's inode.
@@ -37,6 +44,13 @@ pub type CommitHook = Box<dyn Fn(&QueueId) + Send + Sync>;
 
 /// The directory (beside the queue directories) that holds progress records.
 pub const PROGRESS_DIR: &str = "state";
+
+/// At most this many finished files wait in `tmp/` to be reused.
+pub const RECYCLE_MAX_FILES: usize = 256;
+
+/// Only files up to this size are recycled (so the pool holds at most
+/// `RECYCLE_MAX_FILES × RECYCLE_MAX_BYTES` = 32 MiB of disk).
+pub const RECYCLE_MAX_BYTES: u64 = 128 * 1024;
 
 /// A message's queue id: uppercase hex of its creation time and inode number.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -149,7 +163,7 @@ impl Error {
 /// What [`Spool::recover`] found and did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovery {
-    /// Half-written files removed from `tmp/`.
+    /// Half-written files removed from `tmp/` (recycled files are removed too, uncounted).
     pub tmp_removed: usize,
     /// Files returned from `active/` to `incoming/`.
     pub active_returned: usize,
@@ -166,6 +180,7 @@ pub struct Spool {
     notify: Arc<std::sync::OnceLock<CommitHook>>,
     fault: Arc<AtomicI32>,
     tmp_counter: AtomicU64,
+    recycled: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -187,6 +202,7 @@ pub struct SpoolWriter {
     path: PathBuf,
     file: Option<BufWriter<File>>,
     message_len: u64,
+    file_len: u64,
     fault: Arc<AtomicI32>,
 }
 
@@ -239,6 +255,7 @@ impl Spool {
             notify,
             fault: Arc::new(AtomicI32::new(0)),
             tmp_counter: AtomicU64::new(0),
+            recycled: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -264,20 +281,59 @@ impl Spool {
         self.fault.store(errno, Ordering::SeqCst);
     }
 
-    /// Starts a message: creates its file in `tmp/` and writes the envelope.
-    /// Blocking; call it off the async runtime.
-    pub fn begin(&self, envelope: &Envelope) -> Result<SpoolWriter, Error> {
-        check_fault(&self.fault, &self.root)?;
-        let prelude = queue_file::encode_prelude(envelope)?;
+    /// A fresh name in `tmp/`, unique within this process (recovery clears
+    /// `tmp/` before a daemon starts).
+    fn tmp_name(&self, kind: &str) -> PathBuf {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .dir(QueueState::Tmp)
-            .join(format!("new.{}.{}", std::process::id(), n));
+        self.dir(QueueState::Tmp)
+            .join(format!("{kind}.{}.{}", std::process::id(), n))
+    }
+
+    /// A recycled file from `tmp/` opened for overwriting, or a new one.
+    fn open_tmp(&self) -> Result<(PathBuf, File), Error> {
+        loop {
+            let reused = self.recycled.lock().ok().and_then(|mut pool| pool.pop());
+            let Some(path) = reused else { break };
+            match OpenOptions::new().write(true).open(&path) {
+                Ok(file) => return Ok((path, file)),
+                // Gone (an administrator cleaned `tmp/`): take another.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("opening", &path, e)),
+            }
+        }
+        let path = self.tmp_name("new");
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
             .map_err(|e| Error::io("creating", &path, e))?;
+        Ok((path, file))
+    }
+
+    /// Removes a finished file, or keeps it in `tmp/` for [`Spool::begin`] to
+    /// overwrite. Not durable by itself: `from`'s directory is fsynced by the
+    /// caller when the removal must survive a crash.
+    fn retire(&self, path: &Path) -> io::Result<()> {
+        let small = fs::metadata(path)?.len() <= RECYCLE_MAX_BYTES;
+        if small {
+            if let Ok(mut pool) = self.recycled.lock() {
+                if pool.len() < RECYCLE_MAX_FILES {
+                    let to = self.tmp_name("free");
+                    fs::rename(path, &to)?;
+                    pool.push(to);
+                    return Ok(());
+                }
+            }
+        }
+        fs::remove_file(path)
+    }
+
+    /// Starts a message: opens its file in `tmp/` (a recycled one when there
+    /// is one) and writes the envelope. Blocking; call it off the async runtime.
+    pub fn begin(&self, envelope: &Envelope) -> Result<SpoolWriter, Error> {
+        check_fault(&self.fault, &self.root)?;
+        let prelude = queue_file::encode_prelude(envelope)?;
+        let (path, file) = self.open_tmp()?;
         let ino = file
             .metadata()
             .map_err(|e| Error::io("stat", &path, e))?
@@ -296,6 +352,7 @@ impl Spool {
             path,
             file: Some(BufWriter::with_capacity(64 * 1024, file)),
             message_len: 0,
+            file_len: 0,
             fault: self.fault.clone(),
         };
         writer.write_raw(&prelude)?;
@@ -404,10 +461,11 @@ impl Spool {
             QueueState::Hold,
         ] {
             let p = self.path(state, id);
-            match fs::remove_file(&p) {
+            match self.retire(&p) {
                 Ok(()) => {
                     if durable {
                         sync_dir(&self.dir(state))?;
+                        sync_dir(&self.dir(QueueState::Tmp))?;
                     }
                     break;
                 }
@@ -570,7 +628,13 @@ impl Spool {
         for entry in fs::read_dir(&tmp).map_err(|e| Error::io("listing", &tmp, e))? {
             let path = entry.map_err(|e| Error::io("listing", &tmp, e))?.path();
             fs::remove_file(&path).map_err(|e| Error::io("removing", &path, e))?;
-            report.tmp_removed += 1;
+            let recycled = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("free."));
+            if !recycled {
+                report.tmp_removed += 1;
+            }
         }
         let active = self.dir(QueueState::Active);
         let incoming = self.dir(QueueState::Incoming);
@@ -665,6 +729,7 @@ impl SpoolWriter {
             self.file = None;
             return Err(Error::io("writing", &self.path, e));
         }
+        self.file_len += data.len() as u64;
         Ok(())
     }
 
@@ -689,6 +754,9 @@ impl SpoolWriter {
         let file = buffered
             .into_inner()
             .map_err(|e| Error::io("flushing", &self.path, e.into_error()))?;
+        // A recycled file may be longer than this message: cut the old tail.
+        file.set_len(self.file_len)
+            .map_err(|e| Error::io("truncating", &self.path, e))?;
         file.sync_all()
             .map_err(|e| Error::io("fsync", &self.path, e))?;
         Ok(Prepared {
@@ -824,6 +892,73 @@ mod tests {
         }
         assert_eq!(ids.len(), 32);
         assert_eq!(spool.list(QueueState::Incoming).expect("list").len(), 32);
+    }
+
+    #[tokio::test]
+    async fn a_finished_file_is_recycled_and_a_shorter_message_reads_back_exact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        let long = vec![b'x'; 20_000];
+        let first = put(&spool, &long).await.expect("commit");
+        let first_ino = fs::metadata(spool.path(QueueState::Incoming, &first))
+            .expect("stat")
+            .ino();
+        spool.claim(&first).expect("claim");
+        spool.complete(&first, false).expect("complete");
+        // The file waits in tmp/ (no queue id: never listed as a message).
+        assert_eq!(
+            fs::read_dir(spool.dir(QueueState::Tmp))
+                .expect("ls")
+                .count(),
+            1
+        );
+        assert!(spool.list(QueueState::Tmp).expect("list").is_empty());
+
+        let second = put(&spool, b"short\r\n").await.expect("commit");
+        assert_ne!(second, first);
+        let path = spool.path(QueueState::Incoming, &second);
+        assert_eq!(fs::metadata(&path).expect("stat").ino(), first_ino);
+        let (h, m) = read_message(&path).expect("read");
+        assert_eq!(m, b"short\r\n");
+        assert_eq!(h.envelope, envelope());
+        assert_eq!(
+            fs::read_dir(spool.dir(QueueState::Tmp))
+                .expect("ls")
+                .count(),
+            0
+        );
+
+        // Large files are removed, not kept.
+        spool.claim(&second).expect("claim");
+        spool.complete(&second, true).expect("complete");
+        let big = put(&spool, &vec![b'y'; RECYCLE_MAX_BYTES as usize + 1])
+            .await
+            .expect("commit");
+        spool.claim(&big).expect("claim");
+        spool.complete(&big, false).expect("complete");
+        assert_eq!(
+            fs::read_dir(spool.dir(QueueState::Tmp))
+                .expect("ls")
+                .count(),
+            0
+        );
+        // Recovery clears recycled files with the rest of tmp/.
+        let third = put(&spool, b"t\r\n").await.expect("commit");
+        spool.claim(&third).expect("claim");
+        spool.complete(&third, false).expect("complete");
+        assert_eq!(
+            fs::read_dir(spool.dir(QueueState::Tmp))
+                .expect("ls")
+                .count(),
+            1
+        );
+        assert_eq!(spool.recover().expect("recover").tmp_removed, 0);
+        assert_eq!(
+            fs::read_dir(spool.dir(QueueState::Tmp))
+                .expect("ls")
+                .count(),
+            0
+        );
     }
 
     #[tokio::test]
