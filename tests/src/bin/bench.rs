@@ -145,6 +145,10 @@ struct Cell {
     delivered_per_second: Option<f64>,
     backlog: Option<usize>,
     peak_rss_kib: u64,
+    /// Kept until the whole run ends: deleting a cell's tens of thousands of
+    /// files makes the next cell's file creations slow (ext4 skips inodes
+    /// freed in the last 30 s), which would measure the bench, not the server.
+    _dir: Option<TestDir>,
 }
 
 fn run_cell(args: &Args, chain: &str, concurrency: usize, size: usize) -> Cell {
@@ -209,6 +213,7 @@ fn run_cell(args: &Args, chain: &str, concurrency: usize, size: usize) -> Cell {
         delivered_per_second,
         backlog,
         peak_rss_kib: peak_rss,
+        _dir: Some(dir),
     }
 }
 
@@ -308,6 +313,7 @@ fn main() {
                 delivered_per_second: None,
                 backlog: None,
                 peak_rss_kib: 0,
+                _dir: None,
             };
             print_cell(&cell);
             cells.push(cell);
