@@ -183,6 +183,120 @@ impl LineCheck {
     }
 }
 
+/// Largest header section accepted (RFC 5322 sets no limit; the pipeline
+/// reads at most this much of it).
+pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
+
+/// Most header fields accepted in one message.
+pub const MAX_HEADER_FIELDS: usize = 1000;
+
+/// `Received:` fields at which a message is taken to be looping (RFC 5321
+/// §6.3: count them, and do not set the limit below 100).
+pub const MAX_RECEIVED: usize = 100;
+
+/// Counts the header section of message content (fields, `Received:` fields
+/// and bytes) across chunk boundaries, until the empty line that ends it.
+#[derive(Debug, Clone)]
+pub struct HeaderCheck {
+    in_headers: bool,
+    at_line_start: bool,
+    prefix: [u8; 9],
+    prefix_len: usize,
+    /// Bytes of header section seen so far.
+    pub bytes: usize,
+    /// Header fields seen so far (continuation lines not counted).
+    pub fields: usize,
+    /// `Received:` fields seen so far.
+    pub received: usize,
+}
+
+impl Default for HeaderCheck {
+    fn default() -> Self {
+        HeaderCheck {
+            in_headers: true,
+            at_line_start: true,
+            prefix: [0; 9],
+            prefix_len: 0,
+            bytes: 0,
+            fields: 0,
+            received: 0,
+        }
+    }
+}
+
+impl HeaderCheck {
+    /// Feeds the next piece of content; cheap once the header section has ended.
+    pub fn feed(&mut self, data: &[u8]) {
+        for &b in data {
+            if !self.in_headers {
+                return;
+            }
+            self.bytes += 1;
+            if self.bytes > MAX_HEADER_BYTES {
+                // Over the cap: the verdict is known, stop counting.
+                self.in_headers = false;
+                return;
+            }
+            if self.at_line_start {
+                self.at_line_start = false;
+                match b {
+                    b'\r' | b'\n' => {
+                        self.in_headers = false;
+                        return;
+                    }
+                    b' ' | b'\t' => {
+                        // A continuation line: collect no prefix.
+                        self.prefix_len = self.prefix.len() + 1;
+                    }
+                    _ => {
+                        self.fields += 1;
+                        self.prefix_len = 0;
+                    }
+                }
+            }
+            if b == b'\n' {
+                self.at_line_start = true;
+                continue;
+            }
+            if self.prefix_len < self.prefix.len() {
+                self.prefix[self.prefix_len] = b.to_ascii_lowercase();
+                self.prefix_len += 1;
+                if self.prefix_len == self.prefix.len() && &self.prefix == b"received:" {
+                    self.received += 1;
+                }
+            }
+        }
+    }
+
+    /// The refusal this header section deserves, if any: (code, enhanced code, text).
+    pub fn verdict(&self) -> Option<(u16, &'static str, String)> {
+        if self.bytes > MAX_HEADER_BYTES {
+            Some((
+                552,
+                "5.3.4",
+                format!("Error: message header section exceeds {MAX_HEADER_BYTES} octets"),
+            ))
+        } else if self.received >= MAX_RECEIVED {
+            Some((
+                554,
+                "5.4.6",
+                format!(
+                    "Error: too many hops ({} Received: header fields; mail loop?)",
+                    self.received
+                ),
+            ))
+        } else if self.fields > MAX_HEADER_FIELDS {
+            Some((
+                552,
+                "5.3.4",
+                format!("Error: message has more than {MAX_HEADER_FIELDS} header fields"),
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +385,50 @@ mod tests {
             c.finish();
             assert!(!c.is_bad(), "split {split}");
         }
+    }
+
+    fn header_counts(input: &[u8]) -> Vec<(usize, usize, usize)> {
+        (0..=input.len())
+            .map(|split| {
+                let mut h = HeaderCheck::default();
+                h.feed(&input[..split]);
+                h.feed(&input[split..]);
+                (h.fields, h.received, h.bytes)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn header_check_counts_fields_and_received_until_the_empty_line() {
+        let input = b"Received: a\r\n  folded\r\nRECEIVED: b\r\nSubject: Received: no\r\nX-Received: no\r\n\r\nReceived: body\r\n";
+        let header_len = input.len() - b"\r\nReceived: body\r\n".len() + 1;
+        for got in header_counts(input) {
+            assert_eq!(got, (4, 2, header_len));
+        }
+    }
+
+    #[test]
+    fn header_check_verdicts() {
+        let mut h = HeaderCheck::default();
+        h.feed(&b"Received: x\r\n".repeat(MAX_RECEIVED - 1));
+        assert!(h.verdict().is_none());
+        h.feed(b"Received: x\r\n\r\n");
+        assert_eq!(h.verdict().map(|v| (v.0, v.1)), Some((554, "5.4.6")));
+
+        let mut h = HeaderCheck::default();
+        h.feed(&b"X: y\r\n".repeat(MAX_HEADER_FIELDS + 1));
+        assert_eq!(h.verdict().map(|v| (v.0, v.1)), Some((552, "5.3.4")));
+
+        let mut h = HeaderCheck::default();
+        h.feed(&b"X: y\r\n".repeat(MAX_HEADER_FIELDS));
+        h.feed(b"\r\n");
+        h.feed(&b"X: y\r\n".repeat(MAX_HEADER_FIELDS));
+        assert!(h.verdict().is_none(), "body lines are not header fields");
+
+        let mut h = HeaderCheck::default();
+        h.feed(b"X: ");
+        h.feed(&vec![b'a'; MAX_HEADER_BYTES]);
+        assert_eq!(h.verdict().map(|v| (v.0, v.1)), Some((552, "5.3.4")));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use memchr::memchr;
 
 use super::command::{self, Body, Command, Mailbox};
-use super::data::{DataDecoder, LineCheck};
+use super::data::{DataDecoder, HeaderCheck, LineCheck};
 use super::policy::{RcptVerdict, Recipients};
 use super::reply::Reply;
 use crate::spool::Envelope;
@@ -106,6 +106,7 @@ struct Content {
     size: u64,
     too_big: bool,
     check: LineCheck,
+    headers: HeaderCheck,
 }
 
 #[derive(Debug)]
@@ -655,6 +656,7 @@ impl Session {
             return;
         };
         content.check.feed(&self.data_out);
+        content.headers.feed(&self.data_out);
         content.size += self.data_out.len() as u64;
         if content.size > max {
             content.too_big = true;
@@ -692,7 +694,9 @@ impl Session {
                         "Error: message has a line longer than 1000 octets (RFC 5321 section 4.5.3.1.6)",
                     ))
                 } else {
-                    None
+                    c.headers
+                        .verdict()
+                        .map(|(code, enhanced, text)| Reply::new(code, enhanced, text))
                 }
             }
         };

@@ -443,3 +443,27 @@ fn starttls_without_a_certificate_is_502_and_not_offered() {
     );
     assert_eq!(d.codes(), vec![250, 502, 501]);
 }
+
+#[test]
+fn looping_mail_gets_554_too_many_hops_and_the_session_goes_on() {
+    let mut input = with_hello(b"DATA\r\n");
+    input.extend(b"Received: from a by b\r\n".repeat(100));
+    input.extend_from_slice(b"\r\nbody\r\n.\r\n");
+    input.extend_from_slice(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<a@localhost>\r\nDATA\r\n");
+    input.extend(b"Received: from a by b\r\n".repeat(99));
+    input.extend_from_slice(b"\r\nbody\r\n.\r\n");
+    let d = run(&input);
+    assert_eq!(d.codes(), vec![250, 250, 250, 354, 554, 250, 250, 354, 250]);
+    assert!(String::from_utf8_lossy(&d.replies).contains("554 5.4.6"));
+    assert_eq!(d.committed.len(), 1);
+}
+
+#[test]
+fn too_many_header_fields_get_552() {
+    let mut input = with_hello(b"DATA\r\n");
+    input.extend(b"X-A: b\r\n".repeat(1001));
+    input.extend_from_slice(b"\r\nbody\r\n.\r\nNOOP\r\n");
+    let d = run(&input);
+    assert_eq!(d.codes(), vec![250, 250, 250, 354, 552, 250]);
+    assert!(d.committed.is_empty());
+}
