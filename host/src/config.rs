@@ -210,6 +210,8 @@ pub struct RawSmtp {
     pub recipient_delimiter: Option<String>,
     /// STARTTLS certificate and key.
     pub tls: Option<RawTls>,
+    /// Addresses where TLS starts at connect (implicit TLS, port 465 style).
+    pub tls_listen: Option<Vec<String>>,
 }
 
 /// `[smtp.tls]` as written.
@@ -301,6 +303,8 @@ pub struct SmtpConfig {
     pub shutdown_grace: Duration,
     /// STARTTLS certificate and key files, when TLS is offered.
     pub tls: Option<TlsFiles>,
+    /// Implicit-TLS listen addresses (the handshake comes before the greeting).
+    pub tls_listen: Vec<SocketAddr>,
 }
 
 /// Where the STARTTLS certificate chain and key are.
@@ -377,6 +381,20 @@ impl RawConfig {
             key: key.to_string(),
             why,
         };
+        let parse_addrs = |key: &str, raw: &[String]| -> Result<Vec<SocketAddr>, ConfigError> {
+            raw.iter()
+                .map(|a| {
+                    a.parse::<SocketAddr>().map_err(|_| {
+                        invalid(
+                            key,
+                            format!(
+                                "{a:?} is not IP:PORT (for example \"0.0.0.0:25\" or \"[::]:25\")"
+                            ),
+                        )
+                    })
+                })
+                .collect()
+        };
         let hostname = match self.hostname {
             Some(h) if h.trim().is_empty() || h.contains(char::is_whitespace) => {
                 return Err(invalid(
@@ -401,14 +419,22 @@ impl RawConfig {
         if listen_raw.is_empty() {
             return Err(invalid("smtp.listen", "needs at least one address".into()));
         }
-        let mut listen = Vec::new();
-        for a in &listen_raw {
-            listen.push(a.parse::<SocketAddr>().map_err(|_| {
-                invalid(
-                    "smtp.listen",
-                    format!("{a:?} is not IP:PORT (for example \"0.0.0.0:25\" or \"[::]:25\")"),
-                )
-            })?);
+        let listen = parse_addrs("smtp.listen", &listen_raw)?;
+        let tls_listen = parse_addrs("smtp.tls_listen", &s.tls_listen.unwrap_or_default())?;
+        if !tls_listen.is_empty() && s.tls.is_none() {
+            return Err(invalid(
+                "smtp.tls_listen",
+                "needs smtp.tls (a certificate and key) to serve TLS".into(),
+            ));
+        }
+        if let Some(both) = tls_listen
+            .iter()
+            .find(|a| listen.contains(a) && a.port() != 0)
+        {
+            return Err(invalid(
+                "smtp.tls_listen",
+                format!("{both} is also in smtp.listen"),
+            ));
         }
         let max_message_size = s.max_message_size.unwrap_or(25 * 1024 * 1024);
         if max_message_size < 64 * 1024 {
@@ -695,6 +721,7 @@ impl RawConfig {
                 data_timeout,
                 shutdown_grace,
                 tls,
+                tls_listen,
             },
             domains,
             recipients: Recipients::new(table, delimiter),

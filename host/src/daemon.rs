@@ -149,6 +149,9 @@ impl Daemon {
         for addr in server.local_addrs() {
             info!(%addr, hostname = %config.hostname, "listening on {addr}");
         }
+        for addr in server.local_tls_addrs() {
+            info!(%addr, hostname = %config.hostname, "listening (implicit TLS) at {addr}");
+        }
         Ok(Daemon {
             signals,
             config,

@@ -143,3 +143,106 @@ fn a_bad_certificate_path_fails_the_start_with_the_file_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/cert.pem"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_tls_listener_handshakes_before_the_greeting() {
+    let dir = TestDir::new("tls-implicit");
+    let (cert, key, der) = make_cert(dir.path());
+    let cfg = test_config(
+        dir.path(),
+        &format!("tls = {{ cert = {cert:?}, key = {key:?} }}\ntls_listen = [\"127.0.0.1:0\"]"),
+        "",
+    );
+    let d = Daemon::start_with(dir.path(), &cfg);
+    // The harness returns at the plain listener's line; this one follows it.
+    let started = std::time::Instant::now();
+    let line = loop {
+        let log = d.log();
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains("listening (implicit TLS) at"))
+        {
+            break l.to_string();
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "no implicit-TLS listener in the log:\n{log}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let addr: std::net::SocketAddr = line
+        .split("at ")
+        .nth(1)
+        .and_then(|a| a.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    assert_ne!(addr, d.addr);
+
+    // A plaintext client gets no greeting: the server waits for a ClientHello.
+    let mut raw = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    raw.write_all(b"EHLO plain\r\n").await.expect("write");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut raw, &mut buf),
+    )
+    .await
+    .expect("the server must close, not hang")
+    .unwrap_or(0);
+    assert!(
+        !buf[..n].starts_with(b"220"),
+        "plaintext greeting on the TLS port"
+    );
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).expect("root");
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let mut tls = BufReader::new(tls);
+    assert_eq!(reply(&mut tls).await.0, 220);
+    let (code, ehlo) = cmd(&mut tls, "EHLO client.test").await;
+    assert_eq!(code, 250);
+    assert!(
+        !ehlo.contains("STARTTLS"),
+        "STARTTLS offered inside TLS: {ehlo}"
+    );
+    assert_eq!(cmd(&mut tls, "MAIL FROM:<a@b.test>").await.0, 250);
+    assert_eq!(cmd(&mut tls, "RCPT TO:<alice@example.test>").await.0, 250);
+    assert_eq!(cmd(&mut tls, "DATA").await.0, 354);
+    tls.get_mut()
+        .write_all(b"Subject: implicit\r\n\r\nsecret\r\n.\r\n")
+        .await
+        .expect("write");
+    assert_eq!(reply(&mut tls).await.0, 250);
+    let _ = cmd(&mut tls, "QUIT").await;
+
+    let files = d.spool_files(QueueState::Incoming);
+    assert_eq!(files.len(), 1);
+    let (_, msg) = read_message(&files[0]).expect("read");
+    let text = String::from_utf8_lossy(&msg);
+    assert!(text.contains("with ESMTPS (using TLSv1.3"), "{text}");
+}
+
+#[test]
+fn tls_listen_without_a_certificate_is_a_config_error() {
+    let dir = TestDir::new("tls-listen-nocert");
+    let cfg = test_config(dir.path(), "tls_listen = [\"127.0.0.1:0\"]", "");
+    std::fs::write(dir.path().join("finaldot.toml"), cfg).expect("write");
+    let out = std::process::Command::new(finaldot_bin())
+        .arg("check-config")
+        .arg(dir.path().join("finaldot.toml"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("smtp.tls_listen"), "{err}");
+}

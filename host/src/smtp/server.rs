@@ -102,18 +102,29 @@ impl Shared {
     }
 }
 
-/// One listening socket: the address it was configured as, the address it
-/// bound, and how to stop its accept loop.
+/// One listening socket: the address it bound, whether TLS starts at
+/// connect, and how to stop its accept loop.
 struct Listener {
     bound: SocketAddr,
+    implicit_tls: bool,
     stop: watch::Sender<bool>,
+}
+
+/// A configured listen address and whether TLS starts at connect.
+type ListenKey = (SocketAddr, bool);
+
+/// Every address `config` asks to listen on.
+fn listen_keys(config: &Config) -> Vec<ListenKey> {
+    let plain = config.smtp.listen.iter().map(|a| (*a, false));
+    let tls = config.smtp.tls_listen.iter().map(|a| (*a, true));
+    plain.chain(tls).collect()
 }
 
 /// A running SMTP server: listeners accepting, sessions served, until
 /// [`Server::shutdown`].
 pub struct Server {
     shared: Arc<Shared>,
-    listeners: Mutex<HashMap<SocketAddr, Listener>>,
+    listeners: Mutex<HashMap<ListenKey, Listener>>,
     stop: watch::Sender<bool>,
     alive: Mutex<Option<mpsc::Sender<()>>>,
     all_done: tokio::sync::Mutex<mpsc::Receiver<()>>,
@@ -145,13 +156,14 @@ impl Server {
             alive: Mutex::new(Some(alive)),
             all_done: tokio::sync::Mutex::new(all_done),
         };
-        for addr in &config.smtp.listen {
-            server.listen(*addr).await?;
+        for key in listen_keys(config) {
+            server.listen(key).await?;
         }
         Ok(server)
     }
 
-    async fn listen(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    async fn listen(&self, key: ListenKey) -> std::io::Result<SocketAddr> {
+        let (addr, implicit_tls) = key;
         let l = TcpListener::bind(addr)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
@@ -165,6 +177,7 @@ impl Server {
             .ok_or_else(|| std::io::Error::other("server is shutting down"))?;
         tokio::spawn(accept_loop(
             l,
+            implicit_tls,
             self.shared.clone(),
             self.stop.subscribe(),
             stop_one_rx,
@@ -172,9 +185,10 @@ impl Server {
         ));
         if let Ok(mut map) = self.listeners.lock() {
             map.insert(
-                addr,
+                key,
                 Listener {
                     bound,
+                    implicit_tls,
                     stop: stop_one,
                 },
             );
@@ -182,11 +196,25 @@ impl Server {
         Ok(bound)
     }
 
-    /// The addresses actually bound (useful with port 0).
+    /// The plain SMTP addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.bound(false)
+    }
+
+    /// The implicit-TLS addresses actually bound.
+    pub fn local_tls_addrs(&self) -> Vec<SocketAddr> {
+        self.bound(true)
+    }
+
+    fn bound(&self, implicit_tls: bool) -> Vec<SocketAddr> {
         self.listeners
             .lock()
-            .map(|m| m.values().map(|l| l.bound).collect())
+            .map(|m| {
+                m.values()
+                    .filter(|l| l.implicit_tls == implicit_tls)
+                    .map(|l| l.bound)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -225,19 +253,22 @@ impl Server {
             }
             *max = new;
         }
-        let current: Vec<SocketAddr> = self
+        let current: Vec<ListenKey> = self
             .listeners
             .lock()
             .map(|m| m.keys().copied().collect())
             .unwrap_or_default();
-        for addr in current.iter().filter(|a| !config.smtp.listen.contains(a)) {
-            if let Some(l) = self.listeners.lock().ok().and_then(|mut m| m.remove(addr)) {
+        let wanted = listen_keys(config);
+        for key in current.iter().filter(|k| !wanted.contains(k)) {
+            if let Some(l) = self.listeners.lock().ok().and_then(|mut m| m.remove(key)) {
                 let _ = l.stop.send(true);
+                let addr = key.0;
                 info!(%addr, "stopped listening on {addr}");
             }
         }
-        for addr in config.smtp.listen.iter().filter(|a| !current.contains(a)) {
-            match self.listen(*addr).await {
+        for key in wanted.iter().filter(|k| !current.contains(k)) {
+            match self.listen(*key).await {
+                Ok(bound) if key.1 => info!(addr = %bound, "listening (implicit TLS) at {bound}"),
                 Ok(bound) => info!(addr = %bound, "listening on {bound}"),
                 Err(e) => problems.push(e.to_string()),
             }
@@ -261,6 +292,7 @@ impl Server {
 
 async fn accept_loop(
     listener: TcpListener,
+    implicit_tls: bool,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     mut stop_one: watch::Receiver<bool>,
@@ -288,7 +320,7 @@ async fn accept_loop(
         let span = info_span!("smtp", client = %peer);
         tokio::spawn(
             async move {
-                connection(stream, peer, shared, stop).await;
+                connection(stream, peer, implicit_tls, shared, stop).await;
                 drop(alive);
             }
             .instrument(span),
@@ -357,6 +389,7 @@ fn take_ip_slot(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
+    implicit_tls: bool,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
 ) {
@@ -370,7 +403,9 @@ async fn connection(
             "4.7.0",
             format!("{host} Error: too many connections, try again later"),
         );
-        let _ = stream.write_all(&r.to_bytes()).await;
+        if !implicit_tls {
+            let _ = stream.write_all(&r.to_bytes()).await;
+        }
         return;
     };
     if !within_rate(&shared, peer.ip()) {
@@ -382,7 +417,9 @@ async fn connection(
                 "{host} Error: too many connections from your address per minute, try again later"
             ),
         );
-        let _ = stream.write_all(&r.to_bytes()).await;
+        if !implicit_tls {
+            let _ = stream.write_all(&r.to_bytes()).await;
+        }
         return;
     }
     let Some(_slot) = take_ip_slot(&shared, peer.ip()) else {
@@ -392,7 +429,9 @@ async fn connection(
             "4.7.0",
             format!("{host} Error: too many connections from your address, try again later"),
         );
-        let _ = stream.write_all(&r.to_bytes()).await;
+        if !implicit_tls {
+            let _ = stream.write_all(&r.to_bytes()).await;
+        }
         return;
     };
     debug!("connected");
@@ -412,6 +451,10 @@ async fn connection(
         stop,
         deadline: None,
     };
+    if implicit_tls && !conn.handshake().await {
+        crate::metrics::global().connections_open.dec();
+        return;
+    }
     if let Err(e) = conn.serve().await {
         debug!(error = %e, "connection ended");
     }
@@ -646,6 +689,45 @@ impl Conn {
         Ok(())
     }
 
+    /// Runs the server side of a TLS handshake on the plain stream (after
+    /// STARTTLS, or at connect on an implicit-TLS listener), within the
+    /// command timeout. False when there is no certificate or it failed: the
+    /// connection is then closed.
+    async fn handshake(&mut self) -> bool {
+        let Some(acceptor) = self.shared.tls() else {
+            return false;
+        };
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Upgrading) else {
+            return false;
+        };
+        match tokio::time::timeout(self.limits.command_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                let conn = tls.get_ref().1;
+                let info = format!(
+                    "{} with cipher {}",
+                    conn.protocol_version()
+                        .map(|v| format!("{v:?}").replace("TLSv1_", "TLSv1."))
+                        .unwrap_or_default(),
+                    conn.negotiated_cipher_suite()
+                        .map(|c| format!("{:?}", c.suite()))
+                        .unwrap_or_default()
+                );
+                debug!(tls = %info, "TLS established");
+                self.stream = Stream::Tls(Box::new(tls));
+                self.session.tls_established(info);
+                true
+            }
+            Ok(Err(e)) => {
+                info!(error = %e, "TLS handshake failed");
+                false
+            }
+            Err(_) => {
+                info!("TLS handshake timed out");
+                false
+            }
+        }
+    }
+
     async fn serve(&mut self) -> std::io::Result<()> {
         if *self.stop.borrow() {
             let r = self.session.shutdown();
@@ -738,33 +820,8 @@ impl Conn {
                 }
                 Step::StartTls => {
                     self.send().await?;
-                    let Some(acceptor) = self.shared.tls() else {
+                    if !self.handshake().await {
                         return Ok(true);
-                    };
-                    let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Upgrading)
-                    else {
-                        return Ok(true);
-                    };
-                    match acceptor.accept(tcp).await {
-                        Ok(tls) => {
-                            let conn = tls.get_ref().1;
-                            let info = format!(
-                                "{} with cipher {}",
-                                conn.protocol_version()
-                                    .map(|v| format!("{v:?}").replace("TLSv1_", "TLSv1."))
-                                    .unwrap_or_default(),
-                                conn.negotiated_cipher_suite()
-                                    .map(|c| format!("{:?}", c.suite()))
-                                    .unwrap_or_default()
-                            );
-                            debug!(tls = %info, "TLS established");
-                            self.stream = Stream::Tls(Box::new(tls));
-                            self.session.tls_established(info);
-                        }
-                        Err(e) => {
-                            info!(error = %e, "TLS handshake failed");
-                            return Ok(true);
-                        }
                     }
                 }
                 Step::Commit => {
