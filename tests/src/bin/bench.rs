@@ -54,6 +54,9 @@ struct Args {
     /// Write the results as JSON lines here too.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Only the memory measurements (idle connections, large messages), no matrix.
+    #[arg(long)]
+    memory_only: bool,
 }
 
 const CELLS: [(usize, usize); 4] = [(1, 4096), (8, 4096), (64, 4096), (8, 100 * 1024)];
@@ -130,6 +133,55 @@ fn memory(n: usize) {
         with,
         conns.len(),
         (with.saturating_sub(idle)) as f64 / conns.len().max(1) as f64
+    );
+}
+
+/// Peak resident memory while `n` clients each send one `mib` MiB message at once.
+fn memory_large(n: usize, mib: usize) {
+    let dir = TestDir::new("bench-memory-large");
+    let cfg = test_config(
+        dir.path(),
+        &format!("max_message_size = {}", (mib + 1) * 1024 * 1024),
+        "",
+    );
+    let d = Daemon::start_with(dir.path(), &cfg);
+    std::thread::sleep(Duration::from_millis(300));
+    let idle = rss_kib(d.pid());
+    let pid = d.pid();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let report = run(&LoadSpec {
+        addr: d.addr,
+        concurrency: n,
+        duration: None,
+        count: Some(n as u64),
+        size: mib * 1024 * 1024,
+        recipients: 1,
+        domain: "localhost".into(),
+        user: "alice".into(),
+        nice: 0,
+    });
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap_or(0);
+    println!(
+        "memory: {} concurrent {} MiB messages ({} accepted, {} errors): daemon RSS {} KiB idle, peak {} KiB ({:.0} KiB per message in flight)",
+        n,
+        mib,
+        report.accepted,
+        report.errors,
+        idle,
+        peak,
+        peak.saturating_sub(idle) as f64 / n.max(1) as f64
     );
 }
 
@@ -274,6 +326,10 @@ fn main() {
         finaldot_e2e::finaldot_bin().display()
     );
     memory(1000);
+    memory_large(50, 25);
+    if args.memory_only {
+        return;
+    }
     print_header();
     let mut cells = Vec::new();
     for chain in &args.chains {
