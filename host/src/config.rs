@@ -110,6 +110,43 @@ pub struct RawConfig {
     /// Metrics and the status page.
     #[serde(default)]
     pub metrics: RawMetrics,
+    /// Delivery to other mail servers.
+    #[serde(default)]
+    pub outbound: RawOutbound,
+}
+
+/// `[outbound]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutbound {
+    /// `none`, `smarthost` or `mx`.
+    pub route: Option<String>,
+    /// The smarthost, `HOST:PORT`.
+    pub smarthost: Option<String>,
+    /// TLS to the smarthost: `required`, `opportunistic` or `none`.
+    pub smarthost_tls: Option<String>,
+    /// AUTH credentials for the smarthost.
+    pub smarthost_auth: Option<RawSmarthostAuth>,
+    /// Extra CA certificates (PEM) trusted when TLS is required.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Port of MX hosts.
+    pub mx_port: Option<u16>,
+    /// DNS servers for MX lookups (`IP:PORT`); absent: the system's.
+    pub nameservers: Option<Vec<String>>,
+    /// Seconds for connecting and for each reply.
+    pub timeout_secs: Option<u64>,
+    /// Most simultaneous connections to one destination.
+    pub max_connections_per_destination: Option<usize>,
+}
+
+/// `[outbound.smarthost_auth]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSmarthostAuth {
+    /// User name.
+    pub user: String,
+    /// File holding the password (first line).
+    pub password_file: PathBuf,
 }
 
 /// `[metrics]` as written.
@@ -251,6 +288,53 @@ pub struct Config {
     pub plugins: Vec<PluginSpec>,
     /// Where `/metrics` and the status page are served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Delivery to other mail servers.
+    pub outbound: OutboundConfig,
+}
+
+/// Where mail for domains that are not local goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Nowhere: such recipients fail (`5.1.1`) unless a plugin delivered them.
+    None,
+    /// All of it to one relay.
+    Smarthost,
+    /// Straight to each domain's MX hosts (RFC 5321 section 5).
+    Mx,
+}
+
+/// How hard to insist on TLS to the next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TlsPolicy {
+    /// STARTTLS with a verified certificate, or the recipients wait (4.7.5).
+    Required,
+    /// STARTTLS when offered (certificate not verified, RFC 7435), else plain.
+    Opportunistic,
+    /// Never STARTTLS.
+    None,
+}
+
+/// Validated `[outbound]`.
+#[derive(Debug, Clone)]
+pub struct OutboundConfig {
+    /// The route for recipients outside the local domains.
+    pub route: Route,
+    /// Smarthost host and port.
+    pub smarthost: Option<(String, u16)>,
+    /// TLS to the smarthost.
+    pub smarthost_tls: TlsPolicy,
+    /// Smarthost AUTH user and password.
+    pub smarthost_auth: Option<(String, String)>,
+    /// Extra CA certificates (PEM).
+    pub tls_ca_file: Option<PathBuf>,
+    /// Port of MX hosts (25).
+    pub mx_port: u16,
+    /// DNS servers for MX lookups; empty: the system's.
+    pub nameservers: Vec<SocketAddr>,
+    /// Connect and reply timeout.
+    pub timeout: Duration,
+    /// Most simultaneous connections to one destination.
+    pub max_connections_per_destination: usize,
 }
 
 /// Validated `[pipeline]`.
@@ -689,7 +773,85 @@ impl RawConfig {
             }
         }
 
+        let o = self.outbound;
+        let route = match o.route.as_deref().unwrap_or("none") {
+            "none" => Route::None,
+            "smarthost" => Route::Smarthost,
+            "mx" => Route::Mx,
+            other => {
+                return Err(invalid(
+                    "outbound.route",
+                    format!("{other:?} is not one of \"none\", \"smarthost\", \"mx\""),
+                ))
+            }
+        };
+        let smarthost = match &o.smarthost {
+            None => None,
+            Some(hp) => {
+                let parsed = hp
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| {
+                        Some((
+                            h.trim_matches(['[', ']']).to_string(),
+                            p.parse::<u16>().ok()?,
+                        ))
+                    })
+                    .filter(|(h, _)| !h.is_empty());
+                Some(parsed.ok_or_else(|| {
+                    invalid(
+                        "outbound.smarthost",
+                        format!("{hp:?} is not HOST:PORT (for example \"smtp.example.net:587\")"),
+                    )
+                })?)
+            }
+        };
+        if route == Route::Smarthost && smarthost.is_none() {
+            return Err(invalid(
+                "outbound.smarthost",
+                "route = \"smarthost\" needs a smarthost (HOST:PORT)".into(),
+            ));
+        }
+        let smarthost_tls = match o.smarthost_tls.as_deref().unwrap_or("required") {
+            "required" => TlsPolicy::Required,
+            "opportunistic" => TlsPolicy::Opportunistic,
+            "none" => TlsPolicy::None,
+            other => {
+                return Err(invalid(
+                    "outbound.smarthost_tls",
+                    format!("{other:?} is not one of \"required\", \"opportunistic\", \"none\""),
+                ))
+            }
+        };
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let smarthost_auth = match o.smarthost_auth {
+            None => None,
+            Some(a) => {
+                let file = abs(a.password_file);
+                let text = std::fs::read_to_string(&file).map_err(|e| {
+                    invalid(
+                        "outbound.smarthost_auth.password_file",
+                        format!("cannot read {}: {e}", file.display()),
+                    )
+                })?;
+                let password = text.lines().next().unwrap_or("").to_string();
+                Some((a.user, password))
+            }
+        };
+        let nameservers = parse_addrs("outbound.nameservers", &o.nameservers.unwrap_or_default())?;
+        let outbound = OutboundConfig {
+            route,
+            smarthost,
+            smarthost_tls,
+            smarthost_auth,
+            tls_ca_file: o.tls_ca_file.map(abs),
+            mx_port: o.mx_port.unwrap_or(25),
+            nameservers,
+            timeout: Duration::from_secs(o.timeout_secs.unwrap_or(60).max(1)),
+            max_connections_per_destination: o.max_connections_per_destination.unwrap_or(4).max(1),
+        };
+
         Ok(Config {
+            outbound,
             metrics_listen,
             pipeline: PipelineConfig {
                 workers,

@@ -49,6 +49,9 @@ pub enum StartError {
     /// A background thread could not start.
     #[error("starting {0}: {1}")]
     Thread(&'static str, std::io::Error),
+    /// Outbound delivery could not be set up.
+    #[error("{0}")]
+    Outbound(#[from] crate::outbound::SetupError),
 }
 
 /// The signals the daemon handles, registered before it announces that it
@@ -129,15 +132,8 @@ impl Daemon {
         let stages =
             tokio::task::block_in_place(|| pipeline::load_chain(&runtime, &config.plugins));
         let chain: SharedChain = Arc::new(RwLock::new(Arc::new(stages)));
-        let pipeline = Pipeline::start(
-            spool,
-            chain.clone(),
-            pipeline::Settings {
-                config: config.pipeline.clone(),
-                hostname: config.hostname.clone(),
-            },
-        )
-        .map_err(|e| StartError::Thread("the pipeline", e))?;
+        let pipeline = Pipeline::start(spool, chain.clone(), pipeline::Settings::of(&config)?)
+            .map_err(|e| StartError::Thread("the pipeline", e))?;
         let reloader = chain::Reloader::start(
             runtime.clone(),
             chain.clone(),
@@ -226,10 +222,12 @@ impl Daemon {
         if let Ok(mut c) = self.chain.write() {
             *c = Arc::new(stages);
         }
-        self.pipeline.reconfigure(pipeline::Settings {
-            config: new.pipeline.clone(),
-            hostname: new.hostname.clone(),
-        });
+        match pipeline::Settings::of(&new) {
+            Ok(settings) => self.pipeline.reconfigure(settings),
+            Err(e) => {
+                warn!(error = %e, "outbound delivery could not be set up; keeping the previous pipeline settings");
+            }
+        }
         let names: Vec<&str> = new.plugins.iter().map(|p| p.name.as_str()).collect();
         info!(file = %path.display(), chain = %names.join(" -> "), "configuration reloaded");
         self.config = new;

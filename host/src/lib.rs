@@ -9,6 +9,7 @@
 pub mod config;
 pub mod daemon;
 pub mod metrics;
+pub mod outbound;
 pub mod pipeline;
 pub mod plugins;
 pub mod queue;

@@ -6,6 +6,7 @@
 //! daemon's log inside), so the evidence survives the run.
 
 pub mod load;
+pub mod nexthop;
 pub mod soak;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -39,6 +39,24 @@ pub struct Settings {
     pub config: PipelineConfig,
     /// The server's name (for DSNs).
     pub hostname: String,
+    /// The local domains (lowercase): recipients elsewhere go outbound.
+    pub local_domains: Arc<Vec<String>>,
+    /// Delivery to other servers, when `[outbound]` routes anywhere.
+    pub outbound: Option<Arc<crate::outbound::Outbound>>,
+}
+
+impl Settings {
+    /// The settings `config` asks for. Sets up outbound delivery (its DNS
+    /// resolver and TLS roots) when a route is configured.
+    pub fn of(config: &crate::config::Config) -> Result<Settings, crate::outbound::SetupError> {
+        let outbound = crate::outbound::Outbound::new(&config.outbound, &config.hostname)?;
+        Ok(Settings {
+            config: config.pipeline.clone(),
+            hostname: config.hostname.clone(),
+            local_domains: Arc::new(config.domains.clone()),
+            outbound: outbound.enabled().then(|| Arc::new(outbound)),
+        })
+    }
 }
 
 enum Event {

@@ -388,6 +388,10 @@ fn settle(
     header: &Header,
     deferred_from: Option<u32>,
 ) -> Result<(), spool::Error> {
+    let settings = ctx.settings();
+    if let Some(out) = &settings.outbound {
+        deliver_remote(ctx, id, progress, header, out, &settings.local_domains)?;
+    }
     for r in progress.state.envelope.recipients.iter_mut() {
         if r.state == RecipientState::Pending {
             r.state = RecipientState::Failed {
@@ -403,7 +407,8 @@ fn settle(
         .iter()
         .any(|r| matches!(r.state, RecipientState::Deferred { .. }));
     if any_deferred {
-        progress.next_stage = deferred_from.unwrap_or(0);
+        // Only outbound recipients deferred: the retry skips the chain.
+        progress.next_stage = deferred_from.unwrap_or(progress.chain.len() as u32);
         progress.last_error = progress
             .state
             .envelope
@@ -417,6 +422,81 @@ fn settle(
         return defer(ctx, id, progress, header, None);
     }
     finish(ctx, id, progress, header)
+}
+
+/// Hands the recipients still pending outside the local domains to the next
+/// hop. Each one the hop accepts is recorded durably (a checkpoint that
+/// resumes after the chain) before anything else, so a crash never sends it
+/// to that hop twice.
+fn deliver_remote(
+    ctx: &Context,
+    id: &QueueId,
+    progress: &mut Progress,
+    header: &Header,
+    out: &crate::outbound::Outbound,
+    local: &[String],
+) -> Result<(), spool::Error> {
+    let remote: Vec<String> = progress
+        .state
+        .envelope
+        .recipients
+        .iter()
+        .filter(|r| r.state == RecipientState::Pending)
+        .filter(|r| !local.contains(&crate::outbound::domain_of(&r.address)))
+        .map(|r| r.address.clone())
+        .collect();
+    if remote.is_empty() {
+        return Ok(());
+    }
+    // The message as the chain left it: its headers, a blank line, the body.
+    let path = ctx.spool.path(QueueState::Active, id);
+    let mut message = progress.state.header_bytes();
+    message.extend_from_slice(b"\r\n");
+    let body_len = header.message_len.saturating_sub(progress.body_offset);
+    File::open(&path)
+        .and_then(|mut f| {
+            f.seek(SeekFrom::Start(
+                header.message_offset + progress.body_offset,
+            ))?;
+            f.take(body_len).read_to_end(&mut message)
+        })
+        .map_err(|e| spool::Error::Io {
+            op: "reading",
+            path: path.clone(),
+            source: e,
+        })?;
+    let mail_from = progress.state.envelope.mail_from.clone();
+    let chain_end = progress.chain.len() as u32;
+    let results = out.deliver(&mail_from, &remote, &message, &mut |accepted, note| {
+        for r in progress.state.envelope.recipients.iter_mut() {
+            if accepted.contains(&r.address) {
+                r.state = RecipientState::Delivered {
+                    note: note.to_string(),
+                };
+            }
+        }
+        progress.next_stage = chain_end;
+        ctx.spool.save_progress(id, progress)
+    });
+    for (address, outcome) in results {
+        let Some(r) = progress
+            .state
+            .envelope
+            .recipients
+            .iter_mut()
+            .find(|r| r.address == address)
+        else {
+            continue;
+        };
+        r.state = match outcome {
+            crate::outbound::Outcome::Delivered(note) => RecipientState::Delivered { note },
+            crate::outbound::Outcome::Deferred(reason) => RecipientState::Deferred { reason },
+            crate::outbound::Outcome::Failed { status, reason } => {
+                RecipientState::Failed { status, reason }
+            }
+        };
+    }
+    Ok(())
 }
 
 /// Reports failures, logs every recipient's outcome, removes the message.

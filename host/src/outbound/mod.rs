@@ -1,0 +1,517 @@
+//! Outbound delivery: hands recipients outside the local domains to the next
+//! hop, a configured smarthost or the domain's MX hosts, over SMTP (lettre's
+//! connection, one transaction per destination and message).
+//!
+//! It owns the SMTP client side: connecting (each MX host in preference
+//! order, then the next), STARTTLS (required and verified for a smarthost by
+//! default, opportunistic and unverified for MX, RFC 7435), AUTH to a
+//! smarthost, one MAIL/RCPT…/DATA transaction with a reply per recipient,
+//! connection reuse per destination and a cap on connections per
+//! destination. Replies are classified per recipient: 2xx delivered, 4xx and
+//! connection failures deferred, 5xx failed. The caller (the pipeline) gets a
+//! callback the moment the next hop accepts, to make that durable before
+//! anything else happens.
+
+pub mod dns;
+
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
+
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{Certificate, SmtpConnection, TlsParameters};
+use lettre::transport::smtp::extension::{ClientId, Extension};
+use tracing::{debug, info};
+
+use crate::config::{OutboundConfig, Route, TlsPolicy};
+
+/// What became of one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The next hop accepted it (the note says which host and its reply).
+    Delivered(String),
+    /// Try again later.
+    Deferred(String),
+    /// Permanent failure.
+    Failed {
+        /// Enhanced status code.
+        status: String,
+        /// The next hop's reply or our reason.
+        reason: String,
+    },
+}
+
+/// Why outbound delivery could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The extra CA file could not be used.
+    #[error("outbound.tls_ca_file {path}: {why}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// The resolver could not be set up.
+    #[error(transparent)]
+    Dns(#[from] dns::LookupError),
+}
+
+/// One host to connect to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Hop {
+    /// Name for TLS and logs.
+    name: String,
+    /// Where to connect (a name or an address).
+    connect: String,
+    port: u16,
+    tls: TlsPolicy,
+    auth: bool,
+}
+
+/// The outbound side of one daemon.
+pub struct Outbound {
+    cfg: OutboundConfig,
+    hello: ClientId,
+    roots: Vec<Certificate>,
+    dns: Option<dns::Dns>,
+    idle: Mutex<HashMap<Hop, Vec<SmtpConnection>>>,
+    busy: Mutex<HashMap<String, usize>>,
+    freed: Condvar,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound")
+            .field("route", &self.cfg.route)
+            .finish()
+    }
+}
+
+/// The enhanced status code at the start of a reply text, if any.
+fn enhanced(text: &str) -> Option<String> {
+    let t = text.trim_start();
+    let word = t.split_whitespace().next()?;
+    let parts: Vec<&str> = word.split('.').collect();
+    (parts.len() == 3
+        && matches!(parts[0], "2" | "4" | "5")
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+    .then(|| word.to_string())
+}
+
+/// Classifies a failed command: permanent (5xx) or not (4xx, network, TLS…).
+fn classify(e: &lettre::transport::smtp::Error, host: &str, what: &str) -> Outcome {
+    let text = e.to_string();
+    let reason = format!("{host} said after {what}: {text}");
+    if e.is_permanent() {
+        let status = enhanced(text.split_once(": ").map(|x| x.1).unwrap_or(&text))
+            .filter(|s| s.starts_with('5'))
+            .unwrap_or_else(|| "5.0.0".into());
+        Outcome::Failed { status, reason }
+    } else {
+        Outcome::Deferred(reason)
+    }
+}
+
+/// The domain part of an address, lowercase.
+pub fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Releases a destination slot on drop.
+struct Slot<'a> {
+    out: &'a Outbound,
+    key: String,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut busy) = self.out.busy.lock() {
+            if let Some(n) = busy.get_mut(&self.key) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        self.out.freed.notify_all();
+    }
+}
+
+impl Outbound {
+    /// Sets up outbound delivery; `hostname` is what EHLO says.
+    pub fn new(cfg: &OutboundConfig, hostname: &str) -> Result<Outbound, SetupError> {
+        let mut roots = Vec::new();
+        if let Some(path) = &cfg.tls_ca_file {
+            let ca = |why: String| SetupError::Ca {
+                path: path.display().to_string(),
+                why,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca(e.to_string()))?;
+            roots.push(Certificate::from_pem(&pem).map_err(|e| ca(e.to_string()))?);
+        }
+        let dns = match cfg.route {
+            Route::Mx => Some(dns::Dns::new(&cfg.nameservers)?),
+            _ => None,
+        };
+        Ok(Outbound {
+            cfg: cfg.clone(),
+            hello: ClientId::Domain(hostname.to_string()),
+            roots,
+            dns,
+            idle: Mutex::new(HashMap::new()),
+            busy: Mutex::new(HashMap::new()),
+            freed: Condvar::new(),
+        })
+    }
+
+    /// Whether recipients outside the local domains go anywhere.
+    pub fn enabled(&self) -> bool {
+        self.cfg.route != Route::None
+    }
+
+    /// Delivers `message` from `mail_from` to `recipients` (all outside the
+    /// local domains). `accepted` is called with the recipients a next hop has
+    /// just accepted, before anything else happens; an error from it stops
+    /// the delivery (what is left is deferred). Returns every recipient's outcome.
+    pub fn deliver<E: std::fmt::Display>(
+        &self,
+        mail_from: &str,
+        recipients: &[String],
+        message: &[u8],
+        accepted: &mut dyn FnMut(&[String], &str) -> Result<(), E>,
+    ) -> Vec<(String, Outcome)> {
+        let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+        for r in recipients {
+            let key = match self.cfg.route {
+                Route::Smarthost => "smarthost".to_string(),
+                _ => domain_of(r),
+            };
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(r.clone()),
+                None => groups.push((key, vec![r.clone()])),
+            }
+        }
+        let mut results = Vec::new();
+        let mut stopped = None;
+        for (key, rcpts) in groups {
+            if let Some(why) = &stopped {
+                results.extend(
+                    rcpts
+                        .into_iter()
+                        .map(|r| (r, Outcome::Deferred(format!("{why}")))),
+                );
+                continue;
+            }
+            let outcomes =
+                self.deliver_group(&key, mail_from, &rcpts, message, accepted, &mut stopped);
+            results.extend(outcomes);
+        }
+        results
+    }
+
+    fn hops(&self, key: &str) -> Result<Vec<Hop>, Outcome> {
+        match self.cfg.route {
+            Route::Smarthost | Route::None => {
+                let Some((host, port)) = &self.cfg.smarthost else {
+                    return Err(Outcome::Failed {
+                        status: "5.3.5".into(),
+                        reason: "no smarthost configured".into(),
+                    });
+                };
+                Ok(vec![Hop {
+                    name: host.clone(),
+                    connect: host.clone(),
+                    port: *port,
+                    tls: self.cfg.smarthost_tls,
+                    auth: self.cfg.smarthost_auth.is_some(),
+                }])
+            }
+            Route::Mx => {
+                let Some(dns) = &self.dns else {
+                    return Err(Outcome::Deferred("4.3.5 no resolver".into()));
+                };
+                match dns.mx_hosts(key) {
+                    Ok(hosts) => Ok(hosts
+                        .into_iter()
+                        .flat_map(|h| {
+                            let name = h.name.clone();
+                            h.addrs.into_iter().map(move |ip| Hop {
+                                name: name.clone(),
+                                connect: ip.to_string(),
+                                port: self.cfg.mx_port,
+                                tls: TlsPolicy::Opportunistic,
+                                auth: false,
+                            })
+                        })
+                        .collect()),
+                    Err(dns::LookupError::Permanent(why)) => {
+                        let status = why.split_whitespace().next().unwrap_or("5.1.2").to_string();
+                        Err(Outcome::Failed {
+                            status,
+                            reason: why,
+                        })
+                    }
+                    Err(e) => Err(Outcome::Deferred(e.to_string())),
+                }
+            }
+        }
+    }
+
+    /// Waits for a connection slot to destination `key` (at most the timeout).
+    fn slot(&self, key: &str) -> Option<Slot<'_>> {
+        let deadline = Instant::now() + self.cfg.timeout;
+        let mut busy = self.busy.lock().ok()?;
+        loop {
+            let n = busy.entry(key.to_string()).or_insert(0);
+            if *n < self.cfg.max_connections_per_destination {
+                *n += 1;
+                return Some(Slot {
+                    out: self,
+                    key: key.to_string(),
+                });
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            busy = self.freed.wait_timeout(busy, left).ok()?.0;
+        }
+    }
+
+    fn tls_params(&self, hop: &Hop) -> Result<TlsParameters, lettre::transport::smtp::Error> {
+        let mut b = TlsParameters::builder(hop.name.clone());
+        for root in &self.roots {
+            b = b.add_root_certificate(root.clone());
+        }
+        if hop.tls != TlsPolicy::Required {
+            // Opportunistic TLS protects against passive listeners only; an
+            // unverifiable certificate must not stop the mail (RFC 7435).
+            b = b
+                .dangerous_accept_invalid_certs(true)
+                .dangerous_accept_invalid_hostnames(true);
+        }
+        b.build_rustls()
+    }
+
+    /// A pooled connection to `hop` that still answers, or a new one (EHLO,
+    /// STARTTLS and AUTH as the hop requires).
+    fn connect(&self, hop: &Hop) -> Result<SmtpConnection, Outcome> {
+        let pooled = self
+            .idle
+            .lock()
+            .ok()
+            .and_then(|mut m| m.get_mut(hop).and_then(|v| v.pop()));
+        if let Some(mut c) = pooled {
+            if c.test_connected() {
+                debug!(host = %hop.name, "reusing connection");
+                return Ok(c);
+            }
+        }
+        let defer = |what: &str, e: &dyn std::fmt::Display| {
+            Outcome::Deferred(format!("4.4.1 {}:{}: {what}: {e}", hop.name, hop.port))
+        };
+        let mut c = SmtpConnection::connect(
+            (hop.connect.as_str(), hop.port),
+            Some(self.cfg.timeout),
+            &self.hello,
+            None,
+            None,
+        )
+        .map_err(|e| defer("connect", &e))?;
+        if hop.tls != TlsPolicy::None && c.can_starttls() {
+            let params = self.tls_params(hop).map_err(|e| defer("TLS setup", &e))?;
+            if let Err(e) = c.starttls(&params, &self.hello) {
+                return Err(defer("STARTTLS", &e));
+            }
+        } else if hop.tls == TlsPolicy::Required {
+            c.abort();
+            return Err(Outcome::Deferred(format!(
+                "4.7.5 {}:{} does not offer STARTTLS and TLS is required (outbound.smarthost_tls)",
+                hop.name, hop.port
+            )));
+        }
+        if hop.auth {
+            if let Some((user, password)) = &self.cfg.smarthost_auth {
+                let creds = Credentials::new(user.clone(), password.clone());
+                if let Err(e) = c.auth(&[Mechanism::Plain, Mechanism::Login], &creds) {
+                    c.abort();
+                    return Err(Outcome::Deferred(format!(
+                        "4.7.0 AUTH to {} as {user} failed: {e}",
+                        hop.name
+                    )));
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    fn deliver_group<E: std::fmt::Display>(
+        &self,
+        key: &str,
+        mail_from: &str,
+        rcpts: &[String],
+        message: &[u8],
+        accepted: &mut dyn FnMut(&[String], &str) -> Result<(), E>,
+        stopped: &mut Option<String>,
+    ) -> Vec<(String, Outcome)> {
+        let all = |o: Outcome| {
+            rcpts
+                .iter()
+                .map(|r| (r.clone(), o.clone()))
+                .collect::<Vec<_>>()
+        };
+        let hops = match self.hops(key) {
+            Ok(h) => h,
+            Err(o) => return all(o),
+        };
+        let Some(_slot) = self.slot(key) else {
+            return all(Outcome::Deferred(format!(
+                "4.4.5 too many connections to {key} (outbound.max_connections_per_destination)"
+            )));
+        };
+        let mut last = Outcome::Deferred(format!("4.4.4 no host to try for {key}"));
+        for hop in &hops {
+            let mut conn = match self.connect(hop) {
+                Ok(c) => c,
+                Err(o @ Outcome::Failed { .. }) => return all(o),
+                Err(o) => {
+                    info!(host = %hop.name, port = hop.port, reason = ?o, "next hop unavailable, trying the next");
+                    last = o;
+                    continue;
+                }
+            };
+            let (outcomes, healthy) =
+                self.transaction(&mut conn, hop, mail_from, rcpts, message, accepted, stopped);
+            if healthy {
+                if let Ok(mut m) = self.idle.lock() {
+                    m.entry(hop.clone()).or_default().push(conn);
+                }
+            } else {
+                conn.abort();
+            }
+            return outcomes;
+        }
+        all(last)
+    }
+
+    /// One MAIL/RCPT/DATA transaction. Returns the outcomes and whether the
+    /// connection can be reused.
+    #[allow(clippy::too_many_arguments)]
+    fn transaction<E: std::fmt::Display>(
+        &self,
+        conn: &mut SmtpConnection,
+        hop: &Hop,
+        mail_from: &str,
+        rcpts: &[String],
+        message: &[u8],
+        accepted: &mut dyn FnMut(&[String], &str) -> Result<(), E>,
+        stopped: &mut Option<String>,
+    ) -> (Vec<(String, Outcome)>, bool) {
+        let all = |o: Outcome| {
+            rcpts
+                .iter()
+                .map(|r| (r.clone(), o.clone()))
+                .collect::<Vec<_>>()
+        };
+        let host = format!("{}:{}", hop.name, hop.port);
+        let info = conn.server_info().clone();
+        let utf8 = !mail_from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii());
+        if utf8 && !info.supports_feature(Extension::SmtpUtfEight) {
+            return (
+                all(Outcome::Failed {
+                    status: "5.6.7".into(),
+                    reason: format!("{host} does not support SMTPUTF8, which these addresses need"),
+                }),
+                true,
+            );
+        }
+        let mut params = String::new();
+        if !message.is_ascii() && info.supports_feature(Extension::EightBitMime) {
+            params.push_str(" BODY=8BITMIME");
+        }
+        if utf8 {
+            params.push_str(" SMTPUTF8");
+        }
+        if let Err(e) = conn.command(format!("MAIL FROM:<{mail_from}>{params}\r\n")) {
+            let healthy = e.is_permanent() || e.is_transient();
+            if healthy {
+                let _ = conn.command("RSET\r\n");
+            }
+            return (all(classify(&e, &host, "MAIL FROM")), healthy);
+        }
+        let mut results = Vec::new();
+        let mut ok = Vec::new();
+        for r in rcpts {
+            match conn.command(format!("RCPT TO:<{r}>\r\n")) {
+                Ok(_) => ok.push(r.clone()),
+                Err(e) if e.is_permanent() || e.is_transient() => {
+                    results.push((r.clone(), classify(&e, &host, "RCPT TO")))
+                }
+                Err(e) => {
+                    let o = classify(&e, &host, "RCPT TO");
+                    return (all(o), false);
+                }
+            }
+        }
+        if ok.is_empty() {
+            let _ = conn.command("RSET\r\n");
+            return (results, true);
+        }
+        if let Err(e) = conn.command("DATA\r\n") {
+            let o = classify(&e, &host, "DATA");
+            results.extend(ok.into_iter().map(|r| (r, o.clone())));
+            return (results, false);
+        }
+        // lettre ends the data with CRLF "." CRLF itself: a message that
+        // already ends with CRLF (as SMTP content does) must not get a second.
+        let payload = message.strip_suffix(b"\r\n").unwrap_or(message);
+        match conn.message(payload) {
+            Ok(resp) => {
+                let reply: Vec<String> = resp.message().map(|s| s.to_string()).collect();
+                let note = format!("relayed to {host}: {} {}", resp.code(), reply.join(" "));
+                info!(host = %host, recipients = ok.len(), "next hop accepted the message");
+                if let Err(e) = accepted(&ok, &note) {
+                    // The hop has it; we could not record that. Say so loudly
+                    // and stop: the rest waits for the next attempt.
+                    *stopped = Some(format!("4.3.0 could not record a delivery: {e}"));
+                }
+                results.extend(
+                    ok.into_iter()
+                        .map(|r| (r, Outcome::Delivered(note.clone()))),
+                );
+                (results, true)
+            }
+            Err(e) => {
+                let healthy = e.is_permanent() || e.is_transient();
+                let o = classify(&e, &host, "end of data");
+                results.extend(ok.into_iter().map(|r| (r, o.clone())));
+                (results, healthy)
+            }
+        }
+    }
+
+    /// Closes idle connections (at shutdown or reload).
+    pub fn close_idle(&self) {
+        if let Ok(mut m) = self.idle.lock() {
+            for (_, conns) in m.drain() {
+                for mut c in conns {
+                    let _ = c.quit();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enhanced_codes_are_found_only_where_they_belong() {
+        assert_eq!(enhanced("5.1.1 no such user"), Some("5.1.1".into()));
+        assert_eq!(enhanced("  4.2.2 mailbox full"), Some("4.2.2".into()));
+        assert_eq!(enhanced("no such user 5.1.1"), None);
+        assert_eq!(enhanced("5.1 x"), None);
+        assert_eq!(domain_of("A@Example.TEST"), "example.test");
+    }
+}
