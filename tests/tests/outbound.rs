@@ -254,3 +254,53 @@ fn outbound_config_errors_name_the_key() {
         assert!(err.contains(key), "{outbound}: {err}");
     }
 }
+
+#[test]
+fn mx_route_follows_preference_falls_back_and_bounces_what_dns_refuses() {
+    use finaldot_e2e::dns::{DnsServer, Record};
+    let dir = TestDir::new("out-mx");
+    let hop = NextHop::start();
+    let dns = DnsServer::start(vec![
+        // The best MX has nothing listening: the next one must be tried.
+        Record::Mx("remote.test".into(), 5, "mx0.remote.test".into()),
+        Record::Mx("remote.test".into(), 10, "mx1.remote.test".into()),
+        Record::A("mx0.remote.test".into(), "127.0.0.2".parse().expect("ip")),
+        Record::A("mx1.remote.test".into(), "127.0.0.1".parse().expect("ip")),
+        // No MX at all: the domain's own address is the implicit MX.
+        Record::A("implicit.test".into(), "127.0.0.1".parse().expect("ip")),
+        // Null MX (RFC 7505).
+        Record::Mx("nomail.test".into(), 0, ".".into()),
+    ]);
+    list(
+        dir.path(),
+        "team@localhost",
+        "zed@remote.test\nivy@implicit.test\nx@nowhere.test\ny@nomail.test\n",
+    );
+    let out = format!(
+        "route = \"mx\"\nnameservers = [\"{}\"]\nmx_port = {}",
+        dns.addr,
+        hop.addr.port()
+    );
+    let d = Daemon::start_with(dir.path(), &config(dir.path(), &out));
+    let (code, text) = d.connect().send_message(
+        "carol@remote.test",
+        &["team@localhost"],
+        b"Subject: mx\r\n\r\nbody\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    let got = hop.wait_for(2, LONG);
+    let mut rcpts: Vec<String> = got.iter().flat_map(|a| a.rcpt_to.clone()).collect();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        vec!["ivy@implicit.test", "zed@remote.test"],
+        "{got:?}"
+    );
+    assert!(wait_until(LONG, || drained(&d)), "log:\n{}", d.log());
+    // The two refused by DNS bounce to the list's bounce address (local).
+    let dsn = wait_for_files(&dir.path().join("mail/team-bounces/Maildir/new"), 1, LONG);
+    assert_eq!(dsn.len(), 1, "log:\n{}", d.log());
+    let text = std::fs::read_to_string(&dsn[0]).expect("read");
+    assert!(text.contains("Status: 5.1.2"), "{text}");
+    assert!(text.contains("Status: 5.1.10"), "{text}");
+}

@@ -1,0 +1,129 @@
+//! A tiny authoritative DNS server on loopback UDP for outbound tests: MX and
+//! A records from a table, NXDOMAIN for names it does not know, NODATA for
+//! known names without the asked type. Just enough of RFC 1035 for a
+//! resolver's MX, A and AAAA queries; never used outside tests.
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// One record.
+#[derive(Debug, Clone)]
+pub enum Record {
+    /// `name MX preference exchange` (exchange "." is the null MX).
+    Mx(String, u16, String),
+    /// `name A address`.
+    A(String, Ipv4Addr),
+}
+
+impl Record {
+    fn name(&self) -> &str {
+        match self {
+            Record::Mx(n, ..) | Record::A(n, _) => n,
+        }
+    }
+}
+
+/// The running server.
+pub struct DnsServer {
+    /// Where it answers.
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+fn encode_name(name: &str, out: &mut Vec<u8>) {
+    for label in name
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+    {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+}
+
+/// The question's name (lowercase, no trailing dot), type, and where it ends.
+fn parse_question(q: &[u8]) -> Option<(String, u16, usize)> {
+    let mut pos = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = *q.get(pos)? as usize;
+        pos += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(q.get(pos..pos + len)?).to_ascii_lowercase());
+        pos += len;
+    }
+    let qtype = u16::from_be_bytes([*q.get(pos)?, *q.get(pos + 1)?]);
+    Some((labels.join("."), qtype, pos + 4))
+}
+
+fn answer(query: &[u8], records: &[Record]) -> Option<Vec<u8>> {
+    let (name, qtype, end) = parse_question(query)?;
+    let known = records.iter().any(|r| r.name() == name);
+    let mut answers = Vec::new();
+    let mut count = 0u16;
+    for r in records.iter().filter(|r| r.name() == name) {
+        let (rtype, rdata) = match r {
+            Record::Mx(_, pref, exchange) => {
+                let mut d = pref.to_be_bytes().to_vec();
+                encode_name(exchange, &mut d);
+                (15u16, d)
+            }
+            Record::A(_, ip) => (1u16, ip.octets().to_vec()),
+        };
+        if rtype != qtype {
+            continue;
+        }
+        count += 1;
+        answers.extend_from_slice(&[0xC0, 0x0C]);
+        answers.extend_from_slice(&rtype.to_be_bytes());
+        answers.extend_from_slice(&1u16.to_be_bytes());
+        answers.extend_from_slice(&60u32.to_be_bytes());
+        answers.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        answers.extend_from_slice(&rdata);
+    }
+    let mut out = Vec::with_capacity(end + answers.len());
+    out.extend_from_slice(&query[..2]);
+    let rd = query[2] & 0x01;
+    out.push(0x84 | rd); // QR, AA, RD copied
+    out.push(if known { 0x80 } else { 0x83 }); // RA; NOERROR or NXDOMAIN
+    out.extend_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&count.to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(&query[12..end]);
+    out.extend_from_slice(&answers);
+    Some(out)
+}
+
+impl DnsServer {
+    /// Starts it on 127.0.0.1 with these records.
+    pub fn start(records: Vec<Record>) -> DnsServer {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind dns");
+        let addr = sock.local_addr().expect("addr");
+        sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .expect("timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                if let Some(reply) = answer(&buf[..n], &records) {
+                    let _ = sock.send_to(&reply, from);
+                }
+            }
+        });
+        DnsServer { addr, stop }
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
