@@ -23,6 +23,7 @@ fn config(starttls: bool) -> Arc<SessionConfig> {
             Some('+'),
         ),
         starttls,
+        submission: starttls,
     })
 }
 

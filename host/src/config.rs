@@ -113,6 +113,23 @@ pub struct RawConfig {
     /// Delivery to other mail servers.
     #[serde(default)]
     pub outbound: RawOutbound,
+    /// The authenticated submission listener.
+    #[serde(default)]
+    pub submission: RawSubmission,
+}
+
+/// `[submission]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubmission {
+    /// Addresses to listen on (port 587 style); absent: no submission listener.
+    pub listen: Option<Vec<String>>,
+    /// The users file (`finaldot user add`).
+    pub users_file: Option<PathBuf>,
+    /// Record the authenticated user in the Received header.
+    pub received_auth: Option<bool>,
+    /// Failed AUTH attempts per IP address in ten minutes before 421.
+    pub max_auth_failures_per_ip: Option<usize>,
 }
 
 /// `[outbound]` as written.
@@ -290,6 +307,21 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Delivery to other mail servers.
     pub outbound: OutboundConfig,
+    /// The submission listener.
+    pub submission: SubmissionConfig,
+}
+
+/// Validated `[submission]`.
+#[derive(Debug, Clone)]
+pub struct SubmissionConfig {
+    /// Listen addresses (empty: none).
+    pub listen: Vec<SocketAddr>,
+    /// The users file.
+    pub users_file: PathBuf,
+    /// Record the authenticated user in Received.
+    pub received_auth: bool,
+    /// Failed AUTH attempts per IP in ten minutes before 421.
+    pub max_auth_failures_per_ip: usize,
 }
 
 /// Where mail for domains that are not local goes.
@@ -444,6 +476,15 @@ impl Config {
             max_errors: self.smtp.max_errors,
             recipients: self.recipients.clone(),
             starttls: self.smtp.tls.is_some(),
+            submission: false,
+        }
+    }
+
+    /// What each submission session needs.
+    pub fn submission_session_config(&self) -> SessionConfig {
+        SessionConfig {
+            submission: true,
+            ..self.session_config()
         }
     }
 }
@@ -850,7 +891,36 @@ impl RawConfig {
             max_connections_per_destination: o.max_connections_per_destination.unwrap_or(4).max(1),
         };
 
+        let sub = self.submission;
+        let submission = SubmissionConfig {
+            listen: parse_addrs("submission.listen", &sub.listen.unwrap_or_default())?,
+            users_file: sub
+                .users_file
+                .map(abs)
+                .unwrap_or_else(|| data_dir.join("users")),
+            received_auth: sub.received_auth.unwrap_or(false),
+            max_auth_failures_per_ip: sub.max_auth_failures_per_ip.unwrap_or(5).max(1),
+        };
+        if !submission.listen.is_empty() && tls.is_none() {
+            return Err(invalid(
+                "submission.listen",
+                "needs smtp.tls (a certificate and key): AUTH is only offered after STARTTLS"
+                    .into(),
+            ));
+        }
+        if let Some(both) = submission
+            .listen
+            .iter()
+            .find(|a| (listen.contains(a) || tls_listen.contains(a)) && a.port() != 0)
+        {
+            return Err(invalid(
+                "submission.listen",
+                format!("{both} is also an SMTP listen address"),
+            ));
+        }
+
         Ok(Config {
+            submission,
             outbound,
             metrics_listen,
             pipeline: PipelineConfig {

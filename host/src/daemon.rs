@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, ConfigError};
 use crate::pipeline::{self, chain, Pipeline, SharedChain};
 use crate::plugins::{Runtime, RuntimeOptions};
-use crate::smtp::server::Server;
+use crate::smtp::server::{ListenKind, Server};
 use crate::spool::{self, Spool};
 
 /// Why the daemon could not start.
@@ -145,8 +145,11 @@ impl Daemon {
         for addr in server.local_addrs() {
             info!(%addr, hostname = %config.hostname, "listening on {addr}");
         }
-        for addr in server.local_tls_addrs() {
+        for addr in server.bound(ListenKind::ImplicitTls) {
             info!(%addr, hostname = %config.hostname, "listening (implicit TLS) at {addr}");
+        }
+        for addr in server.bound(ListenKind::Submission) {
+            info!(%addr, hostname = %config.hostname, "listening (submission) at {addr}");
         }
         Ok(Daemon {
             signals,

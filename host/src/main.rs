@@ -53,6 +53,31 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Manage submission users (the [submission] users file; argon2id hashes).
+    User {
+        /// Configuration file, to find the users file (default: the embedded default).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user, or set a new password for one; the password is read from
+    /// the first line of standard input (`echo 'secret' | finaldot user add alice`).
+    Add {
+        /// User name (what the client gives to AUTH).
+        name: String,
+    },
+    /// Remove a user.
+    Remove {
+        /// User name.
+        name: String,
+    },
+    /// List the user names.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -199,6 +224,7 @@ fn main() -> ExitCode {
             json,
             command,
         } => queue(config, json, command),
+        Command::User { config, command } => user(config, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -280,6 +306,40 @@ fn plugin_check(file: &std::path::Path) -> anyhow::Result<()> {
             Err(e.into())
         }
     }
+}
+
+fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<()> {
+    use finaldot::smtp::users;
+    let config = Config::load(config.as_deref())?;
+    let file = &config.submission.users_file;
+    match command {
+        UserCommand::Add { name } => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprintln!("password for {name} (one line; it is not echoed by a pipe, but is by a terminal):");
+            }
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            let new = users::add(file, &name, password)?;
+            println!(
+                "{} {name} in {}",
+                if new { "added" } else { "new password for" },
+                file.display()
+            );
+        }
+        UserCommand::Remove { name } => {
+            users::remove(file, &name)?;
+            println!("removed {name} from {}", file.display());
+        }
+        UserCommand::List => {
+            for u in users::list(file)? {
+                println!("{u}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn queue(config: Option<PathBuf>, json: bool, command: QueueCommand) -> anyhow::Result<()> {

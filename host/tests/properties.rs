@@ -19,6 +19,7 @@ fn config() -> Arc<SessionConfig> {
             Some('+'),
         ),
         starttls: false,
+        submission: false,
     })
 }
 

@@ -99,6 +99,13 @@ pub enum Command {
     Help,
     /// STARTTLS (RFC 3207).
     StartTls,
+    /// AUTH (RFC 4954): the mechanism (uppercase) and the initial response.
+    Auth {
+        /// `PLAIN`, `LOGIN`, …
+        mechanism: String,
+        /// The base64 initial response, if given (`=` is an empty one).
+        initial: Option<String>,
+    },
     /// A command defined by an extension finaldot does not offer (yet).
     NotImplemented(&'static str),
 }
@@ -170,7 +177,16 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         "EXPN" => Ok(Command::Expn),
         "HELP" => Ok(Command::Help),
         "STARTTLS" => no_args(Command::StartTls, "STARTTLS"),
-        "AUTH" => Ok(Command::NotImplemented("AUTH")),
+        "AUTH" => {
+            let mut words = rest.split_whitespace();
+            let usage = || Reply::new(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]");
+            let mechanism = words.next().ok_or_else(usage)?.to_ascii_uppercase();
+            let initial = words.next().map(str::to_string);
+            if words.next().is_some() {
+                return Err(usage());
+            }
+            Ok(Command::Auth { mechanism, initial })
+        }
         "ETRN" => Ok(Command::NotImplemented("ETRN")),
         "TURN" => Ok(Command::NotImplemented("TURN")),
         "ATRN" => Ok(Command::NotImplemented("ATRN")),

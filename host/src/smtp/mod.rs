@@ -18,5 +18,6 @@ pub mod policy;
 pub mod reply;
 pub mod server;
 pub mod session;
+pub mod users;
 
 pub use reply::Reply;

@@ -77,6 +77,10 @@ struct Shared {
     max_connections: Mutex<usize>,
     /// The STARTTLS acceptor, when a certificate is configured.
     tls: RwLock<Option<tokio_rustls::TlsAcceptor>>,
+    /// Submission settings.
+    submission: RwLock<SubmissionSettings>,
+    /// Failed AUTH attempts in the last ten minutes, per IP.
+    auth_failures: Mutex<HashMap<IpAddr, std::collections::VecDeque<std::time::Instant>>>,
 }
 
 impl Shared {
@@ -94,6 +98,38 @@ impl Shared {
         }
     }
 
+    fn submission(&self) -> SubmissionSettings {
+        match self.submission.read() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Failed AUTH attempts from `ip` in the window, after forgetting old ones.
+    fn auth_failures(&self, ip: IpAddr, add: bool) -> usize {
+        let Ok(mut map) = self.auth_failures.lock() else {
+            return 0;
+        };
+        let now = std::time::Instant::now();
+        if map.len() > 10_000 {
+            map.retain(|_, q| {
+                q.back()
+                    .is_some_and(|t| now.duration_since(*t) < AUTH_FAILURE_WINDOW)
+            });
+        }
+        let q = map.entry(ip).or_default();
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= AUTH_FAILURE_WINDOW)
+        {
+            q.pop_front();
+        }
+        if add {
+            q.push_back(now);
+        }
+        q.len()
+    }
+
     fn limits(&self) -> Limits {
         match self.limits.read() {
             Ok(l) => *l,
@@ -102,23 +138,66 @@ impl Shared {
     }
 }
 
-/// One listening socket: the address it bound, whether TLS starts at
-/// connect, and how to stop its accept loop.
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenKind {
+    /// SMTP (port 25 style): STARTTLS offered, relay refused.
+    Smtp,
+    /// SMTP with TLS from the first byte (port 465 style).
+    ImplicitTls,
+    /// Submission (port 587 style): STARTTLS, then AUTH, then relay.
+    Submission,
+}
+
+/// One listening socket: the address it bound, what it serves, and how to
+/// stop its accept loop.
 struct Listener {
     bound: SocketAddr,
-    implicit_tls: bool,
+    kind: ListenKind,
     stop: watch::Sender<bool>,
 }
 
-/// A configured listen address and whether TLS starts at connect.
-type ListenKey = (SocketAddr, bool);
+/// A configured listen address and what it serves.
+type ListenKey = (SocketAddr, ListenKind);
 
 /// Every address `config` asks to listen on.
 fn listen_keys(config: &Config) -> Vec<ListenKey> {
-    let plain = config.smtp.listen.iter().map(|a| (*a, false));
-    let tls = config.smtp.tls_listen.iter().map(|a| (*a, true));
-    plain.chain(tls).collect()
+    let plain = config.smtp.listen.iter().map(|a| (*a, ListenKind::Smtp));
+    let tls = config
+        .smtp
+        .tls_listen
+        .iter()
+        .map(|a| (*a, ListenKind::ImplicitTls));
+    let sub = config
+        .submission
+        .listen
+        .iter()
+        .map(|a| (*a, ListenKind::Submission));
+    plain.chain(tls).chain(sub).collect()
 }
+
+/// Submission settings that a reload replaces.
+#[derive(Debug, Clone)]
+struct SubmissionSettings {
+    session: Arc<SessionConfig>,
+    users_file: std::path::PathBuf,
+    received_auth: bool,
+    max_auth_failures_per_ip: usize,
+}
+
+impl SubmissionSettings {
+    fn of(config: &Config) -> SubmissionSettings {
+        SubmissionSettings {
+            session: Arc::new(config.submission_session_config()),
+            users_file: config.submission.users_file.clone(),
+            received_auth: config.submission.received_auth,
+            max_auth_failures_per_ip: config.submission.max_auth_failures_per_ip,
+        }
+    }
+}
+
+/// How long a failed AUTH counts against its address.
+const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(600);
 
 /// A running SMTP server: listeners accepting, sessions served, until
 /// [`Server::shutdown`].
@@ -150,6 +229,8 @@ impl Server {
                     Some(files) => Some(tls_acceptor(files)?),
                     None => None,
                 }),
+                submission: RwLock::new(SubmissionSettings::of(config)),
+                auth_failures: Mutex::new(HashMap::new()),
             }),
             listeners: Mutex::new(HashMap::new()),
             stop,
@@ -163,7 +244,7 @@ impl Server {
     }
 
     async fn listen(&self, key: ListenKey) -> std::io::Result<SocketAddr> {
-        let (addr, implicit_tls) = key;
+        let (addr, kind) = key;
         let l = TcpListener::bind(addr)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
@@ -177,7 +258,7 @@ impl Server {
             .ok_or_else(|| std::io::Error::other("server is shutting down"))?;
         tokio::spawn(accept_loop(
             l,
-            implicit_tls,
+            kind,
             self.shared.clone(),
             self.stop.subscribe(),
             stop_one_rx,
@@ -188,7 +269,7 @@ impl Server {
                 key,
                 Listener {
                     bound,
-                    implicit_tls,
+                    kind,
                     stop: stop_one,
                 },
             );
@@ -198,20 +279,16 @@ impl Server {
 
     /// The plain SMTP addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.bound(false)
+        self.bound(ListenKind::Smtp)
     }
 
-    /// The implicit-TLS addresses actually bound.
-    pub fn local_tls_addrs(&self) -> Vec<SocketAddr> {
-        self.bound(true)
-    }
-
-    fn bound(&self, implicit_tls: bool) -> Vec<SocketAddr> {
+    /// The addresses of one kind actually bound.
+    pub fn bound(&self, kind: ListenKind) -> Vec<SocketAddr> {
         self.listeners
             .lock()
             .map(|m| {
                 m.values()
-                    .filter(|l| l.implicit_tls == implicit_tls)
+                    .filter(|l| l.kind == kind)
                     .map(|l| l.bound)
                     .collect()
             })
@@ -238,8 +315,17 @@ impl Server {
                 session.starttls = self.shared.tls().is_some();
             }
         }
+        let mut submission = SubmissionSettings::of(config);
+        if submission.session.starttls != session.starttls {
+            let mut sc = (*submission.session).clone();
+            sc.starttls = session.starttls;
+            submission.session = Arc::new(sc);
+        }
         if let Ok(mut s) = self.shared.session.write() {
             *s = Arc::new(session);
+        }
+        if let Ok(mut s) = self.shared.submission.write() {
+            *s = submission;
         }
         if let Ok(mut l) = self.shared.limits.write() {
             *l = Limits::of(config);
@@ -268,8 +354,15 @@ impl Server {
         }
         for key in wanted.iter().filter(|k| !current.contains(k)) {
             match self.listen(*key).await {
-                Ok(bound) if key.1 => info!(addr = %bound, "listening (implicit TLS) at {bound}"),
-                Ok(bound) => info!(addr = %bound, "listening on {bound}"),
+                Ok(bound) => match key.1 {
+                    ListenKind::Smtp => info!(addr = %bound, "listening on {bound}"),
+                    ListenKind::ImplicitTls => {
+                        info!(addr = %bound, "listening (implicit TLS) at {bound}")
+                    }
+                    ListenKind::Submission => {
+                        info!(addr = %bound, "listening (submission) at {bound}")
+                    }
+                },
                 Err(e) => problems.push(e.to_string()),
             }
         }
@@ -292,7 +385,7 @@ impl Server {
 
 async fn accept_loop(
     listener: TcpListener,
-    implicit_tls: bool,
+    kind: ListenKind,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     mut stop_one: watch::Receiver<bool>,
@@ -320,7 +413,7 @@ async fn accept_loop(
         let span = info_span!("smtp", client = %peer);
         tokio::spawn(
             async move {
-                connection(stream, peer, implicit_tls, shared, stop).await;
+                connection(stream, peer, kind, shared, stop).await;
                 drop(alive);
             }
             .instrument(span),
@@ -389,11 +482,15 @@ fn take_ip_slot(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
-    implicit_tls: bool,
+    kind: ListenKind,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
 ) {
-    let session_config = shared.session();
+    let implicit_tls = kind == ListenKind::ImplicitTls;
+    let session_config = match kind {
+        ListenKind::Submission => shared.submission().session,
+        _ => shared.session(),
+    };
     let limits = shared.limits();
     let host = &session_config.hostname;
     let Ok(_total) = shared.total.clone().try_acquire_owned() else {
@@ -450,6 +547,8 @@ async fn connection(
         out: Vec::new(),
         stop,
         deadline: None,
+        peer: peer.ip(),
+        received_auth: kind == ListenKind::Submission && shared.submission().received_auth,
     };
     if implicit_tls && !conn.handshake().await {
         crate::metrics::global().connections_open.dec();
@@ -551,7 +650,7 @@ fn clean_spaces(s: &str) -> String {
 }
 
 /// Formats the `Received:` trace header (RFC 5321 §4.4) for a new message.
-pub fn received_header(env: &Envelope, hostname: &str, id: &str) -> String {
+pub fn received_header(env: &Envelope, hostname: &str, id: &str, auth: Option<&str>) -> String {
     let clean = |s: &str| -> String {
         s.chars()
             .map(|c| if c.is_ascii_graphic() { c } else { '?' })
@@ -564,11 +663,14 @@ pub fn received_header(env: &Envelope, hostname: &str, id: &str) -> String {
     let date = chrono::DateTime::from_timestamp(env.received_at as i64, 0)
         .unwrap_or_default()
         .to_rfc2822();
-    let tls = env
+    let mut tls = env
         .tls
         .as_deref()
         .map(|t| format!(" (using {})", clean_spaces(t)))
         .unwrap_or_default();
+    if let Some(user) = auth {
+        tls.push_str(&format!("\r\n\t(Authenticated sender: {})", clean(user)));
+    }
     let mut h = format!(
         "Received: from {} ({})\r\n\tby {} (finaldot) with {}{} id {}",
         clean(&env.helo),
@@ -671,6 +773,10 @@ struct Conn {
     stop: watch::Receiver<bool>,
     /// Set when shutdown began: the end of the grace period.
     deadline: Option<Instant>,
+    /// The client's address.
+    peer: IpAddr,
+    /// Record the authenticated user in Received (submission listeners).
+    received_auth: bool,
 }
 
 impl Conn {
@@ -824,6 +930,40 @@ impl Conn {
                         return Ok(true);
                     }
                 }
+                Step::Authenticate { user, password } => {
+                    let settings = self.shared.submission();
+                    let max = settings.max_auth_failures_per_ip;
+                    if self.shared.auth_failures(self.peer, false) >= max {
+                        warn!(user = %user, "AUTH refused: too many failures from this address");
+                        self.session.auth_checked(None, true);
+                        continue;
+                    }
+                    let file = settings.users_file.clone();
+                    let who = user.clone();
+                    let ok = tokio::task::spawn_blocking(move || {
+                        crate::smtp::users::verify(&file, &who, &password)
+                    })
+                    .await;
+                    match ok {
+                        Ok(Ok(true)) => {
+                            info!(user = %user, "authenticated");
+                            self.session.auth_checked(Some(user), false);
+                        }
+                        Ok(Ok(false)) => {
+                            let n = self.shared.auth_failures(self.peer, true);
+                            warn!(user = %user, failures = n, "AUTH failed: bad user name or password");
+                            self.session.auth_checked(None, false);
+                        }
+                        Ok(Err(e)) => {
+                            error!(error = %e, "cannot read the users file");
+                            self.session.auth_checked(None, false);
+                        }
+                        Err(e) => {
+                            error!(error = %e, "AUTH check did not finish");
+                            self.session.auth_checked(None, false);
+                        }
+                    }
+                }
                 Step::Commit => {
                     self.ack_started = Some(std::time::Instant::now());
                     let r = self.commit().await;
@@ -849,9 +989,14 @@ impl Conn {
         let spool = self.shared.spool.clone();
         let hostname = self.hostname.clone();
         let env2 = env.clone();
+        let auth = self
+            .session
+            .authenticated()
+            .filter(|_| self.received_auth)
+            .map(str::to_string);
         let r = tokio::task::spawn_blocking(move || {
             let mut w = spool.begin(&env2)?;
-            let header = received_header(&env2, &hostname, w.id().as_str());
+            let header = received_header(&env2, &hostname, w.id().as_str(), auth.as_deref());
             w.write(header.as_bytes())?;
             Ok::<_, spool::Error>(w)
         })

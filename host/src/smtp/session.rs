@@ -46,6 +46,9 @@ pub struct SessionConfig {
     pub recipients: Recipients,
     /// Whether STARTTLS is offered (a certificate is configured).
     pub starttls: bool,
+    /// A submission listener (RFC 6409): AUTH is offered once TLS is up,
+    /// MAIL needs it, and an authenticated client may relay.
+    pub submission: bool,
 }
 
 /// What the driver must do next.
@@ -68,6 +71,24 @@ pub enum Step {
     StartTls,
     /// Send what is pending and close the connection.
     Close,
+    /// Check these credentials, then call [`Session::auth_checked`].
+    Authenticate {
+        /// The authentication identity.
+        user: String,
+        /// The password.
+        password: String,
+    },
+}
+
+/// Which AUTH exchange is waiting for the client's next line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AuthWait {
+    /// PLAIN without an initial response.
+    Plain,
+    /// LOGIN: the user name.
+    LoginUser,
+    /// LOGIN: the password for this user.
+    LoginPassword(String),
 }
 
 #[derive(Debug)]
@@ -91,6 +112,10 @@ enum Phase {
     AwaitCommit,
     /// Waiting for [`Session::tls_established`].
     AwaitTls,
+    /// Reading an AUTH response line (RFC 4954).
+    AuthResponse(AuthWait),
+    /// Waiting for [`Session::auth_checked`].
+    AwaitAuth,
     /// The connection is over.
     Closed,
 }
@@ -135,6 +160,8 @@ pub struct Session {
     errors: u32,
     /// Set once TLS is up: the protocol version and cipher suite.
     tls: Option<String>,
+    /// Set once AUTH succeeded: the authenticated user.
+    authenticated: Option<String>,
 }
 
 fn unix_now() -> u64 {
@@ -160,6 +187,43 @@ impl Session {
             data_out: Vec::new(),
             errors: 0,
             tls: None,
+            authenticated: None,
+        }
+    }
+
+    /// The user this session authenticated as, if any.
+    pub fn authenticated(&self) -> Option<&str> {
+        self.authenticated.as_deref()
+    }
+
+    /// The driver's answer to [`Step::Authenticate`]: the user when the
+    /// credentials are good, `None` when not. `blocked` when the client's
+    /// address has failed too often: the session ends with 421.
+    pub fn auth_checked(&mut self, user: Option<String>, blocked: bool) {
+        self.phase = Phase::Command;
+        if blocked {
+            self.reply(Reply::new(
+                421,
+                "4.7.0",
+                format!(
+                    "{} Error: too many failed authentication attempts from your address, try again later",
+                    self.cfg.hostname
+                ),
+            ));
+            self.pending.push_back(Step::Close);
+            self.phase = Phase::Closed;
+            return;
+        }
+        match user {
+            Some(u) => {
+                self.authenticated = Some(u);
+                self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
+            }
+            None => self.error_reply(Reply::new(
+                535,
+                "5.7.8",
+                "Error: authentication credentials invalid",
+            )),
         }
     }
 
@@ -304,7 +368,12 @@ impl Session {
             }
             match &mut self.phase {
                 Phase::Closed => return Step::Close,
-                Phase::AwaitBegin(_) | Phase::AwaitCommit | Phase::AwaitTls => {
+                Phase::AuthResponse(_) => {
+                    if !self.auth_line_step() {
+                        return Step::NeedInput;
+                    }
+                }
+                Phase::AwaitBegin(_) | Phase::AwaitCommit | Phase::AwaitTls | Phase::AwaitAuth => {
                     debug_assert!(false, "next_step() while a request is unanswered");
                     return Step::NeedInput;
                 }
@@ -399,6 +468,10 @@ impl Session {
                 if c.starttls && self.tls.is_none() {
                     lines.push("STARTTLS".to_string());
                 }
+                // RFC 4954 §4 and RFC 8314: no AUTH in plaintext.
+                if c.submission && self.tls.is_some() {
+                    lines.push("AUTH PLAIN LOGIN".to_string());
+                }
                 self.reply(Reply::lines(250, "", lines));
             }
             Command::Helo(name) => {
@@ -443,6 +516,7 @@ impl Session {
                 ],
             )),
             Command::StartTls => self.starttls(),
+            Command::Auth { mechanism, initial } => self.auth(&mechanism, initial),
             Command::NotImplemented(verb) => self.error_reply(Reply::new(
                 502,
                 "5.5.1",
@@ -481,10 +555,136 @@ impl Session {
         }
     }
 
+    fn auth(&mut self, mechanism: &str, initial: Option<String>) {
+        if !self.cfg.submission {
+            return self.error_reply(Reply::new(
+                502,
+                "5.5.1",
+                "Error: AUTH is not available here; use the submission port",
+            ));
+        }
+        if self.greeting.is_none() {
+            return self.error_reply(Reply::new(503, "5.5.1", "Error: send EHLO first"));
+        }
+        if self.tls.is_none() {
+            return self.error_reply(Reply::new(
+                538,
+                "5.7.11",
+                "Error: encryption required for requested authentication mechanism (STARTTLS first)",
+            ));
+        }
+        if self.authenticated.is_some() {
+            return self.error_reply(Reply::new(503, "5.5.1", "Error: already authenticated"));
+        }
+        if self.tx.is_some() {
+            return self.error_reply(Reply::new(
+                503,
+                "5.5.1",
+                "Error: AUTH not permitted during a mail transaction",
+            ));
+        }
+        match (mechanism, initial) {
+            ("PLAIN", Some(resp)) => self.auth_response(AuthWait::Plain, resp.as_bytes()),
+            ("PLAIN", None) => {
+                self.reply(Reply::new(334, "", ""));
+                self.phase = Phase::AuthResponse(AuthWait::Plain);
+            }
+            ("LOGIN", Some(resp)) => self.auth_response(AuthWait::LoginUser, resp.as_bytes()),
+            ("LOGIN", None) => {
+                self.reply(Reply::new(334, "", "VXNlcm5hbWU6"));
+                self.phase = Phase::AuthResponse(AuthWait::LoginUser);
+            }
+            _ => self.error_reply(Reply::new(
+                504,
+                "5.5.4",
+                "Error: unrecognized authentication type (PLAIN and LOGIN are offered)",
+            )),
+        }
+    }
+
+    /// Reads one AUTH response line (RFC 4954 allows 12288 octets).
+    fn auth_line_step(&mut self) -> bool {
+        let Phase::AuthResponse(wait) = &self.phase else {
+            return false;
+        };
+        let wait = wait.clone();
+        let avail = &self.input[self.pos..];
+        let Some(lf) = memchr(b'\n', avail) else {
+            if avail.len() > 12288 {
+                self.pos = self.input.len();
+                self.phase = Phase::SkipLongLine;
+            }
+            return false;
+        };
+        let line = avail[..lf]
+            .strip_suffix(b"\r")
+            .unwrap_or(&avail[..lf])
+            .to_vec();
+        self.pos += lf + 1;
+        self.phase = Phase::Command;
+        self.auth_response(wait, &line);
+        true
+    }
+
+    fn auth_response(&mut self, wait: AuthWait, line: &[u8]) {
+        use base64::Engine;
+        if line == b"*" {
+            return self.error_reply(Reply::new(501, "5.0.0", "Error: authentication cancelled"));
+        }
+        let decoded = if line == b"=" {
+            Ok(Vec::new())
+        } else {
+            base64::engine::general_purpose::STANDARD.decode(line)
+        };
+        let Ok(decoded) = decoded else {
+            return self.error_reply(Reply::new(
+                501,
+                "5.5.2",
+                "Error: cannot decode the response (base64)",
+            ));
+        };
+        let text = String::from_utf8_lossy(&decoded).into_owned();
+        match wait {
+            AuthWait::Plain => {
+                // authzid NUL authcid NUL passwd (RFC 4616); authzid must be
+                // empty or the same user.
+                let parts: Vec<&str> = text.split('\0').collect();
+                match parts.as_slice() {
+                    [authz, user, password] if authz.is_empty() || authz == user => {
+                        self.phase = Phase::AwaitAuth;
+                        self.pending.push_back(Step::Authenticate {
+                            user: user.to_string(),
+                            password: password.to_string(),
+                        });
+                    }
+                    _ => self.error_reply(Reply::new(
+                        535,
+                        "5.7.8",
+                        "Error: authentication credentials invalid",
+                    )),
+                }
+            }
+            AuthWait::LoginUser => {
+                self.reply(Reply::new(334, "", "UGFzc3dvcmQ6"));
+                self.phase = Phase::AuthResponse(AuthWait::LoginPassword(text));
+            }
+            AuthWait::LoginPassword(user) => {
+                self.phase = Phase::AwaitAuth;
+                self.pending.push_back(Step::Authenticate {
+                    user,
+                    password: text,
+                });
+            }
+        }
+    }
+
     fn mail(&mut self, from: Option<Mailbox>, params: command::MailParams) {
         let Some((greeting, _)) = &self.greeting else {
             return self.error_reply(Reply::new(503, "5.5.1", "Error: send HELO/EHLO first"));
         };
+        if self.cfg.submission && self.authenticated.is_none() {
+            return self.error_reply(Reply::new(530, "5.7.0", "Error: authentication required"));
+        }
         if self.tx.is_some() {
             return self.error_reply(Reply::new(503, "5.5.1", "Error: nested MAIL command"));
         }
@@ -548,6 +748,14 @@ impl Session {
                 "5.1.1",
                 format!("<{to}>: Recipient address rejected: user unknown"),
             )),
+            RcptVerdict::Relay if self.authenticated.is_some() => {
+                let tx = self.tx.as_mut().expect("checked above");
+                let addr = to.to_string();
+                if !tx.rcpt_to.iter().any(|r| r.to_string() == addr) {
+                    tx.rcpt_to.push(to);
+                }
+                self.reply(Reply::new(250, "2.1.5", "Ok"));
+            }
             RcptVerdict::Relay => self.error_reply(Reply::new(
                 550,
                 "5.7.1",
@@ -580,12 +788,17 @@ impl Session {
         let tx = self.tx.as_ref()?;
         let (greeting, helo) = self.greeting.as_ref()?;
         // RFC 3848 / RFC 6531 "with" keywords; S for TLS.
-        let protocol = match (tx.smtputf8, greeting, self.tls.is_some()) {
-            (true, _, false) => "UTF8SMTP",
-            (true, _, true) => "UTF8SMTPS",
-            (false, Greeting::Ehlo, false) => "ESMTP",
-            (false, Greeting::Ehlo, true) => "ESMTPS",
-            (false, Greeting::Helo, _) => "SMTP",
+        let auth = self.authenticated.is_some();
+        let protocol = match (tx.smtputf8, greeting, self.tls.is_some(), auth) {
+            (true, _, false, false) => "UTF8SMTP",
+            (true, _, true, false) => "UTF8SMTPS",
+            (true, _, false, true) => "UTF8SMTPA",
+            (true, _, true, true) => "UTF8SMTPSA",
+            (false, Greeting::Ehlo, false, false) => "ESMTP",
+            (false, Greeting::Ehlo, true, false) => "ESMTPS",
+            (false, Greeting::Ehlo, false, true) => "ESMTPA",
+            (false, Greeting::Ehlo, true, true) => "ESMTPSA",
+            (false, Greeting::Helo, _, _) => "SMTP",
         };
         Some(Envelope {
             mail_from: tx

@@ -20,6 +20,7 @@ fn config() -> Arc<SessionConfig> {
             Some('+'),
         ),
         starttls: false,
+        submission: false,
     })
 }
 
@@ -65,6 +66,10 @@ impl Driver {
                 Step::StartTls => {
                     self.tls_started += 1;
                     s.tls_established("TLSv1.3 with cipher TEST".into());
+                }
+                Step::Authenticate { user, password } => {
+                    let ok = user == "alice" && password == "secret";
+                    s.auth_checked(ok.then_some(user), false);
                 }
                 Step::Commit => {
                     let m = self.open.take().expect("open message");
@@ -466,4 +471,86 @@ fn too_many_header_fields_get_552() {
     let d = run(&input);
     assert_eq!(d.codes(), vec![250, 250, 250, 354, 552, 250]);
     assert!(d.committed.is_empty());
+}
+
+fn submission_session() -> Session {
+    let cfg = SessionConfig {
+        starttls: true,
+        submission: true,
+        ..(*config()).clone()
+    };
+    Session::new(Arc::new(cfg), "192.0.2.1".parse().expect("ip"))
+}
+
+fn run_in(mut s: Session, input: &[u8]) -> Driver {
+    let mut d = Driver::default();
+    s.feed(input);
+    d.drive(&mut s);
+    d
+}
+
+#[test]
+fn submission_offers_auth_only_after_tls_and_needs_it_for_mail() {
+    let d = run_in(
+        submission_session(),
+        b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nMAIL FROM:<alice@localhost>\r\n",
+    );
+    let text = String::from_utf8_lossy(&d.replies);
+    assert!(!text.contains("AUTH"), "AUTH offered in plaintext: {text}");
+    assert_eq!(d.codes(), vec![250, 538, 530]);
+
+    // After STARTTLS: AUTH PLAIN with an initial response, then relay.
+    let d = run_in(submission_session(), b"EHLO c\r\nSTARTTLS\r\n");
+    assert_eq!(d.tls_started, 1);
+    let mut s = submission_session();
+    s.tls_established("TLSv1.3".into());
+    let mut d = Driver::default();
+    s.feed(b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nMAIL FROM:<alice@localhost>\r\nRCPT TO:<bob@elsewhere.test>\r\nDATA\r\nhi\r\n.\r\n");
+    d.drive(&mut s);
+    let text = String::from_utf8_lossy(&d.replies);
+    assert!(
+        text.contains("250-AUTH PLAIN LOGIN\r\n") || text.contains("250 AUTH PLAIN LOGIN\r\n"),
+        "{text}"
+    );
+    assert_eq!(d.codes(), vec![250, 235, 250, 250, 354, 250]);
+    assert_eq!(s.authenticated(), Some("alice"));
+    assert_eq!(d.committed.len(), 1);
+    assert_eq!(d.committed[0].0.protocol, "ESMTPSA");
+    assert_eq!(
+        d.committed[0].0.rcpt_to,
+        vec!["bob@elsewhere.test".to_string()]
+    );
+}
+
+#[test]
+fn auth_login_plain_continuation_cancel_and_bad_input() {
+    let tls = || {
+        let mut s = submission_session();
+        s.tls_established("TLSv1.3".into());
+        s
+    };
+    // LOGIN in two steps (YWxpY2U= alice, c2VjcmV0 secret), every split.
+    let input = b"EHLO c\r\nAUTH LOGIN\r\nYWxpY2U=\r\nc2VjcmV0\r\nNOOP\r\n";
+    for cut in 0..=input.len() {
+        let mut s = tls();
+        let mut d = Driver::default();
+        s.feed(&input[..cut]);
+        d.drive(&mut s);
+        s.feed(&input[cut..]);
+        d.drive(&mut s);
+        assert_eq!(d.codes(), vec![250, 334, 334, 235, 250], "cut {cut}");
+        assert!(String::from_utf8_lossy(&d.replies).contains("334 VXNlcm5hbWU6\r\n"));
+    }
+    // PLAIN without an initial response: an empty 334, then the response.
+    let d = run_in(tls(), b"EHLO c\r\nAUTH PLAIN\r\nAGFsaWNlAHNlY3JldA==\r\n");
+    assert_eq!(d.codes(), vec![250, 334, 235]);
+    // Wrong password, cancel, garbage, unknown mechanism, then success.
+    let d = run_in(
+        tls(),
+        b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHdyb25n\r\nAUTH LOGIN\r\n*\r\nAUTH PLAIN !!!\r\nAUTH CRAM-MD5\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n",
+    );
+    assert_eq!(d.codes(), vec![250, 535, 334, 501, 501, 504, 235, 503]);
+    // Port 25 never offers AUTH.
+    let d = run(b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+    assert_eq!(d.codes(), vec![250, 502]);
 }
