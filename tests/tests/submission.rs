@@ -1,0 +1,239 @@
+//! The submission listener end to end, with lettre as the client: AUTH only
+//! over STARTTLS, a user added with `finaldot user add`, relay to a remote
+//! domain through the smarthost once authenticated, wrong passwords refused
+//! and counted per address, and the port-25 listener still refusing relay.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use finaldot_e2e::nexthop::NextHop;
+use finaldot_e2e::*;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{SmtpConnection, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
+    (cert, key)
+}
+
+struct Setup {
+    _dir: TestDir,
+    daemon: Daemon,
+    submission: std::net::SocketAddr,
+    hop: NextHop,
+}
+
+fn start(name: &str, extra: &str) -> Setup {
+    let dir = TestDir::new(name);
+    let (cert, key) = make_cert(dir.path());
+    let hop = NextHop::start();
+    let users = dir.path().join("users");
+    let cfg = test_config(
+        dir.path(),
+        &format!("tls = {{ cert = {cert:?}, key = {key:?} }}"),
+        &format!(
+            "[submission]\nlisten = [\"127.0.0.1:0\"]\nusers_file = {users:?}\nreceived_auth = true\n{extra}\n\n[outbound]\nroute = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\n\n{}",
+            hop.addr,
+            plugin_toml("stamp", "stamp", "")
+        ),
+    );
+    std::fs::write(dir.path().join("finaldot.toml"), &cfg).expect("write config");
+    // The administrator's command, password on standard input.
+    let mut child = std::process::Command::new(finaldot_bin())
+        .args(["user", "add", "alice", "--config"])
+        .arg(dir.path().join("finaldot.toml"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("user add");
+    std::io::Write::write_all(
+        child.stdin.as_mut().expect("stdin"),
+        b"correct horse battery\n",
+    )
+    .expect("password");
+    let out = child.wait_with_output().expect("user add");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("added alice"));
+    let text = std::fs::read_to_string(&users).expect("users file");
+    assert!(text.contains("alice:$argon2id$") && !text.contains("correct horse"));
+
+    let daemon = Daemon::start_with(dir.path(), &cfg);
+    let started = std::time::Instant::now();
+    let submission = loop {
+        let log = daemon.log();
+        if let Some(a) = log
+            .lines()
+            .find_map(|l| l.split("listening (submission) at ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+        {
+            break a;
+        }
+        assert!(started.elapsed() < LONG, "no submission listener:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Setup {
+        _dir: dir,
+        daemon,
+        submission,
+        hop,
+    }
+}
+
+fn hello() -> ClientId {
+    ClientId::Domain("client.test".into())
+}
+
+fn connect(addr: std::net::SocketAddr) -> SmtpConnection {
+    SmtpConnection::connect(addr, Some(Duration::from_secs(10)), &hello(), None, None)
+        .expect("connect")
+}
+
+fn starttls(c: &mut SmtpConnection) {
+    let params = TlsParameters::builder("localhost".into())
+        .dangerous_accept_invalid_certs(true)
+        .build_rustls()
+        .expect("tls params");
+    c.starttls(&params, &hello()).expect("STARTTLS");
+}
+
+fn code(r: Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error>) -> u16 {
+    match r {
+        Ok(resp) => u16::from(resp.code()),
+        Err(e) => e.status().map(u16::from).unwrap_or_else(|| panic!("no reply code: {e}")),
+    }
+}
+
+#[test]
+fn an_authenticated_user_relays_through_starttls_and_the_smarthost() {
+    let s = start("submission-relay", "");
+    let mut c = connect(s.submission);
+    assert!(c.can_starttls());
+    starttls(&mut c);
+    let creds = Credentials::new("alice".into(), "correct horse battery".into());
+    for mech in [Mechanism::Plain, Mechanism::Login] {
+        let mut c = connect(s.submission);
+        starttls(&mut c);
+        assert_eq!(code(c.auth(&[mech], &creds)), 235, "{mech:?}");
+    }
+    assert_eq!(code(c.auth(&[Mechanism::Plain], &creds)), 235);
+    assert_eq!(code(c.command("MAIL FROM:<alice@localhost>\r\n")), 250);
+    assert_eq!(code(c.command("RCPT TO:<bob@remote.test>\r\n")), 250);
+    assert_eq!(code(c.command("DATA\r\n")), 354);
+    assert_eq!(
+        // lettre ends the data with CRLF . CRLF itself.
+        code(c.message(b"Subject: from alice\r\n\r\nrelayed")),
+        250
+    );
+    let _ = c.quit();
+
+    let got = s.hop.wait_for(1, LONG);
+    assert_eq!(got[0].mail_from, "alice@localhost");
+    assert_eq!(got[0].rcpt_to, vec!["bob@remote.test".to_string()]);
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert!(text.contains("with ESMTPSA (using TLSv1.3"), "{text}");
+    assert!(text.contains("(Authenticated sender: alice)"), "{text}");
+    assert!(text.ends_with("\r\n\r\nrelayed\r\n"), "{text}");
+}
+
+#[test]
+fn auth_without_tls_is_refused_and_unauthenticated_mail_and_relay_are_too() {
+    let s = start("submission-refusals", "");
+    let creds = Credentials::new("alice".into(), "correct horse battery".into());
+    let mut c = connect(s.submission);
+    // AUTH is not even offered before STARTTLS, and asking anyway gets 538.
+    assert!(c.auth(&[Mechanism::Plain], &creds).is_err());
+    assert_eq!(code(c.command("AUTH PLAIN AGFsaWNlAHg=\r\n")), 538);
+    assert_eq!(code(c.command("MAIL FROM:<alice@localhost>\r\n")), 530);
+    // TLS but no AUTH: still no MAIL.
+    let mut c = connect(s.submission);
+    starttls(&mut c);
+    assert_eq!(code(c.command("MAIL FROM:<alice@localhost>\r\n")), 530);
+    // The port-25 listener refuses relay and does not offer AUTH at all.
+    let mut c = connect(s.daemon.addr);
+    assert_eq!(code(c.command("AUTH PLAIN AGFsaWNlAHg=\r\n")), 502);
+    assert_eq!(code(c.command("MAIL FROM:<alice@localhost>\r\n")), 250);
+    assert_eq!(code(c.command("RCPT TO:<bob@remote.test>\r\n")), 550);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(s.hop.accepted().is_empty());
+}
+
+#[test]
+fn wrong_passwords_are_refused_and_counted_per_address() {
+    let s = start("submission-failures", "max_auth_failures_per_ip = 2");
+    let bad = Credentials::new("alice".into(), "wrong".into());
+    let good = Credentials::new("alice".into(), "correct horse battery".into());
+    // lettre drops a connection after a failed AUTH: one connection each.
+    let mut c = connect(s.submission);
+    starttls(&mut c);
+    assert_eq!(code(c.auth(&[Mechanism::Plain], &bad)), 535);
+    let mut c = connect(s.submission);
+    starttls(&mut c);
+    let nobody = Credentials::new("mallory".into(), "x".into());
+    assert_eq!(code(c.auth(&[Mechanism::Login], &nobody)), 535);
+    // Two failures from this address: even the right password is refused now.
+    let mut c = connect(s.submission);
+    starttls(&mut c);
+    assert_eq!(code(c.auth(&[Mechanism::Plain], &good)), 421);
+    let log = s.daemon.log();
+    assert!(log.contains("AUTH failed") && log.contains("too many failures"), "{log}");
+    assert!(!log.contains("wrong"), "a password reached the log: {log}");
+}
+
+#[test]
+fn a_smarthost_with_required_tls_and_auth_is_a_second_finaldot() {
+    // B: the smarthost, a finaldot with a submission listener and a user.
+    let b = start("submission-smarthost-b", "");
+    let b_dir = b._dir.path();
+    let mut add = std::process::Command::new(finaldot_bin())
+        .args(["user", "add", "relay", "--config"])
+        .arg(b_dir.join("finaldot.toml"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("user add");
+    std::io::Write::write_all(add.stdin.as_mut().expect("stdin"), b"s3cret relay pw\n")
+        .expect("password");
+    assert!(add.wait().expect("user add").success());
+
+    // A: relays a list's remote member to B, TLS verified against B's
+    // certificate, AUTH as "relay".
+    let dir = TestDir::new("submission-smarthost-a");
+    std::fs::create_dir_all(dir.path().join("lists")).expect("mkdir");
+    std::fs::write(dir.path().join("lists/team@localhost"), "zed@remote.test\n").expect("list");
+    std::fs::write(dir.path().join("relay.pass"), "s3cret relay pw\n").expect("pass");
+    let cfg = test_config(
+        dir.path(),
+        "",
+        &format!(
+            "[outbound]\nroute = \"smarthost\"\nsmarthost = \"localhost:{}\"\nsmarthost_tls = \"required\"\ntls_ca_file = {:?}\nsmarthost_auth = {{ user = \"relay\", password_file = \"relay.pass\" }}\n\n{}",
+            b.submission.port(),
+            b_dir.join("cert.pem"),
+            plugin_toml("list-expand", "list_expand", "dirs = [{ name = \"lists\", path = \"lists\" }]"),
+        ),
+    );
+    let a = Daemon::start_with(dir.path(), &cfg);
+    let (code, text) = a.connect().send_message(
+        "carol@remote.test",
+        &["team@localhost"],
+        b"Subject: via B\r\n\r\nhello\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    // B has a plugin chain (stamp) and the scripted hop as its own smarthost:
+    // the message goes A -> B -> hop.
+    let got = b.hop.wait_for(1, LONG);
+    assert_eq!(got[0].rcpt_to, vec!["zed@remote.test".to_string()]);
+    assert_eq!(got[0].mail_from, "team-bounces@localhost");
+    let msg = String::from_utf8_lossy(&got[0].data);
+    assert!(msg.contains("(Authenticated sender: relay)"), "{msg}");
+    assert!(msg.contains("with ESMTPSA (using TLSv1."), "{msg}");
+    assert!(msg.ends_with("\r\n\r\nhello\r\n"), "{msg}");
+    assert!(a.log().contains("relayed to localhost:"), "{}", a.log());
+}
