@@ -330,6 +330,15 @@ impl Message {
         });
     }
 
+    /// Chooses how a recipient outside the local domains leaves: through the
+    /// smarthost or straight to its MX hosts (instead of `[outbound] route`).
+    pub fn route(&mut self, address: &str, route: crate::wire::Route) {
+        self.change(Change::Route {
+            address: address.to_string(),
+            route,
+        });
+    }
+
     /// Marks a recipient temporarily failed; it is retried later.
     pub fn mark_deferred(&mut self, address: &str, reason: &str) {
         self.change(Change::MarkDeferred {

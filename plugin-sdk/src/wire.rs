@@ -209,6 +209,23 @@ pub enum Change {
         /// Why.
         reason: String,
     },
+    /// Chooses how a recipient outside the local domains leaves (instead of
+    /// the configuration's `[outbound] route`). Recorded by the host.
+    Route {
+        /// The address.
+        address: String,
+        /// The route.
+        route: Route,
+    },
+}
+
+/// How a recipient outside the local domains is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Route {
+    /// Through the configured smarthost.
+    Smarthost,
+    /// Straight to the recipient domain's MX hosts.
+    Mx,
 }
 
 impl std::fmt::Display for Change {
@@ -236,6 +253,7 @@ impl std::fmt::Display for Change {
                 write!(f, "<{address}> failed {status}: {reason}")
             }
             Change::MarkDeferred { address, reason } => write!(f, "<{address}> deferred: {reason}"),
+            Change::Route { address, route } => write!(f, "<{address}> routed via {route:?}"),
         }
     }
 }
@@ -311,6 +329,8 @@ impl MessageState {
                     };
                 }
             }
+            // The host keeps routes beside the state (they change no recipient).
+            Change::Route { .. } => {}
         }
     }
 

@@ -304,3 +304,48 @@ fn mx_route_follows_preference_falls_back_and_bounces_what_dns_refuses() {
     assert!(text.contains("Status: 5.1.2"), "{text}");
     assert!(text.contains("Status: 5.1.10"), "{text}");
 }
+
+#[test]
+fn a_plugin_routes_one_recipient_to_mx_while_the_rest_use_the_smarthost() {
+    use finaldot_e2e::dns::{DnsServer, Record};
+    let dir = TestDir::new("out-plugin-route");
+    let smarthost_hop = NextHop::start();
+    let mx_hop = NextHop::start();
+    let dns = DnsServer::start(vec![
+        Record::Mx("remote.test".into(), 10, "mx.remote.test".into()),
+        Record::A("mx.remote.test".into(), "127.0.0.1".parse().expect("ip")),
+    ]);
+    list(
+        dir.path(),
+        "team@localhost",
+        "zed@remote.test\nyan@other.test\n",
+    );
+    let out = format!(
+        "{}\nnameservers = [\"{}\"]\nmx_port = {}",
+        smarthost(&smarthost_hop),
+        dns.addr,
+        mx_hop.addr.port()
+    );
+    let router = plugin_toml(
+        "router",
+        "finaldot_testbed",
+        "[plugins.config]\nmode = \"route-mx\"\nonly = [\"zed@remote.test\"]",
+    );
+    let cfg = config(dir.path(), &out).replace(
+        "[[plugins]]\nname = \"local-delivery\"",
+        &format!("{router}[[plugins]]\nname = \"local-delivery\""),
+    );
+    assert!(cfg.contains("route-mx"), "{cfg}");
+    let d = Daemon::start_with(dir.path(), &cfg);
+    let (code, text) = d.connect().send_message(
+        "carol@remote.test",
+        &["team@localhost"],
+        b"Subject: routed\r\n\r\nbody\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    let via_mx = mx_hop.wait_for(1, LONG);
+    let via_smarthost = smarthost_hop.wait_for(1, LONG);
+    assert_eq!(via_mx[0].rcpt_to, vec!["zed@remote.test".to_string()]);
+    assert_eq!(via_smarthost[0].rcpt_to, vec!["yan@other.test".to_string()]);
+    assert!(wait_until(LONG, || drained(&d)), "log:\n{}", d.log());
+}

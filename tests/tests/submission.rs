@@ -104,10 +104,15 @@ fn starttls(c: &mut SmtpConnection) {
     c.starttls(&params, &hello()).expect("STARTTLS");
 }
 
-fn code(r: Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error>) -> u16 {
+fn code(
+    r: Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error>,
+) -> u16 {
     match r {
         Ok(resp) => u16::from(resp.code()),
-        Err(e) => e.status().map(u16::from).unwrap_or_else(|| panic!("no reply code: {e}")),
+        Err(e) => e
+            .status()
+            .map(u16::from)
+            .unwrap_or_else(|| panic!("no reply code: {e}")),
     }
 }
 
@@ -183,7 +188,10 @@ fn wrong_passwords_are_refused_and_counted_per_address() {
     starttls(&mut c);
     assert_eq!(code(c.auth(&[Mechanism::Plain], &good)), 421);
     let log = s.daemon.log();
-    assert!(log.contains("AUTH failed") && log.contains("too many failures"), "{log}");
+    assert!(
+        log.contains("AUTH failed") && log.contains("too many failures"),
+        "{log}"
+    );
     assert!(!log.contains("wrong"), "a password reached the log: {log}");
 }
 

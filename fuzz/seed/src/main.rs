@@ -114,6 +114,7 @@ fn main() {
         notified: vec![],
         delay_warned: false,
         chain: vec!["dedup".into(), "local-delivery".into()],
+        routes: Vec::new(),
     };
     put(
         "spool_record",

@@ -74,7 +74,7 @@ pub struct Outbound {
     cfg: OutboundConfig,
     hello: ClientId,
     roots: Vec<Certificate>,
-    dns: Option<dns::Dns>,
+    dns: std::sync::OnceLock<Result<dns::Dns, String>>,
     idle: Mutex<HashMap<Hop, Vec<SmtpConnection>>>,
     busy: Mutex<HashMap<String, usize>>,
     freed: Condvar,
@@ -152,10 +152,11 @@ impl Outbound {
             let pem = std::fs::read(path).map_err(|e| ca(e.to_string()))?;
             roots.push(Certificate::from_pem(&pem).map_err(|e| ca(e.to_string()))?);
         }
-        let dns = match cfg.route {
-            Route::Mx => Some(dns::Dns::new(&cfg.nameservers)?),
-            _ => None,
-        };
+        let dns = std::sync::OnceLock::new();
+        if cfg.route == Route::Mx {
+            // Set up now, so a broken resolver configuration fails the start.
+            let _ = dns.set(Ok(dns::Dns::new(&cfg.nameservers)?));
+        }
         Ok(Outbound {
             cfg: cfg.clone(),
             hello: ClientId::Domain(hostname.to_string()),
@@ -167,9 +168,9 @@ impl Outbound {
         })
     }
 
-    /// Whether recipients outside the local domains go anywhere.
-    pub fn enabled(&self) -> bool {
-        self.cfg.route != Route::None
+    /// The configured route for recipients outside the local domains.
+    pub fn default_route(&self) -> Route {
+        self.cfg.route.clone()
     }
 
     /// Delivers `message` from `mail_from` to `recipients` (all outside the
@@ -179,15 +180,15 @@ impl Outbound {
     pub fn deliver<E: std::fmt::Display>(
         &self,
         mail_from: &str,
-        recipients: &[String],
+        recipients: &[(String, Route)],
         message: &[u8],
         accepted: &mut dyn FnMut(&[String], &str) -> Result<(), E>,
     ) -> Vec<(String, Outcome)> {
-        let mut groups: Vec<(String, Vec<String>)> = Vec::new();
-        for r in recipients {
-            let key = match self.cfg.route {
-                Route::Smarthost => "smarthost".to_string(),
-                _ => domain_of(r),
+        let mut groups: Vec<((Route, String), Vec<String>)> = Vec::new();
+        for (r, route) in recipients {
+            let key = match route {
+                Route::Mx => (Route::Mx, domain_of(r)),
+                _ => (Route::Smarthost, "smarthost".to_string()),
             };
             match groups.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, v)) => v.push(r.clone()),
@@ -212,14 +213,13 @@ impl Outbound {
         results
     }
 
-    fn hops(&self, key: &str) -> Result<Vec<Hop>, Outcome> {
-        match self.cfg.route {
+    fn hops(&self, route: &Route, key: &str) -> Result<Vec<Hop>, Outcome> {
+        match route {
             Route::Smarthost | Route::None => {
                 let Some((host, port)) = &self.cfg.smarthost else {
-                    return Err(Outcome::Failed {
-                        status: "5.3.5".into(),
-                        reason: "no smarthost configured".into(),
-                    });
+                    return Err(Outcome::Deferred(
+                        "4.3.5 a plugin routed this recipient to the smarthost, but outbound.smarthost is not set".into(),
+                    ));
                 };
                 Ok(vec![Hop {
                     name: host.clone(),
@@ -230,8 +230,12 @@ impl Outbound {
                 }])
             }
             Route::Mx => {
-                let Some(dns) = &self.dns else {
-                    return Err(Outcome::Deferred("4.3.5 no resolver".into()));
+                let dns = match self
+                    .dns
+                    .get_or_init(|| dns::Dns::new(&self.cfg.nameservers).map_err(|e| e.to_string()))
+                {
+                    Ok(d) => d,
+                    Err(e) => return Err(Outcome::Deferred(format!("4.3.5 {e}"))),
                 };
                 match dns.mx_hosts(key) {
                     Ok(hosts) => Ok(hosts
@@ -347,7 +351,7 @@ impl Outbound {
 
     fn deliver_group<E: std::fmt::Display>(
         &self,
-        key: &str,
+        (route, key): &(Route, String),
         mail_from: &str,
         rcpts: &[String],
         message: &[u8],
@@ -360,7 +364,7 @@ impl Outbound {
                 .map(|r| (r.clone(), o.clone()))
                 .collect::<Vec<_>>()
         };
-        let hops = match self.hops(key) {
+        let hops = match self.hops(route, key) {
             Ok(h) => h,
             Err(o) => return all(o),
         };

@@ -41,7 +41,7 @@ pub struct Settings {
     pub hostname: String,
     /// The local domains (lowercase): recipients elsewhere go outbound.
     pub local_domains: Arc<Vec<String>>,
-    /// Delivery to other servers, when `[outbound]` routes anywhere.
+    /// Delivery to other servers (the configured route, or one a plugin chose).
     pub outbound: Option<Arc<crate::outbound::Outbound>>,
 }
 
@@ -54,7 +54,7 @@ impl Settings {
             config: config.pipeline.clone(),
             hostname: config.hostname.clone(),
             local_domains: Arc::new(config.domains.clone()),
-            outbound: outbound.enabled().then(|| Arc::new(outbound)),
+            outbound: Some(Arc::new(outbound)),
         })
     }
 }

@@ -116,6 +116,7 @@ pub(crate) fn new_progress(path: &Path, header: &Header) -> Result<Progress, spo
         notified: Vec::new(),
         delay_warned: false,
         chain: Vec::new(),
+        routes: Vec::new(),
     })
 }
 
@@ -277,6 +278,12 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
                     .collect();
                 for c in &result.output.changes {
                     progress.state.apply(c);
+                    if let finaldot_sdk::wire::Change::Route { address, route } = c {
+                        progress
+                            .routes
+                            .retain(|(a, _)| !a.eq_ignore_ascii_case(address));
+                        progress.routes.push((address.clone(), *route));
+                    }
                 }
                 let newly_deferred =
                     progress
@@ -436,14 +443,25 @@ fn deliver_remote(
     out: &crate::outbound::Outbound,
     local: &[String],
 ) -> Result<(), spool::Error> {
-    let remote: Vec<String> = progress
+    let routes = &progress.routes;
+    let remote: Vec<(String, crate::config::Route)> = progress
         .state
         .envelope
         .recipients
         .iter()
         .filter(|r| r.state == RecipientState::Pending)
         .filter(|r| !local.contains(&crate::outbound::domain_of(&r.address)))
-        .map(|r| r.address.clone())
+        .filter_map(|r| {
+            let chosen = routes
+                .iter()
+                .find(|(a, _)| a.eq_ignore_ascii_case(&r.address))
+                .map(|(_, route)| match route {
+                    finaldot_sdk::wire::Route::Smarthost => crate::config::Route::Smarthost,
+                    finaldot_sdk::wire::Route::Mx => crate::config::Route::Mx,
+                });
+            let route = chosen.unwrap_or_else(|| out.default_route());
+            (route != crate::config::Route::None).then(|| (r.address.clone(), route))
+        })
         .collect();
     if remote.is_empty() {
         return Ok(());

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 /// Magic of a progress file.
 pub const MAGIC: &[u8; 6] = b"FDPROG";
 /// Format version.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
 /// One pipeline stage that ran.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +59,8 @@ pub struct Progress {
     /// The chain's plugin names when `next_stage` was recorded (so a
     /// configuration change resumes at the right plugin).
     pub chain: Vec<String>,
+    /// Routes plugins chose for recipients outside the local domains.
+    pub routes: Vec<(String, finaldot_sdk::wire::Route)>,
 }
 
 impl Progress {
@@ -116,6 +118,7 @@ mod tests {
             notified: vec![],
             delay_warned: false,
             chain: vec!["p".into()],
+            routes: Vec::new(),
         };
         let bytes = p.encode().expect("encode");
         assert_eq!(Progress::decode(&bytes).expect("decode"), p);

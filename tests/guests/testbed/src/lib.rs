@@ -123,6 +123,17 @@ impl Plugin for Testbed {
                     }
                 }
             }
+            "route-mx" => {
+                let addrs: Vec<String> = msg
+                    .pending_recipients()
+                    .into_iter()
+                    .map(|r| r.address)
+                    .filter(|a| self.only.is_empty() || self.only.contains(a))
+                    .collect();
+                for a in addrs {
+                    msg.route(&a, finaldot_sdk::wire::Route::Mx);
+                }
+            }
             "version" => {
                 let marker = std::hint::black_box(&VERSION_MARKER);
                 let v = std::str::from_utf8(&marker[17..]).unwrap_or("invalid");
