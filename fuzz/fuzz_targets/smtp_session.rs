@@ -55,6 +55,10 @@ fn run(input: &[u8], cuts: &[usize], starttls: bool) -> (Vec<u8>, Vec<Vec<u8>>) 
                 }
                 Step::Abort => current.clear(),
                 Step::StartTls => s.tls_established("TLS".into()),
+                Step::Authenticate { user, password } => {
+                    let ok = user == "alice" && password == "secret";
+                    s.auth_checked(ok.then_some(user), false)
+                }
             }
         }
     }

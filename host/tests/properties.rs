@@ -69,6 +69,7 @@ fn run(input: &[u8], cuts: &[usize]) -> (Vec<u8>, usize) {
                     s.committed(Ok("Q".into()))
                 }
                 Step::StartTls => s.tls_established("TLS".into()),
+                Step::Authenticate { .. } => s.auth_checked(None, false),
                 Step::Data(_) | Step::Abort => {}
             }
         }

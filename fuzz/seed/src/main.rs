@@ -45,6 +45,7 @@ const SESSIONS: &[&[u8]] = &[
     b"\x10\x20\x30\x40EHLO c\r\nSTARTTLS\r\nMAIL FROM:<a@b.test>\r\nEHLO c\r\n",
     b"\x07\x07\x07\x07HELO c\r\nMAIL FROM:<> SIZE=10 BODY=8BITMIME SMTPUTF8\r\nRCPT TO:<x@elsewhere.test>\r\nRCPT TO:<x@localhost>\r\nDATA\r\nReceived: x\r\nX: y\r\n\r\nb\r\n.\r\n",
     b"\x01\x01\x01\x01EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<a@localhost>\r\nBDAT 2\r\na\rBDAT 4 LAST\r\n\nb\r\n",
+    b"\x00\x00\x00\x00EHLO c\r\nSTARTTLS\r\nEHLO c\r\nAUTH LOGIN\r\nYWxpY2U=\r\nc2VjcmV0\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nMAIL FROM:<alice@localhost>\r\nRCPT TO:<bob@elsewhere.test>\r\n",
 ];
 
 fn main() {
