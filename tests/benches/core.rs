@@ -20,6 +20,7 @@ fn parser() {
         max_errors: 20,
         recipients: Recipients::new([("localhost".to_string(), DomainUsers::CatchAll)], None),
         starttls: false,
+        submission: false,
     });
     let mut body = Vec::new();
     let line: &[u8] = b"..a line of text that starts with a dot and is sixty-odd octets long\r\n";

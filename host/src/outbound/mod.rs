@@ -41,6 +41,10 @@ pub enum Outcome {
     },
 }
 
+/// Called with the recipients a next hop has just accepted and its reply;
+/// an error stops the delivery.
+pub type OnAccepted<'a, E> = &'a mut dyn FnMut(&[String], &str) -> Result<(), E>;
+
 /// Why outbound delivery could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -182,7 +186,7 @@ impl Outbound {
         mail_from: &str,
         recipients: &[(String, Route)],
         message: &[u8],
-        accepted: &mut dyn FnMut(&[String], &str) -> Result<(), E>,
+        accepted: OnAccepted<'_, E>,
     ) -> Vec<(String, Outcome)> {
         let mut groups: Vec<((Route, String), Vec<String>)> = Vec::new();
         for (r, route) in recipients {
@@ -196,13 +200,13 @@ impl Outbound {
             }
         }
         let mut results = Vec::new();
-        let mut stopped = None;
+        let mut stopped: Option<String> = None;
         for (key, rcpts) in groups {
             if let Some(why) = &stopped {
                 results.extend(
                     rcpts
                         .into_iter()
-                        .map(|r| (r, Outcome::Deferred(format!("{why}")))),
+                        .map(|r| (r, Outcome::Deferred(why.clone()))),
                 );
                 continue;
             }
@@ -355,7 +359,7 @@ impl Outbound {
         mail_from: &str,
         rcpts: &[String],
         message: &[u8],
-        accepted: &mut dyn FnMut(&[String], &str) -> Result<(), E>,
+        accepted: OnAccepted<'_, E>,
         stopped: &mut Option<String>,
     ) -> Vec<(String, Outcome)> {
         let all = |o: Outcome| {
@@ -408,7 +412,7 @@ impl Outbound {
         mail_from: &str,
         rcpts: &[String],
         message: &[u8],
-        accepted: &mut dyn FnMut(&[String], &str) -> Result<(), E>,
+        accepted: OnAccepted<'_, E>,
         stopped: &mut Option<String>,
     ) -> (Vec<(String, Outcome)>, bool) {
         let all = |o: Outcome| {
