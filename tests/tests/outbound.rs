@@ -103,6 +103,20 @@ fn a_list_member_at_another_domain_gets_the_post_through_the_smarthost() {
     );
     assert!(wait_until(LONG, || drained(&d)), "log:\n{}", d.log());
     assert!(d.log().contains("relayed to"), "{}", d.log());
+
+    // A second post reuses the connection to the smarthost.
+    let (code, text) = d.connect().send_message(
+        "carol@remote.test",
+        &["team@localhost"],
+        b"Subject: again\r\n\r\nsecond\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(hop.wait_for(2, LONG).len(), 2);
+    assert_eq!(
+        hop.connections.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "a new connection for the second message"
+    );
 }
 
 #[test]
