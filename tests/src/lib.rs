@@ -260,6 +260,39 @@ impl Daemon {
         spool_files(&self.data_dir, state)
     }
 
+    /// True when nothing waits in `incoming/`, `active/` or `deferred/`.
+    pub fn queue_drained(&self) -> bool {
+        [
+            QueueState::Incoming,
+            QueueState::Active,
+            QueueState::Deferred,
+        ]
+        .iter()
+        .all(|s| self.spool_files(*s).is_empty())
+    }
+
+    /// The address in the first log line containing `marker` followed by an
+    /// address (e.g. "listening (submission) at "), waiting up to 10 s.
+    pub fn logged_addr(&self, marker: &str) -> SocketAddr {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if let Some(a) = log
+                .lines()
+                .find_map(|l| l.split(marker).nth(1))
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+            {
+                return a;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no {marker:?} in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// A new SMTP client connection (greeting already read and checked).
     pub fn connect(&self) -> Client {
         let mut c = Client::connect_raw(self.addr);

@@ -25,16 +25,6 @@ fn maildir_new(dir: &Path, user: &str) -> std::path::PathBuf {
     dir.join("var/mail").join(user).join("Maildir/new")
 }
 
-fn queue_drained(d: &Daemon) -> bool {
-    [
-        QueueState::Incoming,
-        QueueState::Active,
-        QueueState::Deferred,
-    ]
-    .iter()
-    .all(|s| d.spool_files(*s).is_empty())
-}
-
 #[test]
 fn default_run_delivers_into_a_maildir_that_python_reads() {
     let dir = TestDir::new("default-maildir");
@@ -48,7 +38,7 @@ fn default_run_delivers_into_a_maildir_that_python_reads() {
     assert!(text.starts_with("Return-Path: <s@remote.test>\nDelivered-To: alice@localhost\nReceived: from client.test"), "{text}");
     let original_lf = String::from_utf8_lossy(body).replace("\r\n", "\n");
     assert!(text.ends_with(&original_lf), "{text}");
-    assert!(wait_until(LONG, || queue_drained(&d)));
+    assert!(wait_until(LONG, || d.queue_drained()));
 
     let script = r#"
 import mailbox, sys
@@ -112,7 +102,7 @@ fn a_list_message_reaches_every_member_once_with_list_headers() {
             "{text}"
         );
     }
-    assert!(wait_until(LONG, || queue_drained(&d)));
+    assert!(wait_until(LONG, || d.queue_drained()));
     assert!(
         !maildir_new(dir.path(), "team").exists(),
         "the list address got a mailbox"
@@ -138,7 +128,7 @@ fn the_same_message_sent_twice_is_delivered_once() {
     let second = send(&d, "s@remote.test", &["alice@localhost"], body);
     assert_ne!(first, second);
     assert!(
-        wait_until(LONG, || queue_drained(&d)
+        wait_until(LONG, || d.queue_drained()
             && d.log().contains("not delivered again")),
         "log:\n{}",
         d.log()

@@ -47,16 +47,6 @@ fn list(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join("lists").join(name), text).expect("list file");
 }
 
-fn drained(d: &Daemon) -> bool {
-    [
-        QueueState::Incoming,
-        QueueState::Active,
-        QueueState::Deferred,
-    ]
-    .iter()
-    .all(|s| d.spool_files(*s).is_empty())
-}
-
 #[test]
 fn a_list_member_at_another_domain_gets_the_post_through_the_smarthost() {
     let dir = TestDir::new("out-list");
@@ -101,7 +91,7 @@ fn a_list_member_at_another_domain_gets_the_post_through_the_smarthost() {
         wait_for_files(&dir.path().join("mail/alice/Maildir/new"), 1, LONG).len(),
         1
     );
-    assert!(wait_until(LONG, || drained(&d)), "log:\n{}", d.log());
+    assert!(wait_until(LONG, || d.queue_drained()), "log:\n{}", d.log());
     assert!(d.log().contains("relayed to"), "{}", d.log());
 
     // A second post reuses the connection to the smarthost.
@@ -134,7 +124,7 @@ fn a_next_hop_451_then_250_gets_the_message_on_the_retry() {
     assert_eq!(code, 250, "{text}");
     let got = hop.wait_for(1, LONG);
     assert_eq!(got[0].rcpt_to, vec!["zed@remote.test".to_string()]);
-    assert!(wait_until(LONG, || drained(&d)), "log:\n{}", d.log());
+    assert!(wait_until(LONG, || d.queue_drained()), "log:\n{}", d.log());
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(hop.accepted().len(), 1, "sent again after the 250");
     let log = d.log();
@@ -177,7 +167,7 @@ fn a_next_hop_550_bounces_and_the_dsn_to_a_remote_sender_leaves_the_same_way() {
     );
     assert!(dsn.contains("Status: 5.1.1"), "{dsn}");
     assert!(dsn.contains("no such user here"), "{dsn}");
-    assert!(wait_until(LONG, || drained(&d)), "log:\n{}", d.log());
+    assert!(wait_until(LONG, || d.queue_drained()), "log:\n{}", d.log());
 }
 
 #[test]
@@ -209,7 +199,7 @@ fn kill9_after_the_next_hop_accepted_does_not_send_it_again() {
 
     hop.answer_rcpt("yan@remote.test", "250 2.1.5 ok now");
     let d = Daemon::start_with(dir.path(), &cfg);
-    assert!(wait_until(LONG, || drained(&d)), "log:\n{}", d.log());
+    assert!(wait_until(LONG, || d.queue_drained()), "log:\n{}", d.log());
     let all = hop.accepted();
     let zed = all
         .iter()
@@ -310,7 +300,7 @@ fn mx_route_follows_preference_falls_back_and_bounces_what_dns_refuses() {
         vec!["ivy@implicit.test", "zed@remote.test"],
         "{got:?}"
     );
-    assert!(wait_until(LONG, || drained(&d)), "log:\n{}", d.log());
+    assert!(wait_until(LONG, || d.queue_drained()), "log:\n{}", d.log());
     // The two refused by DNS bounce to the list's bounce address (local).
     let dsn = wait_for_files(&dir.path().join("mail/team-bounces/Maildir/new"), 1, LONG);
     assert_eq!(dsn.len(), 1, "log:\n{}", d.log());
@@ -361,5 +351,5 @@ fn a_plugin_routes_one_recipient_to_mx_while_the_rest_use_the_smarthost() {
     let via_smarthost = smarthost_hop.wait_for(1, LONG);
     assert_eq!(via_mx[0].rcpt_to, vec!["zed@remote.test".to_string()]);
     assert_eq!(via_smarthost[0].rcpt_to, vec!["yan@other.test".to_string()]);
-    assert!(wait_until(LONG, || drained(&d)), "log:\n{}", d.log());
+    assert!(wait_until(LONG, || d.queue_drained()), "log:\n{}", d.log());
 }

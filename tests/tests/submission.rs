@@ -65,20 +65,7 @@ fn start(name: &str, extra: &str) -> Setup {
     assert!(text.contains("alice:$argon2id$") && !text.contains("correct horse"));
 
     let daemon = Daemon::start_with(dir.path(), &cfg);
-    let started = std::time::Instant::now();
-    let submission = loop {
-        let log = daemon.log();
-        if let Some(a) = log
-            .lines()
-            .find_map(|l| l.split("listening (submission) at ").nth(1))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-        {
-            break a;
-        }
-        assert!(started.elapsed() < LONG, "no submission listener:\n{log}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let submission = daemon.logged_addr("listening (submission) at ");
     Setup {
         _dir: dir,
         daemon,

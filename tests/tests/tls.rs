@@ -17,6 +17,26 @@ fn make_cert(dir: &Path) -> (PathBuf, PathBuf, rustls::pki_types::CertificateDer
     (cert, key, ck.cert.der().clone())
 }
 
+/// A TLS client trusting only `der`, and the name its certificate carries.
+fn connector(
+    der: rustls::pki_types::CertificateDer<'static>,
+) -> (
+    tokio_rustls::TlsConnector,
+    rustls::pki_types::ServerName<'static>,
+) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).expect("root");
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    (tokio_rustls::TlsConnector::from(Arc::new(client)), name)
+}
+
 async fn reply<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> (u16, String) {
     let mut all = String::new();
     loop {
@@ -73,17 +93,7 @@ async fn starttls_upgrades_resets_and_discards_pipelined_plaintext() {
         "the server answered the pipelined plaintext"
     );
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der).expect("root");
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let (connector, name) = connector(der);
     let tls = connector
         .connect(name, plain.into_inner())
         .await
@@ -155,27 +165,7 @@ async fn implicit_tls_listener_handshakes_before_the_greeting() {
     );
     let d = Daemon::start_with(dir.path(), &cfg);
     // The harness returns at the plain listener's line; this one follows it.
-    let started = std::time::Instant::now();
-    let line = loop {
-        let log = d.log();
-        if let Some(l) = log
-            .lines()
-            .find(|l| l.contains("listening (implicit TLS) at"))
-        {
-            break l.to_string();
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "no implicit-TLS listener in the log:\n{log}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
-    let addr: std::net::SocketAddr = line
-        .split("at ")
-        .nth(1)
-        .and_then(|a| a.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let addr = d.logged_addr("listening (implicit TLS) at ");
     assert_ne!(addr, d.addr);
 
     // A plaintext client gets no greeting: the server waits for a ClientHello.
@@ -194,17 +184,7 @@ async fn implicit_tls_listener_handshakes_before_the_greeting() {
         "plaintext greeting on the TLS port"
     );
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der).expect("root");
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let (connector, name) = connector(der);
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let tls = connector.connect(name, tcp).await.expect("TLS handshake");
     let mut tls = BufReader::new(tls);

@@ -734,7 +734,12 @@ impl Session {
         if tx.rcpt_to.len() >= max {
             return self.error_reply(Reply::new(452, "4.5.3", "Error: too many recipients"));
         }
-        match self.cfg.recipients.check(&to) {
+        let verdict = match self.cfg.recipients.check(&to) {
+            // An authenticated submission client may send anywhere.
+            RcptVerdict::Relay if self.authenticated.is_some() => RcptVerdict::Accept,
+            v => v,
+        };
+        match verdict {
             RcptVerdict::Accept => {
                 let tx = self.tx.as_mut().expect("checked above");
                 let addr = to.to_string();
@@ -748,14 +753,6 @@ impl Session {
                 "5.1.1",
                 format!("<{to}>: Recipient address rejected: user unknown"),
             )),
-            RcptVerdict::Relay if self.authenticated.is_some() => {
-                let tx = self.tx.as_mut().expect("checked above");
-                let addr = to.to_string();
-                if !tx.rcpt_to.iter().any(|r| r.to_string() == addr) {
-                    tx.rcpt_to.push(to);
-                }
-                self.reply(Reply::new(250, "2.1.5", "Ok"));
-            }
             RcptVerdict::Relay => self.error_reply(Reply::new(
                 550,
                 "5.7.1",

@@ -136,6 +136,33 @@ fn memory(n: usize) {
     );
 }
 
+/// Samples a process's resident memory every 20 ms until stopped; the peak.
+struct PeakRss {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl PeakRss {
+    fn start(pid: u32) -> PeakRss {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        });
+        PeakRss { done, thread }
+    }
+
+    fn stop(self) -> u64 {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
 /// Peak resident memory while `n` clients each send one `mib` MiB message at once.
 fn memory_large(n: usize, mib: usize) {
     let dir = TestDir::new("bench-memory-large");
@@ -147,19 +174,7 @@ fn memory_large(n: usize, mib: usize) {
     let d = Daemon::start_with(dir.path(), &cfg);
     std::thread::sleep(Duration::from_millis(300));
     let idle = rss_kib(d.pid());
-    let pid = d.pid();
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let mut peak = 0;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(rss_kib(pid));
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            peak
-        })
-    };
+    let sampler = PeakRss::start(d.pid());
     let report = run(&LoadSpec {
         addr: d.addr,
         concurrency: n,
@@ -171,8 +186,7 @@ fn memory_large(n: usize, mib: usize) {
         user: "alice".into(),
         nice: 0,
     });
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let peak = sampler.join().unwrap_or(0);
+    let peak = sampler.stop();
     println!(
         "memory: {} concurrent {} MiB messages ({} accepted, {} errors): daemon RSS {} KiB idle, peak {} KiB ({:.0} KiB per message in flight)",
         n,
@@ -225,23 +239,10 @@ fn run_cell(args: &Args, chain: &str, concurrency: usize, size: usize) -> Cell {
     };
     let before = count_files(&maildir);
     let t = Instant::now();
-    let pid = d.pid();
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let mut peak = 0;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(rss_kib(pid));
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            peak
-        })
-    };
+    let sampler = PeakRss::start(d.pid());
     let report = run(&spec);
     let elapsed = t.elapsed().as_secs_f64();
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let peak_rss = sampler.join().unwrap_or(0);
+    let peak_rss = sampler.stop();
     let (delivered_per_second, backlog) = if chain == "none" {
         (None, None)
     } else {
