@@ -26,6 +26,8 @@ struct Script {
     data_replies: VecDeque<String>,
     /// RCPT replies per address (always).
     rcpt_replies: HashMap<String, String>,
+    /// How long to think before answering the end of data.
+    data_delay: Duration,
 }
 
 /// The running next hop.
@@ -36,6 +38,8 @@ pub struct NextHop {
     script: Arc<Mutex<Script>>,
     /// Connections accepted so far.
     pub connections: Arc<AtomicUsize>,
+    /// Most transactions that were inside DATA at the same time.
+    pub max_in_data: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -49,6 +53,7 @@ impl NextHop {
             accepted: Arc::default(),
             script: Arc::default(),
             connections: Arc::default(),
+            max_in_data: Arc::default(),
             stop: Arc::default(),
         };
         let (accepted, script, conns, stop) = (
@@ -57,6 +62,8 @@ impl NextHop {
             hop.connections.clone(),
             hop.stop.clone(),
         );
+        let in_data = Arc::new(AtomicUsize::new(0));
+        let max_in_data = hop.max_in_data.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if stop.load(Ordering::Relaxed) {
@@ -65,8 +72,9 @@ impl NextHop {
                 let Ok(stream) = stream else { continue };
                 conns.fetch_add(1, Ordering::Relaxed);
                 let (accepted, script) = (accepted.clone(), script.clone());
+                let (in_data, max_in_data) = (in_data.clone(), max_in_data.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &accepted, &script);
+                    let _ = serve(stream, &accepted, &script, &in_data, &max_in_data);
                 });
             }
         });
@@ -77,6 +85,13 @@ impl NextHop {
     pub fn answer_data(&self, replies: &[&str]) {
         if let Ok(mut s) = self.script.lock() {
             s.data_replies.extend(replies.iter().map(|r| r.to_string()));
+        }
+    }
+
+    /// Every end of data is answered after `delay`.
+    pub fn delay_data(&self, delay: Duration) {
+        if let Ok(mut s) = self.script.lock() {
+            s.data_delay = delay;
         }
     }
 
@@ -122,6 +137,8 @@ fn serve(
     stream: TcpStream,
     accepted: &Mutex<Vec<Accepted>>,
     script: &Mutex<Script>,
+    in_data: &AtomicUsize,
+    max_in_data: &AtomicUsize,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut w = stream.try_clone()?;
@@ -175,6 +192,11 @@ fn serve(
                 let l = if l.starts_with(b".") { &l[1..] } else { &l[..] };
                 data.extend_from_slice(l);
             }
+            let now = in_data.fetch_add(1, Ordering::SeqCst) + 1;
+            max_in_data.fetch_max(now, Ordering::SeqCst);
+            let delay = script.lock().map(|s| s.data_delay).unwrap_or_default();
+            std::thread::sleep(delay);
+            in_data.fetch_sub(1, Ordering::SeqCst);
             let reply = script
                 .lock()
                 .ok()

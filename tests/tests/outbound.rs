@@ -353,3 +353,28 @@ fn a_plugin_routes_one_recipient_to_mx_while_the_rest_use_the_smarthost() {
     assert_eq!(via_smarthost[0].rcpt_to, vec!["yan@other.test".to_string()]);
     assert!(wait_until(LONG, || d.queue_drained()), "log:\n{}", d.log());
 }
+
+#[test]
+fn connections_to_one_destination_are_capped() {
+    let dir = TestDir::new("out-cap");
+    let hop = NextHop::start();
+    hop.delay_data(Duration::from_millis(300));
+    list(dir.path(), "team@localhost", "zed@remote.test\n");
+    let out = format!("{}\nmax_connections_per_destination = 1", smarthost(&hop));
+    let d = Daemon::start_with(dir.path(), &config(dir.path(), &out));
+    for i in 0..4 {
+        let (code, text) = d.connect().send_message(
+            "carol@remote.test",
+            &["team@localhost"],
+            format!("Subject: {i}\r\n\r\nbody {i}\r\n").as_bytes(),
+        );
+        assert_eq!(code, 250, "{text}");
+    }
+    assert_eq!(hop.wait_for(4, LONG).len(), 4);
+    assert!(wait_until(LONG, || d.queue_drained()), "log:\n{}", d.log());
+    assert_eq!(
+        hop.max_in_data.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "more than one connection at once to the smarthost"
+    );
+}
