@@ -264,6 +264,10 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
                 return Err(Reply::new(555, "5.5.4", "Unsupported BODY type"));
             }
             ("SMTPUTF8", None) => out.smtputf8 = true,
+            // RFC 4954 §5: clients that authenticated (Postfix as a relay
+            // client, for one) send AUTH=<> or AUTH=identity. The identity is
+            // the client's claim; it is accepted and not trusted.
+            ("AUTH", Some(v)) if !v.is_empty() => {}
             _ => {
                 return Err(Reply::new(
                     555,
@@ -490,6 +494,20 @@ mod tests {
     fn mail_requires_angle_brackets() {
         let r = parse(b"MAIL FROM:a@b.test").unwrap_err();
         assert_eq!(r.code, 501);
+    }
+
+    #[test]
+    fn auth_mail_parameter_is_accepted_and_ignored() {
+        for line in [
+            &b"MAIL FROM:<a@b.test> AUTH=<>"[..],
+            b"MAIL FROM:<a@b.test> SIZE=10 AUTH=alice+40b.test",
+        ] {
+            assert!(matches!(parse(line), Ok(Command::Mail { .. })), "{line:?}");
+        }
+        assert_eq!(
+            parse(b"MAIL FROM:<a@b.test> AUTH=").map_err(|r| r.code),
+            Err(555)
+        );
     }
 
     #[test]
