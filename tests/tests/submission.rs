@@ -232,3 +232,45 @@ fn a_smarthost_with_required_tls_and_auth_is_a_second_finaldot() {
     assert!(msg.ends_with("\r\n\r\nhello\r\n"), "{msg}");
     assert!(a.log().contains("relayed to localhost:"), "{}", a.log());
 }
+
+#[test]
+fn python_smtplib_logs_in_over_starttls_and_relays() {
+    let s = start("submission-python", "");
+    let script = r#"
+import smtplib, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+c = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=10)
+c.ehlo("client.test")
+c.starttls(context=ctx)
+c.ehlo("client.test")
+assert c.has_extn("auth"), c.esmtp_features
+c.login("alice", "correct horse battery")
+refused = c.sendmail("alice@localhost", ["bob@remote.test"], b"Subject: from python\r\n\r\nhi bob\r\n")
+assert not refused, refused
+try:
+    c.login("alice", "again")
+except smtplib.SMTPException as e:
+    print("second login refused:", e)
+c.quit()
+"#;
+    let Ok(out) = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(s.submission.port().to_string())
+        .output()
+    else {
+        eprintln!("python3 not installed: smtplib is checked on CI");
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = s.hop.wait_for(1, LONG);
+    assert_eq!(got[0].rcpt_to, vec!["bob@remote.test".to_string()]);
+    assert!(got[0].data.ends_with(b"\r\n\r\nhi bob\r\n"));
+}
