@@ -252,6 +252,10 @@ pub struct RawSmtp {
     pub max_connections_per_ip: Option<usize>,
     /// Most new connections per minute from one IP address (0 = no limit).
     pub max_connection_rate_per_ip: Option<usize>,
+    /// Longest pause before a new message's 354 while the pipeline is behind (0 = off).
+    pub in_flow_delay_ms: Option<u64>,
+    /// Messages waiting for their first pipeline run above which the pause applies.
+    pub in_flow_backlog: Option<usize>,
     /// Error replies before a session is closed with 421.
     pub max_errors: Option<u32>,
     /// Seconds to wait for the next command.
@@ -409,6 +413,10 @@ pub struct SmtpConfig {
     pub max_connections_per_ip: usize,
     /// Most new connections per minute per IP (0 = no limit).
     pub max_connection_rate_per_ip: usize,
+    /// In-flow delay: the longest pause before a new message (zero = off).
+    pub in_flow_delay: Duration,
+    /// In-flow delay applies while more messages than this wait in `incoming/`.
+    pub in_flow_backlog: usize,
     /// Error replies before 421.
     pub max_errors: u32,
     /// Wait for the next command.
@@ -948,6 +956,8 @@ impl RawConfig {
                 max_connections,
                 max_connections_per_ip,
                 max_connection_rate_per_ip: s.max_connection_rate_per_ip.unwrap_or(0),
+                in_flow_delay: Duration::from_millis(s.in_flow_delay_ms.unwrap_or(0)),
+                in_flow_backlog: s.in_flow_backlog.unwrap_or(1000),
                 max_errors,
                 command_timeout,
                 data_timeout,

@@ -417,3 +417,37 @@ fn nix_is_root() -> bool {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
 }
+
+#[test]
+fn in_flow_delay_pauses_new_messages_while_the_pipeline_is_behind() {
+    // No plugins: every accepted message stays in incoming/, so the backlog
+    // only grows. Above 2 waiting messages, a new DATA waits (here the full
+    // 600 ms, as nothing drains) before its 354; the message is still taken.
+    let dir = TestDir::new("in-flow");
+    let cfg = test_config(
+        dir.path(),
+        "in_flow_delay_ms = 600\nin_flow_backlog = 2",
+        "",
+    );
+    let d = Daemon::start_with(dir.path(), &cfg);
+    let mut c = d.connect();
+    c.expect("EHLO c.test", 250);
+    let mut data_waits = Vec::new();
+    for i in 0..4 {
+        c.expect("MAIL FROM:<a@b.test>", 250);
+        c.expect("RCPT TO:<alice@example.test>", 250);
+        let t = std::time::Instant::now();
+        c.expect("DATA", 354);
+        data_waits.push(t.elapsed());
+        c.send(format!("Subject: {i}\r\n\r\nbody\r\n.\r\n").as_bytes());
+        let (code, text) = c.read_reply();
+        assert_eq!(code, 250, "{text}");
+        // Let the backlog count (refreshed every 250 ms) see this message.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(d.spool_files(QueueState::Incoming).len(), 4);
+    assert!(
+        data_waits[3] >= Duration::from_millis(550),
+        "no pause with 3 messages waiting: {data_waits:?}"
+    );
+}

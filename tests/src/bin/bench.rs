@@ -54,6 +54,9 @@ struct Args {
     /// Write the results as JSON lines here too.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The daemon's smtp.in_flow_delay_ms (0 = off, the default).
+    #[arg(long, default_value_t = 0)]
+    in_flow_delay_ms: u64,
     /// Only the memory measurements (idle connections, large messages), no matrix.
     #[arg(long)]
     memory_only: bool,
@@ -221,7 +224,10 @@ fn run_cell(args: &Args, chain: &str, concurrency: usize, size: usize) -> Cell {
     let dir = TestDir::new(&format!("bench-{chain}-{concurrency}-{size}"));
     let cfg = test_config(
         dir.path(),
-        "max_connections = 2000\nmax_connections_per_ip = 1000",
+        &format!(
+            "max_connections = 2000\nmax_connections_per_ip = 1000\nin_flow_delay_ms = {}",
+            args.in_flow_delay_ms
+        ),
         &chain_toml(dir.path(), chain, args),
     );
     let d = Daemon::start_with(dir.path(), &cfg);
