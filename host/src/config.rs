@@ -514,6 +514,8 @@ impl RawConfig {
             key: key.to_string(),
             why,
         };
+        // Relative paths in the file are relative to the file's directory.
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let parse_addrs = |key: &str, raw: &[String]| -> Result<Vec<SocketAddr>, ConfigError> {
             raw.iter()
                 .map(|a| {
@@ -538,12 +540,7 @@ impl RawConfig {
             Some(h) => h,
             None => system_hostname(),
         };
-        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("var"));
-        let data_dir = if data_dir.is_absolute() {
-            data_dir
-        } else {
-            base.join(data_dir)
-        };
+        let data_dir = abs(self.data_dir.unwrap_or_else(|| PathBuf::from("var")));
 
         let s = self.smtp;
         let listen_raw = s
@@ -626,12 +623,9 @@ impl RawConfig {
             }
         };
 
-        let tls = s.tls.map(|t| {
-            let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-            TlsFiles {
-                cert: abs(t.cert),
-                key: abs(t.key),
-            }
+        let tls = s.tls.map(|t| TlsFiles {
+            cert: abs(t.cert),
+            key: abs(t.key),
         });
 
         if self.domains.is_empty() {
@@ -684,7 +678,7 @@ impl RawConfig {
         let p = self.pipeline;
         let plugin_dir = p
             .plugin_dir
-            .map(|d| if d.is_absolute() { d } else { base.join(d) })
+            .map(abs)
             .unwrap_or_else(|| data_dir.join("plugins"));
         let workers = p.workers.unwrap_or(4);
         if workers == 0 || workers > 256 {
@@ -775,11 +769,7 @@ impl RawConfig {
                 }
                 dirs.push(DirGrant {
                     name: d.name,
-                    path: if d.path.is_absolute() {
-                        d.path
-                    } else {
-                        base.join(d.path)
-                    },
+                    path: abs(d.path),
                     writable: d.writable,
                 });
             }
@@ -871,7 +861,6 @@ impl RawConfig {
                 ))
             }
         };
-        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let smarthost_auth = match o.smarthost_auth {
             None => None,
             Some(a) => {

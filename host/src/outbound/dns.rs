@@ -13,8 +13,13 @@ use hickory_resolver::TokioResolver;
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
     /// The domain does not exist, or says it takes no mail: permanent.
-    #[error("{0}")]
-    Permanent(String),
+    #[error("{status} {reason}")]
+    Permanent {
+        /// Enhanced status code for the DSN.
+        status: &'static str,
+        /// What DNS said.
+        reason: String,
+    },
     /// The lookup failed for now (timeout, SERVFAIL…): try later.
     #[error("{0}")]
     Temporary(String),
@@ -83,9 +88,10 @@ impl Dns {
                     .map(|r| (r.preference(), r.exchange().to_ascii()))
                     .collect(),
                 Err(e) if e.is_nx_domain() => {
-                    return Err(LookupError::Permanent(format!(
-                        "5.1.2 domain {domain} does not exist"
-                    )))
+                    return Err(LookupError::Permanent {
+                        status: "5.1.2",
+                        reason: format!("domain {domain} does not exist"),
+                    })
                 }
                 Err(e) if e.is_no_records_found() => Vec::new(),
                 Err(e) => {
@@ -96,9 +102,10 @@ impl Dns {
             };
             // RFC 7505: a single MX of "." means the domain takes no mail.
             if mx.len() == 1 && (mx[0].1 == "." || mx[0].1.is_empty()) {
-                return Err(LookupError::Permanent(format!(
-                    "5.1.10 domain {domain} accepts no mail (null MX)"
-                )));
+                return Err(LookupError::Permanent {
+                    status: "5.1.10",
+                    reason: format!("domain {domain} accepts no mail (null MX)"),
+                });
             }
             // No MX: the domain itself is the implicit MX (RFC 5321 §5.1).
             if mx.is_empty() {

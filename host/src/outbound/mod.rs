@@ -119,8 +119,13 @@ fn classify(e: &lettre::transport::smtp::Error, host: &str, what: &str) -> Outco
     }
 }
 
-/// The domain part of an address, lowercase.
-pub fn domain_of(address: &str) -> String {
+/// The same outcome for each of `rcpts`.
+fn every(rcpts: &[String], outcome: &Outcome) -> Vec<(String, Outcome)> {
+    rcpts.iter().map(|r| (r.clone(), outcome.clone())).collect()
+}
+
+/// The domain part of an address, lowercase (the key MX routes group by).
+fn domain_of(address: &str) -> String {
     address
         .rsplit_once('@')
         .map(|(_, d)| d.to_ascii_lowercase())
@@ -203,11 +208,7 @@ impl Outbound {
         let mut stopped: Option<String> = None;
         for (key, rcpts) in groups {
             if let Some(why) = &stopped {
-                results.extend(
-                    rcpts
-                        .into_iter()
-                        .map(|r| (r, Outcome::Deferred(why.clone()))),
-                );
+                results.extend(every(&rcpts, &Outcome::Deferred(why.clone())));
                 continue;
             }
             let outcomes =
@@ -255,13 +256,10 @@ impl Outbound {
                             })
                         })
                         .collect()),
-                    Err(dns::LookupError::Permanent(why)) => {
-                        let status = why.split_whitespace().next().unwrap_or("5.1.2").to_string();
-                        Err(Outcome::Failed {
-                            status,
-                            reason: why,
-                        })
-                    }
+                    Err(e @ dns::LookupError::Permanent { status, .. }) => Err(Outcome::Failed {
+                        status: status.to_string(),
+                        reason: e.to_string(),
+                    }),
                     Err(e) => Err(Outcome::Deferred(e.to_string())),
                 }
             }
@@ -362,12 +360,7 @@ impl Outbound {
         accepted: OnAccepted<'_, E>,
         stopped: &mut Option<String>,
     ) -> Vec<(String, Outcome)> {
-        let all = |o: Outcome| {
-            rcpts
-                .iter()
-                .map(|r| (r.clone(), o.clone()))
-                .collect::<Vec<_>>()
-        };
+        let all = |o: Outcome| every(rcpts, &o);
         let hops = match self.hops(route, key) {
             Ok(h) => h,
             Err(o) => return all(o),
@@ -415,12 +408,7 @@ impl Outbound {
         accepted: OnAccepted<'_, E>,
         stopped: &mut Option<String>,
     ) -> (Vec<(String, Outcome)>, bool) {
-        let all = |o: Outcome| {
-            rcpts
-                .iter()
-                .map(|r| (r.clone(), o.clone()))
-                .collect::<Vec<_>>()
-        };
+        let all = |o: Outcome| every(rcpts, &o);
         let host = format!("{}:{}", hop.name, hop.port);
         let info = conn.server_info().clone();
         let utf8 = !mail_from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii());
@@ -467,7 +455,7 @@ impl Outbound {
         }
         if let Err(e) = conn.command("DATA\r\n") {
             let o = classify(&e, &host, "DATA");
-            results.extend(ok.into_iter().map(|r| (r, o.clone())));
+            results.extend(every(&ok, &o));
             return (results, false);
         }
         // lettre ends the data with CRLF "." CRLF itself: a message that
@@ -492,19 +480,8 @@ impl Outbound {
             Err(e) => {
                 let healthy = e.is_permanent() || e.is_transient();
                 let o = classify(&e, &host, "end of data");
-                results.extend(ok.into_iter().map(|r| (r, o.clone())));
+                results.extend(every(&ok, &o));
                 (results, healthy)
-            }
-        }
-    }
-
-    /// Closes idle connections (at shutdown or reload).
-    pub fn close_idle(&self) {
-        if let Ok(mut m) = self.idle.lock() {
-            for (_, conns) in m.drain() {
-                for mut c in conns {
-                    let _ = c.quit();
-                }
             }
         }
     }

@@ -42,7 +42,7 @@ pub struct Settings {
     /// The local domains (lowercase): recipients elsewhere go outbound.
     pub local_domains: Arc<Vec<String>>,
     /// Delivery to other servers (the configured route, or one a plugin chose).
-    pub outbound: Option<Arc<crate::outbound::Outbound>>,
+    pub outbound: Arc<crate::outbound::Outbound>,
 }
 
 impl Settings {
@@ -54,7 +54,7 @@ impl Settings {
             config: config.pipeline.clone(),
             hostname: config.hostname.clone(),
             local_domains: Arc::new(config.domains.clone()),
-            outbound: Some(Arc::new(outbound)),
+            outbound: Arc::new(outbound),
         })
     }
 }

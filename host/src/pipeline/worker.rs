@@ -396,9 +396,14 @@ fn settle(
     deferred_from: Option<u32>,
 ) -> Result<(), spool::Error> {
     let settings = ctx.settings();
-    if let Some(out) = &settings.outbound {
-        deliver_remote(ctx, id, progress, header, out, &settings.local_domains)?;
-    }
+    deliver_remote(
+        ctx,
+        id,
+        progress,
+        header,
+        &settings.outbound,
+        &settings.local_domains,
+    )?;
     for r in progress.state.envelope.recipients.iter_mut() {
         if r.state == RecipientState::Pending {
             r.state = RecipientState::Failed {
@@ -450,7 +455,7 @@ fn deliver_remote(
         .recipients
         .iter()
         .filter(|r| r.state == RecipientState::Pending)
-        .filter(|r| !local.contains(&crate::outbound::domain_of(&r.address)))
+        .filter(|r| !local.iter().any(|d| d.eq_ignore_ascii_case(r.domain())))
         .filter_map(|r| {
             let chosen = routes
                 .iter()

@@ -76,7 +76,7 @@ struct Shared {
     spool: Arc<Spool>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Connection times in the last minute, per IP (for the rate limit).
-    recent: Mutex<HashMap<IpAddr, std::collections::VecDeque<std::time::Instant>>>,
+    recent: PerIpWindow,
     total: Arc<Semaphore>,
     max_connections: Mutex<usize>,
     /// The STARTTLS acceptor, when a certificate is configured.
@@ -86,7 +86,7 @@ struct Shared {
     /// Messages in `incoming/` and when they were counted (for the in-flow delay).
     backlog: tokio::sync::Mutex<(Option<std::time::Instant>, usize)>,
     /// Failed AUTH attempts in the last ten minutes, per IP.
-    auth_failures: Mutex<HashMap<IpAddr, std::collections::VecDeque<std::time::Instant>>>,
+    auth_failures: PerIpWindow,
 }
 
 impl Shared {
@@ -109,31 +109,6 @@ impl Shared {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
         }
-    }
-
-    /// Failed AUTH attempts from `ip` in the window, after forgetting old ones.
-    fn auth_failures(&self, ip: IpAddr, add: bool) -> usize {
-        let Ok(mut map) = self.auth_failures.lock() else {
-            return 0;
-        };
-        let now = std::time::Instant::now();
-        if map.len() > 10_000 {
-            map.retain(|_, q| {
-                q.back()
-                    .is_some_and(|t| now.duration_since(*t) < AUTH_FAILURE_WINDOW)
-            });
-        }
-        let q = map.entry(ip).or_default();
-        while q
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= AUTH_FAILURE_WINDOW)
-        {
-            q.pop_front();
-        }
-        if add {
-            q.push_back(now);
-        }
-        q.len()
     }
 
     /// Messages waiting in `incoming/` for their first pipeline run, counted
@@ -247,7 +222,7 @@ impl Server {
                 limits: RwLock::new(Limits::of(config)),
                 spool,
                 per_ip: Mutex::new(HashMap::new()),
-                recent: Mutex::new(HashMap::new()),
+                recent: PerIpWindow::new(Duration::from_secs(60)),
                 total: Arc::new(Semaphore::new(config.smtp.max_connections)),
                 max_connections: Mutex::new(config.smtp.max_connections),
                 tls: RwLock::new(match &config.smtp.tls {
@@ -256,7 +231,7 @@ impl Server {
                 }),
                 submission: RwLock::new(SubmissionSettings::of(config)),
                 backlog: tokio::sync::Mutex::new((None, 0)),
-                auth_failures: Mutex::new(HashMap::new()),
+                auth_failures: PerIpWindow::new(AUTH_FAILURE_WINDOW),
             }),
             listeners: Mutex::new(HashMap::new()),
             stop,
@@ -466,30 +441,49 @@ impl Drop for IpSlot {
     }
 }
 
+/// Events per IP address within a sliding window (new connections for the
+/// rate limit, failed AUTH attempts).
+struct PerIpWindow {
+    window: Duration,
+    events: Mutex<HashMap<IpAddr, std::collections::VecDeque<std::time::Instant>>>,
+}
+
+impl PerIpWindow {
+    fn new(window: Duration) -> PerIpWindow {
+        PerIpWindow {
+            window,
+            events: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Events from `ip` within the window, before recording one more when
+    /// `record` says so (it is given that count).
+    fn count(&self, ip: IpAddr, record: impl FnOnce(usize) -> bool) -> usize {
+        let Ok(mut map) = self.events.lock() else {
+            return 0;
+        };
+        let now = std::time::Instant::now();
+        let window = self.window;
+        // Forget addresses that have been quiet for a window, so the map stays small.
+        if map.len() > 10_000 {
+            map.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
+        }
+        let q = map.entry(ip).or_default();
+        while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            q.pop_front();
+        }
+        let n = q.len();
+        if record(n) {
+            q.push_back(now);
+        }
+        n
+    }
+}
+
 /// Records a new connection from `ip`; false if it is over the per-minute rate.
 fn within_rate(shared: &Shared, ip: IpAddr) -> bool {
     let limit = shared.limits().max_connection_rate_per_ip;
-    if limit == 0 {
-        return true;
-    }
-    let Ok(mut map) = shared.recent.lock() else {
-        return true;
-    };
-    let now = std::time::Instant::now();
-    let minute = Duration::from_secs(60);
-    // Forget addresses that have been quiet for a minute, so the map stays small.
-    if map.len() > 10_000 {
-        map.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < minute));
-    }
-    let q = map.entry(ip).or_default();
-    while q.front().is_some_and(|t| now.duration_since(*t) >= minute) {
-        q.pop_front();
-    }
-    if q.len() >= limit {
-        return false;
-    }
-    q.push_back(now);
-    true
+    limit == 0 || shared.recent.count(ip, |n| n < limit) < limit
 }
 
 fn take_ip_slot(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
@@ -959,7 +953,7 @@ impl Conn {
                 Step::Authenticate { user, password } => {
                     let settings = self.shared.submission();
                     let max = settings.max_auth_failures_per_ip;
-                    if self.shared.auth_failures(self.peer, false) >= max {
+                    if self.shared.auth_failures.count(self.peer, |_| false) >= max {
                         warn!(user = %user, "AUTH refused: too many failures from this address");
                         self.session.auth_checked(None, true);
                         continue;
@@ -976,7 +970,7 @@ impl Conn {
                             self.session.auth_checked(Some(user), false);
                         }
                         Ok(Ok(false)) => {
-                            let n = self.shared.auth_failures(self.peer, true);
+                            let n = self.shared.auth_failures.count(self.peer, |_| true) + 1;
                             warn!(user = %user, failures = n, "AUTH failed: bad user name or password");
                             self.session.auth_checked(None, false);
                         }
