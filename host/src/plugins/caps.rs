@@ -9,15 +9,17 @@
 //! durable and atomic (temp file, fsync, rename, directory fsync).
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
 use finaldot_sdk::wire::{check_relative_path, Header, HostErrorKind, HostRequest, HostResponse};
 
 use super::instance::Body;
+use super::kv::Kv;
+use crate::group_commit::{unshare, GroupCommit};
 
 /// A directory grant as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +45,12 @@ pub struct Grants {
 pub struct OpenGrants {
     dirs: HashMap<String, (Dir, bool)>,
     kv: Option<Kv>,
+    /// One group commit per (grant, directory): concurrent deliveries into
+    /// the same Maildir share its directory fsync.
+    dir_syncs: Mutex<HashMap<(String, String), Arc<DirSync>>>,
 }
+
+type DirSync = GroupCommit<(), Arc<io::Error>>;
 
 /// A capability failure, reported to the plugin as a [`HostResponse::Error`].
 #[derive(Debug)]
@@ -97,7 +104,11 @@ impl OpenGrants {
             Some(p) => Some(Kv::open(p)?),
             None => None,
         };
-        Ok(OpenGrants { dirs, kv })
+        Ok(OpenGrants {
+            dirs,
+            kv,
+            dir_syncs: Mutex::default(),
+        })
     }
 
     /// Nothing granted.
@@ -105,6 +116,7 @@ impl OpenGrants {
         OpenGrants {
             dirs: HashMap::new(),
             kv: None,
+            dir_syncs: Mutex::default(),
         }
     }
 
@@ -147,7 +159,7 @@ impl OpenGrants {
             HostRequest::WriteFile { grant, path, data } => {
                 let dir = self.dir(grant, path, true)?;
                 let tmp = tmp_name(path);
-                write_durably(dir, &tmp, path, |f| f.write_all(data))?;
+                self.write_durably(grant, dir, &tmp, path, |f| f.write_all(data))?;
                 HostResponse::Done
             }
             HostRequest::ListDir { grant, path } => {
@@ -187,7 +199,7 @@ impl OpenGrants {
             } => {
                 let dir = self.dir(grant, path, true)?;
                 self.dir(grant, tmp_path, true)?;
-                write_durably(dir, tmp_path, path, |f| {
+                self.write_durably(grant, dir, tmp_path, path, |f| {
                     write_message(f, headers, body, *lf_endings)
                 })?;
                 HostResponse::Done
@@ -213,6 +225,48 @@ impl OpenGrants {
                 HostResponse::Done
             }
         })
+    }
+
+    /// Writes `tmp` with `fill`, fsyncs it, renames it to `path`, fsyncs
+    /// `path`'s directory (shared with concurrent writes into it).
+    fn write_durably(
+        &self,
+        grant: &str,
+        dir: &Dir,
+        tmp: &str,
+        path: &str,
+        fill: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
+    ) -> Result<(), CapError> {
+        let file = dir
+            .open_with(
+                tmp,
+                OpenOptions::new().write(true).create(true).truncate(true),
+            )
+            .map_err(|e| CapError::io(tmp, e))?;
+        let mut file = file.into_std();
+        let written = fill(&mut file).and_then(|()| file.sync_all());
+        if let Err(e) = written {
+            let _ = dir.remove_file(tmp);
+            return Err(CapError::io(tmp, e));
+        }
+        drop(file);
+        if let Err(e) = dir.rename(tmp, dir, path) {
+            let _ = dir.remove_file(tmp);
+            return Err(CapError::io(path, e));
+        }
+        let parent = parent_of(path);
+        let sync = {
+            let mut syncs = self
+                .dir_syncs
+                .lock()
+                .map_err(|_| CapError::new(HostErrorKind::Io, "directory sync lock poisoned"))?;
+            syncs
+                .entry((grant.to_string(), parent.to_string()))
+                .or_default()
+                .clone()
+        };
+        sync.submit((), |_| sync_dir(dir, parent).map_err(Arc::new))
+            .map_err(|e| CapError::io("fsync directory", unshare(&e)))
     }
 
     fn kv(&self) -> Result<&Kv, CapError> {
@@ -242,41 +296,12 @@ fn parent_of(path: &str) -> &str {
     path.rsplit_once('/').map(|(p, _)| p).unwrap_or("")
 }
 
-fn sync_dir(dir: &Dir, path: &str) -> Result<(), CapError> {
+fn sync_dir(dir: &Dir, path: &str) -> io::Result<()> {
     // cap-std's directory handles are O_PATH; fsync needs a readable descriptor.
     let target = if path.is_empty() { "." } else { path };
-    dir.open_with(target, OpenOptions::new().read(true))
-        .map_err(|e| CapError::io(target, e))?
+    dir.open_with(target, OpenOptions::new().read(true))?
         .into_std()
         .sync_all()
-        .map_err(|e| CapError::io("fsync directory", e))
-}
-
-/// Writes `tmp` with `fill`, fsyncs it, renames it to `path`, fsyncs `path`'s directory.
-fn write_durably(
-    dir: &Dir,
-    tmp: &str,
-    path: &str,
-    fill: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
-) -> Result<(), CapError> {
-    let file = dir
-        .open_with(
-            tmp,
-            OpenOptions::new().write(true).create(true).truncate(true),
-        )
-        .map_err(|e| CapError::io(tmp, e))?;
-    let mut file = file.into_std();
-    let written = fill(&mut file).and_then(|()| file.sync_all());
-    if let Err(e) = written {
-        let _ = dir.remove_file(tmp);
-        return Err(CapError::io(tmp, e));
-    }
-    drop(file);
-    if let Err(e) = dir.rename(tmp, dir, path) {
-        let _ = dir.remove_file(tmp);
-        return Err(CapError::io(path, e));
-    }
-    sync_dir(dir, parent_of(path))
 }
 
 fn write_message(
@@ -327,71 +352,4 @@ fn write_message(
         w.write_all(b"\r")?;
     }
     w.flush()
-}
-
-/// A plugin's key-value namespace: one file per key in its own directory,
-/// written durably and atomically. A value file is an 8-byte expiry
-/// (seconds since the epoch, 0 = never) followed by the value.
-pub struct Kv {
-    dir: Dir,
-    lock: Mutex<()>,
-}
-
-impl Kv {
-    /// Opens (creating) the namespace directory.
-    pub fn open(path: &Path) -> io::Result<Kv> {
-        std::fs::create_dir_all(path)?;
-        Ok(Kv {
-            dir: Dir::open_ambient_dir(path, ambient_authority())?,
-            lock: Mutex::new(()),
-        })
-    }
-
-    fn file_name(key: &[u8]) -> String {
-        super::content_hash(key)
-    }
-
-    /// The value, if present and not expired.
-    pub fn get(&self, key: &[u8], now: u64) -> io::Result<Option<Vec<u8>>> {
-        let mut f = match self.dir.open(Self::file_name(key)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let mut data = Vec::new();
-        f.read_to_end(&mut data)?;
-        if data.len() < 8 {
-            return Ok(None);
-        }
-        let mut exp = [0u8; 8];
-        exp.copy_from_slice(&data[..8]);
-        let exp = u64::from_le_bytes(exp);
-        if exp != 0 && exp <= now {
-            return Ok(None);
-        }
-        Ok(Some(data[8..].to_vec()))
-    }
-
-    /// Stores a value durably; `expires` 0 means never.
-    pub fn put(&self, key: &[u8], value: &[u8], expires: u64) -> io::Result<()> {
-        let _g = self
-            .lock
-            .lock()
-            .map_err(|_| io::Error::other("kv lock poisoned"))?;
-        let name = Self::file_name(key);
-        let tmp = format!(".{name}.tmp");
-        write_durably(&self.dir, &tmp, &name, |f| {
-            f.write_all(&expires.to_le_bytes())?;
-            f.write_all(value)
-        })
-        .map_err(|e| io::Error::other(e.message))
-    }
-
-    /// Deletes a key (absent is fine).
-    pub fn delete(&self, key: &[u8]) -> io::Result<()> {
-        match self.dir.remove_file(Self::file_name(key)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
 }

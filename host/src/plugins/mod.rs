@@ -19,6 +19,7 @@
 
 pub mod caps;
 pub mod instance;
+pub mod kv;
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};

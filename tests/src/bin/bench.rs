@@ -60,6 +60,10 @@ struct Args {
     /// Only the memory measurements (idle connections, large messages), no matrix.
     #[arg(long)]
     memory_only: bool,
+    /// Only the pipeline's own ceiling: queue this many 4 KiB messages with no
+    /// chain, restart with the default chain and time the drain (no SMTP load).
+    #[arg(long)]
+    drain: Option<usize>,
 }
 
 const CELLS: [(usize, usize); 4] = [(1, 4096), (8, 4096), (64, 4096), (8, 100 * 1024)];
@@ -202,6 +206,61 @@ fn memory_large(n: usize, mib: usize) {
     );
 }
 
+/// The pipeline alone: `n` queued messages, the default chain, no SMTP load.
+fn drain(args: &Args, n: usize) {
+    let dir = TestDir::new("bench-drain");
+    let smtp = "max_connections = 2000\nmax_connections_per_ip = 1000";
+    let d = Daemon::start_with(
+        dir.path(),
+        &test_config(dir.path(), smtp, &chain_toml(dir.path(), "none", args)),
+    );
+    let report = run(&LoadSpec {
+        addr: d.addr,
+        concurrency: 8,
+        duration: None,
+        count: Some(n as u64),
+        size: 4096,
+        recipients: 1,
+        domain: "localhost".into(),
+        user: "alice".into(),
+        nice: args.client_nice,
+    });
+    drop(d);
+    println!(
+        "queued {} messages ({:.0}/s, {} errors); restarting with the default chain",
+        report.accepted, report.per_second, report.errors
+    );
+    let maildir = dir.path().join("mail/alice/Maildir/new");
+    let t = Instant::now();
+    let d = Daemon::start_with(
+        dir.path(),
+        &test_config(dir.path(), smtp, &chain_toml(dir.path(), "default", args)),
+    );
+    let mut last = (Instant::now(), 0usize);
+    loop {
+        std::thread::sleep(Duration::from_millis(1000));
+        let done = count_files(&maildir);
+        let now = Instant::now();
+        println!(
+            "  {:>5.1} s: {done} delivered ({:.0}/s in the last second)",
+            t.elapsed().as_secs_f64(),
+            (done - last.1) as f64 / (now - last.0).as_secs_f64()
+        );
+        last = (now, done);
+        if done as u64 >= report.accepted || t.elapsed() > Duration::from_secs(600) {
+            break;
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "pipeline alone (default chain, workers {}): {} delivered in {secs:.1} s = {:.0}/s (including the daemon's start)",
+        args.workers.map(|w| w.to_string()).unwrap_or_else(|| "default".into()),
+        last.1,
+        last.1 as f64 / secs
+    );
+    drop(d);
+}
+
 fn count_files(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
 }
@@ -332,6 +391,10 @@ fn main() {
             .unwrap_or(0),
         finaldot_e2e::finaldot_bin().display()
     );
+    if let Some(n) = args.drain {
+        drain(&args, n);
+        return;
+    }
     memory(1000);
     memory_large(50, 25);
     if args.memory_only {

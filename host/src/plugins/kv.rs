@@ -1,0 +1,356 @@
+//! A plugin's key-value namespace: one redb database (`kv.redb`) in the
+//! namespace's directory. Writes are durable when they return and are group
+//! committed: puts and deletes from concurrent pipeline workers share one
+//! database commit (one fsync) instead of a file, an fsync and a directory
+//! fsync each. Entries with an expiry are purged a few hundred at a time by
+//! later commits, so a dedup window keeps the database bounded.
+//!
+//! Keys are stored as the SHA-256 of the plugin's key (as the file-per-key
+//! layout of earlier versions named its files); such files found in the
+//! directory are imported once and removed.
+//!
+//! One process-wide store per directory: every loaded version of a plugin
+//! (a hot reload loads the new one while the old one finishes its calls)
+//! shares it, since the database file can be open only once.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+
+use redb::{Database, ReadableTable, TableDefinition};
+
+use crate::group_commit::{unshare, GroupCommit};
+
+/// SHA-256 of the key (hex) → 8-byte little-endian expiry (seconds since the
+/// epoch, 0 = never) followed by the value.
+const VALUES: TableDefinition<&str, &[u8]> = TableDefinition::new("values");
+/// 8-byte big-endian expiry followed by the key's hash → nothing: the values
+/// with an expiry, in expiry order.
+const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("expiry");
+
+/// How many expired entries one commit removes at most.
+const PURGE_PER_COMMIT: usize = 256;
+
+/// The database file in the namespace directory.
+pub const KV_FILE: &str = "kv.redb";
+
+enum Op {
+    Put { name: String, record: Vec<u8> },
+    Delete { name: String },
+}
+
+struct Store {
+    db: Database,
+    writes: GroupCommit<Op, Arc<io::Error>>,
+}
+
+static STORES: LazyLock<Mutex<HashMap<PathBuf, Weak<Store>>>> = LazyLock::new(Default::default);
+
+/// A handle on a plugin's key-value namespace.
+pub struct Kv {
+    store: Arc<Store>,
+}
+
+fn io_err(e: impl Into<redb::Error>) -> io::Error {
+    match e.into() {
+        redb::Error::Io(e) => e,
+        other => io::Error::other(other),
+    }
+}
+
+fn expiry_of(record: &[u8]) -> u64 {
+    record
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0)
+}
+
+fn index_key(expires: u64, name: &str) -> Vec<u8> {
+    let mut k = expires.to_be_bytes().to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+impl Kv {
+    /// Opens (creating) the namespace in `path`, a directory.
+    pub fn open(path: &Path) -> io::Result<Kv> {
+        std::fs::create_dir_all(path)?;
+        let key = std::fs::canonicalize(path)?;
+        let mut stores = STORES
+            .lock()
+            .map_err(|_| io::Error::other("kv registry lock poisoned"))?;
+        if let Some(store) = stores.get(&key).and_then(Weak::upgrade) {
+            return Ok(Kv { store });
+        }
+        let db = Database::create(key.join(KV_FILE)).map_err(io_err)?;
+        let store = Arc::new(Store {
+            db,
+            writes: GroupCommit::default(),
+        });
+        import_files(&key, &store)?;
+        stores.retain(|_, w| w.strong_count() > 0);
+        stores.insert(key, Arc::downgrade(&store));
+        Ok(Kv { store })
+    }
+
+    fn name(key: &[u8]) -> String {
+        super::content_hash(key)
+    }
+
+    /// The value, if present and not expired at `now`.
+    pub fn get(&self, key: &[u8], now: u64) -> io::Result<Option<Vec<u8>>> {
+        let txn = self.store.db.begin_read().map_err(io_err)?;
+        let table = match txn.open_table(VALUES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(io_err(e)),
+        };
+        let Some(record) = table.get(Self::name(key).as_str()).map_err(io_err)? else {
+            return Ok(None);
+        };
+        let record = record.value();
+        let expires = expiry_of(record);
+        if record.len() < 8 || (expires != 0 && expires <= now) {
+            return Ok(None);
+        }
+        Ok(Some(record[8..].to_vec()))
+    }
+
+    /// Stores a value durably; `expires` 0 means never.
+    pub fn put(&self, key: &[u8], value: &[u8], expires: u64) -> io::Result<()> {
+        let mut record = expires.to_le_bytes().to_vec();
+        record.extend_from_slice(value);
+        self.write(Op::Put {
+            name: Self::name(key),
+            record,
+        })
+    }
+
+    /// Deletes a key durably (absent is fine).
+    pub fn delete(&self, key: &[u8]) -> io::Result<()> {
+        self.write(Op::Delete {
+            name: Self::name(key),
+        })
+    }
+
+    fn write(&self, op: Op) -> io::Result<()> {
+        let db = &self.store.db;
+        self.store
+            .writes
+            .submit(op, |ops| commit(db, ops, unix_now()).map_err(Arc::new))
+            .map_err(|e| unshare(&e))
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// One transaction for a batch of writes, plus a bounded purge of entries
+/// expired at `now`; durable when it returns.
+fn commit(db: &Database, ops: Vec<Op>, now: u64) -> io::Result<()> {
+    let txn = db.begin_write().map_err(io_err)?;
+    {
+        let mut values = txn.open_table(VALUES).map_err(io_err)?;
+        let mut expiry = txn.open_table(EXPIRY).map_err(io_err)?;
+        for op in ops {
+            let (name, old) = match op {
+                Op::Put { name, record } => {
+                    let old = values
+                        .insert(name.as_str(), record.as_slice())
+                        .map_err(io_err)?
+                        .map(|g| expiry_of(g.value()));
+                    let expires = expiry_of(&record);
+                    if expires != 0 {
+                        expiry
+                            .insert(index_key(expires, &name).as_slice(), ())
+                            .map_err(io_err)?;
+                    }
+                    (name, old.filter(|&o| o != expires))
+                }
+                Op::Delete { name } => {
+                    let old = values
+                        .remove(name.as_str())
+                        .map_err(io_err)?
+                        .map(|g| expiry_of(g.value()));
+                    (name, old)
+                }
+            };
+            if let Some(old) = old.filter(|&o| o != 0) {
+                expiry
+                    .remove(index_key(old, &name).as_slice())
+                    .map_err(io_err)?;
+            }
+        }
+        let upto = index_key(now, "\u{7f}");
+        let due: Vec<Vec<u8>> = expiry
+            .range(..upto.as_slice())
+            .map_err(io_err)?
+            .take(PURGE_PER_COMMIT)
+            .map(|r| r.map(|(k, _)| k.value().to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(io_err)?;
+        for k in due {
+            expiry.remove(k.as_slice()).map_err(io_err)?;
+            if let Ok(name) = std::str::from_utf8(&k[8..]) {
+                values.remove(name).map_err(io_err)?;
+            }
+        }
+    }
+    txn.commit().map_err(io_err)
+}
+
+/// Imports the file-per-key layout of earlier versions (a file named by the
+/// key's hash holding the record), then removes those files.
+fn import_files(dir: &Path, store: &Store) -> io::Result<()> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let legacy_tmp = name.starts_with('.') && name.ends_with(".tmp");
+        let legacy = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if legacy_tmp {
+            std::fs::remove_file(entry.path())?;
+        } else if legacy && entry.file_type()?.is_file() {
+            let mut record = Vec::new();
+            std::fs::File::open(entry.path())?.read_to_end(&mut record)?;
+            found.push((entry.path(), name, record));
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    let ops = found
+        .iter()
+        .filter(|(_, _, record)| record.len() >= 8)
+        .map(|(_, name, record)| Op::Put {
+            name: name.clone(),
+            record: record.clone(),
+        })
+        .collect();
+    commit(&store.db, ops, unix_now())?;
+    for (path, _, _) in &found {
+        std::fs::remove_file(path)?;
+    }
+    std::fs::File::open(dir)?.sync_all()?;
+    tracing::info!(
+        dir = %dir.display(),
+        entries = found.len(),
+        "key-value files of an earlier version imported into {KV_FILE}"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::ReadableTableMetadata;
+
+    #[test]
+    fn put_get_delete_and_expiry() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let kv = Kv::open(dir.path()).expect("open");
+        assert_eq!(kv.get(b"a", 100).expect("get"), None);
+        kv.put(b"a", b"1", 0).expect("put");
+        let later = unix_now() + 3600;
+        kv.put(b"b", b"2", later).expect("put");
+        assert_eq!(kv.get(b"a", 100).expect("get"), Some(b"1".to_vec()));
+        assert_eq!(kv.get(b"b", later - 1).expect("get"), Some(b"2".to_vec()));
+        assert_eq!(kv.get(b"b", later).expect("get"), None, "expired");
+        kv.put(b"a", b"3", 0).expect("overwrite");
+        assert_eq!(kv.get(b"a", 100).expect("get"), Some(b"3".to_vec()));
+        kv.delete(b"a").expect("delete");
+        kv.delete(b"never").expect("deleting an absent key is fine");
+        assert_eq!(kv.get(b"a", 100).expect("get"), None);
+    }
+
+    #[test]
+    fn expired_entries_are_purged_by_later_commits() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let kv = Kv::open(dir.path()).expect("open");
+        kv.put(b"old", b"x", 1).expect("put");
+        kv.put(b"extended", b"x", 1).expect("put");
+        kv.put(b"extended", b"y", u64::MAX)
+            .expect("put again, later expiry");
+        kv.put(b"now", b"z", 0).expect("a later commit purges");
+        let txn = kv.store.db.begin_read().expect("read");
+        let values = txn.open_table(VALUES).expect("values");
+        assert!(values
+            .get(Kv::name(b"old").as_str())
+            .expect("get")
+            .is_none());
+        assert!(values
+            .get(Kv::name(b"extended").as_str())
+            .expect("get")
+            .is_some());
+        let expiry = txn.open_table(EXPIRY).expect("expiry");
+        assert_eq!(
+            expiry.len().expect("len"),
+            1,
+            "only the live entry's index remains"
+        );
+    }
+
+    #[test]
+    fn values_survive_reopening_and_versions_share_one_store() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let a = Kv::open(dir.path()).expect("open");
+        let b = Kv::open(dir.path()).expect("a second handle while the first lives");
+        a.put(b"k", b"v", 0).expect("put");
+        assert_eq!(b.get(b"k", 1).expect("get"), Some(b"v".to_vec()));
+        drop((a, b));
+        let c = Kv::open(dir.path()).expect("reopen");
+        assert_eq!(c.get(b"k", 1).expect("get"), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn files_of_the_earlier_layout_are_imported() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut record = 0u64.to_le_bytes().to_vec();
+        record.extend_from_slice(b"legacy");
+        std::fs::write(dir.path().join(Kv::name(b"k")), &record).expect("write");
+        std::fs::write(dir.path().join(format!(".{}.tmp", Kv::name(b"j"))), b"junk")
+            .expect("write");
+        let kv = Kv::open(dir.path()).expect("open");
+        assert_eq!(kv.get(b"k", 1).expect("get"), Some(b"legacy".to_vec()));
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        assert_eq!(left, [std::ffi::OsString::from(KV_FILE)]);
+    }
+
+    #[test]
+    fn concurrent_puts_are_all_durable() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let kv = Arc::new(Kv::open(dir.path()).expect("open"));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let kv = kv.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        kv.put(format!("{t}-{i}").as_bytes(), b"v", 0).expect("put");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        drop(kv);
+        let kv = Kv::open(dir.path()).expect("reopen");
+        for t in 0..8 {
+            for i in 0..25 {
+                assert!(kv
+                    .get(format!("{t}-{i}").as_bytes(), 1)
+                    .expect("get")
+                    .is_some());
+            }
+        }
+    }
+}
