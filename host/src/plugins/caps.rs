@@ -279,6 +279,18 @@ impl OpenGrants {
     }
 }
 
+/// Whether serving `req` waits on the disk (an fsync), rather than taking a
+/// few microseconds of CPU.
+pub fn waits_on_disk(req: &HostRequest) -> bool {
+    matches!(
+        req,
+        HostRequest::WriteFile { .. }
+            | HostRequest::WriteMessage { .. }
+            | HostRequest::KvPut { .. }
+            | HostRequest::KvDelete { .. }
+    )
+}
+
 fn tmp_name(path: &str) -> String {
     let (parent, name) = match path.rsplit_once('/') {
         Some((p, n)) => (format!("{p}/"), n),

@@ -266,9 +266,16 @@ pub fn define_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Result
             let response = match postcard::from_bytes::<HostRequest>(&bytes) {
                 Ok(req) => {
                     let s = caller.data();
-                    // Host I/O does not need the plugin's CPU slot: give it
-                    // back for the duration, take one again before returning.
-                    let _paused = s.gate.as_deref().map(super::CpuGate::pause);
+                    // A durable write waits on the disk and does not need the
+                    // plugin's CPU slot: give it back for the duration, take
+                    // one again before returning. Quick requests (a lookup, a
+                    // read from the page cache) keep it: giving it back would
+                    // queue this call behind other plugins' work for each one.
+                    let _paused = s
+                        .gate
+                        .as_deref()
+                        .filter(|_| super::caps::waits_on_disk(&req))
+                        .map(super::CpuGate::pause);
                     s.grants.handle(&req, &s.body, unix_now().as_secs())
                 }
                 Err(e) => finaldot_sdk::wire::HostResponse::Error {

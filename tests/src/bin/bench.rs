@@ -43,6 +43,13 @@ struct Args {
     /// Pipeline thread priority (pipeline.nice; 19 = SCHED_IDLE).
     #[arg(long)]
     nice: Option<i32>,
+    /// Plugin calls running WebAssembly at once (pipeline.max_running_plugins).
+    #[arg(long)]
+    max_running_plugins: Option<usize>,
+    /// Keep the default chain's plugin instances between messages
+    /// (`reuse_instance = true` for dedup, filter and local-delivery).
+    #[arg(long)]
+    reuse_instances: bool,
     /// Only these concurrencies.
     #[arg(long, value_delimiter = ',')]
     only_concurrency: Vec<usize>,
@@ -78,12 +85,20 @@ fn chain_toml(dir: &Path, chain: &str, args: &Args) -> String {
     if let Some(n) = args.nice {
         t.push_str(&format!("nice = {n}\n"));
     }
+    if let Some(n) = args.max_running_plugins {
+        t.push_str(&format!("max_running_plugins = {n}\n"));
+    }
     t.push('\n');
     if chain == "none" {
         return t;
     }
-    t.push_str(&plugin_toml("dedup", "dedup", "kv = true"));
-    t.push_str(&plugin_toml("filter", "filter", ""));
+    let reuse = if args.reuse_instances {
+        "reuse_instance = true\n"
+    } else {
+        ""
+    };
+    t.push_str(&plugin_toml("dedup", "dedup", &format!("{reuse}kv = true")));
+    t.push_str(&plugin_toml("filter", "filter", reuse));
     if chain == "heavy" {
         t.push_str(&plugin_toml(
             "heavy",
@@ -95,7 +110,7 @@ fn chain_toml(dir: &Path, chain: &str, args: &Args) -> String {
         "local-delivery",
         "local_delivery",
         &format!(
-            "dirs = [{{ name = \"mail\", path = {mail:?}, writable = true }}]\nconfig = {{ domains = [\"localhost\", \"example.test\"] }}"
+            "{reuse}dirs = [{{ name = \"mail\", path = {mail:?}, writable = true }}]\nconfig = {{ domains = [\"localhost\", \"example.test\"] }}"
         ),
     ));
     t
@@ -168,6 +183,39 @@ impl PeakRss {
         self.done.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.join().unwrap_or(0)
     }
+}
+
+/// CPU seconds (user + system) the daemon's threads have used so far: the
+/// pipeline's (threads named `pipeline-N`) and everything else (SMTP
+/// sessions, the spool committer, the runtime).
+fn cpu_seconds(pid: u32) -> (f64, f64) {
+    // Clock ticks per second; 100 on Linux.
+    const TICKS: f64 = 100.0;
+    let (mut pipeline, mut rest) = (0.0, 0.0);
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0.0, 0.0);
+    };
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        // "tid (comm) state ... utime stime" with comm possibly holding spaces.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
+            .sum();
+        if comm.starts_with("pipeline-") && comm != "pipeline-schedu" {
+            pipeline += ticks / TICKS;
+        } else {
+            rest += ticks / TICKS;
+        }
+    }
+    (pipeline, rest)
 }
 
 /// Peak resident memory while `n` clients each send one `mib` MiB message at once.
@@ -258,6 +306,29 @@ fn drain(args: &Args, n: usize) {
         last.1,
         last.1 as f64 / secs
     );
+    // Per plugin: mean time of a call as the daemon logged it (the CPU gate
+    // wait and host I/O done for the plugin included).
+    let log = d.log();
+    let mut per: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for line in log.lines().filter(|l| l.contains("done: ")) {
+        let field = |k: &str| {
+            line.split(&format!("{k}="))
+                .nth(1)
+                .and_then(|v| v.split_whitespace().next())
+                .map(str::to_string)
+        };
+        if let (Some(p), Some(m)) = (field("plugin"), field("micros")) {
+            let e = per.entry(p).or_default();
+            e.0 += 1;
+            e.1 += m.parse::<u64>().unwrap_or(0);
+        }
+    }
+    for (p, (n, total)) in per {
+        println!(
+            "  {p}: {n} calls, mean {:.0} µs",
+            total as f64 / n.max(1) as f64
+        );
+    }
     drop(d);
 }
 
@@ -273,6 +344,10 @@ struct Cell {
     delivered_per_second: Option<f64>,
     backlog: Option<usize>,
     peak_rss_kib: u64,
+    /// Daemon CPU outside the pipeline per accepted message, microseconds.
+    smtp_cpu_us: Option<f64>,
+    /// Pipeline CPU per delivered message, microseconds.
+    pipeline_cpu_us: Option<f64>,
     /// Kept until the whole run ends: deleting a cell's tens of thousands of
     /// files makes the next cell's file creations slow (ext4 skips inodes
     /// freed in the last 30 s), which would measure the bench, not the server.
@@ -305,13 +380,18 @@ fn run_cell(args: &Args, chain: &str, concurrency: usize, size: usize) -> Cell {
     let before = count_files(&maildir);
     let t = Instant::now();
     let sampler = PeakRss::start(d.pid());
+    let cpu_before = cpu_seconds(d.pid());
     let report = run(&spec);
     let elapsed = t.elapsed().as_secs_f64();
+    let cpu_after = cpu_seconds(d.pid());
     let peak_rss = sampler.stop();
+    let smtp_cpu_us = (cpu_after.1 - cpu_before.1) * 1e6 / (report.accepted.max(1) as f64);
+    let mut pipeline_cpu_us = None;
     let (delivered_per_second, backlog) = if chain == "none" {
         (None, None)
     } else {
         let delivered = count_files(&maildir) - before;
+        pipeline_cpu_us = Some((cpu_after.0 - cpu_before.0) * 1e6 / (delivered.max(1) as f64));
         let backlog = [
             QueueState::Incoming,
             QueueState::Active,
@@ -331,13 +411,15 @@ fn run_cell(args: &Args, chain: &str, concurrency: usize, size: usize) -> Cell {
         delivered_per_second,
         backlog,
         peak_rss_kib: peak_rss,
+        smtp_cpu_us: Some(smtp_cpu_us),
+        pipeline_cpu_us,
         _dir: Some(dir),
     }
 }
 
 fn print_header() {
     println!(
-        "{:<8} {:>4} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>11} {:>8} {:>9}",
+        "{:<8} {:>4} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>11} {:>8} {:>9} {:>11} {:>11}",
         "chain",
         "conc",
         "body",
@@ -350,14 +432,16 @@ fn print_header() {
         "errors",
         "deliv/s",
         "backlog",
-        "rss MiB"
+        "rss MiB",
+        "cpu µs/acc",
+        "cpu µs/dlv"
     );
 }
 
 fn print_cell(c: &Cell) {
     let r = &c.report;
     println!(
-        "{:<8} {:>4} {:>6}K {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>11} {:>8} {:>9}",
+        "{:<8} {:>4} {:>6}K {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>11} {:>8} {:>9} {:>11} {:>11}",
         c.chain,
         c.concurrency,
         c.size / 1024,
@@ -371,6 +455,8 @@ fn print_cell(c: &Cell) {
         c.delivered_per_second.map(|d| format!("{d:.0}")).unwrap_or_else(|| "-".into()),
         c.backlog.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
         if c.peak_rss_kib > 0 { format!("{:.1}", c.peak_rss_kib as f64 / 1024.0) } else { "-".into() },
+        c.smtp_cpu_us.map(|u| format!("{u:.0}")).unwrap_or_else(|| "-".into()),
+        c.pipeline_cpu_us.map(|u| format!("{u:.0}")).unwrap_or_else(|| "-".into()),
     );
     if let Some(e) = &r.first_error {
         println!("         first error: {e}");
@@ -439,6 +525,8 @@ fn main() {
                 delivered_per_second: None,
                 backlog: None,
                 peak_rss_kib: 0,
+                smtp_cpu_us: None,
+                pipeline_cpu_us: None,
                 _dir: None,
             };
             print_cell(&cell);
@@ -484,6 +572,7 @@ fn main() {
                 serde_json::json!({
                     "chain": c.chain, "concurrency": c.concurrency, "size": c.size,
                     "report": c.report, "delivered_per_second": c.delivered_per_second, "backlog": c.backlog, "peak_rss_kib": c.peak_rss_kib,
+                    "smtp_cpu_us_per_accepted": c.smtp_cpu_us, "pipeline_cpu_us_per_delivered": c.pipeline_cpu_us,
                 })
                 .to_string()
             })
