@@ -15,7 +15,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 pub use finaldot::spool::{read_message, Envelope, QueueState};
 
@@ -337,6 +337,10 @@ impl Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .expect("timeout");
+        // A message goes out in several writes (body, then the final dot):
+        // with Nagle's algorithm the last one waits for the server's delayed
+        // ACK, 40 ms per message.
+        stream.set_nodelay(true).expect("nodelay");
         Client {
             reader: BufReader::new(stream.try_clone().expect("clone")),
             writer: stream,
@@ -518,4 +522,28 @@ pub fn message_input(raw: &[u8]) -> (finaldot_sdk::wire::MessageInput, finaldot:
         },
         finaldot::plugins::Body::Bytes(std::sync::Arc::from(raw[at..].to_vec())),
     )
+}
+
+/// The time stamp at the start of a daemon log line (`2026-11-29T19:07:36.000468Z ...`).
+pub fn log_time(line: &str) -> Option<SystemTime> {
+    // "2026-11-29T19:07:36.000468Z ..." → SystemTime
+    let ts = line.split_whitespace().next()?;
+    let (date, time) = ts.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':');
+    let (h, min) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let sec: f64 = t.next()?.parse().ok()?;
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let secs = days * 86400 + h * 3600 + min * 60;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64) + Duration::from_secs_f64(sec))
 }

@@ -62,29 +62,6 @@ fn version_of(out: &Path, id: &str) -> Option<Vec<String>> {
     )
 }
 
-fn log_time(line: &str) -> Option<SystemTime> {
-    // "2026-11-29T19:07:36.000468Z ..." → SystemTime
-    let ts = line.split_whitespace().next()?;
-    let (date, time) = ts.strip_suffix('Z')?.split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.split(':');
-    let (h, min) = (
-        t.next()?.parse::<i64>().ok()?,
-        t.next()?.parse::<i64>().ok()?,
-    );
-    let sec: f64 = t.next()?.parse().ok()?;
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    let secs = days * 86400 + h * 3600 + min * 60;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64) + Duration::from_secs_f64(sec))
-}
-
 #[test]
 fn fifty_swaps_under_load_lose_and_double_nothing() {
     let dir = TestDir::new("reload-50");

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use finaldot_e2e::load::{run, LoadReport, LoadSpec};
-use finaldot_e2e::{plugin_toml, test_config, wasm, Daemon, QueueState, TestDir};
+use finaldot_e2e::{log_time, plugin_toml, test_config, wasm, Daemon, QueueState, TestDir};
 
 /// Benchmark matrix.
 #[derive(Parser)]
@@ -67,6 +67,9 @@ struct Args {
     /// Only the memory measurements (idle connections, large messages), no matrix.
     #[arg(long)]
     memory_only: bool,
+    /// Only the hot-reload latency, this many rounds per plugin and cache state.
+    #[arg(long)]
+    reload: Option<usize>,
     /// Only the pipeline's own ceiling: queue this many 4 KiB messages with no
     /// chain, restart with the default chain and time the drain (no SMTP load).
     #[arg(long)]
@@ -252,6 +255,170 @@ fn memory_large(n: usize, mib: usize) {
         peak,
         peak.saturating_sub(idle) as f64 / n.max(1) as f64
     );
+}
+
+/// `wasm` with a custom section holding `nonce`: the same code under a new
+/// content hash, so the daemon has never compiled it (or, for a nonce seen
+/// before, has it in its compiled-module cache).
+fn with_nonce(wasm: &[u8], nonce: u64) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"finaldot-bench-nonce";
+    let mut content = Vec::new();
+    leb(name.len(), &mut content);
+    content.extend_from_slice(name);
+    content.extend_from_slice(&nonce.to_le_bytes());
+    let mut out = wasm.to_vec();
+    out.push(0); // custom section
+    leb(content.len(), &mut out);
+    out.extend_from_slice(&content);
+    out
+}
+
+/// Hot reload: from a new `.wasm` landing in the plugin directory (written
+/// aside, renamed into place) to the new version being live ("plugin
+/// reloaded" in the log) and to the first message processed by it, while a
+/// message arrives every 5 ms. Uncached: bytes the daemon has never seen.
+/// Cached: bytes it compiled before (a rollback, or a copy precompiled by
+/// another daemon sharing the cache).
+fn reload(kind: &str, wasm_name: &str, config: &str, rounds: usize) {
+    let dir = TestDir::new("bench-reload");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir");
+    let original = std::fs::read(wasm(wasm_name)).expect("plugin wasm");
+    let land = |bytes: &[u8]| {
+        let tmp = plugins.join(".probe.wasm.part");
+        std::fs::write(&tmp, bytes).expect("write");
+        let t = std::time::SystemTime::now();
+        std::fs::rename(&tmp, plugins.join("probe.wasm")).expect("rename");
+        t
+    };
+    land(&with_nonce(&original, 0));
+    let mail = dir.path().join("mail");
+    let cfg = test_config(
+        dir.path(),
+        "",
+        &format!(
+            "[pipeline]\nplugin_dir = {plugins:?}\n\n[[plugins]]\nname = \"probe\"\nfile = \"probe.wasm\"\nconfig = {{ {config} }}\n\n{}",
+            plugin_toml(
+                "local-delivery",
+                "local_delivery",
+                &format!("dirs = [{{ name = \"mail\", path = {mail:?}, writable = true }}]\nconfig = {{ domains = [\"localhost\"] }}"),
+            )
+        ),
+    );
+    let d = Daemon::start_with(dir.path(), &cfg);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = {
+        let mut c = d.connect();
+        c.expect("EHLO bench.test", 250);
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let body = format!("Subject: probe {n}\r\n\r\nhello\r\n");
+                c.send_message("load@bench.test", &["alice@localhost"], body.as_bytes());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let size = original.len();
+    // (cached?, live ms, first message ms, load ms as logged)
+    let mut results: Vec<(bool, f64, f64, f64)> = Vec::new();
+    for round in 0..rounds * 2 {
+        std::thread::sleep(Duration::from_millis(300));
+        // Odd rounds: never-seen bytes; even rounds: back to nonce 0 (cached).
+        let nonce = if round % 2 == 0 { round as u64 + 1 } else { 0 };
+        let seen_before = d.log().matches("plugin reloaded").count();
+        let landed = land(&with_nonce(&original, nonce));
+        let mut found = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while found.is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            let log = d.log();
+            let Some(line) = log
+                .lines()
+                .filter(|l| l.contains("plugin reloaded"))
+                .nth(seen_before)
+            else {
+                continue;
+            };
+            let field = |k: &str| {
+                line.split(&format!("{k}="))
+                    .nth(1)
+                    .and_then(|v| v.split_whitespace().next())
+                    .map(str::to_string)
+            };
+            let Some(hash) = line
+                .split('#')
+                .nth(1)
+                .map(|h| h.chars().take(12).collect::<String>())
+            else {
+                continue;
+            };
+            // The first message after the reload line (an earlier version
+            // with the same bytes may have processed some before).
+            let Some(first) = log
+                .lines()
+                .skip_while(|l| *l != line)
+                .find(|l| l.contains("stage 0 done") && l.contains(&format!("#{hash}")))
+            else {
+                continue;
+            };
+            let ms = |t: Option<std::time::SystemTime>| {
+                t.and_then(|t| t.duration_since(landed).ok())
+                    .map(|d| d.as_secs_f64() * 1000.0)
+                    .unwrap_or(f64::NAN)
+            };
+            found = Some((
+                field("cached").as_deref() == Some("true"),
+                ms(log_time(line)),
+                ms(log_time(first)),
+                field("load_ms")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(f64::NAN),
+            ));
+        }
+        match found {
+            Some(r) => results.push(r),
+            None => {
+                println!("  round {round}: the new version did not process a message within 30 s")
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = stream.join();
+    for cached in [false, true] {
+        let mut rows: Vec<_> = results.iter().filter(|r| r.0 == cached).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let stat = |rows: &mut Vec<&(bool, f64, f64, f64)>,
+                    f: fn(&(bool, f64, f64, f64)) -> f64| {
+            rows.sort_by(|a, b| f(a).total_cmp(&f(b)));
+            (f(rows[rows.len() / 2]), f(rows[rows.len() - 1]))
+        };
+        let (live50, livemax) = stat(&mut rows, |r| r.1);
+        let (first50, firstmax) = stat(&mut rows, |r| r.2);
+        let (load50, loadmax) = stat(&mut rows, |r| r.3);
+        println!(
+            "reload {kind} plugin ({:.0} KiB), {}: landing -> live p50 {live50:.1} ms, max {livemax:.1} ms; -> first message processed p50 {first50:.1} ms, max {firstmax:.1} ms; {} p50 {load50:.2} ms, max {loadmax:.2} ms ({} swaps)",
+            size as f64 / 1024.0,
+            if cached { "cached" } else { "uncached" },
+            if cached { "load from cache" } else { "compile + load" },
+            rows.len()
+        );
+    }
 }
 
 /// The pipeline alone: `n` queued messages, the default chain, no SMTP load.
@@ -477,6 +644,15 @@ fn main() {
             .unwrap_or(0),
         finaldot_e2e::finaldot_bin().display()
     );
+    if let Some(rounds) = args.reload {
+        for (kind, wasm_name, config) in [
+            ("small", "finaldot_testbed", "mode = \"ok\""),
+            ("~1 MiB", "finaldot_bulky", ""),
+        ] {
+            reload(kind, wasm_name, config, rounds);
+        }
+        return;
+    }
     if let Some(n) = args.drain {
         drain(&args, n);
         return;
