@@ -280,6 +280,12 @@ impl Runtime {
         pool.total_memories(opts.max_instances);
         pool.total_tables(opts.max_instances);
         pool.max_memory_size(opts.max_memory);
+        // Reset the first 128 KiB of a freed slot with memset instead of madvise: no
+        // system call, no TLB shootdown across cores, and the next instance
+        // takes no page faults on that memory. Costs at most this much
+        // resident memory per slot that has been used.
+        pool.linear_memory_keep_resident(128 << 10);
+        pool.table_keep_resident(64 << 10);
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| RuntimeError(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
