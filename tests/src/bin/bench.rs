@@ -272,7 +272,8 @@ fn memory_large(n: usize, mib: usize) {
     );
 }
 
-fn target1_pairs(args: &Args, pairs: usize) {
+/// Returns the cells, for the caller to keep until its run ends (see `Cell::_dir`).
+fn target1_pairs(args: &Args, pairs: usize) -> Vec<Cell> {
     print_header();
     let mut ratios = Vec::new();
     let mut keep = Vec::new();
@@ -282,7 +283,8 @@ fn target1_pairs(args: &Args, pairs: usize) {
         let heavy = run_cell(args, "heavy", 8, 4096);
         print_cell(&heavy);
         ratios.push(heavy.report.p99_ms / none.report.p99_ms.max(1e-9));
-        keep.push((none, heavy));
+        keep.push(none);
+        keep.push(heavy);
     }
     let list: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
     ratios.sort_by(f64::total_cmp);
@@ -291,6 +293,7 @@ fn target1_pairs(args: &Args, pairs: usize) {
         list.join(", "),
         ratios[ratios.len() / 2]
     );
+    keep
 }
 
 /// `wasm` with a custom section holding `nonce`: the same code under a new
@@ -697,7 +700,7 @@ fn main() {
         return;
     }
     if let Some(pairs) = args.pairs {
-        target1_pairs(&args, pairs);
+        let _kept = target1_pairs(&args, pairs);
         return;
     }
     memory(1000);
@@ -800,7 +803,7 @@ fn main() {
     }
     if args.full {
         println!();
-        target1_pairs(&args, 3);
+        cells.extend(target1_pairs(&args, 3));
         println!();
         for (kind, wasm_name, config) in RELOAD_PLUGINS {
             reload(kind, wasm_name, config, 3);
