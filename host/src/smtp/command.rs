@@ -55,6 +55,8 @@ pub struct MailParams {
     pub body: Body,
     /// SMTPUTF8 (RFC 6531).
     pub smtputf8: bool,
+    /// AUTH= (RFC 4954 §5), allowed only where AUTH is offered.
+    pub auth: bool,
 }
 
 /// One parsed SMTP command.
@@ -250,12 +252,13 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
             None => (param, None),
         };
         match (key.to_ascii_uppercase().as_str(), value) {
-            ("SIZE", Some(v)) => {
-                let n = v
-                    .parse::<u64>()
-                    .map_err(|_| Reply::new(501, "5.5.4", "Syntax: SIZE=number"))?;
-                out.size = Some(n);
+            // RFC 1870: size-value ::= 1*20DIGIT; past u64 it is simply too big.
+            ("SIZE", Some(v))
+                if (1..=20).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                out.size = Some(v.parse::<u64>().unwrap_or(u64::MAX));
             }
+            ("SIZE", _) => return Err(Reply::new(501, "5.5.4", "Syntax: SIZE=number")),
             ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => out.body = Body::SevenBit,
             ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => {
                 out.body = Body::EightBitMime
@@ -267,7 +270,7 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
             // RFC 4954 §5: clients that authenticated (Postfix as a relay
             // client, for one) send AUTH=<> or AUTH=identity. The identity is
             // the client's claim; it is accepted and not trusted.
-            ("AUTH", Some(v)) if !v.is_empty() => {}
+            ("AUTH", Some(v)) if !v.is_empty() => out.auth = true,
             _ => {
                 return Err(Reply::new(
                     555,
@@ -366,9 +369,36 @@ fn parse_path(path: &str) -> Result<Mailbox, &'static str> {
         check_domain(domain)?;
     }
     Ok(Mailbox {
-        local: local.to_string(),
+        local: canonical_local(local),
         domain: domain.to_string(),
     })
+}
+
+/// RFC 5321 §4.1.2: a local part that can be written without quotes "SHOULD
+/// NOT" be quoted, and `"bob"` and `bob` are the same mailbox (RFC 5322
+/// §3.2.4: the quotes are not part of the value). Keeps the quotes only when
+/// they are needed.
+fn canonical_local(local: &str) -> String {
+    let Some(inner) = local.strip_prefix('"').and_then(|l| l.strip_suffix('"')) else {
+        return local.to_string();
+    };
+    let mut value = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        value.push(if c == '\\' {
+            chars.next().unwrap_or(c)
+        } else {
+            c
+        });
+    }
+    let dot_string = value
+        .split('.')
+        .all(|atom| !atom.is_empty() && atom.chars().all(is_atext));
+    if dot_string {
+        value
+    } else {
+        local.to_string()
+    }
 }
 
 fn is_atext(c: char) -> bool {
@@ -478,7 +508,8 @@ mod tests {
                 params: MailParams {
                     size: Some(1000),
                     body: Body::EightBitMime,
-                    smtputf8: false
+                    smtputf8: false,
+                    auth: false,
                 }
             }
         );
@@ -536,6 +567,41 @@ mod tests {
                 to: mb("\"john >doe\"", "x.test")
             }
         );
+    }
+
+    #[test]
+    fn needless_quotes_are_dropped_and_needed_ones_kept() {
+        for (sent, local) in [
+            (r#""bob""#, "bob"),
+            (r#""b\ob.x""#, "bob.x"),
+            (r#""john doe""#, r#""john doe""#),
+            (r#""a..b""#, r#""a..b""#),
+            (r#"".a""#, r#"".a""#),
+        ] {
+            let c = parse(format!("RCPT TO:<{sent}@x.test>").as_bytes()).unwrap();
+            assert_eq!(
+                c,
+                Command::Rcpt {
+                    to: mb(local, "x.test")
+                },
+                "{sent}"
+            );
+        }
+    }
+
+    #[test]
+    fn size_takes_up_to_twenty_digits() {
+        let c = parse(b"MAIL FROM:<a@b.test> SIZE=99999999999999999999").unwrap();
+        assert!(matches!(c, Command::Mail { params, .. } if params.size == Some(u64::MAX)));
+        for bad in [
+            &b"SIZE=999999999999999999999"[..],
+            b"SIZE=",
+            b"SIZE=1x",
+            b"SIZE=+1",
+        ] {
+            let line = [&b"MAIL FROM:<a@b.test> "[..], bad].concat();
+            assert_eq!(parse(&line).map_err(|r| r.code), Err(501));
+        }
     }
 
     #[test]

@@ -126,12 +126,46 @@ enum Greeting {
     Ehlo,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Content {
     size: u64,
     too_big: bool,
     check: LineCheck,
     headers: HeaderCheck,
+    /// The start of the content, held until its first line shows whether
+    /// the message begins with a header field; `None` once that is known.
+    first_line: Option<Vec<u8>>,
+}
+
+impl Default for Content {
+    fn default() -> Self {
+        Content {
+            size: 0,
+            too_big: false,
+            check: LineCheck::default(),
+            headers: HeaderCheck::default(),
+            first_line: Some(Vec::new()),
+        }
+    }
+}
+
+/// Whether content starting with `start` needs an empty line before it to
+/// stay out of the header section the daemon's `Received:` field opens:
+/// `Some(false)` for a header field (`name:`) or an empty first line,
+/// `Some(true)` for anything else (a body with no headers, as a bare
+/// `sendmail`-style client may send; RFC 5322 §2.1 puts the empty line
+/// between the two, and Postfix inserts it too), `None` while undecided.
+fn needs_separator(start: &[u8]) -> Option<bool> {
+    for (i, &b) in start.iter().enumerate() {
+        match b {
+            b':' if i > 0 => return Some(false),
+            b'\r' | b'\n' if i == 0 => return Some(false),
+            33..=126 if b != b':' => {}
+            _ => return Some(true),
+        }
+    }
+    // A field name is at most a line long.
+    (start.len() > 998).then_some(true)
 }
 
 #[derive(Debug)]
@@ -140,9 +174,14 @@ struct Transaction {
     body: Body,
     smtputf8: bool,
     rcpt_to: Vec<Mailbox>,
+    /// RCPTs refused for being over `max_recipients` so far.
+    overshoot: usize,
     /// Set once the message content has begun (a spool file is open).
     content: Option<Content>,
 }
+
+/// RCPTs over `max_recipients` answered 452 before they count as errors.
+const RECIPIENT_OVERSHOOT: usize = 1000;
 
 /// One SMTP session's state.
 #[derive(Debug)]
@@ -386,7 +425,7 @@ impl Session {
                     Some(off) => {
                         self.pos += off + 1;
                         self.phase = Phase::Command;
-                        self.error_reply(Reply::new(500, "5.5.6", "Error: command line too long"));
+                        self.error_reply(Reply::new(500, "5.5.2", "Error: command line too long"));
                     }
                     None => {
                         self.pos = self.input.len();
@@ -421,7 +460,7 @@ impl Session {
         let line_end = self.pos + lf;
         self.pos = line_end + 1;
         if lf + 1 > MAX_COMMAND_LINE {
-            self.error_reply(Reply::new(500, "5.5.6", "Error: command line too long"));
+            self.error_reply(Reply::new(500, "5.5.2", "Error: command line too long"));
             return true;
         }
         if lf == 0 || self.input[line_end - 1] != b'\r' {
@@ -697,6 +736,11 @@ impl Session {
                 "MAIL parameters need EHLO, not HELO",
             ));
         }
+        // RFC 4954 §5: AUTH= belongs to the AUTH extension, which only the
+        // submission listener offers (and there MAIL needs AUTH first).
+        if params.auth && !self.cfg.submission {
+            return self.error_reply(Reply::new(555, "5.5.4", "Unsupported MAIL parameter: AUTH"));
+        }
         if let Some(size) = params.size {
             if size > self.cfg.max_message_size {
                 return self.error_reply(Reply::new(
@@ -711,6 +755,7 @@ impl Session {
             body: params.body,
             smtputf8: params.smtputf8,
             rcpt_to: Vec::new(),
+            overshoot: 0,
             content: None,
         });
         self.reply(Reply::new(250, "2.1.0", "Ok"));
@@ -732,7 +777,18 @@ impl Session {
             ));
         }
         if tx.rcpt_to.len() >= max {
-            return self.error_reply(Reply::new(452, "4.5.3", "Error: too many recipients"));
+            // RFC 5321 §4.5.3.1.10: the client sends the rest in a later
+            // transaction. A pipelining client may be far past the limit
+            // before it reads the first 452, so, as Postfix's
+            // smtpd_recipient_overshoot_limit, these count as errors (which
+            // end the session) only past an overshoot of 1000.
+            tx.overshoot += 1;
+            let reply = Reply::new(452, "4.5.3", "Error: too many recipients");
+            return if tx.overshoot > RECIPIENT_OVERSHOOT {
+                self.error_reply(reply)
+            } else {
+                self.reply(reply)
+            };
         }
         let verdict = match self.cfg.recipients.check(&to) {
             // An authenticated submission client may send anywhere.
@@ -742,8 +798,13 @@ impl Session {
         match verdict {
             RcptVerdict::Accept => {
                 let tx = self.tx.as_mut().expect("checked above");
-                let addr = to.to_string();
-                if !tx.rcpt_to.iter().any(|r| r.to_string() == addr) {
+                // The same mailbox twice is one recipient; domains compare
+                // without case (RFC 5321 §2.4), local parts exactly.
+                let known = tx
+                    .rcpt_to
+                    .iter()
+                    .any(|r| r.local == to.local && r.domain.eq_ignore_ascii_case(&to.domain));
+                if !known {
                     tx.rcpt_to.push(to);
                 }
                 self.reply(Reply::new(250, "2.1.5", "Ok"));
@@ -855,19 +916,36 @@ impl Session {
     }
 
     /// Takes message bytes decoded into `data_out`: checks them, counts them, and
-    /// queues them as a Data step unless the message is already too big.
-    fn take_content(&mut self) {
-        if self.data_out.is_empty() {
-            return;
-        }
+    /// queues them as a Data step unless the message is already too big. The
+    /// first bytes are held until the first line shows whether an empty line
+    /// must go before them; `last` releases what is held at the end.
+    fn take_content(&mut self, last: bool) {
         let max = self.cfg.max_message_size;
         let Some(content) = self.tx.as_mut().and_then(|t| t.content.as_mut()) else {
             self.data_out.clear();
             return;
         };
+        let mut separator = false;
+        if let Some(held) = content.first_line.as_mut() {
+            held.append(&mut self.data_out);
+            match needs_separator(held) {
+                None if !last => return,
+                decided => {
+                    separator = decided.unwrap_or(!held.is_empty());
+                    self.data_out = content.first_line.take().unwrap_or_default();
+                }
+            }
+        }
+        if self.data_out.is_empty() {
+            return;
+        }
+        // The client's bytes count against the size limit; the empty line is ours.
+        content.size += self.data_out.len() as u64;
+        if separator {
+            self.data_out.splice(0..0, *b"\r\n");
+        }
         content.check.feed(&self.data_out);
         content.headers.feed(&self.data_out);
-        content.size += self.data_out.len() as u64;
         if content.size > max {
             content.too_big = true;
         }
@@ -881,6 +959,7 @@ impl Session {
 
     /// Ends the content: queues Commit, or Abort and the refusal.
     fn end_content(&mut self) {
+        self.take_content(true);
         let refusal = match self.tx.as_mut().and_then(|t| t.content.as_mut()) {
             None => Some(Reply::new(503, "5.5.1", "Error: no message in progress")),
             Some(c) => {
@@ -936,7 +1015,7 @@ impl Session {
         let (used, done) = decoder.decode(&self.input[self.pos..end], &mut self.data_out);
         self.pos += used;
         if done || self.data_out.len() >= DATA_CHUNK || self.pos == self.input.len() {
-            self.take_content();
+            self.take_content(false);
         }
         if done {
             self.end_content();
@@ -973,7 +1052,7 @@ impl Session {
         if !refusing {
             self.data_out
                 .extend_from_slice(&self.input[self.pos..self.pos + take]);
-            self.take_content();
+            self.take_content(false);
         }
         self.pos += take;
         if !chunk_done {
