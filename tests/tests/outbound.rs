@@ -230,7 +230,12 @@ fn smarthost_tls_required_without_starttls_defers_and_says_why() {
         d.log()
     );
     assert!(hop.accepted().is_empty());
-    assert_eq!(d.spool_files(QueueState::Deferred).len(), 1);
+    // The reason is logged just before the message moves to deferred/.
+    assert!(
+        wait_until(LONG, || d.spool_files(QueueState::Deferred).len() == 1),
+        "not deferred; log:\n{}",
+        d.log()
+    );
 }
 
 #[test]
