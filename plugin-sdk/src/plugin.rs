@@ -559,6 +559,25 @@ impl Kv {
         }
     }
 
+    /// Stores a value only if the key is absent (or expired), atomically
+    /// (of two concurrent calls for one key, exactly one stores): `None` when
+    /// this call stored it, else the value already there.
+    pub fn put_if_absent(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl_secs: Option<u64>,
+    ) -> Result<Option<Vec<u8>>> {
+        match request(HostRequest::KvPutIfAbsent {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            ttl_secs,
+        })? {
+            HostResponse::Data(d) => Ok(d),
+            r => Err(unexpected(r)),
+        }
+    }
+
     /// Deletes a key.
     pub fn delete(&self, key: &[u8]) -> Result<()> {
         match request(HostRequest::KvDelete { key: key.to_vec() })? {

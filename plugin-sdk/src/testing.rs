@@ -194,6 +194,23 @@ impl Current {
                     self.0.borrow_mut().kv.remove(key);
                     HostResponse::Done
                 }
+                HostRequest::KvPutIfAbsent {
+                    key,
+                    value,
+                    ttl_secs,
+                } => {
+                    let mut s = self.0.borrow_mut();
+                    let now = s.now_ms;
+                    let live =
+                        s.kv.get(key)
+                            .filter(|(_, exp)| exp.is_none_or(|e| e > now))
+                            .map(|(v, _)| v.clone());
+                    if live.is_none() {
+                        let exp = ttl_secs.map(|t| now + t * 1000);
+                        s.kv.insert(key.clone(), (value.clone(), exp));
+                    }
+                    HostResponse::Data(live)
+                }
             })
         })();
         result.unwrap_or_else(|e| e)

@@ -634,6 +634,20 @@ pub enum HostRequest {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
+    /// Stores a key only if it is absent (or expired), atomically: of two
+    /// concurrent calls for one key exactly one stores. Answers `Data(None)`
+    /// when this call stored, `Data(Some(value))` with the value already there
+    /// otherwise. (Appended last: plugins built before it decode unchanged.)
+    KvPutIfAbsent {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// Lifetime in seconds; forever when `None`.
+        ttl_secs: Option<u64>,
+    },
 }
 
 /// Why the host refused or failed a request.
@@ -1023,6 +1037,11 @@ mod round_trip {
                 ttl_secs: Some(u64::MAX),
             },
             HostRequest::KvDelete { key: vec![255] },
+            HostRequest::KvPutIfAbsent {
+                key: vec![1],
+                value: vec![2],
+                ttl_secs: None,
+            },
         ] {
             rt(&req);
         }

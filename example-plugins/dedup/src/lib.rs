@@ -68,20 +68,20 @@ impl Plugin for Dedup {
         let me = msg.queue_id().to_string();
         for r in pending {
             let key = format!("{id}\0{}", r.address.to_ascii_lowercase());
-            match kv.get(key.as_bytes())? {
-                Some(first) if first != me.as_bytes() => {
-                    let first = String::from_utf8_lossy(&first).into_owned();
-                    cx.info(&format!(
-                        "duplicate of {first} for <{}> ({id}): not delivered again",
-                        r.address
-                    ));
-                    msg.mark_delivered(
-                        &r.address,
-                        &format!("duplicate of {first}, suppressed by dedup"),
-                    );
-                }
-                Some(_) => {}
-                None => kv.put(key.as_bytes(), me.as_bytes(), Some(self.window_secs))?,
+            // Check and record in one step: two copies processed at the same
+            // moment by two workers must not both find the key absent.
+            let first = kv.put_if_absent(key.as_bytes(), me.as_bytes(), Some(self.window_secs))?;
+            // None: recorded now; this message's own id: an earlier attempt of it.
+            if let Some(first) = first.filter(|f| f != me.as_bytes()) {
+                let first = String::from_utf8_lossy(&first).into_owned();
+                cx.info(&format!(
+                    "duplicate of {first} for <{}> ({id}): not delivered again",
+                    r.address
+                ));
+                msg.mark_delivered(
+                    &r.address,
+                    &format!("duplicate of {first}, suppressed by dedup"),
+                );
             }
         }
         Ok(Verdict::Continue)

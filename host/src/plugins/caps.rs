@@ -224,6 +224,18 @@ impl OpenGrants {
                 kv.delete(key).map_err(|e| CapError::io("kv", e))?;
                 HostResponse::Done
             }
+            HostRequest::KvPutIfAbsent {
+                key,
+                value,
+                ttl_secs,
+            } => {
+                let kv = self.kv()?;
+                let expires = ttl_secs.map(|t| now.saturating_add(t)).unwrap_or(0);
+                HostResponse::Data(
+                    kv.put_if_absent(key, value, expires)
+                        .map_err(|e| CapError::io("kv", e))?,
+                )
+            }
         })
     }
 
@@ -288,6 +300,7 @@ pub fn waits_on_disk(req: &HostRequest) -> bool {
             | HostRequest::WriteMessage { .. }
             | HostRequest::KvPut { .. }
             | HostRequest::KvDelete { .. }
+            | HostRequest::KvPutIfAbsent { .. }
     )
 }
 

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
 
 use redb::{Database, ReadableTable, TableDefinition};
 
@@ -36,8 +36,20 @@ const PURGE_PER_COMMIT: usize = 256;
 pub const KV_FILE: &str = "kv.redb";
 
 enum Op {
-    Put { name: String, record: Vec<u8> },
-    Delete { name: String },
+    Put {
+        name: String,
+        record: Vec<u8>,
+    },
+    Delete {
+        name: String,
+    },
+    /// A put that happens only if no live value is there; `found` receives
+    /// what was there (`None`: this op stored).
+    PutIfAbsent {
+        name: String,
+        record: Vec<u8>,
+        found: Arc<OnceLock<Option<Vec<u8>>>>,
+    },
 }
 
 struct Store {
@@ -128,6 +140,29 @@ impl Kv {
         })
     }
 
+    /// Stores a value durably unless a live (unexpired) one is there,
+    /// atomically with every other write: `None` when this call stored it,
+    /// else the value already there.
+    pub fn put_if_absent(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expires: u64,
+    ) -> io::Result<Option<Vec<u8>>> {
+        let mut record = expires.to_le_bytes().to_vec();
+        record.extend_from_slice(value);
+        let found = Arc::new(OnceLock::new());
+        self.write(Op::PutIfAbsent {
+            name: Self::name(key),
+            record,
+            found: found.clone(),
+        })?;
+        found
+            .get()
+            .cloned()
+            .ok_or_else(|| io::Error::other("kv commit did not answer"))
+    }
+
     /// Deletes a key durably (absent is fine).
     pub fn delete(&self, key: &[u8]) -> io::Result<()> {
         self.write(Op::Delete {
@@ -159,6 +194,30 @@ fn commit(db: &Database, ops: Vec<Op>, now: u64) -> io::Result<()> {
         let mut values = txn.open_table(VALUES).map_err(io_err)?;
         let mut expiry = txn.open_table(EXPIRY).map_err(io_err)?;
         for op in ops {
+            let op = match op {
+                Op::PutIfAbsent {
+                    name,
+                    record,
+                    found,
+                } => {
+                    let live = values
+                        .get(name.as_str())
+                        .map_err(io_err)?
+                        .map(|g| g.value().to_vec())
+                        .filter(|r| {
+                            let e = expiry_of(r);
+                            r.len() >= 8 && (e == 0 || e > now)
+                        })
+                        .map(|r| r[8..].to_vec());
+                    let stored = live.is_none();
+                    let _ = found.set(live);
+                    if !stored {
+                        continue;
+                    }
+                    Op::Put { name, record }
+                }
+                op => op,
+            };
             let (name, old) = match op {
                 Op::Put { name, record } => {
                     let old = values
@@ -180,6 +239,7 @@ fn commit(db: &Database, ops: Vec<Op>, now: u64) -> io::Result<()> {
                         .map(|g| expiry_of(g.value()));
                     (name, old)
                 }
+                Op::PutIfAbsent { .. } => continue,
             };
             if let Some(old) = old.filter(|&o| o != 0) {
                 expiry
@@ -267,6 +327,39 @@ mod tests {
         kv.delete(b"a").expect("delete");
         kv.delete(b"never").expect("deleting an absent key is fine");
         assert_eq!(kv.get(b"a", 100).expect("get"), None);
+    }
+
+    #[test]
+    fn put_if_absent_stores_exactly_once_among_concurrent_callers() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let kv = Arc::new(Kv::open(dir.path()).expect("open"));
+        for round in 0..20 {
+            let key = format!("k{round}");
+            let threads: Vec<_> = (0..8)
+                .map(|t| {
+                    let (kv, key) = (kv.clone(), key.clone());
+                    std::thread::spawn(move || {
+                        kv.put_if_absent(key.as_bytes(), format!("{t}").as_bytes(), 0)
+                            .expect("put_if_absent")
+                    })
+                })
+                .collect();
+            let found: Vec<Option<Vec<u8>>> = threads
+                .into_iter()
+                .map(|t| t.join().expect("thread"))
+                .collect();
+            let winners = found.iter().filter(|f| f.is_none()).count();
+            assert_eq!(winners, 1, "round {round}: {found:?}");
+            let stored = kv.get(key.as_bytes(), 1).expect("get").expect("stored");
+            assert!(found.iter().flatten().all(|f| *f == stored));
+        }
+        // An expired value counts as absent.
+        kv.put(b"old", b"x", 1).expect("put");
+        assert_eq!(kv.put_if_absent(b"old", b"y", 0).expect("pia"), None);
+        assert_eq!(
+            kv.put_if_absent(b"old", b"z", 0).expect("pia"),
+            Some(b"y".to_vec())
+        );
     }
 
     #[test]

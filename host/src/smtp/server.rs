@@ -555,11 +555,12 @@ async fn connection(
     let m = crate::metrics::global();
     m.connections.inc();
     m.connections_open.inc();
+    let local_ip = stream.local_addr().ok().map(|a| a.ip());
     let mut conn = Conn {
         refusing: false,
         ack_started: None,
         stream: Stream::Plain(stream),
-        session: Session::new(session_config.clone(), peer.ip()),
+        session: Session::new(session_config.clone(), peer.ip()).with_local_ip(local_ip),
         hostname: session_config.hostname.clone(),
         limits,
         shared: shared.clone(),

@@ -201,6 +201,8 @@ pub struct Session {
     tls: Option<String>,
     /// Set once AUTH succeeded: the authenticated user.
     authenticated: Option<String>,
+    /// The address the client connected to.
+    local_ip: Option<IpAddr>,
 }
 
 fn unix_now() -> u64 {
@@ -227,7 +229,16 @@ impl Session {
             errors: 0,
             tls: None,
             authenticated: None,
+            local_ip: None,
         }
+    }
+
+    /// The address the client connected to, so that `postmaster@[that
+    /// address]` reaches this host's postmaster (RFC 5321 §4.5.1, RFC 1123
+    /// §5.2.17).
+    pub fn with_local_ip(mut self, ip: Option<IpAddr>) -> Self {
+        self.local_ip = ip;
+        self
     }
 
     /// The user this session authenticated as, if any.
@@ -762,6 +773,7 @@ impl Session {
     }
 
     fn rcpt(&mut self, to: Mailbox) {
+        let to = self.own_postmaster(to);
         let max = self.cfg.max_recipients;
         let Some(tx) = self.tx.as_mut() else {
             return self.error_reply(Reply::new(503, "5.5.1", "Error: need MAIL command"));
@@ -819,6 +831,29 @@ impl Session {
                 "5.7.1",
                 format!("<{to}>: Relay access denied"),
             )),
+        }
+    }
+
+    /// `postmaster@[this host's address]` is this host's postmaster, the
+    /// same mailbox as `<postmaster>` with no domain.
+    fn own_postmaster(&self, to: Mailbox) -> Mailbox {
+        let literal = to
+            .domain
+            .strip_prefix('[')
+            .and_then(|d| d.strip_suffix(']'))
+            .map(|d| d.strip_prefix("IPv6:").unwrap_or(d))
+            .and_then(|d| d.parse::<IpAddr>().ok());
+        let own = |ip: IpAddr| {
+            self.local_ip
+                .is_some_and(|l| l == ip || l.to_canonical() == ip.to_canonical())
+        };
+        if to.local.eq_ignore_ascii_case("postmaster") && literal.is_some_and(own) {
+            Mailbox {
+                local: "postmaster".into(),
+                domain: String::new(),
+            }
+        } else {
+            to
         }
     }
 

@@ -95,7 +95,14 @@ impl Driver {
 }
 
 fn session() -> Session {
-    Session::new(config(), "192.0.2.1".parse().expect("ip"))
+    fixed_clock(Session::new(config(), "192.0.2.1".parse().expect("ip")))
+}
+
+/// A session whose clock stands still: envelopes carry the time they were
+/// received, and runs compared byte for byte must not straddle a second.
+fn fixed_clock(mut s: Session) -> Session {
+    s.now = || 1_795_000_000;
+    s
 }
 
 /// Feeds `input` in pieces cut at `cuts` and returns the driver.
@@ -504,7 +511,10 @@ fn empty_message_and_duplicate_recipients() {
 fn starttls_discards_pipelined_plaintext_and_resets_the_session() {
     let mut cfg = (*config()).clone();
     cfg.starttls = true;
-    let mut s = Session::new(Arc::new(cfg), "192.0.2.1".parse().expect("ip"));
+    let mut s = fixed_clock(Session::new(
+        Arc::new(cfg),
+        "192.0.2.1".parse().expect("ip"),
+    ));
     let mut d = Driver::default();
     s.feed(b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<evil@x.test>\r\n");
     d.drive(&mut s);
@@ -573,7 +583,10 @@ fn submission_session() -> Session {
         submission: true,
         ..(*config()).clone()
     };
-    Session::new(Arc::new(cfg), "192.0.2.1".parse().expect("ip"))
+    fixed_clock(Session::new(
+        Arc::new(cfg),
+        "192.0.2.1".parse().expect("ip"),
+    ))
 }
 
 fn run_in(mut s: Session, input: &[u8]) -> Driver {
@@ -647,4 +660,16 @@ fn auth_login_plain_continuation_cancel_and_bad_input() {
     // Port 25 never offers AUTH.
     let d = run(b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
     assert_eq!(d.codes(), vec![250, 502]);
+}
+
+#[test]
+fn postmaster_at_this_hosts_address_literal_is_this_hosts_postmaster() {
+    let input = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<PostMaster@[192.0.2.25]>\r\nRCPT TO:<postmaster@[192.0.2.99]>\r\nRCPT TO:<alice@[192.0.2.25]>\r\nDATA\r\nSubject: x\r\n\r\n.\r\n";
+    let mut s = session().with_local_ip(Some("192.0.2.25".parse().expect("ip")));
+    let mut d = Driver::default();
+    s.feed(input);
+    d.drive(&mut s);
+    // Another host's literal, or another user at ours, is not ours to take.
+    assert_eq!(d.codes(), vec![250, 250, 250, 550, 550, 354, 250]);
+    assert_eq!(d.committed[0].0.rcpt_to, vec!["postmaster"]);
 }
