@@ -149,6 +149,43 @@ fn the_same_message_sent_twice_is_delivered_once() {
 }
 
 #[test]
+fn copies_sent_at_the_same_moment_are_delivered_once() {
+    // Eight copies of one message on eight connections at once: the default
+    // chain's workers run them concurrently, and dedup's check-and-record is
+    // one atomic step, so exactly one reaches the mailbox.
+    let dir = TestDir::new("default-dedup-race");
+    let d = start_default(dir.path());
+    let body = b"Subject: retry storm\r\nMessage-ID: <storm@remote.test>\r\n\r\nonce\r\n";
+    let mut clients: Vec<_> = (0..8).map(|_| d.connect()).collect();
+    for c in &mut clients {
+        c.expect("EHLO remote.test", 250);
+        c.expect("MAIL FROM:<s@remote.test>", 250);
+        c.expect("RCPT TO:<alice@localhost>", 250);
+        c.expect("DATA", 354);
+        c.send(body);
+    }
+    for c in &mut clients {
+        c.send(b".\r\n");
+    }
+    for c in &mut clients {
+        assert_eq!(c.read_reply().0, 250);
+    }
+    assert!(wait_until(LONG, || d.queue_drained()), "log:\n{}", d.log());
+    assert_eq!(
+        d.log().matches("not delivered again").count(),
+        7,
+        "log:\n{}",
+        d.log()
+    );
+    assert_eq!(
+        std::fs::read_dir(maildir_new(dir.path(), "alice"))
+            .expect("maildir")
+            .count(),
+        1
+    );
+}
+
+#[test]
 fn a_filter_rule_holds_a_matching_message() {
     let dir = TestDir::new("filter-hold");
     let mail = dir.path().join("mail");
