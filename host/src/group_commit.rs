@@ -18,6 +18,8 @@ type Slot<E> = Arc<OnceLock<Result<(), E>>>;
 pub struct GroupCommit<T, E> {
     state: Mutex<State<T, E>>,
     flushed: Condvar,
+    /// What the changes of a batch get if its flush panics.
+    on_panic: E,
 }
 
 struct State<T, E> {
@@ -25,19 +27,19 @@ struct State<T, E> {
     flushing: bool,
 }
 
-impl<T, E: Clone> Default for GroupCommit<T, E> {
-    fn default() -> Self {
+impl<T, E: Clone> GroupCommit<T, E> {
+    /// A group commit whose batches get `on_panic` if their flush panics.
+    pub fn new(on_panic: E) -> Self {
         GroupCommit {
             state: Mutex::new(State {
                 pending: Vec::new(),
                 flushing: false,
             }),
             flushed: Condvar::new(),
+            on_panic,
         }
     }
-}
 
-impl<T, E: Clone> GroupCommit<T, E> {
     /// Submits `change` and returns once a flush that includes it has
     /// finished, with that flush's result. `flush` is run by whichever caller
     /// leads a batch, with every change of that batch, in submission order.
@@ -57,14 +59,25 @@ impl<T, E: Clone> GroupCommit<T, E> {
                 let batch = std::mem::take(&mut state.pending);
                 drop(state);
                 let (changes, slots): (Vec<T>, Vec<Slot<E>>) = batch.into_iter().unzip();
-                let result = flush(changes);
+                // Even if the flush panics, its batch gets an answer and the
+                // next batch a leader; the panic then goes on to this caller.
+                let outcome =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| flush(changes)));
+                let result = match &outcome {
+                    Ok(r) => r.clone(),
+                    Err(_) => Err(self.on_panic.clone()),
+                };
                 for s in &slots {
                     let _ = s.set(result.clone());
                 }
                 state = self.lock();
                 state.flushing = false;
                 self.flushed.notify_all();
-                return result;
+                drop(state);
+                return match outcome {
+                    Ok(r) => r,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                };
             }
             state = match self.flushed.wait(state) {
                 Ok(s) => s,
@@ -100,7 +113,7 @@ mod tests {
 
     #[test]
     fn one_writer_flushes_alone_and_sees_its_result() {
-        let g: GroupCommit<u32, String> = GroupCommit::default();
+        let g: GroupCommit<u32, String> = GroupCommit::new("panicked".into());
         let mut seen = Vec::new();
         g.submit(1, |b| {
             seen.extend(b);
@@ -114,7 +127,7 @@ mod tests {
 
     #[test]
     fn concurrent_writers_share_flushes_and_every_change_is_flushed_once() {
-        let g: Arc<GroupCommit<usize, String>> = Arc::default();
+        let g: Arc<GroupCommit<usize, String>> = Arc::new(GroupCommit::new("panicked".into()));
         let flushes = Arc::new(AtomicUsize::new(0));
         let flushed: Arc<Mutex<Vec<usize>>> = Arc::default();
         let threads: Vec<_> = (0..16)
@@ -150,8 +163,34 @@ mod tests {
     }
 
     #[test]
+    fn a_panicking_flush_answers_its_batch_and_the_next_batch_still_runs() {
+        let g: Arc<GroupCommit<usize, String>> = Arc::new(GroupCommit::new("panicked".into()));
+        let leader = {
+            let g = g.clone();
+            std::thread::spawn(move || {
+                g.submit(0, |_| {
+                    std::thread::sleep(Duration::from_millis(50));
+                    panic!("flush bug")
+                })
+            })
+        };
+        std::thread::sleep(Duration::from_millis(10));
+        // Joins the panicking batch or the next one; either way it returns.
+        let follower = g.submit(1, |_| Ok(()));
+        assert!(
+            leader.join().is_err(),
+            "the panic reaches the leader's caller"
+        );
+        assert!(
+            follower == Ok(()) || follower == Err("panicked".into()),
+            "{follower:?}"
+        );
+        assert_eq!(g.submit(2, |_| Ok(())), Ok(()), "not stuck");
+    }
+
+    #[test]
     fn a_failed_flush_fails_every_change_in_its_batch_and_the_next_batch_runs() {
-        let g: Arc<GroupCommit<usize, String>> = Arc::default();
+        let g: Arc<GroupCommit<usize, String>> = Arc::new(GroupCommit::new("panicked".into()));
         let calls = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..8)
             .map(|t| {

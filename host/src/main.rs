@@ -585,7 +585,7 @@ fn plugin_test(
     from: &str,
     to: &[String],
 ) -> anyhow::Result<()> {
-    use finaldot::plugins::{Body, Plugin, PluginSpec, Runtime, RuntimeOptions};
+    use finaldot::plugins::{Plugin, PluginSpec, Runtime, RuntimeOptions};
     use finaldot_sdk::wire::{parse_headers, Envelope, MessageInput, MessageState, Recipient};
     let spec = match &config {
         Some(path) => {
@@ -643,12 +643,41 @@ fn plugin_test(
         max_instances: 4,
         ..RuntimeOptions::default()
     })?;
-    let plugin = Plugin::new(&runtime, spec)?;
-    let m = plugin.module();
-    println!("plugin:   {} ({})", plugin.spec().name, m.version_label());
+    // A key-value grant gets a scratch namespace, empty and removed after:
+    // the daemon's is locked while it runs, and a test must not record
+    // anything there (a test run of dedup would make the real message look
+    // like a duplicate).
+    let mut spec = spec;
+    let scratch = spec.grants.kv.as_ref().map(|_| {
+        std::env::temp_dir().join(format!("finaldot-plugin-test-kv-{}", std::process::id()))
+    });
+    if let Some(s) = &scratch {
+        spec.grants.kv = Some(s.clone());
+    }
+    let plugin = Plugin::new(&runtime, spec);
+    let result = plugin.map_err(anyhow::Error::from).and_then(|plugin| {
+        let m = plugin.module();
+        println!("plugin:   {} ({})", plugin.spec().name, m.version_label());
+        if scratch.is_some() {
+            println!("kv:       a scratch namespace (empty), not the daemon's");
+        }
+        run_plugin_test(&plugin, &input, &raw[body_at..])
+    });
+    if let Some(s) = scratch {
+        let _ = std::fs::remove_dir_all(s);
+    }
+    result
+}
+
+fn run_plugin_test(
+    plugin: &finaldot::plugins::Plugin,
+    input: &finaldot_sdk::wire::MessageInput,
+    body: &[u8],
+) -> anyhow::Result<()> {
+    use finaldot::plugins::Body;
     let result = plugin.call(
-        &input,
-        Body::Bytes(std::sync::Arc::from(raw[body_at..].to_vec())),
+        input,
+        Body::Bytes(std::sync::Arc::from(body.to_vec())),
         true,
     );
     match result {

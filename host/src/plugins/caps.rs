@@ -178,8 +178,22 @@ impl OpenGrants {
             }
             HostRequest::CreateDir { grant, path } => {
                 let dir = self.dir(grant, path, true)?;
-                dir.create_dir_all(path)
-                    .map_err(|e| CapError::io(path, e))?;
+                // One level at a time, fsyncing the parent of each directory
+                // made, so that a new Maildir survives a crash together with
+                // the first message delivered into it.
+                let mut made = String::new();
+                for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+                    let parent = made.clone();
+                    if !made.is_empty() {
+                        made.push('/');
+                    }
+                    made.push_str(part);
+                    match dir.create_dir(&made) {
+                        Ok(()) => self.sync_dir_shared(grant, dir, &parent)?,
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(CapError::io(path, e)),
+                    }
+                }
                 HostResponse::Done
             }
             HostRequest::Exists { grant, path } => {
@@ -266,19 +280,36 @@ impl OpenGrants {
             let _ = dir.remove_file(tmp);
             return Err(CapError::io(path, e));
         }
-        let parent = parent_of(path);
-        let sync = {
-            let mut syncs = self
-                .dir_syncs
+        self.sync_dir_shared(grant, dir, parent_of(path))
+    }
+
+    /// fsyncs `parent` (in `grant`), sharing the fsync with concurrent
+    /// callers for the same directory.
+    fn sync_dir_shared(&self, grant: &str, dir: &Dir, parent: &str) -> Result<(), CapError> {
+        let key = (grant.to_string(), parent.to_string());
+        let lock = || {
+            self.dir_syncs
                 .lock()
-                .map_err(|_| CapError::new(HostErrorKind::Io, "directory sync lock poisoned"))?;
-            syncs
-                .entry((grant.to_string(), parent.to_string()))
-                .or_default()
-                .clone()
+                .map_err(|_| CapError::new(HostErrorKind::Io, "directory sync lock poisoned"))
         };
-        sync.submit((), |_| sync_dir(dir, parent).map_err(Arc::new))
-            .map_err(|e| CapError::io("fsync directory", unshare(&e)))
+        let sync = lock()?
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(GroupCommit::new(Arc::new(io::Error::other(
+                    "directory fsync failed (panicked)",
+                ))))
+            })
+            .clone();
+        let result = sync
+            .submit((), |_| sync_dir(dir, parent).map_err(Arc::new))
+            .map_err(|e| CapError::io("fsync directory", unshare(&e)));
+        // Forget a directory nobody else is syncing, so the map stays as small
+        // as the set of directories in use (clones are only made under the lock).
+        let mut syncs = lock()?;
+        if Arc::strong_count(&sync) == 2 {
+            syncs.remove(&key);
+        }
+        result
     }
 
     fn kv(&self) -> Result<&Kv, CapError> {

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock, Weak};
 
 use redb::{Database, ReadableTable, TableDefinition};
 
@@ -53,8 +53,74 @@ enum Op {
 }
 
 struct Store {
-    db: Database,
+    /// The database file.
+    path: PathBuf,
+    /// `None` only between a failure and the reopen that follows it.
+    db: RwLock<Option<Database>>,
     writes: GroupCommit<Op, Arc<io::Error>>,
+}
+
+/// redb's page cache per namespace (its default is 1 GiB).
+const CACHE_BYTES: usize = 16 << 20;
+
+fn open_db(path: &Path) -> io::Result<Database> {
+    redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(io_err)
+}
+
+impl Store {
+    /// Runs `f` on the database. After a failure the database is closed and
+    /// opened again (redb refuses all further work after an I/O error, until
+    /// reopened, and repairs itself on open), so a disk that was full for a
+    /// moment does not break the namespace until a restart.
+    fn with_db<T>(&self, f: impl FnOnce(&Database) -> io::Result<T>) -> io::Result<T> {
+        let poisoned = || io::Error::other("kv lock poisoned");
+        if self.db.read().map_err(|_| poisoned())?.is_none() {
+            // Closed by an earlier failure that could not reopen: try again.
+            self.reopen();
+        }
+        let result = match self.db.read().map_err(|_| poisoned())?.as_ref() {
+            Some(db) => f(db),
+            None => {
+                return Err(io::Error::other(format!(
+                    "key-value database {} could not be reopened",
+                    self.path.display()
+                )))
+            }
+        };
+        if result.is_err() {
+            self.reopen();
+        }
+        result
+    }
+
+    fn reopen(&self) {
+        let Ok(mut guard) = self.db.write() else {
+            return;
+        };
+        // Close first: the file is locked while a handle is open.
+        drop(guard.take());
+        match open_db(&self.path) {
+            Ok(db) => *guard = Some(db),
+            Err(e) => {
+                tracing::error!(file = %self.path.display(), error = %e, "key-value database could not be reopened")
+            }
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Close under the registry lock: closing commits and fsyncs while the
+        // file is still locked, and a `Kv::open` of the same namespace in that
+        // moment would find it "already open".
+        let _registry = STORES.lock();
+        if let Ok(db) = self.db.get_mut() {
+            drop(db.take());
+        }
+    }
 }
 
 static STORES: LazyLock<Mutex<HashMap<PathBuf, Weak<Store>>>> = LazyLock::new(Default::default);
@@ -96,12 +162,20 @@ impl Kv {
         if let Some(store) = stores.get(&key).and_then(Weak::upgrade) {
             return Ok(Kv { store });
         }
-        let db = Database::create(key.join(KV_FILE)).map_err(io_err)?;
+        let path = key.join(KV_FILE);
         let store = Arc::new(Store {
-            db,
-            writes: GroupCommit::default(),
+            db: RwLock::new(Some(open_db(&path)?)),
+            path,
+            writes: GroupCommit::new(Arc::new(io::Error::other(
+                "key-value commit failed (panicked)",
+            ))),
         });
-        import_files(&key, &store)?;
+        if let Err(e) = import_files(&key, &store) {
+            // The registry lock first: dropping the store takes it.
+            drop(stores);
+            drop(store);
+            return Err(e);
+        }
         stores.retain(|_, w| w.strong_count() > 0);
         stores.insert(key, Arc::downgrade(&store));
         Ok(Kv { store })
@@ -113,21 +187,24 @@ impl Kv {
 
     /// The value, if present and not expired at `now`.
     pub fn get(&self, key: &[u8], now: u64) -> io::Result<Option<Vec<u8>>> {
-        let txn = self.store.db.begin_read().map_err(io_err)?;
-        let table = match txn.open_table(VALUES) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(io_err(e)),
-        };
-        let Some(record) = table.get(Self::name(key).as_str()).map_err(io_err)? else {
-            return Ok(None);
-        };
-        let record = record.value();
-        let expires = expiry_of(record);
-        if record.len() < 8 || (expires != 0 && expires <= now) {
-            return Ok(None);
-        }
-        Ok(Some(record[8..].to_vec()))
+        let name = Self::name(key);
+        self.store.with_db(|db| {
+            let txn = db.begin_read().map_err(io_err)?;
+            let table = match txn.open_table(VALUES) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(io_err(e)),
+            };
+            let Some(record) = table.get(name.as_str()).map_err(io_err)? else {
+                return Ok(None);
+            };
+            let record = record.value();
+            let expires = expiry_of(record);
+            match record.get(8..) {
+                Some(value) if expires == 0 || expires > now => Ok(Some(value.to_vec())),
+                _ => Ok(None),
+            }
+        })
     }
 
     /// Stores a value durably; `expires` 0 means never.
@@ -171,10 +248,14 @@ impl Kv {
     }
 
     fn write(&self, op: Op) -> io::Result<()> {
-        let db = &self.store.db;
-        self.store
+        let store = &self.store;
+        store
             .writes
-            .submit(op, |ops| commit(db, ops, unix_now()).map_err(Arc::new))
+            .submit(op, |ops| {
+                store
+                    .with_db(|db| commit(db, ops, unix_now()))
+                    .map_err(Arc::new)
+            })
             .map_err(|e| unshare(&e))
     }
 }
@@ -257,7 +338,8 @@ fn commit(db: &Database, ops: Vec<Op>, now: u64) -> io::Result<()> {
             .map_err(io_err)?;
         for k in due {
             expiry.remove(k.as_slice()).map_err(io_err)?;
-            if let Ok(name) = std::str::from_utf8(&k[8..]) {
+            // A malformed index entry is dropped; a good one names its value.
+            if let Some(Ok(name)) = k.get(8..).map(std::str::from_utf8) {
                 values.remove(name).map_err(io_err)?;
             }
         }
@@ -293,7 +375,7 @@ fn import_files(dir: &Path, store: &Store) -> io::Result<()> {
             record: record.clone(),
         })
         .collect();
-    commit(&store.db, ops, unix_now())?;
+    store.with_db(|db| commit(db, ops, unix_now()))?;
     for (path, _, _) in &found {
         std::fs::remove_file(path)?;
     }
@@ -362,6 +444,69 @@ mod tests {
         );
     }
 
+    /// A file backend whose fsyncs fail with ENOSPC while `fail` is set.
+    #[derive(Debug)]
+    struct Flaky {
+        inner: redb::backends::FileBackend,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl redb::StorageBackend for Flaky {
+        fn len(&self) -> Result<u64, io::Error> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, io::Error> {
+            self.inner.read(offset, len)
+        }
+        fn set_len(&self, len: u64) -> Result<(), io::Error> {
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self, eventual: bool) -> Result<(), io::Error> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.inner.sync_data(eventual)
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+            self.inner.write(offset, data)
+        }
+    }
+
+    #[test]
+    fn a_failed_commit_reads_as_disk_full_and_the_namespace_recovers() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let kv = Kv::open(dir.path()).expect("open");
+        kv.put(b"before", b"1", 0).expect("put");
+        // Swap in a database over a backend that fails its fsyncs.
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let mut guard = kv.store.db.write().expect("lock");
+            drop(guard.take());
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&kv.store.path)
+                .expect("file");
+            let backend = Flaky {
+                inner: redb::backends::FileBackend::new(file).expect("backend"),
+                fail: fail.clone(),
+            };
+            *guard = Some(
+                Database::builder()
+                    .create_with_backend(backend)
+                    .expect("db"),
+            );
+        }
+        fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        let e = kv.put(b"during", b"2", 0).expect_err("the fsync fails");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        // The failed database was closed and the file opened again: the
+        // namespace works without a restart, and nothing committed was lost.
+        kv.put(b"after", b"3", 0).expect("works again");
+        assert_eq!(kv.get(b"before", 1).expect("get"), Some(b"1".to_vec()));
+        assert_eq!(kv.get(b"after", 1).expect("get"), Some(b"3".to_vec()));
+    }
+
     #[test]
     fn expired_entries_are_purged_by_later_commits() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -371,7 +516,8 @@ mod tests {
         kv.put(b"extended", b"y", u64::MAX)
             .expect("put again, later expiry");
         kv.put(b"now", b"z", 0).expect("a later commit purges");
-        let txn = kv.store.db.begin_read().expect("read");
+        let guard = kv.store.db.read().expect("lock");
+        let txn = guard.as_ref().expect("open").begin_read().expect("read");
         let values = txn.open_table(VALUES).expect("values");
         assert!(values
             .get(Kv::name(b"old").as_str())

@@ -156,11 +156,15 @@ impl Default for Content {
 /// `sendmail`-style client may send; RFC 5322 §2.1 puts the empty line
 /// between the two, and Postfix inserts it too), `None` while undecided.
 fn needs_separator(start: &[u8]) -> Option<bool> {
+    // After the name, blanks may come before the colon (RFC 5322 §4.5,
+    // obsolete syntax that old software still sends: "Subject : x").
+    let mut blanks = false;
     for (i, &b) in start.iter().enumerate() {
         match b {
             b':' if i > 0 => return Some(false),
             b'\r' | b'\n' if i == 0 => return Some(false),
-            33..=126 if b != b':' => {}
+            b' ' | b'\t' if i > 0 => blanks = true,
+            33..=126 if b != b':' && !blanks => {}
             _ => return Some(true),
         }
     }
@@ -960,6 +964,12 @@ impl Session {
             self.data_out.clear();
             return;
         };
+        // The client's bytes count against the size limit as they arrive
+        // (held or not); the empty line is ours.
+        content.size += self.data_out.len() as u64;
+        if content.size > max {
+            content.too_big = true;
+        }
         let mut separator = false;
         if let Some(held) = content.first_line.as_mut() {
             held.append(&mut self.data_out);
@@ -974,16 +984,11 @@ impl Session {
         if self.data_out.is_empty() {
             return;
         }
-        // The client's bytes count against the size limit; the empty line is ours.
-        content.size += self.data_out.len() as u64;
         if separator {
             self.data_out.splice(0..0, *b"\r\n");
         }
         content.check.feed(&self.data_out);
         content.headers.feed(&self.data_out);
-        if content.size > max {
-            content.too_big = true;
-        }
         if content.too_big {
             self.data_out.clear();
         } else {

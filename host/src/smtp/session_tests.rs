@@ -364,6 +364,12 @@ fn content_without_headers_gets_an_empty_line_before_it() {
         // Unchanged: a header field first, or an empty header section.
         (b"Subject: x\r\n\r\nbody\r\n", b"Subject: x\r\n\r\nbody\r\n"),
         (b"X-A:b\r\n", b"X-A:b\r\n"),
+        (
+            b"Subject : old style\r\n\r\nx\r\n",
+            b"Subject : old style\r\n\r\nx\r\n",
+        ),
+        (b"Subject \t: old style\r\n", b"Subject \t: old style\r\n"),
+        (b"two words: no\r\n", b"\r\ntwo words: no\r\n"),
         (b"\r\nbody only\r\n", b"\r\nbody only\r\n"),
         (b"", b""),
     ] {
@@ -381,6 +387,10 @@ fn content_without_headers_gets_an_empty_line_before_it() {
     }
     let d = run_every_split(&with_hello(b"BDAT 4 LAST\r\nabcd"));
     assert_eq!(d.committed[0].1, b"\r\nabcd");
+    // Held bytes are counted as they arrive (BDAT reports them).
+    let d = run(&with_hello(b"BDAT 3\r\nSubBDAT 0 LAST\r\n"));
+    let text = String::from_utf8_lossy(&d.replies);
+    assert!(text.contains("Ok: 3 octets received"), "{text}");
 }
 
 #[test]

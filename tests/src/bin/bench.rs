@@ -286,6 +286,9 @@ fn target1_pairs(args: &Args, pairs: usize) -> Vec<Cell> {
         keep.push(none);
         keep.push(heavy);
     }
+    if ratios.is_empty() {
+        return keep;
+    }
     let list: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
     ratios.sort_by(f64::total_cmp);
     println!(
@@ -376,7 +379,7 @@ fn reload(kind: &str, wasm_name: &str, config: &str, rounds: usize) {
     let mut results: Vec<(bool, f64, f64, f64)> = Vec::new();
     for round in 0..rounds * 2 {
         std::thread::sleep(Duration::from_millis(300));
-        // Odd rounds: never-seen bytes; even rounds: back to nonce 0 (cached).
+        // Even rounds: never-seen bytes; odd rounds: back to nonce 0 (cached).
         let nonce = if round % 2 == 0 { round as u64 + 1 } else { 0 };
         let seen_before = d.log().matches("plugin reloaded").count();
         let landed = land(&with_nonce(&original, nonce));
