@@ -124,9 +124,15 @@ impl Pipeline {
         let scheduler = {
             let stop = stop.clone();
             let cfg = settings.config.clone();
+            let nice = settings.config.nice;
             std::thread::Builder::new()
                 .name("pipeline-scheduler".into())
-                .spawn(move || schedule(spool, cfg, events_rx, work_tx, stop))?
+                .spawn(move || {
+                    // Its rescans list the whole queue (tens of thousands of
+                    // files under a backlog): that work yields to SMTP too.
+                    lower_priority(nice);
+                    schedule(spool, cfg, events_rx, work_tx, stop)
+                })?
         };
         Ok(Pipeline {
             ctx,
