@@ -227,9 +227,8 @@ impl OpenGrants {
                 value,
                 ttl_secs,
             } => {
-                let kv = self.kv()?;
-                let expires = ttl_secs.map(|t| now.saturating_add(t)).unwrap_or(0);
-                kv.put(key, value, expires)
+                self.kv()?
+                    .put(key, value, expires_at(now, *ttl_secs))
                     .map_err(|e| CapError::io("kv", e))?;
                 HostResponse::Done
             }
@@ -242,14 +241,11 @@ impl OpenGrants {
                 key,
                 value,
                 ttl_secs,
-            } => {
-                let kv = self.kv()?;
-                let expires = ttl_secs.map(|t| now.saturating_add(t)).unwrap_or(0);
-                HostResponse::Data(
-                    kv.put_if_absent(key, value, expires)
-                        .map_err(|e| CapError::io("kv", e))?,
-                )
-            }
+            } => HostResponse::Data(
+                self.kv()?
+                    .put_if_absent(key, value, expires_at(now, *ttl_secs))
+                    .map_err(|e| CapError::io("kv", e))?,
+            ),
         })
     }
 
@@ -320,6 +316,11 @@ impl OpenGrants {
             )
         })
     }
+}
+
+/// A key's expiry (seconds since the epoch, 0 = never) for a lifetime of `ttl_secs`.
+fn expires_at(now: u64, ttl_secs: Option<u64>) -> u64 {
+    ttl_secs.map(|t| now.saturating_add(t)).unwrap_or(0)
 }
 
 /// Whether serving `req` waits on the disk (an fsync), rather than taking a
