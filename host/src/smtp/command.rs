@@ -24,6 +24,11 @@ impl Mailbox {
     pub fn is_utf8(&self) -> bool {
         !self.local.is_ascii() || !self.domain.is_ascii()
     }
+
+    /// The address when the domain is an address literal (`user@[192.0.2.1]`).
+    pub fn literal_ip(&self) -> Option<std::net::IpAddr> {
+        parse_address_literal(&self.domain).ok()
+    }
 }
 
 impl std::fmt::Display for Mailbox {
@@ -364,7 +369,7 @@ fn parse_path(path: &str) -> Result<Mailbox, &'static str> {
     let (local, domain) = (&mailbox[..at], &mailbox[at + 1..]);
     check_local(local)?;
     if domain.starts_with('[') {
-        check_address_literal(domain)?;
+        parse_address_literal(domain)?;
     } else {
         check_domain(domain)?;
     }
@@ -460,19 +465,20 @@ fn check_domain(domain: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn check_address_literal(lit: &str) -> Result<(), &'static str> {
+/// The address in an address literal: `[192.0.2.1]` or `[IPv6:2001:db8::1]`.
+fn parse_address_literal(lit: &str) -> Result<std::net::IpAddr, &'static str> {
     let inner = lit
         .strip_prefix('[')
         .and_then(|s| s.strip_suffix(']'))
         .ok_or("malformed address literal")?;
     if let Some(v6) = inner.strip_prefix("IPv6:") {
         v6.parse::<std::net::Ipv6Addr>()
-            .map(|_| ())
+            .map(Into::into)
             .map_err(|_| "invalid IPv6 address literal")
     } else {
         inner
             .parse::<std::net::Ipv4Addr>()
-            .map(|_| ())
+            .map(Into::into)
             .map_err(|_| "invalid address literal")
     }
 }

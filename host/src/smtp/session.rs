@@ -841,17 +841,11 @@ impl Session {
     /// `postmaster@[this host's address]` is this host's postmaster, the
     /// same mailbox as `<postmaster>` with no domain.
     fn own_postmaster(&self, to: Mailbox) -> Mailbox {
-        let literal = to
-            .domain
-            .strip_prefix('[')
-            .and_then(|d| d.strip_suffix(']'))
-            .map(|d| d.strip_prefix("IPv6:").unwrap_or(d))
-            .and_then(|d| d.parse::<IpAddr>().ok());
         let own = |ip: IpAddr| {
             self.local_ip
-                .is_some_and(|l| l == ip || l.to_canonical() == ip.to_canonical())
+                .is_some_and(|l| l.to_canonical() == ip.to_canonical())
         };
-        if to.local.eq_ignore_ascii_case("postmaster") && literal.is_some_and(own) {
+        if to.local.eq_ignore_ascii_case("postmaster") && to.literal_ip().is_some_and(own) {
             Mailbox {
                 local: "postmaster".into(),
                 domain: String::new(),
