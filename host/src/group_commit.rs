@@ -96,9 +96,33 @@ impl<T, E: Clone> GroupCommit<T, E> {
     }
 }
 
+/// Group commit of durable file-system work: flushes fail with an
+/// `io::Error`, which every change of the batch receives.
+pub type IoGroupCommit<T> = GroupCommit<T, Arc<io::Error>>;
+
+impl<T> IoGroupCommit<T> {
+    /// A group commit for I/O; `what` names the flush in the error a batch
+    /// gets if its flush panics.
+    pub fn io(what: &str) -> Self {
+        GroupCommit::new(Arc::new(io::Error::other(format!(
+            "{what} failed (panicked)"
+        ))))
+    }
+
+    /// [`GroupCommit::submit`] for a flush that returns an `io::Error`.
+    pub fn submit_io(
+        &self,
+        change: T,
+        flush: impl FnOnce(Vec<T>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.submit(change, |batch| flush(batch).map_err(Arc::new))
+            .map_err(|e| unshare(&e))
+    }
+}
+
 /// An owned copy of an I/O error that a batch shares, keeping the OS error
 /// code (a full disk must still read as one).
-pub fn unshare(e: &io::Error) -> io::Error {
+fn unshare(e: &io::Error) -> io::Error {
     match e.raw_os_error() {
         Some(code) => io::Error::from_raw_os_error(code),
         None => io::Error::new(e.kind(), e.to_string()),

@@ -19,7 +19,7 @@ use finaldot_sdk::wire::{check_relative_path, Header, HostErrorKind, HostRequest
 
 use super::instance::Body;
 use super::kv::Kv;
-use crate::group_commit::{unshare, GroupCommit};
+use crate::group_commit::IoGroupCommit;
 
 /// A directory grant as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +50,7 @@ pub struct OpenGrants {
     dir_syncs: Mutex<HashMap<(String, String), Arc<DirSync>>>,
 }
 
-type DirSync = GroupCommit<(), Arc<io::Error>>;
+type DirSync = IoGroupCommit<()>;
 
 /// A capability failure, reported to the plugin as a [`HostResponse::Error`].
 #[derive(Debug)]
@@ -290,15 +290,11 @@ impl OpenGrants {
         };
         let sync = lock()?
             .entry(key.clone())
-            .or_insert_with(|| {
-                Arc::new(GroupCommit::new(Arc::new(io::Error::other(
-                    "directory fsync failed (panicked)",
-                ))))
-            })
+            .or_insert_with(|| Arc::new(IoGroupCommit::io("directory fsync")))
             .clone();
         let result = sync
-            .submit((), |_| sync_dir(dir, parent).map_err(Arc::new))
-            .map_err(|e| CapError::io("fsync directory", unshare(&e)));
+            .submit_io((), |_| sync_dir(dir, parent))
+            .map_err(|e| CapError::io("fsync directory", e));
         // Forget a directory nobody else is syncing, so the map stays as small
         // as the set of directories in use (clones are only made under the lock).
         let mut syncs = lock()?;

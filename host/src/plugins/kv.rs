@@ -20,7 +20,7 @@ use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock, Weak};
 
 use redb::{Database, ReadableTable, TableDefinition};
 
-use crate::group_commit::{unshare, GroupCommit};
+use crate::group_commit::IoGroupCommit;
 
 /// SHA-256 of the key (hex) → 8-byte little-endian expiry (seconds since the
 /// epoch, 0 = never) followed by the value.
@@ -57,7 +57,7 @@ struct Store {
     path: PathBuf,
     /// `None` only between a failure and the reopen that follows it.
     db: RwLock<Option<Database>>,
-    writes: GroupCommit<Op, Arc<io::Error>>,
+    writes: IoGroupCommit<Op>,
 }
 
 /// redb's page cache per namespace (its default is 1 GiB).
@@ -145,6 +145,19 @@ fn expiry_of(record: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
+/// What `VALUES` holds for `value` expiring at `expires`.
+fn record(value: &[u8], expires: u64) -> Vec<u8> {
+    let mut record = expires.to_le_bytes().to_vec();
+    record.extend_from_slice(value);
+    record
+}
+
+/// The value a record holds, unless it is malformed or expired at `now`.
+fn live_value(record: &[u8], now: u64) -> Option<&[u8]> {
+    let expires = expiry_of(record);
+    record.get(8..).filter(|_| expires == 0 || expires > now)
+}
+
 fn index_key(expires: u64, name: &str) -> Vec<u8> {
     let mut k = expires.to_be_bytes().to_vec();
     k.extend_from_slice(name.as_bytes());
@@ -166,9 +179,7 @@ impl Kv {
         let store = Arc::new(Store {
             db: RwLock::new(Some(open_db(&path)?)),
             path,
-            writes: GroupCommit::new(Arc::new(io::Error::other(
-                "key-value commit failed (panicked)",
-            ))),
+            writes: IoGroupCommit::io("key-value commit"),
         });
         if let Err(e) = import_files(&key, &store) {
             // The registry lock first: dropping the store takes it.
@@ -198,22 +209,15 @@ impl Kv {
             let Some(record) = table.get(name.as_str()).map_err(io_err)? else {
                 return Ok(None);
             };
-            let record = record.value();
-            let expires = expiry_of(record);
-            match record.get(8..) {
-                Some(value) if expires == 0 || expires > now => Ok(Some(value.to_vec())),
-                _ => Ok(None),
-            }
+            Ok(live_value(record.value(), now).map(<[u8]>::to_vec))
         })
     }
 
     /// Stores a value durably; `expires` 0 means never.
     pub fn put(&self, key: &[u8], value: &[u8], expires: u64) -> io::Result<()> {
-        let mut record = expires.to_le_bytes().to_vec();
-        record.extend_from_slice(value);
         self.write(Op::Put {
             name: Self::name(key),
-            record,
+            record: record(value, expires),
         })
     }
 
@@ -226,12 +230,10 @@ impl Kv {
         value: &[u8],
         expires: u64,
     ) -> io::Result<Option<Vec<u8>>> {
-        let mut record = expires.to_le_bytes().to_vec();
-        record.extend_from_slice(value);
         let found = Arc::new(OnceLock::new());
         self.write(Op::PutIfAbsent {
             name: Self::name(key),
-            record,
+            record: record(value, expires),
             found: found.clone(),
         })?;
         found
@@ -251,12 +253,7 @@ impl Kv {
         let store = &self.store;
         store
             .writes
-            .submit(op, |ops| {
-                store
-                    .with_db(|db| commit(db, ops, unix_now()))
-                    .map_err(Arc::new)
-            })
-            .map_err(|e| unshare(&e))
+            .submit_io(op, |ops| store.with_db(|db| commit(db, ops, unix_now())))
     }
 }
 
@@ -284,12 +281,7 @@ fn commit(db: &Database, ops: Vec<Op>, now: u64) -> io::Result<()> {
                     let live = values
                         .get(name.as_str())
                         .map_err(io_err)?
-                        .map(|g| g.value().to_vec())
-                        .filter(|r| {
-                            let e = expiry_of(r);
-                            r.len() >= 8 && (e == 0 || e > now)
-                        })
-                        .map(|r| r[8..].to_vec());
+                        .and_then(|g| live_value(g.value(), now).map(<[u8]>::to_vec));
                     let stored = live.is_none();
                     let _ = found.set(live);
                     if !stored {
