@@ -166,11 +166,9 @@ impl Daemon {
                         let _ = writeln!(f, "{line}");
                     }
                     if line.contains("listening on") {
-                        if let Some(a) = line.split("addr=").nth(1) {
-                            let a = a.split_whitespace().next().unwrap_or("");
-                            if let Ok(a) = a.parse::<SocketAddr>() {
-                                let _ = addr_tx.send(a);
-                            }
+                        if let Some(Ok(a)) = log_field(&line, "addr=").map(str::parse::<SocketAddr>)
+                        {
+                            let _ = addr_tx.send(a);
                         }
                     }
                     if let Ok(mut l) = log.lock() {
@@ -279,8 +277,7 @@ impl Daemon {
             let log = self.log();
             if let Some(a) = log
                 .lines()
-                .find_map(|l| l.split(marker).nth(1))
-                .and_then(|r| r.split_whitespace().next())
+                .find_map(|l| log_field(l, marker))
                 .and_then(|a| a.parse().ok())
             {
                 return a;
@@ -546,4 +543,12 @@ pub fn log_time(line: &str) -> Option<SystemTime> {
     let days = era * 146097 + doe - 719468;
     let secs = days * 86400 + h * 3600 + min * 60;
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64) + Duration::from_secs_f64(sec))
+}
+
+/// The word after the first `marker` in a daemon log line (`log_field(line,
+/// "micros=")` gives the value of the `micros` field).
+pub fn log_field<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
 }

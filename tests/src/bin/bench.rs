@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use finaldot_e2e::load::{run, LoadReport, LoadSpec};
-use finaldot_e2e::{log_time, plugin_toml, test_config, wasm, Daemon, QueueState, TestDir};
+use finaldot_e2e::{
+    log_field, log_time, plugin_toml, test_config, wasm, Daemon, QueueState, TestDir,
+};
 
 /// Benchmark matrix.
 #[derive(Parser)]
@@ -395,12 +397,7 @@ fn reload(kind: &str, wasm_name: &str, config: &str, rounds: usize) {
             else {
                 continue;
             };
-            let field = |k: &str| {
-                line.split(&format!("{k}="))
-                    .nth(1)
-                    .and_then(|v| v.split_whitespace().next())
-                    .map(str::to_string)
-            };
+            let field = |k: &str| log_field(line, &format!("{k}="));
             let Some(hash) = line
                 .split('#')
                 .nth(1)
@@ -423,7 +420,7 @@ fn reload(kind: &str, wasm_name: &str, config: &str, rounds: usize) {
                     .unwrap_or(f64::NAN)
             };
             found = Some((
-                field("cached").as_deref() == Some("true"),
+                field("cached") == Some("true"),
                 ms(log_time(line)),
                 ms(log_time(first)),
                 field("load_ms")
@@ -520,14 +517,9 @@ fn drain(args: &Args, n: usize) {
     let log = d.log();
     let mut per: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
     for line in log.lines().filter(|l| l.contains("done: ")) {
-        let field = |k: &str| {
-            line.split(&format!("{k}="))
-                .nth(1)
-                .and_then(|v| v.split_whitespace().next())
-                .map(str::to_string)
-        };
+        let field = |k: &str| log_field(line, &format!("{k}="));
         if let (Some(p), Some(m)) = (field("plugin"), field("micros")) {
-            let e = per.entry(p).or_default();
+            let e = per.entry(p.to_string()).or_default();
             e.0 += 1;
             e.1 += m.parse::<u64>().unwrap_or(0);
         }
