@@ -16,3 +16,11 @@ pub mod plugins;
 pub mod queue;
 pub mod smtp;
 pub mod spool;
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -375,7 +375,7 @@ fn queue(config: Option<PathBuf>, json: bool, command: QueueCommand) -> anyhow::
                 "{:<22} {:<9} {:>8} {:>9}  {:<30} RECIPIENTS / NEXT ATTEMPT / LAST ERROR",
                 "ID", "STATE", "AGE", "SIZE", "SENDER"
             );
-            let now = finaldot::pipeline::worker::unix_now();
+            let now = finaldot::unix_now();
             for e in &entries {
                 println!(
                     "{:<22} {:<9} {:>7}s {:>9}  {:<30} {}",

@@ -8,8 +8,9 @@ use serde::Serialize;
 
 use finaldot_sdk::wire::RecipientState;
 
-use crate::pipeline::worker::{new_progress, unix_now};
+use crate::pipeline::worker::new_progress;
 use crate::spool::{self, Progress, QueueId, QueueState, Spool};
+use crate::unix_now;
 
 /// One line of `queue list`.
 #[derive(Debug, Clone, Serialize)]

@@ -213,7 +213,7 @@ fn schedule(
                     }
                 }
             }
-            if let Ok(ids) = spool.due_deferred(worker::unix_now()) {
+            if let Ok(ids) = spool.due_deferred(crate::unix_now()) {
                 for id in ids {
                     if known.insert(id.clone()) {
                         retry.push_back(id);

@@ -34,6 +34,7 @@ use super::dsn::{self, DsnKind, DsnRecipient};
 use super::Settings;
 use crate::plugins::Body;
 use crate::spool::{self, Header, Progress, QueueId, QueueState, Spool, StageRecord};
+use crate::unix_now;
 
 /// What every worker shares.
 pub struct Context {
@@ -53,14 +54,6 @@ impl Context {
             Err(p) => p.into_inner().clone(),
         }
     }
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Processes one queue id; errors are logged and the message is left to retry.

@@ -21,6 +21,7 @@ use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock, Weak};
 use redb::{Database, ReadableTable, TableDefinition};
 
 use crate::group_commit::IoGroupCommit;
+use crate::unix_now;
 
 /// SHA-256 of the key (hex) → 8-byte little-endian expiry (seconds since the
 /// epoch, 0 = never) followed by the value.
@@ -255,13 +256,6 @@ impl Kv {
             .writes
             .submit_io(op, |ops| store.with_db(|db| commit(db, ops, unix_now())))
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// One transaction for a batch of writes, plus a bounded purge of entries

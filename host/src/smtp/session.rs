@@ -25,6 +25,7 @@ use super::data::{DataDecoder, HeaderCheck, LineCheck};
 use super::policy::{RcptVerdict, Recipients};
 use super::reply::Reply;
 use crate::spool::Envelope;
+use crate::unix_now;
 
 /// Longest command line including CRLF (RFC 5321 §4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -207,13 +208,6 @@ pub struct Session {
     authenticated: Option<String>,
     /// The address the client connected to.
     local_ip: Option<IpAddr>,
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl Session {
