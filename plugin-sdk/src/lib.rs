@@ -44,6 +44,7 @@ pub mod digest;
 pub mod export;
 #[allow(unsafe_code)]
 mod host;
+pub mod mailbox;
 pub mod plugin;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;

@@ -247,3 +247,60 @@ fn a_filter_rule_holds_a_matching_message() {
     );
     assert!(!mail.join("alice/Maildir/new").exists());
 }
+
+/// Issue 15.1: a local part that local delivery cannot store is refused at
+/// RCPT time (550 5.1.1, the session goes on), so no DSN is ever sent for
+/// it; unusual but valid addresses are delivered end to end.
+#[test]
+fn undeliverable_local_parts_are_refused_at_rcpt_and_never_bounced() {
+    let dir = TestDir::new("rcpt-mailbox-rule");
+    let d = start_default(dir.path());
+    let mut c = d.connect();
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<forged@victim.test> SMTPUTF8", 250);
+    let long = "a".repeat(65);
+    // What the address grammar already forbids is a syntax error (501); what
+    // it allows but no mailbox can hold is 550 5.1.1.
+    for (bad, want) in [
+        ("\"victim@relay-target.example\"@localhost", "550 5.1.1 "),
+        ("\"john smith\"@localhost", "550 5.1.1 "),
+        ("\".hidden\"@localhost", "550 5.1.1 "),
+        ("\"a..b\"@example.test", "550 5.1.1 "),
+        ("\"a\\\\b\"@localhost", "550 5.1.1 "),
+        ("a/b@localhost", "550 5.1.1 "),
+        (&format!("{long}@localhost"), "501 5.1.3 "),
+        (".hidden@localhost", "501 5.1.3 "),
+        ("a..b@localhost", "501 5.1.3 "),
+        ("trailing.@example.test", "501 5.1.3 "),
+    ] {
+        let (_, text) = c.cmd(&format!("RCPT TO:<{bad}>"));
+        assert!(text.starts_with(want), "{bad}: {text}");
+    }
+    for ok in [
+        "first.last@localhost",
+        "a+tag@localhost",
+        "o'brien@localhost",
+        "jörg@localhost",
+    ] {
+        c.expect(&format!("RCPT TO:<{ok}>"), 250);
+    }
+    c.expect("DATA", 354);
+    c.send(b"Subject: unusual\r\n\r\nbody\r\n.\r\n");
+    let (code, text) = c.read_reply();
+    assert_eq!(code, 250, "{text}");
+    c.expect("QUIT", 221);
+    for user in ["first.last", "a", "o'brien", "jörg"] {
+        let files = wait_for_files(&maildir_new(dir.path(), user), 1, LONG);
+        assert_eq!(files.len(), 1, "{user}; log:\n{}", d.log());
+    }
+    assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
+    // Nothing was bounced: no DSN waits in any queue, none was logged, and
+    // no other mailbox exists.
+    assert!(!d.log().contains("DSN queued"), "{}", d.log());
+    let mut boxes: Vec<String> = std::fs::read_dir(dir.path().join("var/mail"))
+        .expect("mail dir")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    boxes.sort();
+    assert_eq!(boxes, ["a", "first.last", "jörg", "o'brien"]);
+}

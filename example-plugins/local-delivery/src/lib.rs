@@ -13,6 +13,7 @@
 //! resolve to one mailbox get one copy. A write error defers the recipient.
 
 use finaldot_sdk::digest::Fnv64;
+use finaldot_sdk::mailbox;
 use finaldot_sdk::prelude::*;
 use finaldot_sdk::wire::HostErrorKind;
 
@@ -36,28 +37,19 @@ enum Resolve {
 
 impl LocalDelivery {
     fn resolve(&self, local: &str) -> Resolve {
-        let mut user = local.to_lowercase();
-        if let Some(d) = self.delimiter {
-            if let Some((base, _tag)) = user.split_once(d) {
-                if !base.is_empty() {
-                    user = base.to_string();
-                }
-            }
-        }
-        // Aliases may chain (abuse → postmaster → root), at most 8 steps.
+        // The same rule as the SMTP front end's RCPT check, so a recipient
+        // it accepted is never bounced here for its name.
+        let mut user = match mailbox::mailbox_name(local, self.delimiter) {
+            Ok(u) => u,
+            Err(why) => return Resolve::Unknown(why),
+        };
+        // Aliases may chain (abuse → postmaster → root), at most 8 steps;
+        // both sides of every alias passed the same check in on_configure.
         for _ in 0..8 {
             match self.aliases.iter().find(|(from, _)| *from == user) {
                 Some((_, to)) => user = to.clone(),
                 None => break,
             }
-        }
-        if user.is_empty()
-            || user.starts_with('.')
-            || user.contains(['/', '\\', '\0'])
-            || user.chars().any(|c| c.is_control())
-            || user.starts_with('"')
-        {
-            return Resolve::Unknown("not a valid mailbox name");
         }
         if let Some(users) = &self.users {
             if !users.contains(&user) {
@@ -135,7 +127,14 @@ impl Plugin for LocalDelivery {
             Some(Value::Table(t)) => t
                 .iter()
                 .map(|(k, v)| match v.as_str() {
-                    Some(to) => Ok((k.to_lowercase(), to.to_lowercase())),
+                    Some(to) => {
+                        for name in [k.as_str(), to] {
+                            mailbox::check_local_part(name).map_err(|why| {
+                                Error::new(format!("alias `{k}`: {name:?}: {why}"))
+                            })?;
+                        }
+                        Ok((k.to_lowercase(), to.to_lowercase()))
+                    }
                     None => Err(Error::new(format!("alias `{k}` must map to a string"))),
                 })
                 .collect::<Result<_>>()?,

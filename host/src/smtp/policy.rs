@@ -1,6 +1,8 @@
 //! Recipient policy at RCPT time: relay control and recipient validation from an
 //! in-memory table, the only recipient check made before the 250 (so no bounce
 //! is ever sent later for an address that never existed: no backscatter).
+//! A local part that can name no mailbox is refused here by the same rule
+//! local delivery applies ([`finaldot_sdk::mailbox`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -13,6 +15,10 @@ pub enum RcptVerdict {
     Accept,
     /// A local domain, but no such user: `550 5.1.1`.
     UnknownUser,
+    /// A local domain, but the local part can name no mailbox (the SDK's
+    /// [`finaldot_sdk::mailbox`] rule, the one local delivery applies):
+    /// `550 5.1.1` with the reason.
+    Undeliverable(&'static str),
     /// Not a local domain: relaying is refused, `550 5.7.1`.
     Relay,
 }
@@ -63,6 +69,9 @@ impl Recipients {
         let Some(users) = self.domains.get(&to.domain.to_ascii_lowercase()) else {
             return RcptVerdict::Relay;
         };
+        if let Err(why) = finaldot_sdk::mailbox::check_local_part(&to.local) {
+            return RcptVerdict::Undeliverable(why);
+        }
         let local = to.local.to_lowercase();
         match users {
             DomainUsers::CatchAll => RcptVerdict::Accept,
@@ -135,6 +144,30 @@ mod tests {
             RcptVerdict::Accept
         );
         assert_eq!(t.check(&mb("postmaster", "")), RcptVerdict::Accept);
+    }
+
+    #[test]
+    fn local_parts_without_a_mailbox_are_refused_in_local_domains_only() {
+        let t = table();
+        for bad in [
+            "\"victim@relay-target.example\"",
+            "a/b",
+            ".x",
+            "a..b",
+            "\"a b\"",
+        ] {
+            assert!(
+                matches!(
+                    t.check(&mb(bad, "localhost")),
+                    RcptVerdict::Undeliverable(_)
+                ),
+                "{bad}"
+            );
+            assert_eq!(t.check(&mb(bad, "elsewhere.test")), RcptVerdict::Relay);
+        }
+        for ok in ["first.last", "a+tag", "o'brien", "jörg"] {
+            assert_eq!(t.check(&mb(ok, "localhost")), RcptVerdict::Accept, "{ok}");
+        }
     }
 
     #[test]

@@ -829,6 +829,11 @@ impl Session {
                 "5.7.1",
                 format!("<{to}>: Relay access denied"),
             )),
+            RcptVerdict::Undeliverable(why) => self.error_reply(Reply::new(
+                550,
+                "5.1.1",
+                format!("<{to}>: Recipient address rejected: {why}"),
+            )),
         }
     }
 
