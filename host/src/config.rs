@@ -252,6 +252,8 @@ pub struct RawSmtp {
     pub max_connections_per_ip: Option<usize>,
     /// Most new connections per minute from one IP address (0 = no limit).
     pub max_connection_rate_per_ip: Option<usize>,
+    /// Networks exempt from the per-IP connection count and rate.
+    pub limit_exceptions: Option<Vec<String>>,
     /// Longest pause before a new message's 354 while the pipeline is behind (0 = off).
     pub in_flow_delay_ms: Option<u64>,
     /// Messages waiting for their first pipeline run above which the pause applies.
@@ -413,6 +415,9 @@ pub struct SmtpConfig {
     pub max_connections_per_ip: usize,
     /// Most new connections per minute per IP (0 = no limit).
     pub max_connection_rate_per_ip: usize,
+    /// Clients in these networks are exempt from the two per-IP limits
+    /// above (and from nothing else: not the total cap, not relay control).
+    pub limit_exceptions: Vec<ipnet::IpNet>,
     /// In-flow delay: the longest pause before a new message (zero = off).
     pub in_flow_delay: Duration,
     /// In-flow delay applies while more messages than this wait in `incoming/`.
@@ -591,6 +596,23 @@ impl RawConfig {
                 format!("must be between 1 and smtp.max_connections ({max_connections})"),
             ));
         }
+        let limit_exceptions = match s.limit_exceptions {
+            // As Postfix exempts $mynetworks from its client limits: local
+            // scripts and web applications submit through loopback.
+            None => ["127.0.0.0/8", "::1"]
+                .into_iter()
+                .filter_map(parse_network)
+                .collect(),
+            Some(list) => list
+                .iter()
+                .map(|n| parse_network(n).ok_or_else(|| {
+                    invalid(
+                        "smtp.limit_exceptions",
+                        format!("{n:?} is not a network (write \"192.0.2.0/24\", \"2001:db8::/32\" or one address)"),
+                    )
+                }))
+                .collect::<Result<_, _>>()?,
+        };
         let max_errors = s.max_errors.unwrap_or(20);
         if max_errors == 0 {
             return Err(invalid("smtp.max_errors", "must be at least 1".into()));
@@ -945,6 +967,7 @@ impl RawConfig {
                 max_connections,
                 max_connections_per_ip,
                 max_connection_rate_per_ip: s.max_connection_rate_per_ip.unwrap_or(0),
+                limit_exceptions,
                 in_flow_delay: Duration::from_millis(s.in_flow_delay_ms.unwrap_or(0)),
                 in_flow_backlog: s.in_flow_backlog.unwrap_or(1000),
                 max_errors,
@@ -957,6 +980,18 @@ impl RawConfig {
             domains,
             recipients: Recipients::new(table, delimiter),
         })
+    }
+}
+
+/// A network (`192.0.2.0/24`, `2001:db8::/32`) or one address, host bits cleared.
+fn parse_network(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    match text.parse::<ipnet::IpNet>() {
+        Ok(n) => Some(n.trunc()),
+        Err(_) => text
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from),
     }
 }
 

@@ -236,7 +236,8 @@ fn connection_caps_answer_421() {
         dir.path(),
         &test_config(
             dir.path(),
-            "max_connections = 3\nmax_connections_per_ip = 2",
+            // Loopback is exempt by default: exempt another network instead.
+            "max_connections = 3\nmax_connections_per_ip = 2\nlimit_exceptions = [\"192.0.2.0/24\"]",
             "",
         ),
     );
@@ -260,7 +261,11 @@ fn connection_rate_per_ip_answers_421_over_the_limit() {
     let dir = TestDir::new("rate");
     let d = Daemon::start_with(
         dir.path(),
-        &test_config(dir.path(), "max_connection_rate_per_ip = 3", ""),
+        &test_config(
+            dir.path(),
+            "max_connection_rate_per_ip = 3\nlimit_exceptions = [\"2001:db8::/32\"]",
+            "",
+        ),
     );
     for _ in 0..3 {
         let mut c = d.connect();
@@ -271,6 +276,41 @@ fn connection_rate_per_ip_answers_421_over_the_limit() {
     assert_eq!(code, 421, "{text}");
     assert!(text.contains("per minute"), "{text}");
     assert!(c.is_closed());
+}
+
+/// Issue 15.2: loopback (the default `smtp.limit_exceptions`) is exempt from
+/// the per-IP connection count and rate, not from the total cap, and its
+/// idle connections still time out.
+#[test]
+fn loopback_is_exempt_from_per_ip_limits_but_not_from_the_total_cap() {
+    let dir = TestDir::new("limit-exceptions");
+    let d = Daemon::start_with(
+        dir.path(),
+        &test_config(
+            dir.path(),
+            "max_connections = 201\nmax_connections_per_ip = 50\nmax_connection_rate_per_ip = 10\ncommand_timeout_secs = 10",
+            "",
+        ),
+    );
+    let mut idle: Vec<Client> = (0..200).map(|_| d.connect()).collect();
+    let mut c = d.connect();
+    let (code, text) = c.send_message(
+        "s@remote.test",
+        &["alice@example.test"],
+        b"Subject: x\r\n\r\nhi\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    // 201 connections are open now, the total cap: it answers the next one.
+    let mut over = Client::connect_raw(d.addr);
+    let (code, text) = over.read_reply();
+    assert_eq!(code, 421, "{text}");
+    assert!(text.contains("too many connections, try again"), "{text}");
+    // Idle connections still time out.
+    for client in idle.iter_mut().take(3) {
+        let (code, text) = client.read_reply();
+        assert_eq!(code, 421, "{text}");
+        assert!(text.contains("4.4.2"), "{text}");
+    }
 }
 
 #[test]

@@ -44,10 +44,11 @@ pub fn spool_error_reply(e: &spool::Error) -> Reply {
 }
 
 /// Settings the listener needs beyond the session's.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Limits {
     max_connections_per_ip: usize,
     max_connection_rate_per_ip: usize,
+    limit_exceptions: Arc<[ipnet::IpNet]>,
     command_timeout: Duration,
     data_timeout: Duration,
     shutdown_grace: Duration,
@@ -60,6 +61,7 @@ impl Limits {
         Limits {
             max_connections_per_ip: config.smtp.max_connections_per_ip,
             max_connection_rate_per_ip: config.smtp.max_connection_rate_per_ip,
+            limit_exceptions: config.smtp.limit_exceptions.clone().into(),
             command_timeout: config.smtp.command_timeout,
             data_timeout: config.smtp.data_timeout,
             shutdown_grace: config.smtp.shutdown_grace,
@@ -132,8 +134,8 @@ impl Shared {
 
     fn limits(&self) -> Limits {
         match self.limits.read() {
-            Ok(l) => *l,
-            Err(p) => *p.into_inner(),
+            Ok(l) => l.clone(),
+            Err(p) => p.into_inner().clone(),
         }
     }
 }
@@ -147,6 +149,17 @@ pub enum ListenKind {
     ImplicitTls,
     /// Submission (port 587 style): STARTTLS, then AUTH, then relay.
     Submission,
+}
+
+impl ListenKind {
+    /// Its name in logs and errors.
+    pub fn label(self) -> &'static str {
+        match self {
+            ListenKind::Smtp => "smtp",
+            ListenKind::ImplicitTls => "smtp (implicit TLS)",
+            ListenKind::Submission => "submission",
+        }
+    }
 }
 
 /// One listening socket: the address it bound, what it serves, and how to
@@ -246,9 +259,7 @@ impl Server {
 
     async fn listen(&self, key: ListenKey) -> std::io::Result<SocketAddr> {
         let (addr, kind) = key;
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        let l = crate::bind_listener(addr, kind.label()).await?;
         let bound = l.local_addr()?;
         let (stop_one, stop_one_rx) = watch::channel(false);
         let alive = self
@@ -480,23 +491,39 @@ impl PerIpWindow {
     }
 }
 
-/// Records a new connection from `ip`; false if it is over the per-minute rate.
-fn within_rate(shared: &Shared, ip: IpAddr) -> bool {
-    let limit = shared.limits().max_connection_rate_per_ip;
-    limit == 0 || shared.recent.count(ip, |n| n < limit) < limit
+impl Limits {
+    /// Whether `ip` is exempt from the per-IP connection count and rate
+    /// (`smtp.limit_exceptions`; an IPv4-mapped IPv6 address counts as IPv4).
+    fn exempt(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.limit_exceptions.iter().any(|n| n.contains(&ip))
+    }
 }
 
-fn take_ip_slot(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
-    let mut map = shared.per_ip.lock().ok()?;
+/// Records a new connection from `ip`; false if it is over the per-minute rate.
+fn within_rate(shared: &Shared, limits: &Limits, ip: IpAddr) -> bool {
+    let limit = limits.max_connection_rate_per_ip;
+    limit == 0 || limits.exempt(ip) || shared.recent.count(ip, |n| n < limit) < limit
+}
+
+/// Takes one of `ip`'s connection slots; `Ok(None)` for an exempt address
+/// (it holds none), `Err(())` when every slot is taken.
+fn take_ip_slot(shared: &Arc<Shared>, limits: &Limits, ip: IpAddr) -> Result<Option<IpSlot>, ()> {
+    if limits.exempt(ip) {
+        return Ok(None);
+    }
+    let Ok(mut map) = shared.per_ip.lock() else {
+        return Err(());
+    };
     let n = map.entry(ip).or_insert(0);
-    if *n >= shared.limits().max_connections_per_ip {
-        return None;
+    if *n >= limits.max_connections_per_ip {
+        return Err(());
     }
     *n += 1;
-    Some(IpSlot {
+    Ok(Some(IpSlot {
         shared: shared.clone(),
         ip,
-    })
+    }))
 }
 
 async fn connection(
@@ -525,7 +552,7 @@ async fn connection(
         }
         return;
     };
-    if !within_rate(&shared, peer.ip()) {
+    if !within_rate(&shared, &limits, peer.ip()) {
         warn!("refused: connection rate from this address over the limit");
         let r = Reply::new(
             421,
@@ -539,7 +566,7 @@ async fn connection(
         }
         return;
     }
-    let Some(_slot) = take_ip_slot(&shared, peer.ip()) else {
+    let Ok(_slot) = take_ip_slot(&shared, &limits, peer.ip()) else {
         warn!("refused: too many connections from this address");
         let r = Reply::new(
             421,
