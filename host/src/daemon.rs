@@ -34,8 +34,8 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The spool could not be opened or recovered.
-    #[error("spool: {0}")]
+    /// The spool could not be opened, locked or recovered (its message names the path).
+    #[error(transparent)]
     Spool(#[from] spool::Error),
     /// A listener could not be bound.
     #[error("{0}")]
@@ -44,13 +44,13 @@ pub enum StartError {
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
     /// The plugin runtime could not start.
-    #[error("{0}")]
+    #[error(transparent)]
     Runtime(#[from] crate::plugins::RuntimeError),
     /// A background thread could not start.
     #[error("starting {0}: {1}")]
     Thread(&'static str, std::io::Error),
     /// Outbound delivery could not be set up.
-    #[error("{0}")]
+    #[error(transparent)]
     Outbound(#[from] crate::outbound::SetupError),
 }
 
@@ -84,6 +84,8 @@ pub struct Daemon {
     chain: SharedChain,
     pipeline: Pipeline,
     _reloader: chain::Reloader,
+    /// Held for the daemon's whole life, so no second daemon claims its mail.
+    _spool_lock: spool::SpoolLock,
 }
 
 impl Daemon {
@@ -96,8 +98,10 @@ impl Daemon {
             source,
         })?;
         let spool_dir = config.spool_dir();
-        let spool = tokio::task::block_in_place(|| {
+        let (spool, spool_lock) = tokio::task::block_in_place(|| {
             let spool = Spool::open(&spool_dir)?;
+            // Before recovery: a daemon killed a moment ago may still hold it.
+            let lock = spool.lock(crate::BIND_RETRY_FOR)?;
             let report = spool.recover()?;
             info!(
                 spool = %spool_dir.display(),
@@ -107,7 +111,7 @@ impl Daemon {
                 queued = report.queued,
                 "spool recovered"
             );
-            Ok::<_, spool::Error>(spool)
+            Ok::<_, spool::Error>((spool, lock))
         })?;
         let spool = Arc::new(spool);
         // Listeners first: a port that is taken fails the start before any plugin loads.
@@ -160,6 +164,7 @@ impl Daemon {
             chain,
             pipeline,
             _reloader: reloader,
+            _spool_lock: spool_lock,
         })
     }
 

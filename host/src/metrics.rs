@@ -399,9 +399,7 @@ pub async fn serve(
     spool: Arc<Spool>,
     plugins_status: PathBuf,
 ) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("metrics: cannot listen on {addr}: {e}"))
-    })?;
+    let listener = crate::bind_listener(addr, "metrics").await?;
     let bound = listener.local_addr()?;
     let plugins_status = Arc::new(plugins_status);
     tokio::spawn(async move {

@@ -129,3 +129,60 @@ fn crash_soak_five_kills_nothing_lost_nothing_doubled() {
     assert_eq!(report.duplicated, 0, "{report}");
     assert_eq!(report.delivered, report.expected, "{report}");
 }
+
+/// Issue 15.3: a supervisor that starts finaldot again the moment `kill -9`
+/// returns (the old process not yet reaped, its socket and spool lock maybe
+/// not yet released) gets a daemon that comes up on the same port; across 20
+/// such cycles every acked message is delivered exactly once.
+#[test]
+fn restart_right_after_kill9_comes_up_on_the_same_port() {
+    let dir = TestDir::new("restart-after-kill9");
+    let mail = dir.path().join("mail");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = test_config(dir.path(), "", &format!("[pipeline]\nrescan_secs = 1\n\n{}", plugin_toml(
+        "local-delivery",
+        "local_delivery",
+        &format!("dirs = [{{ name = \"mail\", path = {mail:?}, writable = true }}]\nconfig = {{ domains = [\"example.test\"] }}"),
+    )))
+    .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let mut killed = Vec::new();
+    let mut d = Daemon::start_with(dir.path(), &config);
+    for i in 0..20 {
+        assert_eq!(d.addr.port(), port);
+        let mut c = d.connect();
+        let body =
+            format!("Subject: cycle {i}\r\nMessage-ID: <{i}@restart.test>\r\n\r\ncycle {i}\r\n");
+        let (code, text) =
+            c.send_message("s@remote.test", &["alice@example.test"], body.as_bytes());
+        assert_eq!(code, 250, "cycle {i}: {text}");
+        // SIGKILL without waiting for the process to be reaped, then start at once.
+        d.signal("KILL");
+        killed.push(d);
+        d = Daemon::start_with(dir.path(), &config);
+    }
+    drop(killed);
+    let inbox = mail.join("alice/Maildir/new");
+    let files = wait_for_files(&inbox, 20, Duration::from_secs(60));
+    assert!(
+        wait_until(Duration::from_secs(30), || d.queue_drained()),
+        "{}",
+        d.log()
+    );
+    let mut subjects: Vec<String> = wait_for_files(&inbox, 20, Duration::from_secs(1))
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).expect("read delivery");
+            text.lines()
+                .find(|l| l.starts_with("Subject: "))
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(files.len(), 20, "{files:?}");
+    assert_eq!(subjects.len(), 20, "{subjects:?}");
+}

@@ -137,6 +137,19 @@ pub enum Error {
     /// The committer thread is gone (the daemon is shutting down).
     #[error("spool committer has stopped")]
     CommitterGone,
+    /// Another daemon holds the spool's lock.
+    #[error("another finaldot is running on this spool ({path} is locked)")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+}
+
+/// The daemon's hold on a spool, from [`Spool::lock`]; released when dropped
+/// or when the process dies.
+#[derive(Debug)]
+pub struct SpoolLock {
+    _file: fs::File,
 }
 
 impl Error {
@@ -257,6 +270,33 @@ impl Spool {
             tmp_counter: AtomicU64::new(0),
             recycled: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Takes the daemon's exclusive lock on the spool (`spool/lock`), so two
+    /// daemons never claim the same messages. The kernel releases it when the
+    /// holder dies, even by `kill -9`; a start right after one waits up to
+    /// `wait` for the old process to be gone (logging each retry), then fails
+    /// with [`Error::Locked`].
+    pub fn lock(&self, wait: std::time::Duration) -> Result<SpoolLock, Error> {
+        let path = self.root.join("lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("opening", &path, e))?;
+        let started = std::time::Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(SpoolLock { _file: file }),
+                Err(fs::TryLockError::WouldBlock) if started.elapsed() < wait => {
+                    tracing::warn!(lock = %path.display(), "spool locked by another process; retrying in 0.5 s");
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path }),
+                Err(fs::TryLockError::Error(e)) => return Err(Error::io("locking", &path, e)),
+            }
+        }
     }
 
     /// The spool's root directory.
@@ -855,6 +895,22 @@ mod tests {
         w.write(body)?;
         let p = w.finish()?;
         spool.commit(p).await
+    }
+
+    #[test]
+    fn a_second_daemon_cannot_lock_the_spool_until_the_first_lets_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        let held = spool.lock(std::time::Duration::ZERO).expect("first lock");
+        let other = Spool::open(dir.path()).expect("open again");
+        let started = std::time::Instant::now();
+        match other.lock(std::time::Duration::from_millis(600)) {
+            Err(Error::Locked { path }) => assert_eq!(path, dir.path().join("lock")),
+            r => panic!("second lock: {r:?}"),
+        }
+        assert!(started.elapsed() >= std::time::Duration::from_millis(600));
+        drop(held);
+        other.lock(std::time::Duration::ZERO).expect("free again");
     }
 
     #[tokio::test]
