@@ -761,6 +761,7 @@ impl RawConfig {
                     format!("{:?} is used twice", rp.name),
                 ));
             }
+            let builtin = crate::plugins::builtin::for_file(&rp.file);
             let file = if rp.file.is_absolute() {
                 rp.file
             } else {
@@ -813,6 +814,7 @@ impl RawConfig {
                         .then(|| data_dir.join("kv").join(&rp.name)),
                 },
                 reuse_instance: rp.reuse_instance.unwrap_or(false),
+                builtin,
             });
         }
 

@@ -489,7 +489,12 @@ fn plugin_list(config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
         .unwrap_or(0);
     for p in &list {
         println!("{}", p.name);
-        println!("  file:      {}", p.file);
+        match p.source.as_deref() {
+            Some("built-in") => {
+                println!("  file:      {} (absent: the built-in copy serves)", p.file)
+            }
+            _ => println!("  file:      {}", p.file),
+        }
         match (&p.version, &p.error) {
             (Some(v), _) => {
                 println!("  version:   {v} (ABI {})", p.abi.unwrap_or(0));
@@ -620,6 +625,7 @@ fn plugin_test(
             limits: Default::default(),
             grants: Default::default(),
             reuse_instance: false,
+            builtin: None,
         },
     };
     let raw = std::fs::read(message).with_context(|| format!("reading {}", message.display()))?;

@@ -312,10 +312,14 @@ fn status_page(metrics_text: &str, plugins_json: &str) -> String {
             &filter,
         );
         let state = if p["loaded"].as_bool().unwrap_or(false) {
-            html_escape(p["version"].as_str().unwrap_or(""))
+            format!(
+                "{}</td><td>{}",
+                html_escape(p["version"].as_str().unwrap_or("")),
+                html_escape(p["source"].as_str().unwrap_or("file")),
+            )
         } else {
             format!(
-                "<b>not loaded</b>: {}",
+                "<b>not loaded</b>: {}</td><td>",
                 html_escape(p["error"].as_str().unwrap_or(""))
             )
         };
@@ -347,7 +351,7 @@ td.n {{ text-align: right; font-variant-numeric: tabular-nums }}
 <h2>Ack latency (end of message → 250), p50 {p50}, p99 {p99}</h2>
 <table><tr><th>bucket</th><th>messages</th><th></th></tr>{ack_rows}</table>
 <h2>Plugins</h2>
-<table><tr><th>name</th><th>version</th><th>calls</th><th>faults</th><th>p50</th><th>p99</th></tr>{plugin_rows}</table>
+<table><tr><th>name</th><th>version</th><th>from</th><th>calls</th><th>faults</th><th>p50</th><th>p99</th></tr>{plugin_rows}</table>
 </body></html>
 "#,
         accepted = metrics_text

@@ -52,6 +52,7 @@ fn bench(
             limits: Limits::default(),
             grants: Default::default(),
             reuse_instance: reuse,
+            builtin: None,
         },
     )
     .expect("load");

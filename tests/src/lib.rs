@@ -125,6 +125,11 @@ impl Daemon {
     /// Starts `finaldot run` with no configuration file (the embedded default)
     /// in `dir` as its working directory, SMTP and metrics on 127.0.0.1 port 0.
     pub fn start_default(dir: &Path) -> Daemon {
+        Daemon::start_default_binary(dir, &finaldot_bin())
+    }
+
+    /// [`Daemon::start_default`] with another copy of the binary.
+    pub fn start_default_binary(dir: &Path, bin: &Path) -> Daemon {
         let args: Vec<std::ffi::OsString> = vec![
             "run".into(),
             "--listen".into(),
@@ -132,10 +137,19 @@ impl Daemon {
             "--metrics-listen".into(),
             "127.0.0.1:0".into(),
         ];
-        Daemon::spawn(dir, &args, dir.join("var"))
+        Daemon::spawn_binary(bin, dir, &args, dir.join("var"))
     }
 
     fn spawn(dir: &Path, args: &[std::ffi::OsString], data_dir: PathBuf) -> Daemon {
+        Daemon::spawn_binary(&finaldot_bin(), dir, args, data_dir)
+    }
+
+    fn spawn_binary(
+        bin: &Path,
+        dir: &Path,
+        args: &[std::ffi::OsString],
+        data_dir: PathBuf,
+    ) -> Daemon {
         let log_path = dir.join(format!(
             "daemon-{}.log",
             std::time::SystemTime::now()
@@ -143,7 +157,7 @@ impl Daemon {
                 .map(|d| d.as_nanos())
                 .unwrap_or(0)
         ));
-        let mut child = Command::new(finaldot_bin())
+        let mut child = Command::new(bin)
             .args(args)
             .current_dir(dir)
             .env("RUST_LOG", "info")
@@ -290,6 +304,21 @@ impl Daemon {
         }
     }
 
+    /// The metrics and status page address, from the log line announcing it.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("metrics and status page on http://"))
+            .unwrap_or_else(|| panic!("no metrics line in:\n{log}"));
+        line.split("http://")
+            .nth(1)
+            .and_then(|s| s.split('/').next())
+            .expect("addr")
+            .parse()
+            .expect("socket addr")
+    }
+
     /// A new SMTP client connection (greeting already read and checked).
     pub fn connect(&self) -> Client {
         let mut c = Client::connect_raw(self.addr);
@@ -403,6 +432,18 @@ impl Client {
         self.send(b".\r\n");
         self.read_reply()
     }
+}
+
+/// The whole HTTP/1.0 response to `GET path` (headers and body).
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect metrics");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    out
 }
 
 /// Dot-stuffs a CRLF message for DATA (RFC 5321 §4.5.2).

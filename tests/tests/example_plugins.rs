@@ -304,3 +304,125 @@ fn undeliverable_local_parts_are_refused_at_rcpt_and_never_bounced() {
     boxes.sort();
     assert_eq!(boxes, ["a", "first.last", "jörg", "o'brien"]);
 }
+
+/// `finaldot plugin list --json` run by `bin` in `dir` (embedded default config).
+fn plugin_list_json(bin: &Path, dir: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(bin)
+        .args(["plugin", "list", "--json"])
+        .current_dir(dir)
+        .output()
+        .expect("plugin list");
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// The `source` of every plugin in `list`, by name.
+fn sources(list: &serde_json::Value) -> Vec<(String, String)> {
+    list.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    (
+                        p["name"].as_str().unwrap_or("").to_string(),
+                        p["source"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue 15.4: the binary alone, copied into an empty directory, delivers
+/// mail with the default chain from its built-in plugins; a file the
+/// administrator puts in the plugin directory wins (hot-reloaded), and when
+/// it is removed the built-in copy serves again. `plugin list` and the
+/// status page say where each plugin came from.
+#[test]
+fn a_bare_binary_in_an_empty_directory_delivers_with_its_built_in_plugins() {
+    let dir = TestDir::new("bare-binary");
+    let bin = dir.path().join("finaldot");
+    std::fs::copy(finaldot_bin(), &bin).expect("copy the binary");
+    let d = Daemon::start_default_binary(dir.path(), &bin);
+    let first = send(
+        &d,
+        "s@remote.test",
+        &["alice@localhost"],
+        b"Subject: one\r\n\r\nfrom a bare binary\r\n",
+    );
+    let files = wait_for_files(&maildir_new(dir.path(), "alice"), 1, LONG);
+    assert_eq!(files.len(), 1, "{first}; log:\n{}", d.log());
+    let builtin = |name: &str| (name.to_string(), "built-in".to_string());
+    let all_builtin = vec![
+        builtin("dedup"),
+        builtin("list-expand"),
+        builtin("filter"),
+        builtin("local-delivery"),
+    ];
+    assert!(
+        wait_until(LONG, || sources(&plugin_list_json(&bin, dir.path()))
+            == all_builtin),
+        "{:?}",
+        plugin_list_json(&bin, dir.path())
+    );
+    let page = http_get(d.metrics_addr(), "/");
+    assert!(
+        page.contains("<td>local-delivery</td><td>local-delivery 0.1.0</td><td>built-in</td>"),
+        "{page}"
+    );
+
+    // The administrator's file wins: stamp.wasm in place of the filter.
+    let plugins = dir.path().join("var/plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir");
+    std::fs::copy(wasm("stamp"), plugins.join(".filter.tmp")).expect("copy");
+    std::fs::rename(plugins.join(".filter.tmp"), plugins.join("filter.wasm")).expect("rename");
+    assert!(
+        wait_until(LONG, || {
+            let list = plugin_list_json(&bin, dir.path());
+            list[2]["source"] == "file" && list[2]["version"] == "stamp 0.1.0"
+        }),
+        "{}",
+        d.log()
+    );
+    send(
+        &d,
+        "s@remote.test",
+        &["alice@localhost"],
+        b"Subject: two\r\n\r\nstamped\r\n",
+    );
+    let files = wait_for_files(&maildir_new(dir.path(), "alice"), 2, LONG);
+    let stamped = files
+        .iter()
+        .filter(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .contains("X-Stamped-By: finaldot")
+        })
+        .count();
+    assert_eq!(stamped, 1, "{files:?}");
+
+    // Removed: the built-in filter serves again.
+    std::fs::remove_file(plugins.join("filter.wasm")).expect("rm");
+    assert!(
+        wait_until(LONG, || sources(&plugin_list_json(&bin, dir.path()))
+            == all_builtin),
+        "{}",
+        d.log()
+    );
+    send(
+        &d,
+        "s@remote.test",
+        &["alice@localhost"],
+        b"Subject: three\r\n\r\nnot stamped\r\n",
+    );
+    let files = wait_for_files(&maildir_new(dir.path(), "alice"), 3, LONG);
+    assert_eq!(files.len(), 3, "{}", d.log());
+    let stamped = files
+        .iter()
+        .filter(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .contains("X-Stamped-By")
+        })
+        .count();
+    assert_eq!(stamped, 1, "{files:?}");
+    assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
+}

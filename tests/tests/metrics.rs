@@ -1,24 +1,11 @@
 //! Metrics and the status page: scraped before and after real mail, the
 //! counters must move by the right amounts.
 
-use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use finaldot_e2e::*;
 
 const LONG: Duration = Duration::from_secs(30);
-
-fn get(addr: SocketAddr, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect metrics");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .expect("request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("response");
-    out
-}
 
 /// The value of a sample line whose name and labels contain all of `parts`.
 fn sample(text: &str, name: &str, parts: &[&str]) -> f64 {
@@ -44,20 +31,8 @@ fn metrics_count_mail_and_the_status_page_lists_plugins() {
         &format!("[metrics]\nlisten = \"127.0.0.1:0\"\n\n[pipeline]\nrescan_secs = 1\n\n{plugins}"),
     );
     let d = Daemon::start_with(dir.path(), &cfg);
-    let addr: SocketAddr = {
-        let log = d.log();
-        let line = log
-            .lines()
-            .find(|l| l.contains("metrics and status page on http://"))
-            .unwrap_or_else(|| panic!("no metrics line in:\n{log}"));
-        line.split("http://")
-            .nth(1)
-            .and_then(|s| s.split('/').next())
-            .expect("addr")
-            .parse()
-            .expect("socket addr")
-    };
-    let before = get(addr, "/metrics");
+    let addr = d.metrics_addr();
+    let before = http_get(addr, "/metrics");
     assert!(
         before.starts_with("HTTP/1.0 200") || before.starts_with("HTTP/1.1 200"),
         "{before}"
@@ -85,10 +60,10 @@ fn metrics_count_mail_and_the_status_page_lists_plugins() {
         == 3));
 
     assert!(wait_until(LONG, || {
-        let after = get(addr, "/metrics");
+        let after = http_get(addr, "/metrics");
         sample(&after, "finaldot_deliveries_total", &[]) >= 3.0
     }));
-    let after = get(addr, "/metrics");
+    let after = http_get(addr, "/metrics");
     let delta =
         |name: &str, parts: &[&str]| sample(&after, name, parts) - sample(&before, name, parts);
     assert_eq!(
@@ -137,7 +112,7 @@ fn metrics_count_mail_and_the_status_page_lists_plugins() {
         "{after}"
     );
 
-    let page = get(addr, "/");
+    let page = http_get(addr, "/");
     assert!(page.contains("text/html"), "{page}");
     assert!(
         page.contains("<h2>Queue</h2>") && page.contains("<td>hold</td>"),
@@ -145,10 +120,10 @@ fn metrics_count_mail_and_the_status_page_lists_plugins() {
     );
     assert!(page.contains("Ack latency"), "{page}");
     assert!(
-        wait_until(LONG, || get(addr, "/")
+        wait_until(LONG, || http_get(addr, "/")
             .contains("<td>deliver</td><td>finaldot-testbed 0.1.0</td>")),
         "{}",
-        get(addr, "/")
+        http_get(addr, "/")
     );
-    assert!(get(addr, "/nope").contains("404"));
+    assert!(http_get(addr, "/nope").contains("404"));
 }

@@ -35,6 +35,7 @@ fn spec(name: &str, file: PathBuf, config: &str) -> PluginSpec {
         },
         grants: Grants::default(),
         reuse_instance: false,
+        builtin: None,
     }
 }
 

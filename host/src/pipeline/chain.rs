@@ -9,10 +9,12 @@
 //! hot path, and only a module that passes replaces the running one. A broken
 //! or half-written file leaves the running version in place and logs why; a
 //! removed file makes its stage defer messages (they wait, never skipped)
-//! until the file is back.
+//! until the file is back, unless the binary carries a built-in copy of it
+//! ([`crate::plugins::builtin`]), which then serves again.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,37 +29,79 @@ pub struct Stage {
     /// How it is configured.
     pub spec: PluginSpec,
     plugin: RwLock<Result<Arc<Plugin>, String>>,
+    /// Whether the serving version is the binary's built-in copy (no file).
+    builtin: AtomicBool,
     /// Hash of the last file refused, so a broken file is reported once.
     refused: std::sync::Mutex<Option<String>>,
+}
+
+/// Where a stage's module comes from: its file, or the built-in copy when
+/// the file does not exist.
+enum Source {
+    File(Vec<u8>),
+    Builtin(&'static [u8]),
+}
+
+impl Source {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Source::File(b) => b,
+            Source::Builtin(b) => b,
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            Source::File(_) => "file",
+            Source::Builtin(_) => "built-in",
+        }
+    }
 }
 
 impl Stage {
     /// Loads the stage's plugin; a failure leaves the stage unavailable (its
     /// messages wait) and is logged.
     pub fn load(runtime: &Runtime, spec: PluginSpec) -> Stage {
-        let plugin = match Plugin::new(runtime, spec.clone()) {
-            Ok(p) => {
+        let stage = Stage {
+            spec,
+            plugin: RwLock::new(Err("not loaded yet".into())),
+            builtin: AtomicBool::new(false),
+            refused: std::sync::Mutex::new(None),
+        };
+        let spec = &stage.spec;
+        let loaded = stage
+            .source()
+            .map_err(|e| format!("cannot read {}: {e}", spec.file.display()))
+            .and_then(|source| {
+                let p = runtime
+                    .load_bytes(source.bytes(), &spec.file)
+                    .and_then(|m| Plugin::with_module(m, spec.clone()))
+                    .map_err(|mut e| {
+                        e.plugin = spec.name.clone();
+                        e.to_string()
+                    })?;
+                Ok((p, source))
+            });
+        match loaded {
+            Ok((p, source)) => {
                 let m = p.module();
                 info!(
                     plugin = %spec.name,
                     version = %m.version_label(),
                     file = %spec.file.display(),
+                    source = source.label(),
                     cached = m.from_cache,
                     compile_ms = m.compile_time.as_secs_f64() * 1000.0,
                     "plugin loaded"
                 );
-                Ok(Arc::new(p))
+                stage.set(Ok(Arc::new(p)), matches!(source, Source::Builtin(_)));
             }
             Err(e) => {
                 warn!(plugin = %spec.name, file = %spec.file.display(), error = %e, "plugin not available: its stage defers messages until it loads");
-                Err(e.to_string())
+                stage.set(Err(e), false);
             }
-        };
-        Stage {
-            spec,
-            plugin: RwLock::new(plugin),
-            refused: std::sync::Mutex::new(None),
         }
+        stage
     }
 
     /// The plugin serving this stage now, or why there is none.
@@ -68,24 +112,46 @@ impl Stage {
         }
     }
 
-    fn set(&self, value: Result<Arc<Plugin>, String>) {
+    /// Whether the serving version is the binary's built-in copy.
+    pub fn is_builtin(&self) -> bool {
+        self.builtin.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, value: Result<Arc<Plugin>, String>, builtin: bool) {
         match self.plugin.write() {
             Ok(mut p) => *p = value,
             Err(poisoned) => *poisoned.into_inner() = value,
         }
+        self.builtin.store(builtin, Ordering::Relaxed);
     }
 
-    /// Re-reads the stage's file: installs a new version only if it differs
-    /// and passes every check. Returns true when the serving plugin changed.
+    /// The stage's file, or its built-in copy when the file does not exist.
+    fn source(&self) -> std::io::Result<Source> {
+        match std::fs::read(&self.spec.file) {
+            Ok(b) => Ok(Source::File(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match self.spec.builtin {
+                Some(b) => Ok(Source::Builtin(b.wasm)),
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Re-reads the stage's file (or, without one, its built-in copy):
+    /// installs a new version only if it differs and passes every check.
+    /// Returns true when the serving plugin changed.
     pub fn reload(&self, runtime: &Runtime) -> bool {
         let file = &self.spec.file;
         let name = &self.spec.name;
-        let bytes = match std::fs::read(file) {
-            Ok(b) => b,
+        let source = match self.source() {
+            Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if self.current().is_ok() {
                     warn!(plugin = %name, file = %file.display(), "plugin file removed: its stage defers messages until the file is back");
-                    self.set(Err(format!("plugin file {} was removed", file.display())));
+                    self.set(
+                        Err(format!("plugin file {} was removed", file.display())),
+                        false,
+                    );
                     return true;
                 }
                 return false;
@@ -95,10 +161,13 @@ impl Stage {
                 return false;
             }
         };
-        let hash = crate::plugins::content_hash(&bytes);
+        let builtin = matches!(source, Source::Builtin(_));
+        let hash = crate::plugins::content_hash(source.bytes());
         if let Ok(p) = self.current() {
             if p.module().hash == hash {
-                return false;
+                // The same module; only where it comes from may have changed
+                // (a file identical to the built-in copy put or removed).
+                return self.builtin.swap(builtin, Ordering::Relaxed) != builtin;
             }
         }
         if self
@@ -111,7 +180,7 @@ impl Stage {
         }
         let started = Instant::now();
         let loaded = runtime
-            .load_bytes(&bytes, file)
+            .load_bytes(source.bytes(), file)
             .and_then(|m| Plugin::with_module(m, self.spec.clone()));
         match loaded {
             Ok(p) => {
@@ -120,15 +189,16 @@ impl Stage {
                     plugin = %name,
                     version = %m.version_label(),
                     file = %file.display(),
+                    source = source.label(),
                     cached = m.from_cache,
                     load_ms = started.elapsed().as_secs_f64() * 1000.0,
                     "plugin reloaded"
                 );
-                self.set(Ok(Arc::new(p)));
+                self.set(Ok(Arc::new(p)), builtin);
                 true
             }
             Err(e) => {
-                error!(plugin = %name, file = %file.display(), error = %e, "new plugin version refused; keeping the running version");
+                error!(plugin = %name, file = %file.display(), source = source.label(), error = %e, "new plugin version refused; keeping the running version");
                 if let Ok(mut r) = self.refused.lock() {
                     *r = Some(hash);
                 }
@@ -169,6 +239,10 @@ pub struct PluginStatus {
     pub faults: u64,
     /// Why it is not loaded.
     pub error: Option<String>,
+    /// Where the serving version came from: `file`, or `built-in` (the
+    /// binary's own copy, serving while the file does not exist).
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 /// The status of every stage.
@@ -190,9 +264,10 @@ pub fn status(stages: &[Arc<Stage>]) -> Vec<PluginStatus> {
                         .duration_since(SystemTime::UNIX_EPOCH)
                         .ok()
                         .map(|d| d.as_secs()),
-                    calls: p.stats.calls.load(std::sync::atomic::Ordering::Relaxed),
-                    faults: p.stats.faults.load(std::sync::atomic::Ordering::Relaxed),
+                    calls: p.stats.calls.load(Ordering::Relaxed),
+                    faults: p.stats.faults.load(Ordering::Relaxed),
                     error: None,
+                    source: Some(if s.is_builtin() { "built-in" } else { "file" }.into()),
                 }
             }
             Err(e) => PluginStatus {
@@ -206,6 +281,7 @@ pub fn status(stages: &[Arc<Stage>]) -> Vec<PluginStatus> {
                 calls: 0,
                 faults: 0,
                 error: Some(e),
+                source: None,
             },
         })
         .collect()
@@ -361,9 +437,10 @@ fn reload_loop(
                 let now = file_stamp(&s.spec.file);
                 let before = stamps.get(&s.spec.file);
                 let serving = s.current().is_ok();
+                let should_serve = now.is_some() || s.spec.builtin.is_some();
                 // A change since last look (or a first look), or a stage whose
                 // state disagrees with its file (events can be lost).
-                if before != Some(&now) || now.is_some() != serving {
+                if before != Some(&now) || should_serve != serving {
                     changed.push(s.spec.file.clone());
                 }
             }

@@ -17,6 +17,7 @@
 //! version, never a crash or hang of the host. The compiled-module cache is
 //! trusted like the binary itself: it lives in the daemon's own data directory.
 
+pub mod builtin;
 pub mod caps;
 pub mod instance;
 pub mod kv;
@@ -528,6 +529,8 @@ pub struct PluginSpec {
     /// Keep instances between messages (for plugins with costly setup);
     /// an instance is thrown away after any fault.
     pub reuse_instance: bool,
+    /// The copy carried in the binary that serves while `file` does not exist.
+    pub builtin: Option<&'static builtin::Builtin>,
 }
 
 /// Call statistics of one plugin.
