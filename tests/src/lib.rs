@@ -56,6 +56,37 @@ pub fn wasm(name: &str) -> PathBuf {
     })
 }
 
+/// A `Command` for Python 3, which several tests use as a real client
+/// (smtplib, mailbox). Panics with the command that installs it when it is
+/// missing (`./dev test` installs it where it can), so no test passes by
+/// not running.
+pub fn python3() -> Command {
+    let found = Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "python3 is needed as a real client in this test: apt-get install -y python3 (./dev test installs it when run as root)"
+    );
+    Command::new("python3")
+}
+
+/// For a test that needs what this machine cannot give (root, a mount):
+/// on CI (`CI` set) that is a failure, elsewhere the test is skipped with
+/// `why` printed. Returns true when the test should go on.
+pub fn required_on_ci(available: bool, why: &str) -> bool {
+    if available {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{why} (CI must run this test)"
+    );
+    eprintln!("skipped: {why}; CI runs this test");
+    false
+}
+
 /// A temporary directory that is kept, and its path printed, if the test fails.
 pub struct TestDir {
     dir: Option<tempfile::TempDir>,

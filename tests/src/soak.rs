@@ -124,7 +124,7 @@ pub fn run(kills: usize, senders: usize, between: (u64, u64)) -> SoakReport {
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     let token = format!("soak-{t}-{n}");
-                    let rcpts: Vec<String> = if n % 3 == 0 {
+                    let rcpts: Vec<String> = if n.is_multiple_of(3) {
                         vec!["alice@localhost".into(), "bob@localhost".into()]
                     } else {
                         vec!["alice@localhost".into()]

@@ -230,19 +230,18 @@ assert 'Message-ID: <dsn-test@x>' in parts[2].get_content() or 'dsn-test@x' in p
 assert 'alice@localhost' in str(m['To']), str(m['To'])
 print('ok')
 "#;
-    if let Ok(out) = std::process::Command::new("python3")
+    let parsed = python3()
         .arg("-c")
         .arg(script)
         .arg(&dsn_file)
         .output()
-    {
-        assert!(
-            out.status.success(),
-            "python's email parser rejects the DSN:\n{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&dsn_file).unwrap_or_default()
-        );
-    }
+        .expect("run python3");
+    assert!(
+        parsed.status.success(),
+        "python's email parser rejects the DSN:\n{}\n{}",
+        String::from_utf8_lossy(&parsed.stderr),
+        std::fs::read_to_string(&dsn_file).unwrap_or_default()
+    );
     let text = std::fs::read_to_string(&dsn_file).expect("dsn");
     assert!(
         text.contains("Status: 5.1.1\r\n") && text.contains("Action: failed\r\n"),

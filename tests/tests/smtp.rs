@@ -74,16 +74,6 @@ fn lettre_message_is_spooled_byte_exact() {
 
 #[test]
 fn python_smtplib_sends_with_pipelining_and_bdat_free_dialog() {
-    let python = ["python3", "python"].into_iter().find(|p| {
-        std::process::Command::new(p)
-            .arg("--version")
-            .output()
-            .is_ok()
-    });
-    let Some(python) = python else {
-        eprintln!("python3 not installed: this client is checked on CI, not here");
-        return;
-    };
     let dir = TestDir::new("smtplib");
     let d = Daemon::start(dir.path());
     let script = format!(
@@ -107,7 +97,7 @@ print("ok")
 "#,
         port = d.addr.port()
     );
-    let out = std::process::Command::new(python)
+    let out = python3()
         .arg("-c")
         .arg(&script)
         .output()
@@ -398,8 +388,10 @@ fn check_config_names_the_bad_key() {
 /// A tiny tmpfs makes the disk really full. Needs root (mount); CI runs as root.
 #[test]
 fn full_disk_gets_452_and_no_250() {
-    if !nix_is_root() {
-        eprintln!("not root: the tmpfs disk-full test runs on CI; the injected-fault test covers this path here");
+    if !required_on_ci(
+        nix_is_root(),
+        "not root: the tmpfs disk-full test needs mount (the injected-fault test covers this path)",
+    ) {
         return;
     }
     let dir = TestDir::new("diskfull");
@@ -411,8 +403,7 @@ fn full_disk_gets_452_and_no_250() {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    if !ok {
-        eprintln!("mount not permitted here: skipping the tmpfs variant");
+    if !required_on_ci(ok, "mounting a tmpfs is not permitted here") {
         return;
     }
     struct Unmount(std::path::PathBuf);

@@ -255,15 +255,12 @@ except smtplib.SMTPException as e:
     print("second login refused:", e)
 c.quit()
 "#;
-    let Ok(out) = std::process::Command::new("python3")
+    let out = python3()
         .arg("-c")
         .arg(script)
         .arg(s.submission.port().to_string())
         .output()
-    else {
-        eprintln!("python3 not installed: smtplib is checked on CI");
-        return;
-    };
+        .expect("run python3");
     assert!(
         out.status.success(),
         "{}{}",
