@@ -39,6 +39,8 @@
 //! disagree about the encoding.
 #![deny(unsafe_code)]
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod contract;
 pub mod digest;
 #[allow(unsafe_code)]
 pub mod export;

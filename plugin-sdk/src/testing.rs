@@ -217,6 +217,54 @@ impl Current {
     }
 }
 
+/// Golden-file check for encoded bytes: compares `bytes` with the fixture at
+/// `path` (hex, 32 bytes a line) and returns the fixture's bytes, so the
+/// caller can also decode what an older build wrote. On a mismatch the new
+/// encoding is written beside the fixture (`NAME.actual.hex`) and the test
+/// fails; a missing fixture is written when `FINALDOT_BLESS` is set and fails
+/// the test otherwise.
+pub fn assert_golden(path: &Path, bytes: &[u8]) -> Vec<u8> {
+    let hex: String = bytes
+        .chunks(32)
+        .map(|line| {
+            let mut l: String = line.iter().map(|b| format!("{b:02x}")).collect();
+            l.push('\n');
+            l
+        })
+        .collect();
+    let want = match std::fs::read_to_string(path) {
+        Ok(w) => w,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::env::var_os("FINALDOT_BLESS").is_some() => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).expect("create the fixture directory");
+            }
+            std::fs::write(path, &hex).expect("write the fixture");
+            hex.clone()
+        }
+        Err(e) => panic!(
+            "golden fixture {}: {e} (FINALDOT_BLESS=1 writes a missing one; review it before committing)",
+            path.display()
+        ),
+    };
+    if want != hex {
+        let actual = path.with_extension("actual.hex");
+        let _ = std::fs::write(&actual, &hex);
+        panic!(
+            "{}: the encoding changed (new bytes in {}). Fields are only appended and enum variants only added at the end; an old fixture is never edited",
+            path.display(),
+            actual.display()
+        );
+    }
+    let digits: Vec<u8> = want.bytes().filter(u8::is_ascii_hexdigit).collect();
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let s = std::str::from_utf8(pair).expect("hex digits are ASCII");
+            u8::from_str_radix(s, 16).expect("hex digits")
+        })
+        .collect()
+}
+
 /// Converts CRLF line endings to LF (how Unix mailboxes store mail).
 pub fn crlf_to_lf(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len());
@@ -371,6 +419,13 @@ impl TestHost {
         self
     }
 
+    /// Answers one host-function request as the host would (what a
+    /// plugin's `Context::dir` and `Context::kv` calls reach), outside any
+    /// plugin run; the body is the last message run, or empty.
+    pub fn handle(&self, req: &HostRequest) -> HostResponse {
+        Current(self.state.clone()).call(req)
+    }
+
     /// Every line logged so far.
     pub fn logs(&self) -> Vec<(Level, String)> {
         self.state.borrow().logs.clone()
@@ -422,4 +477,24 @@ impl TestHost {
 pub fn config_from_toml(text: &str) -> std::result::Result<Value, String> {
     let t: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
     Ok(Value::from_toml(&toml::Value::Table(t)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_host_keeps_the_host_function_contract() {
+        let root =
+            std::env::temp_dir().join(format!("finaldot-sdk-contract-{}", std::process::id()));
+        let (rw, ro) = (root.join("rw"), root.join("ro"));
+        for d in [&rw, &ro] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        let mut host = TestHost::new();
+        host.grant_dir("rw", &rw, true).grant_dir("ro", &ro, false);
+        host.state.borrow_mut().body = crate::contract::BODY.to_vec();
+        crate::contract::check(&rw, &ro, &mut |req| host.handle(req));
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

@@ -406,3 +406,35 @@ fn write_message(
     }
     w.flush()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real capability layer keeps the contract the SDK's TestHost keeps
+    /// (`finaldot_sdk::contract`), so a plugin's `cargo test` means something.
+    #[test]
+    fn the_host_keeps_the_host_function_contract() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (rw, ro) = (root.path().join("rw"), root.path().join("ro"));
+        let grants = Grants {
+            dirs: vec![
+                DirGrant {
+                    name: "rw".into(),
+                    path: rw.clone(),
+                    writable: true,
+                },
+                DirGrant {
+                    name: "ro".into(),
+                    path: ro.clone(),
+                    writable: false,
+                },
+            ],
+            kv: Some(root.path().join("kv")),
+        };
+        let open = OpenGrants::open(&grants).expect("open grants");
+        let body = Body::Bytes(std::sync::Arc::from(finaldot_sdk::contract::BODY));
+        let now = crate::unix_now();
+        finaldot_sdk::contract::check(&rw, &ro, &mut |req| open.handle(req, &body, now));
+    }
+}

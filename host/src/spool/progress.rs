@@ -125,4 +125,77 @@ mod tests {
         assert!(Progress::decode(&bytes[..bytes.len() - 1]).is_err());
         assert!(Progress::decode(b"garbage!").is_err());
     }
+
+    /// Today's progress record, byte for byte (`host/tests/golden/`), with
+    /// every recipient state and both routes: a restart after an upgrade
+    /// must read what the old build checkpointed.
+    #[test]
+    fn version_2_progress_matches_its_golden_bytes_and_still_decodes() {
+        use finaldot_sdk::wire::{RecipientState, Route};
+        let recipient = |address: &str, state| Recipient {
+            address: address.into(),
+            state,
+            original: Some("list@example.test".into()),
+        };
+        let p = Progress {
+            state: MessageState {
+                envelope: Envelope {
+                    mail_from: "sender@example.org".into(),
+                    recipients: vec![
+                        Recipient::new("a@example.test"),
+                        recipient(
+                            "b@example.test",
+                            RecipientState::Delivered {
+                                note: "maildir b".into(),
+                            },
+                        ),
+                        recipient(
+                            "c@example.test",
+                            RecipientState::Failed {
+                                status: "5.1.1".into(),
+                                reason: "no such user".into(),
+                            },
+                        ),
+                        recipient(
+                            "d@remote.test",
+                            RecipientState::Deferred {
+                                reason: "4.4.1".into(),
+                            },
+                        ),
+                    ],
+                },
+                headers: vec![Header::new("Subject", "golden")],
+            },
+            body_offset: 42,
+            next_stage: 2,
+            stages: vec![StageRecord {
+                stage: 1,
+                plugin: "list-expand".into(),
+                version: "list-expand 0.1.0 #acd06c33227f".into(),
+                outcome: "continue".into(),
+                at: 1_796_000_001,
+            }],
+            attempts: 3,
+            faults: 1,
+            queued_at: 1_796_000_000,
+            next_attempt: 1_796_000_600,
+            last_error: Some("mailbox d: disk full".into()),
+            hold_reason: Some("review".into()),
+            notified: vec!["c@example.test".into()],
+            delay_warned: true,
+            chain: vec![
+                "dedup".into(),
+                "list-expand".into(),
+                "local-delivery".into(),
+            ],
+            routes: vec![
+                ("d@remote.test".into(), Route::Mx),
+                ("e@remote.test".into(), Route::Smarthost),
+            ],
+        };
+        let fixture =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/progress_v2.hex");
+        let golden = finaldot_sdk::testing::assert_golden(&fixture, &p.encode().expect("encode"));
+        assert_eq!(Progress::decode(&golden).expect("the fixture decodes"), p);
+    }
 }

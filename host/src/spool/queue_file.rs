@@ -169,6 +169,37 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// Today's queue file, byte for byte (`host/tests/golden/`): postcard is
+    /// positional, so a reordered envelope field would make every queued
+    /// message unreadable after an upgrade. A new version appends; this
+    /// fixture keeps proving that version 1 files still read.
+    #[test]
+    fn version_1_queue_file_matches_its_golden_bytes_and_still_reads() {
+        let envelope = Envelope {
+            mail_from: "sender@example.org".into(),
+            rcpt_to: vec!["alice@example.test".into(), "bob@example.test".into()],
+            client_ip: "2001:db8::7".parse().expect("ip"),
+            helo: "client.example.org".into(),
+            protocol: "UTF8ESMTPS".into(),
+            received_at: 1_796_000_000,
+            body_8bit: true,
+            smtputf8: true,
+            tls: Some("TLSv1.3 TLS13_AES_256_GCM_SHA384".into()),
+        };
+        let message = b"Received: from x\r\nSubject: golden\r\n\r\nbody\r\n";
+        let mut bytes = encode_prelude(&envelope).expect("encode");
+        bytes.extend_from_slice(message);
+        bytes.extend_from_slice(&encode_trailer(message.len() as u64));
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/queue_file_v1.hex");
+        let golden = finaldot_sdk::testing::assert_golden(&fixture, &bytes);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("Q");
+        std::fs::write(&path, &golden).expect("write");
+        let (header, read) = read_message(&path).expect("the fixture reads");
+        assert_eq!(header.envelope, envelope);
+        assert_eq!(read, message);
+    }
+
     fn envelope() -> Envelope {
         Envelope {
             mail_from: "a@x.test".into(),

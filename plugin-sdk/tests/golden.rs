@@ -1,0 +1,338 @@
+//! Golden bytes for every ABI v1 payload: a sample of each, with every enum
+//! variant, encoded with postcard and compared byte for byte with the
+//! fixture checked in under `tests/golden/`, then decoded from that fixture.
+//!
+//! postcard is positional: a reordered or removed field, or a variant moved,
+//! changes these bytes and would silently break every plugin already built.
+//! A mismatch writes the new encoding beside the fixture (`NAME.actual.hex`)
+//! and fails. A change that only appends (a field at the end of a struct, a
+//! variant at the end of an enum) adds a new sample; it never edits an old
+//! fixture. `FINALDOT_BLESS=1 cargo test -p finaldot-sdk --test golden`
+//! writes missing fixtures (review them before committing).
+
+use std::fmt::Debug;
+
+use finaldot_sdk::testing::assert_golden;
+use finaldot_sdk::wire::*;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.hex"))
+}
+
+/// Encodes `value`, checks the bytes against the fixture and decodes the
+/// fixture's bytes back into `value`.
+fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(name: &str, value: &T) {
+    let bytes = postcard::to_allocvec(value).expect("encode");
+    let golden = assert_golden(&fixture(name), &bytes);
+    let back: T = postcard::from_bytes(&golden).expect("the fixture decodes");
+    assert_eq!(
+        &back, value,
+        "{name}: the fixture decodes to something else"
+    );
+}
+
+fn state() -> MessageState {
+    MessageState {
+        envelope: Envelope {
+            mail_from: "sender@example.org".into(),
+            recipients: vec![
+                Recipient::new("alice@example.test"),
+                Recipient {
+                    address: "bob@example.test".into(),
+                    state: RecipientState::Delivered {
+                        note: "maildir bob".into(),
+                    },
+                    original: Some("team@example.test".into()),
+                },
+                Recipient {
+                    address: "carol@example.test".into(),
+                    state: RecipientState::Failed {
+                        status: "5.1.1".into(),
+                        reason: "no such user".into(),
+                    },
+                    original: None,
+                },
+                Recipient {
+                    address: "dave@example.test".into(),
+                    state: RecipientState::Deferred {
+                        reason: "disk full".into(),
+                    },
+                    original: None,
+                },
+            ],
+        },
+        headers: vec![
+            Header::new("Subject", "golden"),
+            Header {
+                name: "X-Bytes".into(),
+                value: vec![b' ', 0, 0x7f, 0xff, b'\r', b'\n', b'\t', b'x'],
+            },
+        ],
+    }
+}
+
+#[test]
+fn message_input() {
+    check(
+        "message_input",
+        &MessageInput {
+            abi: ABI_VERSION,
+            queue_id: "4E8F1A2B3C4D5".into(),
+            state: state(),
+            body_len: 1234,
+            client_ip: "192.0.2.7".into(),
+            helo: "client.example.org".into(),
+            received_at: 1_796_000_000,
+        },
+    );
+}
+
+#[test]
+fn message_output_with_every_change_and_verdict() {
+    let changes = vec![
+        Change::AddHeader(Header::new("X-A", "1")),
+        Change::PrependHeader(Header::new("Received", "from x")),
+        Change::RemoveHeader {
+            name: "X-Old".into(),
+        },
+        Change::ReplaceHeader(Header::new("Subject", "new")),
+        Change::AddRecipient {
+            address: "m@example.test".into(),
+            original: Some("list@example.test".into()),
+        },
+        Change::RemoveRecipient {
+            address: "gone@example.test".into(),
+        },
+        Change::RewriteRecipient {
+            from: "a@example.test".into(),
+            to: "b@example.test".into(),
+        },
+        Change::SetSender {
+            address: "list-bounces@example.test".into(),
+        },
+        Change::MarkDelivered {
+            address: "b@example.test".into(),
+            note: "n".into(),
+        },
+        Change::MarkFailed {
+            address: "c@example.test".into(),
+            status: "5.7.1".into(),
+            reason: "r".into(),
+        },
+        Change::MarkDeferred {
+            address: "d@example.test".into(),
+            reason: "later".into(),
+        },
+        Change::Route {
+            address: "e@remote.test".into(),
+            route: Route::Smarthost,
+        },
+        Change::Route {
+            address: "f@remote.test".into(),
+            route: Route::Mx,
+        },
+    ];
+    let verdicts = [
+        ("continue", Verdict::Continue),
+        (
+            "discard",
+            Verdict::Discard {
+                reason: "dup".into(),
+            },
+        ),
+        (
+            "hold",
+            Verdict::Hold {
+                reason: "review".into(),
+            },
+        ),
+        (
+            "bounce",
+            Verdict::Bounce {
+                code: 550,
+                status: "5.7.1".into(),
+                text: "refused".into(),
+            },
+        ),
+        (
+            "defer",
+            Verdict::Defer {
+                reason: "busy".into(),
+                retry_after_secs: Some(300),
+            },
+        ),
+    ];
+    for (name, verdict) in verdicts {
+        let changes = if name == "continue" {
+            changes.clone()
+        } else {
+            Vec::new()
+        };
+        check(
+            &format!("message_output_{name}"),
+            &GuestResult::Ok(MessageOutput {
+                abi: ABI_VERSION,
+                verdict,
+                changes,
+            }),
+        );
+    }
+    check(
+        "message_output_error",
+        &GuestResult::<MessageOutput>::Err("plugin error".into()),
+    );
+}
+
+#[test]
+fn configure_input_and_plugin_info() {
+    check(
+        "configure_input",
+        &ConfigureInput {
+            abi: ABI_VERSION,
+            name: "filter".into(),
+            config: Value::Table(vec![
+                ("b".into(), Value::Bool(true)),
+                ("i".into(), Value::Int(-42)),
+                ("f".into(), Value::Float(1.5)),
+                ("s".into(), Value::String("text".into())),
+                (
+                    "a".into(),
+                    Value::Array(vec![Value::Int(1), Value::Table(vec![])]),
+                ),
+            ]),
+        },
+    );
+    check(
+        "plugin_info",
+        &GuestResult::Ok(PluginInfo {
+            abi: ABI_VERSION,
+            name: "filter".into(),
+            version: "0.1.0".into(),
+        }),
+    );
+}
+
+#[test]
+fn host_requests() {
+    let header = || vec![Header::new("Return-Path", "<a@b>")];
+    let requests = [
+        (
+            "read_file",
+            HostRequest::ReadFile {
+                grant: "lists".into(),
+                path: "team@example.test".into(),
+            },
+        ),
+        (
+            "write_file",
+            HostRequest::WriteFile {
+                grant: "mail".into(),
+                path: "p".into(),
+                data: vec![0, 1, 2, 255],
+            },
+        ),
+        (
+            "list_dir",
+            HostRequest::ListDir {
+                grant: "mail".into(),
+                path: String::new(),
+            },
+        ),
+        (
+            "create_dir",
+            HostRequest::CreateDir {
+                grant: "mail".into(),
+                path: "alice/Maildir/new".into(),
+            },
+        ),
+        (
+            "exists",
+            HostRequest::Exists {
+                grant: "mail".into(),
+                path: "x".into(),
+            },
+        ),
+        (
+            "write_message",
+            HostRequest::WriteMessage {
+                grant: "mail".into(),
+                tmp_path: "alice/Maildir/tmp/n".into(),
+                path: "alice/Maildir/new/n".into(),
+                headers: header(),
+                lf_endings: true,
+            },
+        ),
+        ("kv_get", HostRequest::KvGet { key: b"k".to_vec() }),
+        (
+            "kv_put",
+            HostRequest::KvPut {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                ttl_secs: Some(86_400),
+            },
+        ),
+        ("kv_delete", HostRequest::KvDelete { key: b"k".to_vec() }),
+        (
+            "kv_put_if_absent",
+            HostRequest::KvPutIfAbsent {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                ttl_secs: None,
+            },
+        ),
+    ];
+    for (name, request) in requests {
+        check(&format!("host_request_{name}"), &request);
+    }
+}
+
+#[test]
+fn host_responses() {
+    let kinds = [
+        HostErrorKind::NotGranted,
+        HostErrorKind::Escape,
+        HostErrorKind::NotFound,
+        HostErrorKind::StorageFull,
+        HostErrorKind::Io,
+        HostErrorKind::Invalid,
+    ];
+    let mut responses = vec![
+        ("done".to_string(), HostResponse::Done),
+        ("data_none".into(), HostResponse::Data(None)),
+        ("data".into(), HostResponse::Data(Some(vec![1, 2, 3]))),
+        (
+            "entries".into(),
+            HostResponse::Entries(vec!["a".into(), "b".into()]),
+        ),
+        ("bool".into(), HostResponse::Bool(true)),
+    ];
+    for (i, kind) in kinds.into_iter().enumerate() {
+        responses.push((
+            format!("error_{i}"),
+            HostResponse::Error {
+                kind,
+                message: format!("{kind:?}"),
+            },
+        ));
+    }
+    for (name, response) in responses {
+        check(&format!("host_response_{name}"), &response);
+    }
+}
+
+#[test]
+fn log_levels_keep_their_numbers() {
+    for (level, n) in [
+        (Level::Error, 1),
+        (Level::Warn, 2),
+        (Level::Info, 3),
+        (Level::Debug, 4),
+    ] {
+        assert_eq!(level as u32, n);
+        assert_eq!(Level::from_u32(n), level);
+    }
+}
