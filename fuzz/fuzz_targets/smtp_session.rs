@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use finaldot::smtp::policy::{DomainUsers, Recipients};
-use finaldot::smtp::session::{Session, SessionConfig, Step};
+use finaldot::smtp::session::{Session, SessionConfig};
+use finaldot::smtp::transcript::Transcript;
 use libfuzzer_sys::fuzz_target;
 
 fn config(starttls: bool) -> Arc<SessionConfig> {
@@ -29,40 +30,9 @@ fn config(starttls: bool) -> Arc<SessionConfig> {
 
 fn run(input: &[u8], cuts: &[usize], starttls: bool) -> (Vec<u8>, Vec<Vec<u8>>) {
     let mut s = Session::new(config(starttls), "127.0.0.1".parse().expect("ip"));
-    let mut out = Vec::new();
-    let mut messages = Vec::new();
-    let mut current = Vec::new();
-    let mut prev = 0;
-    let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
-    points.sort();
-    points.push(input.len());
-    'outer: for p in points {
-        s.feed(&input[prev..p]);
-        prev = p;
-        loop {
-            match s.next_step() {
-                Step::NeedInput => break,
-                Step::Close => break 'outer,
-                Step::Reply(r) => r.write_to(&mut out),
-                Step::Begin(_) => {
-                    current.clear();
-                    s.begun(Ok(()))
-                }
-                Step::Data(d) => current.extend_from_slice(&d),
-                Step::Commit => {
-                    messages.push(std::mem::take(&mut current));
-                    s.committed(Ok("Q".into()))
-                }
-                Step::Abort => current.clear(),
-                Step::StartTls => s.tls_established("TLS".into()),
-                Step::Authenticate { user, password } => {
-                    let ok = user == "alice" && password == "secret";
-                    s.auth_checked(ok.then_some(user), false)
-                }
-            }
-        }
-    }
-    (out, messages)
+    let t = Transcript::default().run(&mut s, input, cuts);
+    let messages = t.committed.into_iter().map(|(_, m)| m).collect();
+    (t.replies, messages)
 }
 
 fuzz_target!(|data: &[u8]| {

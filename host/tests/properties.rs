@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use finaldot::smtp::command;
 use finaldot::smtp::policy::{DomainUsers, Recipients};
-use finaldot::smtp::session::{Session, SessionConfig, Step};
+use finaldot::smtp::session::{Session, SessionConfig};
+use finaldot::smtp::transcript::Transcript;
 use proptest::prelude::*;
 
 fn config() -> Arc<SessionConfig> {
@@ -49,32 +50,8 @@ fn smtp_ish() -> impl Strategy<Value = Vec<u8>> {
 
 fn run(input: &[u8], cuts: &[usize]) -> (Vec<u8>, usize) {
     let mut s = Session::new(config(), "127.0.0.1".parse().expect("ip"));
-    let mut out = Vec::new();
-    let mut commits = 0;
-    let mut prev = 0;
-    let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
-    points.sort();
-    points.push(input.len());
-    'outer: for p in points {
-        s.feed(&input[prev..p]);
-        prev = p;
-        loop {
-            match s.next_step() {
-                Step::NeedInput => break,
-                Step::Close => break 'outer,
-                Step::Reply(r) => r.write_to(&mut out),
-                Step::Begin(_) => s.begun(Ok(())),
-                Step::Commit => {
-                    commits += 1;
-                    s.committed(Ok("Q".into()))
-                }
-                Step::StartTls => s.tls_established("TLS".into()),
-                Step::Authenticate { .. } => s.auth_checked(None, false),
-                Step::Data(_) | Step::Abort => {}
-            }
-        }
-    }
-    (out, commits)
+    let t = Transcript::default().run(&mut s, input, cuts);
+    (t.replies, t.committed.len())
 }
 
 proptest! {

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::smtp::policy::DomainUsers;
+use crate::smtp::transcript::Transcript;
 
 fn config() -> Arc<SessionConfig> {
     Arc::new(SessionConfig {
@@ -24,76 +25,6 @@ fn config() -> Arc<SessionConfig> {
     })
 }
 
-/// A fake driver: records replies, opened and committed messages.
-#[derive(Default)]
-struct Driver {
-    replies: Vec<u8>,
-    committed: Vec<(Envelope, Vec<u8>)>,
-    open: Option<(Envelope, Vec<u8>)>,
-    begins: usize,
-    aborts: usize,
-    closed: bool,
-    begin_fail: Option<Reply>,
-    commit_fail: Option<Reply>,
-    tls_started: usize,
-}
-
-impl Driver {
-    fn drive(&mut self, s: &mut Session) {
-        loop {
-            match s.next_step() {
-                Step::NeedInput => return,
-                Step::Close => {
-                    self.closed = true;
-                    return;
-                }
-                Step::Reply(r) => r.write_to(&mut self.replies),
-                Step::Begin(env) => {
-                    self.begins += 1;
-                    match self.begin_fail.clone() {
-                        Some(r) => s.begun(Err(r)),
-                        None => {
-                            self.open = Some((*env, Vec::new()));
-                            s.begun(Ok(()));
-                        }
-                    }
-                }
-                Step::Data(d) => self.open.as_mut().expect("open message").1.extend(d),
-                Step::Abort => {
-                    self.aborts += 1;
-                    self.open = None;
-                }
-                Step::StartTls => {
-                    self.tls_started += 1;
-                    s.tls_established("TLSv1.3 with cipher TEST".into());
-                }
-                Step::Authenticate { user, password } => {
-                    let ok = user == "alice" && password == "secret";
-                    s.auth_checked(ok.then_some(user), false);
-                }
-                Step::Commit => {
-                    let m = self.open.take().expect("open message");
-                    match self.commit_fail.clone() {
-                        Some(r) => s.committed(Err(r)),
-                        None => {
-                            self.committed.push(m);
-                            s.committed(Ok(format!("Q{}", self.committed.len())));
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn codes(&self) -> Vec<u16> {
-        String::from_utf8_lossy(&self.replies)
-            .lines()
-            .filter(|l| l.len() >= 4 && &l[3..4] == " ")
-            .map(|l| l[..3].parse().expect("code"))
-            .collect()
-    }
-}
-
 fn session() -> Session {
     fixed_clock(Session::new(config(), "192.0.2.1".parse().expect("ip")))
 }
@@ -105,25 +36,17 @@ fn fixed_clock(mut s: Session) -> Session {
     s
 }
 
-/// Feeds `input` in pieces cut at `cuts` and returns the driver.
-fn run_cuts(input: &[u8], cuts: &[usize]) -> Driver {
-    let mut s = session();
-    let mut d = Driver::default();
-    let mut prev = 0;
-    for &c in cuts.iter().chain(std::iter::once(&input.len())) {
-        s.feed(&input[prev..c]);
-        d.drive(&mut s);
-        prev = c;
-    }
-    d
+/// Feeds `input` in pieces cut at `cuts` and returns what the session did.
+fn run_cuts(input: &[u8], cuts: &[usize]) -> Transcript {
+    Transcript::default().run(&mut session(), input, cuts)
 }
 
-fn run(input: &[u8]) -> Driver {
+fn run(input: &[u8]) -> Transcript {
     run_cuts(input, &[])
 }
 
 /// Runs `input` whole, at every single split, and byte by byte; all must agree.
-fn run_every_split(input: &[u8]) -> Driver {
+fn run_every_split(input: &[u8]) -> Transcript {
     let whole = run(input);
     for split in 0..=input.len() {
         let d = run_cuts(input, &[split]);
@@ -454,9 +377,9 @@ fn data_after_bdat_is_503() {
 #[test]
 fn spool_failures_become_the_drivers_replies() {
     let mut s = session();
-    let mut d = Driver {
+    let mut d = Transcript {
         begin_fail: Some(Reply::new(452, "4.3.1", "full")),
-        ..Driver::default()
+        ..Transcript::default()
     };
     s.feed(&with_hello(b"DATA\r\nx\r\n.\r\nNOOP\r\n"));
     d.drive(&mut s);
@@ -464,9 +387,9 @@ fn spool_failures_become_the_drivers_replies() {
     assert_eq!(d.codes(), vec![250, 250, 250, 452, 500, 500, 250]);
 
     let mut s = session();
-    let mut d = Driver {
+    let mut d = Transcript {
         commit_fail: Some(Reply::new(451, "4.3.0", "err")),
-        ..Driver::default()
+        ..Transcript::default()
     };
     s.feed(&with_hello(b"DATA\r\nx\r\n.\r\nNOOP\r\n"));
     d.drive(&mut s);
@@ -525,7 +448,7 @@ fn starttls_discards_pipelined_plaintext_and_resets_the_session() {
         Arc::new(cfg),
         "192.0.2.1".parse().expect("ip"),
     ));
-    let mut d = Driver::default();
+    let mut d = Transcript::default();
     s.feed(b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<evil@x.test>\r\n");
     d.drive(&mut s);
     assert_eq!(d.tls_started, 1);
@@ -599,11 +522,8 @@ fn submission_session() -> Session {
     ))
 }
 
-fn run_in(mut s: Session, input: &[u8]) -> Driver {
-    let mut d = Driver::default();
-    s.feed(input);
-    d.drive(&mut s);
-    d
+fn run_in(mut s: Session, input: &[u8]) -> Transcript {
+    Transcript::default().run(&mut s, input, &[])
 }
 
 #[test]
@@ -621,7 +541,7 @@ fn submission_offers_auth_only_after_tls_and_needs_it_for_mail() {
     assert_eq!(d.tls_started, 1);
     let mut s = submission_session();
     s.tls_established("TLSv1.3".into());
-    let mut d = Driver::default();
+    let mut d = Transcript::default();
     s.feed(b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nMAIL FROM:<alice@localhost>\r\nRCPT TO:<bob@elsewhere.test>\r\nDATA\r\nhi\r\n.\r\n");
     d.drive(&mut s);
     let text = String::from_utf8_lossy(&d.replies);
@@ -650,7 +570,7 @@ fn auth_login_plain_continuation_cancel_and_bad_input() {
     let input = b"EHLO c\r\nAUTH LOGIN\r\nYWxpY2U=\r\nc2VjcmV0\r\nNOOP\r\n";
     for cut in 0..=input.len() {
         let mut s = tls();
-        let mut d = Driver::default();
+        let mut d = Transcript::default();
         s.feed(&input[..cut]);
         d.drive(&mut s);
         s.feed(&input[cut..]);
@@ -676,7 +596,7 @@ fn auth_login_plain_continuation_cancel_and_bad_input() {
 fn postmaster_at_this_hosts_address_literal_is_this_hosts_postmaster() {
     let input = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<PostMaster@[192.0.2.25]>\r\nRCPT TO:<postmaster@[192.0.2.99]>\r\nRCPT TO:<alice@[192.0.2.25]>\r\nDATA\r\nSubject: x\r\n\r\n.\r\n";
     let mut s = session().with_local_ip(Some("192.0.2.25".parse().expect("ip")));
-    let mut d = Driver::default();
+    let mut d = Transcript::default();
     s.feed(input);
     d.drive(&mut s);
     // Another host's literal, or another user at ours, is not ours to take.
