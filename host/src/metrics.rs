@@ -182,9 +182,7 @@ impl Metrics {
             QueueState::Hold,
             QueueState::Corrupt,
         ] {
-            let n = std::fs::read_dir(spool.dir(state))
-                .map(|r| r.count())
-                .unwrap_or(0);
+            let n = spool.count(state);
             self.queue
                 .get_or_create(&labels(&[("state", state.dir_name())]))
                 .set(n as i64);

@@ -8,7 +8,6 @@ use serde::Serialize;
 
 use finaldot_sdk::wire::RecipientState;
 
-use crate::pipeline::worker::new_progress;
 use crate::spool::{self, Progress, QueueId, QueueState, Spool};
 use crate::unix_now;
 
@@ -99,15 +98,10 @@ fn progress_of(
     id: &QueueId,
     state: QueueState,
 ) -> Result<(Progress, u64), spool::Error> {
-    let path = spool.path(state, id);
-    let header = spool::read_header(&path).map_err(|e| spool::Error::Io {
-        op: "reading",
-        path: path.clone(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-    })?;
+    let header = spool.read_queue_file(state, id)?;
     let progress = match spool.load_progress(id)? {
         Some(p) => p,
-        None => new_progress(&path, &header)?,
+        None => spool.initial_progress(state, id, &header)?,
     };
     Ok((progress, header.message_len))
 }

@@ -16,17 +16,11 @@
 //! `5.1.1`; past the queue lifetime, deferred recipients fail with `5.4.7`.
 //! Failures are reported once, in one DSN per attempt, never to `<>`.
 
-use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::{Read, Seek, SeekFrom};
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
 use std::sync::Arc;
 
-use finaldot_sdk::wire::{
-    parse_headers, Envelope, MessageInput, MessageState, Recipient, RecipientState, Verdict,
-    ABI_VERSION,
-};
+use finaldot_sdk::wire::{MessageInput, Recipient, RecipientState, Verdict, ABI_VERSION};
 use tracing::{error, info, info_span, warn};
 
 use super::chain::{snapshot, SharedChain};
@@ -72,47 +66,6 @@ pub fn process(ctx: &Context, id: &QueueId) {
     }
 }
 
-/// Header bytes read at most when a message is first parsed.
-const MAX_HEADER_BYTES: u64 = 1024 * 1024;
-
-pub(crate) fn new_progress(path: &Path, header: &Header) -> Result<Progress, spool::Error> {
-    let io = |e| spool::Error::Io {
-        op: "reading",
-        path: path.to_path_buf(),
-        source: e,
-    };
-    let mut f = File::open(path).map_err(io)?;
-    f.seek(SeekFrom::Start(header.message_offset)).map_err(io)?;
-    let mut head = Vec::new();
-    f.take(header.message_len.min(MAX_HEADER_BYTES))
-        .read_to_end(&mut head)
-        .map_err(io)?;
-    let (headers, body_offset) = parse_headers(&head);
-    let env = &header.envelope;
-    Ok(Progress {
-        state: MessageState {
-            envelope: Envelope {
-                mail_from: env.mail_from.clone(),
-                recipients: env.rcpt_to.iter().map(Recipient::new).collect(),
-            },
-            headers,
-        },
-        body_offset: body_offset as u64,
-        next_stage: 0,
-        stages: Vec::new(),
-        attempts: 0,
-        faults: 0,
-        queued_at: env.received_at,
-        next_attempt: 0,
-        last_error: None,
-        hold_reason: None,
-        notified: Vec::new(),
-        delay_warned: false,
-        chain: Vec::new(),
-        routes: Vec::new(),
-    })
-}
-
 fn is_open(r: &Recipient) -> bool {
     matches!(
         r.state,
@@ -144,32 +97,23 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
     if spool.claim(id)?.is_none() {
         return Ok(());
     }
-    let path = spool.path(QueueState::Active, id);
-    let header = match spool::read_header(&path) {
+    let header = match spool.read_queue_file(QueueState::Active, id) {
         Ok(h) => h,
         Err(e) => {
             warn!(reason = %e, "unreadable queue file moved to corrupt/");
-            let to = spool.path(QueueState::Corrupt, id);
-            std::fs::rename(&path, &to).map_err(|e| spool::Error::Io {
-                op: "moving to corrupt",
-                path: to,
-                source: e,
-            })?;
+            spool.quarantine(QueueState::Active, id)?;
             return Ok(());
         }
     };
     let mut progress = match spool.load_progress(id) {
         Ok(Some(p)) => p,
-        Ok(None) => new_progress(&path, &header)?,
+        Ok(None) => spool.initial_progress(QueueState::Active, id, &header)?,
         Err(e) => {
             // Never let a bad record stop a message: keep it for inspection and
             // start over from the first stage (stages are idempotent).
-            let kept = spool
-                .dir(QueueState::Corrupt)
-                .join(format!("{id}.progress"));
-            let _ = std::fs::rename(spool.progress_path(id), &kept);
+            let kept = spool.quarantine_progress(id);
             error!(error = %e, kept = %kept.display(), "progress record unreadable; the message starts over from its first stage");
-            new_progress(&path, &header)?
+            spool.initial_progress(QueueState::Active, id, &header)?
         }
     };
     progress.attempts += 1;
@@ -179,11 +123,7 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
             r.state = RecipientState::Pending;
         }
     }
-    let file = Arc::new(File::open(&path).map_err(|e| spool::Error::Io {
-        op: "opening",
-        path: path.clone(),
-        source: e,
-    })?);
+    let file = Arc::new(spool.open_message(QueueState::Active, id)?);
     let body_len = header.message_len.saturating_sub(progress.body_offset);
     let body = Body::File {
         file,
@@ -465,22 +405,15 @@ fn deliver_remote(
         return Ok(());
     }
     // The message as the chain left it: its headers, a blank line, the body.
-    let path = ctx.spool.path(QueueState::Active, id);
     let mut message = progress.state.header_bytes();
     message.extend_from_slice(b"\r\n");
-    let body_len = header.message_len.saturating_sub(progress.body_offset);
-    File::open(&path)
-        .and_then(|mut f| {
-            f.seek(SeekFrom::Start(
-                header.message_offset + progress.body_offset,
-            ))?;
-            f.take(body_len).read_to_end(&mut message)
-        })
-        .map_err(|e| spool::Error::Io {
-            op: "reading",
-            path: path.clone(),
-            source: e,
-        })?;
+    message.extend(ctx.spool.read_message_range(
+        QueueState::Active,
+        id,
+        header,
+        progress.body_offset,
+        u64::MAX,
+    )?);
     let mail_from = progress.state.envelope.mail_from.clone();
     let chain_end = progress.chain.len() as u32;
     let results = out.deliver(&mail_from, &remote, &message, &mut |accepted, note| {
@@ -594,13 +527,10 @@ fn send_dsn(
         return Ok(());
     }
     let spool = &ctx.spool;
-    let path = spool.path(QueueState::Active, id);
-    let mut original = Vec::new();
-    if let Ok(mut f) = File::open(&path) {
-        if f.seek(SeekFrom::Start(header.message_offset)).is_ok() {
-            let _ = f.take(progress.body_offset).read_to_end(&mut original);
-        }
-    }
+    // The original header block, for the report (without it if unreadable).
+    let mut original = spool
+        .read_message_range(QueueState::Active, id, header, 0, progress.body_offset)
+        .unwrap_or_default();
     // The blank line that ends the header block is not part of the headers.
     while original.ends_with(b"\r\n\r\n") || original.ends_with(b"\n\n") {
         original.pop();

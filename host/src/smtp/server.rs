@@ -121,12 +121,10 @@ impl Shared {
         let stale =
             b.0.is_none_or(|t| t.elapsed() >= Duration::from_millis(250));
         if stale {
-            let dir = self.spool.dir(spool::QueueState::Incoming);
-            let n = tokio::task::spawn_blocking(move || {
-                std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
-            })
-            .await
-            .unwrap_or(0);
+            let spool = self.spool.clone();
+            let n = tokio::task::spawn_blocking(move || spool.count(spool::QueueState::Incoming))
+                .await
+                .unwrap_or(0);
             *b = (Some(std::time::Instant::now()), n);
         }
         b.1
@@ -678,11 +676,11 @@ impl Sink {
 }
 
 fn join_error(e: tokio::task::JoinError) -> spool::Error {
-    spool::Error::Io {
-        op: "background write",
-        path: Default::default(),
-        source: std::io::Error::other(e.to_string()),
-    }
+    spool::Error::io(
+        "background write",
+        std::path::Path::new(""),
+        std::io::Error::other(e.to_string()),
+    )
 }
 
 fn clean_spaces(s: &str) -> String {

@@ -29,12 +29,15 @@ mod progress;
 mod queue_file;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Header bytes read at most when a message is first parsed.
+const MAX_HEADER_BYTES: u64 = 1024 * 1024;
 
 pub use progress::{Progress, StageRecord};
 pub use queue_file::{read_header, read_message, Envelope, FormatError, Header};
@@ -137,6 +140,15 @@ pub enum Error {
     /// The committer thread is gone (the daemon is shutting down).
     #[error("spool committer has stopped")]
     CommitterGone,
+    /// A queue file did not validate (torn, bad magic, unknown version).
+    #[error("queue file {path}: {source}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: FormatError,
+    },
     /// Another daemon holds the spool's lock.
     #[error("another finaldot is running on this spool ({path} is locked)")]
     Locked {
@@ -153,7 +165,8 @@ pub struct SpoolLock {
 }
 
 impl Error {
-    fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
+    /// `op` on `path` failed with `source`.
+    pub fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
         Error::Io {
             op,
             path: path.to_path_buf(),
@@ -644,6 +657,79 @@ impl Spool {
         }
         fs::rename(&tmp, &dst).map_err(|e| Error::io("renaming", &dst, e))?;
         sync_dir(&dir)
+    }
+
+    /// Reads and validates the queue file of `id` in `state` (envelope and
+    /// where its message lies, not the message itself).
+    pub fn read_queue_file(&self, state: QueueState, id: &QueueId) -> Result<Header, Error> {
+        let path = self.path(state, id);
+        read_header(&path).map_err(|source| Error::Format { path, source })
+    }
+
+    /// Opens the queue file of `id` in `state` for reading its message.
+    pub fn open_message(&self, state: QueueState, id: &QueueId) -> Result<File, Error> {
+        let path = self.path(state, id);
+        File::open(&path).map_err(|e| Error::io("opening", &path, e))
+    }
+
+    /// Reads `len` bytes (fewer at its end) of the message of `id` in
+    /// `state`, starting `from` bytes into the message.
+    pub fn read_message_range(
+        &self,
+        state: QueueState,
+        id: &QueueId,
+        header: &Header,
+        from: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, Error> {
+        let path = self.path(state, id);
+        let mut out = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| {
+                f.seek(SeekFrom::Start(header.message_offset + from))?;
+                f.take(len.min(header.message_len.saturating_sub(from)))
+                    .read_to_end(&mut out)
+            })
+            .map_err(|e| Error::io("reading", &path, e))?;
+        Ok(out)
+    }
+
+    /// The progress of a message that has none yet: its envelope with every
+    /// recipient pending, and the header fields parsed from the start of its
+    /// message (at most 1 MiB of it).
+    pub fn initial_progress(
+        &self,
+        state: QueueState,
+        id: &QueueId,
+        header: &Header,
+    ) -> Result<Progress, Error> {
+        let head = self.read_message_range(state, id, header, 0, MAX_HEADER_BYTES)?;
+        Ok(Progress::initial(&header.envelope, &head))
+    }
+
+    /// Moves the unreadable queue file of `id` in `state` to `corrupt/`, for
+    /// an administrator to inspect (it is never deleted); returns where.
+    pub fn quarantine(&self, state: QueueState, id: &QueueId) -> Result<PathBuf, Error> {
+        let to = self.path(QueueState::Corrupt, id);
+        fs::rename(self.path(state, id), &to)
+            .map_err(|e| Error::io("moving to corrupt", &to, e))?;
+        Ok(to)
+    }
+
+    /// Moves an unreadable progress record of `id` aside to
+    /// `corrupt/ID.progress` (best effort: the message starts over either
+    /// way); returns where.
+    pub fn quarantine_progress(&self, id: &QueueId) -> PathBuf {
+        let kept = self.dir(QueueState::Corrupt).join(format!("{id}.progress"));
+        let _ = fs::rename(self.progress_path(id), &kept);
+        kept
+    }
+
+    /// How many messages are in `state` now (0 if the directory cannot be read).
+    pub fn count(&self, state: QueueState) -> usize {
+        fs::read_dir(self.dir(state))
+            .map(|r| r.count())
+            .unwrap_or(0)
     }
 
     /// Lists the queue ids in a state, oldest first.

@@ -6,7 +6,7 @@
 //! Format: `"FDPROG"`, a u16 LE version, then the postcard-encoded
 //! [`Progress`] (fields only appended, never reordered).
 
-use finaldot_sdk::wire::MessageState;
+use finaldot_sdk::wire::{parse_headers, Envelope, MessageState, Recipient};
 use serde::{Deserialize, Serialize};
 
 /// Magic of a progress file.
@@ -64,6 +64,35 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// The progress of a message no stage has run on: its envelope with
+    /// every recipient pending, and the header fields parsed from `head`
+    /// (the start of its message).
+    pub fn initial(envelope: &super::Envelope, head: &[u8]) -> Progress {
+        let (headers, body_offset) = parse_headers(head);
+        Progress {
+            state: MessageState {
+                envelope: Envelope {
+                    mail_from: envelope.mail_from.clone(),
+                    recipients: envelope.rcpt_to.iter().map(Recipient::new).collect(),
+                },
+                headers,
+            },
+            body_offset: body_offset as u64,
+            next_stage: 0,
+            stages: Vec::new(),
+            attempts: 0,
+            faults: 0,
+            queued_at: envelope.received_at,
+            next_attempt: 0,
+            last_error: None,
+            hold_reason: None,
+            notified: Vec::new(),
+            delay_warned: false,
+            chain: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+
     /// Encodes with magic and version.
     pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
         let mut out = Vec::with_capacity(256);
@@ -88,7 +117,7 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use finaldot_sdk::wire::{Envelope, Header, Recipient};
+    use finaldot_sdk::wire::Header;
 
     #[test]
     fn round_trips_and_rejects_garbage() {
