@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use finaldot::plugins::{Body, OpenGrants};
 use finaldot_sdk::wire::{
-    parse_headers, Envelope, GuestResult, HostRequest, MessageOutput, MessageState, PluginInfo,
+    parse_headers, EnvelopeState, GuestResult, HostRequest, MessageOutput, MessageState, PluginInfo,
     Recipient,
 };
 use libfuzzer_sys::fuzz_target;
@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(GuestResult::Ok(output)) = postcard::from_bytes::<GuestResult<MessageOutput>>(data) {
         let (headers, _) = parse_headers(MESSAGE);
         let mut state = MessageState {
-            envelope: Envelope {
+            envelope: EnvelopeState {
                 mail_from: "a@b.test".into(),
                 recipients: vec![Recipient::new("c@localhost")],
             },

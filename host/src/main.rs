@@ -591,7 +591,7 @@ fn plugin_test(
     to: &[String],
 ) -> anyhow::Result<()> {
     use finaldot::plugins::{Plugin, PluginSpec, Runtime, RuntimeOptions};
-    use finaldot_sdk::wire::{parse_headers, Envelope, MessageInput, MessageState, Recipient};
+    use finaldot_sdk::wire::{parse_headers, EnvelopeState, MessageInput, MessageState, Recipient};
     let spec = match &config {
         Some(path) => {
             let cfg = Config::load(Some(path))?;
@@ -634,7 +634,7 @@ fn plugin_test(
         abi: finaldot_sdk::ABI_VERSION,
         queue_id: "PLUGINTEST".into(),
         state: MessageState {
-            envelope: Envelope {
+            envelope: EnvelopeState {
                 mail_from: from.to_string(),
                 recipients: to.iter().map(Recipient::new).collect(),
             },

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub deliveries: Counter,
     /// Recipients failed permanently (reported in a DSN).
     pub bounces: Counter,
+    /// Recipients dropped on purpose (a Discard verdict, a duplicate).
+    pub discards: Counter,
     /// Messages deferred.
     pub deferrals: Counter,
     /// Messages held.
@@ -102,6 +104,7 @@ impl Metrics {
             plugin_call_seconds: Family::new_with_constructor(latency_histogram),
             deliveries: Counter::default(),
             bounces: Counter::default(),
+            discards: Counter::default(),
             deferrals: Counter::default(),
             holds: Counter::default(),
             dsns: Counter::default(),
@@ -162,6 +165,11 @@ impl Metrics {
             "bounces",
             "Recipients failed permanently",
             m.bounces.clone(),
+        );
+        registry.register(
+            "discards",
+            "Recipients dropped on purpose (a Discard verdict, a duplicate)",
+            m.discards.clone(),
         );
         registry.register("deferrals", "Messages deferred", m.deferrals.clone());
         registry.register("holds", "Messages held", m.holds.clone());
@@ -343,7 +351,7 @@ td.n {{ text-align: right; font-variant-numeric: tabular-nums }}
 .bar {{ background: #4a7; height: 10px }}
 </style></head><body>
 <h1>finaldot</h1>
-<p>Accepted: {accepted} messages, {bytes} bytes. Connections open: {open}. Delivered: {deliveries} recipients; bounced: {bounces}; deferrals: {deferrals}; holds: {holds}. Refreshes every 5 s. <a href="/metrics">/metrics</a></p>
+<p>Accepted: {accepted} messages, {bytes} bytes. Connections open: {open}. Delivered: {deliveries} recipients; bounced: {bounces}; discarded: {discards}; deferrals: {deferrals}; holds: {holds}. Refreshes every 5 s. <a href="/metrics">/metrics</a></p>
 <h2>Queue</h2>
 <table><tr><th>state</th><th>messages</th></tr>{queue_rows}</table>
 <h2>Ack latency (end of message → 250), p50 {p50}, p99 {p99}</h2>
@@ -362,6 +370,7 @@ td.n {{ text-align: right; font-variant-numeric: tabular-nums }}
         open = value("finaldot_smtp_connections_open"),
         deliveries = value("finaldot_deliveries_total"),
         bounces = value("finaldot_bounces_total"),
+        discards = value("finaldot_discards_total"),
         deferrals = value("finaldot_deferrals_total"),
         holds = value("finaldot_holds_total"),
         p50 = ms(quantile(&ack, 0.5)),

@@ -90,6 +90,7 @@ fn state_text(r: &RecipientState) -> String {
         RecipientState::Delivered { note } => format!("delivered ({note})"),
         RecipientState::Failed { status, reason } => format!("failed {status}: {reason}"),
         RecipientState::Deferred { reason } => format!("deferred: {reason}"),
+        RecipientState::Discarded { reason } => format!("discarded: {reason}"),
     }
 }
 

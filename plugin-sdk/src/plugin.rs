@@ -321,6 +321,15 @@ impl Message {
         });
     }
 
+    /// Drops a recipient on purpose without delivering it (a duplicate, a
+    /// policy): the host counts it as discarded and never bounces it.
+    pub fn mark_discarded(&mut self, address: &str, reason: &str) {
+        self.change(Change::MarkDiscarded {
+            address: address.to_string(),
+            reason: reason.to_string(),
+        });
+    }
+
     /// Marks a recipient permanently failed (`status` like `5.1.1`).
     pub fn mark_failed(&mut self, address: &str, status: &str, reason: &str) {
         self.change(Change::MarkFailed {

@@ -32,8 +32,8 @@ use std::rc::Rc;
 
 use crate::plugin::{Config, Context, Message, Plugin, Result};
 use crate::wire::{
-    check_relative_path, parse_headers, Change, Envelope, HostErrorKind, HostRequest, HostResponse,
-    Level, MessageInput, MessageState, Recipient, Value, Verdict, ABI_VERSION,
+    check_relative_path, parse_headers, Change, EnvelopeState, HostErrorKind, HostRequest,
+    HostResponse, Level, MessageInput, MessageState, Recipient, Value, Verdict, ABI_VERSION,
 };
 
 #[derive(Default)]
@@ -297,7 +297,7 @@ impl TestMessage {
                 abi: ABI_VERSION,
                 queue_id: "TESTQUEUEID".to_string(),
                 state: MessageState {
-                    envelope: Envelope {
+                    envelope: EnvelopeState {
                         mail_from: "sender@example.test".to_string(),
                         recipients: Vec::new(),
                     },

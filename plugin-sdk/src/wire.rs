@@ -70,7 +70,7 @@ impl Header {
 pub enum RecipientState {
     /// Not yet delivered or failed.
     Pending,
-    /// Delivered (or deliberately suppressed) by a plugin.
+    /// Delivered by a plugin, or by the host to the next hop.
     Delivered {
         /// What delivered it, for the log and `queue show`.
         note: String,
@@ -85,6 +85,13 @@ pub enum RecipientState {
     /// Failed temporarily; retried later.
     Deferred {
         /// Why.
+        reason: String,
+    },
+    /// Dropped on purpose, not delivered: a plugin's `Discard` verdict.
+    /// Set by the host after the last stage a plugin sees, so no plugin
+    /// built with an older SDK ever receives it. (Appended last.)
+    Discarded {
+        /// Which plugin discarded it, and why.
         reason: String,
     },
 }
@@ -129,21 +136,26 @@ impl Recipient {
     }
 }
 
-/// The envelope a plugin sees.
+/// The envelope a plugin sees: the sender and every recipient with where it
+/// stands (the SMTP envelope as received is the host's `spool::Envelope`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
+pub struct EnvelopeState {
     /// The reverse-path; empty for the null sender `<>`.
     pub mail_from: String,
     /// The recipients with their states.
     pub recipients: Vec<Recipient>,
 }
 
+/// The name [`EnvelopeState`] had before SDK 0.1.1 (the same type).
+#[deprecated(note = "renamed EnvelopeState: the host's SMTP envelope is spool::Envelope")]
+pub type Envelope = EnvelopeState;
+
 /// The message state a plugin sees and changes: envelope and headers (the body
 /// is read through the host, never copied in unasked).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageState {
     /// The envelope.
-    pub envelope: Envelope,
+    pub envelope: EnvelopeState,
     /// The header fields in order, duplicates kept.
     pub headers: Vec<Header>,
 }
@@ -217,6 +229,15 @@ pub enum Change {
         /// The route.
         route: Route,
     },
+    /// Drops a recipient on purpose without delivering it (a duplicate, a
+    /// policy): counted as discarded, never bounced. Later plugins see it as
+    /// delivered. (Appended last: plugins built before it decode unchanged.)
+    MarkDiscarded {
+        /// The address.
+        address: String,
+        /// Why, for the log and `queue show`.
+        reason: String,
+    },
 }
 
 /// How a recipient outside the local domains is delivered.
@@ -254,6 +275,9 @@ impl std::fmt::Display for Change {
             }
             Change::MarkDeferred { address, reason } => write!(f, "<{address}> deferred: {reason}"),
             Change::Route { address, route } => write!(f, "<{address}> routed via {route:?}"),
+            Change::MarkDiscarded { address, reason } => {
+                write!(f, "<{address}> discarded: {reason}")
+            }
         }
     }
 }
@@ -331,7 +355,29 @@ impl MessageState {
             }
             // The host keeps routes beside the state (they change no recipient).
             Change::Route { .. } => {}
+            Change::MarkDiscarded { address, reason } => {
+                if let Some(r) = self.recipient_mut(address) {
+                    r.state = RecipientState::Discarded {
+                        reason: reason.clone(),
+                    };
+                }
+            }
         }
+    }
+
+    /// The state as a plugin is shown it: a discarded recipient appears
+    /// delivered (with its reason as the note), so a plugin built with an
+    /// SDK older than [`RecipientState::Discarded`] still decodes its input.
+    pub fn plugin_view(&self) -> MessageState {
+        let mut view = self.clone();
+        for r in &mut view.envelope.recipients {
+            if let RecipientState::Discarded { reason } = &r.state {
+                r.state = RecipientState::Delivered {
+                    note: format!("discarded: {reason}"),
+                };
+            }
+        }
+        view
     }
 
     /// The header block, CRLF-terminated lines, without the blank separator line.
@@ -349,7 +395,7 @@ impl MessageState {
 pub enum Verdict {
     /// Go on to the next plugin, with this plugin's changes applied.
     Continue,
-    /// Drop the message silently (every pending recipient counts as delivered).
+    /// Drop the message silently (every pending recipient is discarded).
     Discard {
         /// Why, for the log.
         reason: String,
@@ -754,7 +800,7 @@ mod tests {
 
     fn state() -> MessageState {
         MessageState {
-            envelope: Envelope {
+            envelope: EnvelopeState {
                 mail_from: "s@x.test".into(),
                 recipients: vec![Recipient::new("a@x.test"), Recipient::new("b@x.test")],
             },
@@ -851,7 +897,7 @@ mod round_trip {
     fn big_state() -> MessageState {
         let long = "x".repeat(70_000);
         MessageState {
-            envelope: Envelope {
+            envelope: EnvelopeState {
                 mail_from: long.clone(),
                 recipients: (0..1000)
                     .map(|i| Recipient {
@@ -880,7 +926,7 @@ mod round_trip {
 
     fn empty_state() -> MessageState {
         MessageState {
-            envelope: Envelope {
+            envelope: EnvelopeState {
                 mail_from: String::new(),
                 recipients: Vec::new(),
             },

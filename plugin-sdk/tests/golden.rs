@@ -37,7 +37,7 @@ fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(name: &str, value:
 
 fn state() -> MessageState {
     MessageState {
-        envelope: Envelope {
+        envelope: EnvelopeState {
             mail_from: "sender@example.org".into(),
             recipients: vec![
                 Recipient::new("alice@example.test"),
@@ -335,4 +335,56 @@ fn log_levels_keep_their_numbers() {
         assert_eq!(level as u32, n);
         assert_eq!(Level::from_u32(n), level);
     }
+}
+
+/// Variants appended after the fixtures above were first written: each gets
+/// fixtures of its own, and the old ones stay as they were.
+#[test]
+fn appended_variants() {
+    check(
+        "message_output_mark_discarded",
+        &GuestResult::Ok(MessageOutput {
+            abi: ABI_VERSION,
+            verdict: Verdict::Continue,
+            changes: vec![Change::MarkDiscarded {
+                address: "alice@example.test".into(),
+                reason: "duplicate of Q1".into(),
+            }],
+        }),
+    );
+    check(
+        "recipient_discarded",
+        &Recipient {
+            address: "alice@example.test".into(),
+            state: RecipientState::Discarded {
+                reason: "filter: spam".into(),
+            },
+            original: None,
+        },
+    );
+}
+
+/// A plugin is never shown a discarded recipient (a plugin built before the
+/// variant could not decode it): it sees it delivered.
+#[test]
+fn plugins_see_discarded_recipients_as_delivered() {
+    let mut s = state();
+    s.apply(&Change::MarkDiscarded {
+        address: "alice@example.test".into(),
+        reason: "dup".into(),
+    });
+    assert_eq!(
+        s.envelope.recipients[0].state,
+        RecipientState::Discarded {
+            reason: "dup".into()
+        }
+    );
+    let view = s.plugin_view();
+    assert_eq!(
+        view.envelope.recipients[0].state,
+        RecipientState::Delivered {
+            note: "discarded: dup".into()
+        }
+    );
+    assert_eq!(view.envelope.recipients[1..], s.envelope.recipients[1..]);
 }

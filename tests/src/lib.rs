@@ -570,7 +570,7 @@ pub fn plugin_toml(name: &str, wasm_name: &str, extra: &str) -> String {
 /// and body, one recipient (`alice@localhost`), queue id `Q1`.
 pub fn message_input(raw: &[u8]) -> (finaldot_sdk::wire::MessageInput, finaldot::plugins::Body) {
     use finaldot_sdk::wire::{
-        parse_headers, Envelope, MessageInput, MessageState, Recipient, ABI_VERSION,
+        parse_headers, EnvelopeState, MessageInput, MessageState, Recipient, ABI_VERSION,
     };
     let (headers, at) = parse_headers(raw);
     (
@@ -578,7 +578,7 @@ pub fn message_input(raw: &[u8]) -> (finaldot_sdk::wire::MessageInput, finaldot:
             abi: ABI_VERSION,
             queue_id: "Q1".into(),
             state: MessageState {
-                envelope: Envelope {
+                envelope: EnvelopeState {
                     mail_from: "s@x.test".into(),
                     recipients: vec![Recipient::new("alice@localhost")],
                 },

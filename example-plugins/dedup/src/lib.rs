@@ -78,10 +78,7 @@ impl Plugin for Dedup {
                     "duplicate of {first} for <{}> ({id}): not delivered again",
                     r.address
                 ));
-                msg.mark_delivered(
-                    &r.address,
-                    &format!("duplicate of {first}, suppressed by dedup"),
-                );
+                msg.mark_discarded(&r.address, &format!("duplicate of {first}"));
             }
         }
         Ok(Verdict::Continue)
@@ -117,7 +114,7 @@ mod tests {
             .recipient("bob@localhost");
         let out = host.run(&mut p, &second).unwrap();
         assert!(
-            matches!(out.recipient("alice@localhost").unwrap().state, RecipientState::Delivered { ref note } if note.contains("duplicate of Q1"))
+            matches!(out.recipient("alice@localhost").unwrap().state, RecipientState::Discarded { ref reason } if reason.contains("duplicate of Q1"))
         );
         assert!(out.recipient("bob@localhost").unwrap().is_pending());
         // After the window the same message is new again.

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use finaldot::spool::{Envelope as SpoolEnvelope, Progress, Spool, StageRecord};
 use finaldot_sdk::wire::{
-    Change, Envelope, GuestResult, Header, HostRequest, MessageOutput, MessageState, Recipient,
+    Change, EnvelopeState, GuestResult, Header, HostRequest, MessageOutput, MessageState, Recipient,
     Verdict, ABI_VERSION,
 };
 
@@ -89,7 +89,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&tmp);
 
     let state = MessageState {
-        envelope: Envelope {
+        envelope: EnvelopeState {
             mail_from: "a@b.test".into(),
             recipients: vec![Recipient::new("x@localhost")],
         },

@@ -151,7 +151,7 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
         let input = MessageInput {
             abi: ABI_VERSION,
             queue_id: id.to_string(),
-            state: progress.state.clone(),
+            state: progress.state.plugin_view(),
             body_len,
             client_ip: header.envelope.client_ip.to_string(),
             helo: header.envelope.helo.clone(),
@@ -255,8 +255,8 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
                     Verdict::Discard { reason } => {
                         close_open(
                             &mut progress,
-                            RecipientState::Delivered {
-                                note: format!("discarded by {name}: {reason}"),
+                            RecipientState::Discarded {
+                                reason: format!("{name}: {reason}"),
                             },
                         );
                         progress.next_stage = total;
@@ -467,7 +467,11 @@ fn finish(
                 m.bounces.inc();
                 info!(to = %r.address, status = %status, reason = %reason, "failed")
             }
-            _ => {}
+            RecipientState::Discarded { reason } => {
+                m.discards.inc();
+                info!(to = %r.address, reason = %reason, "discarded")
+            }
+            RecipientState::Pending | RecipientState::Deferred { .. } => {}
         }
     }
     // A removal lost in a crash re-runs the message from its last checkpoint,

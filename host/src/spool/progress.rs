@@ -6,7 +6,7 @@
 //! Format: `"FDPROG"`, a u16 LE version, then the postcard-encoded
 //! [`Progress`] (fields only appended, never reordered).
 
-use finaldot_sdk::wire::{parse_headers, Envelope, MessageState, Recipient};
+use finaldot_sdk::wire::{parse_headers, EnvelopeState, MessageState, Recipient};
 use serde::{Deserialize, Serialize};
 
 /// Magic of a progress file.
@@ -71,7 +71,7 @@ impl Progress {
         let (headers, body_offset) = parse_headers(head);
         Progress {
             state: MessageState {
-                envelope: Envelope {
+                envelope: EnvelopeState {
                     mail_from: envelope.mail_from.clone(),
                     recipients: envelope.rcpt_to.iter().map(Recipient::new).collect(),
                 },
@@ -123,7 +123,7 @@ mod tests {
     fn round_trips_and_rejects_garbage() {
         let p = Progress {
             state: MessageState {
-                envelope: Envelope {
+                envelope: EnvelopeState {
                     mail_from: "a@b".into(),
                     recipients: vec![Recipient::new("c@d")],
                 },
@@ -168,7 +168,7 @@ mod tests {
         };
         let p = Progress {
             state: MessageState {
-                envelope: Envelope {
+                envelope: EnvelopeState {
                     mail_from: "sender@example.org".into(),
                     recipients: vec![
                         Recipient::new("a@example.test"),
