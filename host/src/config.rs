@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use finaldot_sdk::wire::Route;
 use serde::Deserialize;
 
 use crate::plugins::{DirGrant, Grants, Limits, PluginSpec};
@@ -330,17 +331,6 @@ pub struct SubmissionConfig {
     pub max_auth_failures_per_ip: usize,
 }
 
-/// Where mail for domains that are not local goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    /// Nowhere: such recipients fail (`5.1.1`) unless a plugin delivered them.
-    None,
-    /// All of it to one relay.
-    Smarthost,
-    /// Straight to each domain's MX hosts (RFC 5321 section 5).
-    Mx,
-}
-
 /// How hard to insist on TLS to the next hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlsPolicy {
@@ -355,8 +345,9 @@ pub enum TlsPolicy {
 /// Validated `[outbound]`.
 #[derive(Debug, Clone)]
 pub struct OutboundConfig {
-    /// The route for recipients outside the local domains.
-    pub route: Route,
+    /// The route for recipients outside the local domains; `None`: nothing
+    /// leaves (such recipients fail, 5.1.1, unless a plugin routes them).
+    pub route: Option<Route>,
     /// Smarthost host and port.
     pub smarthost: Option<(String, u16)>,
     /// TLS to the smarthost.
@@ -838,9 +829,9 @@ impl RawConfig {
 
         let o = self.outbound;
         let route = match o.route.as_deref().unwrap_or("none") {
-            "none" => Route::None,
-            "smarthost" => Route::Smarthost,
-            "mx" => Route::Mx,
+            "none" => None,
+            "smarthost" => Some(Route::Smarthost),
+            "mx" => Some(Route::Mx),
             other => {
                 return Err(invalid(
                     "outbound.route",
@@ -868,7 +859,7 @@ impl RawConfig {
                 })?)
             }
         };
-        if route == Route::Smarthost && smarthost.is_none() {
+        if route == Some(Route::Smarthost) && smarthost.is_none() {
             return Err(invalid(
                 "outbound.smarthost",
                 "route = \"smarthost\" needs a smarthost (HOST:PORT)".into(),

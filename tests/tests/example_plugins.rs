@@ -148,8 +148,14 @@ fn the_same_message_sent_twice_is_delivered_once() {
     );
     // The duplicate is counted as discarded, not as a delivery.
     let metrics = http_get(d.metrics_addr(), "/metrics");
-    assert!(metrics.contains("\nfinaldot_deliveries_total 2\n"), "{metrics}");
-    assert!(metrics.contains("\nfinaldot_discards_total 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("\nfinaldot_deliveries_total 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nfinaldot_discards_total 1\n"),
+        "{metrics}"
+    );
 }
 
 #[test]

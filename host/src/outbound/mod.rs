@@ -23,27 +23,10 @@ use lettre::transport::smtp::client::{Certificate, SmtpConnection, TlsParameters
 use lettre::transport::smtp::extension::{ClientId, Extension};
 use tracing::{debug, info};
 
-use crate::config::{OutboundConfig, Route, TlsPolicy};
+use finaldot_sdk::wire::{RecipientState, Route};
 
-/// What became of one recipient.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The next hop accepted it (the note says which host and its reply).
-    Delivered(String),
-    /// Try again later.
-    Deferred(String),
-    /// Permanent failure.
-    Failed {
-        /// Enhanced status code.
-        status: String,
-        /// The next hop's reply or our reason.
-        reason: String,
-    },
-}
-
-/// Called with the recipients a next hop has just accepted and its reply;
-/// an error stops the delivery.
-pub type OnAccepted<'a, E> = &'a mut dyn FnMut(&[String], &str) -> Result<(), E>;
+use crate::config::{OutboundConfig, TlsPolicy};
+use crate::pipeline::delivery::{Delivery, OnAccepted};
 
 /// Why outbound delivery could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -106,21 +89,28 @@ fn enhanced(text: &str) -> Option<String> {
 }
 
 /// Classifies a failed command: permanent (5xx) or not (4xx, network, TLS…).
-fn classify(e: &lettre::transport::smtp::Error, host: &str, what: &str) -> Outcome {
+fn classify(e: &lettre::transport::smtp::Error, host: &str, what: &str) -> RecipientState {
     let text = e.to_string();
     let reason = format!("{host} said after {what}: {text}");
     if e.is_permanent() {
         let status = enhanced(text.split_once(": ").map(|x| x.1).unwrap_or(&text))
             .filter(|s| s.starts_with('5'))
             .unwrap_or_else(|| "5.0.0".into());
-        Outcome::Failed { status, reason }
+        RecipientState::Failed { status, reason }
     } else {
-        Outcome::Deferred(reason)
+        deferred(reason)
+    }
+}
+
+/// A temporary failure, to retry later.
+fn deferred(reason: impl Into<String>) -> RecipientState {
+    RecipientState::Deferred {
+        reason: reason.into(),
     }
 }
 
 /// The same outcome for each of `rcpts`.
-fn every(rcpts: &[String], outcome: &Outcome) -> Vec<(String, Outcome)> {
+fn every(rcpts: &[String], outcome: &RecipientState) -> Vec<(String, RecipientState)> {
     rcpts.iter().map(|r| (r.clone(), outcome.clone())).collect()
 }
 
@@ -162,7 +152,7 @@ impl Outbound {
             roots.push(Certificate::from_pem(&pem).map_err(|e| ca(e.to_string()))?);
         }
         let dns = std::sync::OnceLock::new();
-        if cfg.route == Route::Mx {
+        if cfg.route == Some(Route::Mx) {
             // Set up now, so a broken resolver configuration fails the start.
             let _ = dns.set(Ok(dns::Dns::new(&cfg.nameservers)?));
         }
@@ -177,27 +167,22 @@ impl Outbound {
         })
     }
 
-    /// The configured route for recipients outside the local domains.
-    pub fn default_route(&self) -> Route {
-        self.cfg.route.clone()
-    }
-
     /// Delivers `message` from `mail_from` to `recipients` (all outside the
     /// local domains). `accepted` is called with the recipients a next hop has
     /// just accepted, before anything else happens; an error from it stops
     /// the delivery (what is left is deferred). Returns every recipient's outcome.
-    pub fn deliver<E: std::fmt::Display>(
+    fn deliver_all(
         &self,
         mail_from: &str,
         recipients: &[(String, Route)],
         message: &[u8],
-        accepted: OnAccepted<'_, E>,
-    ) -> Vec<(String, Outcome)> {
+        accepted: OnAccepted<'_>,
+    ) -> Vec<(String, RecipientState)> {
         let mut groups: Vec<((Route, String), Vec<String>)> = Vec::new();
         for (r, route) in recipients {
             let key = match route {
                 Route::Mx => (Route::Mx, domain_of(r)),
-                _ => (Route::Smarthost, "smarthost".to_string()),
+                Route::Smarthost => (Route::Smarthost, "smarthost".to_string()),
             };
             match groups.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, v)) => v.push(r.clone()),
@@ -208,7 +193,7 @@ impl Outbound {
         let mut stopped: Option<String> = None;
         for (key, rcpts) in groups {
             if let Some(why) = &stopped {
-                results.extend(every(&rcpts, &Outcome::Deferred(why.clone())));
+                results.extend(every(&rcpts, &deferred(why.clone())));
                 continue;
             }
             let outcomes =
@@ -218,12 +203,12 @@ impl Outbound {
         results
     }
 
-    fn hops(&self, route: &Route, key: &str) -> Result<Vec<Hop>, Outcome> {
+    fn hops(&self, route: &Route, key: &str) -> Result<Vec<Hop>, RecipientState> {
         match route {
-            Route::Smarthost | Route::None => {
+            Route::Smarthost => {
                 let Some((host, port)) = &self.cfg.smarthost else {
-                    return Err(Outcome::Deferred(
-                        "4.3.5 a plugin routed this recipient to the smarthost, but outbound.smarthost is not set".into(),
+                    return Err(deferred(
+                        "4.3.5 a plugin routed this recipient to the smarthost, but outbound.smarthost is not set",
                     ));
                 };
                 Ok(vec![Hop {
@@ -240,7 +225,7 @@ impl Outbound {
                     .get_or_init(|| dns::Dns::new(&self.cfg.nameservers).map_err(|e| e.to_string()))
                 {
                     Ok(d) => d,
-                    Err(e) => return Err(Outcome::Deferred(format!("4.3.5 {e}"))),
+                    Err(e) => return Err(deferred(format!("4.3.5 {e}"))),
                 };
                 match dns.mx_hosts(key) {
                     Ok(hosts) => Ok(hosts
@@ -256,11 +241,13 @@ impl Outbound {
                             })
                         })
                         .collect()),
-                    Err(e @ dns::LookupError::Permanent { status, .. }) => Err(Outcome::Failed {
-                        status: status.to_string(),
-                        reason: e.to_string(),
-                    }),
-                    Err(e) => Err(Outcome::Deferred(e.to_string())),
+                    Err(e @ dns::LookupError::Permanent { status, .. }) => {
+                        Err(RecipientState::Failed {
+                            status: status.to_string(),
+                            reason: e.to_string(),
+                        })
+                    }
+                    Err(e) => Err(deferred(e.to_string())),
                 }
             }
         }
@@ -301,7 +288,7 @@ impl Outbound {
 
     /// A pooled connection to `hop` that still answers, or a new one (EHLO,
     /// STARTTLS and AUTH as the hop requires).
-    fn connect(&self, hop: &Hop) -> Result<SmtpConnection, Outcome> {
+    fn connect(&self, hop: &Hop) -> Result<SmtpConnection, RecipientState> {
         let pooled = self
             .idle
             .lock()
@@ -314,7 +301,7 @@ impl Outbound {
             }
         }
         let defer = |what: &str, e: &dyn std::fmt::Display| {
-            Outcome::Deferred(format!("4.4.1 {}:{}: {what}: {e}", hop.name, hop.port))
+            deferred(format!("4.4.1 {}:{}: {what}: {e}", hop.name, hop.port))
         };
         let mut c = SmtpConnection::connect(
             (hop.connect.as_str(), hop.port),
@@ -331,7 +318,7 @@ impl Outbound {
             }
         } else if hop.tls == TlsPolicy::Required {
             c.abort();
-            return Err(Outcome::Deferred(format!(
+            return Err(deferred(format!(
                 "4.7.5 {}:{} does not offer STARTTLS and TLS is required (outbound.smarthost_tls)",
                 hop.name, hop.port
             )));
@@ -341,7 +328,7 @@ impl Outbound {
                 let creds = Credentials::new(user.clone(), password.clone());
                 if let Err(e) = c.auth(&[Mechanism::Plain, Mechanism::Login], &creds) {
                     c.abort();
-                    return Err(Outcome::Deferred(format!(
+                    return Err(deferred(format!(
                         "4.7.0 AUTH to {} as {user} failed: {e}",
                         hop.name
                     )));
@@ -351,30 +338,30 @@ impl Outbound {
         Ok(c)
     }
 
-    fn deliver_group<E: std::fmt::Display>(
+    fn deliver_group(
         &self,
         (route, key): &(Route, String),
         mail_from: &str,
         rcpts: &[String],
         message: &[u8],
-        accepted: OnAccepted<'_, E>,
+        accepted: OnAccepted<'_>,
         stopped: &mut Option<String>,
-    ) -> Vec<(String, Outcome)> {
-        let all = |o: Outcome| every(rcpts, &o);
+    ) -> Vec<(String, RecipientState)> {
+        let all = |o: RecipientState| every(rcpts, &o);
         let hops = match self.hops(route, key) {
             Ok(h) => h,
             Err(o) => return all(o),
         };
         let Some(_slot) = self.slot(key) else {
-            return all(Outcome::Deferred(format!(
+            return all(deferred(format!(
                 "4.4.5 too many connections to {key} (outbound.max_connections_per_destination)"
             )));
         };
-        let mut last = Outcome::Deferred(format!("4.4.4 no host to try for {key}"));
+        let mut last = deferred(format!("4.4.4 no host to try for {key}"));
         for hop in &hops {
             let mut conn = match self.connect(hop) {
                 Ok(c) => c,
-                Err(o @ Outcome::Failed { .. }) => return all(o),
+                Err(o @ RecipientState::Failed { .. }) => return all(o),
                 Err(o) => {
                     info!(host = %hop.name, port = hop.port, reason = ?o, "next hop unavailable, trying the next");
                     last = o;
@@ -398,23 +385,23 @@ impl Outbound {
     /// One MAIL/RCPT/DATA transaction. Returns the outcomes and whether the
     /// connection can be reused.
     #[allow(clippy::too_many_arguments)]
-    fn transaction<E: std::fmt::Display>(
+    fn transaction(
         &self,
         conn: &mut SmtpConnection,
         hop: &Hop,
         mail_from: &str,
         rcpts: &[String],
         message: &[u8],
-        accepted: OnAccepted<'_, E>,
+        accepted: OnAccepted<'_>,
         stopped: &mut Option<String>,
-    ) -> (Vec<(String, Outcome)>, bool) {
-        let all = |o: Outcome| every(rcpts, &o);
+    ) -> (Vec<(String, RecipientState)>, bool) {
+        let all = |o: RecipientState| every(rcpts, &o);
         let host = format!("{}:{}", hop.name, hop.port);
         let info = conn.server_info().clone();
         let utf8 = !mail_from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii());
         if utf8 && !info.supports_feature(Extension::SmtpUtfEight) {
             return (
-                all(Outcome::Failed {
+                all(RecipientState::Failed {
                     status: "5.6.7".into(),
                     reason: format!("{host} does not support SMTPUTF8, which these addresses need"),
                 }),
@@ -473,7 +460,7 @@ impl Outbound {
                 }
                 results.extend(
                     ok.into_iter()
-                        .map(|r| (r, Outcome::Delivered(note.clone()))),
+                        .map(|r| (r, RecipientState::Delivered { note: note.clone() })),
                 );
                 (results, true)
             }
@@ -484,6 +471,22 @@ impl Outbound {
                 (results, healthy)
             }
         }
+    }
+}
+
+impl Delivery for Outbound {
+    fn default_route(&self) -> Option<Route> {
+        self.cfg.route
+    }
+
+    fn deliver(
+        &self,
+        mail_from: &str,
+        recipients: &[(String, Route)],
+        message: &[u8],
+        accepted: OnAccepted<'_>,
+    ) -> Vec<(String, RecipientState)> {
+        self.deliver_all(mail_from, recipients, message, accepted)
     }
 }
 

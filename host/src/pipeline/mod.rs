@@ -16,6 +16,7 @@
 //! delivered or failed by the end of the chain fails with `5.1.1`.
 
 pub mod chain;
+pub mod delivery;
 pub mod dsn;
 pub mod worker;
 
@@ -41,8 +42,8 @@ pub struct Settings {
     pub hostname: String,
     /// The local domains (lowercase): recipients elsewhere go outbound.
     pub local_domains: Arc<Vec<String>>,
-    /// Delivery to other servers (the configured route, or one a plugin chose).
-    pub outbound: Arc<crate::outbound::Outbound>,
+    /// Delivery to the next hop (the configured route, or one a plugin chose).
+    pub delivery: Arc<dyn delivery::Delivery>,
 }
 
 impl Settings {
@@ -54,7 +55,7 @@ impl Settings {
             config: config.pipeline.clone(),
             hostname: config.hostname.clone(),
             local_domains: Arc::new(config.domains.clone()),
-            outbound: Arc::new(outbound),
+            delivery: Arc::new(outbound),
         })
     }
 }

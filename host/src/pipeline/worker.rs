@@ -1,8 +1,12 @@
-//! One message through the chain: claim, run stages with checkpoints, settle.
+//! One message through the chain, in steps: load the attempt (claim, queue
+//! file, progress, body), run each stage (call the plugin, apply its
+//! changes, apply its verdict, checkpoint), then settle (hand what is left
+//! to the next hop through [`Delivery`], fail what nobody took) and complete
+//! the message or defer it.
 //!
 //! Verdicts (after the plugin's changes are applied):
 //! - `Continue`: the next stage.
-//! - `Discard`: every open recipient counts as delivered ("discarded"); done.
+//! - `Discard`: every open recipient is discarded (not delivered, never bounced).
 //! - `Hold`: to `hold/`; released, it resumes after this stage.
 //! - `Bounce`: every open recipient fails with the given status; DSN.
 //! - `Defer`: to `deferred/`; the retry runs this stage again.
@@ -20,14 +24,18 @@ use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use finaldot_sdk::wire::{MessageInput, Recipient, RecipientState, Verdict, ABI_VERSION};
+use finaldot_sdk::wire::{
+    Change, MessageInput, Recipient, RecipientState, Route, Verdict, ABI_VERSION,
+};
 use tracing::{error, info, info_span, warn};
 
-use super::chain::{snapshot, SharedChain};
+use super::chain::{snapshot, SharedChain, Stage};
+use super::delivery::Delivery;
 use super::dsn::{self, DsnKind, DsnRecipient};
 use super::Settings;
-use crate::plugins::Body;
-use crate::spool::{self, Header, Progress, QueueId, QueueState, Spool, StageRecord};
+use crate::metrics;
+use crate::plugins::{Body, PluginError};
+use crate::spool::{self, Progress, QueueFile, QueueId, QueueState, Spool, StageRecord};
 use crate::unix_now;
 
 /// What every worker shares.
@@ -86,34 +94,79 @@ fn close_open(progress: &mut Progress, state: RecipientState) {
     }
 }
 
+/// One attempt at one message: what the steps below share.
+struct Attempt {
+    /// The message's queue id.
+    id: QueueId,
+    /// Its queue file (envelope, where the message lies).
+    queued: QueueFile,
+    /// Where the pipeline stands with it; saved at every checkpoint.
+    progress: Progress,
+    /// The body plugins may read.
+    body: Body,
+    /// The body's length.
+    body_len: u64,
+    /// The first stage that deferred a recipient in this attempt (the retry
+    /// resumes there).
+    deferred_from: Option<u32>,
+}
+
+/// What the attempt does after a stage.
+enum Flow {
+    /// The next stage (or settling, after the last).
+    Next,
+    /// Stop: the message was held or deferred.
+    Stop,
+}
+
 fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
-    let spool = &ctx.spool;
     // One chain for the whole attempt, even if a reload replaces it meanwhile.
     let stages = snapshot(&ctx.chain);
     if stages.is_empty() {
         // No plugin configured: the message waits in the queue, untouched.
         return Ok(());
     }
-    if spool.claim(id)?.is_none() {
+    let Some(mut attempt) = load_attempt(ctx, id, &stages)? else {
         return Ok(());
+    };
+    while (attempt.progress.next_stage as usize) < stages.len() {
+        let stage = &stages[attempt.progress.next_stage as usize];
+        if let Flow::Stop = run_stage(ctx, &mut attempt, stage, stages.len() as u32)? {
+            return Ok(());
+        }
     }
-    let header = match spool.read_queue_file(QueueState::Active, id) {
-        Ok(h) => h,
+    settle(ctx, &mut attempt)
+}
+
+/// Claims the message and reads what the attempt needs: its queue file, its
+/// progress (or a fresh one), its body. `None` when there is nothing to do
+/// (another worker claimed it, or its file is unreadable and was quarantined).
+fn load_attempt(
+    ctx: &Context,
+    id: &QueueId,
+    stages: &[Arc<Stage>],
+) -> Result<Option<Attempt>, spool::Error> {
+    let spool = &ctx.spool;
+    if spool.claim(id)?.is_none() {
+        return Ok(None);
+    }
+    let queued = match spool.read_queue_file(QueueState::Active, id) {
+        Ok(q) => q,
         Err(e) => {
             warn!(reason = %e, "unreadable queue file moved to corrupt/");
             spool.quarantine(QueueState::Active, id)?;
-            return Ok(());
+            return Ok(None);
         }
     };
     let mut progress = match spool.load_progress(id) {
         Ok(Some(p)) => p,
-        Ok(None) => spool.initial_progress(QueueState::Active, id, &header)?,
+        Ok(None) => spool.initial_progress(QueueState::Active, id, &queued)?,
         Err(e) => {
             // Never let a bad record stop a message: keep it for inspection and
             // start over from the first stage (stages are idempotent).
             let kept = spool.quarantine_progress(id);
             error!(error = %e, kept = %kept.display(), "progress record unreadable; the message starts over from its first stage");
-            spool.initial_progress(QueueState::Active, id, &header)?
+            spool.initial_progress(QueueState::Active, id, &queued)?
         }
     };
     progress.attempts += 1;
@@ -124,182 +177,236 @@ fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
         }
     }
     let file = Arc::new(spool.open_message(QueueState::Active, id)?);
-    let body_len = header.message_len.saturating_sub(progress.body_offset);
+    let body_len = queued.message_len.saturating_sub(progress.body_offset);
     let body = Body::File {
         file,
-        offset: header.message_offset + progress.body_offset,
+        offset: queued.message_offset + progress.body_offset,
         len: body_len,
     };
     let names: Vec<String> = stages.iter().map(|s| s.spec.name.clone()).collect();
     progress.next_stage = resume_at(&progress, &names);
     progress.chain = names;
-    let total = stages.len() as u32;
-    let mut deferred_from: Option<u32> = None;
-    while progress.next_stage < total {
-        let i = progress.next_stage;
-        let stage = &stages[i as usize];
-        let name = &stage.spec.name;
-        let plugin = match stage.current() {
-            Ok(p) => p,
-            Err(why) => {
-                let e = format!("plugin {name} is not available: {why}");
-                warn!(plugin = %name, "{e}; message deferred");
-                progress.last_error = Some(e);
-                return defer(ctx, id, &mut progress, &header, None);
-            }
-        };
-        let input = MessageInput {
-            abi: ABI_VERSION,
-            queue_id: id.to_string(),
-            state: progress.state.plugin_view(),
-            body_len,
-            client_ip: header.envelope.client_ip.to_string(),
-            helo: header.envelope.helo.clone(),
-            received_at: header.envelope.received_at,
-        };
-        let record = |progress: &mut Progress, version: String, outcome: String| {
-            progress.stages.push(StageRecord {
-                stage: i,
-                plugin: name.clone(),
-                version,
-                outcome,
-                at: unix_now(),
-            });
-        };
-        match plugin.call(&input, body.clone(), false) {
-            Err(e) => {
-                let l = crate::metrics::labels(&[("plugin", name), ("version", &e.version)]);
-                let m = crate::metrics::global();
-                m.plugin_calls.get_or_create(&l).inc();
-                m.plugin_faults.get_or_create(&l).inc();
-                progress.faults += 1;
-                progress.last_error = Some(e.to_string());
-                record(
-                    &mut progress,
-                    e.version.clone(),
-                    format!("fault: {}", e.fault),
-                );
-                if progress.faults >= ctx.settings().config.max_faults {
-                    let reason =
-                        format!("{} consecutive plugin faults; last: {e}", progress.faults);
-                    warn!(plugin = %name, "{reason}; message held");
-                    progress.hold_reason = Some(reason);
-                    spool.save_progress(id, &progress)?;
-                    spool.hold(id)?;
-                    crate::metrics::global().holds.inc();
-                    return Ok(());
-                }
-                warn!(plugin = %name, error = %e, faults = progress.faults, "plugin fault; message deferred");
-                return defer(ctx, id, &mut progress, &header, None);
-            }
-            Ok(result) => {
-                let m = crate::metrics::global();
-                let secs = result.elapsed.as_secs_f64();
-                let l = crate::metrics::labels(&[("plugin", name), ("version", &result.version)]);
-                m.plugin_calls.get_or_create(&l).inc();
-                m.plugin_call_seconds.get_or_create(&l).observe(secs);
-                m.stage_seconds
-                    .get_or_create(&crate::metrics::labels(&[("plugin", name)]))
-                    .observe(secs);
-                progress.faults = 0;
-                let was_deferred: Vec<bool> = progress
-                    .state
-                    .envelope
-                    .recipients
-                    .iter()
-                    .map(|r| matches!(r.state, RecipientState::Deferred { .. }))
-                    .collect();
-                for c in &result.output.changes {
-                    progress.state.apply(c);
-                    if let finaldot_sdk::wire::Change::Route { address, route } = c {
-                        progress
-                            .routes
-                            .retain(|(a, _)| !a.eq_ignore_ascii_case(address));
-                        progress.routes.push((address.clone(), *route));
-                    }
-                }
-                let newly_deferred =
-                    progress
-                        .state
-                        .envelope
-                        .recipients
-                        .iter()
-                        .enumerate()
-                        .any(|(k, r)| {
-                            matches!(r.state, RecipientState::Deferred { .. })
-                                && !was_deferred.get(k).copied().unwrap_or(false)
-                        });
-                if newly_deferred {
-                    deferred_from = Some(deferred_from.map_or(i, |d| d.min(i)));
-                }
-                let verdict = result.output.verdict;
-                let outcome = match &verdict {
-                    Verdict::Continue => "continue".to_string(),
-                    Verdict::Discard { reason } => format!("discard: {reason}"),
-                    Verdict::Hold { reason } => format!("hold: {reason}"),
-                    Verdict::Bounce { code, status, text } => {
-                        format!("bounce: {code} {status} {text}")
-                    }
-                    Verdict::Defer { reason, .. } => format!("defer: {reason}"),
-                };
-                info!(
-                    plugin = %name,
-                    version = %result.version,
-                    changes = result.output.changes.len(),
-                    micros = result.elapsed.as_micros() as u64,
-                    "stage {i} done: {outcome}"
-                );
-                record(&mut progress, result.version, outcome);
-                match verdict {
-                    Verdict::Continue => progress.next_stage = i + 1,
-                    Verdict::Discard { reason } => {
-                        close_open(
-                            &mut progress,
-                            RecipientState::Discarded {
-                                reason: format!("{name}: {reason}"),
-                            },
-                        );
-                        progress.next_stage = total;
-                    }
-                    Verdict::Hold { reason } => {
-                        progress.next_stage = i + 1;
-                        info!(plugin = %name, reason = %reason, "held");
-                        progress.hold_reason = Some(format!("{name}: {reason}"));
-                        spool.save_progress(id, &progress)?;
-                        spool.hold(id)?;
-                        crate::metrics::global().holds.inc();
-                        return Ok(());
-                    }
-                    Verdict::Bounce { code, status, text } => {
-                        close_open(
-                            &mut progress,
-                            RecipientState::Failed {
-                                reason: format!("{code} {status} {text}"),
-                                status,
-                            },
-                        );
-                        progress.next_stage = total;
-                    }
-                    Verdict::Defer {
-                        reason,
-                        retry_after_secs,
-                    } => {
-                        progress.last_error = Some(format!("{name}: {reason}"));
-                        return defer(ctx, id, &mut progress, &header, retry_after_secs);
-                    }
-                }
-                // The checkpoint. Skipped when there is nothing new to keep (a
-                // stage that changed nothing; re-running it after a crash gives
-                // the same result) and after the last stage (settling right
-                // after either finishes the message or saves it on deferral).
-                let last = progress.next_stage >= total;
-                if !result.output.changes.is_empty() && !last {
-                    spool.save_progress(id, &progress)?;
-                }
-            }
+    Ok(Some(Attempt {
+        id: id.clone(),
+        queued,
+        progress,
+        body,
+        body_len,
+        deferred_from: None,
+    }))
+}
+
+/// Runs the stage at `attempt.progress.next_stage`: calls its plugin, applies
+/// what it returned, checkpoints.
+fn run_stage(
+    ctx: &Context,
+    attempt: &mut Attempt,
+    stage: &Stage,
+    total: u32,
+) -> Result<Flow, spool::Error> {
+    let i = attempt.progress.next_stage;
+    let name = &stage.spec.name;
+    let plugin = match stage.current() {
+        Ok(p) => p,
+        Err(why) => {
+            let e = format!("plugin {name} is not available: {why}");
+            warn!(plugin = %name, "{e}; message deferred");
+            attempt.progress.last_error = Some(e);
+            defer(ctx, attempt, None)?;
+            return Ok(Flow::Stop);
+        }
+    };
+    let queued = &attempt.queued.envelope;
+    let input = MessageInput {
+        abi: ABI_VERSION,
+        queue_id: attempt.id.to_string(),
+        state: attempt.progress.state.plugin_view(),
+        body_len: attempt.body_len,
+        client_ip: queued.client_ip.to_string(),
+        helo: queued.helo.clone(),
+        received_at: queued.received_at,
+    };
+    let m = metrics::global();
+    let result = match plugin.call(&input, attempt.body.clone(), false) {
+        Ok(result) => result,
+        Err(e) => {
+            let l = metrics::labels(&[("plugin", name), ("version", &e.version)]);
+            m.plugin_calls.get_or_create(&l).inc();
+            m.plugin_faults.get_or_create(&l).inc();
+            return fault(ctx, attempt, name, &e);
+        }
+    };
+    let secs = result.elapsed.as_secs_f64();
+    let l = metrics::labels(&[("plugin", name), ("version", &result.version)]);
+    m.plugin_calls.get_or_create(&l).inc();
+    m.plugin_call_seconds.get_or_create(&l).observe(secs);
+    m.stage_seconds
+        .get_or_create(&metrics::labels(&[("plugin", name)]))
+        .observe(secs);
+    let progress = &mut attempt.progress;
+    progress.faults = 0;
+    if apply_changes(progress, &result.output.changes) {
+        attempt.deferred_from = Some(attempt.deferred_from.map_or(i, |d| d.min(i)));
+    }
+    let verdict = result.output.verdict;
+    let outcome = verdict_text(&verdict);
+    info!(
+        plugin = %name,
+        version = %result.version,
+        changes = result.output.changes.len(),
+        micros = result.elapsed.as_micros() as u64,
+        "stage {i} done: {outcome}"
+    );
+    record(progress, i, name, result.version, outcome);
+    if let Flow::Stop = apply_verdict(ctx, attempt, name, verdict, total)? {
+        return Ok(Flow::Stop);
+    }
+    // The checkpoint. Skipped when there is nothing new to keep (a stage
+    // that changed nothing; re-running it after a crash gives the same
+    // result) and after the last stage (settling right after either
+    // completes the message or saves it on deferral).
+    let last = attempt.progress.next_stage >= total;
+    if !result.output.changes.is_empty() && !last {
+        ctx.spool.save_progress(&attempt.id, &attempt.progress)?;
+    }
+    Ok(Flow::Next)
+}
+
+/// Adds a stage's line to the message's history (`queue show`).
+fn record(progress: &mut Progress, stage: u32, plugin: &str, version: String, outcome: String) {
+    progress.stages.push(StageRecord {
+        stage,
+        plugin: plugin.to_string(),
+        version,
+        outcome,
+        at: unix_now(),
+    });
+}
+
+/// A plugin fault: deferred, or held after `max_faults` in a row.
+fn fault(
+    ctx: &Context,
+    attempt: &mut Attempt,
+    name: &str,
+    e: &PluginError,
+) -> Result<Flow, spool::Error> {
+    let i = attempt.progress.next_stage;
+    let progress = &mut attempt.progress;
+    progress.faults += 1;
+    progress.last_error = Some(e.to_string());
+    record(
+        progress,
+        i,
+        name,
+        e.version.clone(),
+        format!("fault: {}", e.fault),
+    );
+    if progress.faults >= ctx.settings().config.max_faults {
+        let reason = format!("{} consecutive plugin faults; last: {e}", progress.faults);
+        warn!(plugin = %name, "{reason}; message held");
+        progress.hold_reason = Some(reason);
+        hold(ctx, attempt)?;
+        return Ok(Flow::Stop);
+    }
+    warn!(plugin = %name, error = %e, faults = progress.faults, "plugin fault; message deferred");
+    defer(ctx, attempt, None)?;
+    Ok(Flow::Stop)
+}
+
+/// Applies a stage's changes (routes are kept beside the state); true when
+/// they deferred a recipient that was not deferred before.
+fn apply_changes(progress: &mut Progress, changes: &[Change]) -> bool {
+    let deferred = |p: &Progress| -> Vec<bool> {
+        p.state
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| matches!(r.state, RecipientState::Deferred { .. }))
+            .collect()
+    };
+    let before = deferred(progress);
+    for c in changes {
+        progress.state.apply(c);
+        if let Change::Route { address, route } = c {
+            progress
+                .routes
+                .retain(|(a, _)| !a.eq_ignore_ascii_case(address));
+            progress.routes.push((address.clone(), *route));
         }
     }
-    settle(ctx, id, &mut progress, &header, deferred_from)
+    deferred(progress)
+        .iter()
+        .enumerate()
+        .any(|(k, now)| *now && !before.get(k).copied().unwrap_or(false))
+}
+
+/// A verdict in a few words, for the log and the stage history.
+fn verdict_text(verdict: &Verdict) -> String {
+    match verdict {
+        Verdict::Continue => "continue".to_string(),
+        Verdict::Discard { reason } => format!("discard: {reason}"),
+        Verdict::Hold { reason } => format!("hold: {reason}"),
+        Verdict::Bounce { code, status, text } => format!("bounce: {code} {status} {text}"),
+        Verdict::Defer { reason, .. } => format!("defer: {reason}"),
+    }
+}
+
+/// What a verdict does to the message (Postfix's after-queue verbs).
+fn apply_verdict(
+    ctx: &Context,
+    attempt: &mut Attempt,
+    name: &str,
+    verdict: Verdict,
+    total: u32,
+) -> Result<Flow, spool::Error> {
+    let progress = &mut attempt.progress;
+    let i = progress.next_stage;
+    match verdict {
+        Verdict::Continue => progress.next_stage = i + 1,
+        Verdict::Discard { reason } => {
+            close_open(
+                progress,
+                RecipientState::Discarded {
+                    reason: format!("{name}: {reason}"),
+                },
+            );
+            progress.next_stage = total;
+        }
+        Verdict::Hold { reason } => {
+            progress.next_stage = i + 1;
+            info!(plugin = %name, reason = %reason, "held");
+            progress.hold_reason = Some(format!("{name}: {reason}"));
+            hold(ctx, attempt)?;
+            return Ok(Flow::Stop);
+        }
+        Verdict::Bounce { code, status, text } => {
+            close_open(
+                progress,
+                RecipientState::Failed {
+                    reason: format!("{code} {status} {text}"),
+                    status,
+                },
+            );
+            progress.next_stage = total;
+        }
+        Verdict::Defer {
+            reason,
+            retry_after_secs,
+        } => {
+            progress.last_error = Some(format!("{name}: {reason}"));
+            defer(ctx, attempt, retry_after_secs)?;
+            return Ok(Flow::Stop);
+        }
+    }
+    Ok(Flow::Next)
+}
+
+/// Puts the message on hold for an administrator, its progress saved first.
+fn hold(ctx: &Context, attempt: &Attempt) -> Result<(), spool::Error> {
+    ctx.spool.save_progress(&attempt.id, &attempt.progress)?;
+    ctx.spool.hold(&attempt.id)?;
+    metrics::global().holds.inc();
+    Ok(())
 }
 
 /// Where to resume: the recorded stage if the chain is the one the message
@@ -319,24 +426,18 @@ fn resume_at(progress: &Progress, names: &[String]) -> u32 {
         .unwrap_or(names.len() as u32)
 }
 
-/// The end of the chain: fail what nobody took, report failures, and either
-/// finish the message or defer what is left.
-fn settle(
-    ctx: &Context,
-    id: &QueueId,
-    progress: &mut Progress,
-    header: &Header,
-    deferred_from: Option<u32>,
-) -> Result<(), spool::Error> {
+/// The end of the chain: hand what is left outside the local domains to the
+/// next hop, fail what nobody took, and either complete the message or
+/// defer what is left.
+fn settle(ctx: &Context, attempt: &mut Attempt) -> Result<(), spool::Error> {
     let settings = ctx.settings();
     deliver_remote(
         ctx,
-        id,
-        progress,
-        header,
-        &settings.outbound,
+        attempt,
+        settings.delivery.as_ref(),
         &settings.local_domains,
     )?;
+    let progress = &mut attempt.progress;
     for r in progress.state.envelope.recipients.iter_mut() {
         if r.state == RecipientState::Pending {
             r.state = RecipientState::Failed {
@@ -345,28 +446,22 @@ fn settle(
             };
         }
     }
-    let any_deferred = progress
+    let first_deferred = progress
         .state
         .envelope
         .recipients
         .iter()
-        .any(|r| matches!(r.state, RecipientState::Deferred { .. }));
-    if any_deferred {
+        .find_map(|r| match &r.state {
+            RecipientState::Deferred { reason } => Some(format!("<{}>: {reason}", r.address)),
+            _ => None,
+        });
+    if let Some(why) = first_deferred {
         // Only outbound recipients deferred: the retry skips the chain.
-        progress.next_stage = deferred_from.unwrap_or(progress.chain.len() as u32);
-        progress.last_error = progress
-            .state
-            .envelope
-            .recipients
-            .iter()
-            .find_map(|r| match &r.state {
-                RecipientState::Deferred { reason } => Some(format!("<{}>: {reason}", r.address)),
-                _ => None,
-            })
-            .or(progress.last_error.take());
-        return defer(ctx, id, progress, header, None);
+        progress.next_stage = attempt.deferred_from.unwrap_or(progress.chain.len() as u32);
+        progress.last_error = Some(why);
+        return defer(ctx, attempt, None);
     }
-    finish(ctx, id, progress, header)
+    complete(ctx, attempt)
 }
 
 /// Hands the recipients still pending outside the local domains to the next
@@ -375,14 +470,13 @@ fn settle(
 /// to that hop twice.
 fn deliver_remote(
     ctx: &Context,
-    id: &QueueId,
-    progress: &mut Progress,
-    header: &Header,
-    out: &crate::outbound::Outbound,
+    attempt: &mut Attempt,
+    delivery: &dyn Delivery,
     local: &[String],
 ) -> Result<(), spool::Error> {
+    let progress = &mut attempt.progress;
     let routes = &progress.routes;
-    let remote: Vec<(String, crate::config::Route)> = progress
+    let remote: Vec<(String, Route)> = progress
         .state
         .envelope
         .recipients
@@ -393,12 +487,10 @@ fn deliver_remote(
             let chosen = routes
                 .iter()
                 .find(|(a, _)| a.eq_ignore_ascii_case(&r.address))
-                .map(|(_, route)| match route {
-                    finaldot_sdk::wire::Route::Smarthost => crate::config::Route::Smarthost,
-                    finaldot_sdk::wire::Route::Mx => crate::config::Route::Mx,
-                });
-            let route = chosen.unwrap_or_else(|| out.default_route());
-            (route != crate::config::Route::None).then(|| (r.address.clone(), route))
+                .map(|(_, route)| *route);
+            chosen
+                .or_else(|| delivery.default_route())
+                .map(|route| (r.address.clone(), route))
         })
         .collect();
     if remote.is_empty() {
@@ -409,14 +501,15 @@ fn deliver_remote(
     message.extend_from_slice(b"\r\n");
     message.extend(ctx.spool.read_message_range(
         QueueState::Active,
-        id,
-        header,
+        &attempt.id,
+        &attempt.queued,
         progress.body_offset,
         u64::MAX,
     )?);
     let mail_from = progress.state.envelope.mail_from.clone();
     let chain_end = progress.chain.len() as u32;
-    let results = out.deliver(&mail_from, &remote, &message, &mut |accepted, note| {
+    let id = &attempt.id;
+    let results = delivery.deliver(&mail_from, &remote, &message, &mut |accepted, note| {
         for r in progress.state.envelope.recipients.iter_mut() {
             if accepted.contains(&r.address) {
                 r.state = RecipientState::Delivered {
@@ -425,39 +518,30 @@ fn deliver_remote(
             }
         }
         progress.next_stage = chain_end;
-        ctx.spool.save_progress(id, progress)
+        ctx.spool
+            .save_progress(id, progress)
+            .map_err(|e| e.to_string())
     });
-    for (address, outcome) in results {
-        let Some(r) = progress
+    for (address, state) in results {
+        if let Some(r) = progress
             .state
             .envelope
             .recipients
             .iter_mut()
             .find(|r| r.address == address)
-        else {
-            continue;
-        };
-        r.state = match outcome {
-            crate::outbound::Outcome::Delivered(note) => RecipientState::Delivered { note },
-            crate::outbound::Outcome::Deferred(reason) => RecipientState::Deferred { reason },
-            crate::outbound::Outcome::Failed { status, reason } => {
-                RecipientState::Failed { status, reason }
-            }
-        };
+        {
+            r.state = state;
+        }
     }
     Ok(())
 }
 
-/// Reports failures, logs every recipient's outcome, removes the message.
-fn finish(
-    ctx: &Context,
-    id: &QueueId,
-    progress: &mut Progress,
-    header: &Header,
-) -> Result<(), spool::Error> {
-    let notified = notify_failures(ctx, id, progress, header)?;
-    let m = crate::metrics::global();
-    for r in &progress.state.envelope.recipients {
+/// The message is settled for good: reports failures, logs and counts
+/// every recipient's outcome, removes the message from the queue.
+fn complete(ctx: &Context, attempt: &mut Attempt) -> Result<(), spool::Error> {
+    let notified = notify_failures(ctx, attempt)?;
+    let m = metrics::global();
+    for r in &attempt.progress.state.envelope.recipients {
         match &r.state {
             RecipientState::Delivered { note } => {
                 m.deliveries.inc();
@@ -477,18 +561,17 @@ fn finish(
     // A removal lost in a crash re-runs the message from its last checkpoint,
     // which the stages tolerate (local delivery finds its earlier files); but a
     // DSN must not go out twice, so after one the removal is made durable.
-    ctx.spool.complete(id, notified)?;
-    info!(attempts = progress.attempts, "done, removed from the queue");
+    ctx.spool.complete(&attempt.id, notified)?;
+    info!(
+        attempts = attempt.progress.attempts,
+        "completed, removed from the queue"
+    );
     Ok(())
 }
 
 /// Sends one DSN for every failed recipient not yet reported; true if it sent one.
-fn notify_failures(
-    ctx: &Context,
-    id: &QueueId,
-    progress: &mut Progress,
-    header: &Header,
-) -> Result<bool, spool::Error> {
+fn notify_failures(ctx: &Context, attempt: &mut Attempt) -> Result<bool, spool::Error> {
+    let progress = &attempt.progress;
     let fresh: Vec<DsnRecipient> = progress
         .state
         .envelope
@@ -507,21 +590,22 @@ fn notify_failures(
     if fresh.is_empty() {
         return Ok(false);
     }
-    send_dsn(ctx, id, progress, header, DsnKind::Failed, &fresh)?;
-    progress
+    send_dsn(ctx, attempt, DsnKind::Failed, &fresh)?;
+    attempt
+        .progress
         .notified
         .extend(fresh.into_iter().map(|r| r.recipient.address));
     Ok(true)
 }
 
+/// Queues an RFC 3464 report to the message's sender (never to `<>`).
 fn send_dsn(
     ctx: &Context,
-    id: &QueueId,
-    progress: &Progress,
-    header: &Header,
+    attempt: &Attempt,
     kind: DsnKind,
     recipients: &[DsnRecipient],
 ) -> Result<(), spool::Error> {
+    let progress = &attempt.progress;
     let sender = &progress.state.envelope.mail_from;
     if sender.is_empty() {
         info!(
@@ -533,7 +617,13 @@ fn send_dsn(
     let spool = &ctx.spool;
     // The original header block, for the report (without it if unreadable).
     let mut original = spool
-        .read_message_range(QueueState::Active, id, header, 0, progress.body_offset)
+        .read_message_range(
+            QueueState::Active,
+            &attempt.id,
+            &attempt.queued,
+            0,
+            progress.body_offset,
+        )
         .unwrap_or_default();
     // The blank line that ends the header block is not part of the headers.
     while original.ends_with(b"\r\n\r\n") || original.ends_with(b"\n\n") {
@@ -548,7 +638,7 @@ fn send_dsn(
     let msg = dsn::build(
         kind,
         hostname,
-        id.as_str(),
+        attempt.id.as_str(),
         sender,
         progress.queued_at,
         now,
@@ -569,7 +659,7 @@ fn send_dsn(
     let mut w = spool.begin(&env)?;
     w.write(&msg)?;
     let dsn_id = spool.commit_blocking(w.finish()?)?;
-    crate::metrics::global().dsns.inc();
+    metrics::global().dsns.inc();
     info!(dsn_queue_id = %dsn_id, to = %sender, kind = ?kind, recipients = recipients.len(), "DSN queued for the sender");
     Ok(())
 }
@@ -592,24 +682,19 @@ fn backoff(ctx: &Context, id: &QueueId, attempts: u32) -> u64 {
 }
 
 /// Defers the message (or bounces what is left, past the queue lifetime).
-fn defer(
-    ctx: &Context,
-    id: &QueueId,
-    progress: &mut Progress,
-    header: &Header,
-    hint_secs: Option<u64>,
-) -> Result<(), spool::Error> {
+fn defer(ctx: &Context, attempt: &mut Attempt, hint_secs: Option<u64>) -> Result<(), spool::Error> {
     let settings = ctx.settings();
     let cfg = &settings.config;
     let now = unix_now();
-    let age = now.saturating_sub(progress.queued_at);
+    let age = now.saturating_sub(attempt.progress.queued_at);
     if age >= cfg.max_queue_lifetime.as_secs() {
-        let why = progress
+        let why = attempt
+            .progress
             .last_error
             .clone()
             .unwrap_or_else(|| "temporary failures".into());
         close_open(
-            progress,
+            &mut attempt.progress,
             RecipientState::Failed {
                 status: "5.4.7".into(),
                 reason: format!("delivery time expired after {age}s in the queue: {why}"),
@@ -619,43 +704,51 @@ fn defer(
             age_secs = age,
             "queue lifetime exceeded; bouncing what is left"
         );
-        return finish(ctx, id, progress, header);
+        return complete(ctx, attempt);
     }
     // Recipients already failed are reported now, not at the very end.
-    notify_failures(ctx, id, progress, header)?;
+    notify_failures(ctx, attempt)?;
     if let Some(after) = cfg.delay_warning {
-        if !progress.delay_warned && age >= after.as_secs() {
-            let delayed: Vec<DsnRecipient> = progress
-                .state
-                .envelope
-                .recipients
-                .iter()
-                .filter(|r| is_open(r))
-                .map(|r| DsnRecipient {
-                    recipient: r.clone(),
-                    status: "4.4.7".into(),
-                    reason: progress
-                        .last_error
-                        .clone()
-                        .unwrap_or_else(|| "delivery temporarily failed".into()),
-                })
-                .collect();
-            if !delayed.is_empty() {
-                send_dsn(ctx, id, progress, header, DsnKind::Delayed, &delayed)?;
-            }
-            progress.delay_warned = true;
+        if !attempt.progress.delay_warned && age >= after.as_secs() {
+            warn_of_delay(ctx, attempt)?;
         }
     }
-    let delay = hint_secs.unwrap_or_else(|| backoff(ctx, id, progress.attempts));
+    let progress = &mut attempt.progress;
+    let delay = hint_secs.unwrap_or_else(|| backoff(ctx, &attempt.id, progress.attempts));
     progress.next_attempt = now + delay;
-    ctx.spool.save_progress(id, progress)?;
-    ctx.spool.defer(id, progress.next_attempt)?;
-    crate::metrics::global().deferrals.inc();
+    ctx.spool.save_progress(&attempt.id, progress)?;
+    ctx.spool.defer(&attempt.id, progress.next_attempt)?;
+    metrics::global().deferrals.inc();
     info!(
         delay_secs = delay,
         attempts = progress.attempts,
         reason = progress.last_error.as_deref().unwrap_or(""),
         "deferred"
     );
+    Ok(())
+}
+
+/// The one delay warning (RFC 3464 `delayed`) for the recipients still open.
+fn warn_of_delay(ctx: &Context, attempt: &mut Attempt) -> Result<(), spool::Error> {
+    let progress = &attempt.progress;
+    let delayed: Vec<DsnRecipient> = progress
+        .state
+        .envelope
+        .recipients
+        .iter()
+        .filter(|r| is_open(r))
+        .map(|r| DsnRecipient {
+            recipient: r.clone(),
+            status: "4.4.7".into(),
+            reason: progress
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "delivery temporarily failed".into()),
+        })
+        .collect();
+    if !delayed.is_empty() {
+        send_dsn(ctx, attempt, DsnKind::Delayed, &delayed)?;
+    }
+    attempt.progress.delay_warned = true;
     Ok(())
 }

@@ -40,7 +40,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const MAX_HEADER_BYTES: u64 = 1024 * 1024;
 
 pub use progress::{Progress, StageRecord};
-pub use queue_file::{read_header, read_message, Envelope, FormatError, Header};
+pub use queue_file::{read_header, read_message, Envelope, FormatError, QueueFile};
 
 /// Called with each queue id once it is durable in `incoming/`.
 pub type CommitHook = Box<dyn Fn(&QueueId) + Send + Sync>;
@@ -661,7 +661,7 @@ impl Spool {
 
     /// Reads and validates the queue file of `id` in `state` (envelope and
     /// where its message lies, not the message itself).
-    pub fn read_queue_file(&self, state: QueueState, id: &QueueId) -> Result<Header, Error> {
+    pub fn read_queue_file(&self, state: QueueState, id: &QueueId) -> Result<QueueFile, Error> {
         let path = self.path(state, id);
         read_header(&path).map_err(|source| Error::Format { path, source })
     }
@@ -678,7 +678,7 @@ impl Spool {
         &self,
         state: QueueState,
         id: &QueueId,
-        header: &Header,
+        queued: &QueueFile,
         from: u64,
         len: u64,
     ) -> Result<Vec<u8>, Error> {
@@ -686,8 +686,8 @@ impl Spool {
         let mut out = Vec::new();
         File::open(&path)
             .and_then(|mut f| {
-                f.seek(SeekFrom::Start(header.message_offset + from))?;
-                f.take(len.min(header.message_len.saturating_sub(from)))
+                f.seek(SeekFrom::Start(queued.message_offset + from))?;
+                f.take(len.min(queued.message_len.saturating_sub(from)))
                     .read_to_end(&mut out)
             })
             .map_err(|e| Error::io("reading", &path, e))?;
@@ -695,16 +695,16 @@ impl Spool {
     }
 
     /// The progress of a message that has none yet: its envelope with every
-    /// recipient pending, and the header fields parsed from the start of its
+    /// recipient pending, and the queued fields parsed from the start of its
     /// message (at most 1 MiB of it).
     pub fn initial_progress(
         &self,
         state: QueueState,
         id: &QueueId,
-        header: &Header,
+        queued: &QueueFile,
     ) -> Result<Progress, Error> {
-        let head = self.read_message_range(state, id, header, 0, MAX_HEADER_BYTES)?;
-        Ok(Progress::initial(&header.envelope, &head))
+        let head = self.read_message_range(state, id, queued, 0, MAX_HEADER_BYTES)?;
+        Ok(Progress::initial(&queued.envelope, &head))
     }
 
     /// Moves the unreadable queue file of `id` in `state` to `corrupt/`, for

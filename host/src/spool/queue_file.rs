@@ -81,9 +81,10 @@ pub enum FormatError {
     Torn,
 }
 
-/// The decoded header of a queue file and where its message lies.
+/// A validated queue file: its envelope (decoded from the file's header)
+/// and where its message lies.
 #[derive(Debug, Clone)]
-pub struct Header {
+pub struct QueueFile {
     /// The envelope.
     pub envelope: Envelope,
     /// Offset of the first message byte.
@@ -112,7 +113,7 @@ pub fn encode_trailer(message_len: u64) -> [u8; TRAILER_LEN as usize] {
 }
 
 /// Reads and validates a queue file's header and trailer without reading the message.
-pub fn read_header(path: &Path) -> Result<Header, FormatError> {
+pub fn read_header(path: &Path) -> Result<QueueFile, FormatError> {
     let mut f = File::open(path)?;
     let file_len = f.metadata()?.len();
     if file_len < PRELUDE_LEN + TRAILER_LEN {
@@ -147,7 +148,7 @@ pub fn read_header(path: &Path) -> Result<Header, FormatError> {
     if message_offset + message_len + TRAILER_LEN != file_len {
         return Err(FormatError::Torn);
     }
-    Ok(Header {
+    Ok(QueueFile {
         envelope,
         message_offset,
         message_len,
@@ -155,7 +156,7 @@ pub fn read_header(path: &Path) -> Result<Header, FormatError> {
 }
 
 /// Reads a whole queue file: its header and the message bytes.
-pub fn read_message(path: &Path) -> Result<(Header, Vec<u8>), FormatError> {
+pub fn read_message(path: &Path) -> Result<(QueueFile, Vec<u8>), FormatError> {
     let header = read_header(path)?;
     let mut f = File::open(path)?;
     f.seek(SeekFrom::Start(header.message_offset))?;
