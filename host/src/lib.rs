@@ -19,10 +19,25 @@ pub mod spool;
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> u64 {
+    unix_now_ms() / 1000
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// A copy of the value behind `lock`. A lock poisoned by a writer that
+/// panicked still holds the last value written, which is what every reader
+/// here wants (settings, the chain, a stage's plugin), so poison is ignored.
+pub fn read_clone<T: Clone>(lock: &std::sync::RwLock<T>) -> T {
+    match lock.read() {
+        Ok(v) => v.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
 }
 
 /// How long a start keeps retrying an address that is in use.

@@ -106,10 +106,7 @@ impl Stage {
 
     /// The plugin serving this stage now, or why there is none.
     pub fn current(&self) -> Result<Arc<Plugin>, String> {
-        match self.plugin.read() {
-            Ok(p) => p.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        crate::read_clone(&self.plugin)
     }
 
     /// Whether the serving version is the binary's built-in copy.
@@ -314,10 +311,7 @@ pub type SharedChain = Arc<RwLock<Arc<Vec<Arc<Stage>>>>>;
 
 /// Reads the chain in force.
 pub fn snapshot(chain: &SharedChain) -> Arc<Vec<Arc<Stage>>> {
-    match chain.read() {
-        Ok(c) => c.clone(),
-        Err(p) => p.into_inner().clone(),
-    }
+    crate::read_clone(chain)
 }
 
 /// Watches the plugin directory and reloads changed plugins.

@@ -36,7 +36,7 @@ use super::Settings;
 use crate::metrics;
 use crate::plugins::{Body, PluginError};
 use crate::spool::{self, Progress, QueueFile, QueueId, QueueState, Spool, StageRecord};
-use crate::unix_now;
+use crate::{read_clone, unix_now};
 
 /// What every worker shares.
 pub struct Context {
@@ -51,10 +51,7 @@ pub struct Context {
 impl Context {
     /// The settings in force.
     pub fn settings(&self) -> Settings {
-        match self.settings.read() {
-            Ok(s) => s.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        read_clone(&self.settings)
     }
 }
 

@@ -189,12 +189,6 @@ fn write_guest(caller: &mut Caller<'_, HostState>, bytes: &[u8]) -> wasmtime::Re
     Ok((u64::from(ptr) << 32) | u64::from(len))
 }
 
-fn unix_now() -> Duration {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-}
-
 /// Defines finaldot's host functions: the only imports a plugin may have.
 pub fn define_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
@@ -252,9 +246,7 @@ pub fn define_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Result
             })
         },
     )?;
-    linker.func_wrap("finaldot", "now_ms", || -> u64 {
-        unix_now().as_millis() as u64
-    })?;
+    linker.func_wrap("finaldot", "now_ms", || -> u64 { crate::unix_now_ms() })?;
     linker.func_wrap(
         "finaldot",
         "call",
@@ -276,7 +268,7 @@ pub fn define_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Result
                         .as_deref()
                         .filter(|_| super::caps::waits_on_disk(&req))
                         .map(super::CpuGate::pause);
-                    s.grants.handle(&req, &s.body, unix_now().as_secs())
+                    s.grants.handle(&req, &s.body, crate::unix_now())
                 }
                 Err(e) => finaldot_sdk::wire::HostResponse::Error {
                     kind: finaldot_sdk::wire::HostErrorKind::Invalid,

@@ -93,24 +93,15 @@ struct Shared {
 
 impl Shared {
     fn tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
-        match self.tls.read() {
-            Ok(t) => t.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        crate::read_clone(&self.tls)
     }
 
     fn session(&self) -> Arc<SessionConfig> {
-        match self.session.read() {
-            Ok(s) => s.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        crate::read_clone(&self.session)
     }
 
     fn submission(&self) -> SubmissionSettings {
-        match self.submission.read() {
-            Ok(s) => s.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        crate::read_clone(&self.submission)
     }
 
     /// Messages waiting in `incoming/` for their first pipeline run, counted
@@ -131,10 +122,7 @@ impl Shared {
     }
 
     fn limits(&self) -> Limits {
-        match self.limits.read() {
-            Ok(l) => l.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        crate::read_clone(&self.limits)
     }
 }
 

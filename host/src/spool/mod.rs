@@ -363,10 +363,10 @@ impl Spool {
         Ok((path, file))
     }
 
-    /// Removes a finished file, or keeps it in `tmp/` for [`Spool::begin`] to
-    /// overwrite. Not durable by itself: `from`'s directory is fsynced by the
+    /// Recycles a completed message's file: keeps it in `tmp/` for
+    /// [`Spool::begin`] to overwrite, or removes it. Not durable by itself: `from`'s directory is fsynced by the
     /// caller when the removal must survive a crash.
-    fn retire(&self, path: &Path) -> io::Result<()> {
+    fn recycle(&self, path: &Path) -> io::Result<()> {
         let small = fs::metadata(path)?.len() <= RECYCLE_MAX_BYTES;
         if small {
             if let Ok(mut pool) = self.recycled.lock() {
@@ -514,7 +514,7 @@ impl Spool {
             QueueState::Hold,
         ] {
             let p = self.path(state, id);
-            match self.retire(&p) {
+            match self.recycle(&p) {
                 Ok(()) => {
                     if durable {
                         sync_dir(&self.dir(state))?;
