@@ -18,6 +18,7 @@ pub mod policy;
 pub mod reply;
 pub mod server;
 pub mod session;
+pub mod settings;
 pub mod transcript;
 pub mod users;
 

@@ -1,0 +1,448 @@
+//! Configuration: the TOML file as written ([`RawConfig`], unknown keys refused),
+//! then validated into what the daemon uses ([`Config`]). Every refusal names the
+//! key and what is wrong with it. With no file, the embedded default
+//! ([`DEFAULT_CONFIG`]) goes through exactly the same path.
+
+//!
+//! Each table is validated by its own function, beside the struct that
+//! holds it as written, with each key's default next to its check:
+//! [`smtp`] (`[smtp]`, `[submission]`, `[domains]`), [`pipeline`]
+//! (`[pipeline]`, `[[plugins]]`), [`outbound`]. Consumers take their
+//! section's validated struct (`Server::bind(&config.smtp, …)`,
+//! `Outbound::new(&config.outbound, …)`).
+
+pub mod outbound;
+pub mod pipeline;
+pub mod smtp;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::plugins::PluginSpec;
+use crate::smtp::policy::Recipients;
+use crate::smtp::session::SessionConfig;
+
+pub use self::outbound::{OutboundConfig, RawOutbound, RawSmarthostAuth, TlsPolicy};
+pub use self::pipeline::{PipelineConfig, RawDirGrant, RawPipeline, RawPlugin};
+pub use self::smtp::{RawDomain, RawSmtp, RawSubmission, RawTls};
+pub use crate::smtp::settings::{SmtpConfig, SubmissionConfig, TlsFiles};
+
+/// The configuration `finaldot run` uses when no file is given.
+pub const DEFAULT_CONFIG: &str = r#"
+data_dir = "var"
+
+[smtp]
+listen = ["127.0.0.1:2525"]
+
+[domains.localhost]
+[domains."example.test"]
+
+[pipeline]
+plugin_dir = "var/plugins"
+
+[[plugins]]
+name = "dedup"
+file = "dedup.wasm"
+kv = true
+
+[[plugins]]
+name = "list-expand"
+file = "list_expand.wasm"
+dirs = [{ name = "lists", path = "var/lists" }]
+
+[[plugins]]
+name = "filter"
+file = "filter.wasm"
+
+[[plugins]]
+name = "local-delivery"
+file = "local_delivery.wasm"
+dirs = [{ name = "mail", path = "var/mail", writable = true }]
+[plugins.config]
+domains = ["localhost", "example.test"]
+aliases = { postmaster = "root", abuse = "root", mailer-daemon = "root" }
+
+[metrics]
+listen = "127.0.0.1:9425"
+"#;
+
+/// A configuration problem, naming the file and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a value of the wrong type.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file, or "embedded default".
+        origin: String,
+        /// The parser's message (it names the key, line and column).
+        message: String,
+    },
+    /// A value that parses but is not acceptable.
+    #[error("{origin}: `{key}`: {why}")]
+    Invalid {
+        /// The file, or "embedded default".
+        origin: String,
+        /// The key, dotted (e.g. `smtp.max_recipients`).
+        key: String,
+        /// What is wrong and what would be right.
+        why: String,
+    },
+}
+
+/// The configuration file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Name in the greeting and Received headers; default: the system hostname.
+    pub hostname: Option<String>,
+    /// Where the spool lives; relative paths are resolved against the config file's directory.
+    pub data_dir: Option<PathBuf>,
+    /// The SMTP listener.
+    #[serde(default)]
+    pub smtp: RawSmtp,
+    /// The domains this server accepts mail for.
+    #[serde(default)]
+    pub domains: BTreeMap<String, RawDomain>,
+    /// The post-acceptance pipeline.
+    #[serde(default)]
+    pub pipeline: RawPipeline,
+    /// The plugin chain, in order.
+    #[serde(default)]
+    pub plugins: Vec<RawPlugin>,
+    /// Metrics and the status page.
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    /// Delivery to other mail servers.
+    #[serde(default)]
+    pub outbound: RawOutbound,
+    /// The authenticated submission listener.
+    #[serde(default)]
+    pub submission: RawSubmission,
+}
+
+/// `[metrics]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Where to serve `/metrics` and the status page (IP:PORT); absent = off.
+    pub listen: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Server name.
+    pub hostname: String,
+    /// Data directory (absolute or relative to the working directory).
+    pub data_dir: PathBuf,
+    /// SMTP listener settings.
+    pub smtp: SmtpConfig,
+    /// Local domains, lowercase, sorted.
+    pub domains: Vec<String>,
+    /// The RCPT-time recipient table.
+    pub recipients: Recipients,
+    /// Pipeline settings.
+    pub pipeline: PipelineConfig,
+    /// The plugin chain, in order.
+    pub plugins: Vec<PluginSpec>,
+    /// Where `/metrics` and the status page are served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Delivery to other mail servers.
+    pub outbound: OutboundConfig,
+    /// The submission listener.
+    pub submission: SubmissionConfig,
+}
+
+impl Config {
+    /// Loads `path`, or the embedded default when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Config::parse(DEFAULT_CONFIG, "embedded default", Path::new(".")),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                let base = p.parent().unwrap_or(Path::new("."));
+                let base = if base.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    base
+                };
+                Config::parse(&text, &p.display().to_string(), base)
+            }
+        }
+    }
+
+    /// Parses and validates TOML text; relative paths are resolved against `base`.
+    pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        raw.validate(origin, base)
+    }
+
+    /// The spool directory.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir.join("spool")
+    }
+
+    /// What each SMTP session needs.
+    pub fn session_config(&self) -> SessionConfig {
+        SessionConfig {
+            hostname: self.hostname.clone(),
+            max_message_size: self.smtp.max_message_size,
+            max_recipients: self.smtp.max_recipients,
+            max_errors: self.smtp.max_errors,
+            recipients: self.recipients.clone(),
+            starttls: self.smtp.tls.is_some(),
+            submission: false,
+        }
+    }
+
+    /// What each submission session needs.
+    pub fn submission_session_config(&self) -> SessionConfig {
+        SessionConfig {
+            submission: true,
+            ..self.session_config()
+        }
+    }
+}
+
+/// The system's host name, or `localhost` when it cannot be read.
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// What every table's validation needs: where the file is (for errors and
+/// relative paths), and the checks every table uses.
+pub struct Cx<'a> {
+    origin: &'a str,
+    base: &'a Path,
+}
+
+impl Cx<'_> {
+    /// A refusal of `key`, naming the file.
+    pub fn invalid(&self, key: &str, why: String) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.origin.to_string(),
+            key: key.to_string(),
+            why,
+        }
+    }
+
+    /// `p` made absolute: relative paths in the file are relative to the
+    /// file's directory.
+    pub fn abs(&self, p: PathBuf) -> PathBuf {
+        if p.is_absolute() {
+            p
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    /// `IP:PORT` addresses.
+    pub fn addrs(&self, key: &str, raw: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+        raw.iter()
+            .map(|a| {
+                a.parse::<SocketAddr>().map_err(|_| {
+                    self.invalid(
+                        key,
+                        format!("{a:?} is not IP:PORT (for example \"0.0.0.0:25\" or \"[::]:25\")"),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// A number of seconds, `default` when absent, at least `min`.
+    pub fn secs(
+        &self,
+        key: &str,
+        v: Option<u64>,
+        default: u64,
+        min: u64,
+    ) -> Result<Duration, ConfigError> {
+        let v = v.unwrap_or(default);
+        if v < min {
+            Err(self.invalid(key, format!("{v} is below the minimum of {min} seconds")))
+        } else {
+            Ok(Duration::from_secs(v))
+        }
+    }
+}
+
+impl RawMetrics {
+    /// Validates `[metrics]`: not on an SMTP address.
+    pub fn validate(self, smtp: &SmtpConfig, cx: &Cx) -> Result<Option<SocketAddr>, ConfigError> {
+        let listen = &smtp.listen;
+        let invalid = |key: &str, why: String| cx.invalid(key, why);
+        let metrics_listen = match self.listen {
+            None => None,
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "metrics.listen",
+                    format!("{a:?} is not IP:PORT (for example \"127.0.0.1:9425\")"),
+                )
+            })?),
+        };
+        if let Some(m) = metrics_listen {
+            if listen.contains(&m) && m.port() != 0 {
+                return Err(invalid(
+                    "metrics.listen",
+                    format!("{m} is also an SMTP listen address"),
+                ));
+            }
+        }
+
+        Ok(metrics_listen)
+    }
+}
+
+impl RawConfig {
+    /// Validates into a [`Config`], one table at a time.
+    pub fn validate(self, origin: &str, base: &Path) -> Result<Config, ConfigError> {
+        let cx = Cx { origin, base };
+        let hostname = match self.hostname {
+            Some(h) if h.trim().is_empty() || h.contains(char::is_whitespace) => {
+                return Err(cx.invalid("hostname", "must be a host name without spaces".into()))
+            }
+            Some(h) => h,
+            None => system_hostname(),
+        };
+        let data_dir = cx.abs(self.data_dir.unwrap_or_else(|| PathBuf::from("var")));
+        let (smtp, delimiter) = self.smtp.validate(&cx)?;
+        let (domains, recipients) = smtp::validate_domains(self.domains, delimiter, &cx)?;
+        let pipeline = self.pipeline.validate(&data_dir, &cx)?;
+        let plugins =
+            pipeline::validate_plugins(self.plugins, &pipeline.plugin_dir, &data_dir, &cx)?;
+        let metrics_listen = self.metrics.validate(&smtp, &cx)?;
+        let outbound = self.outbound.validate(&cx)?;
+        let submission = self.submission.validate(&smtp, &data_dir, &cx)?;
+        Ok(Config {
+            hostname,
+            data_dir,
+            smtp,
+            domains,
+            recipients,
+            pipeline,
+            plugins,
+            metrics_listen,
+            outbound,
+            submission,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml", Path::new("/etc/finaldot"))
+    }
+
+    #[test]
+    fn embedded_default_serves_localhost_and_example_test() {
+        let c = Config::load(None).expect("default");
+        assert_eq!(c.smtp.listen, vec!["127.0.0.1:2525".parse().expect("addr")]);
+        assert_eq!(c.domains, vec!["example.test", "localhost"]);
+        assert_eq!(c.data_dir, Path::new("./var"));
+        let names: Vec<_> = c.plugins.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["dedup", "list-expand", "filter", "local-delivery"]);
+        assert_eq!(
+            c.plugins[3].file,
+            Path::new("./var/plugins/local_delivery.wasm")
+        );
+    }
+
+    #[test]
+    fn example_file_documents_a_valid_config() {
+        let text = include_str!("../../../finaldot.example.toml");
+        let c = parse(text).expect("example parses");
+        assert!(c.data_dir.is_absolute());
+        assert_eq!(c.plugins.len(), 1);
+        assert_eq!(
+            c.plugins[0].file,
+            Path::new("/etc/finaldot/var/plugins/stamp.wasm")
+        );
+    }
+
+    #[test]
+    fn plugin_settings_are_validated_with_their_keys() {
+        for (text, key) in [
+            ("[domains.a]\n[[plugins]]\nname = \"x y\"\nfile = \"x.wasm\"\n", "plugins[0].name"),
+            ("[domains.a]\n[[plugins]]\nname = \"x\"\nfile = \"x.wasm\"\ntimeout_ms = 0\n", "plugins[0].timeout_ms"),
+            ("[domains.a]\n[[plugins]]\nname = \"x\"\nfile = \"x.wasm\"\n[[plugins]]\nname = \"x\"\nfile = \"y.wasm\"\n", "plugins[1].name"),
+            ("[domains.a]\n[pipeline]\nworkers = 0\n", "pipeline.workers"),
+            ("[domains.a]\n[pipeline]\nretry_min_secs = 10\nretry_max_secs = 5\n", "pipeline.retry_max_secs"),
+            ("[domains.a]\n[[plugins]]\nname = \"x\"\nfile = \"x.wasm\"\nsurprise = 1\n", "surprise"),
+        ] {
+            let e = parse(text).expect_err(text).to_string();
+            assert!(e.contains(key), "{text:?} gave {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("[smtp]\nlisten = [\"127.0.0.1:25\"]\nmax_recipeints = 5\n[domains.a]\n")
+            .expect_err("must fail")
+            .to_string();
+        assert!(e.contains("max_recipeints"), "{e}");
+        assert!(e.contains("test.toml"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            (
+                "[smtp]\nlisten = [\"localhost:25\"]\n[domains.a]\n",
+                "smtp.listen",
+            ),
+            (
+                "[smtp]\nmax_recipients = 10\n[domains.a]\n",
+                "smtp.max_recipients",
+            ),
+            (
+                "[smtp]\nmax_message_size = 10\n[domains.a]\n",
+                "smtp.max_message_size",
+            ),
+            (
+                "[smtp]\nrecipient_delimiter = \"++\"\n[domains.a]\n",
+                "smtp.recipient_delimiter",
+            ),
+            ("[domains.\"a..b\"]\n", "domains"),
+            ("[domains.a]\nrecipients = [\"x@a\"]\n", "recipients"),
+            ("hostname = \"\"\n[domains.a]\n", "hostname"),
+            ("data_dir = \"x\"\n", "domains"),
+        ] {
+            let e = parse(text).expect_err(text).to_string();
+            assert!(e.contains(key), "{text:?} gave {e}");
+        }
+    }
+
+    #[test]
+    fn wrong_type_is_refused_with_location() {
+        let e = parse("[smtp]\nmax_recipients = \"many\"\n[domains.a]\n")
+            .expect_err("must fail")
+            .to_string();
+        assert!(e.contains("max_recipients"), "{e}");
+    }
+}

@@ -1,0 +1,163 @@
+//! `[outbound]`: as written, and validated into what outbound delivery uses.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use finaldot_sdk::wire::Route;
+use serde::Deserialize;
+
+use super::{ConfigError, Cx};
+
+/// `[outbound]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutbound {
+    /// `none`, `smarthost` or `mx`.
+    pub route: Option<String>,
+    /// The smarthost, `HOST:PORT`.
+    pub smarthost: Option<String>,
+    /// TLS to the smarthost: `required`, `opportunistic` or `none`.
+    pub smarthost_tls: Option<String>,
+    /// AUTH credentials for the smarthost.
+    pub smarthost_auth: Option<RawSmarthostAuth>,
+    /// Extra CA certificates (PEM) trusted when TLS is required.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Port of MX hosts.
+    pub mx_port: Option<u16>,
+    /// DNS servers for MX lookups (`IP:PORT`); absent: the system's.
+    pub nameservers: Option<Vec<String>>,
+    /// Seconds for connecting and for each reply.
+    pub timeout_secs: Option<u64>,
+    /// Most simultaneous connections to one destination.
+    pub max_connections_per_destination: Option<usize>,
+}
+
+/// `[outbound.smarthost_auth]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSmarthostAuth {
+    /// User name.
+    pub user: String,
+    /// File holding the password (first line).
+    pub password_file: PathBuf,
+}
+
+/// How hard to insist on TLS to the next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TlsPolicy {
+    /// STARTTLS with a verified certificate, or the recipients wait (4.7.5).
+    Required,
+    /// STARTTLS when offered (certificate not verified, RFC 7435), else plain.
+    Opportunistic,
+    /// Never STARTTLS.
+    None,
+}
+
+/// Validated `[outbound]`.
+#[derive(Debug, Clone)]
+pub struct OutboundConfig {
+    /// The route for recipients outside the local domains; `None`: nothing
+    /// leaves (such recipients fail, 5.1.1, unless a plugin routes them).
+    pub route: Option<Route>,
+    /// Smarthost host and port.
+    pub smarthost: Option<(String, u16)>,
+    /// TLS to the smarthost.
+    pub smarthost_tls: TlsPolicy,
+    /// Smarthost AUTH user and password.
+    pub smarthost_auth: Option<(String, String)>,
+    /// Extra CA certificates (PEM).
+    pub tls_ca_file: Option<PathBuf>,
+    /// Port of MX hosts (25).
+    pub mx_port: u16,
+    /// DNS servers for MX lookups; empty: the system's.
+    pub nameservers: Vec<SocketAddr>,
+    /// Connect and reply timeout.
+    pub timeout: Duration,
+    /// Most simultaneous connections to one destination.
+    pub max_connections_per_destination: usize,
+}
+
+impl RawOutbound {
+    /// Validates `[outbound]` (reading the smarthost password file).
+    pub fn validate(self, cx: &Cx) -> Result<OutboundConfig, ConfigError> {
+        let invalid = |key: &str, why: String| cx.invalid(key, why);
+        let o = self;
+        let route = match o.route.as_deref().unwrap_or("none") {
+            "none" => None,
+            "smarthost" => Some(Route::Smarthost),
+            "mx" => Some(Route::Mx),
+            other => {
+                return Err(invalid(
+                    "outbound.route",
+                    format!("{other:?} is not one of \"none\", \"smarthost\", \"mx\""),
+                ))
+            }
+        };
+        let smarthost = match &o.smarthost {
+            None => None,
+            Some(hp) => {
+                let parsed = hp
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| {
+                        Some((
+                            h.trim_matches(['[', ']']).to_string(),
+                            p.parse::<u16>().ok()?,
+                        ))
+                    })
+                    .filter(|(h, _)| !h.is_empty());
+                Some(parsed.ok_or_else(|| {
+                    invalid(
+                        "outbound.smarthost",
+                        format!("{hp:?} is not HOST:PORT (for example \"smtp.example.net:587\")"),
+                    )
+                })?)
+            }
+        };
+        if route == Some(Route::Smarthost) && smarthost.is_none() {
+            return Err(invalid(
+                "outbound.smarthost",
+                "route = \"smarthost\" needs a smarthost (HOST:PORT)".into(),
+            ));
+        }
+        let smarthost_tls = match o.smarthost_tls.as_deref().unwrap_or("required") {
+            "required" => TlsPolicy::Required,
+            "opportunistic" => TlsPolicy::Opportunistic,
+            "none" => TlsPolicy::None,
+            other => {
+                return Err(invalid(
+                    "outbound.smarthost_tls",
+                    format!("{other:?} is not one of \"required\", \"opportunistic\", \"none\""),
+                ))
+            }
+        };
+        let smarthost_auth = match o.smarthost_auth {
+            None => None,
+            Some(a) => {
+                let file = cx.abs(a.password_file);
+                let text = std::fs::read_to_string(&file).map_err(|e| {
+                    invalid(
+                        "outbound.smarthost_auth.password_file",
+                        format!("cannot read {}: {e}", file.display()),
+                    )
+                })?;
+                let password = text.lines().next().unwrap_or("").to_string();
+                Some((a.user, password))
+            }
+        };
+        let nameservers = cx.addrs("outbound.nameservers", &o.nameservers.unwrap_or_default())?;
+        let outbound = OutboundConfig {
+            route,
+            smarthost,
+            smarthost_tls,
+            smarthost_auth,
+            tls_ca_file: o.tls_ca_file.map(|p| cx.abs(p)),
+            mx_port: o.mx_port.unwrap_or(25),
+            nameservers,
+            timeout: Duration::from_secs(o.timeout_secs.unwrap_or(60).max(1)),
+            max_connections_per_destination: o.max_connections_per_destination.unwrap_or(4).max(1),
+        };
+
+        Ok(outbound)
+    }
+}

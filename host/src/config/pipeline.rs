@@ -1,0 +1,253 @@
+//! `[pipeline]` and `[[plugins]]`: as written, and validated into the
+//! pipeline's settings and the plugin chain's specs.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, Cx};
+use crate::plugins::{DirGrant, Grants, Limits, PluginSpec};
+
+/// `[pipeline]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    /// Concurrent pipeline workers.
+    pub workers: Option<usize>,
+    /// Where plugin `.wasm` files are found.
+    pub plugin_dir: Option<PathBuf>,
+    /// First retry delay in seconds.
+    pub retry_min_secs: Option<u64>,
+    /// Longest retry delay in seconds.
+    pub retry_max_secs: Option<u64>,
+    /// After this long in the queue a message bounces.
+    pub max_queue_lifetime_secs: Option<u64>,
+    /// Consecutive plugin faults before a message is held.
+    pub max_faults: Option<u32>,
+    /// Send a delay warning after this long (0 = never).
+    pub delay_warning_secs: Option<u64>,
+    /// How often the queue is rescanned (the backstop for wake-ups).
+    pub rescan_secs: Option<u64>,
+    /// Scheduling niceness of pipeline threads (0-19).
+    pub nice: Option<i32>,
+    /// Plugin calls running WebAssembly at once (default: cores - 1, at least 1).
+    pub max_running_plugins: Option<usize>,
+}
+
+/// `[[plugins]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugin {
+    /// Name in logs, errors and `queue show`.
+    pub name: String,
+    /// The `.wasm` file, relative to `pipeline.plugin_dir`.
+    pub file: PathBuf,
+    /// Time limit per call, milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Memory cap, MiB.
+    pub memory_mb: Option<u64>,
+    /// Keep instances between messages.
+    pub reuse_instance: Option<bool>,
+    /// Grant a key-value namespace.
+    pub kv: Option<bool>,
+    /// Directory grants.
+    #[serde(default)]
+    pub dirs: Vec<RawDirGrant>,
+    /// The plugin's own settings.
+    pub config: Option<toml::Table>,
+}
+
+/// One directory grant as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDirGrant {
+    /// The name the plugin asks for.
+    pub name: String,
+    /// The directory (relative to the config file's directory).
+    pub path: PathBuf,
+    /// Read-write when true; read-only by default.
+    #[serde(default)]
+    pub writable: bool,
+}
+
+/// Validated `[pipeline]`.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Concurrent workers.
+    pub workers: usize,
+    /// Plugin directory.
+    pub plugin_dir: PathBuf,
+    /// First retry delay.
+    pub retry_min: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Queue lifetime before a bounce.
+    pub max_queue_lifetime: Duration,
+    /// Consecutive faults before hold.
+    pub max_faults: u32,
+    /// Delay warning after (None = never).
+    pub delay_warning: Option<Duration>,
+    /// Rescan interval.
+    pub rescan: Duration,
+    /// Niceness of pipeline threads.
+    pub nice: i32,
+    /// Plugin calls running WebAssembly at once.
+    pub max_running_plugins: usize,
+}
+
+impl RawPipeline {
+    /// Validates `[pipeline]`; `data_dir` holds the default plugin directory.
+    pub fn validate(self, data_dir: &Path, cx: &Cx) -> Result<PipelineConfig, ConfigError> {
+        let invalid = |key: &str, why: String| cx.invalid(key, why);
+        let p = self;
+        let plugin_dir = p
+            .plugin_dir
+            .map(|p| cx.abs(p))
+            .unwrap_or_else(|| data_dir.join("plugins"));
+        let workers = p.workers.unwrap_or(4);
+        if workers == 0 || workers > 256 {
+            return Err(invalid(
+                "pipeline.workers",
+                format!("{workers} must be between 1 and 256"),
+            ));
+        }
+        let retry_min = cx.secs("pipeline.retry_min_secs", p.retry_min_secs, 60, 1)?;
+        let retry_max = cx.secs("pipeline.retry_max_secs", p.retry_max_secs, 3600, 1)?;
+        if retry_max < retry_min {
+            return Err(invalid(
+                "pipeline.retry_max_secs",
+                "must not be less than pipeline.retry_min_secs".into(),
+            ));
+        }
+        let max_queue_lifetime = cx.secs(
+            "pipeline.max_queue_lifetime_secs",
+            p.max_queue_lifetime_secs,
+            5 * 86400,
+            1,
+        )?;
+        let max_faults = p.max_faults.unwrap_or(5);
+        if max_faults == 0 {
+            return Err(invalid("pipeline.max_faults", "must be at least 1".into()));
+        }
+        let delay_warning = match p.delay_warning_secs.unwrap_or(4 * 3600) {
+            0 => None,
+            n => Some(Duration::from_secs(n)),
+        };
+        let rescan = cx.secs("pipeline.rescan_secs", p.rescan_secs, 5, 1)?;
+        let nice = p.nice.unwrap_or(19);
+        if !(0..=19).contains(&nice) {
+            return Err(invalid(
+                "pipeline.nice",
+                format!("{nice} must be between 0 and 19"),
+            ));
+        }
+
+        Ok(PipelineConfig {
+            workers,
+            plugin_dir,
+            retry_min,
+            retry_max,
+            max_queue_lifetime,
+            max_faults,
+            delay_warning,
+            rescan,
+            nice,
+            max_running_plugins: match p.max_running_plugins {
+                None | Some(0) => crate::plugins::default_max_running(),
+                Some(n) => n,
+            },
+        })
+    }
+}
+
+/// Validates `[[plugins]]` into the chain's specs, in order: files relative
+/// to `plugin_dir`, key-value namespaces under `data_dir/kv/NAME`.
+pub fn validate_plugins(
+    raw: Vec<RawPlugin>,
+    plugin_dir: &Path,
+    data_dir: &Path,
+    cx: &Cx,
+) -> Result<Vec<PluginSpec>, ConfigError> {
+    let invalid = |key: &str, why: String| cx.invalid(key, why);
+    let mut plugins = Vec::new();
+    let mut names = HashSet::new();
+    for (i, rp) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("plugins[{i}].{k}");
+        let name_ok = !rp.name.is_empty()
+            && rp
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            return Err(invalid(
+                &key("name"),
+                format!("{:?} must be letters, digits, - and _", rp.name),
+            ));
+        }
+        if !names.insert(rp.name.clone()) {
+            return Err(invalid(
+                &key("name"),
+                format!("{:?} is used twice", rp.name),
+            ));
+        }
+        let builtin = crate::plugins::builtin::for_file(&rp.file);
+        let file = if rp.file.is_absolute() {
+            rp.file
+        } else {
+            plugin_dir.join(rp.file)
+        };
+        let timeout_ms = rp.timeout_ms.unwrap_or(1000);
+        if !(1..=600_000).contains(&timeout_ms) {
+            return Err(invalid(
+                &key("timeout_ms"),
+                format!("{timeout_ms} must be between 1 and 600000"),
+            ));
+        }
+        let memory_mb = rp.memory_mb.unwrap_or(64);
+        if !(1..=1024).contains(&memory_mb) {
+            return Err(invalid(
+                &key("memory_mb"),
+                format!("{memory_mb} must be between 1 and 1024"),
+            ));
+        }
+        let mut grant_names = HashSet::new();
+        let mut dirs = Vec::new();
+        for (j, d) in rp.dirs.into_iter().enumerate() {
+            if !grant_names.insert(d.name.clone()) {
+                return Err(invalid(
+                    &key(&format!("dirs[{j}].name")),
+                    format!("{:?} is granted twice", d.name),
+                ));
+            }
+            dirs.push(DirGrant {
+                name: d.name,
+                path: cx.abs(d.path),
+                writable: d.writable,
+            });
+        }
+        let config =
+            finaldot_sdk::Value::from_toml(&toml::Value::Table(rp.config.unwrap_or_default()));
+        plugins.push(PluginSpec {
+            name: rp.name.clone(),
+            file,
+            config,
+            limits: Limits {
+                timeout: Duration::from_millis(timeout_ms),
+                memory: (memory_mb as usize) << 20,
+            },
+            grants: Grants {
+                dirs,
+                kv: rp
+                    .kv
+                    .unwrap_or(false)
+                    .then(|| data_dir.join("kv").join(&rp.name)),
+            },
+            reuse_instance: rp.reuse_instance.unwrap_or(false),
+            builtin,
+        });
+    }
+
+    Ok(plugins)
+}

@@ -1,0 +1,318 @@
+//! `[smtp]`, `[submission]` and `[domains]`: as written, and validated into
+//! the SMTP side's settings ([`crate::smtp::settings`]) and its RCPT table.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, Cx};
+use crate::smtp::policy::{DomainUsers, Recipients};
+use crate::smtp::settings::{SmtpConfig, SubmissionConfig, TlsFiles};
+
+/// RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.
+const MIN_RECIPIENTS: usize = 100;
+
+/// `[smtp]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSmtp {
+    /// Addresses to listen on, as `IP:PORT`.
+    pub listen: Option<Vec<String>>,
+    /// Largest message in octets.
+    pub max_message_size: Option<u64>,
+    /// Most recipients per message.
+    pub max_recipients: Option<usize>,
+    /// Most simultaneous connections in total.
+    pub max_connections: Option<usize>,
+    /// Most simultaneous connections from one IP address.
+    pub max_connections_per_ip: Option<usize>,
+    /// Most new connections per minute from one IP address (0 = no limit).
+    pub max_connection_rate_per_ip: Option<usize>,
+    /// Networks exempt from the per-IP connection count and rate.
+    pub limit_exceptions: Option<Vec<String>>,
+    /// Longest pause before a new message's 354 while the pipeline is behind (0 = off).
+    pub in_flow_delay_ms: Option<u64>,
+    /// Messages waiting for their first pipeline run above which the pause applies.
+    pub in_flow_backlog: Option<usize>,
+    /// Error replies before a session is closed with 421.
+    pub max_errors: Option<u32>,
+    /// Seconds to wait for the next command.
+    pub command_timeout_secs: Option<u64>,
+    /// Seconds to wait for more message content.
+    pub data_timeout_secs: Option<u64>,
+    /// Seconds a shutdown waits for messages in progress.
+    pub shutdown_grace_secs: Option<u64>,
+    /// Separator of address extensions (`user+tag`); empty to turn off.
+    pub recipient_delimiter: Option<String>,
+    /// STARTTLS certificate and key.
+    pub tls: Option<RawTls>,
+    /// Addresses where TLS starts at connect (implicit TLS, port 465 style).
+    pub tls_listen: Option<Vec<String>>,
+}
+
+/// `[smtp.tls]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[domains."name"]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDomain {
+    /// Local parts that exist; absent means every local part is accepted.
+    pub recipients: Option<Vec<String>>,
+}
+
+/// `[submission]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubmission {
+    /// Addresses to listen on (port 587 style); absent: no submission listener.
+    pub listen: Option<Vec<String>>,
+    /// The users file (`finaldot user add`).
+    pub users_file: Option<PathBuf>,
+    /// Record the authenticated user in the Received header.
+    pub received_auth: Option<bool>,
+    /// Failed AUTH attempts per IP address in ten minutes before 421.
+    pub max_auth_failures_per_ip: Option<usize>,
+}
+
+impl RawSmtp {
+    /// Validates `[smtp]`, each key's default beside its check; also returns
+    /// `recipient_delimiter`, which the `[domains]` table uses.
+    pub fn validate(self, cx: &Cx) -> Result<(SmtpConfig, Option<char>), ConfigError> {
+        let s = self;
+        let invalid = |key: &str, why: String| cx.invalid(key, why);
+        let listen_raw = s
+            .listen
+            .unwrap_or_else(|| vec!["127.0.0.1:2525".to_string()]);
+        if listen_raw.is_empty() {
+            return Err(invalid("smtp.listen", "needs at least one address".into()));
+        }
+        let listen = cx.addrs("smtp.listen", &listen_raw)?;
+        let tls_listen = cx.addrs("smtp.tls_listen", &s.tls_listen.unwrap_or_default())?;
+        if !tls_listen.is_empty() && s.tls.is_none() {
+            return Err(invalid(
+                "smtp.tls_listen",
+                "needs smtp.tls (a certificate and key) to serve TLS".into(),
+            ));
+        }
+        if let Some(both) = tls_listen
+            .iter()
+            .find(|a| listen.contains(a) && a.port() != 0)
+        {
+            return Err(invalid(
+                "smtp.tls_listen",
+                format!("{both} is also in smtp.listen"),
+            ));
+        }
+        let max_message_size = s.max_message_size.unwrap_or(25 * 1024 * 1024);
+        if max_message_size < 64 * 1024 {
+            return Err(invalid(
+                "smtp.max_message_size",
+                format!("{max_message_size} is below the RFC 5321 minimum of 65536 octets"),
+            ));
+        }
+        let max_recipients = s.max_recipients.unwrap_or(1000);
+        if max_recipients < MIN_RECIPIENTS {
+            return Err(invalid(
+                "smtp.max_recipients",
+                format!("{max_recipients} is below {MIN_RECIPIENTS}, the minimum RFC 5321 section 4.5.3.1.8 requires"),
+            ));
+        }
+        let max_connections = s.max_connections.unwrap_or(1000);
+        let max_connections_per_ip = s.max_connections_per_ip.unwrap_or(50);
+        if max_connections == 0 {
+            return Err(invalid("smtp.max_connections", "must be at least 1".into()));
+        }
+        if max_connections_per_ip == 0 || max_connections_per_ip > max_connections {
+            return Err(invalid(
+                "smtp.max_connections_per_ip",
+                format!("must be between 1 and smtp.max_connections ({max_connections})"),
+            ));
+        }
+        let limit_exceptions = match s.limit_exceptions {
+            // As Postfix exempts $mynetworks from its client limits: local
+            // scripts and web applications submit through loopback.
+            None => ["127.0.0.0/8", "::1"]
+                .into_iter()
+                .filter_map(parse_network)
+                .collect(),
+            Some(list) => list
+                .iter()
+                .map(|n| parse_network(n).ok_or_else(|| {
+                    invalid(
+                        "smtp.limit_exceptions",
+                        format!("{n:?} is not a network (write \"192.0.2.0/24\", \"2001:db8::/32\" or one address)"),
+                    )
+                }))
+                .collect::<Result<_, _>>()?,
+        };
+        let max_errors = s.max_errors.unwrap_or(20);
+        if max_errors == 0 {
+            return Err(invalid("smtp.max_errors", "must be at least 1".into()));
+        }
+        // RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for a command;
+        // shorter values are allowed for tests and overloaded servers, not below 1 s.
+        let command_timeout =
+            cx.secs("smtp.command_timeout_secs", s.command_timeout_secs, 300, 1)?;
+        let data_timeout = cx.secs("smtp.data_timeout_secs", s.data_timeout_secs, 180, 1)?;
+        let shutdown_grace = cx.secs("smtp.shutdown_grace_secs", s.shutdown_grace_secs, 30, 0)?;
+        let delimiter = match s.recipient_delimiter.as_deref() {
+            None => Some('+'),
+            Some("") => None,
+            Some(d) if d.chars().count() == 1 => d.chars().next(),
+            Some(d) => {
+                return Err(invalid(
+                    "smtp.recipient_delimiter",
+                    format!("{d:?} must be one character, or empty to turn it off"),
+                ))
+            }
+        };
+
+        let tls = s.tls.map(|t| TlsFiles {
+            cert: cx.abs(t.cert),
+            key: cx.abs(t.key),
+        });
+        Ok((
+            SmtpConfig {
+                listen,
+                max_message_size,
+                max_recipients,
+                max_connections,
+                max_connections_per_ip,
+                max_connection_rate_per_ip: s.max_connection_rate_per_ip.unwrap_or(0),
+                limit_exceptions,
+                in_flow_delay: Duration::from_millis(s.in_flow_delay_ms.unwrap_or(0)),
+                in_flow_backlog: s.in_flow_backlog.unwrap_or(1000),
+                max_errors,
+                command_timeout,
+                data_timeout,
+                shutdown_grace,
+                tls,
+                tls_listen,
+            },
+            delimiter,
+        ))
+    }
+}
+
+/// Validates `[domains]`: the local domains (lowercase, sorted) and the
+/// RCPT-time table, with `delimiter` (`smtp.recipient_delimiter`).
+pub fn validate_domains(
+    raw: BTreeMap<String, RawDomain>,
+    delimiter: Option<char>,
+    cx: &Cx,
+) -> Result<(Vec<String>, Recipients), ConfigError> {
+    let invalid = |key: &str, why: String| cx.invalid(key, why);
+    if raw.is_empty() {
+        return Err(invalid(
+            "domains",
+            "no local domains: add a [domains.\"example.org\"] table".into(),
+        ));
+    }
+    let mut table = Vec::new();
+    let mut domains = Vec::new();
+    let mut seen = HashSet::new();
+    for (name, d) in raw {
+        let key = format!("domains.{name:?}");
+        let lower = name.to_ascii_lowercase();
+        let valid = !lower.is_empty()
+            && lower.split('.').all(|l| {
+                !l.is_empty()
+                    && l.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
+            });
+        if !valid {
+            return Err(invalid(&key, "is not a valid domain name".into()));
+        }
+        if !seen.insert(lower.clone()) {
+            return Err(invalid(
+                &key,
+                "is listed twice (domains compare case-insensitively)".into(),
+            ));
+        }
+        let users = match d.recipients {
+            None => DomainUsers::CatchAll,
+            Some(list) => {
+                let mut set = HashSet::new();
+                for u in list {
+                    if u.is_empty() || u.contains('@') || u.contains(char::is_whitespace) {
+                        return Err(invalid(
+                            &format!("{key}.recipients"),
+                            format!(
+                                "{u:?} is not a local part (write \"alice\", not \"alice@{name}\")"
+                            ),
+                        ));
+                    }
+                    set.insert(u.to_lowercase());
+                }
+                DomainUsers::Listed(set)
+            }
+        };
+        table.push((lower.clone(), users));
+        domains.push(lower);
+    }
+    Ok((domains, Recipients::new(table, delimiter)))
+}
+
+impl RawSubmission {
+    /// Validates `[submission]` (it needs `[smtp]`'s certificate and
+    /// addresses); `data_dir` holds the default users file.
+    pub fn validate(
+        self,
+        smtp: &SmtpConfig,
+        data_dir: &Path,
+        cx: &Cx,
+    ) -> Result<SubmissionConfig, ConfigError> {
+        let invalid = |key: &str, why: String| cx.invalid(key, why);
+        let (listen, tls, tls_listen) = (&smtp.listen, &smtp.tls, &smtp.tls_listen);
+        let sub = self;
+        let submission = SubmissionConfig {
+            listen: cx.addrs("submission.listen", &sub.listen.unwrap_or_default())?,
+            users_file: sub
+                .users_file
+                .map(|p| cx.abs(p))
+                .unwrap_or_else(|| data_dir.join("users")),
+            received_auth: sub.received_auth.unwrap_or(false),
+            max_auth_failures_per_ip: sub.max_auth_failures_per_ip.unwrap_or(5).max(1),
+        };
+        if !submission.listen.is_empty() && tls.is_none() {
+            return Err(invalid(
+                "submission.listen",
+                "needs smtp.tls (a certificate and key): AUTH is only offered after STARTTLS"
+                    .into(),
+            ));
+        }
+        if let Some(both) = submission
+            .listen
+            .iter()
+            .find(|a| (listen.contains(a) || tls_listen.contains(a)) && a.port() != 0)
+        {
+            return Err(invalid(
+                "submission.listen",
+                format!("{both} is also an SMTP listen address"),
+            ));
+        }
+        Ok(submission)
+    }
+}
+
+/// A network (`192.0.2.0/24`, `2001:db8::/32`) or one address, host bits cleared.
+fn parse_network(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    match text.parse::<ipnet::IpNet>() {
+        Ok(n) => Some(n.trunc()),
+        Err(_) => text
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from),
+    }
+}

@@ -1,0 +1,65 @@
+//! The SMTP side's validated settings: `[smtp]` and `[submission]` as the
+//! listeners use them. `config` builds them from the file; the server takes
+//! them directly, so the SMTP side depends on nothing of `config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Validated `[smtp]`.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// Listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Largest message in octets.
+    pub max_message_size: u64,
+    /// Most recipients per message.
+    pub max_recipients: usize,
+    /// Most simultaneous connections.
+    pub max_connections: usize,
+    /// Most simultaneous connections per IP.
+    pub max_connections_per_ip: usize,
+    /// Most new connections per minute per IP (0 = no limit).
+    pub max_connection_rate_per_ip: usize,
+    /// Clients in these networks are exempt from the two per-IP limits
+    /// above (and from nothing else: not the total cap, not relay control).
+    pub limit_exceptions: Vec<ipnet::IpNet>,
+    /// In-flow delay: the longest pause before a new message (zero = off).
+    pub in_flow_delay: Duration,
+    /// In-flow delay applies while more messages than this wait in `incoming/`.
+    pub in_flow_backlog: usize,
+    /// Error replies before 421.
+    pub max_errors: u32,
+    /// Wait for the next command.
+    pub command_timeout: Duration,
+    /// Wait for more content.
+    pub data_timeout: Duration,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+    /// STARTTLS certificate and key files, when TLS is offered.
+    pub tls: Option<TlsFiles>,
+    /// Implicit-TLS listen addresses (the handshake comes before the greeting).
+    pub tls_listen: Vec<SocketAddr>,
+}
+
+/// Where the STARTTLS certificate chain and key are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Validated `[submission]`.
+#[derive(Debug, Clone)]
+pub struct SubmissionConfig {
+    /// Listen addresses (empty: none).
+    pub listen: Vec<SocketAddr>,
+    /// The users file.
+    pub users_file: PathBuf,
+    /// Record the authenticated user in Received.
+    pub received_auth: bool,
+    /// Failed AUTH attempts per IP in ten minutes before 421.
+    pub max_auth_failures_per_ip: usize,
+}
