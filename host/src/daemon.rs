@@ -115,9 +115,14 @@ impl Daemon {
         })?;
         let spool = Arc::new(spool);
         // Listeners first: a port that is taken fails the start before any plugin loads.
-        let server = Server::bind(&config, spool.clone())
-            .await
-            .map_err(StartError::Listen)?;
+        let server = Server::bind(
+            &config.smtp,
+            &config.submission,
+            config.session_config(),
+            spool.clone(),
+        )
+        .await
+        .map_err(StartError::Listen)?;
         if let Some(addr) = config.metrics_listen {
             crate::metrics::serve(addr, spool.clone(), chain::status_path(&config.data_dir))
                 .await
@@ -209,7 +214,11 @@ impl Daemon {
                 warn!("{what} changed: it takes effect at the next restart");
             }
         }
-        for problem in self.server.reconfigure(&new).await {
+        for problem in self
+            .server
+            .reconfigure(&new.smtp, &new.submission, new.session_config())
+            .await
+        {
             error!("configuration reload: {problem}");
         }
         // The chain: plugins whose settings did not change keep running as they are.

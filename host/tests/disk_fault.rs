@@ -48,7 +48,14 @@ async fn start(dir: &Path) -> (Arc<Spool>, Client, tokio::sync::oneshot::Sender<
     );
     let config = Config::parse(&text, "test", dir).expect("config");
     let spool = Arc::new(Spool::open(&config.spool_dir()).expect("spool"));
-    let server = Server::bind(&config, spool.clone()).await.expect("bind");
+    let server = Server::bind(
+        &config.smtp,
+        &config.submission,
+        config.session_config(),
+        spool.clone(),
+    )
+    .await
+    .expect("bind");
     let addr = server.local_addrs()[0];
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {

@@ -212,14 +212,6 @@ impl Config {
             submission: false,
         }
     }
-
-    /// What each submission session needs.
-    pub fn submission_session_config(&self) -> SessionConfig {
-        SessionConfig {
-            submission: true,
-            ..self.session_config()
-        }
-    }
 }
 
 /// The system's host name, or `localhost` when it cannot be read.

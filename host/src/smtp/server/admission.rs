@@ -1,0 +1,207 @@
+//! Admission: the accept loop and the caps a connection passes before its
+//! greeting (the total cap, the per-IP connection rate and count, with
+//! `smtp.limit_exceptions` exempt from the per-IP two). A refused client
+//! gets one `421 4.7.0` and is closed.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info_span, warn, Instrument};
+
+use super::conn::Conn;
+use super::{ListenKind, Shared};
+use crate::metrics;
+use crate::smtp::reply::Reply;
+use crate::smtp::settings::SmtpConfig;
+
+/// Accepts connections on one listener until the server or this listener stops.
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    kind: ListenKind,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    mut stop_one: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => return,
+            _ = stop_one.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let alive = alive.clone();
+        let span = info_span!("smtp", client = %peer);
+        tokio::spawn(
+            async move {
+                connection(stream, peer, kind, shared, stop).await;
+                drop(alive);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Releases a per-IP connection slot on drop.
+struct IpSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.shared.per_ip.lock() {
+            if let Some(n) = map.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+/// Events per IP address within a sliding window (new connections for the
+/// rate limit, failed AUTH attempts).
+pub(super) struct PerIpWindow {
+    window: Duration,
+    events: Mutex<HashMap<IpAddr, std::collections::VecDeque<std::time::Instant>>>,
+}
+
+impl PerIpWindow {
+    pub(super) fn new(window: Duration) -> PerIpWindow {
+        PerIpWindow {
+            window,
+            events: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Events from `ip` within the window, before recording one more when
+    /// `record` says so (it is given that count).
+    pub(super) fn count(&self, ip: IpAddr, record: impl FnOnce(usize) -> bool) -> usize {
+        let Ok(mut map) = self.events.lock() else {
+            return 0;
+        };
+        let now = std::time::Instant::now();
+        let window = self.window;
+        // Forget addresses that have been quiet for a window, so the map stays small.
+        if map.len() > 10_000 {
+            map.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
+        }
+        let q = map.entry(ip).or_default();
+        while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            q.pop_front();
+        }
+        let n = q.len();
+        if record(n) {
+            q.push_back(now);
+        }
+        n
+    }
+}
+
+/// Whether `ip` is exempt from the per-IP connection count and rate
+/// (`smtp.limit_exceptions`; an IPv4-mapped IPv6 address counts as IPv4).
+fn exempt(smtp: &SmtpConfig, ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    smtp.limit_exceptions.iter().any(|n| n.contains(&ip))
+}
+
+/// Records a new connection from `ip`; false if it is over the per-minute rate.
+fn within_rate(shared: &Shared, smtp: &SmtpConfig, ip: IpAddr) -> bool {
+    let limit = smtp.max_connection_rate_per_ip;
+    limit == 0 || exempt(smtp, ip) || shared.recent.count(ip, |n| n < limit) < limit
+}
+
+/// Takes one of `ip`'s connection slots; `Ok(None)` for an exempt address
+/// (it holds none), `Err(())` when every slot is taken.
+fn take_ip_slot(shared: &Arc<Shared>, smtp: &SmtpConfig, ip: IpAddr) -> Result<Option<IpSlot>, ()> {
+    if exempt(smtp, ip) {
+        return Ok(None);
+    }
+    let Ok(mut map) = shared.per_ip.lock() else {
+        return Err(());
+    };
+    let n = map.entry(ip).or_insert(0);
+    if *n >= smtp.max_connections_per_ip {
+        return Err(());
+    }
+    *n += 1;
+    Ok(Some(IpSlot {
+        shared: shared.clone(),
+        ip,
+    }))
+}
+
+/// Refuses a connection before its greeting: one `421 4.7.0` with `why`
+/// (nothing on an implicit-TLS listener, whose client expects a handshake).
+async fn refuse(stream: &mut TcpStream, kind: ListenKind, hostname: &str, why: &str) {
+    warn!("refused: {why}");
+    if kind != ListenKind::ImplicitTls {
+        let r = Reply::new(
+            421,
+            "4.7.0",
+            format!("{hostname} Error: {why}, try again later"),
+        );
+        let _ = stream.write_all(&r.to_bytes()).await;
+    }
+}
+
+/// One accepted connection: admission, then the session.
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    kind: ListenKind,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) {
+    let session = shared.session(kind);
+    let smtp = shared.smtp();
+    let host = &session.hostname;
+    let Ok(_total) = shared.total.clone().try_acquire_owned() else {
+        return refuse(&mut stream, kind, host, "too many connections").await;
+    };
+    if !within_rate(&shared, &smtp, peer.ip()) {
+        let why = "too many connections from your address per minute";
+        return refuse(&mut stream, kind, host, why).await;
+    }
+    let Ok(_slot) = take_ip_slot(&shared, &smtp, peer.ip()) else {
+        let why = "too many connections from your address";
+        return refuse(&mut stream, kind, host, why).await;
+    };
+    debug!("connected");
+    let m = metrics::global();
+    m.connections.inc();
+    m.connections_open.inc();
+    let received_auth = kind == ListenKind::Submission && shared.submission().received_auth;
+    let mut conn = Conn::new(
+        stream,
+        peer.ip(),
+        session,
+        smtp,
+        shared,
+        stop,
+        received_auth,
+    );
+    if kind != ListenKind::ImplicitTls || conn.handshake().await {
+        conn.serve().await;
+    }
+    debug!("disconnected");
+    m.connections_open.dec();
+}

@@ -1,0 +1,442 @@
+//! One connection: drives its [`Session`] (sans-IO) over the socket, runs
+//! the TLS handshake and the AUTH check when the session asks, and streams
+//! each message into the spool, answering the final dot with exactly what
+//! [`Spool::commit`] returned.
+//!
+//! SECURITY: every byte read is the client's and goes to the session
+//! unread; what goes back is the session's replies and, for spool errors,
+//! [`spool_error_reply`]'s, never internal error text.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::received::received_header;
+use super::tls::{describe, Stream};
+use super::{spool_error_reply, Shared};
+use crate::metrics;
+use crate::smtp::reply::Reply;
+use crate::smtp::session::{Session, SessionConfig, Step};
+use crate::smtp::settings::SmtpConfig;
+use crate::smtp::users;
+use crate::spool::{self, Envelope, Spool, SpoolWriter};
+
+/// Content buffered before it is handed to a blocking write.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// The message being received: its spool file and content not yet written.
+struct Sink {
+    writer: Option<SpoolWriter>,
+    buffered: Vec<u8>,
+    failed: Option<spool::Error>,
+    envelope: Box<Envelope>,
+}
+
+impl Sink {
+    async fn push(&mut self, bytes: Vec<u8>) {
+        if self.failed.is_some() {
+            return;
+        }
+        if self.buffered.is_empty() {
+            self.buffered = bytes;
+        } else {
+            self.buffered.extend_from_slice(&bytes);
+        }
+        if self.buffered.len() >= WRITE_BATCH {
+            self.flush().await;
+        }
+    }
+
+    async fn flush(&mut self) {
+        let Some(mut writer) = self.writer.take() else {
+            return;
+        };
+        let data = std::mem::take(&mut self.buffered);
+        let r = tokio::task::spawn_blocking(move || {
+            let r = writer.write(&data);
+            (writer, r)
+        })
+        .await;
+        match r {
+            Ok((writer, Ok(()))) => self.writer = Some(writer),
+            Ok((_, Err(e))) => self.failed = Some(e),
+            Err(e) => self.failed = Some(join_error(e)),
+        }
+    }
+
+    async fn commit(
+        mut self,
+        spool: &Spool,
+    ) -> Result<(spool::QueueId, u64, Box<Envelope>), spool::Error> {
+        self.flush().await;
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let writer = self.writer.take().ok_or(spool::Error::CommitterGone)?;
+        let size = writer.message_len();
+        let prepared = tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .map_err(join_error)??;
+        let id = spool.commit(prepared).await?;
+        Ok((id, size, self.envelope))
+    }
+
+    async fn discard(mut self) {
+        if let Some(writer) = self.writer.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(writer)).await;
+        }
+    }
+}
+
+fn join_error(e: tokio::task::JoinError) -> spool::Error {
+    spool::Error::io(
+        "background write",
+        std::path::Path::new(""),
+        std::io::Error::other(e.to_string()),
+    )
+}
+
+/// One client connection and the session it carries.
+pub(super) struct Conn {
+    /// The next reply ends a refused message (counted in the metrics).
+    refusing: bool,
+    /// When the current message's commit began (for the ack-latency histogram).
+    ack_started: Option<std::time::Instant>,
+    /// The socket, plain or TLS.
+    stream: Stream,
+    /// The protocol state machine: bytes in, steps out.
+    session: Session,
+    /// The server's name (the Received field).
+    hostname: String,
+    /// `[smtp]` as it was when the connection began (timeouts, in-flow delay).
+    smtp: Arc<SmtpConfig>,
+    /// What the server's connections share (spool, TLS, caps, AUTH failures).
+    shared: Arc<Shared>,
+    /// The message being received, if any.
+    sink: Option<Sink>,
+    /// Replies not yet written.
+    out: Vec<u8>,
+    /// Becomes true when the server shuts down.
+    stop: watch::Receiver<bool>,
+    /// Set when shutdown began: the end of the grace period.
+    deadline: Option<Instant>,
+    /// The client's address.
+    peer: IpAddr,
+    /// Record the authenticated user in Received (submission listeners).
+    received_auth: bool,
+}
+
+impl Conn {
+    /// A connection from `peer` on `stream`, its session set up with `session`.
+    pub(super) fn new(
+        stream: TcpStream,
+        peer: IpAddr,
+        session: Arc<SessionConfig>,
+        smtp: Arc<SmtpConfig>,
+        shared: Arc<Shared>,
+        stop: watch::Receiver<bool>,
+        received_auth: bool,
+    ) -> Conn {
+        let local_ip = stream.local_addr().ok().map(|a| a.ip());
+        Conn {
+            refusing: false,
+            ack_started: None,
+            stream: Stream::Plain(stream),
+            hostname: session.hostname.clone(),
+            session: Session::new(session, peer).with_local_ip(local_ip),
+            smtp,
+            shared,
+            sink: None,
+            out: Vec::new(),
+            stop,
+            deadline: None,
+            peer,
+            received_auth,
+        }
+    }
+
+    async fn send(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    async fn send_final(&mut self, reply: Reply) -> std::io::Result<()> {
+        reply.write_to(&mut self.out);
+        self.send().await?;
+        let _ = self.stream.shutdown().await;
+        Ok(())
+    }
+
+    /// Runs the server side of a TLS handshake on the plain stream (after
+    /// STARTTLS, or at connect on an implicit-TLS listener), within the
+    /// command timeout. False when there is no certificate or it failed: the
+    /// connection is then closed.
+    pub(super) async fn handshake(&mut self) -> bool {
+        let Some(acceptor) = self.shared.tls() else {
+            return false;
+        };
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Upgrading) else {
+            return false;
+        };
+        match tokio::time::timeout(self.smtp.command_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                let info = describe(tls.get_ref().1);
+                debug!(tls = %info, "TLS established");
+                self.stream = Stream::Tls(Box::new(tls));
+                self.session.tls_established(info);
+                true
+            }
+            Ok(Err(e)) => {
+                info!(error = %e, "TLS handshake failed");
+                false
+            }
+            Err(_) => {
+                info!("TLS handshake timed out");
+                false
+            }
+        }
+    }
+
+    /// Serves the connection until the session ends, the client leaves or
+    /// the server shuts down; a message left unfinished is discarded.
+    pub(super) async fn serve(&mut self) {
+        if let Err(e) = self.exchange().await {
+            debug!(error = %e, "connection ended");
+        }
+        // Dropping an unfinished sink removes its tmp file.
+        if let Some(sink) = self.sink.take() {
+            sink.discard().await;
+        }
+    }
+
+    /// Greets, then reads, drives the session and writes its replies.
+    async fn exchange(&mut self) -> std::io::Result<()> {
+        if *self.stop.borrow() {
+            let r = self.session.shutdown();
+            return self.send_final(r).await;
+        }
+        self.session.greeting().write_to(&mut self.out);
+        self.send().await?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if self.drive().await? {
+                self.send().await?;
+                let _ = self.stream.shutdown().await;
+                return Ok(());
+            }
+            self.send().await?;
+            if let Some(t) = self.ack_started.take() {
+                metrics::global()
+                    .ack_latency
+                    .observe(t.elapsed().as_secs_f64());
+            }
+            if self.deadline.is_some() && !self.session.in_message() {
+                let r = self.session.shutdown();
+                return self.send_final(r).await;
+            }
+            let wait = if self.session.reading_content() {
+                self.smtp.data_timeout
+            } else {
+                self.smtp.command_timeout
+            };
+            let grace_end = self.deadline;
+            tokio::select! {
+                r = tokio::time::timeout(wait, self.stream.read(&mut buf)) => match r {
+                    Err(_) => {
+                        info!("timeout, closing");
+                        let r = self.session.timeout();
+                        return self.send_final(r).await;
+                    }
+                    Ok(Ok(0)) => {
+                        debug!("client closed the connection");
+                        return Ok(());
+                    }
+                    Ok(Ok(n)) => self.session.feed(&buf[..n]),
+                    Ok(Err(e)) => return Err(e),
+                },
+                _ = self.stop.changed(), if grace_end.is_none() => {
+                    self.deadline = Some(Instant::now() + self.smtp.shutdown_grace);
+                }
+                _ = tokio::time::sleep_until(grace_end.unwrap_or_else(Instant::now)), if grace_end.is_some() => {
+                    info!("shutdown grace period over, closing");
+                    let r = self.session.shutdown();
+                    return self.send_final(r).await;
+                }
+            }
+        }
+    }
+
+    /// Runs session steps until it needs input. Returns true when the session is over.
+    async fn drive(&mut self) -> std::io::Result<bool> {
+        loop {
+            match self.session.next_step() {
+                Step::NeedInput => return Ok(false),
+                Step::Close => return Ok(true),
+                Step::Reply(r) => {
+                    if std::mem::take(&mut self.refusing) && r.is_error() {
+                        let code = r.code.to_string();
+                        metrics::global()
+                            .messages
+                            .get_or_create(&metrics::labels(&[
+                                ("result", "refused"),
+                                ("code", &code),
+                            ]))
+                            .inc();
+                    }
+                    r.write_to(&mut self.out)
+                }
+                Step::Begin(env) => {
+                    let r = self.begin(env).await;
+                    self.session.begun(r);
+                }
+                Step::Data(bytes) => {
+                    if let Some(sink) = self.sink.as_mut() {
+                        sink.push(bytes).await;
+                    }
+                }
+                Step::Abort => {
+                    self.refusing = true;
+                    if let Some(sink) = self.sink.take() {
+                        sink.discard().await;
+                    }
+                }
+                Step::StartTls => {
+                    self.send().await?;
+                    if !self.handshake().await {
+                        return Ok(true);
+                    }
+                }
+                Step::Authenticate { user, password } => {
+                    let settings = self.shared.submission();
+                    let max = settings.max_auth_failures_per_ip;
+                    if self.shared.auth_failures.count(self.peer, |_| false) >= max {
+                        warn!(user = %user, "AUTH refused: too many failures from this address");
+                        self.session.auth_checked(None, true);
+                        continue;
+                    }
+                    let file = settings.users_file.clone();
+                    let who = user.clone();
+                    let ok =
+                        tokio::task::spawn_blocking(move || users::verify(&file, &who, &password))
+                            .await;
+                    match ok {
+                        Ok(Ok(true)) => {
+                            info!(user = %user, "authenticated");
+                            self.session.auth_checked(Some(user), false);
+                        }
+                        Ok(Ok(false)) => {
+                            let n = self.shared.auth_failures.count(self.peer, |_| true) + 1;
+                            warn!(user = %user, failures = n, "AUTH failed: bad user name or password");
+                            self.session.auth_checked(None, false);
+                        }
+                        Ok(Err(e)) => {
+                            error!(error = %e, "cannot read the users file");
+                            self.session.auth_checked(None, false);
+                        }
+                        Err(e) => {
+                            error!(error = %e, "AUTH check did not finish");
+                            self.session.auth_checked(None, false);
+                        }
+                    }
+                }
+                Step::Commit => {
+                    self.ack_started = Some(std::time::Instant::now());
+                    let r = self.commit().await;
+                    let m = metrics::global();
+                    let code = match &r {
+                        Ok(_) => "250".to_string(),
+                        Err(reply) => reply.code.to_string(),
+                    };
+                    let result = if r.is_ok() { "accepted" } else { "refused" };
+                    m.messages
+                        .get_or_create(&metrics::labels(&[("result", result), ("code", &code)]))
+                        .inc();
+                    self.session.committed(r);
+                }
+            }
+        }
+    }
+
+    async fn begin(&mut self, env: Box<Envelope>) -> Result<(), Reply> {
+        // In-flow delay (Postfix's idea): while the pipeline is behind, pause
+        // before taking a new message (its 354), at most `in_flow_delay`. The
+        // 250 after the final dot is never delayed.
+        let delay = self.smtp.in_flow_delay;
+        if !delay.is_zero() {
+            let until = Instant::now() + delay;
+            while Instant::now() < until && self.shared.backlog().await > self.smtp.in_flow_backlog
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let spool = self.shared.spool.clone();
+        let hostname = self.hostname.clone();
+        let env2 = env.clone();
+        let auth = self
+            .session
+            .authenticated()
+            .filter(|_| self.received_auth)
+            .map(str::to_string);
+        let r = tokio::task::spawn_blocking(move || {
+            let mut w = spool.begin(&env2)?;
+            let header = received_header(&env2, &hostname, w.id().as_str(), auth.as_deref());
+            w.write(header.as_bytes())?;
+            Ok::<_, spool::Error>(w)
+        })
+        .await
+        .map_err(join_error)
+        .and_then(|r| r);
+        match r {
+            Ok(writer) => {
+                self.sink = Some(Sink {
+                    writer: Some(writer),
+                    buffered: Vec::new(),
+                    failed: None,
+                    envelope: env,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                error!(error = %e, "cannot start spool file");
+                Err(spool_error_reply(&e))
+            }
+        }
+    }
+
+    async fn commit(&mut self) -> Result<String, Reply> {
+        let Some(sink) = self.sink.take() else {
+            return Err(Reply::new(451, "4.3.0", "Error: local error in processing"));
+        };
+        match sink.commit(&self.shared.spool).await {
+            Ok((id, size, env)) => {
+                metrics::global().message_bytes.inc_by(size);
+                let from = if env.mail_from.is_empty() {
+                    "<>"
+                } else {
+                    env.mail_from.as_str()
+                };
+                info!(
+                    queue_id = %id,
+                    client_ip = %env.client_ip,
+                    from = %from,
+                    nrcpt = env.rcpt_to.len(),
+                    size,
+                    "queued"
+                );
+                Ok(id.to_string())
+            }
+            Err(e) => {
+                error!(error = %e, "message not queued");
+                Err(spool_error_reply(&e))
+            }
+        }
+    }
+}
