@@ -91,6 +91,7 @@ pub struct Daemon {
 impl Daemon {
     /// Opens the spool, runs recovery, binds the listeners, loads the plugins
     /// and starts the pipeline. `config_path` is what a reload re-reads.
+    // Long on purpose: the start-up order, read top to bottom (spool, lock, recovery, listeners, plugins, pipeline, watcher).
     pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Daemon, StartError> {
         let signals = Signals::register()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {

@@ -371,32 +371,7 @@ fn queue(config: Option<PathBuf>, json: bool, command: QueueCommand) -> anyhow::
                 println!("queue is empty");
                 return Ok(());
             }
-            println!(
-                "{:<22} {:<9} {:>8} {:>9}  {:<30} RECIPIENTS / NEXT ATTEMPT / LAST ERROR",
-                "ID", "STATE", "AGE", "SIZE", "SENDER"
-            );
-            let now = finaldot::unix_now();
-            for e in &entries {
-                println!(
-                    "{:<22} {:<9} {:>7}s {:>9}  {:<30} {}",
-                    e.id,
-                    e.state,
-                    e.age_secs,
-                    e.size,
-                    e.sender,
-                    e.open_recipients.join(", ")
-                );
-                if let Some(t) = e.next_attempt {
-                    println!("{:>24}next attempt in {}s", "", t.saturating_sub(now));
-                }
-                if let Some(h) = &e.hold_reason {
-                    println!("{:>24}held: {h}", "");
-                }
-                if let Some(err) = &e.last_error {
-                    println!("{:>24}last error: {err}", "");
-                }
-            }
-            println!("{} message(s)", entries.len());
+            print_list(&entries);
         }
         QueueCommand::Show { id } => {
             let d = q::show(&spool, &q::parse_id(&id)?)?;
@@ -404,32 +379,7 @@ fn queue(config: Option<PathBuf>, json: bool, command: QueueCommand) -> anyhow::
                 println!("{}", serde_json::to_string_pretty(&d)?);
                 return Ok(());
             }
-            let e = &d.entry;
-            println!("id:        {}", e.id);
-            println!("state:     {}", e.state);
-            println!(
-                "age:       {}s, {} attempt(s), {} bytes",
-                e.age_secs, d.attempts, e.size
-            );
-            println!("sender:    {}", e.sender);
-            if let Some(h) = &e.hold_reason {
-                println!("held:      {h}");
-            }
-            if let Some(err) = &e.last_error {
-                println!("error:     {err}");
-            }
-            println!("recipients:");
-            for (a, s) in &d.recipient_states {
-                println!("  {a}: {s}");
-            }
-            println!("stages:");
-            for s in &d.stages {
-                println!("  {} {} [{}]: {}", s.stage, s.plugin, s.version, s.outcome);
-            }
-            println!("headers:");
-            for (n, v) in &d.headers {
-                println!("  {n}: {v}");
-            }
+            print_detail(&d);
         }
         QueueCommand::Retry {
             id: Some(id),
@@ -463,6 +413,66 @@ fn queue(config: Option<PathBuf>, json: bool, command: QueueCommand) -> anyhow::
         }
     }
     Ok(())
+}
+
+/// `queue list` as a table.
+fn print_list(entries: &[finaldot::queue::Entry]) {
+    println!(
+        "{:<22} {:<9} {:>8} {:>9}  {:<30} RECIPIENTS / NEXT ATTEMPT / LAST ERROR",
+        "ID", "STATE", "AGE", "SIZE", "SENDER"
+    );
+    let now = finaldot::unix_now();
+    for e in entries {
+        println!(
+            "{:<22} {:<9} {:>7}s {:>9}  {:<30} {}",
+            e.id,
+            e.state,
+            e.age_secs,
+            e.size,
+            e.sender,
+            e.open_recipients.join(", ")
+        );
+        if let Some(t) = e.next_attempt {
+            println!("{:>24}next attempt in {}s", "", t.saturating_sub(now));
+        }
+        if let Some(h) = &e.hold_reason {
+            println!("{:>24}held: {h}", "");
+        }
+        if let Some(err) = &e.last_error {
+            println!("{:>24}last error: {err}", "");
+        }
+    }
+    println!("{} message(s)", entries.len());
+}
+
+/// `queue show` as text.
+fn print_detail(d: &finaldot::queue::Details) {
+    let e = &d.entry;
+    println!("id:        {}", e.id);
+    println!("state:     {}", e.state);
+    println!(
+        "age:       {}s, {} attempt(s), {} bytes",
+        e.age_secs, d.attempts, e.size
+    );
+    println!("sender:    {}", e.sender);
+    if let Some(h) = &e.hold_reason {
+        println!("held:      {h}");
+    }
+    if let Some(err) = &e.last_error {
+        println!("error:     {err}");
+    }
+    println!("recipients:");
+    for (a, s) in &d.recipient_states {
+        println!("  {a}: {s}");
+    }
+    println!("stages:");
+    for s in &d.stages {
+        println!("  {} {} [{}]: {}", s.stage, s.plugin, s.version, s.outcome);
+    }
+    println!("headers:");
+    for (n, v) in &d.headers {
+        println!("  {n}: {v}");
+    }
 }
 
 fn plugin_list(config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
@@ -582,6 +592,7 @@ fn plugin_new(name: &str, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow:
     Ok(())
 }
 
+// Long on purpose: `plugin test` end to end (load, configure, build the input, run, print), one step after another.
 fn plugin_test(
     file: &std::path::Path,
     message: &std::path::Path,

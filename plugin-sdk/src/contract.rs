@@ -30,13 +30,28 @@ pub fn check(rw: &Path, ro: &Path, call: &mut dyn FnMut(&HostRequest) -> HostRes
             "{case}: {req:?} answered {got:?}, the contract says {want:?}"
         );
     };
-    let error = |kind| HostResponse::Error {
+    grants_and_paths(&mut expect);
+    files_and_directories(rw, ro, &mut expect);
+    key_value(&mut expect);
+}
+
+/// One case: a request and the answer the contract wants (for an error,
+/// only its kind is compared).
+type Expect<'a> = dyn FnMut(&str, HostRequest, HostResponse) + 'a;
+
+fn error(kind: HostErrorKind) -> HostResponse {
+    HostResponse::Error {
         kind,
         message: String::new(),
-    };
-    let s = |v: &str| v.to_string();
+    }
+}
 
-    // Grants and paths.
+fn s(v: &str) -> String {
+    v.to_string()
+}
+
+/// Paths that escape, grants that do not exist or are read-only.
+fn grants_and_paths(expect: &mut Expect<'_>) {
     for (case, grant, path) in [
         ("absolute path", "rw", "/etc/passwd"),
         ("dot-dot", "rw", "a/../../x"),
@@ -84,8 +99,10 @@ pub fn check(rw: &Path, ro: &Path, call: &mut dyn FnMut(&HostRequest) -> HostRes
         },
         error(HostErrorKind::NotFound),
     );
+}
 
-    // Files and directories.
+/// Reads, writes, listings and the durable message write.
+fn files_and_directories(rw: &Path, ro: &Path, expect: &mut Expect<'_>) {
     expect(
         "exists before",
         HostRequest::Exists {
@@ -186,8 +203,10 @@ pub fn check(rw: &Path, ro: &Path, call: &mut dyn FnMut(&HostRequest) -> HostRes
         !ro.join("x").exists(),
         "nothing was written into the read-only grant"
     );
+}
 
-    // The key-value namespace.
+/// The key-value namespace.
+fn key_value(expect: &mut Expect<'_>) {
     let key = || b"k".to_vec();
     expect(
         "get a missing key",

@@ -112,6 +112,7 @@ impl Current {
         })
     }
 
+    // Long on purpose: one short arm per HostRequest, mirroring the host (finaldot_sdk::contract checks that both agree).
     pub(crate) fn call(&mut self, req: &HostRequest) -> HostResponse {
         let io = |e: std::io::Error| {
             let kind = if e.kind() == std::io::ErrorKind::NotFound {

@@ -291,6 +291,7 @@ impl MessageState {
     }
 
     /// Applies one change. Changes naming an unknown recipient do nothing.
+    // Long on purpose: one arm per Change; this is the one definition of what each change does.
     pub fn apply(&mut self, change: &Change) {
         match change {
             Change::AddHeader(h) => self.headers.push(h.clone()),

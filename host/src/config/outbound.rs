@@ -80,6 +80,7 @@ pub struct OutboundConfig {
 
 impl RawOutbound {
     /// Validates `[outbound]` (reading the smarthost password file).
+    // Long on purpose: one check per key of [outbound], in the order the example file documents them.
     pub fn validate(self, cx: &Cx) -> Result<OutboundConfig, ConfigError> {
         let invalid = |key: &str, why: String| cx.invalid(key, why);
         let o = self;

@@ -164,6 +164,7 @@ impl RawPipeline {
 
 /// Validates `[[plugins]]` into the chain's specs, in order: files relative
 /// to `plugin_dir`, key-value namespaces under `data_dir/kv/NAME`.
+// Long on purpose: one check per key of [[plugins]], in the order the example file documents them.
 pub fn validate_plugins(
     raw: Vec<RawPlugin>,
     plugin_dir: &Path,

@@ -87,6 +87,7 @@ pub struct RawSubmission {
 impl RawSmtp {
     /// Validates `[smtp]`, each key's default beside its check; also returns
     /// `recipient_delimiter`, which the `[domains]` table uses.
+    // Long on purpose: one check per key of [smtp], in the order the example file documents them.
     pub fn validate(self, cx: &Cx) -> Result<(SmtpConfig, Option<char>), ConfigError> {
         let s = self;
         let invalid = |key: &str, why: String| cx.invalid(key, why);
@@ -138,23 +139,7 @@ impl RawSmtp {
                 format!("must be between 1 and smtp.max_connections ({max_connections})"),
             ));
         }
-        let limit_exceptions = match s.limit_exceptions {
-            // As Postfix exempts $mynetworks from its client limits: local
-            // scripts and web applications submit through loopback.
-            None => ["127.0.0.0/8", "::1"]
-                .into_iter()
-                .filter_map(parse_network)
-                .collect(),
-            Some(list) => list
-                .iter()
-                .map(|n| parse_network(n).ok_or_else(|| {
-                    invalid(
-                        "smtp.limit_exceptions",
-                        format!("{n:?} is not a network (write \"192.0.2.0/24\", \"2001:db8::/32\" or one address)"),
-                    )
-                }))
-                .collect::<Result<_, _>>()?,
-        };
+        let limit_exceptions = limit_exceptions(s.limit_exceptions, cx)?;
         let max_errors = s.max_errors.unwrap_or(20);
         if max_errors == 0 {
             return Err(invalid("smtp.max_errors", "must be at least 1".into()));
@@ -165,17 +150,7 @@ impl RawSmtp {
             cx.secs("smtp.command_timeout_secs", s.command_timeout_secs, 300, 1)?;
         let data_timeout = cx.secs("smtp.data_timeout_secs", s.data_timeout_secs, 180, 1)?;
         let shutdown_grace = cx.secs("smtp.shutdown_grace_secs", s.shutdown_grace_secs, 30, 0)?;
-        let delimiter = match s.recipient_delimiter.as_deref() {
-            None => Some('+'),
-            Some("") => None,
-            Some(d) if d.chars().count() == 1 => d.chars().next(),
-            Some(d) => {
-                return Err(invalid(
-                    "smtp.recipient_delimiter",
-                    format!("{d:?} must be one character, or empty to turn it off"),
-                ))
-            }
-        };
+        let delimiter = recipient_delimiter(s.recipient_delimiter.as_deref(), cx)?;
 
         let tls = s.tls.map(|t| TlsFiles {
             cert: cx.abs(t.cert),
@@ -303,6 +278,44 @@ impl RawSubmission {
         }
         Ok(submission)
     }
+}
+
+/// `smtp.limit_exceptions`; loopback when absent.
+fn limit_exceptions(raw: Option<Vec<String>>, cx: &Cx) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let invalid = |key: &str, why: String| cx.invalid(key, why);
+    Ok(match raw {
+        // As Postfix exempts $mynetworks from its client limits: local
+        // scripts and web applications submit through loopback.
+        None => ["127.0.0.0/8", "::1"]
+            .into_iter()
+            .filter_map(parse_network)
+            .collect(),
+        Some(list) => list
+            .iter()
+            .map(|n| parse_network(n).ok_or_else(|| {
+                invalid(
+                    "smtp.limit_exceptions",
+                    format!("{n:?} is not a network (write \"192.0.2.0/24\", \"2001:db8::/32\" or one address)"),
+                )
+            }))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// `smtp.recipient_delimiter`: one character, `+` when absent, none when empty.
+fn recipient_delimiter(raw: Option<&str>, cx: &Cx) -> Result<Option<char>, ConfigError> {
+    let invalid = |key: &str, why: String| cx.invalid(key, why);
+    Ok(match raw {
+        None => Some('+'),
+        Some("") => None,
+        Some(d) if d.chars().count() == 1 => d.chars().next(),
+        Some(d) => {
+            return Err(invalid(
+                "smtp.recipient_delimiter",
+                format!("{d:?} must be one character, or empty to turn it off"),
+            ))
+        }
+    })
 }
 
 /// A network (`192.0.2.0/24`, `2001:db8::/32`) or one address, host bits cleared.

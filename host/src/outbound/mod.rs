@@ -385,6 +385,7 @@ impl Outbound {
     /// One MAIL/RCPT/DATA transaction. Returns the outcomes and whether the
     /// connection can be reused.
     #[allow(clippy::too_many_arguments)]
+    // Long on purpose: one SMTP transaction (MAIL, RCPT per recipient, DATA), each reply classified where it is read.
     fn transaction(
         &self,
         conn: &mut SmtpConnection,

@@ -40,6 +40,7 @@ fn one_line(s: &str, max: usize) -> String {
 
 /// Builds the DSN message (CRLF lines) for `sender` about `queue_id`.
 #[allow(clippy::too_many_arguments)]
+// Long on purpose: the RFC 3464 report is one text, its parts in order.
 pub fn build(
     kind: DsnKind,
     hostname: &str,

@@ -195,6 +195,7 @@ fn load_attempt(
 
 /// Runs the stage at `attempt.progress.next_stage`: calls its plugin, applies
 /// what it returned, checkpoints.
+// Long on purpose: one stage read top to bottom (plugin, input, call, metrics, changes, verdict, checkpoint).
 fn run_stage(
     ctx: &Context,
     attempt: &mut Attempt,

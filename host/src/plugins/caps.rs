@@ -149,6 +149,7 @@ impl OpenGrants {
         }
     }
 
+    // Long on purpose: one short arm per HostRequest, beside each other so the capability rules can be read together.
     fn serve(&self, req: &HostRequest, body: &Body, now: u64) -> Result<HostResponse, CapError> {
         Ok(match req {
             HostRequest::ReadFile { grant, path } => {

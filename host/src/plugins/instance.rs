@@ -190,6 +190,7 @@ fn write_guest(caller: &mut Caller<'_, HostState>, bytes: &[u8]) -> wasmtime::Re
 }
 
 /// Defines finaldot's host functions: the only imports a plugin may have.
+// Long on purpose: one registration per host function, the whole import surface in one place.
 pub fn define_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "finaldot",
@@ -297,6 +298,7 @@ pub struct PluginInstance {
 
 impl PluginInstance {
     /// Instantiates `module` with `grants` and runs `finaldot_configure`.
+    // Long on purpose: a store with its limits, grants and epoch deadline, then the configure call, in the order wasmtime needs them.
     pub fn new(
         module: Arc<LoadedModule>,
         name: &str,

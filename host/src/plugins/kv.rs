@@ -260,6 +260,7 @@ impl Kv {
 
 /// One transaction for a batch of writes, plus a bounded purge of entries
 /// expired at `now`; durable when it returns.
+// Long on purpose: one redb write transaction (puts, deletes, expiry purge) that a whole batch shares.
 fn commit(db: &Database, ops: Vec<Op>, now: u64) -> io::Result<()> {
     let txn = db.begin_write().map_err(io_err)?;
     {

@@ -496,6 +496,7 @@ impl Session {
         true
     }
 
+    // Long on purpose: one arm per SMTP verb, each delegating to its handler.
     fn execute(&mut self, cmd: Command) {
         match cmd {
             Command::Ehlo(name) => {

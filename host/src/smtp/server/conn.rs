@@ -282,14 +282,7 @@ impl Conn {
                 Step::Close => return Ok(true),
                 Step::Reply(r) => {
                     if std::mem::take(&mut self.refusing) && r.is_error() {
-                        let code = r.code.to_string();
-                        metrics::global()
-                            .messages
-                            .get_or_create(&metrics::labels(&[
-                                ("result", "refused"),
-                                ("code", &code),
-                            ]))
-                            .inc();
+                        count_message("refused", &r.code.to_string());
                     }
                     r.write_to(&mut self.out)
                 }
@@ -314,53 +307,52 @@ impl Conn {
                         return Ok(true);
                     }
                 }
-                Step::Authenticate { user, password } => {
-                    let settings = self.shared.submission();
-                    let max = settings.max_auth_failures_per_ip;
-                    if self.shared.auth_failures.count(self.peer, |_| false) >= max {
-                        warn!(user = %user, "AUTH refused: too many failures from this address");
-                        self.session.auth_checked(None, true);
-                        continue;
-                    }
-                    let file = settings.users_file.clone();
-                    let who = user.clone();
-                    let ok =
-                        tokio::task::spawn_blocking(move || users::verify(&file, &who, &password))
-                            .await;
-                    match ok {
-                        Ok(Ok(true)) => {
-                            info!(user = %user, "authenticated");
-                            self.session.auth_checked(Some(user), false);
-                        }
-                        Ok(Ok(false)) => {
-                            let n = self.shared.auth_failures.count(self.peer, |_| true) + 1;
-                            warn!(user = %user, failures = n, "AUTH failed: bad user name or password");
-                            self.session.auth_checked(None, false);
-                        }
-                        Ok(Err(e)) => {
-                            error!(error = %e, "cannot read the users file");
-                            self.session.auth_checked(None, false);
-                        }
-                        Err(e) => {
-                            error!(error = %e, "AUTH check did not finish");
-                            self.session.auth_checked(None, false);
-                        }
-                    }
-                }
+                Step::Authenticate { user, password } => self.authenticate(user, password).await,
                 Step::Commit => {
                     self.ack_started = Some(std::time::Instant::now());
                     let r = self.commit().await;
-                    let m = metrics::global();
                     let code = match &r {
                         Ok(_) => "250".to_string(),
                         Err(reply) => reply.code.to_string(),
                     };
-                    let result = if r.is_ok() { "accepted" } else { "refused" };
-                    m.messages
-                        .get_or_create(&metrics::labels(&[("result", result), ("code", &code)]))
-                        .inc();
+                    count_message(if r.is_ok() { "accepted" } else { "refused" }, &code);
                     self.session.committed(r);
                 }
+            }
+        }
+    }
+
+    /// Checks AUTH credentials against the users file (on the blocking
+    /// pool: argon2 is slow on purpose), unless this address failed too
+    /// often; tells the session the result.
+    async fn authenticate(&mut self, user: String, password: String) {
+        let settings = self.shared.submission();
+        let max = settings.max_auth_failures_per_ip;
+        if self.shared.auth_failures.count(self.peer, |_| false) >= max {
+            warn!(user = %user, "AUTH refused: too many failures from this address");
+            self.session.auth_checked(None, true);
+            return;
+        }
+        let file = settings.users_file.clone();
+        let who = user.clone();
+        let ok = tokio::task::spawn_blocking(move || users::verify(&file, &who, &password)).await;
+        match ok {
+            Ok(Ok(true)) => {
+                info!(user = %user, "authenticated");
+                self.session.auth_checked(Some(user), false);
+            }
+            Ok(Ok(false)) => {
+                let n = self.shared.auth_failures.count(self.peer, |_| true) + 1;
+                warn!(user = %user, failures = n, "AUTH failed: bad user name or password");
+                self.session.auth_checked(None, false);
+            }
+            Ok(Err(e)) => {
+                error!(error = %e, "cannot read the users file");
+                self.session.auth_checked(None, false);
+            }
+            Err(e) => {
+                error!(error = %e, "AUTH check did not finish");
+                self.session.auth_checked(None, false);
             }
         }
     }
@@ -439,4 +431,12 @@ impl Conn {
             }
         }
     }
+}
+
+/// Counts one message's outcome (`accepted` or `refused`, by reply code).
+fn count_message(result: &str, code: &str) {
+    metrics::global()
+        .messages
+        .get_or_create(&metrics::labels(&[("result", result), ("code", code)]))
+        .inc();
 }
