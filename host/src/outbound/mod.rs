@@ -167,42 +167,6 @@ impl Outbound {
         })
     }
 
-    /// Delivers `message` from `mail_from` to `recipients` (all outside the
-    /// local domains). `accepted` is called with the recipients a next hop has
-    /// just accepted, before anything else happens; an error from it stops
-    /// the delivery (what is left is deferred). Returns every recipient's outcome.
-    fn deliver_all(
-        &self,
-        mail_from: &str,
-        recipients: &[(String, Route)],
-        message: &[u8],
-        accepted: OnAccepted<'_>,
-    ) -> Vec<(String, RecipientState)> {
-        let mut groups: Vec<((Route, String), Vec<String>)> = Vec::new();
-        for (r, route) in recipients {
-            let key = match route {
-                Route::Mx => (Route::Mx, domain_of(r)),
-                Route::Smarthost => (Route::Smarthost, "smarthost".to_string()),
-            };
-            match groups.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, v)) => v.push(r.clone()),
-                None => groups.push((key, vec![r.clone()])),
-            }
-        }
-        let mut results = Vec::new();
-        let mut stopped: Option<String> = None;
-        for (key, rcpts) in groups {
-            if let Some(why) = &stopped {
-                results.extend(every(&rcpts, &deferred(why.clone())));
-                continue;
-            }
-            let outcomes =
-                self.deliver_group(&key, mail_from, &rcpts, message, accepted, &mut stopped);
-            results.extend(outcomes);
-        }
-        results
-    }
-
     fn hops(&self, route: &Route, key: &str) -> Result<Vec<Hop>, RecipientState> {
         match route {
             Route::Smarthost => {
@@ -480,6 +444,8 @@ impl Delivery for Outbound {
         self.cfg.route
     }
 
+    /// One transaction per destination (the smarthost, or each domain's MX
+    /// hosts); a recording failure in `accepted` defers every later group.
     fn deliver(
         &self,
         mail_from: &str,
@@ -487,7 +453,29 @@ impl Delivery for Outbound {
         message: &[u8],
         accepted: OnAccepted<'_>,
     ) -> Vec<(String, RecipientState)> {
-        self.deliver_all(mail_from, recipients, message, accepted)
+        let mut groups: Vec<((Route, String), Vec<String>)> = Vec::new();
+        for (r, route) in recipients {
+            let key = match route {
+                Route::Mx => (Route::Mx, domain_of(r)),
+                Route::Smarthost => (Route::Smarthost, "smarthost".to_string()),
+            };
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(r.clone()),
+                None => groups.push((key, vec![r.clone()])),
+            }
+        }
+        let mut results = Vec::new();
+        let mut stopped: Option<String> = None;
+        for (key, rcpts) in groups {
+            if let Some(why) = &stopped {
+                results.extend(every(&rcpts, &deferred(why.clone())));
+                continue;
+            }
+            let outcomes =
+                self.deliver_group(&key, mail_from, &rcpts, message, accepted, &mut stopped);
+            results.extend(outcomes);
+        }
+        results
     }
 }
 
