@@ -655,6 +655,11 @@ fn plugin_test(
         client_ip: "127.0.0.1".into(),
         helo: "plugin-test".into(),
         received_at: 0,
+        session: finaldot_sdk::wire::SessionFacts {
+            helo: "plugin-test".into(),
+            listener: finaldot_sdk::wire::Listener::Smtp,
+            ..finaldot_sdk::wire::SessionFacts::local(0)
+        },
     };
     let runtime = Runtime::new(RuntimeOptions {
         max_instances: 4,

@@ -53,10 +53,15 @@ pub mod testing;
 pub mod wire;
 
 pub use plugin::{Config, Context, Dir, Error, Kv, Message, Plugin, Result};
-pub use wire::{Header, Level, Recipient, RecipientState, Value, Verdict, ABI_VERSION};
+pub use wire::{
+    Header, Level, Listener, Recipient, RecipientState, SessionFacts, TlsFacts, Value, Verdict,
+    ABI_VERSION,
+};
 
 /// Everything a plugin usually needs: `use finaldot_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::plugin::{Config, Context, Error, Message, Plugin, Result};
-    pub use crate::wire::{Header, Level, Recipient, RecipientState, Value, Verdict};
+    pub use crate::wire::{
+        Header, Level, Listener, Recipient, RecipientState, SessionFacts, Value, Verdict,
+    };
 }

@@ -5,7 +5,7 @@
 use crate::host;
 use crate::wire::{
     Change, Header, HostErrorKind, HostRequest, HostResponse, Level, MessageInput, MessageState,
-    Recipient, Value, Verdict,
+    Recipient, SessionFacts, Value, Verdict,
 };
 
 /// A plugin's error. Returned from a hook, it is a temporary failure: the
@@ -161,6 +161,7 @@ pub struct Message {
     client_ip: String,
     helo: String,
     received_at: u64,
+    session: SessionFacts,
     changes: Vec<Change>,
 }
 
@@ -174,6 +175,7 @@ impl Message {
             client_ip: input.client_ip,
             helo: input.helo,
             received_at: input.received_at,
+            session: input.session,
             changes: Vec::new(),
         }
     }
@@ -235,6 +237,15 @@ impl Message {
     /// When the message was received (seconds since the Unix epoch).
     pub fn received_at(&self) -> u64 {
         self.received_at
+    }
+
+    /// What the SMTP front end knew when it accepted the message: client
+    /// address and port, listener, HELO, TLS, authenticated identity,
+    /// BODY= and SMTPUTF8. They are the message's own facts, recorded with
+    /// it before its 250, so they live here rather than on the `Context`
+    /// (which offers the host's services).
+    pub fn session(&self) -> &SessionFacts {
+        &self.session
     }
 
     /// All header fields in order.

@@ -33,7 +33,8 @@ use std::rc::Rc;
 use crate::plugin::{Config, Context, Message, Plugin, Result};
 use crate::wire::{
     check_relative_path, parse_headers, Change, EnvelopeState, HostErrorKind, HostRequest,
-    HostResponse, Level, MessageInput, MessageState, Recipient, Value, Verdict, ABI_VERSION,
+    HostResponse, Level, Listener, MessageInput, MessageState, Recipient, SessionFacts, Value,
+    Verdict, ABI_VERSION,
 };
 
 #[derive(Default)]
@@ -308,6 +309,17 @@ impl TestMessage {
                 client_ip: "192.0.2.1".to_string(),
                 helo: "client.example.test".to_string(),
                 received_at: 1_700_000_000,
+                session: SessionFacts {
+                    client_ip: "192.0.2.1".to_string(),
+                    client_port: 40000,
+                    listener: Listener::Smtp,
+                    helo: "client.example.test".to_string(),
+                    tls: None,
+                    auth: None,
+                    received_at: 1_700_000_000,
+                    body_8bit: false,
+                    smtputf8: false,
+                },
             },
             body: raw[body_at..].to_vec(),
         }
@@ -331,6 +343,29 @@ impl TestMessage {
             .envelope
             .recipients
             .push(Recipient::new(address));
+        self
+    }
+
+    /// Sets the client's address (default `192.0.2.1`).
+    pub fn client_ip(mut self, ip: &str) -> Self {
+        self.input.client_ip = ip.to_string();
+        self.input.session.client_ip = ip.to_string();
+        self
+    }
+
+    /// Sets the HELO/EHLO name (default `client.example.test`).
+    pub fn helo(mut self, name: &str) -> Self {
+        self.input.helo = name.to_string();
+        self.input.session.helo = name.to_string();
+        self
+    }
+
+    /// Sets the session facts as a whole (the two above included).
+    pub fn session(mut self, facts: SessionFacts) -> Self {
+        self.input.client_ip = facts.client_ip.clone();
+        self.input.helo = facts.helo.clone();
+        self.input.received_at = facts.received_at;
+        self.input.session = facts;
         self
     }
 

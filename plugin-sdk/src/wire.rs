@@ -543,6 +543,75 @@ pub struct MessageInput {
     pub helo: String,
     /// When the message was received, seconds since the Unix epoch.
     pub received_at: u64,
+    /// Everything the front end knew about the session (appended last: a
+    /// plugin built before it ignores it; `client_ip`, `helo` and
+    /// `received_at` above stay for those plugins).
+    pub session: SessionFacts,
+}
+
+/// The listener a message arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Listener {
+    /// SMTP (port 25 style, the MX).
+    Smtp,
+    /// Submission (port 587 style, AUTH then relay).
+    Submission,
+    /// SMTP with TLS from the first byte (port 465 style).
+    ImplicitTls,
+    /// Made by the host itself (a DSN).
+    Local,
+    /// Not recorded: a message queued by a build older than these facts.
+    Unknown,
+}
+
+/// The TLS a session used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsFacts {
+    /// The protocol version, e.g. `TLSv1.3`.
+    pub protocol: String,
+    /// The cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+}
+
+/// What the SMTP front end knew when it accepted the message, recorded
+/// durably with it (the queue file) before its 250.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionFacts {
+    /// The client's IP address (`192.0.2.7`, `2001:db8::7`).
+    pub client_ip: String,
+    /// The client's TCP port (0 when there is none: a DSN, an older queue file).
+    pub client_port: u16,
+    /// The listener it arrived on.
+    pub listener: Listener,
+    /// The name the client gave in HELO/EHLO.
+    pub helo: String,
+    /// The TLS the session used, if any.
+    pub tls: Option<TlsFacts>,
+    /// The authenticated identity (submission AUTH), if any.
+    pub auth: Option<String>,
+    /// When the transaction's content began, seconds since the Unix epoch.
+    pub received_at: u64,
+    /// The client declared `BODY=8BITMIME`.
+    pub body_8bit: bool,
+    /// The client declared `SMTPUTF8`.
+    pub smtputf8: bool,
+}
+
+impl SessionFacts {
+    /// Facts for a message that did not come from a client (a DSN).
+    pub fn local(received_at: u64) -> SessionFacts {
+        SessionFacts {
+            client_ip: "127.0.0.1".into(),
+            client_port: 0,
+            listener: Listener::Local,
+            helo: String::new(),
+            tls: None,
+            auth: None,
+            received_at,
+            body_8bit: false,
+            smtputf8: false,
+        }
+    }
 }
 
 /// Guest → host: what `on_message` returned.
@@ -946,6 +1015,15 @@ mod round_trip {
                 client_ip: "::1".into(),
                 helo: String::new(),
                 received_at: u64::MAX,
+                session: SessionFacts {
+                    client_port: u16::MAX,
+                    tls: Some(TlsFacts {
+                        protocol: "TLSv1.3".into(),
+                        cipher: String::new(),
+                    }),
+                    auth: Some("ü".repeat(100)),
+                    ..SessionFacts::local(u64::MAX)
+                },
             });
             rt(&state);
         }

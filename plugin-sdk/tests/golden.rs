@@ -75,20 +75,59 @@ fn state() -> MessageState {
     }
 }
 
+/// The host's input to `on_message`. `message_input` is what the first
+/// ABI v1 host sent; today's input, with the session facts appended
+/// (`message_input_session`), must start with exactly those bytes, so a
+/// plugin built before the facts decodes the same message it always did
+/// (postcard ignores the bytes after what it decodes).
 #[test]
 fn message_input() {
-    check(
-        "message_input",
-        &MessageInput {
-            abi: ABI_VERSION,
-            queue_id: "4E8F1A2B3C4D5".into(),
-            state: state(),
-            body_len: 1234,
+    let input = MessageInput {
+        abi: ABI_VERSION,
+        queue_id: "4E8F1A2B3C4D5".into(),
+        state: state(),
+        body_len: 1234,
+        client_ip: "192.0.2.7".into(),
+        helo: "client.example.org".into(),
+        received_at: 1_796_000_000,
+        session: SessionFacts {
             client_ip: "192.0.2.7".into(),
+            client_port: 40123,
+            listener: Listener::Submission,
             helo: "client.example.org".into(),
+            tls: Some(TlsFacts {
+                protocol: "TLSv1.3".into(),
+                cipher: "TLS13_AES_128_GCM_SHA256".into(),
+            }),
+            auth: Some("alice".into()),
             received_at: 1_796_000_000,
+            body_8bit: true,
+            smtputf8: false,
         },
+    };
+    check("message_input_session", &input);
+    let now = postcard::to_allocvec(&input).expect("encode");
+    let before = assert_golden(
+        &fixture("message_input"),
+        &now[..golden_len("message_input")],
     );
+    assert!(now.starts_with(&before));
+    for listener in [
+        Listener::Smtp,
+        Listener::Submission,
+        Listener::ImplicitTls,
+        Listener::Local,
+        Listener::Unknown,
+    ] {
+        check(&format!("listener_{listener:?}"), &listener);
+    }
+}
+
+/// The length in bytes of a fixture.
+fn golden_len(name: &str) -> usize {
+    std::fs::read_to_string(fixture(name))
+        .map(|t| t.bytes().filter(u8::is_ascii_hexdigit).count() / 2)
+        .unwrap_or(0)
 }
 
 #[test]

@@ -63,12 +63,15 @@ fn spool_commits(concurrency: usize, total: usize) {
         mail_from: "a@b.test".into(),
         rcpt_to: vec!["x@localhost".into()],
         client_ip: "127.0.0.1".parse().expect("ip"),
+        client_port: 40000,
+        listener: finaldot_sdk::wire::Listener::Smtp,
         helo: "c".into(),
         protocol: "ESMTP".into(),
         received_at: 0,
         body_8bit: false,
         smtputf8: false,
         tls: None,
+        auth: None,
     };
     let body = vec![b'x'; 4096];
     let rt = tokio::runtime::Builder::new_multi_thread()

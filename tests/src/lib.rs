@@ -588,6 +588,11 @@ pub fn message_input(raw: &[u8]) -> (finaldot_sdk::wire::MessageInput, finaldot:
             client_ip: "127.0.0.1".into(),
             helo: "client.test".into(),
             received_at: 0,
+            session: finaldot_sdk::wire::SessionFacts {
+                helo: "client.test".into(),
+                listener: finaldot_sdk::wire::Listener::Smtp,
+                ..finaldot_sdk::wire::SessionFacts::local(0)
+            },
         },
         finaldot::plugins::Body::Bytes(std::sync::Arc::from(raw[at..].to_vec())),
     )

@@ -63,12 +63,18 @@ fn main() {
         mail_from: "a@b.test".into(),
         rcpt_to: vec!["x@localhost".into(), "y@localhost".into()],
         client_ip: "127.0.0.1".parse().expect("ip"),
+        client_port: 40000,
+        listener: finaldot_sdk::wire::Listener::Smtp,
         helo: "client.test".into(),
         protocol: "ESMTPS".into(),
         received_at: 1_700_000_000,
         body_8bit: true,
         smtputf8: false,
-        tls: Some("TLSv1.3 TLS13_AES_128_GCM_SHA256".into()),
+        tls: Some(finaldot_sdk::wire::TlsFacts {
+            protocol: "TLSv1.3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+        }),
+        auth: None,
     };
     for (i, body) in [&b""[..], b"Subject: hi\r\n\r\nbody\r\n"]
         .iter()

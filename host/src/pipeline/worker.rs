@@ -25,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use finaldot_sdk::wire::{
-    Change, MessageInput, Recipient, RecipientState, Route, Verdict, ABI_VERSION,
+    Change, Listener, MessageInput, Recipient, RecipientState, Route, Verdict, ABI_VERSION,
 };
 use tracing::{error, info, info_span, warn};
 
@@ -223,6 +223,7 @@ fn run_stage(
         client_ip: queued.client_ip.to_string(),
         helo: queued.helo.clone(),
         received_at: queued.received_at,
+        session: queued.session_facts(),
     };
     let m = metrics::global();
     let result = match plugin.call(&input, attempt.body.clone(), false) {
@@ -647,12 +648,15 @@ fn send_dsn(
         mail_from: String::new(),
         rcpt_to: vec![sender.clone()],
         client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        client_port: 0,
+        listener: Listener::Local,
         helo: hostname.clone(),
         protocol: "local".into(),
         received_at: now,
         body_8bit: true,
         smtputf8: !sender.is_ascii(),
         tls: None,
+        auth: None,
     };
     let mut w = spool.begin(&env)?;
     w.write(&msg)?;

@@ -26,6 +26,7 @@ use super::policy::{RcptVerdict, Recipients};
 use super::reply::Reply;
 use crate::spool::Envelope;
 use crate::unix_now;
+use finaldot_sdk::wire::{Listener, TlsFacts};
 
 /// Longest command line including CRLF (RFC 5321 §4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -193,6 +194,10 @@ const RECIPIENT_OVERSHOOT: usize = 1000;
 pub struct Session {
     cfg: Arc<SessionConfig>,
     client_ip: IpAddr,
+    /// The client's TCP port (recorded with each message).
+    client_port: u16,
+    /// The listener the session is on (recorded with each message).
+    listener: Listener,
     now: fn() -> u64,
     greeting: Option<(Greeting, String)>,
     tx: Option<Transaction>,
@@ -203,7 +208,7 @@ pub struct Session {
     data_out: Vec<u8>,
     errors: u32,
     /// Set once TLS is up: the protocol version and cipher suite.
-    tls: Option<String>,
+    tls: Option<TlsFacts>,
     /// Set once AUTH succeeded: the authenticated user.
     authenticated: Option<String>,
     /// The address the client connected to.
@@ -216,6 +221,8 @@ impl Session {
         Session {
             cfg,
             client_ip,
+            client_port: 0,
+            listener: Listener::Smtp,
             now: unix_now,
             greeting: None,
             tx: None,
@@ -236,6 +243,14 @@ impl Session {
     /// §5.2.17).
     pub fn with_local_ip(mut self, ip: Option<IpAddr>) -> Self {
         self.local_ip = ip;
+        self
+    }
+
+    /// The client's TCP port and the listener the session is on, recorded
+    /// with each message (default: port 0 on the SMTP listener).
+    pub fn with_peer(mut self, client_port: u16, listener: Listener) -> Self {
+        self.client_port = client_port;
+        self.listener = listener;
         self
     }
 
@@ -353,10 +368,10 @@ impl Session {
     }
 
     /// The driver's report that the TLS handshake after [`Step::StartTls`]
-    /// succeeded (`info`: version and cipher, for the Received header). The
+    /// succeeded (version and cipher suite, recorded with each message). The
     /// session starts over, as RFC 3207 requires: the client must EHLO again.
-    pub fn tls_established(&mut self, info: String) {
-        self.tls = Some(info);
+    pub fn tls_established(&mut self, tls: TlsFacts) {
+        self.tls = Some(tls);
         self.greeting = None;
         self.tx = None;
         self.phase = Phase::Command;
@@ -899,12 +914,15 @@ impl Session {
                 .unwrap_or_default(),
             rcpt_to: tx.rcpt_to.iter().map(|r| r.to_string()).collect(),
             client_ip: self.client_ip,
+            client_port: self.client_port,
+            listener: self.listener,
             helo: helo.clone(),
             protocol: protocol.to_string(),
             received_at: (self.now)(),
             body_8bit: tx.body == Body::EightBitMime,
             smtputf8: tx.smtputf8,
             tls: self.tls.clone(),
+            auth: self.authenticated.clone(),
         })
     }
 

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::smtp::policy::DomainUsers;
-use crate::smtp::transcript::Transcript;
+use crate::smtp::transcript::{test_tls, Transcript};
 
 fn config() -> Arc<SessionConfig> {
     Arc::new(SessionConfig {
@@ -469,10 +469,7 @@ fn starttls_discards_pipelined_plaintext_and_resets_the_session() {
     assert!(!text.contains("STARTTLS"), "{text}");
     assert_eq!(d.codes(), vec![503, 250, 503, 250, 250, 354, 250]);
     assert_eq!(d.committed[0].0.protocol, "ESMTPS");
-    assert_eq!(
-        d.committed[0].0.tls.as_deref(),
-        Some("TLSv1.3 with cipher TEST")
-    );
+    assert_eq!(d.committed[0].0.tls, Some(test_tls()));
 }
 
 #[test]
@@ -540,7 +537,7 @@ fn submission_offers_auth_only_after_tls_and_needs_it_for_mail() {
     let d = run_in(submission_session(), b"EHLO c\r\nSTARTTLS\r\n");
     assert_eq!(d.tls_started, 1);
     let mut s = submission_session();
-    s.tls_established("TLSv1.3".into());
+    s.tls_established(test_tls());
     let mut d = Transcript::default();
     s.feed(b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nMAIL FROM:<alice@localhost>\r\nRCPT TO:<bob@elsewhere.test>\r\nDATA\r\nhi\r\n.\r\n");
     d.drive(&mut s);
@@ -563,7 +560,7 @@ fn submission_offers_auth_only_after_tls_and_needs_it_for_mail() {
 fn auth_login_plain_continuation_cancel_and_bad_input() {
     let tls = || {
         let mut s = submission_session();
-        s.tls_established("TLSv1.3".into());
+        s.tls_established(test_tls());
         s
     };
     // LOGIN in two steps (YWxpY2U= alice, c2VjcmV0 secret), every split.

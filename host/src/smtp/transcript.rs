@@ -8,6 +8,15 @@
 use super::reply::Reply;
 use super::session::{Session, Step};
 use crate::spool::Envelope;
+use finaldot_sdk::wire::TlsFacts;
+
+/// The TLS a test handshake "negotiates".
+pub fn test_tls() -> TlsFacts {
+    TlsFacts {
+        protocol: "TLSv1.3".into(),
+        cipher: "TEST".into(),
+    }
+}
 
 /// What a session did when driven.
 #[derive(Debug, Default)]
@@ -82,7 +91,7 @@ impl Transcript {
                 }
                 Step::StartTls => {
                     self.tls_started += 1;
-                    s.tls_established("TLSv1.3 with cipher TEST".into());
+                    s.tls_established(test_tls());
                 }
                 Step::Authenticate { user, password } => {
                     let ok = user == "alice" && password == "secret";

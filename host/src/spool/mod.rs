@@ -967,12 +967,15 @@ mod tests {
             mail_from: "a@x.test".into(),
             rcpt_to: vec!["b@localhost".into()],
             client_ip: "127.0.0.1".parse().expect("ip"),
+            client_port: 40000,
+            listener: finaldot_sdk::wire::Listener::Smtp,
             helo: "c".into(),
             protocol: "ESMTP".into(),
             received_at: 0,
             body_8bit: false,
             smtputf8: false,
             tls: None,
+            auth: None,
         }
     }
 

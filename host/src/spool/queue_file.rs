@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! "FINALDOT"            8 bytes, magic
-//! version               u16 LE (currently 1)
+//! version               u16 LE (currently 2; 1 still reads)
 //! envelope length N     u32 LE
 //! envelope              N bytes, postcard-encoded [`Envelope`]
 //! message               M bytes, the raw message (Received: header first, CRLF lines)
@@ -21,12 +21,13 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::net::IpAddr;
 use std::path::Path;
 
+use finaldot_sdk::wire::{Listener, SessionFacts, TlsFacts};
 use serde::{Deserialize, Serialize};
 
 /// File magic.
 pub const MAGIC: &[u8; 8] = b"FINALDOT";
-/// The current format version.
-pub const VERSION: u16 = 1;
+/// The current format version (2: the session facts; 1 still reads).
+pub const VERSION: u16 = 2;
 /// The end marker that precedes the message length at the end of the file.
 pub const END_MARKER: &[u8; 8] = b"\r\nFD-END";
 /// Size of the fixed prelude (magic, version, envelope length).
@@ -36,9 +37,11 @@ pub const TRAILER_LEN: u64 = 16;
 /// Largest envelope accepted when reading (a sanity bound against garbage lengths).
 const MAX_ENVELOPE: u32 = 64 * 1024 * 1024;
 
-/// The SMTP envelope and client facts of one queued message.
+/// The SMTP envelope and the session's facts of one queued message, as the
+/// front end knew them before its 250.
 ///
-/// Fields are only ever appended (postcard is positional), never reordered.
+/// Fields are only ever appended (postcard is positional), never reordered;
+/// a change of shape is a new [`VERSION`], and every older one still reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     /// The reverse-path; empty for the null sender `<>`.
@@ -47,6 +50,10 @@ pub struct Envelope {
     pub rcpt_to: Vec<String>,
     /// The client's IP address.
     pub client_ip: IpAddr,
+    /// The client's TCP port (0 for a message the host made).
+    pub client_port: u16,
+    /// The listener the message arrived on.
+    pub listener: Listener,
     /// The name the client gave in HELO/EHLO.
     pub helo: String,
     /// The protocol for the Received header (RFC 3848): `SMTP`, `ESMTP`, `UTF8ESMTP`…
@@ -57,8 +64,71 @@ pub struct Envelope {
     pub body_8bit: bool,
     /// The client declared SMTPUTF8.
     pub smtputf8: bool,
-    /// TLS version and cipher suite, when the session used STARTTLS.
-    pub tls: Option<String>,
+    /// The TLS protocol and cipher suite, when the session used TLS.
+    pub tls: Option<TlsFacts>,
+    /// The identity the client authenticated as (submission AUTH), if any.
+    pub auth: Option<String>,
+}
+
+impl Envelope {
+    /// The facts a plugin is shown ([`SessionFacts`], the SDK's form).
+    pub fn session_facts(&self) -> SessionFacts {
+        SessionFacts {
+            client_ip: self.client_ip.to_string(),
+            client_port: self.client_port,
+            listener: self.listener,
+            helo: self.helo.clone(),
+            tls: self.tls.clone(),
+            auth: self.auth.clone(),
+            received_at: self.received_at,
+            body_8bit: self.body_8bit,
+            smtputf8: self.smtputf8,
+        }
+    }
+}
+
+/// The envelope of a version 1 queue file (before the session facts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct EnvelopeV1 {
+    mail_from: String,
+    rcpt_to: Vec<String>,
+    client_ip: IpAddr,
+    helo: String,
+    protocol: String,
+    received_at: u64,
+    body_8bit: bool,
+    smtputf8: bool,
+    /// `TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384`.
+    tls: Option<String>,
+}
+
+impl From<EnvelopeV1> for Envelope {
+    fn from(v1: EnvelopeV1) -> Envelope {
+        let tls = v1.tls.map(|t| match t.split_once(" with cipher ") {
+            Some((protocol, cipher)) => TlsFacts {
+                protocol: protocol.to_string(),
+                cipher: cipher.to_string(),
+            },
+            None => TlsFacts {
+                protocol: t,
+                cipher: String::new(),
+            },
+        });
+        Envelope {
+            mail_from: v1.mail_from,
+            rcpt_to: v1.rcpt_to,
+            client_ip: v1.client_ip,
+            client_port: 0,
+            listener: Listener::Unknown,
+            helo: v1.helo,
+            protocol: v1.protocol,
+            received_at: v1.received_at,
+            body_8bit: v1.body_8bit,
+            smtputf8: v1.smtputf8,
+            tls,
+            auth: None,
+        }
+    }
 }
 
 /// Why a queue file was found invalid.
@@ -125,7 +195,7 @@ pub fn read_header(path: &Path) -> Result<QueueFile, FormatError> {
         return Err(FormatError::BadMagic);
     }
     let version = u16::from_le_bytes([prelude[8], prelude[9]]);
-    if version != VERSION {
+    if version != 1 && version != VERSION {
         return Err(FormatError::Version(version));
     }
     let env_len = u32::from_le_bytes([prelude[10], prelude[11], prelude[12], prelude[13]]);
@@ -134,7 +204,13 @@ pub fn read_header(path: &Path) -> Result<QueueFile, FormatError> {
     }
     let mut env = vec![0u8; env_len as usize];
     f.read_exact(&mut env)?;
-    let envelope: Envelope = postcard::from_bytes(&env).map_err(FormatError::Envelope)?;
+    let envelope: Envelope = if version == 1 {
+        postcard::from_bytes::<EnvelopeV1>(&env)
+            .map(Envelope::from)
+            .map_err(FormatError::Envelope)?
+    } else {
+        postcard::from_bytes(&env).map_err(FormatError::Envelope)?
+    };
     f.seek(SeekFrom::End(-(TRAILER_LEN as i64)))?;
     let mut trailer = [0u8; TRAILER_LEN as usize];
     f.read_exact(&mut trailer)?;
@@ -170,13 +246,31 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    /// Today's queue file, byte for byte (`host/tests/golden/`): postcard is
-    /// positional, so a reordered envelope field would make every queued
-    /// message unreadable after an upgrade. A new version appends; this
-    /// fixture keeps proving that version 1 files still read.
+    /// A queue file of `version` with this envelope (already encoded) and message.
+    fn queue_file(version: u16, envelope: &[u8], message: &[u8]) -> Vec<u8> {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&version.to_le_bytes());
+        bytes.extend_from_slice(&(envelope.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(envelope);
+        bytes.extend_from_slice(message);
+        bytes.extend_from_slice(&encode_trailer(message.len() as u64));
+        bytes
+    }
+
+    /// Reads `bytes` as a queue file.
+    fn read_bytes(bytes: &[u8]) -> (QueueFile, Vec<u8>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("Q");
+        std::fs::write(&path, bytes).expect("write");
+        read_message(&path).expect("the fixture reads")
+    }
+
+    /// A version 1 queue file (written before the session facts), byte for
+    /// byte (`host/tests/golden/`): every build must still read it, so mail
+    /// queued before an upgrade is delivered after it.
     #[test]
     fn version_1_queue_file_matches_its_golden_bytes_and_still_reads() {
-        let envelope = Envelope {
+        let v1 = EnvelopeV1 {
             mail_from: "sender@example.org".into(),
             rcpt_to: vec!["alice@example.test".into(), "bob@example.test".into()],
             client_ip: "2001:db8::7".parse().expect("ip"),
@@ -188,15 +282,54 @@ mod tests {
             tls: Some("TLSv1.3 TLS13_AES_256_GCM_SHA384".into()),
         };
         let message = b"Received: from x\r\nSubject: golden\r\n\r\nbody\r\n";
+        let bytes = queue_file(1, &postcard::to_allocvec(&v1).expect("encode"), message);
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/queue_file_v1.hex");
+        let golden = finaldot_sdk::testing::assert_golden(&fixture, &bytes);
+        let (header, read) = read_bytes(&golden);
+        assert_eq!(header.envelope, Envelope::from(v1.clone()));
+        assert_eq!(header.envelope.listener, Listener::Unknown);
+        assert_eq!(read, message);
+        // What version 1 builds wrote for TLS becomes protocol and cipher.
+        let written = EnvelopeV1 {
+            tls: Some("TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384".into()),
+            ..v1
+        };
+        assert_eq!(
+            Envelope::from(written).tls,
+            Some(TlsFacts {
+                protocol: "TLSv1.3".into(),
+                cipher: "TLS13_AES_256_GCM_SHA384".into()
+            })
+        );
+    }
+
+    /// Today's queue file (version 2: the session facts), byte for byte.
+    #[test]
+    fn version_2_queue_file_matches_its_golden_bytes_and_reads() {
+        let envelope = Envelope {
+            mail_from: "sender@example.org".into(),
+            rcpt_to: vec!["alice@example.test".into()],
+            client_ip: "192.0.2.7".parse().expect("ip"),
+            client_port: 40123,
+            listener: Listener::Submission,
+            helo: "client.example.org".into(),
+            protocol: "ESMTPSA".into(),
+            received_at: 1_796_000_000,
+            body_8bit: true,
+            smtputf8: false,
+            tls: Some(TlsFacts {
+                protocol: "TLSv1.3".into(),
+                cipher: "TLS13_AES_128_GCM_SHA256".into(),
+            }),
+            auth: Some("alice".into()),
+        };
+        let message = b"Received: from x\r\n\r\nbody\r\n";
         let mut bytes = encode_prelude(&envelope).expect("encode");
         bytes.extend_from_slice(message);
         bytes.extend_from_slice(&encode_trailer(message.len() as u64));
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/queue_file_v1.hex");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/queue_file_v2.hex");
         let golden = finaldot_sdk::testing::assert_golden(&fixture, &bytes);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("Q");
-        std::fs::write(&path, &golden).expect("write");
-        let (header, read) = read_message(&path).expect("the fixture reads");
+        let (header, read) = read_bytes(&golden);
         assert_eq!(header.envelope, envelope);
         assert_eq!(read, message);
     }
@@ -206,12 +339,15 @@ mod tests {
             mail_from: "a@x.test".into(),
             rcpt_to: vec!["b@y.test".into(), "c@y.test".into()],
             client_ip: "192.0.2.7".parse().expect("ip"),
+            client_port: 40000,
+            listener: Listener::Smtp,
             helo: "client.test".into(),
             protocol: "ESMTP".into(),
             received_at: 1_700_000_000,
             body_8bit: true,
             smtputf8: false,
             tls: None,
+            auth: None,
         }
     }
 

@@ -189,16 +189,7 @@ async fn connection(
     let m = metrics::global();
     m.connections.inc();
     m.connections_open.inc();
-    let received_auth = kind == ListenKind::Submission && shared.submission().received_auth;
-    let mut conn = Conn::new(
-        stream,
-        peer.ip(),
-        session,
-        smtp,
-        shared,
-        stop,
-        received_auth,
-    );
+    let mut conn = Conn::new(stream, peer, kind, session, smtp, shared, stop);
     if kind != ListenKind::ImplicitTls || conn.handshake().await {
         conn.serve().await;
     }

@@ -7,7 +7,7 @@
 //! unread; what goes back is the session's replies and, for spool errors,
 //! [`spool_error_reply`]'s, never internal error text.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 
 use super::received::received_header;
 use super::tls::{describe, Stream};
-use super::{spool_error_reply, Shared};
+use super::{spool_error_reply, ListenKind, Shared};
 use crate::metrics;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Session, SessionConfig, Step};
@@ -132,30 +132,33 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    /// A connection from `peer` on `stream`, its session set up with `session`.
+    /// A connection from `peer` on a `kind` listener, its session set up with `session`.
     pub(super) fn new(
         stream: TcpStream,
-        peer: IpAddr,
+        peer: SocketAddr,
+        kind: ListenKind,
         session: Arc<SessionConfig>,
         smtp: Arc<SmtpConfig>,
         shared: Arc<Shared>,
         stop: watch::Receiver<bool>,
-        received_auth: bool,
     ) -> Conn {
+        let received_auth = kind == ListenKind::Submission && shared.submission().received_auth;
         let local_ip = stream.local_addr().ok().map(|a| a.ip());
         Conn {
             refusing: false,
             ack_started: None,
             stream: Stream::Plain(stream),
             hostname: session.hostname.clone(),
-            session: Session::new(session, peer).with_local_ip(local_ip),
+            session: Session::new(session, peer.ip())
+                .with_local_ip(local_ip)
+                .with_peer(peer.port(), kind.listener()),
             smtp,
             shared,
             sink: None,
             out: Vec::new(),
             stop,
             deadline: None,
-            peer,
+            peer: peer.ip(),
             received_auth,
         }
     }
@@ -188,10 +191,10 @@ impl Conn {
         };
         match tokio::time::timeout(self.smtp.command_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
-                let info = describe(tls.get_ref().1);
-                debug!(tls = %info, "TLS established");
+                let facts = describe(tls.get_ref().1);
+                debug!(tls = %facts.protocol, cipher = %facts.cipher, "TLS established");
                 self.stream = Stream::Tls(Box::new(tls));
-                self.session.tls_established(info);
+                self.session.tls_established(facts);
                 true
             }
             Ok(Err(e)) => {

@@ -25,6 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use finaldot_sdk::wire::Listener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::info;
 
@@ -147,11 +148,20 @@ impl ListenKind {
             ListenKind::Submission => "submission",
         }
     }
+
+    /// The listener as the session facts name it.
+    pub fn listener(self) -> Listener {
+        match self {
+            ListenKind::Smtp => Listener::Smtp,
+            ListenKind::ImplicitTls => Listener::ImplicitTls,
+            ListenKind::Submission => Listener::Submission,
+        }
+    }
 }
 
 /// One listening socket: the address it bound, what it serves, and how to
 /// stop its accept loop.
-struct Listener {
+struct Bound {
     bound: SocketAddr,
     kind: ListenKind,
     stop: watch::Sender<bool>,
@@ -186,7 +196,7 @@ fn submission_session(session: &SessionConfig) -> SessionConfig {
 /// [`Server::shutdown`].
 pub struct Server {
     shared: Arc<Shared>,
-    listeners: Mutex<HashMap<ListenKey, Listener>>,
+    listeners: Mutex<HashMap<ListenKey, Bound>>,
     stop: watch::Sender<bool>,
     alive: Mutex<Option<mpsc::Sender<()>>>,
     all_done: tokio::sync::Mutex<mpsc::Receiver<()>>,
@@ -256,7 +266,7 @@ impl Server {
         if let Ok(mut map) = self.listeners.lock() {
             map.insert(
                 key,
-                Listener {
+                Bound {
                     bound,
                     kind,
                     stop: stop_one,

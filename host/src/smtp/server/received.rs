@@ -33,8 +33,14 @@ pub fn received_header(env: &Envelope, hostname: &str, id: &str, auth: Option<&s
         .to_rfc2822();
     let mut tls = env
         .tls
-        .as_deref()
-        .map(|t| format!(" (using {})", printable(t, true)))
+        .as_ref()
+        .map(|t| {
+            format!(
+                " (using {} with cipher {})",
+                printable(&t.protocol, false),
+                printable(&t.cipher, false)
+            )
+        })
         .unwrap_or_default();
     if let Some(user) = auth {
         tls.push_str(&format!("\r\n\t(Authenticated sender: {})", clean(user)));

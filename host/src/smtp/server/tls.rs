@@ -6,6 +6,8 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use finaldot_sdk::wire::TlsFacts;
+
 use crate::smtp::settings::TlsFiles;
 
 /// The connection's byte stream: plain TCP, or TLS after STARTTLS.
@@ -80,15 +82,16 @@ pub fn tls_acceptor(files: &TlsFiles) -> std::io::Result<tokio_rustls::TlsAccept
 }
 
 /// The protocol and cipher suite of an established TLS connection, as the
-/// session records it (`TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384`).
-pub(super) fn describe(conn: &rustls::ServerConnection) -> String {
-    format!(
-        "{} with cipher {}",
-        conn.protocol_version()
+/// session records them (`TLSv1.3`, `TLS13_AES_256_GCM_SHA384`).
+pub(super) fn describe(conn: &rustls::ServerConnection) -> TlsFacts {
+    TlsFacts {
+        protocol: conn
+            .protocol_version()
             .map(|v| format!("{v:?}").replace("TLSv1_", "TLSv1."))
             .unwrap_or_default(),
-        conn.negotiated_cipher_suite()
+        cipher: conn
+            .negotiated_cipher_suite()
             .map(|c| format!("{:?}", c.suite()))
-            .unwrap_or_default()
-    )
+            .unwrap_or_default(),
+    }
 }
