@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 secs="${1:-600}"; shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(smtp_command smtp_session spool_record plugin_abi)
+# The host's build script builds the built-in plugins with the same toolchain.
+rustup target add --toolchain nightly wasm32-unknown-unknown >/dev/null
 cargo +nightly fuzz build -s none -O >/dev/null
 for t in "${targets[@]}"; do
     mkdir -p "fuzz/work/$t"

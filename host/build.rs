@@ -7,7 +7,8 @@
 //! The plugins are built by a nested `cargo build` into their own target
 //! directory (`target/builtin-plugins`): the outer build holds the lock of
 //! its own. Packagers who build the plugins themselves may point
-//! `FINALDOT_BUILTIN_PLUGINS` at a directory holding the four `.wasm` files.
+//! `FINALDOT_BUILTIN_PLUGINS` at a directory (an absolute path) holding
+//! the four `.wasm` files.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,7 +34,16 @@ fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     println!("cargo:rerun-if-env-changed=FINALDOT_BUILTIN_PLUGINS");
     let built = match std::env::var_os("FINALDOT_BUILTIN_PLUGINS") {
-        Some(dir) => PathBuf::from(dir),
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            for (_, stem) in PLUGINS {
+                println!(
+                    "cargo:rerun-if-changed={}",
+                    dir.join(format!("{stem}.wasm")).display()
+                );
+            }
+            dir
+        }
         None => build_plugins(&root, &out),
     };
     for (_, stem) in PLUGINS {
@@ -95,6 +105,9 @@ fn build_plugins(root: &Path, out: &Path) -> PathBuf {
             cmd.env_remove(key);
         }
     }
+    // Cargo reads this script's stdout for `cargo:` lines: the nested
+    // build's output goes to stderr.
+    cmd.stdout(std::io::stderr());
     let status = cmd
         .status()
         .unwrap_or_else(|e| panic!("running cargo for the built-in plugins: {e}"));

@@ -8,9 +8,11 @@
 //! local domain with [`check_local_part`] in memory, before its 250, and the
 //! plugin derives the directory name with [`mailbox_name`], so the two can
 //! never disagree about which recipients are deliverable. A recipient the
-//! front end accepted is one the plugin can store, so no bounce is ever sent
-//! for an address the front end could have refused (a forged sender would
-//! receive it: backscatter).
+//! front end accepted is one whose name the plugin can store, so no bounce
+//! is ever sent for a name the front end could have refused (a forged sender
+//! would receive it: backscatter). Which users exist is configured apart
+//! (`[domains] recipients` for the front end, the plugin's `users`): keep
+//! those lists the same.
 //!
 //! The rule (untrusted input: the address is the client's): the local part is
 //! an RFC 5321 `Dot-string` (atoms of `atext`, or any non-ASCII character

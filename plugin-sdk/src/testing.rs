@@ -524,6 +524,8 @@ mod tests {
         let root =
             std::env::temp_dir().join(format!("finaldot-sdk-contract-{}", std::process::id()));
         let (rw, ro) = (root.join("rw"), root.join("ro"));
+        // Process ids repeat (containers): start from nothing.
+        let _ = std::fs::remove_dir_all(&root);
         for d in [&rw, &ro] {
             std::fs::create_dir_all(d).expect("mkdir");
         }

@@ -87,9 +87,10 @@ pub enum RecipientState {
         /// Why.
         reason: String,
     },
-    /// Dropped on purpose, not delivered: a plugin's `Discard` verdict.
-    /// Set by the host after the last stage a plugin sees, so no plugin
-    /// built with an older SDK ever receives it. (Appended last.)
+    /// Dropped on purpose, not delivered: a plugin's `Discard` verdict or
+    /// `mark_discarded` (a duplicate). Plugins are shown it as `Delivered`
+    /// ([`MessageState::plugin_view`]), so no plugin built with an older
+    /// SDK ever receives it. (Appended last.)
     Discarded {
         /// Which plugin discarded it, and why.
         reason: String,
@@ -146,7 +147,7 @@ pub struct EnvelopeState {
     pub recipients: Vec<Recipient>,
 }
 
-/// The name [`EnvelopeState`] had before SDK 0.1.1 (the same type).
+/// The name [`EnvelopeState`] had before (the same type).
 #[deprecated(note = "renamed EnvelopeState: the host's SMTP envelope is spool::Envelope")]
 pub type Envelope = EnvelopeState;
 

@@ -47,20 +47,24 @@ plugin_dir = "var/plugins"
 [[plugins]]
 name = "dedup"
 file = "dedup.wasm"
+builtin = true
 kv = true
 
 [[plugins]]
 name = "list-expand"
 file = "list_expand.wasm"
+builtin = true
 dirs = [{ name = "lists", path = "var/lists" }]
 
 [[plugins]]
 name = "filter"
 file = "filter.wasm"
+builtin = true
 
 [[plugins]]
 name = "local-delivery"
 file = "local_delivery.wasm"
+builtin = true
 dirs = [{ name = "mail", path = "var/mail", writable = true }]
 [plugins.config]
 domains = ["localhost", "example.test"]
@@ -386,10 +390,29 @@ mod tests {
             ("[domains.a]\n[pipeline]\nworkers = 0\n", "pipeline.workers"),
             ("[domains.a]\n[pipeline]\nretry_min_secs = 10\nretry_max_secs = 5\n", "pipeline.retry_max_secs"),
             ("[domains.a]\n[[plugins]]\nname = \"x\"\nfile = \"x.wasm\"\nsurprise = 1\n", "surprise"),
+            ("[domains.a]\n[[plugins]]\nname = \"x\"\nfile = \"x.wasm\"\nbuiltin = true\n", "plugins[0].builtin"),
+            ("[domains.a]\n[[plugins]]\nname = \"x\"\nfile = \"sub/dedup.wasm\"\nbuiltin = true\n", "plugins[0].builtin"),
         ] {
             let e = parse(text).expect_err(text).to_string();
             assert!(e.contains(key), "{text:?} gave {e}");
         }
+    }
+
+    #[test]
+    fn built_in_copies_serve_only_where_asked_for() {
+        let default = Config::load(None).expect("default");
+        assert!(default.plugins.iter().all(|p| p.builtin.is_some()));
+        let c = parse("[domains.a]\n[[plugins]]\nname = \"d\"\nfile = \"dedup.wasm\"\n")
+            .expect("parses");
+        assert!(c.plugins[0].builtin.is_none());
+        let c = parse(
+            "[domains.a]\n[[plugins]]\nname = \"d\"\nfile = \"dedup.wasm\"\nbuiltin = true\n",
+        )
+        .expect("parses");
+        assert_eq!(
+            c.plugins[0].builtin.map(|b| b.file_name),
+            Some("dedup.wasm")
+        );
     }
 
     #[test]
@@ -422,6 +445,7 @@ mod tests {
             ),
             ("[domains.\"a..b\"]\n", "domains"),
             ("[domains.a]\nrecipients = [\"x@a\"]\n", "recipients"),
+            ("[domains.a]\nrecipients = [\"a/b\"]\n", "recipients"),
             ("hostname = \"\"\n[domains.a]\n", "hostname"),
             ("data_dir = \"x\"\n", "domains"),
         ] {

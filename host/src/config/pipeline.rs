@@ -57,6 +57,9 @@ pub struct RawPlugin {
     pub dirs: Vec<RawDirGrant>,
     /// The plugin's own settings.
     pub config: Option<toml::Table>,
+    /// Serve the binary's built-in copy while `file` is missing (only for
+    /// the built-in plugins' file names). Default: false.
+    pub builtin: Option<bool>,
 }
 
 /// One directory grant as written.
@@ -193,7 +196,23 @@ pub fn validate_plugins(
                 format!("{:?} is used twice", rp.name),
             ));
         }
-        let builtin = crate::plugins::builtin::for_file(&rp.file);
+        let builtin = match rp.builtin {
+            Some(true) => Some(crate::plugins::builtin::for_file(&rp.file).ok_or_else(|| {
+                let names: Vec<&str> = crate::plugins::builtin::BUILTINS
+                    .iter()
+                    .map(|b| b.file_name)
+                    .collect();
+                invalid(
+                    &key("builtin"),
+                    format!(
+                        "{} is not a built-in plugin (the binary carries {}, named without a directory)",
+                        rp.file.display(),
+                        names.join(", ")
+                    ),
+                )
+            })?),
+            _ => None,
+        };
         let file = if rp.file.is_absolute() {
             rp.file
         } else {

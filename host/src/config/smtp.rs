@@ -227,6 +227,14 @@ pub fn validate_domains(
                             ),
                         ));
                     }
+                    // A listed user the RCPT check would refuse could never
+                    // receive mail: say so now rather than at its first 550.
+                    if let Err(why) = finaldot_sdk::mailbox::check_local_part(&u) {
+                        return Err(invalid(
+                            &format!("{key}.recipients"),
+                            format!("{u:?} can name no mailbox: {why}"),
+                        ));
+                    }
                     set.insert(u.to_lowercase());
                 }
                 DomainUsers::Listed(set)

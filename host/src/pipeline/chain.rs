@@ -173,6 +173,16 @@ impl Stage {
             .map(|r| r.as_deref() == Some(hash.as_str()))
             .unwrap_or(false)
         {
+            // The file is gone and the built-in copy does not load here: the
+            // removed file's version must not go on serving as if present.
+            if builtin && self.current().is_ok() && !self.is_builtin() {
+                warn!(plugin = %name, file = %file.display(), "plugin file removed and the built-in copy was refused: its stage defers messages until the file is back");
+                self.set(
+                    Err(format!("plugin file {} was removed", file.display())),
+                    false,
+                );
+                return true;
+            }
             return false;
         }
         let started = Instant::now();

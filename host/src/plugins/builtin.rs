@@ -2,9 +2,12 @@
 //! four (dedup, list-expand, filter, local-delivery), built for
 //! wasm32-unknown-unknown by `host/build.rs` from `example-plugins/`.
 //!
-//! A `[[plugins]]` entry whose `file` is one of these names, given without a
-//! directory (so it lives in `pipeline.plugin_dir`), is served by the
-//! built-in copy while no such file exists there. A file an administrator
+//! A `[[plugins]]` entry with `builtin = true` (the embedded default
+//! configuration's four have it) whose `file` is one of these names, given
+//! without a directory (so it lives in `pipeline.plugin_dir`), is served by
+//! the built-in copy while no such file exists there. Without it, a missing
+//! file makes the stage's messages wait, as for any plugin (a plugin
+//! directory on a mount not yet up must not mean unfiltered mail). A file an administrator
 //! puts there always wins, is hot-reloaded like any other, and when it is
 //! removed the built-in copy serves again. Nothing is written into the
 //! plugin directory, so an upgraded binary brings upgraded built-ins.

@@ -239,14 +239,26 @@ impl Server {
             all_done: tokio::sync::Mutex::new(all_done),
         };
         for key in listen_keys(smtp, submission) {
-            server.listen(key).await?;
+            server.listen(key, true).await?;
         }
         Ok(server)
     }
 
-    async fn listen(&self, key: ListenKey) -> std::io::Result<SocketAddr> {
+    /// Binds one listen address and starts its accept loop. At start an
+    /// address in use is retried (a killed predecessor's socket may linger);
+    /// on a reload it is not, so a taken port cannot hold up the reload.
+    async fn listen(&self, key: ListenKey, at_start: bool) -> std::io::Result<SocketAddr> {
         let (addr, kind) = key;
-        let l = crate::bind_listener(addr, kind.label()).await?;
+        let l = if at_start {
+            crate::bind_listener(addr, kind.label()).await?
+        } else {
+            tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("{}: cannot listen on {addr}: {e}", kind.label()),
+                )
+            })?
+        };
         let bound = l.local_addr()?;
         let (stop_one, stop_one_rx) = watch::channel(false);
         let alive = self
@@ -353,7 +365,7 @@ impl Server {
             }
         }
         for key in wanted.iter().filter(|k| !current.contains(k)) {
-            match self.listen(*key).await {
+            match self.listen(*key, false).await {
                 Ok(bound) => match key.1 {
                     ListenKind::Smtp => info!(addr = %bound, "listening on {bound}"),
                     ListenKind::ImplicitTls => {
