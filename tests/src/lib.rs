@@ -404,6 +404,11 @@ impl Client {
         }
     }
 
+    /// The client side's port (the one the server records as the client's).
+    pub fn local_port(&self) -> u16 {
+        self.writer.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
     /// Sends raw bytes.
     pub fn send(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).expect("send");

@@ -436,3 +436,80 @@ fn a_bare_binary_in_an_empty_directory_delivers_with_its_built_in_plugins() {
     assert_eq!(stamped, 1, "{files:?}");
     assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
 }
+
+/// Issue 17.1: plugins see the session's facts: a filter rule on the client
+/// network, TLS, authentication and HELO acts on a loopback message (the
+/// queue file's side is `smtp.rs`'s `the_queue_file_records_the_session_facts`).
+#[test]
+fn session_facts_are_recorded_and_plugins_act_on_them() {
+    let dir = TestDir::new("session-facts");
+    let mail = dir.path().join("mail");
+    let plugins = format!(
+        "{}{}",
+        plugin_toml(
+            "filter",
+            "filter",
+            "[plugins.config]\n[[plugins.config.rules]]\nname = \"loopback\"\nclient_network = \"127.0.0.0/8\"\ntls = false\nauthenticated = false\nhelo_regex = \"^client\\\\.test$\"\naction = \"add-header\"\nadd_header = \"X-Loopback: yes\"\n"
+        ),
+        plugin_toml(
+            "local-delivery",
+            "local_delivery",
+            &format!("dirs = [{{ name = \"mail\", path = {mail:?}, writable = true }}]\nconfig = {{ domains = [\"example.test\"] }}"),
+        )
+    );
+    let d = Daemon::start_with(
+        dir.path(),
+        &test_config(
+            dir.path(),
+            "",
+            &format!("[pipeline]\nrescan_secs = 1\n\n{plugins}"),
+        ),
+    );
+    send(
+        &d,
+        "s@remote.test",
+        &["alice@example.test"],
+        b"Subject: facts\r\n\r\nhi\r\n",
+    );
+    let files = wait_for_files(&mail.join("alice/Maildir/new"), 1, LONG);
+    assert_eq!(files.len(), 1, "{}", d.log());
+    let text = std::fs::read_to_string(&files[0]).expect("read");
+    assert!(text.contains("X-Loopback: yes"), "{text}");
+}
+
+/// Issue 17.1: a plugin binary built with the SDK before the session facts
+/// (kept as a fixture, never rebuilt) loads and runs unchanged.
+#[test]
+fn a_plugin_built_with_the_previous_sdk_still_runs() {
+    let dir = TestDir::new("old-sdk-plugin");
+    let mail = dir.path().join("mail");
+    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/plugins/stamp-sdk-7cbcdca.wasm");
+    let plugins = format!(
+        "[[plugins]]\nname = \"old-stamp\"\nfile = {old:?}\nconfig = {{ by = \"old-sdk\" }}\n\n{}",
+        plugin_toml(
+            "local-delivery",
+            "local_delivery",
+            &format!("dirs = [{{ name = \"mail\", path = {mail:?}, writable = true }}]\nconfig = {{ domains = [\"example.test\"] }}"),
+        )
+    );
+    let d = Daemon::start_with(
+        dir.path(),
+        &test_config(
+            dir.path(),
+            "",
+            &format!("[pipeline]\nrescan_secs = 1\n\n{plugins}"),
+        ),
+    );
+    let id = send(
+        &d,
+        "s@remote.test",
+        &["alice@example.test"],
+        b"Subject: old\r\n\r\nhi\r\n",
+    );
+    let files = wait_for_files(&mail.join("alice/Maildir/new"), 1, LONG);
+    assert_eq!(files.len(), 1, "{id}: {}", d.log());
+    let text = std::fs::read_to_string(&files[0]).expect("read");
+    assert!(text.contains("X-Stamped-By: old-sdk"), "{text}");
+    assert!(!d.log().contains("fault"), "{}", d.log());
+}

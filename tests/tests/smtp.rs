@@ -72,6 +72,35 @@ fn lettre_message_is_spooled_byte_exact() {
     assert!(d.spool_files(QueueState::Tmp).is_empty());
 }
 
+/// Issue 17.1: the session's facts are in the queue file before the 250
+/// (no plugins here, so the message waits in `incoming/`).
+#[test]
+fn the_queue_file_records_the_session_facts() {
+    let dir = TestDir::new("facts-in-spool");
+    let d = Daemon::start(dir.path());
+    let mut c = d.connect();
+    let port = c.local_port();
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<s@remote.test> BODY=8BITMIME SMTPUTF8", 250);
+    c.expect("RCPT TO:<alice@example.test>", 250);
+    c.expect("DATA", 354);
+    c.send(b"Subject: facts\r\n\r\nhi\r\n.\r\n");
+    let (code, text) = c.read_reply();
+    assert_eq!(code, 250, "{text}");
+    let id = queued_id(&text);
+    let file = d.spool_dir(QueueState::Incoming).join(&id);
+    let (queued, _) = read_message(&file).expect("queue file");
+    let env = queued.envelope;
+    assert_eq!(env.client_ip.to_string(), "127.0.0.1");
+    assert_eq!(env.client_port, port);
+    assert_eq!(env.listener, finaldot_sdk::Listener::Smtp);
+    assert_eq!(env.helo, "client.test");
+    assert!(env.body_8bit && env.smtputf8);
+    assert_eq!(env.tls, None);
+    assert_eq!(env.auth, None);
+    assert!(env.received_at > 1_700_000_000);
+}
+
 #[test]
 fn python_smtplib_sends_with_pipelining_and_bdat_free_dialog() {
     let dir = TestDir::new("smtplib");

@@ -41,7 +41,13 @@ fn start(name: &str, extra: &str) -> Setup {
         &format!(
             "[submission]\nlisten = [\"127.0.0.1:0\"]\nusers_file = {users:?}\nreceived_auth = true\n{extra}\n\n[outbound]\nroute = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\n\n{}",
             hop.addr,
-            plugin_toml("stamp", "stamp", "")
+            // A filter rule on the session facts: only what came in over
+            // TLS, authenticated, on the submission listener is marked.
+            plugin_toml(
+                "filter",
+                "filter",
+                "[plugins.config]\n[[plugins.config.rules]]\nname = \"submitted\"\nauthenticated = true\ntls = true\naction = \"add-header\"\nadd_header = \"X-Submitted: authenticated over TLS\"\n"
+            )
         ),
     );
     std::fs::write(dir.path().join("finaldot.toml"), &cfg).expect("write config");
@@ -133,6 +139,11 @@ fn an_authenticated_user_relays_through_starttls_and_the_smarthost() {
     assert!(text.contains("with ESMTPSA (using TLSv1.3"), "{text}");
     assert!(text.contains("(Authenticated sender: alice)"), "{text}");
     assert!(text.ends_with("\r\n\r\nrelayed\r\n"), "{text}");
+    // The session's facts reached the plugin (issue 17.1).
+    assert!(
+        text.contains("X-Submitted: authenticated over TLS\r\n"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! `filter`: rules on headers, body, size, sender, recipients and attachment
-//! names, with actions reject (bounce), discard, hold (quarantine), add a
+//! `filter`: rules on headers, body, size, sender, recipients, attachment
+//! names and the session the message came in (client network,
+//! authenticated or not, TLS or not, HELO), with actions reject (bounce), discard, hold (quarantine), add a
 //! header, or add to a score. Two modes: `first` (the first matching rule
 //! decides) and `score` (matching rules add up; at the threshold, the
 //! threshold action). Every decision is logged with the rule that made it, so
@@ -36,6 +37,14 @@ struct Rule {
     sender: Option<String>,
     recipient: Option<String>,
     attachment: Option<Regex>,
+    /// The client's address is in one of these networks.
+    client_networks: Vec<ipnet::IpNet>,
+    /// The client authenticated (true) or did not (false).
+    authenticated: Option<bool>,
+    /// The session used TLS (true) or did not (false).
+    tls: Option<bool>,
+    /// The HELO/EHLO name matches.
+    helo_regex: Option<Regex>,
     action: Action,
     score: f64,
 }
@@ -119,6 +128,14 @@ fn parse_rule(i: usize, t: &Value) -> Result<Rule> {
             "attachment",
             t.get("attachment").and_then(Value::as_str),
         )?,
+        client_networks: networks(&name, t.get("client_network"))?,
+        authenticated: flag(&name, t, "authenticated")?,
+        tls: flag(&name, t, "tls")?,
+        helo_regex: regex(
+            &name,
+            "helo_regex",
+            t.get("helo_regex").and_then(Value::as_str),
+        )?,
         action: parse_action(&name, t)?,
         score: match t.get("score") {
             Some(Value::Int(i)) => *i as f64,
@@ -134,6 +151,40 @@ fn parse_rule(i: usize, t: &Value) -> Result<Rule> {
         )));
     }
     Ok(rule)
+}
+
+/// `client_network`: one network or a list (`"192.0.2.0/24"`,
+/// `"2001:db8::/32"`, or one address).
+fn networks(rule: &str, v: Option<&Value>) -> Result<Vec<ipnet::IpNet>> {
+    let items: Vec<&Value> = match v {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a.iter().collect(),
+        Some(one) => vec![one],
+    };
+    items
+        .into_iter()
+        .map(|item| {
+            let text = item.as_str().unwrap_or("").trim();
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    Error::new(format!(
+                        "rule {rule}: `client_network` {text:?} is not a network (\"192.0.2.0/24\", \"2001:db8::/32\" or one address)"
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// A true/false condition.
+fn flag(rule: &str, t: &Value, key: &str) -> Result<Option<bool>> {
+    match t.get(key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(Error::new(format!(
+            "rule {rule}: `{key}` must be true or false"
+        ))),
+    }
 }
 
 /// Attachment file names from MIME parameters (`filename=`, `name=`).
@@ -159,7 +210,30 @@ fn attachment_names(body: &str) -> Vec<String> {
 }
 
 impl Filter {
+    /// The session conditions of `rule` (all those given must hold).
+    fn session_matches(rule: &Rule, msg: &Message) -> bool {
+        let facts = msg.session();
+        if !rule.client_networks.is_empty() {
+            let Ok(ip) = facts.client_ip.parse::<std::net::IpAddr>() else {
+                return false;
+            };
+            let ip = ip.to_canonical();
+            if !rule.client_networks.iter().any(|n| n.contains(&ip)) {
+                return false;
+            }
+        }
+        rule.authenticated.is_none_or(|a| a == facts.auth.is_some())
+            && rule.tls.is_none_or(|t| t == facts.tls.is_some())
+            && rule
+                .helo_regex
+                .as_ref()
+                .is_none_or(|r| r.is_match(&facts.helo))
+    }
+
     fn matches(&self, rule: &Rule, msg: &Message, body: Option<&str>) -> bool {
+        if !Self::session_matches(rule, msg) {
+            return false;
+        }
         if let Some(h) = &rule.header {
             let values = msg.header_all(h);
             let ok = values.iter().any(|v| {
@@ -384,6 +458,84 @@ size_over = 100
 action = "add-header"
 add_header = "X-Big: yes"
 "#;
+
+    #[test]
+    fn session_conditions_match_network_auth_tls_and_helo() {
+        use finaldot_sdk::wire::{Listener, SessionFacts, TlsFacts};
+        let cfg = r#"
+[[rules]]
+name = "trusted"
+client_network = ["192.0.2.0/24", "2001:db8::1"]
+authenticated = true
+tls = true
+action = "add-header"
+add_header = "X-Trusted: yes"
+
+[[rules]]
+name = "bare-ip-helo"
+helo_regex = "^\\[?[0-9.]+\\]?$"
+action = "hold"
+"#;
+        let mut host = TestHost::new();
+        let mut p: Filter = host
+            .configure("filter", config_from_toml(cfg).unwrap())
+            .unwrap();
+        let facts = |ip: &str, auth: bool, tls: bool, helo: &str| SessionFacts {
+            client_ip: ip.into(),
+            client_port: 1234,
+            listener: Listener::Submission,
+            helo: helo.into(),
+            tls: tls.then(|| TlsFacts {
+                protocol: "TLSv1.3".into(),
+                cipher: "X".into(),
+            }),
+            auth: auth.then(|| "alice".to_string()),
+            received_at: 0,
+            body_8bit: false,
+            smtputf8: false,
+        };
+        let mut run = |f: SessionFacts| {
+            let msg = TestMessage::from_eml(b"Subject: x\r\n\r\nx\r\n")
+                .recipient("a@localhost")
+                .session(f);
+            host.run(&mut p, &msg).unwrap()
+        };
+        let out = run(facts("192.0.2.9", true, true, "mail.example.org"));
+        assert_eq!(out.header("X-Trusted").as_deref(), Some("yes"));
+        assert_eq!(out.verdict, Verdict::Continue);
+        let out = run(facts("2001:db8::1", true, true, "mail.example.org"));
+        assert_eq!(out.header("X-Trusted").as_deref(), Some("yes"));
+        for f in [
+            facts("198.51.100.1", true, true, "mail.example.org"),
+            facts("192.0.2.9", false, true, "mail.example.org"),
+            facts("192.0.2.9", true, false, "mail.example.org"),
+        ] {
+            let out = run(f);
+            assert_eq!(out.header("X-Trusted"), None);
+            assert_eq!(out.verdict, Verdict::Continue);
+        }
+        let out = run(facts("198.51.100.1", false, false, "[198.51.100.1]"));
+        assert!(matches!(out.verdict, Verdict::Hold { .. }));
+    }
+
+    #[test]
+    fn bad_session_conditions_are_named() {
+        let mut host = TestHost::new();
+        for (cfg, want) in [
+            (
+                "[[rules]]\nclient_network = \"10.0.0.0/33\"\n",
+                "client_network",
+            ),
+            ("[[rules]]\ntls = \"yes\"\n", "tls"),
+            ("[[rules]]\nhelo_regex = \"(\"\n", "helo_regex"),
+        ] {
+            let e = host
+                .configure::<Filter>("filter", config_from_toml(cfg).unwrap())
+                .err()
+                .unwrap();
+            assert!(e.to_string().contains(want), "{cfg}: {e}");
+        }
+    }
 
     #[test]
     fn first_match_decides_and_is_logged() {
