@@ -571,6 +571,26 @@ pub fn plugin_toml(name: &str, wasm_name: &str, extra: &str) -> String {
     )
 }
 
+/// A `[[plugins]]` table for local-delivery into Maildirs under `mail`,
+/// for every local part of `example.test`.
+pub fn local_delivery_toml(mail: &Path) -> String {
+    plugin_toml(
+        "local-delivery",
+        "local_delivery",
+        &format!("dirs = [{{ name = \"mail\", path = {mail:?}, writable = true }}]\nconfig = {{ domains = [\"example.test\"] }}"),
+    )
+}
+
+/// The config text for a test daemon in `dir` whose chain is `plugins`
+/// (`[[plugins]]` tables), rescanning its queue every second.
+pub fn chain_config(dir: &Path, plugins: &str) -> String {
+    test_config(
+        dir,
+        "",
+        &format!("[pipeline]\nrescan_secs = 1\n\n{plugins}"),
+    )
+}
+
 /// A message as the pipeline hands it to a plugin: `raw` split into headers
 /// and body, one recipient (`alice@localhost`), queue id `Q1`.
 pub fn message_input(raw: &[u8]) -> (finaldot_sdk::wire::MessageInput, finaldot::plugins::Body) {

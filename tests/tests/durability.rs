@@ -142,12 +142,8 @@ fn restart_right_after_kill9_comes_up_on_the_same_port() {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let config = test_config(dir.path(), "", &format!("[pipeline]\nrescan_secs = 1\n\n{}", plugin_toml(
-        "local-delivery",
-        "local_delivery",
-        &format!("dirs = [{{ name = \"mail\", path = {mail:?}, writable = true }}]\nconfig = {{ domains = [\"example.test\"] }}"),
-    )))
-    .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let config = chain_config(dir.path(), &local_delivery_toml(&mail))
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let mut killed = Vec::new();
     let mut d = Daemon::start_with(dir.path(), &config);
     for i in 0..20 {

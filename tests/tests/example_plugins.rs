@@ -212,14 +212,7 @@ fn a_filter_rule_holds_a_matching_message() {
             &format!("dirs = [{{ name = \"mail\", path = {mail:?}, writable = true }}]\nconfig = {{ domains = [\"example.test\"], users = [\"alice\", \"bob\"] }}"),
         )
     );
-    let d = Daemon::start_with(
-        dir.path(),
-        &test_config(
-            dir.path(),
-            "",
-            &format!("[pipeline]\nrescan_secs = 1\n\n{plugins}"),
-        ),
-    );
+    let d = Daemon::start_with(dir.path(), &chain_config(dir.path(), &plugins));
     let held = send(
         &d,
         "s@remote.test",
@@ -451,20 +444,9 @@ fn session_facts_are_recorded_and_plugins_act_on_them() {
             "filter",
             "[plugins.config]\n[[plugins.config.rules]]\nname = \"loopback\"\nclient_network = \"127.0.0.0/8\"\ntls = false\nauthenticated = false\nhelo_regex = \"^client\\\\.test$\"\naction = \"add-header\"\nadd_header = \"X-Loopback: yes\"\n"
         ),
-        plugin_toml(
-            "local-delivery",
-            "local_delivery",
-            &format!("dirs = [{{ name = \"mail\", path = {mail:?}, writable = true }}]\nconfig = {{ domains = [\"example.test\"] }}"),
-        )
+        local_delivery_toml(&mail)
     );
-    let d = Daemon::start_with(
-        dir.path(),
-        &test_config(
-            dir.path(),
-            "",
-            &format!("[pipeline]\nrescan_secs = 1\n\n{plugins}"),
-        ),
-    );
+    let d = Daemon::start_with(dir.path(), &chain_config(dir.path(), &plugins));
     send(
         &d,
         "s@remote.test",
@@ -487,20 +469,9 @@ fn a_plugin_built_with_the_previous_sdk_still_runs() {
         .join("fixtures/plugins/stamp-sdk-7cbcdca.wasm");
     let plugins = format!(
         "[[plugins]]\nname = \"old-stamp\"\nfile = {old:?}\nconfig = {{ by = \"old-sdk\" }}\n\n{}",
-        plugin_toml(
-            "local-delivery",
-            "local_delivery",
-            &format!("dirs = [{{ name = \"mail\", path = {mail:?}, writable = true }}]\nconfig = {{ domains = [\"example.test\"] }}"),
-        )
+        local_delivery_toml(&mail)
     );
-    let d = Daemon::start_with(
-        dir.path(),
-        &test_config(
-            dir.path(),
-            "",
-            &format!("[pipeline]\nrescan_secs = 1\n\n{plugins}"),
-        ),
-    );
+    let d = Daemon::start_with(dir.path(), &chain_config(dir.path(), &plugins));
     let id = send(
         &d,
         "s@remote.test",
