@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod dns;
 pub mod group_commit;
 pub mod metrics;
 pub mod outbound;

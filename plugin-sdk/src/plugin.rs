@@ -4,8 +4,8 @@
 
 use crate::host;
 use crate::wire::{
-    Change, Header, HostErrorKind, HostRequest, HostResponse, Level, MessageInput, MessageState,
-    Recipient, SessionFacts, Value, Verdict,
+    Change, DnsAnswer, DnsType, Header, HostErrorKind, HostRequest, HostResponse, Level,
+    MessageInput, MessageState, Recipient, SessionFacts, Value, Verdict,
 };
 
 /// A plugin's error. Returned from a hook, it is a temporary failure: the
@@ -450,6 +450,31 @@ impl Context {
     /// The plugin's key-value namespace (if granted).
     pub fn kv(&self) -> Kv {
         Kv
+    }
+
+    /// DNS through the host's resolver (needs `dns = true` in the plugin's
+    /// configuration; each message has a lookup budget, ten by default).
+    pub fn dns(&self) -> Dns {
+        Dns
+    }
+}
+
+/// DNS lookups through the host (its resolver and shared cache).
+#[derive(Debug, Clone, Copy)]
+pub struct Dns;
+
+impl Dns {
+    /// Looks `name` up for records of `rtype`. NXDOMAIN, no data, SERVFAIL
+    /// and a timeout are answers ([`crate::wire::DnsOutcome`]), not errors; an error
+    /// means the plugin may not ask (no grant, budget spent).
+    pub fn lookup(&self, name: &str, rtype: DnsType) -> Result<DnsAnswer> {
+        match request(HostRequest::DnsLookup {
+            name: name.to_string(),
+            rtype,
+        })? {
+            HostResponse::Dns(answer) => Ok(answer),
+            r => Err(unexpected(r)),
+        }
     }
 }
 

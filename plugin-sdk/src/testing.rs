@@ -32,14 +32,21 @@ use std::rc::Rc;
 
 use crate::plugin::{Config, Context, Message, Plugin, Result};
 use crate::wire::{
-    check_relative_path, parse_headers, Change, EnvelopeState, HostErrorKind, HostRequest,
-    HostResponse, Level, Listener, MessageInput, MessageState, Recipient, SessionFacts, Value,
-    Verdict, ABI_VERSION,
+    check_relative_path, parse_headers, Change, DnsAnswer, DnsOutcome, DnsType, EnvelopeState,
+    HostErrorKind, HostRequest, HostResponse, Level, Listener, MessageInput, MessageState,
+    Recipient, SessionFacts, Value, Verdict, ABI_VERSION,
 };
+
+/// DNS lookups a message may make in a test run (the host's default budget).
+const DNS_LOOKUPS: u32 = 10;
 
 #[derive(Default)]
 struct State {
     dirs: HashMap<String, (PathBuf, bool)>,
+    /// Scripted DNS answers; anything else is NXDOMAIN.
+    dns: HashMap<(String, DnsType), DnsAnswer>,
+    /// DNS lookups left in this run (the host's per-message budget).
+    dns_left: u32,
     kv: HashMap<Vec<u8>, (Vec<u8>, Option<u64>)>,
     logs: Vec<(Level, String)>,
     now_ms: u64,
@@ -195,6 +202,23 @@ impl Current {
                 HostRequest::KvDelete { key } => {
                     self.0.borrow_mut().kv.remove(key);
                     HostResponse::Done
+                }
+                HostRequest::DnsLookup { name, rtype } => {
+                    let mut s = self.0.borrow_mut();
+                    if s.dns_left == 0 {
+                        return Err(err(
+                            HostErrorKind::LimitReached,
+                            format!("DNS lookup budget of this message spent (asking {name})"),
+                        ));
+                    }
+                    s.dns_left -= 1;
+                    let key = (name.trim_end_matches('.').to_ascii_lowercase(), *rtype);
+                    HostResponse::Dns(
+                        s.dns
+                            .get(&key)
+                            .cloned()
+                            .unwrap_or_else(|| DnsAnswer::empty(DnsOutcome::NxDomain)),
+                    )
                 }
                 HostRequest::KvPutIfAbsent {
                     key,
@@ -437,6 +461,7 @@ impl TestHost {
     pub fn new() -> TestHost {
         let host = TestHost::default();
         host.state.borrow_mut().now_ms = 1_700_000_000_000;
+        host.state.borrow_mut().dns_left = DNS_LOOKUPS;
         host
     }
 
@@ -446,6 +471,17 @@ impl TestHost {
             .borrow_mut()
             .dirs
             .insert(name.to_string(), (path.into(), writable));
+        self
+    }
+
+    /// Scripts the answer to a DNS lookup of `name` for `rtype` (names
+    /// compare without case or trailing dot); unscripted lookups answer
+    /// NXDOMAIN. Each run may make ten lookups, as the host's default.
+    pub fn dns_answer(&mut self, name: &str, rtype: DnsType, answer: DnsAnswer) -> &mut Self {
+        self.state.borrow_mut().dns.insert(
+            (name.trim_end_matches('.').to_ascii_lowercase(), rtype),
+            answer,
+        );
         self
     }
 
@@ -494,6 +530,7 @@ impl TestHost {
             let mut s = self.state.borrow_mut();
             s.body = msg.body.clone();
             s.headers.clear();
+            s.dns_left = DNS_LOOKUPS;
         }
         let before = self.state.borrow().logs.len();
         let cx = Context::new(msg.input.queue_id.clone());

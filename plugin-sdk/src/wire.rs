@@ -765,6 +765,101 @@ pub enum HostRequest {
         /// Lifetime in seconds; forever when `None`.
         ttl_secs: Option<u64>,
     },
+    /// Looks a name up in DNS through the host's resolver and its shared
+    /// cache (needs the `dns` grant; counts against the per-message lookup
+    /// budget). Answers [`HostResponse::Dns`]. (Appended last.)
+    DnsLookup {
+        /// The name (a trailing dot is implied: no search domains).
+        name: String,
+        /// The record type.
+        rtype: DnsType,
+    },
+}
+
+/// A DNS record type a plugin may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DnsType {
+    /// IPv4 addresses.
+    A,
+    /// IPv6 addresses.
+    Aaaa,
+    /// Mail exchangers.
+    Mx,
+    /// Text records (SPF, DNSBL reasons, DKIM keys).
+    Txt,
+    /// Reverse names (`7.2.0.192.in-addr.arpa`).
+    Ptr,
+    /// DANE TLSA records.
+    Tlsa,
+}
+
+/// How a DNS lookup ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DnsOutcome {
+    /// Records of the type were found.
+    Found,
+    /// The name does not exist (NXDOMAIN).
+    NxDomain,
+    /// The name exists, with no records of the type (NODATA).
+    NoData,
+    /// The server failed (SERVFAIL, REFUSED, a broken answer): try later.
+    ServFail,
+    /// No answer within the grant's timeout: try later.
+    Timeout,
+}
+
+/// One DNS record of an answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DnsRecord {
+    /// An IPv4 address, dotted.
+    A(String),
+    /// An IPv6 address.
+    Aaaa(String),
+    /// A mail exchanger.
+    Mx {
+        /// Its preference (lower first).
+        preference: u16,
+        /// Its host name, without the trailing dot.
+        exchange: String,
+    },
+    /// A text record: its strings joined, as bytes.
+    Txt(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A name, without the trailing dot.
+    Ptr(String),
+    /// A DANE TLSA record (RFC 6698).
+    Tlsa {
+        /// Certificate usage.
+        usage: u8,
+        /// Selector.
+        selector: u8,
+        /// Matching type.
+        matching: u8,
+        /// Certificate association data.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+}
+
+/// The answer to a [`HostRequest::DnsLookup`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsAnswer {
+    /// How the lookup ended.
+    pub outcome: DnsOutcome,
+    /// How long the answer may be kept, in seconds (0 when none).
+    pub ttl_secs: u32,
+    /// The records (empty unless `outcome` is `Found`).
+    pub records: Vec<DnsRecord>,
+}
+
+impl DnsAnswer {
+    /// An answer with no records.
+    pub fn empty(outcome: DnsOutcome) -> DnsAnswer {
+        DnsAnswer {
+            outcome,
+            ttl_secs: 0,
+            records: Vec::new(),
+        }
+    }
 }
 
 /// Why the host refused or failed a request.
@@ -782,6 +877,9 @@ pub enum HostErrorKind {
     Io,
     /// The request was malformed.
     Invalid,
+    /// A limit of the grant was reached (the per-message DNS lookup
+    /// budget). (Appended last.)
+    LimitReached,
 }
 
 /// Host → guest: the answer to a [`HostRequest`].
@@ -802,6 +900,8 @@ pub enum HostResponse {
         /// A message for the log.
         message: String,
     },
+    /// A DNS answer. (Appended last.)
+    Dns(DnsAnswer),
 }
 
 /// Checks that `path` is a plain relative path: not absolute, no `..`, no empty

@@ -265,7 +265,7 @@ fn directory_grants_confine_the_plugin() {
             path: granted.clone(),
             writable: false,
         }],
-        kv: None,
+        ..Grants::default()
     };
     let rw = Grants {
         dirs: vec![DirGrant {
@@ -273,7 +273,7 @@ fn directory_grants_confine_the_plugin() {
             path: granted.clone(),
             writable: true,
         }],
-        kv: None,
+        ..Grants::default()
     };
     let case = |g: &Grants, cfg: &str| fs_result(g.clone(), &format!("mode = \"fs\"\n{cfg}"));
     assert_eq!(case(&ro, "path = \"inside.txt\""), "ok");

@@ -134,6 +134,17 @@ pub struct RawConfig {
     /// The authenticated submission listener.
     #[serde(default)]
     pub submission: RawSubmission,
+    /// The resolver plugins ask (the DNS capability).
+    #[serde(default)]
+    pub dns: RawDns,
+}
+
+/// `[dns]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    /// Servers to ask (`IP:PORT`); absent: the system's (`/etc/resolv.conf`).
+    pub nameservers: Option<Vec<String>>,
 }
 
 /// `[metrics]` as written.
@@ -327,8 +338,14 @@ impl RawConfig {
         let (smtp, delimiter) = self.smtp.validate(&cx)?;
         let (domains, recipients) = smtp::validate_domains(self.domains, delimiter, &cx)?;
         let pipeline = self.pipeline.validate(&data_dir, &cx)?;
-        let plugins =
-            pipeline::validate_plugins(self.plugins, &pipeline.plugin_dir, &data_dir, &cx)?;
+        let nameservers = cx.addrs("dns.nameservers", &self.dns.nameservers.unwrap_or_default())?;
+        let plugins = pipeline::validate_plugins(
+            self.plugins,
+            &pipeline.plugin_dir,
+            &data_dir,
+            &nameservers,
+            &cx,
+        )?;
         let metrics_listen = self.metrics.validate(&smtp, &cx)?;
         let outbound = self.outbound.validate(&cx)?;
         let submission = self.submission.validate(&smtp, &data_dir, &cx)?;

@@ -2,13 +2,14 @@
 //! pipeline's settings and the plugin chain's specs.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::{ConfigError, Cx};
-use crate::plugins::{DirGrant, Grants, Limits, PluginSpec};
+use crate::plugins::{DirGrant, DnsGrant, Grants, Limits, PluginSpec};
 
 /// `[pipeline]` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -60,6 +61,8 @@ pub struct RawPlugin {
     /// Serve the binary's built-in copy while `file` is missing (only for
     /// the built-in plugins' file names). Default: false.
     pub builtin: Option<bool>,
+    /// DNS lookups: `true`, or `{ timeout_ms = 2000, max_lookups = 10 }`.
+    pub dns: Option<toml::Value>,
 }
 
 /// One directory grant as written.
@@ -172,6 +175,7 @@ pub fn validate_plugins(
     raw: Vec<RawPlugin>,
     plugin_dir: &Path,
     data_dir: &Path,
+    nameservers: &[SocketAddr],
     cx: &Cx,
 ) -> Result<Vec<PluginSpec>, ConfigError> {
     let invalid = |key: &str, why: String| cx.invalid(key, why);
@@ -263,6 +267,7 @@ pub fn validate_plugins(
                     .kv
                     .unwrap_or(false)
                     .then(|| data_dir.join("kv").join(&rp.name)),
+                dns: dns_grant(rp.dns.as_ref(), nameservers, &key("dns"), cx)?,
             },
             reuse_instance: rp.reuse_instance.unwrap_or(false),
             builtin,
@@ -270,4 +275,54 @@ pub fn validate_plugins(
     }
 
     Ok(plugins)
+}
+
+/// `dns = true | false | { timeout_ms, max_lookups }` of one plugin.
+fn dns_grant(
+    raw: Option<&toml::Value>,
+    nameservers: &[SocketAddr],
+    key: &str,
+    cx: &Cx,
+) -> Result<Option<DnsGrant>, ConfigError> {
+    let grant = |timeout_ms: i64, max_lookups: i64| DnsGrant {
+        nameservers: nameservers.to_vec(),
+        timeout: Duration::from_millis(timeout_ms as u64),
+        max_lookups: max_lookups as u32,
+    };
+    match raw {
+        None | Some(toml::Value::Boolean(false)) => Ok(None),
+        // RFC 7208's ten lookups per check is the model for the budget.
+        Some(toml::Value::Boolean(true)) => Ok(Some(grant(2000, 10))),
+        Some(toml::Value::Table(t)) => {
+            let int = |k: &str, default: i64, range: std::ops::RangeInclusive<i64>| match t.get(k) {
+                None => Ok(default),
+                Some(toml::Value::Integer(n)) if range.contains(n) => Ok(*n),
+                Some(v) => Err(cx.invalid(
+                    &format!("{key}.{k}"),
+                    format!(
+                        "{v} must be a number from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                )),
+            };
+            if let Some(other) = t
+                .keys()
+                .find(|k| !["timeout_ms", "max_lookups"].contains(&k.as_str()))
+            {
+                return Err(cx.invalid(
+                    &format!("{key}.{other}"),
+                    "unknown key (timeout_ms, max_lookups)".into(),
+                ));
+            }
+            Ok(Some(grant(
+                int("timeout_ms", 2000, 1..=60_000)?,
+                int("max_lookups", 10, 0..=1000)?,
+            )))
+        }
+        Some(v) => Err(cx.invalid(
+            key,
+            format!("{v} must be true, false or {{ timeout_ms = 2000, max_lookups = 10 }}"),
+        )),
+    }
 }

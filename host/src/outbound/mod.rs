@@ -12,7 +12,7 @@
 //! callback the moment the next hop accepts, to make that durable before
 //! anything else happens.
 
-pub mod dns;
+pub use crate::dns;
 
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};

@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
-use finaldot_sdk::wire::{check_relative_path, Header, HostErrorKind, HostRequest, HostResponse};
+use finaldot_sdk::wire::{
+    check_relative_path, DnsType, Header, HostErrorKind, HostRequest, HostResponse,
+};
 
 use super::instance::Body;
 use super::kv::Kv;
@@ -32,6 +34,17 @@ pub struct DirGrant {
     pub writable: bool,
 }
 
+/// The DNS capability as configured (`dns = true` or a table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsGrant {
+    /// The servers to ask (`[dns] nameservers`); empty: the system's.
+    pub nameservers: Vec<std::net::SocketAddr>,
+    /// The longest wait for one answer.
+    pub timeout: std::time::Duration,
+    /// Lookups one message may make (RFC 7208's ten is the model).
+    pub max_lookups: u32,
+}
+
 /// What one plugin is granted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
@@ -39,11 +52,15 @@ pub struct Grants {
     pub dirs: Vec<DirGrant>,
     /// The directory that holds the plugin's key-value namespace, if granted.
     pub kv: Option<PathBuf>,
+    /// DNS lookups through the host's resolver, if granted.
+    pub dns: Option<DnsGrant>,
 }
 
 /// Grants opened for use: directory handles that cannot reach outside.
 pub struct OpenGrants {
     dirs: HashMap<String, (Dir, bool)>,
+    /// The resolver and the grant's limits, when DNS is granted.
+    dns: Option<(Arc<crate::dns::Dns>, DnsGrant)>,
     kv: Option<Kv>,
     /// One group commit per (grant, directory): concurrent deliveries into
     /// the same Maildir share its directory fsync.
@@ -104,8 +121,16 @@ impl OpenGrants {
             Some(p) => Some(Kv::open(p)?),
             None => None,
         };
+        let dns = match &grants.dns {
+            Some(g) => Some((
+                crate::dns::shared(&g.nameservers).map_err(io::Error::other)?,
+                g.clone(),
+            )),
+            None => None,
+        };
         Ok(OpenGrants {
             dirs,
+            dns,
             kv,
             dir_syncs: Mutex::default(),
         })
@@ -115,6 +140,7 @@ impl OpenGrants {
     pub fn none() -> OpenGrants {
         OpenGrants {
             dirs: HashMap::new(),
+            dns: None,
             kv: None,
             dir_syncs: Mutex::default(),
         }
@@ -138,8 +164,18 @@ impl OpenGrants {
         Ok(dir)
     }
 
-    /// Serves one request. `now` is seconds since the epoch (for kv expiry).
-    pub fn handle(&self, req: &HostRequest, body: &Body, now: u64) -> HostResponse {
+    /// Serves one request. `now` is seconds since the epoch (for kv expiry);
+    /// `dns_used` counts the DNS lookups of the message being processed.
+    pub fn handle(
+        &self,
+        req: &HostRequest,
+        body: &Body,
+        now: u64,
+        dns_used: &mut u32,
+    ) -> HostResponse {
+        if let HostRequest::DnsLookup { name, rtype } = req {
+            return self.dns_lookup(name, *rtype, dns_used);
+        }
         match self.serve(req, body, now) {
             Ok(r) => r,
             Err(e) => HostResponse::Error {
@@ -147,6 +183,37 @@ impl OpenGrants {
                 message: e.message,
             },
         }
+    }
+
+    /// One DNS lookup within the grant's budget and timeout.
+    fn dns_lookup(&self, name: &str, rtype: DnsType, used: &mut u32) -> HostResponse {
+        let refuse = |kind, message: String| HostResponse::Error { kind, message };
+        let Some((resolver, grant)) = &self.dns else {
+            return refuse(
+                HostErrorKind::NotGranted,
+                "DNS is not granted to this plugin (dns = true in its [[plugins]] entry)".into(),
+            );
+        };
+        if name.is_empty()
+            || name.len() > 253
+            || name.contains(|c: char| c.is_whitespace() || c.is_control())
+        {
+            return refuse(
+                HostErrorKind::Invalid,
+                format!("{name:?} is not a DNS name"),
+            );
+        }
+        if *used >= grant.max_lookups {
+            return refuse(
+                HostErrorKind::LimitReached,
+                format!(
+                    "DNS lookup budget of this message spent ({} lookups; asking {name} {rtype:?})",
+                    grant.max_lookups
+                ),
+            );
+        }
+        *used += 1;
+        HostResponse::Dns(resolver.lookup(name, rtype, grant.timeout))
     }
 
     // Long on purpose: one short arm per HostRequest, beside each other so the capability rules can be read together.
@@ -218,6 +285,12 @@ impl OpenGrants {
                     write_message(f, headers, body, *lf_endings)
                 })?;
                 HostResponse::Done
+            }
+            HostRequest::DnsLookup { .. } => {
+                return Err(CapError::new(
+                    HostErrorKind::Invalid,
+                    "DNS lookups are served by handle",
+                ))
             }
             HostRequest::KvGet { key } => {
                 let kv = self.kv()?;
@@ -320,9 +393,9 @@ fn expires_at(now: u64, ttl_secs: Option<u64>) -> u64 {
     ttl_secs.map(|t| now.saturating_add(t)).unwrap_or(0)
 }
 
-/// Whether serving `req` waits on the disk (an fsync), rather than taking a
-/// few microseconds of CPU.
-pub fn waits_on_disk(req: &HostRequest) -> bool {
+/// Whether serving `req` waits (on the disk for an fsync, on the network
+/// for a DNS answer), rather than taking a few microseconds of CPU.
+pub fn waits(req: &HostRequest) -> bool {
     matches!(
         req,
         HostRequest::WriteFile { .. }
@@ -330,6 +403,7 @@ pub fn waits_on_disk(req: &HostRequest) -> bool {
             | HostRequest::KvPut { .. }
             | HostRequest::KvDelete { .. }
             | HostRequest::KvPutIfAbsent { .. }
+            | HostRequest::DnsLookup { .. }
     )
 }
 
@@ -432,10 +506,11 @@ mod tests {
                 },
             ],
             kv: Some(root.path().join("kv")),
+            dns: None,
         };
         let open = OpenGrants::open(&grants).expect("open grants");
         let body = Body::Bytes(std::sync::Arc::from(finaldot_sdk::contract::BODY));
         let now = crate::unix_now();
-        finaldot_sdk::contract::check(&rw, &ro, &mut |req| open.handle(req, &body, now));
+        finaldot_sdk::contract::check(&rw, &ro, &mut |req| open.handle(req, &body, now, &mut 0));
     }
 }

@@ -98,6 +98,8 @@ pub struct HostState {
     panic: Option<String>,
     capture_logs: bool,
     logs: Vec<LogLine>,
+    /// DNS lookups made for the current message (the grant's budget).
+    dns_used: u32,
 }
 
 impl HostState {
@@ -117,6 +119,7 @@ impl HostState {
             panic: None,
             capture_logs: false,
             logs: Vec::new(),
+            dns_used: 0,
         }
     }
 
@@ -258,18 +261,20 @@ pub fn define_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Result
             let bytes = read_guest(&mut caller, ptr, len)?;
             let response = match postcard::from_bytes::<HostRequest>(&bytes) {
                 Ok(req) => {
-                    let s = caller.data();
-                    // A durable write waits on the disk and does not need the
-                    // plugin's CPU slot: give it back for the duration, take
-                    // one again before returning. Quick requests (a lookup, a
-                    // read from the page cache) keep it: giving it back would
-                    // queue this call behind other plugins' work for each one.
-                    let _paused = s
-                        .gate
+                    let s = caller.data_mut();
+                    // A durable write waits on the disk, a DNS lookup on the
+                    // network: neither needs the plugin's CPU slot, so it is
+                    // given back for the duration and taken again before
+                    // returning. Quick requests (a kv read, a read from the
+                    // page cache) keep it: giving it back would queue this
+                    // call behind other plugins' work for each one.
+                    let gate = s.gate.clone();
+                    let _paused = gate
                         .as_deref()
-                        .filter(|_| super::caps::waits_on_disk(&req))
+                        .filter(|_| super::caps::waits(&req))
                         .map(super::CpuGate::pause);
-                    s.grants.handle(&req, &s.body, crate::unix_now())
+                    s.grants
+                        .handle(&req, &s.body, crate::unix_now(), &mut s.dns_used)
                 }
                 Err(e) => finaldot_sdk::wire::HostResponse::Error {
                     kind: finaldot_sdk::wire::HostErrorKind::Invalid,
@@ -324,6 +329,7 @@ impl PluginInstance {
                 panic: None,
                 capture_logs,
                 logs: Vec::new(),
+                dns_used: 0,
             },
         );
         store.limiter(|s| &mut s.limiter);
@@ -502,6 +508,7 @@ impl PluginInstance {
         {
             let s = self.store.data_mut();
             s.queue_id = input.queue_id.clone();
+            s.dns_used = 0;
             s.body = body;
             s.panic = None;
         }

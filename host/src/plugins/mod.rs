@@ -34,7 +34,7 @@ use finaldot_sdk::wire::{
 use sha2::Digest;
 use wasmtime::{Engine, InstancePre, Linker, Module, Store};
 
-pub use caps::{DirGrant, Grants, OpenGrants};
+pub use caps::{DirGrant, DnsGrant, Grants, OpenGrants};
 pub use instance::{Body, LogLine, PluginInstance};
 
 /// SHA-256 of `bytes` as lowercase hex: a plugin's identity (and the name of

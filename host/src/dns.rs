@@ -1,12 +1,25 @@
-//! MX resolution for outbound delivery (RFC 5321 §5.1), with hickory-resolver:
-//! MX records in preference order, the implicit MX (the domain's own address
-//! records) when there are none, the null MX of RFC 7505, and a configurable
-//! set of name servers (so tests and split-horizon setups can use their own).
+//! The host's DNS resolver (hickory-resolver, with its cache honouring
+//! TTLs), callable from blocking threads: MX resolution for outbound
+//! delivery (RFC 5321 §5.1: MX records in preference order, the implicit MX
+//! when there are none, the null MX of RFC 7505), and the plugins' DNS
+//! capability ([`Dns::lookup`]: A, AAAA, MX, TXT, PTR, TLSA with a timeout,
+//! NXDOMAIN, NODATA, SERVFAIL and timeout told apart). A configurable set
+//! of name servers lets tests and split-horizon setups use their own; one
+//! resolver per set of servers is shared by every plugin ([`shared`]), so
+//! they share its cache.
+//!
+//! SECURITY: answers come from the network; a plugin gets only the parsed
+//! records, never raw packets.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
+use finaldot_sdk::wire::{DnsAnswer, DnsOutcome, DnsRecord, DnsType};
 use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::TokioResolver;
 
 /// Why a domain has no hosts to try.
@@ -137,4 +150,91 @@ impl Dns {
             Ok(hosts)
         })
     }
+}
+
+impl Dns {
+    /// Looks `name` up for `rtype`, waiting at most `timeout`. Every ending
+    /// is an answer: records, NXDOMAIN, no data, SERVFAIL or a timeout.
+    pub fn lookup(&self, name: &str, rtype: DnsType, timeout: Duration) -> DnsAnswer {
+        // A trailing dot: never let a search domain be appended.
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        let kind = match rtype {
+            DnsType::A => RecordType::A,
+            DnsType::Aaaa => RecordType::AAAA,
+            DnsType::Mx => RecordType::MX,
+            DnsType::Txt => RecordType::TXT,
+            DnsType::Ptr => RecordType::PTR,
+            DnsType::Tlsa => RecordType::TLSA,
+        };
+        let looked = self.runtime.block_on(async {
+            tokio::time::timeout(timeout, self.resolver.lookup(fqdn.as_str(), kind)).await
+        });
+        let lookup = match looked {
+            Err(_) => return DnsAnswer::empty(DnsOutcome::Timeout),
+            Ok(Err(e)) if e.is_nx_domain() => return DnsAnswer::empty(DnsOutcome::NxDomain),
+            Ok(Err(e)) if e.is_no_records_found() => return DnsAnswer::empty(DnsOutcome::NoData),
+            Ok(Err(e))
+                if e.proto()
+                    .is_some_and(|p| matches!(p.kind(), ProtoErrorKind::Timeout)) =>
+            {
+                return DnsAnswer::empty(DnsOutcome::Timeout)
+            }
+            Ok(Err(_)) => return DnsAnswer::empty(DnsOutcome::ServFail),
+            Ok(Ok(l)) => l,
+        };
+        let name = |n: &hickory_resolver::Name| n.to_ascii().trim_end_matches('.').to_string();
+        let records: Vec<DnsRecord> = lookup
+            .record_iter()
+            .filter(|r| r.record_type() == kind)
+            .filter_map(|r| match r.data() {
+                RData::A(a) => Some(DnsRecord::A(a.0.to_string())),
+                RData::AAAA(a) => Some(DnsRecord::Aaaa(a.0.to_string())),
+                RData::MX(mx) => Some(DnsRecord::Mx {
+                    preference: mx.preference(),
+                    exchange: name(mx.exchange()),
+                }),
+                RData::TXT(txt) => Some(DnsRecord::Txt(txt.txt_data().concat())),
+                RData::PTR(ptr) => Some(DnsRecord::Ptr(name(&ptr.0))),
+                RData::TLSA(t) => Some(DnsRecord::Tlsa {
+                    usage: t.cert_usage().into(),
+                    selector: t.selector().into(),
+                    matching: t.matching().into(),
+                    data: t.cert_data().to_vec(),
+                }),
+                _ => None,
+            })
+            .collect();
+        if records.is_empty() {
+            return DnsAnswer::empty(DnsOutcome::NoData);
+        }
+        let ttl_secs = lookup
+            .valid_until()
+            .saturating_duration_since(Instant::now())
+            .as_secs()
+            .min(u64::from(u32::MAX)) as u32;
+        DnsAnswer {
+            outcome: DnsOutcome::Found,
+            ttl_secs,
+            records,
+        }
+    }
+}
+
+/// The resolver for `servers` (the system's when empty), shared by every
+/// caller that asks for the same servers while one is alive, so plugins
+/// share one cache.
+pub fn shared(servers: &[SocketAddr]) -> Result<Arc<Dns>, LookupError> {
+    static REGISTRY: Mutex<Vec<(Vec<SocketAddr>, Weak<Dns>)>> = Mutex::new(Vec::new());
+    let mut registry = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    registry.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(dns) = registry
+        .iter()
+        .find(|(s, _)| s.as_slice() == servers)
+        .and_then(|(_, w)| w.upgrade())
+    {
+        return Ok(dns);
+    }
+    let dns = Arc::new(Dns::new(servers)?);
+    registry.push((servers.to_vec(), Arc::downgrade(&dns)));
+    Ok(dns)
 }
