@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use finaldot_sdk::wire::{DnsAnswer, DnsOutcome, DnsRecord, DnsType};
 use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::TokioResolver;
@@ -100,13 +101,15 @@ impl Dns {
                     .iter()
                     .map(|r| (r.preference(), r.exchange().to_ascii()))
                     .collect(),
-                Err(e) if e.is_nx_domain() => {
+                Err(e) if outcome_of(&e) == DnsOutcome::NxDomain => {
                     return Err(LookupError::Permanent {
                         status: "5.1.2",
                         reason: format!("domain {domain} does not exist"),
                     })
                 }
-                Err(e) if e.is_no_records_found() => Vec::new(),
+                // No MX records (NOERROR): the implicit MX below. A SERVFAIL
+                // is not "no records": it falls through to a retry.
+                Err(e) if outcome_of(&e) == DnsOutcome::NoData => Vec::new(),
                 Err(e) => {
                     return Err(LookupError::Temporary(format!(
                         "4.4.3 MX lookup for {domain} failed: {e}"
@@ -171,15 +174,7 @@ impl Dns {
         });
         let lookup = match looked {
             Err(_) => return DnsAnswer::empty(DnsOutcome::Timeout),
-            Ok(Err(e)) if e.is_nx_domain() => return DnsAnswer::empty(DnsOutcome::NxDomain),
-            Ok(Err(e)) if e.is_no_records_found() => return DnsAnswer::empty(DnsOutcome::NoData),
-            Ok(Err(e))
-                if e.proto()
-                    .is_some_and(|p| matches!(p.kind(), ProtoErrorKind::Timeout)) =>
-            {
-                return DnsAnswer::empty(DnsOutcome::Timeout)
-            }
-            Ok(Err(_)) => return DnsAnswer::empty(DnsOutcome::ServFail),
+            Ok(Err(e)) => return DnsAnswer::empty(outcome_of(&e)),
             Ok(Ok(l)) => l,
         };
         let name = |n: &hickory_resolver::Name| n.to_ascii().trim_end_matches('.').to_string();
@@ -217,6 +212,22 @@ impl Dns {
             ttl_secs,
             records,
         }
+    }
+}
+
+/// What a failed lookup means. hickory reports every empty answer as "no
+/// records found", whatever its response code: only NOERROR is no data,
+/// NXDOMAIN is a name that does not exist, anything else (SERVFAIL,
+/// REFUSED…) a failure to try again later.
+fn outcome_of(e: &hickory_resolver::ResolveError) -> DnsOutcome {
+    match e.proto().map(|p| p.kind()) {
+        Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => match *response_code {
+            ResponseCode::NXDomain => DnsOutcome::NxDomain,
+            ResponseCode::NoError => DnsOutcome::NoData,
+            _ => DnsOutcome::ServFail,
+        },
+        Some(ProtoErrorKind::Timeout) => DnsOutcome::Timeout,
+        _ => DnsOutcome::ServFail,
     }
 }
 

@@ -1,9 +1,11 @@
-//! A tiny authoritative DNS server on loopback UDP for outbound tests: MX and
-//! A records from a table, NXDOMAIN for names it does not know, NODATA for
-//! known names without the asked type. Just enough of RFC 1035 for a
-//! resolver's MX, A and AAAA queries; never used outside tests.
+//! A tiny authoritative DNS server on loopback UDP for tests: MX, A, AAAA,
+//! TXT and PTR records from a table, NXDOMAIN for names it does not know,
+//! NODATA for known names without the asked type, SERVFAIL for names so
+//! marked, silence (a timeout) for others, and an optional delay before
+//! every answer. Just enough of RFC 1035 for a resolver's queries; never
+//! used outside tests (a real server cannot be told to fail on cue).
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -14,12 +16,28 @@ pub enum Record {
     Mx(String, u16, String),
     /// `name A address`.
     A(String, Ipv4Addr),
+    /// `name AAAA address`.
+    Aaaa(String, Ipv6Addr),
+    /// `name TXT "text"`.
+    Txt(String, String),
+    /// `name PTR target`.
+    Ptr(String, String),
+    /// Queries for `name` get SERVFAIL.
+    ServFail(String),
+    /// Queries for `name` get no answer at all.
+    Silent(String),
 }
 
 impl Record {
     fn name(&self) -> &str {
         match self {
-            Record::Mx(n, ..) | Record::A(n, _) => n,
+            Record::Mx(n, ..)
+            | Record::A(n, _)
+            | Record::Aaaa(n, _)
+            | Record::Txt(n, _)
+            | Record::Ptr(n, _)
+            | Record::ServFail(n)
+            | Record::Silent(n) => n,
         }
     }
 }
@@ -62,6 +80,15 @@ fn parse_question(q: &[u8]) -> Option<(String, u16, usize)> {
 
 fn answer(query: &[u8], records: &[Record]) -> Option<Vec<u8>> {
     let (name, qtype, end) = parse_question(query)?;
+    if records
+        .iter()
+        .any(|r| matches!(r, Record::Silent(n) if *n == name))
+    {
+        return None;
+    }
+    let servfail = records
+        .iter()
+        .any(|r| matches!(r, Record::ServFail(n) if *n == name));
     let known = records.iter().any(|r| r.name() == name);
     let mut answers = Vec::new();
     let mut count = 0u16;
@@ -73,6 +100,21 @@ fn answer(query: &[u8], records: &[Record]) -> Option<Vec<u8>> {
                 (15u16, d)
             }
             Record::A(_, ip) => (1u16, ip.octets().to_vec()),
+            Record::Aaaa(_, ip) => (28u16, ip.octets().to_vec()),
+            Record::Txt(_, text) => {
+                let mut d = Vec::new();
+                for chunk in text.as_bytes().chunks(255) {
+                    d.push(chunk.len() as u8);
+                    d.extend_from_slice(chunk);
+                }
+                (16u16, d)
+            }
+            Record::Ptr(_, target) => {
+                let mut d = Vec::new();
+                encode_name(target, &mut d);
+                (12u16, d)
+            }
+            Record::ServFail(_) | Record::Silent(_) => continue,
         };
         if rtype != qtype {
             continue;
@@ -89,7 +131,13 @@ fn answer(query: &[u8], records: &[Record]) -> Option<Vec<u8>> {
     out.extend_from_slice(&query[..2]);
     let rd = query[2] & 0x01;
     out.push(0x84 | rd); // QR, AA, RD copied
-    out.push(if known { 0x80 } else { 0x83 }); // RA; NOERROR or NXDOMAIN
+    out.push(if servfail {
+        0x82 // RA; SERVFAIL
+    } else if known {
+        0x80 // RA; NOERROR
+    } else {
+        0x83 // RA; NXDOMAIN
+    });
     out.extend_from_slice(&1u16.to_be_bytes());
     out.extend_from_slice(&count.to_be_bytes());
     out.extend_from_slice(&[0, 0, 0, 0]);
@@ -101,6 +149,12 @@ fn answer(query: &[u8], records: &[Record]) -> Option<Vec<u8>> {
 impl DnsServer {
     /// Starts it on 127.0.0.1 with these records.
     pub fn start(records: Vec<Record>) -> DnsServer {
+        DnsServer::start_delayed(records, std::time::Duration::ZERO)
+    }
+
+    /// Starts it, every answer sent `delay` after its query (each query on
+    /// a thread of its own, so a slow answer holds up no other).
+    pub fn start_delayed(records: Vec<Record>, delay: std::time::Duration) -> DnsServer {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind dns");
         let addr = sock.local_addr().expect("addr");
         sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))
@@ -113,8 +167,16 @@ impl DnsServer {
                 let Ok((n, from)) = sock.recv_from(&mut buf) else {
                     continue;
                 };
-                if let Some(reply) = answer(&buf[..n], &records) {
+                let Some(reply) = answer(&buf[..n], &records) else {
+                    continue;
+                };
+                if delay.is_zero() {
                     let _ = sock.send_to(&reply, from);
+                } else if let Ok(out) = sock.try_clone() {
+                    std::thread::spawn(move || {
+                        std::thread::sleep(delay);
+                        let _ = out.send_to(&reply, from);
+                    });
                 }
             }
         });

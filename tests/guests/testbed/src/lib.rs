@@ -20,6 +20,7 @@
 
 use finaldot_sdk::prelude::*;
 use finaldot_sdk::wire::HostErrorKind;
+use finaldot_sdk::wire::{DnsRecord, DnsType};
 
 /// The plugin's settings.
 #[derive(Default)]
@@ -180,6 +181,43 @@ impl Plugin for Testbed {
                     },
                     _ => Verdict::Continue,
                 })
+            }
+            "dns" => {
+                // One header per lookup in `only` ("name/TYPE"), in order:
+                // the outcome and records, or the error's kind.
+                for q in &self.only {
+                    let (name, t) = q.rsplit_once('/').unwrap_or((q.as_str(), "A"));
+                    let rtype = match t {
+                        "AAAA" => DnsType::Aaaa,
+                        "MX" => DnsType::Mx,
+                        "TXT" => DnsType::Txt,
+                        "PTR" => DnsType::Ptr,
+                        "TLSA" => DnsType::Tlsa,
+                        _ => DnsType::A,
+                    };
+                    let line = match cx.dns().lookup(name, rtype) {
+                        Ok(a) => {
+                            let records: Vec<String> = a
+                                .records
+                                .iter()
+                                .map(|r| match r {
+                                    DnsRecord::A(x) | DnsRecord::Aaaa(x) | DnsRecord::Ptr(x) => {
+                                        x.clone()
+                                    }
+                                    DnsRecord::Mx {
+                                        preference,
+                                        exchange,
+                                    } => format!("{preference} {exchange}"),
+                                    DnsRecord::Txt(t) => String::from_utf8_lossy(t).into_owned(),
+                                    other => format!("{other:?}"),
+                                })
+                                .collect();
+                            format!("{q} {:?} {}", a.outcome, records.join(","))
+                        }
+                        Err(e) => format!("{q} error {:?}", e.host_kind()),
+                    };
+                    msg.add_header("X-Dns", line.trim_end());
+                }
             }
             "spin" => {
                 let start = cx.now_ms();

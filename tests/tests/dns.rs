@@ -1,0 +1,96 @@
+//! The plugins' DNS capability end to end: a plugin granted `dns` asks the
+//! test suite's loopback DNS server through the daemon's resolver and gets
+//! records, NXDOMAIN, no data, SERVFAIL and timeouts told apart; its
+//! per-message budget is enforced; a plugin without the grant is refused.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use finaldot_e2e::dns::{DnsServer, Record};
+use finaldot_e2e::*;
+
+const LONG: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_granted_plugin_gets_every_kind_of_answer_within_its_budget() {
+    let dns = DnsServer::start(vec![
+        Record::A("2.0.0.127.zen.test".into(), Ipv4Addr::new(127, 0, 0, 2)),
+        Record::Txt("2.0.0.127.zen.test".into(), "listed for testing".into()),
+        Record::A("host.test".into(), Ipv4Addr::new(192, 0, 2, 1)),
+        Record::Aaaa("host.test".into(), "2001:db8::1".parse::<Ipv6Addr>().expect("ip")),
+        Record::Mx("host.test".into(), 10, "mx.host.test".into()),
+        Record::Ptr("7.2.0.192.in-addr.arpa".into(), "client.example.org".into()),
+        Record::ServFail("broken.test".into()),
+        Record::Silent("silent.test".into()),
+    ]);
+    let dir = TestDir::new("plugin-dns");
+    let mail = dir.path().join("mail");
+    let lookups = [
+        "2.0.0.127.zen.test/A",
+        "2.0.0.127.zen.test/TXT",
+        "host.test/AAAA",
+        "host.test/MX",
+        "7.2.0.192.in-addr.arpa/PTR",
+        "nothere.test/A",
+        "host.test/TXT",
+        "broken.test/A",
+        "silent.test/A",
+        "host.test/A",
+    ];
+    let only = lookups
+        .iter()
+        .map(|l| format!("{l:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let plugins = format!(
+        "{}{}{}",
+        plugin_toml(
+            "no-grant",
+            "finaldot_testbed",
+            "[plugins.config]\nmode = \"dns\"\nonly = [\"host.test/A\"]\n"
+        ),
+        plugin_toml(
+            "asker",
+            "finaldot_testbed",
+            &format!("timeout_ms = 10000\ndns = {{ timeout_ms = 500, max_lookups = 9 }}\n[plugins.config]\nmode = \"dns\"\nonly = [{only}]\n"),
+        ),
+        local_delivery_toml(&mail)
+    );
+    let config = chain_config(dir.path(), &plugins).replace(
+        "[pipeline]",
+        &format!("[dns]\nnameservers = [\"{}\"]\n\n[pipeline]", dns.addr),
+    );
+    let d = Daemon::start_with(dir.path(), &config);
+    send(&d, "s@remote.test", &["alice@example.test"], b"Subject: dns\r\n\r\nhi\r\n");
+    let files = wait_for_files(&mail.join("alice/Maildir/new"), 1, LONG);
+    assert_eq!(files.len(), 1, "{}", d.log());
+    let text = std::fs::read_to_string(&files[0]).expect("read");
+    let answers: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("X-Dns: "))
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            "host.test/A error Some(NotGranted)",
+            "2.0.0.127.zen.test/A Found 127.0.0.2",
+            "2.0.0.127.zen.test/TXT Found listed for testing",
+            "host.test/AAAA Found 2001:db8::1",
+            "host.test/MX Found 10 mx.host.test",
+            "7.2.0.192.in-addr.arpa/PTR Found client.example.org",
+            "nothere.test/A NxDomain",
+            "host.test/TXT NoData",
+            "broken.test/A ServFail",
+            "silent.test/A Timeout",
+            "host.test/A error Some(LimitReached)",
+        ],
+        "{text}"
+    );
+}
+
+fn send(d: &Daemon, from: &str, to: &[&str], body: &[u8]) -> String {
+    let mut c = d.connect();
+    let (code, text) = c.send_message(from, to, body);
+    assert_eq!(code, 250, "{text}");
+    queued_id(&text)
+}
