@@ -555,6 +555,54 @@ pub fn config_from_toml(text: &str) -> std::result::Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::DnsRecord;
+
+    #[derive(Default)]
+    struct Asker;
+    impl Plugin for Asker {
+        fn on_message(&mut self, msg: &mut Message, cx: &Context) -> Result<Verdict> {
+            for _ in 0..11 {
+                let line = match cx.dns().lookup("Listed.Test.", DnsType::A) {
+                    Ok(a) => format!("{:?} {:?}", a.outcome, a.records),
+                    Err(e) => format!("error {:?}", e.host_kind()),
+                };
+                msg.add_header("X-Dns", &line);
+            }
+            Ok(Verdict::Continue)
+        }
+    }
+
+    #[test]
+    fn scripted_dns_answers_and_the_budget() {
+        let mut host = TestHost::new();
+        host.dns_answer(
+            "listed.test",
+            DnsType::A,
+            DnsAnswer {
+                outcome: DnsOutcome::Found,
+                ttl_secs: 60,
+                records: vec![DnsRecord::A("127.0.0.2".into())],
+            },
+        );
+        let msg = TestMessage::from_eml(b"Subject: x\r\n\r\n");
+        let out = host.run(&mut Asker, &msg).expect("run");
+        let lines = out
+            .state
+            .headers
+            .iter()
+            .filter(|h| h.is("X-Dns"))
+            .map(|h| h.text());
+        let lines: Vec<String> = lines.collect();
+        assert_eq!(lines.len(), 11);
+        assert_eq!(lines[0], "Found [A(\"127.0.0.2\")]");
+        assert_eq!(lines[10], "error Some(LimitReached)");
+        // A new run has a new budget; an unscripted name is NXDOMAIN.
+        let out = host.run(&mut Asker, &msg).expect("run");
+        assert!(out.header("X-Dns").is_some_and(|h| h.starts_with("Found")));
+        host.state.borrow_mut().dns.clear();
+        let out = host.run(&mut Asker, &msg).expect("run");
+        assert_eq!(out.header("X-Dns").as_deref(), Some("NxDomain []"));
+    }
 
     #[test]
     fn the_test_host_keeps_the_host_function_contract() {

@@ -403,6 +403,75 @@ fn appended_variants() {
     );
 }
 
+/// The DNS capability's request and answers (appended after the first
+/// fixtures).
+#[test]
+fn dns_payloads() {
+    for (i, rtype) in [
+        DnsType::A,
+        DnsType::Aaaa,
+        DnsType::Mx,
+        DnsType::Txt,
+        DnsType::Ptr,
+        DnsType::Tlsa,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        check(
+            &format!("host_request_dns_lookup_{i}"),
+            &HostRequest::DnsLookup {
+                name: "2.0.0.127.zen.test".into(),
+                rtype,
+            },
+        );
+    }
+    check(
+        "host_response_dns_found",
+        &HostResponse::Dns(DnsAnswer {
+            outcome: DnsOutcome::Found,
+            ttl_secs: 300,
+            records: vec![
+                DnsRecord::A("127.0.0.2".into()),
+                DnsRecord::Aaaa("2001:db8::1".into()),
+                DnsRecord::Mx {
+                    preference: 10,
+                    exchange: "mx.example.test".into(),
+                },
+                DnsRecord::Txt(b"v=spf1 -all".to_vec()),
+                DnsRecord::Ptr("client.example.org".into()),
+                DnsRecord::Tlsa {
+                    usage: 3,
+                    selector: 1,
+                    matching: 1,
+                    data: vec![0xab; 32],
+                },
+            ],
+        }),
+    );
+    for (i, outcome) in [
+        DnsOutcome::NxDomain,
+        DnsOutcome::NoData,
+        DnsOutcome::ServFail,
+        DnsOutcome::Timeout,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        check(
+            &format!("host_response_dns_outcome_{i}"),
+            &HostResponse::Dns(DnsAnswer::empty(outcome)),
+        );
+    }
+    check(
+        "host_response_error_limit_reached",
+        &HostResponse::Error {
+            kind: HostErrorKind::LimitReached,
+            message: "budget".into(),
+        },
+    );
+}
+
 /// A plugin is never shown a discarded recipient (a plugin built before the
 /// variant could not decode it): it sees it delivered.
 #[test]

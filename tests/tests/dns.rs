@@ -17,7 +17,10 @@ fn a_granted_plugin_gets_every_kind_of_answer_within_its_budget() {
         Record::A("2.0.0.127.zen.test".into(), Ipv4Addr::new(127, 0, 0, 2)),
         Record::Txt("2.0.0.127.zen.test".into(), "listed for testing".into()),
         Record::A("host.test".into(), Ipv4Addr::new(192, 0, 2, 1)),
-        Record::Aaaa("host.test".into(), "2001:db8::1".parse::<Ipv6Addr>().expect("ip")),
+        Record::Aaaa(
+            "host.test".into(),
+            "2001:db8::1".parse::<Ipv6Addr>().expect("ip"),
+        ),
         Record::Mx("host.test".into(), 10, "mx.host.test".into()),
         Record::Ptr("7.2.0.192.in-addr.arpa".into(), "client.example.org".into()),
         Record::ServFail("broken.test".into()),
@@ -61,7 +64,12 @@ fn a_granted_plugin_gets_every_kind_of_answer_within_its_budget() {
         &format!("[dns]\nnameservers = [\"{}\"]\n\n[pipeline]", dns.addr),
     );
     let d = Daemon::start_with(dir.path(), &config);
-    send(&d, "s@remote.test", &["alice@example.test"], b"Subject: dns\r\n\r\nhi\r\n");
+    send(
+        &d,
+        "s@remote.test",
+        &["alice@example.test"],
+        b"Subject: dns\r\n\r\nhi\r\n",
+    );
     let files = wait_for_files(&mail.join("alice/Maildir/new"), 1, LONG);
     assert_eq!(files.len(), 1, "{}", d.log());
     let text = std::fs::read_to_string(&files[0]).expect("read");

@@ -463,6 +463,10 @@ mod tests {
             ("[domains.\"a..b\"]\n", "domains"),
             ("[domains.a]\nrecipients = [\"x@a\"]\n", "recipients"),
             ("[domains.a]\nrecipients = [\"a/b\"]\n", "recipients"),
+            ("[domains.a]\n[[plugins]]\nname = \"x\"\nfile = \"x.wasm\"\ndns = \"yes\"\n", "plugins[0].dns"),
+            ("[domains.a]\n[[plugins]]\nname = \"x\"\nfile = \"x.wasm\"\ndns = { timeout_ms = 0 }\n", "plugins[0].dns.timeout_ms"),
+            ("[domains.a]\n[[plugins]]\nname = \"x\"\nfile = \"x.wasm\"\ndns = { budget = 3 }\n", "plugins[0].dns.budget"),
+            ("[domains.a]\n[dns]\nnameservers = [\"localhost\"]\n", "dns.nameservers"),
             ("hostname = \"\"\n[domains.a]\n", "hostname"),
             ("data_dir = \"x\"\n", "domains"),
         ] {
