@@ -102,3 +102,59 @@ fn send(d: &Daemon, from: &str, to: &[&str], body: &[u8]) -> String {
     assert_eq!(code, 250, "{text}");
     queued_id(&text)
 }
+
+/// Issue 17.4: the dnsbl plugin against the loopback DNS server: a listed
+/// client gets the header and, with `action = "hold"`, its message is held
+/// (never bounced); an unlisted zone leaves it alone.
+#[test]
+fn dnsbl_marks_and_holds_a_listed_client() {
+    let dns = DnsServer::start(vec![Record::A(
+        "1.0.0.127.zen.test".into(),
+        Ipv4Addr::new(127, 0, 0, 2),
+    )]);
+    for action in ["header", "hold"] {
+        let dir = TestDir::new("dnsbl");
+        let mail = dir.path().join("mail");
+        let plugins = format!(
+            "{}{}",
+            plugin_toml(
+                "dnsbl",
+                "dnsbl",
+                &format!("dns = true\n[plugins.config]\nzones = [{{ zone = \"zen.test\" }}, {{ zone = \"clean.test\" }}]\naction = \"{action}\"\nskip_networks = []\n"),
+            ),
+            local_delivery_toml(&mail)
+        );
+        let config = chain_config(dir.path(), &plugins).replace(
+            "[pipeline]",
+            &format!("[dns]\nnameservers = [\"{}\"]\n\n[pipeline]", dns.addr),
+        );
+        let d = Daemon::start_with(dir.path(), &config);
+        let id = send(
+            &d,
+            "s@remote.test",
+            &["alice@example.test"],
+            b"Subject: from a listed host\r\n\r\nhi\r\n",
+        );
+        if action == "header" {
+            let files = wait_for_files(&mail.join("alice/Maildir/new"), 1, LONG);
+            assert_eq!(files.len(), 1, "{}", d.log());
+            let text = std::fs::read_to_string(&files[0]).expect("read");
+            assert!(
+                text.contains("X-DNSBL: 127.0.0.1 listed in zen.test (127.0.0.2); score 1"),
+                "{text}"
+            );
+            assert!(!text.contains("clean.test"), "{text}");
+        } else {
+            assert!(
+                wait_until(LONG, || d
+                    .spool_files(QueueState::Hold)
+                    .iter()
+                    .any(|f| f.ends_with(&id))),
+                "{}",
+                d.log()
+            );
+            assert!(!d.log().contains("DSN queued"), "{}", d.log());
+            assert!(d.log().contains("blocklisted"), "{}", d.log());
+        }
+    }
+}
