@@ -158,3 +158,51 @@ fn dnsbl_marks_and_holds_a_listed_client() {
         }
     }
 }
+
+/// A DNS server that never answers costs the plugin Timeout answers, not
+/// its life: the lookups end before the plugin's own time limit (1 s here,
+/// under the grant's 2 s per lookup), the call succeeds, the message is
+/// delivered and nothing faults.
+#[test]
+fn a_dead_dns_server_gives_timeouts_within_the_plugins_time_limit() {
+    let dns = DnsServer::start(vec![Record::Silent("silent.test".into())]);
+    let dir = TestDir::new("dns-dead");
+    let mail = dir.path().join("mail");
+    let plugins = format!(
+        "{}{}",
+        plugin_toml(
+            "asker",
+            "finaldot_testbed",
+            "timeout_ms = 1000\ndns = true\n[plugins.config]\nmode = \"dns\"\nonly = [\"silent.test/A\", \"silent.test/TXT\", \"other.test/A\"]\n",
+        ),
+        local_delivery_toml(&mail)
+    );
+    let config = chain_config(dir.path(), &plugins).replace(
+        "[pipeline]",
+        &format!("[dns]\nnameservers = [\"{}\"]\n\n[pipeline]", dns.addr),
+    );
+    let d = Daemon::start_with(dir.path(), &config);
+    send(
+        &d,
+        "s@remote.test",
+        &["alice@example.test"],
+        b"Subject: dead dns\r\n\r\nhi\r\n",
+    );
+    let files = wait_for_files(&mail.join("alice/Maildir/new"), 1, LONG);
+    assert_eq!(files.len(), 1, "{}", d.log());
+    let text = std::fs::read_to_string(&files[0]).expect("read");
+    let answers: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("X-Dns: "))
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            "silent.test/A Timeout",
+            "silent.test/TXT Timeout",
+            "other.test/A Timeout"
+        ],
+        "{text}"
+    );
+    assert!(!d.log().contains("plugin fault"), "{}", d.log());
+}

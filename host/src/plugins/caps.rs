@@ -45,6 +45,14 @@ pub struct DnsGrant {
     pub max_lookups: u32,
 }
 
+/// What the current plugin call may still spend on requests that wait.
+pub struct CallBudget<'a> {
+    /// DNS lookups made for the message so far (the grant's `max_lookups`).
+    pub dns_used: &'a mut u32,
+    /// When the call runs out of time, if it has a limit.
+    pub deadline: Option<std::time::Instant>,
+}
+
 /// What one plugin is granted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
@@ -165,16 +173,16 @@ impl OpenGrants {
     }
 
     /// Serves one request. `now` is seconds since the epoch (for kv expiry);
-    /// `dns_used` counts the DNS lookups of the message being processed.
+    /// `budget` is what the current call may still spend.
     pub fn handle(
         &self,
         req: &HostRequest,
         body: &Body,
         now: u64,
-        dns_used: &mut u32,
+        budget: CallBudget<'_>,
     ) -> HostResponse {
         if let HostRequest::DnsLookup { name, rtype } = req {
-            return self.dns_lookup(name, *rtype, dns_used);
+            return self.dns_lookup(name, *rtype, budget);
         }
         match self.serve(req, body, now) {
             Ok(r) => r,
@@ -185,8 +193,11 @@ impl OpenGrants {
         }
     }
 
-    /// One DNS lookup within the grant's budget and timeout.
-    fn dns_lookup(&self, name: &str, rtype: DnsType, used: &mut u32) -> HostResponse {
+    /// One DNS lookup within the grant's budget and timeout, and within the
+    /// call's own time limit (so a dead DNS server gives the plugin Timeout
+    /// answers instead of getting it killed, and its message held).
+    fn dns_lookup(&self, name: &str, rtype: DnsType, budget: CallBudget<'_>) -> HostResponse {
+        let used = budget.dns_used;
         let refuse = |kind, message: String| HostResponse::Error { kind, message };
         let Some((resolver, grant)) = &self.dns else {
             return refuse(
@@ -213,7 +224,18 @@ impl OpenGrants {
             );
         }
         *used += 1;
-        HostResponse::Dns(resolver.lookup(name, rtype, grant.timeout))
+        // Leave the plugin a little time to use the answer.
+        let left = budget.deadline.map(|d| {
+            d.saturating_duration_since(std::time::Instant::now())
+                .saturating_sub(std::time::Duration::from_millis(50))
+        });
+        let timeout = left.map_or(grant.timeout, |l| l.min(grant.timeout));
+        if timeout.is_zero() {
+            return HostResponse::Dns(finaldot_sdk::wire::DnsAnswer::empty(
+                finaldot_sdk::wire::DnsOutcome::Timeout,
+            ));
+        }
+        HostResponse::Dns(resolver.lookup(name, rtype, timeout))
     }
 
     // Long on purpose: one short arm per HostRequest, beside each other so the capability rules can be read together.
@@ -511,6 +533,12 @@ mod tests {
         let open = OpenGrants::open(&grants).expect("open grants");
         let body = Body::Bytes(std::sync::Arc::from(finaldot_sdk::contract::BODY));
         let now = crate::unix_now();
-        finaldot_sdk::contract::check(&rw, &ro, &mut |req| open.handle(req, &body, now, &mut 0));
+        finaldot_sdk::contract::check(&rw, &ro, &mut |req| {
+            let budget = CallBudget {
+                dns_used: &mut 0,
+                deadline: None,
+            };
+            open.handle(req, &body, now, budget)
+        });
     }
 }

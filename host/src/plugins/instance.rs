@@ -100,6 +100,9 @@ pub struct HostState {
     logs: Vec<LogLine>,
     /// DNS lookups made for the current message (the grant's budget).
     dns_used: u32,
+    /// When the current call runs out of time: a DNS wait never outlasts
+    /// it (the plugin gets a Timeout answer instead of being killed).
+    deadline: Option<Instant>,
 }
 
 impl HostState {
@@ -120,6 +123,7 @@ impl HostState {
             capture_logs: false,
             logs: Vec::new(),
             dns_used: 0,
+            deadline: None,
         }
     }
 
@@ -273,8 +277,11 @@ pub fn define_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Result
                         .as_deref()
                         .filter(|_| super::caps::waits(&req))
                         .map(super::CpuGate::pause);
-                    s.grants
-                        .handle(&req, &s.body, crate::unix_now(), &mut s.dns_used)
+                    let budget = super::caps::CallBudget {
+                        dns_used: &mut s.dns_used,
+                        deadline: s.deadline,
+                    };
+                    s.grants.handle(&req, &s.body, crate::unix_now(), budget)
                 }
                 Err(e) => finaldot_sdk::wire::HostResponse::Error {
                     kind: finaldot_sdk::wire::HostErrorKind::Invalid,
@@ -330,6 +337,7 @@ impl PluginInstance {
                 capture_logs,
                 logs: Vec::new(),
                 dns_used: 0,
+                deadline: None,
             },
         );
         store.limiter(|s| &mut s.limiter);
@@ -436,6 +444,7 @@ impl PluginInstance {
         let started = Instant::now();
         self.store
             .set_epoch_deadline(deadline_ticks(self.limits.timeout));
+        self.store.data_mut().deadline = Some(started + self.limits.timeout);
         let result = self.call_inner(f, input);
         match result {
             Ok(v) => Ok(v),
