@@ -15,9 +15,9 @@
 //! those lists the same.
 //!
 //! The rule (untrusted input: the address is the client's): the local part is
-//! an RFC 5321 `Dot-string` (atoms of `atext`, or any non-ASCII character
-//! that is not a control character, for SMTPUTF8 (RFC 6531), joined by single
-//! dots, with no dot first or last), at most 64 octets (RFC 5321
+//! an RFC 5321 `Dot-string` (atoms of `atext`, or visible non-ASCII
+//! characters for SMTPUTF8 (RFC 6531): no controls, white space or invisible
+//! format characters; joined by single dots, with no dot first or last), at most 64 octets (RFC 5321
 //! §4.5.3.1.1), with no `/` (a path separator in a mailbox's directory name).
 //! A quoted local part (`"john smith"`, `"a@b"`) has no mailbox: the front end
 //! already drops quotes that are not needed, so what is still quoted needs
@@ -27,10 +27,26 @@
 pub const MAX_LOCAL_PART: usize = 64;
 
 /// Whether `c` may appear in an atom of a deliverable local part: RFC 5322
-/// `atext` without `/`, or any non-ASCII character that is not a control.
+/// `atext` without `/`, or a non-ASCII character that is visible: not a
+/// control, not white space (NBSP, the line and paragraph separators…), not
+/// an invisible format character (zero-width spaces and joiners, the
+/// bidirectional overrides and isolates, the byte order mark, the soft
+/// hyphen), which would make two mailboxes look the same.
 fn mailbox_char(c: char) -> bool {
     if !c.is_ascii() {
-        return !c.is_control();
+        let invisible = matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        );
+        return !c.is_control() && !c.is_whitespace() && !invisible;
     }
     c.is_ascii_alphanumeric() || "!#$%&'*+-=?^_`{|}~".contains(c)
 }
@@ -107,6 +123,11 @@ mod tests {
             "a b",
             "a@b",
             "a:b",
+            "a\u{200B}b",
+            "a\u{00A0}b",
+            "\u{202E}gnp.exe",
+            "a\u{FEFF}",
+            "a\u{2028}b",
             &"a".repeat(65),
             &"é".repeat(33),
         ] {

@@ -150,10 +150,12 @@ pub enum Error {
         source: FormatError,
     },
     /// Another daemon holds the spool's lock.
-    #[error("another finaldot is running on this spool ({path} is locked)")]
+    #[error("another finaldot is running on this spool ({path} is locked{holder})")]
     Locked {
         /// The lock file.
         path: PathBuf,
+        /// `, held by process PID` when the lock file says so.
+        holder: String,
     },
 }
 
@@ -301,12 +303,27 @@ impl Spool {
         let started = std::time::Instant::now();
         loop {
             match file.try_lock() {
-                Ok(()) => return Ok(SpoolLock { _file: file }),
+                Ok(()) => {
+                    // Who holds it, for the next one that tries (best effort).
+                    let mut f = &file;
+                    let _ = f
+                        .set_len(0)
+                        .and_then(|()| f.write_all(format!("{}\n", std::process::id()).as_bytes()));
+                    return Ok(SpoolLock { _file: file });
+                }
                 Err(fs::TryLockError::WouldBlock) if started.elapsed() < wait => {
                     tracing::warn!(lock = %path.display(), "spool locked by another process; retrying in 0.5 s");
                     std::thread::sleep(std::time::Duration::from_millis(500));
                 }
-                Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path }),
+                Err(fs::TryLockError::WouldBlock) => {
+                    let holder = fs::read_to_string(&path)
+                        .ok()
+                        .map(|t| t.trim().to_string())
+                        .filter(|t| !t.is_empty())
+                        .map(|pid| format!(", held by process {pid}"))
+                        .unwrap_or_default();
+                    return Err(Error::Locked { path, holder });
+                }
                 Err(fs::TryLockError::Error(e)) => return Err(Error::io("locking", &path, e)),
             }
         }
@@ -994,7 +1011,10 @@ mod tests {
         let other = Spool::open(dir.path()).expect("open again");
         let started = std::time::Instant::now();
         match other.lock(std::time::Duration::from_millis(600)) {
-            Err(Error::Locked { path }) => assert_eq!(path, dir.path().join("lock")),
+            Err(Error::Locked { path, holder }) => {
+                assert_eq!(path, dir.path().join("lock"));
+                assert_eq!(holder, format!(", held by process {}", std::process::id()));
+            }
             r => panic!("second lock: {r:?}"),
         }
         assert!(started.elapsed() >= std::time::Duration::from_millis(600));
