@@ -52,7 +52,7 @@ pub mod plugin;
 pub mod testing;
 pub mod wire;
 
-pub use plugin::{Config, Context, Dir, Dns, Error, Kv, Message, Plugin, Result};
+pub use plugin::{Config, Context, Dir, Dns, Error, Http, Kv, Message, Plugin, Result};
 pub use wire::{
     Header, Level, Listener, Recipient, RecipientState, SessionFacts, TlsFacts, Value, Verdict,
     ABI_VERSION,

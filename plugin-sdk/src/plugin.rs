@@ -4,8 +4,8 @@
 
 use crate::host;
 use crate::wire::{
-    Change, DnsAnswer, DnsType, Header, HostErrorKind, HostRequest, HostResponse, Level,
-    MessageInput, MessageState, Recipient, SessionFacts, Value, Verdict,
+    Change, DnsAnswer, DnsType, Header, HostErrorKind, HostRequest, HostResponse, HttpBody,
+    HttpResponse, Level, MessageInput, MessageState, Recipient, SessionFacts, Value, Verdict,
 };
 
 /// A plugin's error. Returned from a hook, it is a temporary failure: the
@@ -456,6 +456,59 @@ impl Context {
     /// configuration; each message has a lookup budget, ten by default).
     pub fn dns(&self) -> Dns {
         Dns
+    }
+
+    /// HTTP to the URLs the plugin's `http` grant allows.
+    pub fn http(&self) -> Http {
+        Http
+    }
+}
+
+/// HTTP requests through the host, to the URLs the `http` grant allows.
+#[derive(Debug, Clone, Copy)]
+pub struct Http;
+
+impl Http {
+    /// Sends a request. A response with any status is `Ok`; an error means
+    /// it could not be had: `NotGranted` (a URL outside the allow-list, or a
+    /// redirect out of it), `Timeout`, `LimitReached` (a response over the
+    /// size cap), `Io` (no connection, TLS, a broken response).
+    pub fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: HttpBody,
+    ) -> Result<HttpResponse> {
+        match request(HostRequest::Http {
+            method: method.to_string(),
+            url: url.to_string(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body,
+        })? {
+            HostResponse::Http(r) => Ok(r),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `GET url`.
+    pub fn get(&self, url: &str, headers: &[(&str, &str)]) -> Result<HttpResponse> {
+        self.send("GET", url, headers, HttpBody::Empty)
+    }
+
+    /// `POST url` with the message (its current header fields, then its
+    /// body from the spool) as the request body.
+    pub fn post_message(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        msg: &Message,
+    ) -> Result<HttpResponse> {
+        let fields = msg.headers().to_vec();
+        self.send("POST", url, headers, HttpBody::Message { headers: fields })
     }
 }
 

@@ -33,8 +33,8 @@ use std::rc::Rc;
 use crate::plugin::{Config, Context, Message, Plugin, Result};
 use crate::wire::{
     check_relative_path, parse_headers, Change, DnsAnswer, DnsOutcome, DnsType, EnvelopeState,
-    HostErrorKind, HostRequest, HostResponse, Level, Listener, MessageInput, MessageState,
-    Recipient, SessionFacts, Value, Verdict, ABI_VERSION,
+    HostErrorKind, HostRequest, HostResponse, HttpBody, HttpResponse, Level, Listener,
+    MessageInput, MessageState, Recipient, SessionFacts, Value, Verdict, ABI_VERSION,
 };
 
 /// DNS lookups a message may make in a test run (the host's default budget).
@@ -47,6 +47,11 @@ struct State {
     dns: HashMap<(String, DnsType), DnsAnswer>,
     /// DNS lookups left in this run (the host's per-message budget).
     dns_left: u32,
+    /// Scripted HTTP responses by URL prefix, longest first wins.
+    http: Vec<(String, HttpResponse)>,
+    /// Every HTTP request made, with its body as sent (the message's
+    /// header fields and body for `HttpBody::Message`).
+    http_sent: Vec<(String, String, Vec<u8>)>,
     kv: HashMap<Vec<u8>, (Vec<u8>, Option<u64>)>,
     logs: Vec<(Level, String)>,
     now_ms: u64,
@@ -202,6 +207,40 @@ impl Current {
                 HostRequest::KvDelete { key } => {
                     self.0.borrow_mut().kv.remove(key);
                     HostResponse::Done
+                }
+                HostRequest::Http {
+                    method, url, body, ..
+                } => {
+                    let mut s = self.0.borrow_mut();
+                    let bytes = match body {
+                        HttpBody::Empty => Vec::new(),
+                        HttpBody::Bytes(b) => b.clone(),
+                        HttpBody::Message { headers } => {
+                            let mut out = Vec::new();
+                            for h in headers {
+                                h.write_to(&mut out);
+                            }
+                            out.extend_from_slice(b"\r\n");
+                            out.extend_from_slice(&s.body);
+                            out
+                        }
+                    };
+                    s.http_sent.push((method.clone(), url.clone(), bytes));
+                    let found = s
+                        .http
+                        .iter()
+                        .filter(|(prefix, _)| url.starts_with(prefix.as_str()))
+                        .max_by_key(|(prefix, _)| prefix.len())
+                        .map(|(_, r)| r.clone());
+                    match found {
+                        Some(r) => HostResponse::Http(r),
+                        None => {
+                            return Err(err(
+                                HostErrorKind::NotGranted,
+                                format!("{url} is not allowed (no scripted response: TestHost::http_response)"),
+                            ))
+                        }
+                    }
                 }
                 HostRequest::DnsLookup { name, rtype } => {
                     let mut s = self.0.borrow_mut();
@@ -483,6 +522,22 @@ impl TestHost {
             answer,
         );
         self
+    }
+
+    /// Scripts the response to HTTP requests whose URL starts with
+    /// `url_prefix` (the longest matching prefix wins); a URL no prefix
+    /// matches is refused as the host refuses one outside the allow-list.
+    pub fn http_response(&mut self, url_prefix: &str, response: HttpResponse) -> &mut Self {
+        self.state
+            .borrow_mut()
+            .http
+            .push((url_prefix.to_string(), response));
+        self
+    }
+
+    /// The HTTP requests made so far: method, URL and the body as sent.
+    pub fn http_requests(&self) -> Vec<(String, String, Vec<u8>)> {
+        self.state.borrow().http_sent.clone()
     }
 
     /// Sets the clock.

@@ -774,6 +774,46 @@ pub enum HostRequest {
         /// The record type.
         rtype: DnsType,
     },
+    /// An HTTP request to a URL the `http` grant allows (redirects are
+    /// followed only within the allow-list). Answers [`HostResponse::Http`].
+    /// (Appended last.)
+    Http {
+        /// `GET`, `POST`, `PUT`, `DELETE`, `HEAD` or `PATCH`.
+        method: String,
+        /// The absolute URL.
+        url: String,
+        /// Request header fields.
+        headers: Vec<(String, String)>,
+        /// What the request carries.
+        body: HttpBody,
+    },
+}
+
+/// The body of an HTTP request from a plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HttpBody {
+    /// None.
+    Empty,
+    /// These bytes.
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The message: these header fields, a blank line, then the body from
+    /// the spool (it never passes through the plugin).
+    Message {
+        /// The header fields to send first (usually the message's own).
+        headers: Vec<Header>,
+    },
+}
+
+/// The answer to a [`HostRequest::Http`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The response header fields.
+    pub headers: Vec<(String, String)>,
+    /// The body (at most the grant's size cap).
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
 }
 
 /// A DNS record type a plugin may ask for.
@@ -878,8 +918,10 @@ pub enum HostErrorKind {
     /// The request was malformed.
     Invalid,
     /// A limit of the grant was reached (the per-message DNS lookup
-    /// budget). (Appended last.)
+    /// budget, an HTTP response over the size cap). (Appended.)
     LimitReached,
+    /// The other side did not answer in time (an HTTP request). (Appended last.)
+    Timeout,
 }
 
 /// Host → guest: the answer to a [`HostRequest`].
@@ -900,8 +942,10 @@ pub enum HostResponse {
         /// A message for the log.
         message: String,
     },
-    /// A DNS answer. (Appended last.)
+    /// A DNS answer. (Appended.)
     Dns(DnsAnswer),
+    /// An HTTP response. (Appended last.)
+    Http(HttpResponse),
 }
 
 /// Checks that `path` is a plain relative path: not absolute, no `..`, no empty

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ConfigError, Cx};
-use crate::plugins::{DirGrant, DnsGrant, Grants, Limits, PluginSpec};
+use crate::plugins::{DirGrant, DnsGrant, Grants, HttpGrant, Limits, PluginSpec};
 
 /// `[pipeline]` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +63,22 @@ pub struct RawPlugin {
     pub builtin: Option<bool>,
     /// DNS lookups: `true`, or `{ timeout_ms = 2000, max_lookups = 10 }`.
     pub dns: Option<toml::Value>,
+    /// HTTP to allow-listed URLs.
+    pub http: Option<RawHttpGrant>,
+}
+
+/// A plugin's `http = { … }` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpGrant {
+    /// URL prefixes (scheme, host, port, path) a request may go to.
+    pub allow: Vec<String>,
+    /// The longest wait for one response, milliseconds (default 5000).
+    pub timeout_ms: Option<u64>,
+    /// The largest response body, bytes (default 1 MiB).
+    pub max_response_bytes: Option<u64>,
+    /// Extra CA certificates (PEM) trusted instead of Mozilla's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// One directory grant as written.
@@ -268,6 +284,10 @@ pub fn validate_plugins(
                     .unwrap_or(false)
                     .then(|| data_dir.join("kv").join(&rp.name)),
                 dns: dns_grant(rp.dns.as_ref(), nameservers, &key("dns"), cx)?,
+                http: match rp.http {
+                    None => None,
+                    Some(h) => Some(http_grant(h, &key("http"), cx)?),
+                },
             },
             reuse_instance: rp.reuse_instance.unwrap_or(false),
             builtin,
@@ -325,4 +345,38 @@ fn dns_grant(
             format!("{v} must be true, false or {{ timeout_ms = 2000, max_lookups = 10 }}"),
         )),
     }
+}
+
+/// `http = { allow, timeout_ms, max_response_bytes, ca_file }` of one plugin.
+fn http_grant(raw: RawHttpGrant, key: &str, cx: &Cx) -> Result<HttpGrant, ConfigError> {
+    if raw.allow.is_empty() {
+        return Err(cx.invalid(
+            &format!("{key}.allow"),
+            "needs at least one URL (for example \"http://127.0.0.1:11333/checkv2\")".into(),
+        ));
+    }
+    for u in &raw.allow {
+        let ok = url::Url::parse(u)
+            .ok()
+            .filter(|p| matches!(p.scheme(), "http" | "https") && p.host_str().is_some());
+        if ok.is_none() {
+            return Err(cx.invalid(
+                &format!("{key}.allow"),
+                format!("{u:?} is not an http:// or https:// URL"),
+            ));
+        }
+    }
+    let timeout_ms = raw.timeout_ms.unwrap_or(5000);
+    if !(1..=600_000).contains(&timeout_ms) {
+        return Err(cx.invalid(
+            &format!("{key}.timeout_ms"),
+            format!("{timeout_ms} must be between 1 and 600000"),
+        ));
+    }
+    Ok(HttpGrant {
+        allow: raw.allow,
+        timeout: Duration::from_millis(timeout_ms),
+        max_response_bytes: raw.max_response_bytes.unwrap_or(1 << 20),
+        ca_file: raw.ca_file.map(|p| cx.abs(p)),
+    })
 }

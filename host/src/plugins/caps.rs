@@ -62,6 +62,8 @@ pub struct Grants {
     pub kv: Option<PathBuf>,
     /// DNS lookups through the host's resolver, if granted.
     pub dns: Option<DnsGrant>,
+    /// HTTP requests to allow-listed URLs, if granted.
+    pub http: Option<super::http::HttpGrant>,
 }
 
 /// Grants opened for use: directory handles that cannot reach outside.
@@ -69,6 +71,8 @@ pub struct OpenGrants {
     dirs: HashMap<String, (Dir, bool)>,
     /// The resolver and the grant's limits, when DNS is granted.
     dns: Option<(Arc<crate::dns::Dns>, DnsGrant)>,
+    /// The HTTP agent and allow-list, when HTTP is granted.
+    http: Option<super::http::HttpAccess>,
     kv: Option<Kv>,
     /// One group commit per (grant, directory): concurrent deliveries into
     /// the same Maildir share its directory fsync.
@@ -136,9 +140,14 @@ impl OpenGrants {
             )),
             None => None,
         };
+        let http = match &grants.http {
+            Some(g) => Some(super::http::HttpAccess::open(g).map_err(io::Error::other)?),
+            None => None,
+        };
         Ok(OpenGrants {
             dirs,
             dns,
+            http,
             kv,
             dir_syncs: Mutex::default(),
         })
@@ -149,6 +158,7 @@ impl OpenGrants {
         OpenGrants {
             dirs: HashMap::new(),
             dns: None,
+            http: None,
             kv: None,
             dir_syncs: Mutex::default(),
         }
@@ -183,6 +193,25 @@ impl OpenGrants {
     ) -> HostResponse {
         if let HostRequest::DnsLookup { name, rtype } = req {
             return self.dns_lookup(name, *rtype, budget);
+        }
+        if let HostRequest::Http {
+            method,
+            url,
+            headers,
+            body: request_body,
+        } = req
+        {
+            let Some(http) = &self.http else {
+                return HostResponse::Error {
+                    kind: HostErrorKind::NotGranted,
+                    message: "HTTP is not granted to this plugin (http = { allow = [...] } in its [[plugins]] entry)".into(),
+                };
+            };
+            let left = budget.deadline.map_or(std::time::Duration::MAX, |d| {
+                d.saturating_duration_since(std::time::Instant::now())
+                    .saturating_sub(std::time::Duration::from_millis(50))
+            });
+            return http.send(method, url, headers, request_body, body, left);
         }
         match self.serve(req, body, now) {
             Ok(r) => r,
@@ -308,10 +337,10 @@ impl OpenGrants {
                 })?;
                 HostResponse::Done
             }
-            HostRequest::DnsLookup { .. } => {
+            HostRequest::DnsLookup { .. } | HostRequest::Http { .. } => {
                 return Err(CapError::new(
                     HostErrorKind::Invalid,
-                    "DNS lookups are served by handle",
+                    "DNS and HTTP requests are served by handle",
                 ))
             }
             HostRequest::KvGet { key } => {
@@ -426,6 +455,7 @@ pub fn waits(req: &HostRequest) -> bool {
             | HostRequest::KvDelete { .. }
             | HostRequest::KvPutIfAbsent { .. }
             | HostRequest::DnsLookup { .. }
+            | HostRequest::Http { .. }
     )
 }
 
@@ -529,6 +559,7 @@ mod tests {
             ],
             kv: Some(root.path().join("kv")),
             dns: None,
+            http: None,
         };
         let open = OpenGrants::open(&grants).expect("open grants");
         let body = Body::Bytes(std::sync::Arc::from(finaldot_sdk::contract::BODY));

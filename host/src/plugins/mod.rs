@@ -19,6 +19,7 @@
 
 pub mod builtin;
 pub mod caps;
+pub mod http;
 pub mod instance;
 pub mod kv;
 
@@ -35,6 +36,7 @@ use sha2::Digest;
 use wasmtime::{Engine, InstancePre, Linker, Module, Store};
 
 pub use caps::{DirGrant, DnsGrant, Grants, OpenGrants};
+pub use http::HttpGrant;
 pub use instance::{Body, LogLine, PluginInstance};
 
 /// SHA-256 of `bytes` as lowercase hex: a plugin's identity (and the name of

@@ -20,7 +20,7 @@
 
 use finaldot_sdk::prelude::*;
 use finaldot_sdk::wire::HostErrorKind;
-use finaldot_sdk::wire::{DnsRecord, DnsType};
+use finaldot_sdk::wire::{DnsRecord, DnsType, HttpBody};
 
 /// The plugin's settings.
 #[derive(Default)]
@@ -217,6 +217,35 @@ impl Plugin for Testbed {
                         Err(e) => format!("{q} error {:?}", e.host_kind()),
                     };
                     msg.add_header("X-Dns", line.trim_end());
+                }
+            }
+            "http" => {
+                // One request per URL in `only` ("METHOD URL"), the message
+                // as the body of a POST: a header with the status and the
+                // start of the body, or the error's kind.
+                for q in &self.only {
+                    let (method, url) = q.split_once(' ').unwrap_or(("GET", q.as_str()));
+                    let body = if method == "POST" {
+                        HttpBody::Message {
+                            headers: msg.headers().to_vec(),
+                        }
+                    } else {
+                        HttpBody::Empty
+                    };
+                    let line = match cx.http().send(method, url, &[("X-From", "testbed")], body) {
+                        Ok(r) => {
+                            let text = String::from_utf8_lossy(&r.body);
+                            let start: String = text.chars().take(40).collect();
+                            format!(
+                                "{} {} {}",
+                                r.status,
+                                r.body.len(),
+                                start.replace(['\r', '\n'], " ")
+                            )
+                        }
+                        Err(e) => format!("error {:?}", e.host_kind()),
+                    };
+                    msg.add_header("X-Http", line.trim_end());
                 }
             }
             "spin" => {
