@@ -627,6 +627,47 @@ mod tests {
         }
     }
 
+    #[derive(Default)]
+    struct Poster;
+    impl Plugin for Poster {
+        fn on_message(&mut self, msg: &mut Message, cx: &Context) -> Result<Verdict> {
+            for url in ["http://scanner.test/checkv2", "http://elsewhere.test/"] {
+                let line = match cx.http().post_message(url, &[("X-A", "1")], msg) {
+                    Ok(r) => format!("{} {}", r.status, String::from_utf8_lossy(&r.body)),
+                    Err(e) => format!("error {:?}", e.host_kind()),
+                };
+                msg.add_header("X-Http", &line);
+            }
+            Ok(Verdict::Continue)
+        }
+    }
+
+    #[test]
+    fn scripted_http_responses_and_what_was_sent() {
+        let mut host = TestHost::new();
+        host.http_response(
+            "http://scanner.test/",
+            HttpResponse {
+                status: 200,
+                headers: Vec::new(),
+                body: b"clean".to_vec(),
+            },
+        );
+        let msg = TestMessage::from_eml(b"Subject: s\r\n\r\nbody\r\n");
+        let out = host.run(&mut Poster, &msg).expect("run");
+        let lines: Vec<String> = out
+            .state
+            .headers
+            .iter()
+            .filter(|h| h.is("X-Http"))
+            .map(|h| h.text())
+            .collect();
+        assert_eq!(lines, ["200 clean", "error Some(NotGranted)"]);
+        let sent = host.http_requests();
+        assert_eq!(sent[0].0, "POST");
+        assert_eq!(sent[0].2, b"Subject: s\r\n\r\nbody\r\n");
+    }
+
     #[test]
     fn scripted_dns_answers_and_the_budget() {
         let mut host = TestHost::new();

@@ -472,6 +472,47 @@ fn dns_payloads() {
     );
 }
 
+/// The HTTP capability's request and answer (appended after the first
+/// fixtures).
+#[test]
+fn http_payloads() {
+    for (name, body) in [
+        ("empty", HttpBody::Empty),
+        ("bytes", HttpBody::Bytes(b"{\"a\":1}".to_vec())),
+        (
+            "message",
+            HttpBody::Message {
+                headers: vec![Header::new("Subject", "x")],
+            },
+        ),
+    ] {
+        check(
+            &format!("host_request_http_{name}"),
+            &HostRequest::Http {
+                method: "POST".into(),
+                url: "http://127.0.0.1:11333/checkv2".into(),
+                headers: vec![("IP".into(), "192.0.2.7".into())],
+                body,
+            },
+        );
+    }
+    check(
+        "host_response_http",
+        &HostResponse::Http(HttpResponse {
+            status: 200,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: b"{\"action\":\"no action\"}".to_vec(),
+        }),
+    );
+    check(
+        "host_response_error_timeout",
+        &HostResponse::Error {
+            kind: HostErrorKind::Timeout,
+            message: "slow".into(),
+        },
+    );
+}
+
 /// A plugin is never shown a discarded recipient (a plugin built before the
 /// variant could not decode it): it sees it delivered.
 #[test]

@@ -467,6 +467,9 @@ mod tests {
             ("[domains.a]\n[[plugins]]\nname = \"x\"\nfile = \"x.wasm\"\ndns = { timeout_ms = 0 }\n", "plugins[0].dns.timeout_ms"),
             ("[domains.a]\n[[plugins]]\nname = \"x\"\nfile = \"x.wasm\"\ndns = { budget = 3 }\n", "plugins[0].dns.budget"),
             ("[domains.a]\n[dns]\nnameservers = [\"localhost\"]\n", "dns.nameservers"),
+            ("[domains.a]\n[[plugins]]\nname = \"x\"\nfile = \"x.wasm\"\nhttp = { allow = [] }\n", "plugins[0].http.allow"),
+            ("[domains.a]\n[[plugins]]\nname = \"x\"\nfile = \"x.wasm\"\nhttp = { allow = [\"ftp://x/\"] }\n", "plugins[0].http.allow"),
+            ("[domains.a]\n[[plugins]]\nname = \"x\"\nfile = \"x.wasm\"\nhttp = { allow = [\"http://x/\"], timeout_ms = 0 }\n", "plugins[0].http.timeout_ms"),
             ("hostname = \"\"\n[domains.a]\n", "hostname"),
             ("data_dir = \"x\"\n", "domains"),
         ] {
