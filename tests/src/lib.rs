@@ -593,6 +593,31 @@ pub fn chain_config(dir: &Path, plugins: &str) -> String {
     )
 }
 
+/// `config` (from [`chain_config`]) with a `[dns]` table asking `server`.
+pub fn with_dns(config: &str, server: SocketAddr) -> String {
+    config.replace(
+        "[pipeline]",
+        &format!("[dns]\nnameservers = [\"{server}\"]\n\n[pipeline]"),
+    )
+}
+
+/// `items` as the inside of a TOML array of strings: `"a", "b"`.
+pub fn toml_strings<S: AsRef<str>>(items: &[S]) -> String {
+    items
+        .iter()
+        .map(|i| format!("{:?}", i.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The values of every header field `name` in a delivered message, in order.
+pub fn field_values<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    let prefix = format!("{name}: ");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .collect()
+}
+
 /// A message as the pipeline hands it to a plugin: `raw` split into headers
 /// and body, one recipient (`alice@localhost`), queue id `Q1`.
 pub fn message_input(raw: &[u8]) -> (finaldot_sdk::wire::MessageInput, finaldot::plugins::Body) {

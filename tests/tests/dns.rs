@@ -40,11 +40,7 @@ fn a_granted_plugin_gets_every_kind_of_answer_within_its_budget() {
         "silent.test/A",
         "host.test/A",
     ];
-    let only = lookups
-        .iter()
-        .map(|l| format!("{l:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let only = toml_strings(&lookups);
     let plugins = format!(
         "{}{}{}",
         plugin_toml(
@@ -59,10 +55,7 @@ fn a_granted_plugin_gets_every_kind_of_answer_within_its_budget() {
         ),
         local_delivery_toml(&mail)
     );
-    let config = chain_config(dir.path(), &plugins).replace(
-        "[pipeline]",
-        &format!("[dns]\nnameservers = [\"{}\"]\n\n[pipeline]", dns.addr),
-    );
+    let config = with_dns(&chain_config(dir.path(), &plugins), dns.addr);
     let d = Daemon::start_with(dir.path(), &config);
     send(
         &d,
@@ -73,10 +66,7 @@ fn a_granted_plugin_gets_every_kind_of_answer_within_its_budget() {
     let files = wait_for_files(&mail.join("alice/Maildir/new"), 1, LONG);
     assert_eq!(files.len(), 1, "{}", d.log());
     let text = std::fs::read_to_string(&files[0]).expect("read");
-    let answers: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("X-Dns: "))
-        .collect();
+    let answers = field_values(&text, "X-Dns");
     assert_eq!(
         answers,
         [
@@ -124,10 +114,7 @@ fn dnsbl_marks_and_holds_a_listed_client() {
             ),
             local_delivery_toml(&mail)
         );
-        let config = chain_config(dir.path(), &plugins).replace(
-            "[pipeline]",
-            &format!("[dns]\nnameservers = [\"{}\"]\n\n[pipeline]", dns.addr),
-        );
+        let config = with_dns(&chain_config(dir.path(), &plugins), dns.addr);
         let d = Daemon::start_with(dir.path(), &config);
         let id = send(
             &d,
@@ -177,10 +164,7 @@ fn a_dead_dns_server_gives_timeouts_within_the_plugins_time_limit() {
         ),
         local_delivery_toml(&mail)
     );
-    let config = chain_config(dir.path(), &plugins).replace(
-        "[pipeline]",
-        &format!("[dns]\nnameservers = [\"{}\"]\n\n[pipeline]", dns.addr),
-    );
+    let config = with_dns(&chain_config(dir.path(), &plugins), dns.addr);
     let d = Daemon::start_with(dir.path(), &config);
     send(
         &d,
@@ -191,10 +175,7 @@ fn a_dead_dns_server_gives_timeouts_within_the_plugins_time_limit() {
     let files = wait_for_files(&mail.join("alice/Maildir/new"), 1, LONG);
     assert_eq!(files.len(), 1, "{}", d.log());
     let text = std::fs::read_to_string(&files[0]).expect("read");
-    let answers: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("X-Dns: "))
-        .collect();
+    let answers = field_values(&text, "X-Dns");
     assert_eq!(
         answers,
         [

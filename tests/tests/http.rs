@@ -27,11 +27,7 @@ fn a_granted_plugin_reaches_only_its_allow_list_within_its_limits() {
         format!("GET {base}/../outside"),
         "GET http://127.0.0.1:9/elsewhere".to_string(),
     ];
-    let only = requests
-        .iter()
-        .map(|r| format!("{r:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let only = toml_strings(&requests);
     let plugins = format!(
         "{}{}{}",
         plugin_toml(
@@ -57,10 +53,7 @@ fn a_granted_plugin_reaches_only_its_allow_list_within_its_limits() {
     let files = wait_for_files(&mail.join("alice/Maildir/new"), 1, LONG);
     assert_eq!(files.len(), 1, "{}", d.log());
     let text = std::fs::read_to_string(&files[0]).expect("read");
-    let answers: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("X-Http: "))
-        .collect();
+    let answers = field_values(&text, "X-Http");
     assert_eq!(answers.len(), 8, "{text}");
     assert_eq!(answers[0], "error Some(NotGranted)");
     assert!(answers[1].starts_with("200 "), "{text}");
