@@ -49,7 +49,7 @@ pub struct LoadSpec {
 }
 
 /// What a run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct LoadReport {
     /// Messages that got a 250 after DATA.
     pub accepted: u64,

@@ -337,7 +337,8 @@ impl RawConfig {
         let data_dir = cx.abs(self.data_dir.unwrap_or_else(|| PathBuf::from("var")));
         let (smtp, delimiter) = self.smtp.validate(&cx)?;
         let (domains, recipients) = smtp::validate_domains(self.domains, delimiter, &cx)?;
-        let pipeline = self.pipeline.validate(&data_dir, &cx)?;
+        let workers_given = self.pipeline.workers.is_some();
+        let mut pipeline = self.pipeline.validate(&data_dir, &cx)?;
         let nameservers = cx.addrs("dns.nameservers", &self.dns.nameservers.unwrap_or_default())?;
         let plugins = pipeline::validate_plugins(
             self.plugins,
@@ -346,6 +347,17 @@ impl RawConfig {
             &nameservers,
             &cx,
         )?;
+        // A plugin that asks DNS or HTTP holds its worker while it waits (the
+        // CPU gate, not the worker count, bounds what runs at once): with
+        // such a plugin, many more workers by default, so a slow answer
+        // stalls one message, not the queue.
+        if !workers_given
+            && plugins
+                .iter()
+                .any(|p| p.grants.dns.is_some() || p.grants.http.is_some())
+        {
+            pipeline.workers = pipeline::NETWORK_WORKERS;
+        }
         let metrics_listen = self.metrics.validate(&smtp, &cx)?;
         let outbound = self.outbound.validate(&cx)?;
         let submission = self.submission.validate(&smtp, &data_dir, &cx)?;
@@ -430,6 +442,21 @@ mod tests {
             c.plugins[0].builtin.map(|b| b.file_name),
             Some("dedup.wasm")
         );
+    }
+
+    #[test]
+    fn plugins_that_wait_on_the_network_get_more_workers_by_default() {
+        let plain =
+            parse("[domains.a]\n[[plugins]]\nname = \"x\"\nfile = \"x.wasm\"\n").expect("parses");
+        assert_eq!(plain.pipeline.workers, 4);
+        let dns = parse("[domains.a]\n[[plugins]]\nname = \"x\"\nfile = \"x.wasm\"\ndns = true\n")
+            .expect("parses");
+        assert_eq!(dns.pipeline.workers, pipeline::NETWORK_WORKERS);
+        let set = parse(
+            "[domains.a]\n[pipeline]\nworkers = 6\n[[plugins]]\nname = \"x\"\nfile = \"x.wasm\"\nhttp = { allow = [\"http://127.0.0.1:1/\"] }\n",
+        )
+        .expect("parses");
+        assert_eq!(set.pipeline.workers, 6);
     }
 
     #[test]

@@ -9,6 +9,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ConfigError, Cx};
+
+/// Pipeline workers when `pipeline.workers` is not set and a plugin is
+/// granted DNS or HTTP (whose answers a worker waits for).
+pub const NETWORK_WORKERS: usize = 64;
 use crate::plugins::{DirGrant, DnsGrant, Grants, HttpGrant, Limits, PluginSpec};
 
 /// `[pipeline]` as written.

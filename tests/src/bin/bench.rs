@@ -91,6 +91,12 @@ struct Args {
     /// chain, restart with the default chain and time the drain (no SMTP load).
     #[arg(long)]
     drain: Option<usize>,
+    /// With --drain: add the dnsbl plugin to the default chain, its DNS
+    /// answers delayed by this many milliseconds, and queue the messages
+    /// (straight into the spool) from distinct client addresses, so every
+    /// message makes a lookup the cache cannot answer.
+    #[arg(long)]
+    dnsbl_delay_ms: Option<u64>,
 }
 
 const CELLS: [(usize, usize); 4] = [(1, 4096), (8, 4096), (64, 4096), (8, 100 * 1024)];
@@ -461,34 +467,107 @@ fn reload(kind: &str, wasm_name: &str, config: &str, rounds: usize) {
 }
 
 /// The pipeline alone: `n` queued messages, the default chain, no SMTP load.
+/// Queues `n` 4 KiB messages for alice@localhost straight into the spool
+/// of `data_dir`, each from its own client address in 198.18.0.0/15 (the
+/// benchmarking range, RFC 2544).
+fn queue_from_distinct_clients(data_dir: &Path, n: usize) -> u64 {
+    let spool = finaldot::spool::Spool::open(&data_dir.join("spool")).expect("spool");
+    let body = format!("Subject: bench\r\n\r\n{}\r\n", "x".repeat(4096));
+    let mut queued = 0;
+    for i in 0..n {
+        let env = finaldot::spool::Envelope {
+            mail_from: "bench@remote.test".into(),
+            rcpt_to: vec!["alice@localhost".into()],
+            client_ip: std::net::IpAddr::from([
+                198,
+                18 + (i >> 16) as u8 % 2,
+                (i >> 8) as u8,
+                i as u8,
+            ]),
+            client_port: 40000,
+            listener: finaldot_sdk::Listener::Smtp,
+            helo: "bench.test".into(),
+            protocol: "ESMTP".into(),
+            received_at: finaldot::unix_now(),
+            body_8bit: false,
+            smtputf8: false,
+            tls: None,
+            auth: None,
+        };
+        let Ok(mut w) = spool.begin(&env) else {
+            continue;
+        };
+        if w.write(body.as_bytes()).is_err() {
+            continue;
+        }
+        if let Ok(p) = w.finish() {
+            if spool.commit_blocking(p).is_ok() {
+                queued += 1;
+            }
+        }
+    }
+    queued
+}
+
 fn drain(args: &Args, n: usize) {
     let dir = TestDir::new("bench-drain");
     let smtp = "max_connections = 2000\nmax_connections_per_ip = 1000";
-    let d = Daemon::start_with(
-        dir.path(),
-        &test_config(dir.path(), smtp, &chain_toml(dir.path(), "none", args)),
-    );
-    let report = run(&LoadSpec {
-        addr: d.addr,
-        concurrency: 8,
-        duration: None,
-        count: Some(n as u64),
-        size: 4096,
-        recipients: 1,
-        domain: "localhost".into(),
-        user: "alice".into(),
-        nice: args.client_nice,
+    // The dnsbl variant: a DNS server whose every answer (NXDOMAIN: no
+    // client is listed) comes after the delay.
+    let dns = args.dnsbl_delay_ms.map(|ms| {
+        finaldot_e2e::dns::DnsServer::start_delayed(Vec::new(), Duration::from_millis(ms))
     });
-    drop(d);
-    println!(
-        "queued {} messages ({:.0}/s, {} errors); restarting with the default chain",
-        report.accepted, report.per_second, report.errors
-    );
+    let chain = |name: &str| {
+        let mut t = chain_toml(dir.path(), name, args);
+        if let (Some(dns), "default") = (&dns, name) {
+            t = t.replacen(
+                "[[plugins]]",
+                &format!(
+                    "{}[[plugins]]",
+                    plugin_toml(
+                        "dnsbl",
+                        "dnsbl",
+                        "dns = { timeout_ms = 2000, max_lookups = 4 }\ntimeout_ms = 5000\nconfig = { zones = [{ zone = \"bl.bench.test\" }], skip_networks = [] }"
+                    )
+                ),
+                1,
+            );
+            t = format!("[dns]\nnameservers = [\"{}\"]\n\n{t}", dns.addr);
+        }
+        t
+    };
+    let report = if dns.is_some() {
+        let queued = queue_from_distinct_clients(&dir.path().join("data"), n);
+        println!("queued {queued} messages straight into the spool, each from its own address");
+        LoadReport {
+            accepted: queued,
+            ..LoadReport::default()
+        }
+    } else {
+        let d = Daemon::start_with(dir.path(), &test_config(dir.path(), smtp, &chain("none")));
+        let report = run(&LoadSpec {
+            addr: d.addr,
+            concurrency: 8,
+            duration: None,
+            count: Some(n as u64),
+            size: 4096,
+            recipients: 1,
+            domain: "localhost".into(),
+            user: "alice".into(),
+            nice: args.client_nice,
+        });
+        drop(d);
+        println!(
+            "queued {} messages ({:.0}/s, {} errors); restarting with the default chain",
+            report.accepted, report.per_second, report.errors
+        );
+        report
+    };
     let maildir = dir.path().join("mail/alice/Maildir/new");
     let t = Instant::now();
     let d = Daemon::start_with(
         dir.path(),
-        &test_config(dir.path(), smtp, &chain_toml(dir.path(), "default", args)),
+        &test_config(dir.path(), smtp, &chain("default")),
     );
     let mut last = (Instant::now(), 0usize);
     loop {
@@ -507,7 +586,10 @@ fn drain(args: &Args, n: usize) {
     }
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "pipeline alone (default chain, workers {}): {} delivered in {secs:.1} s = {:.0}/s (including the daemon's start)",
+        "pipeline alone (default chain{}, workers {}): {} delivered in {secs:.1} s = {:.0}/s (including the daemon's start)",
+        args.dnsbl_delay_ms
+            .map(|ms| format!(" + dnsbl, DNS answers after {ms} ms"))
+            .unwrap_or_default(),
         args.workers.map(|w| w.to_string()).unwrap_or_else(|| "default".into()),
         last.1,
         last.1 as f64 / secs
