@@ -265,7 +265,7 @@ fn key_value(expect: &mut Expect<'_>) {
         HostRequest::KvPut {
             key: vec![0, 255, b'/', b'.'],
             value: Vec::new(),
-            ttl_secs: Some(1),
+            ttl_secs: Some(3600),
         },
         HostResponse::Done,
     );

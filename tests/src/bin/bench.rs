@@ -472,9 +472,14 @@ fn reload(kind: &str, wasm_name: &str, config: &str, rounds: usize) {
 /// benchmarking range, RFC 2544).
 fn queue_from_distinct_clients(data_dir: &Path, n: usize) -> u64 {
     let spool = finaldot::spool::Spool::open(&data_dir.join("spool")).expect("spool");
-    let body = format!("Subject: bench\r\n\r\n{}\r\n", "x".repeat(4096));
     let mut queued = 0;
     for i in 0..n {
+        // A Message-ID of its own: dedup must not take copies for duplicates.
+        let body = format!(
+            "Subject: bench\r\nMessage-ID: <{i}.{}@bench.test>\r\n\r\n{}\r\n",
+            std::process::id(),
+            "x".repeat(4096)
+        );
         let env = finaldot::spool::Envelope {
             mail_from: "bench@remote.test".into(),
             rcpt_to: vec!["alice@localhost".into()],
