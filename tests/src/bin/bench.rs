@@ -10,7 +10,8 @@
 //! With `--full`, then: three back-to-back pairs of the target-1 cells
 //! (`--pairs N` alone), hot-reload latency for a small and a ~1 MiB plugin,
 //! cached and not (`--reload N` alone), and the pipeline's drain rate with
-//! no SMTP load (`--drain N` alone). Each cell also reports the daemon's CPU
+//! no SMTP load (`--drain N` alone; with `--dnsbl-delay-ms D`, the default
+//! chain plus dnsbl with every DNS answer D ms late). Each cell also reports the daemon's CPU
 //! per accepted message (outside the pipeline) and per delivered message
 //! (pipeline threads).
 //!
@@ -28,7 +29,7 @@ use finaldot_e2e::{
 };
 
 /// Benchmark matrix.
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 struct Args {
     /// Seconds per cell.
     #[arg(long, default_value_t = 8)]
@@ -892,6 +893,16 @@ fn main() {
         }
         println!();
         drain(&args, 8000);
+        // Issue 17's section 5: the default chain plus dnsbl, DNS answers
+        // at once and after 100 ms (the slow case should drain at least
+        // half as fast).
+        for ms in [0, 100] {
+            let with_dnsbl = Args {
+                dnsbl_delay_ms: Some(ms),
+                ..args.clone()
+            };
+            drain(&with_dnsbl, 2000);
+        }
     }
 }
 
