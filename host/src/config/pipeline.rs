@@ -81,7 +81,7 @@ pub struct RawHttpGrant {
     pub timeout_ms: Option<u64>,
     /// The largest response body, bytes (default 1 MiB).
     pub max_response_bytes: Option<u64>,
-    /// Extra CA certificates (PEM) trusted instead of Mozilla's roots.
+    /// CA certificates (PEM) trusted instead of the system's bundle.
     pub ca_file: Option<PathBuf>,
 }
 

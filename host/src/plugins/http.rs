@@ -1,7 +1,7 @@
 //! The plugins' HTTP capability: requests to the URLs a plugin's `http`
 //! grant allows (scheme, host, port and path prefix), with a timeout and a
-//! cap on the response's size, over rustls (Mozilla's roots, or a
-//! configured CA). Redirects are followed only while they stay inside the
+//! cap on the response's size, over rustls (the system's CA bundle, else
+//! Mozilla's roots; or a configured CA). Redirects are followed only while they stay inside the
 //! allow-list (at most five); one that leaves it is refused. A message body
 //! sent with `HttpBody::Message` is read from the spool by the host and
 //! never passes through the plugin.
@@ -27,7 +27,7 @@ pub struct HttpGrant {
     pub timeout: Duration,
     /// The largest response body handed back.
     pub max_response_bytes: u64,
-    /// Extra CA certificates (PEM) trusted instead of Mozilla's roots.
+    /// CA certificates (PEM) trusted instead of the system's bundle.
     pub ca_file: Option<std::path::PathBuf>,
 }
 
@@ -59,16 +59,8 @@ impl HttpAccess {
             .map(|u| Url::parse(u).map_err(|e| HttpSetupError(format!("{u:?}: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
         let roots = match &grant.ca_file {
-            None => ureq::tls::RootCerts::WebPki,
             Some(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| HttpSetupError(format!("{}: {e}", path.display())))?;
-                let certs = ureq::tls::parse_pem(&pem)
-                    .filter_map(|item| match item {
-                        Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>();
+                let certs = certificates(path)?;
                 if certs.is_empty() {
                     return Err(HttpSetupError(format!(
                         "{}: no certificate in the file",
@@ -77,6 +69,14 @@ impl HttpAccess {
                 }
                 ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs))
             }
+            // The system's roots: the first bundle found where the common
+            // distributions keep it (as Go's crypto/x509 looks), else the
+            // Mozilla roots built in.
+            None => system_bundle()
+                .and_then(|p| certificates(&p).ok())
+                .filter(|c| !c.is_empty())
+                .map(|c| ureq::tls::RootCerts::Specific(std::sync::Arc::new(c)))
+                .unwrap_or(ureq::tls::RootCerts::WebPki),
         };
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(grant.timeout))
@@ -207,6 +207,37 @@ impl HttpAccess {
             format!("{url}: more than {MAX_REDIRECTS} redirects"),
         )
     }
+}
+
+/// The certificates of a PEM file.
+fn certificates(
+    path: &std::path::Path,
+) -> Result<Vec<ureq::tls::Certificate<'static>>, HttpSetupError> {
+    let pem =
+        std::fs::read(path).map_err(|e| HttpSetupError(format!("{}: {e}", path.display())))?;
+    Ok(ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The system's CA bundle: `SSL_CERT_FILE`, or the first of the usual places.
+fn system_bundle() -> Option<std::path::PathBuf> {
+    if let Some(f) = std::env::var_os("SSL_CERT_FILE") {
+        return Some(f.into());
+    }
+    [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+        "/etc/ssl/ca-bundle.pem",
+        "/etc/pki/tls/cacert.pem",
+        "/etc/ssl/cert.pem",
+    ]
+    .iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.is_file())
 }
 
 /// The message as sent: `headers`, a blank line, the body from the spool.
