@@ -1,5 +1,6 @@
 //! The plugins the `finaldot` binary carries: the embedded default chain's
-//! four (dedup, list-expand, filter, local-delivery), built for
+//! four (dedup, list-expand, filter, local-delivery) and the two filters an
+//! MX usually adds (dnsbl, rspamd), built for
 //! wasm32-unknown-unknown by `host/build.rs` from `example-plugins/`.
 //!
 //! A `[[plugins]]` entry with `builtin = true` (the embedded default
@@ -38,6 +39,14 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         file_name: "local_delivery.wasm",
         wasm: include_bytes!(concat!(env!("OUT_DIR"), "/local_delivery.wasm")),
+    },
+    Builtin {
+        file_name: "dnsbl.wasm",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/dnsbl.wasm")),
+    },
+    Builtin {
+        file_name: "rspamd.wasm",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/rspamd.wasm")),
     },
 ];
 
