@@ -352,6 +352,15 @@ impl Daemon {
             .expect("socket addr")
     }
 
+    /// Sends one message on a new connection, asserts its 250 and returns
+    /// the queue id.
+    pub fn send(&self, from: &str, to: &[&str], body: &[u8]) -> String {
+        let mut c = self.connect();
+        let (code, text) = c.send_message(from, to, body);
+        assert_eq!(code, 250, "{text}");
+        queued_id(&text)
+    }
+
     /// A new SMTP client connection (greeting already read and checked).
     pub fn connect(&self) -> Client {
         let mut c = Client::connect_raw(self.addr);
@@ -591,6 +600,14 @@ pub fn chain_config(dir: &Path, plugins: &str) -> String {
         "",
         &format!("[pipeline]\nrescan_secs = 1\n\n{plugins}"),
     )
+}
+
+/// The one message delivered to alice@example.test by [`local_delivery_toml`]
+/// under `mail` (waiting up to 30 s for it), as text.
+pub fn only_delivery(d: &Daemon, mail: &Path) -> String {
+    let files = wait_for_files(&mail.join("alice/Maildir/new"), 1, Duration::from_secs(30));
+    assert_eq!(files.len(), 1, "{}", d.log());
+    std::fs::read_to_string(&files[0]).expect("read the delivered message")
 }
 
 /// `config` (from [`chain_config`]) with a `[dns]` table asking `server`.

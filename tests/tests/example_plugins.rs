@@ -14,11 +14,16 @@ fn start_default(dir: &Path) -> Daemon {
     Daemon::start_default(dir)
 }
 
-fn send(d: &Daemon, from: &str, to: &[&str], body: &[u8]) -> String {
-    let mut c = d.connect();
-    let (code, text) = c.send_message(from, to, body);
-    assert_eq!(code, 250, "{text}");
-    queued_id(&text)
+/// How many of `files` contain `needle`.
+fn count_containing(files: &[std::path::PathBuf], needle: &str) -> usize {
+    files
+        .iter()
+        .filter(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .contains(needle)
+        })
+        .count()
 }
 
 fn maildir_new(dir: &Path, user: &str) -> std::path::PathBuf {
@@ -30,7 +35,7 @@ fn default_run_delivers_into_a_maildir_that_python_reads() {
     let dir = TestDir::new("default-maildir");
     let d = start_default(dir.path());
     let body = b"From: Sender <s@remote.test>\r\nTo: alice@localhost\r\nSubject: first message\r\nMessage-ID: <first@remote.test>\r\n\r\nHello Alice.\r\n.leading dot\r\n";
-    send(&d, "s@remote.test", &["alice@localhost"], body);
+    d.send("s@remote.test", &["alice@localhost"], body);
     let files = wait_for_files(&maildir_new(dir.path(), "alice"), 1, LONG);
     assert_eq!(files.len(), 1, "log:\n{}", d.log());
     let on_disk = std::fs::read(&files[0]).expect("read");
@@ -75,8 +80,7 @@ fn a_list_message_reaches_every_member_once_with_list_headers() {
     .expect("list file");
     let d = start_default(dir.path());
     // alice is also addressed directly: she still gets one copy.
-    send(
-        &d,
+    d.send(
         "carol@remote.test",
         &["team@localhost", "alice@localhost"],
         b"Subject: to the team\r\nMessage-ID: <team-1@remote.test>\r\n\r\nhi all\r\n",
@@ -116,13 +120,8 @@ fn the_same_message_sent_twice_is_delivered_once() {
     let d = start_default(dir.path());
     let body =
         b"Subject: RFC 1047\r\nMessage-ID: <dup@remote.test>\r\n\r\nsent twice after a timeout\r\n";
-    let first = send(
-        &d,
-        "s@remote.test",
-        &["alice@localhost", "bob@localhost"],
-        body,
-    );
-    let second = send(&d, "s@remote.test", &["alice@localhost"], body);
+    let first = d.send("s@remote.test", &["alice@localhost", "bob@localhost"], body);
+    let second = d.send("s@remote.test", &["alice@localhost"], body);
     assert_ne!(first, second);
     assert!(
         wait_until(LONG, || d.queue_drained()
@@ -213,14 +212,12 @@ fn a_filter_rule_holds_a_matching_message() {
         )
     );
     let d = Daemon::start_with(dir.path(), &chain_config(dir.path(), &plugins));
-    let held = send(
-        &d,
+    let held = d.send(
         "s@remote.test",
         &["alice@example.test"],
         b"Subject: please QUARANTINE me\r\n\r\nx\r\n",
     );
-    send(
-        &d,
+    d.send(
         "s@remote.test",
         &["bob@example.test"],
         b"Subject: ordinary\r\n\r\nx\r\n",
@@ -345,8 +342,7 @@ fn a_bare_binary_in_an_empty_directory_delivers_with_its_built_in_plugins() {
     let bin = dir.path().join("finaldot");
     std::fs::copy(finaldot_bin(), &bin).expect("copy the binary");
     let d = Daemon::start_default_binary(dir.path(), &bin);
-    let first = send(
-        &d,
+    let first = d.send(
         "s@remote.test",
         &["alice@localhost"],
         b"Subject: one\r\n\r\nfrom a bare binary\r\n",
@@ -385,21 +381,13 @@ fn a_bare_binary_in_an_empty_directory_delivers_with_its_built_in_plugins() {
         "{}",
         d.log()
     );
-    send(
-        &d,
+    d.send(
         "s@remote.test",
         &["alice@localhost"],
         b"Subject: two\r\n\r\nstamped\r\n",
     );
     let files = wait_for_files(&maildir_new(dir.path(), "alice"), 2, LONG);
-    let stamped = files
-        .iter()
-        .filter(|f| {
-            std::fs::read_to_string(f)
-                .unwrap_or_default()
-                .contains("X-Stamped-By: finaldot")
-        })
-        .count();
+    let stamped = count_containing(&files, "X-Stamped-By: finaldot");
     assert_eq!(stamped, 1, "{files:?}");
 
     // Removed: the built-in filter serves again.
@@ -410,22 +398,14 @@ fn a_bare_binary_in_an_empty_directory_delivers_with_its_built_in_plugins() {
         "{}",
         d.log()
     );
-    send(
-        &d,
+    d.send(
         "s@remote.test",
         &["alice@localhost"],
         b"Subject: three\r\n\r\nnot stamped\r\n",
     );
     let files = wait_for_files(&maildir_new(dir.path(), "alice"), 3, LONG);
     assert_eq!(files.len(), 3, "{}", d.log());
-    let stamped = files
-        .iter()
-        .filter(|f| {
-            std::fs::read_to_string(f)
-                .unwrap_or_default()
-                .contains("X-Stamped-By")
-        })
-        .count();
+    let stamped = count_containing(&files, "X-Stamped-By");
     assert_eq!(stamped, 1, "{files:?}");
     assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
 }
@@ -447,15 +427,12 @@ fn session_facts_are_recorded_and_plugins_act_on_them() {
         local_delivery_toml(&mail)
     );
     let d = Daemon::start_with(dir.path(), &chain_config(dir.path(), &plugins));
-    send(
-        &d,
+    d.send(
         "s@remote.test",
         &["alice@example.test"],
         b"Subject: facts\r\n\r\nhi\r\n",
     );
-    let files = wait_for_files(&mail.join("alice/Maildir/new"), 1, LONG);
-    assert_eq!(files.len(), 1, "{}", d.log());
-    let text = std::fs::read_to_string(&files[0]).expect("read");
+    let text = only_delivery(&d, &mail);
     assert!(text.contains("X-Loopback: yes"), "{text}");
 }
 
@@ -472,8 +449,7 @@ fn a_plugin_built_with_the_previous_sdk_still_runs() {
         local_delivery_toml(&mail)
     );
     let d = Daemon::start_with(dir.path(), &chain_config(dir.path(), &plugins));
-    let id = send(
-        &d,
+    let id = d.send(
         "s@remote.test",
         &["alice@example.test"],
         b"Subject: old\r\n\r\nhi\r\n",

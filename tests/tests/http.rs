@@ -5,12 +5,8 @@
 //! that does not answer in time are errors, and a plugin without the grant
 //! is refused.
 
-use std::time::Duration;
-
 use finaldot_e2e::http::HttpServer;
 use finaldot_e2e::*;
-
-const LONG: Duration = Duration::from_secs(30);
 
 #[test]
 fn a_granted_plugin_reaches_only_its_allow_list_within_its_limits() {
@@ -50,9 +46,7 @@ fn a_granted_plugin_reaches_only_its_allow_list_within_its_limits() {
         b"Subject: over http\r\n\r\nthe body from the spool\r\n",
     );
     assert_eq!(code, 250, "{text}");
-    let files = wait_for_files(&mail.join("alice/Maildir/new"), 1, LONG);
-    assert_eq!(files.len(), 1, "{}", d.log());
-    let text = std::fs::read_to_string(&files[0]).expect("read");
+    let text = only_delivery(&d, &mail);
     let answers = field_values(&text, "X-Http");
     assert_eq!(answers.len(), 8, "{text}");
     assert_eq!(answers[0], "error Some(NotGranted)");
