@@ -6,7 +6,9 @@
 //! NXDOMAIN, NODATA, SERVFAIL and timeout told apart). A configurable set
 //! of name servers lets tests and split-horizon setups use their own; one
 //! resolver per set of servers is shared by every plugin ([`shared`]), so
-//! they share its cache.
+//! they share its cache. Mail authentication (SPF, DKIM, DMARC, ARC) asks
+//! through the same resolver: it is built inside mail-auth's
+//! [`MessageAuthenticator`] and handed out from there ([`Dns::authenticator`]).
 //!
 //! SECURITY: answers come from the network; a plugin gets only the parsed
 //! records, never raw packets.
@@ -16,12 +18,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use finaldot_sdk::wire::{DnsAnswer, DnsOutcome, DnsRecord, DnsType};
-use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
-use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, RecordType};
-use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::TokioResolver;
+use mail_auth::MessageAuthenticator;
 
 /// Why a domain has no hosts to try.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,7 @@ pub struct MxHost {
 pub struct Dns {
     runtime: tokio::runtime::Runtime,
     resolver: TokioResolver,
+    authenticator: MessageAuthenticator,
 }
 
 impl Dns {
@@ -66,29 +69,52 @@ impl Dns {
             .enable_all()
             .build()
             .map_err(|e| LookupError::Setup(e.to_string()))?;
-        let resolver = if servers.is_empty() {
-            TokioResolver::builder_tokio()
+        let (config, opts) = if servers.is_empty() {
+            hickory_resolver::system_conf::read_system_conf()
                 .map_err(|e| LookupError::Setup(e.to_string()))?
-                .build()
         } else {
-            let mut group = NameServerConfigGroup::new();
-            for s in servers {
-                group.merge(NameServerConfigGroup::from_ips_clear(
-                    &[s.ip()],
-                    s.port(),
-                    true,
-                ));
-            }
+            let group = servers
+                .iter()
+                .map(|s| {
+                    let connection = |mut c: ConnectionConfig| {
+                        c.port = s.port();
+                        c
+                    };
+                    NameServerConfig::new(
+                        s.ip(),
+                        true,
+                        vec![
+                            connection(ConnectionConfig::udp()),
+                            connection(ConnectionConfig::tcp()),
+                        ],
+                    )
+                })
+                .collect();
             let mut opts = ResolverOpts::default();
             opts.attempts = 2;
-            TokioResolver::builder_with_config(
-                ResolverConfig::from_parts(None, vec![], group),
-                TokioConnectionProvider::default(),
-            )
-            .with_options(opts)
-            .build()
+            (ResolverConfig::from_name_servers(group), opts)
         };
-        Ok(Dns { runtime, resolver })
+        // The resolver is built by mail-auth so that mail authentication
+        // shares it (and its cache) with outbound and the plugins.
+        let authenticator = runtime
+            .block_on(async { MessageAuthenticator::new(config, opts) })
+            .map_err(|e| LookupError::Setup(e.to_string()))?;
+        let resolver = authenticator.resolver().clone();
+        Ok(Dns {
+            runtime,
+            resolver,
+            authenticator,
+        })
+    }
+
+    /// mail-auth's verifier, asking through this resolver.
+    pub fn authenticator(&self) -> &MessageAuthenticator {
+        &self.authenticator
+    }
+
+    /// Runs `future` on the resolver's runtime, from a blocking thread.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
     }
 
     /// The hosts to try for `domain`, best first.
@@ -98,8 +124,12 @@ impl Dns {
         self.runtime.block_on(async {
             let mut mx: Vec<(u16, String)> = match self.resolver.mx_lookup(fqdn.as_str()).await {
                 Ok(l) => l
+                    .answers()
                     .iter()
-                    .map(|r| (r.preference(), r.exchange().to_ascii()))
+                    .filter_map(|r| match &r.data {
+                        RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii())),
+                        _ => None,
+                    })
                     .collect(),
                 Err(e) if outcome_of(&e) == DnsOutcome::NxDomain => {
                     return Err(LookupError::Permanent {
@@ -159,6 +189,12 @@ impl Dns {
     /// Looks `name` up for `rtype`, waiting at most `timeout`. Every ending
     /// is an answer: records, NXDOMAIN, no data, SERVFAIL or a timeout.
     pub fn lookup(&self, name: &str, rtype: DnsType, timeout: Duration) -> DnsAnswer {
+        self.runtime
+            .block_on(self.lookup_async(name, rtype, timeout))
+    }
+
+    /// [`Dns::lookup`], for callers already on the resolver's runtime.
+    pub async fn lookup_async(&self, name: &str, rtype: DnsType, timeout: Duration) -> DnsAnswer {
         // A trailing dot: never let a search domain be appended.
         let fqdn = format!("{}.", name.trim_end_matches('.'));
         let kind = match rtype {
@@ -169,32 +205,32 @@ impl Dns {
             DnsType::Ptr => RecordType::PTR,
             DnsType::Tlsa => RecordType::TLSA,
         };
-        let looked = self.runtime.block_on(async {
-            tokio::time::timeout(timeout, self.resolver.lookup(fqdn.as_str(), kind)).await
-        });
+        let looked = tokio::time::timeout(timeout, self.resolver.lookup(fqdn.as_str(), kind)).await;
         let lookup = match looked {
             Err(_) => return DnsAnswer::empty(DnsOutcome::Timeout),
             Ok(Err(e)) => return DnsAnswer::empty(outcome_of(&e)),
             Ok(Ok(l)) => l,
         };
-        let name = |n: &hickory_resolver::Name| n.to_ascii().trim_end_matches('.').to_string();
+        let name =
+            |n: &hickory_resolver::proto::rr::Name| n.to_ascii().trim_end_matches('.').to_string();
         let records: Vec<DnsRecord> = lookup
-            .record_iter()
+            .answers()
+            .iter()
             .filter(|r| r.record_type() == kind)
-            .filter_map(|r| match r.data() {
+            .filter_map(|r| match &r.data {
                 RData::A(a) => Some(DnsRecord::A(a.0.to_string())),
                 RData::AAAA(a) => Some(DnsRecord::Aaaa(a.0.to_string())),
                 RData::MX(mx) => Some(DnsRecord::Mx {
-                    preference: mx.preference(),
-                    exchange: name(mx.exchange()),
+                    preference: mx.preference,
+                    exchange: name(&mx.exchange),
                 }),
-                RData::TXT(txt) => Some(DnsRecord::Txt(txt.txt_data().concat())),
+                RData::TXT(txt) => Some(DnsRecord::Txt(txt.txt_data.concat())),
                 RData::PTR(ptr) => Some(DnsRecord::Ptr(name(&ptr.0))),
                 RData::TLSA(t) => Some(DnsRecord::Tlsa {
-                    usage: t.cert_usage().into(),
-                    selector: t.selector().into(),
-                    matching: t.matching().into(),
-                    data: t.cert_data().to_vec(),
+                    usage: t.cert_usage.into(),
+                    selector: t.selector.into(),
+                    matching: t.matching.into(),
+                    data: t.cert_data.clone(),
                 }),
                 _ => None,
             })
@@ -219,14 +255,14 @@ impl Dns {
 /// records found", whatever its response code: only NOERROR is no data,
 /// NXDOMAIN is a name that does not exist, anything else (SERVFAIL,
 /// REFUSED…) a failure to try again later.
-fn outcome_of(e: &hickory_resolver::ResolveError) -> DnsOutcome {
-    match e.proto().map(|p| p.kind()) {
-        Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => match *response_code {
+fn outcome_of(e: &NetError) -> DnsOutcome {
+    match e {
+        NetError::Dns(DnsError::NoRecordsFound(no)) => match no.response_code {
             ResponseCode::NXDomain => DnsOutcome::NxDomain,
             ResponseCode::NoError => DnsOutcome::NoData,
             _ => DnsOutcome::ServFail,
         },
-        Some(ProtoErrorKind::Timeout) => DnsOutcome::Timeout,
+        NetError::Timeout => DnsOutcome::Timeout,
         _ => DnsOutcome::ServFail,
     }
 }

@@ -6,6 +6,7 @@
 //! each part needs; [`daemon`] wires them together for `finaldot run`.
 #![deny(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod daemon;
 pub mod dns;

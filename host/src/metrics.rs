@@ -72,6 +72,8 @@ pub struct Metrics {
     pub holds: Counter,
     /// DSNs queued.
     pub dsns: Counter,
+    /// DSNs not sent because the sender failed SPF or DMARC (backscatter).
+    pub dsns_withheld: Counter,
 }
 
 /// The daemon's metrics.
@@ -109,6 +111,7 @@ impl Metrics {
             deferrals: Counter::default(),
             holds: Counter::default(),
             dsns: Counter::default(),
+            dsns_withheld: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -178,6 +181,11 @@ impl Metrics {
             "dsns",
             "Delivery status notifications queued",
             m.dsns.clone(),
+        );
+        registry.register(
+            "dsns_withheld",
+            "DSNs not sent because the sender failed SPF or DMARC",
+            m.dsns_withheld.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -4,8 +4,9 @@
 
 use crate::host;
 use crate::wire::{
-    Change, DnsAnswer, DnsType, Header, HostErrorKind, HostRequest, HostResponse, HttpBody,
-    HttpResponse, Level, MessageInput, MessageState, Recipient, SessionFacts, Value, Verdict,
+    AuthFacts, Change, DnsAnswer, DnsType, Header, HostErrorKind, HostRequest, HostResponse,
+    HttpBody, HttpResponse, Level, MessageInput, MessageState, Recipient, SessionFacts, Value,
+    Verdict,
 };
 
 /// A plugin's error. Returned from a hook, it is a temporary failure: the
@@ -162,6 +163,7 @@ pub struct Message {
     helo: String,
     received_at: u64,
     session: SessionFacts,
+    auth: Option<AuthFacts>,
     changes: Vec<Change>,
 }
 
@@ -176,6 +178,7 @@ impl Message {
             helo: input.helo,
             received_at: input.received_at,
             session: input.session,
+            auth: input.auth,
             changes: Vec::new(),
         }
     }
@@ -246,6 +249,14 @@ impl Message {
     /// (which offers the host's services).
     pub fn session(&self) -> &SessionFacts {
         &self.session
+    }
+
+    /// The host's SPF, DKIM, DMARC and ARC results for this message (the
+    /// same as in the `Authentication-Results` field it added), or `None`
+    /// when it was not verified: mail from an authenticated client, from
+    /// the host itself, or with verification turned off.
+    pub fn auth(&self) -> Option<&AuthFacts> {
+        self.auth.as_ref()
     }
 
     /// All header fields in order.

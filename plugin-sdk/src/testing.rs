@@ -32,9 +32,9 @@ use std::rc::Rc;
 
 use crate::plugin::{Config, Context, Message, Plugin, Result};
 use crate::wire::{
-    check_relative_path, parse_headers, Change, DnsAnswer, DnsOutcome, DnsType, EnvelopeState,
-    HostErrorKind, HostRequest, HostResponse, HttpBody, HttpResponse, Level, Listener,
-    MessageInput, MessageState, Recipient, SessionFacts, Value, Verdict, ABI_VERSION,
+    check_relative_path, parse_headers, AuthFacts, Change, DnsAnswer, DnsOutcome, DnsType,
+    EnvelopeState, HostErrorKind, HostRequest, HostResponse, HttpBody, HttpResponse, Level,
+    Listener, MessageInput, MessageState, Recipient, SessionFacts, Value, Verdict, ABI_VERSION,
 };
 
 /// DNS lookups a message may make in a test run (the host's default budget).
@@ -383,6 +383,7 @@ impl TestMessage {
                     body_8bit: false,
                     smtputf8: false,
                 },
+                auth: None,
             },
             body: raw[body_at..].to_vec(),
         }
@@ -429,6 +430,12 @@ impl TestMessage {
         self.input.helo = facts.helo.clone();
         self.input.received_at = facts.received_at;
         self.input.session = facts;
+        self
+    }
+
+    /// Sets the host's authentication results (SPF, DKIM, DMARC, ARC).
+    pub fn auth(mut self, facts: AuthFacts) -> Self {
+        self.input.auth = Some(facts);
         self
     }
 

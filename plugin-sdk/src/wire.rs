@@ -548,6 +548,10 @@ pub struct MessageInput {
     /// plugin built before it ignores it; `client_ip`, `helo` and
     /// `received_at` above stay for those plugins).
     pub session: SessionFacts,
+    /// The host's mail authentication results (SPF, DKIM, DMARC, ARC), when
+    /// it verified the message: mail from the MX listener, not from an
+    /// authenticated client or the host itself. Appended after `session`.
+    pub auth: Option<AuthFacts>,
 }
 
 /// The listener a message arrived on.
@@ -612,6 +616,172 @@ impl SessionFacts {
             body_8bit: false,
             smtputf8: false,
         }
+    }
+}
+
+/// One authentication method's result (RFC 8601 §2.7 result values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AuthResult {
+    /// Nothing to evaluate (no record, no signature, no chain).
+    None,
+    /// Authenticated.
+    Pass,
+    /// Not authenticated.
+    Fail,
+    /// SPF `~all`: probably not authorised.
+    SoftFail,
+    /// SPF `?all`: no assertion.
+    Neutral,
+    /// A transient failure (a DNS timeout or SERVFAIL): try again later.
+    TempError,
+    /// A permanent error (a broken record or signature).
+    PermError,
+}
+
+impl AuthResult {
+    /// The RFC 8601 token (`pass`, `fail`, `softfail`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthResult::None => "none",
+            AuthResult::Pass => "pass",
+            AuthResult::Fail => "fail",
+            AuthResult::SoftFail => "softfail",
+            AuthResult::Neutral => "neutral",
+            AuthResult::TempError => "temperror",
+            AuthResult::PermError => "permerror",
+        }
+    }
+
+    /// The result named by an RFC 8601 token, ignoring case.
+    pub fn parse(token: &str) -> Option<AuthResult> {
+        [
+            AuthResult::None,
+            AuthResult::Pass,
+            AuthResult::Fail,
+            AuthResult::SoftFail,
+            AuthResult::Neutral,
+            AuthResult::TempError,
+            AuthResult::PermError,
+        ]
+        .into_iter()
+        .find(|r| r.as_str().eq_ignore_ascii_case(token))
+    }
+}
+
+/// An SPF check (RFC 7208) of one identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpfFact {
+    /// The result.
+    pub result: AuthResult,
+    /// The domain checked: the MAIL FROM domain (the HELO name for `<>`),
+    /// or the HELO name.
+    pub domain: String,
+}
+
+/// One DKIM signature's verification (RFC 6376, RFC 8463).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DkimFact {
+    /// The result.
+    pub result: AuthResult,
+    /// The signing domain, `d=`.
+    pub domain: String,
+    /// The selector, `s=`.
+    pub selector: String,
+    /// The algorithm, `a=` (`rsa-sha256`, `ed25519-sha256`, …).
+    pub algorithm: String,
+    /// Why it did not pass, in a few words (empty when it passed).
+    pub reason: String,
+}
+
+/// The policy a DMARC record asks for (RFC 7489 `p=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DmarcPolicy {
+    /// No record was found (or it could not be read).
+    Unspecified,
+    /// `p=none`: monitor only.
+    None,
+    /// `p=quarantine`.
+    Quarantine,
+    /// `p=reject`.
+    Reject,
+}
+
+impl DmarcPolicy {
+    /// The record's token (`none`, `quarantine`, `reject`; `unspecified`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DmarcPolicy::Unspecified => "unspecified",
+            DmarcPolicy::None => "none",
+            DmarcPolicy::Quarantine => "quarantine",
+            DmarcPolicy::Reject => "reject",
+        }
+    }
+}
+
+/// DMARC policy discovery and identifier alignment (RFC 7489) for the
+/// domain of the message's From.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DmarcFact {
+    /// The result: pass when an aligned SPF or DKIM passed, fail when a
+    /// policy exists and none did, none without a policy.
+    pub result: AuthResult,
+    /// The From domain.
+    pub domain: String,
+    /// The policy that applies to it (`sp=` for a subdomain).
+    pub policy: DmarcPolicy,
+    /// The percentage the policy applies to (`pct=`, 100 by default).
+    pub pct: u8,
+    /// An SPF pass aligned with the From domain.
+    pub spf_aligned: bool,
+    /// A DKIM pass aligned with the From domain.
+    pub dkim_aligned: bool,
+}
+
+/// What the host's mail authentication found, the same results as in the
+/// `Authentication-Results` field it added (RFC 8601).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthFacts {
+    /// The authserv-id of the `Authentication-Results` field.
+    pub authserv_id: String,
+    /// SPF for the MAIL FROM identity.
+    pub spf: SpfFact,
+    /// SPF for the HELO identity.
+    pub spf_helo: SpfFact,
+    /// Every DKIM signature, in header order.
+    pub dkim: Vec<DkimFact>,
+    /// DMARC.
+    pub dmarc: DmarcFact,
+    /// The ARC chain's validation (RFC 8617): none without a chain.
+    pub arc: AuthResult,
+}
+
+impl AuthFacts {
+    /// The best DKIM result: pass if any signature passed, else the first
+    /// signature's result, none without signatures.
+    pub fn dkim_result(&self) -> AuthResult {
+        if self.dkim.iter().any(|d| d.result == AuthResult::Pass) {
+            return AuthResult::Pass;
+        }
+        self.dkim.first().map_or(AuthResult::None, |d| d.result)
+    }
+
+    /// Whether the envelope sender failed SPF or the From failed DMARC: a
+    /// report to the sender would likely be backscatter to a forged address.
+    pub fn sender_forged(&self) -> Option<String> {
+        if self.spf.result == AuthResult::Fail {
+            return Some(format!(
+                "the envelope sender failed SPF ({})",
+                self.spf.domain
+            ));
+        }
+        if self.dmarc.result == AuthResult::Fail {
+            return Some(format!(
+                "the From domain failed DMARC ({}, p={})",
+                self.dmarc.domain,
+                self.dmarc.policy.as_str()
+            ));
+        }
+        None
     }
 }
 
@@ -1169,6 +1339,7 @@ mod round_trip {
                     auth: Some("ü".repeat(100)),
                     ..SessionFacts::local(u64::MAX)
                 },
+                auth: None,
             });
             rt(&state);
         }

@@ -75,6 +75,45 @@ fn state() -> MessageState {
     }
 }
 
+fn auth_facts() -> AuthFacts {
+    AuthFacts {
+        authserv_id: "mx.example.test".into(),
+        spf: SpfFact {
+            result: AuthResult::Pass,
+            domain: "example.org".into(),
+        },
+        spf_helo: SpfFact {
+            result: AuthResult::None,
+            domain: "client.example.org".into(),
+        },
+        dkim: vec![
+            DkimFact {
+                result: AuthResult::Pass,
+                domain: "example.org".into(),
+                selector: "2026".into(),
+                algorithm: "ed25519-sha256".into(),
+                reason: String::new(),
+            },
+            DkimFact {
+                result: AuthResult::Fail,
+                domain: "list.example".into(),
+                selector: "s1".into(),
+                algorithm: "rsa-sha256".into(),
+                reason: "body hash did not verify".into(),
+            },
+        ],
+        dmarc: DmarcFact {
+            result: AuthResult::Pass,
+            domain: "example.org".into(),
+            policy: DmarcPolicy::Reject,
+            pct: 100,
+            spf_aligned: true,
+            dkim_aligned: true,
+        },
+        arc: AuthResult::None,
+    }
+}
+
 /// The host's input to `on_message`. `message_input` is what the first
 /// ABI v1 host sent; today's input, with the session facts appended
 /// (`message_input_session`), must start with exactly those bytes, so a
@@ -104,14 +143,37 @@ fn message_input() {
             body_8bit: true,
             smtputf8: false,
         },
+        auth: None,
     };
-    check("message_input_session", &input);
+    // The session facts came second, the authentication results third:
+    // each input starts with the bytes of the one before it.
+    let mut input = input;
+    input.auth = Some(auth_facts());
+    check("message_input_auth", &input);
     let now = postcard::to_allocvec(&input).expect("encode");
-    let before = assert_golden(
-        &fixture("message_input"),
-        &now[..golden_len("message_input")],
-    );
-    assert!(now.starts_with(&before));
+    for earlier in ["message_input", "message_input_session"] {
+        let before = assert_golden(&fixture(earlier), &now[..golden_len(earlier)]);
+        assert!(now.starts_with(&before), "{earlier} is not a prefix");
+    }
+    for result in [
+        AuthResult::None,
+        AuthResult::Pass,
+        AuthResult::Fail,
+        AuthResult::SoftFail,
+        AuthResult::Neutral,
+        AuthResult::TempError,
+        AuthResult::PermError,
+    ] {
+        check(&format!("auth_result_{}", result.as_str()), &result);
+    }
+    for policy in [
+        DmarcPolicy::Unspecified,
+        DmarcPolicy::None,
+        DmarcPolicy::Quarantine,
+        DmarcPolicy::Reject,
+    ] {
+        check(&format!("dmarc_policy_{}", policy.as_str()), &policy);
+    }
     for listener in [
         Listener::Smtp,
         Listener::Submission,

@@ -662,6 +662,7 @@ pub fn message_input(raw: &[u8]) -> (finaldot_sdk::wire::MessageInput, finaldot:
                 listener: finaldot_sdk::wire::Listener::Smtp,
                 ..finaldot_sdk::wire::SessionFacts::local(0)
             },
+            auth: None,
         },
         finaldot::plugins::Body::Bytes(std::sync::Arc::from(raw[at..].to_vec())),
     )

@@ -11,6 +11,7 @@
 //! section's validated struct (`Server::bind(&config.smtp, …)`,
 //! `Outbound::new(&config.outbound, …)`).
 
+pub mod auth;
 pub mod outbound;
 pub mod pipeline;
 pub mod smtp;
@@ -26,6 +27,7 @@ use crate::plugins::PluginSpec;
 use crate::smtp::policy::Recipients;
 use crate::smtp::session::SessionConfig;
 
+pub use self::auth::{AuthConfig, ForgedSender, RawAuth, RawDkim};
 pub use self::outbound::{OutboundConfig, RawOutbound, RawSmarthostAuth, TlsPolicy};
 pub use self::pipeline::{PipelineConfig, RawDirGrant, RawPipeline, RawPlugin};
 pub use self::smtp::{RawDomain, RawSmtp, RawSubmission, RawTls};
@@ -137,6 +139,12 @@ pub struct RawConfig {
     /// The resolver plugins ask (the DNS capability).
     #[serde(default)]
     pub dns: RawDns,
+    /// Mail authentication of what arrives.
+    #[serde(default)]
+    pub auth: RawAuth,
+    /// DKIM keys that sign what leaves.
+    #[serde(default)]
+    pub dkim: Vec<RawDkim>,
 }
 
 /// `[dns]` as written.
@@ -178,6 +186,12 @@ pub struct Config {
     pub outbound: OutboundConfig,
     /// The submission listener.
     pub submission: SubmissionConfig,
+    /// The name servers of `[dns]` (empty: the system's).
+    pub nameservers: Vec<SocketAddr>,
+    /// Mail authentication of what arrives.
+    pub auth: AuthConfig,
+    /// The DKIM keys, read (again at every reload).
+    pub dkim: std::sync::Arc<crate::auth::Signer>,
 }
 
 impl Config {
@@ -361,6 +375,8 @@ impl RawConfig {
         let metrics_listen = self.metrics.validate(&smtp, &cx)?;
         let outbound = self.outbound.validate(&cx)?;
         let submission = self.submission.validate(&smtp, &data_dir, &cx)?;
+        let auth = self.auth.validate(&hostname, &cx)?;
+        let dkim = auth::validate_dkim(self.dkim, &cx)?;
         Ok(Config {
             hostname,
             data_dir,
@@ -372,6 +388,9 @@ impl RawConfig {
             metrics_listen,
             outbound,
             submission,
+            nameservers,
+            auth,
+            dkim,
         })
     }
 }

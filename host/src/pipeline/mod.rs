@@ -44,18 +44,37 @@ pub struct Settings {
     pub local_domains: Arc<Vec<String>>,
     /// Delivery to the next hop (the configured route, or one a plugin chose).
     pub delivery: Arc<dyn delivery::Delivery>,
+    /// Mail authentication of what arrives on the MX listener (`None`: off).
+    pub verifier: Option<Arc<crate::auth::Verifier>>,
+    /// What happens instead of a DSN to a sender that failed SPF or DMARC.
+    pub forged_sender: crate::config::ForgedSender,
+    /// The DKIM keys that sign what leaves.
+    pub signer: Arc<crate::auth::Signer>,
 }
 
 impl Settings {
     /// The settings `config` asks for. Sets up outbound delivery (its DNS
-    /// resolver and TLS roots) when a route is configured.
+    /// resolver and TLS roots) when a route is configured, and mail
+    /// authentication with the shared resolver of `[dns]`.
     pub fn of(config: &crate::config::Config) -> Result<Settings, crate::outbound::SetupError> {
         let outbound = crate::outbound::Outbound::new(&config.outbound, &config.hostname)?;
+        let verifier = if config.auth.verify {
+            Some(Arc::new(crate::auth::Verifier::new(
+                crate::dns::shared(&config.nameservers)?,
+                &config.auth.authserv_id,
+                config.auth.timeout,
+            )))
+        } else {
+            None
+        };
         Ok(Settings {
             config: config.pipeline.clone(),
             hostname: config.hostname.clone(),
             local_domains: Arc::new(config.domains.clone()),
             delivery: Arc::new(outbound),
+            verifier,
+            forged_sender: config.auth.forged_sender,
+            signer: config.dkim.clone(),
         })
     }
 }

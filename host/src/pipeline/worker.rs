@@ -173,6 +173,11 @@ fn load_attempt(
             r.state = RecipientState::Pending;
         }
     }
+    if progress.auth.is_none() && is_inbound(&queued) {
+        if let Some(verifier) = ctx.settings().verifier {
+            authenticate(ctx, id, &queued, &mut progress, &verifier)?;
+        }
+    }
     let file = Arc::new(spool.open_message(QueueState::Active, id)?);
     let body_len = queued.message_len.saturating_sub(progress.body_offset);
     let body = Body::File {
@@ -191,6 +196,90 @@ fn load_attempt(
         body_len,
         deferred_from: None,
     }))
+}
+
+/// Whether a message is verified as inbound mail: it came to the MX
+/// listener from a client that did not authenticate (submitted mail is
+/// ours to sign; a DSN is our own).
+fn is_inbound(queued: &QueueFile) -> bool {
+    queued.envelope.listener == Listener::Smtp && queued.envelope.auth.is_none()
+}
+
+/// Verifies SPF, DKIM, DMARC and ARC once per message, before the first
+/// stage: removes any `Authentication-Results` field claiming our
+/// authserv-id, puts ours at the top, keeps the results for the plugins
+/// and checkpoints them (a retry never verifies again, so a plugin's
+/// change cannot turn a pass into a fail).
+fn authenticate(
+    ctx: &Context,
+    id: &QueueId,
+    queued: &QueueFile,
+    progress: &mut Progress,
+    verifier: &crate::auth::Verifier,
+) -> Result<(), spool::Error> {
+    use crate::auth::verify;
+    let raw = ctx
+        .spool
+        .read_message_range(QueueState::Active, id, queued, 0, u64::MAX)?;
+    let env = &queued.envelope;
+    let started = std::time::Instant::now();
+    let facts = verifier.verify(
+        &verify::Envelope {
+            client_ip: env.client_ip,
+            helo: &env.helo,
+            mail_from: &env.mail_from,
+        },
+        &raw,
+    );
+    let summary = format!(
+        "spf={} dkim={} dmarc={} arc={}",
+        facts.spf.result.as_str(),
+        facts.dkim_result().as_str(),
+        facts.dmarc.result.as_str(),
+        facts.arc.as_str()
+    );
+    let removed = progress.state.headers.len();
+    progress
+        .state
+        .headers
+        .retain(|h| !verify::claims(h, verifier.authserv_id()));
+    let removed = removed - progress.state.headers.len();
+    if removed > 0 {
+        warn!(
+            removed,
+            "removed Authentication-Results fields that claimed our authserv-id"
+        );
+    }
+    progress.state.headers.insert(
+        0,
+        finaldot_sdk::wire::Header::new(
+            "Authentication-Results",
+            verify::header_value(&facts, &env.mail_from),
+        ),
+    );
+    info!(
+        micros = started.elapsed().as_micros() as u64,
+        spf_domain = %facts.spf.domain,
+        dmarc_domain = %facts.dmarc.domain,
+        dmarc_policy = facts.dmarc.policy.as_str(),
+        "authenticated: {summary}"
+    );
+    record(
+        progress,
+        0,
+        "(auth)",
+        "mail-auth".to_string(),
+        format!(
+            "{summary}{}",
+            if removed > 0 {
+                format!("; {removed} forged Authentication-Results removed")
+            } else {
+                String::new()
+            }
+        ),
+    );
+    progress.auth = Some(facts);
+    ctx.spool.save_progress(id, progress)
 }
 
 /// Runs the stage at `attempt.progress.next_stage`: calls its plugin, applies
@@ -224,6 +313,7 @@ fn run_stage(
         helo: queued.helo.clone(),
         received_at: queued.received_at,
         session: queued.session_facts(),
+        auth: attempt.progress.auth.clone(),
     };
     let m = metrics::global();
     let result = match plugin.call(&input, attempt.body.clone(), false) {
@@ -505,6 +595,19 @@ fn deliver_remote(
         progress.body_offset,
         u64::MAX,
     )?);
+    // DKIM signatures for the message as it leaves, after every change.
+    match ctx.settings().signer.sign(&message) {
+        Ok(signatures) if !signatures.is_empty() => {
+            let mut signed = signatures;
+            signed.extend_from_slice(&message);
+            message = signed;
+        }
+        Ok(_) => {}
+        // A key that cannot sign (it was read at load time, so this is
+        // mail-auth refusing the message): sent unsigned rather than held,
+        // and said loudly.
+        Err(e) => error!(error = %e, "sending without a DKIM signature"),
+    }
     let mail_from = progress.state.envelope.mail_from.clone();
     let chain_end = progress.chain.len() as u32;
     let id = &attempt.id;
@@ -538,6 +641,11 @@ fn deliver_remote(
 /// The message is settled for good: reports failures, logs and counts
 /// every recipient's outcome, removes the message from the queue.
 fn complete(ctx: &Context, attempt: &mut Attempt) -> Result<(), spool::Error> {
+    if let Some(why) = forged_sender(attempt) {
+        if has_fresh_failures(attempt) {
+            return withhold_dsn(ctx, attempt, &why);
+        }
+    }
     let notified = notify_failures(ctx, attempt)?;
     let m = metrics::global();
     for r in &attempt.progress.state.envelope.recipients {
@@ -566,6 +674,60 @@ fn complete(ctx: &Context, attempt: &mut Attempt) -> Result<(), spool::Error> {
         "completed, removed from the queue"
     );
     Ok(())
+}
+
+/// Why a report to this message's sender would likely be backscatter:
+/// its envelope sender failed SPF or its From failed DMARC.
+fn forged_sender(attempt: &Attempt) -> Option<String> {
+    attempt.progress.auth.as_ref()?.sender_forged()
+}
+
+/// Whether a recipient failed and was not reported yet.
+fn has_fresh_failures(attempt: &Attempt) -> bool {
+    let p = &attempt.progress;
+    p.state.envelope.recipients.iter().any(|r| {
+        matches!(r.state, RecipientState::Failed { .. }) && !p.notified.contains(&r.address)
+    })
+}
+
+/// Instead of a DSN to a forged sender: the failures are marked reported
+/// (none will ever be sent), and the message is held for an administrator
+/// or removed, as configured. `queue show` gives the reason.
+fn withhold_dsn(ctx: &Context, attempt: &mut Attempt, why: &str) -> Result<(), spool::Error> {
+    let progress = &mut attempt.progress;
+    let failed: Vec<String> = progress
+        .state
+        .envelope
+        .recipients
+        .iter()
+        .filter(|r| matches!(r.state, RecipientState::Failed { .. }))
+        .filter(|r| !progress.notified.contains(&r.address))
+        .map(|r| r.address.clone())
+        .collect();
+    let sender = progress.state.envelope.mail_from.clone();
+    progress.notified.extend(failed.iter().cloned());
+    let action = match ctx.settings().forged_sender {
+        crate::config::ForgedSender::Hold => "held",
+        crate::config::ForgedSender::Drop => "dropped",
+    };
+    let reason = format!("no DSN sent to <{sender}>: {why}; message {action}");
+    warn!(to = %sender, recipients = failed.len(), "{reason}");
+    let stage = progress.next_stage;
+    record(
+        progress,
+        stage,
+        "(auth)",
+        "mail-auth".into(),
+        reason.clone(),
+    );
+    metrics::global().dsns_withheld.inc();
+    match ctx.settings().forged_sender {
+        crate::config::ForgedSender::Hold => {
+            progress.hold_reason = Some(reason);
+            hold(ctx, attempt)
+        }
+        crate::config::ForgedSender::Drop => complete(ctx, attempt),
+    }
 }
 
 /// Sends one DSN for every failed recipient not yet reported; true if it sent one.
@@ -708,11 +870,20 @@ fn defer(ctx: &Context, attempt: &mut Attempt, hint_secs: Option<u64>) -> Result
         );
         return complete(ctx, attempt);
     }
-    // Recipients already failed are reported now, not at the very end.
-    notify_failures(ctx, attempt)?;
+    // Recipients already failed are reported now, not at the very end
+    // (to a forged sender never: they wait for the message's end).
+    let forged = forged_sender(attempt);
+    if forged.is_none() {
+        notify_failures(ctx, attempt)?;
+    }
     if let Some(after) = cfg.delay_warning {
         if !attempt.progress.delay_warned && age >= after.as_secs() {
-            warn_of_delay(ctx, attempt)?;
+            if let Some(why) = &forged {
+                info!("no delay warning to the sender: {why}");
+                attempt.progress.delay_warned = true;
+            } else {
+                warn_of_delay(ctx, attempt)?;
+            }
         }
     }
     let progress = &mut attempt.progress;

@@ -4,9 +4,12 @@
 //! the work stopped and never repeats a finished stage's effect.
 //!
 //! Format: `"FDPROG"`, a u16 LE version, then the postcard-encoded
-//! [`Progress`] (fields only appended, never reordered).
+//! [`Progress`] (fields only appended, never reordered), then the
+//! postcard-encoded extension (the mail authentication results, added
+//! later): a build that predates it decodes the record and ignores the
+//! bytes after it, and a record without it decodes with no results.
 
-use finaldot_sdk::wire::{parse_headers, EnvelopeState, MessageState, Recipient};
+use finaldot_sdk::wire::{parse_headers, AuthFacts, EnvelopeState, MessageState, Recipient};
 use serde::{Deserialize, Serialize};
 
 /// Magic of a progress file.
@@ -61,6 +64,16 @@ pub struct Progress {
     pub chain: Vec<String>,
     /// Routes plugins chose for recipients outside the local domains.
     pub routes: Vec<(String, finaldot_sdk::wire::Route)>,
+    /// The mail authentication results, once verified (kept in the
+    /// extension after the record, see the module's format).
+    #[serde(skip)]
+    pub auth: Option<AuthFacts>,
+}
+
+/// What follows the record: fields added after version 2 was fixed.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Extension {
+    auth: Option<AuthFacts>,
 }
 
 impl Progress {
@@ -90,6 +103,7 @@ impl Progress {
             delay_warned: false,
             chain: Vec::new(),
             routes: Vec::new(),
+            auth: None,
         }
     }
 
@@ -98,7 +112,13 @@ impl Progress {
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
-        postcard::to_extend(self, out)
+        let out = postcard::to_extend(self, out)?;
+        postcard::to_extend(
+            &Extension {
+                auth: self.auth.clone(),
+            },
+            out,
+        )
     }
 
     /// Decodes, checking magic and version.
@@ -110,7 +130,14 @@ impl Progress {
         if version != VERSION {
             return Err(format!("unsupported progress version {version}"));
         }
-        postcard::from_bytes(&bytes[8..]).map_err(|e| format!("progress does not decode: {e}"))
+        let (mut progress, rest): (Progress, _) = postcard::take_from_bytes(&bytes[8..])
+            .map_err(|e| format!("progress does not decode: {e}"))?;
+        if !rest.is_empty() {
+            let ext: Extension = postcard::from_bytes(rest)
+                .map_err(|e| format!("progress extension does not decode: {e}"))?;
+            progress.auth = ext.auth;
+        }
+        Ok(progress)
     }
 }
 
@@ -148,6 +175,7 @@ mod tests {
             delay_warned: false,
             chain: vec!["p".into()],
             routes: Vec::new(),
+            auth: None,
         };
         let bytes = p.encode().expect("encode");
         assert_eq!(Progress::decode(&bytes).expect("decode"), p);
@@ -222,10 +250,63 @@ mod tests {
                 ("d@remote.test".into(), Route::Mx),
                 ("e@remote.test".into(), Route::Smarthost),
             ],
+            auth: None,
         };
         let fixture =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/progress_v2.hex");
-        let golden = finaldot_sdk::testing::assert_golden(&fixture, &p.encode().expect("encode"));
+        let now = p.encode().expect("encode");
+        // The record as it was, then today's extension (no results: one 0).
+        assert_eq!(now.last(), Some(&0));
+        let golden = finaldot_sdk::testing::assert_golden(&fixture, &now[..now.len() - 1]);
         assert_eq!(Progress::decode(&golden).expect("the fixture decodes"), p);
+    }
+
+    /// The extension with authentication results round-trips, and a build
+    /// that knows only the record still reads it (postcard stops where the
+    /// record ends).
+    #[test]
+    fn the_extension_carries_the_auth_results_and_old_readers_skip_it() {
+        use finaldot_sdk::wire::{AuthResult, DmarcFact, DmarcPolicy, SpfFact};
+        let envelope = crate::spool::Envelope {
+            mail_from: "a@example.org".into(),
+            rcpt_to: vec!["b@example.test".into()],
+            client_ip: std::net::IpAddr::from([192, 0, 2, 1]),
+            client_port: 1,
+            listener: finaldot_sdk::wire::Listener::Smtp,
+            helo: "h.example.org".into(),
+            protocol: "ESMTP".into(),
+            received_at: 1,
+            body_8bit: false,
+            smtputf8: false,
+            tls: None,
+            auth: None,
+        };
+        let mut p = Progress::initial(&envelope, b"Subject: x\r\n\r\nbody");
+        p.auth = Some(AuthFacts {
+            authserv_id: "mx.example.test".into(),
+            spf: SpfFact {
+                result: AuthResult::Fail,
+                domain: "example.org".into(),
+            },
+            spf_helo: SpfFact {
+                result: AuthResult::None,
+                domain: "h.example.org".into(),
+            },
+            dkim: Vec::new(),
+            dmarc: DmarcFact {
+                result: AuthResult::None,
+                domain: "example.org".into(),
+                policy: DmarcPolicy::Unspecified,
+                pct: 100,
+                spf_aligned: false,
+                dkim_aligned: false,
+            },
+            arc: AuthResult::None,
+        });
+        let bytes = p.encode().expect("encode");
+        assert_eq!(Progress::decode(&bytes).expect("decode"), p);
+        let old: Progress = postcard::from_bytes(&bytes[8..]).expect("an old reader decodes it");
+        assert_eq!(old.auth, None);
+        assert_eq!(old.state, p.state);
     }
 }
