@@ -74,6 +74,27 @@ pub fn python3() -> Command {
     Command::new("python3")
 }
 
+/// A Python 3 that has the mail authentication modules the tests compare
+/// with (dkimpy, pyspf, dnspython, PyNaCl: Debian's python3-dkim,
+/// python3-spf, python3-dnspython, python3-nacl). Debian's own interpreter
+/// is tried first (a pyenv or venv `python3` earlier in PATH lacks the
+/// system's packages). Panics with the install command when none has them.
+pub fn python3_mail_auth() -> Command {
+    let check = "import dkim, spf, nacl.signing, dns.resolver";
+    for candidate in ["/usr/bin/python3", "python3"] {
+        let ok = Command::new(candidate)
+            .args(["-c", check])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Command::new(candidate);
+        }
+    }
+    panic!(
+        "dkimpy, pyspf, dnspython and PyNaCl are needed as the second implementation in this test: apt-get install -y python3-dkim python3-spf python3-dnspython python3-nacl (./dev test installs them when run as root)"
+    )
+}
+
 /// For a test that needs what this machine cannot give (root, a mount):
 /// on CI (`CI` set) that is a failure, elsewhere the test is skipped with
 /// `why` printed. Returns true when the test should go on.

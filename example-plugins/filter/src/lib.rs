@@ -1,6 +1,7 @@
 //! `filter`: rules on headers, body, size, sender, recipients, attachment
 //! names and the session the message came in (client network,
-//! authenticated or not, TLS or not, HELO), with actions reject (bounce), discard, hold (quarantine), add a
+//! authenticated or not, TLS or not, HELO) and the host's mail
+//! authentication results (SPF, DKIM, DMARC and its policy, ARC), with actions reject (bounce), discard, hold (quarantine), add a
 //! header, or add to a score. Two modes: `first` (the first matching rule
 //! decides) and `score` (matching rules add up; at the threshold, the
 //! threshold action). Every decision is logged with the rule that made it, so
@@ -45,6 +46,16 @@ struct Rule {
     tls: Option<bool>,
     /// The HELO/EHLO name matches.
     helo_regex: Option<Regex>,
+    /// The authentication results (each: one of these results).
+    spf: Vec<AuthResult>,
+    spf_helo: Vec<AuthResult>,
+    dkim: Vec<AuthResult>,
+    dmarc: Vec<AuthResult>,
+    arc: Vec<AuthResult>,
+    /// The From domain's DMARC policy is one of these.
+    dmarc_policy: Vec<DmarcPolicy>,
+    /// A DKIM signature of this domain passed.
+    dkim_domain: Option<String>,
     action: Action,
     score: f64,
 }
@@ -136,6 +147,13 @@ fn parse_rule(i: usize, t: &Value) -> Result<Rule> {
             "helo_regex",
             t.get("helo_regex").and_then(Value::as_str),
         )?,
+        spf: results(&name, t, "spf")?,
+        spf_helo: results(&name, t, "spf_helo")?,
+        dkim: results(&name, t, "dkim")?,
+        dmarc: results(&name, t, "dmarc")?,
+        arc: results(&name, t, "arc")?,
+        dmarc_policy: policies(&name, t)?,
+        dkim_domain: lower("dkim_domain"),
         action: parse_action(&name, t)?,
         score: match t.get("score") {
             Some(Value::Int(i)) => *i as f64,
@@ -172,6 +190,61 @@ fn networks(rule: &str, v: Option<&Value>) -> Result<Vec<ipnet::IpNet>> {
                         "rule {rule}: `client_network` {text:?} is not a network (\"192.0.2.0/24\", \"2001:db8::/32\" or one address)"
                     ))
                 })
+        })
+        .collect()
+}
+
+/// One string or a list of strings.
+fn strings<'a>(rule: &str, t: &'a Value, key: &str) -> Result<Vec<&'a str>> {
+    let items: Vec<&Value> = match t.get(key) {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a.iter().collect(),
+        Some(one) => vec![one],
+    };
+    items
+        .into_iter()
+        .map(|v| {
+            v.as_str().ok_or_else(|| {
+                Error::new(format!(
+                    "rule {rule}: `{key}` must be a string or a list of strings"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// `spf`, `dkim`, `dmarc`, `arc`: one result or a list (`"fail"`, `["fail", "softfail"]`).
+fn results(rule: &str, t: &Value, key: &str) -> Result<Vec<AuthResult>> {
+    strings(rule, t, key)?
+        .into_iter()
+        .map(|s| {
+            AuthResult::parse(s).ok_or_else(|| {
+                Error::new(format!(
+                    "rule {rule}: `{key}` {s:?} is not a result (none, pass, fail, softfail, neutral, temperror, permerror)"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// `dmarc_policy`: one policy or a list (`"reject"`, `["quarantine", "reject"]`).
+fn policies(rule: &str, t: &Value) -> Result<Vec<DmarcPolicy>> {
+    strings(rule, t, "dmarc_policy")?
+        .into_iter()
+        .map(|s| {
+            [
+                DmarcPolicy::None,
+                DmarcPolicy::Quarantine,
+                DmarcPolicy::Reject,
+                DmarcPolicy::Unspecified,
+            ]
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                Error::new(format!(
+                    "rule {rule}: `dmarc_policy` {s:?} is not a policy (none, quarantine, reject, unspecified)"
+                ))
+            })
         })
         .collect()
 }
@@ -230,8 +303,38 @@ impl Filter {
                 .is_none_or(|r| r.is_match(&facts.helo))
     }
 
+    /// The authentication conditions of `rule`. A message the host did not
+    /// verify (submitted, or verification off) matches none of them.
+    fn auth_matches(rule: &Rule, msg: &Message) -> bool {
+        let any = !rule.spf.is_empty()
+            || !rule.spf_helo.is_empty()
+            || !rule.dkim.is_empty()
+            || !rule.dmarc.is_empty()
+            || !rule.arc.is_empty()
+            || !rule.dmarc_policy.is_empty()
+            || rule.dkim_domain.is_some();
+        if !any {
+            return true;
+        }
+        let Some(a) = msg.auth() else {
+            return false;
+        };
+        let is = |want: &[AuthResult], got: AuthResult| want.is_empty() || want.contains(&got);
+        is(&rule.spf, a.spf.result)
+            && is(&rule.spf_helo, a.spf_helo.result)
+            && is(&rule.dkim, a.dkim_result())
+            && is(&rule.dmarc, a.dmarc.result)
+            && is(&rule.arc, a.arc)
+            && (rule.dmarc_policy.is_empty() || rule.dmarc_policy.contains(&a.dmarc.policy))
+            && rule.dkim_domain.as_ref().is_none_or(|d| {
+                a.dkim
+                    .iter()
+                    .any(|s| s.result == AuthResult::Pass && s.domain.eq_ignore_ascii_case(d))
+            })
+    }
+
     fn matches(&self, rule: &Rule, msg: &Message, body: Option<&str>) -> bool {
-        if !Self::session_matches(rule, msg) {
+        if !Self::session_matches(rule, msg) || !Self::auth_matches(rule, msg) {
             return false;
         }
         if let Some(h) = &rule.header {
@@ -534,6 +637,118 @@ action = "hold"
                 .err()
                 .unwrap();
             assert!(e.to_string().contains(want), "{cfg}: {e}");
+        }
+    }
+
+    fn facts(
+        spf: AuthResult,
+        dkim: AuthResult,
+        dmarc: AuthResult,
+        policy: DmarcPolicy,
+    ) -> AuthFacts {
+        use finaldot_sdk::wire::{DkimFact, DmarcFact, SpfFact};
+        AuthFacts {
+            authserv_id: "mx.example.test".into(),
+            spf: SpfFact {
+                result: spf,
+                domain: "example.org".into(),
+            },
+            spf_helo: SpfFact {
+                result: AuthResult::None,
+                domain: "h.example.org".into(),
+            },
+            dkim: vec![DkimFact {
+                result: dkim,
+                domain: "example.org".into(),
+                selector: "s".into(),
+                algorithm: "rsa-sha256".into(),
+                reason: String::new(),
+            }],
+            dmarc: DmarcFact {
+                result: dmarc,
+                domain: "example.org".into(),
+                policy,
+                pct: 100,
+                spf_aligned: spf == AuthResult::Pass,
+                dkim_aligned: dkim == AuthResult::Pass,
+            },
+            arc: AuthResult::None,
+        }
+    }
+
+    #[test]
+    fn authentication_results_are_conditions() {
+        let cfg = r#"
+[[rules]]
+name = "spoofed"
+dmarc = "fail"
+dmarc_policy = ["quarantine", "reject"]
+action = "hold"
+[[rules]]
+name = "signed"
+dkim_domain = "example.org"
+action = "add-header"
+add_header = "X-Signed: example.org"
+[[rules]]
+name = "spf-bad"
+spf = ["fail", "softfail"]
+action = "add-header"
+add_header = "X-SPF: bad"
+"#;
+        let mut host = TestHost::new();
+        let mut p: Filter = host
+            .configure("filter", config_from_toml(cfg).unwrap())
+            .unwrap();
+        let eml = b"Subject: hi\r\n\r\nx\r\n";
+        let with = |f: AuthFacts| TestMessage::from_eml(eml).recipient("a@localhost").auth(f);
+        let f = facts(
+            AuthResult::Fail,
+            AuthResult::Fail,
+            AuthResult::Fail,
+            DmarcPolicy::Reject,
+        );
+        let out = host.run(&mut p, &with(f)).unwrap();
+        assert_eq!(
+            out.verdict,
+            Verdict::Hold {
+                reason: "filter rule spoofed".into()
+            }
+        );
+        // p=none: the spoofing rule does not apply; the SPF one does.
+        let f = facts(
+            AuthResult::SoftFail,
+            AuthResult::Fail,
+            AuthResult::Fail,
+            DmarcPolicy::None,
+        );
+        let out = host.run(&mut p, &with(f)).unwrap();
+        assert_eq!(out.verdict, Verdict::Continue);
+        assert_eq!(out.header("X-SPF").as_deref(), Some("bad"));
+        assert_eq!(out.header("X-Signed"), None);
+        let f = facts(
+            AuthResult::Pass,
+            AuthResult::Pass,
+            AuthResult::Pass,
+            DmarcPolicy::Reject,
+        );
+        let out = host.run(&mut p, &with(f)).unwrap();
+        assert_eq!(out.header("X-Signed").as_deref(), Some("example.org"));
+        assert_eq!(out.header("X-SPF"), None);
+        // Not verified by the host (submitted mail): no authentication rule matches.
+        let out = host
+            .run(&mut p, &TestMessage::from_eml(eml).recipient("a@localhost"))
+            .unwrap();
+        assert!(out.changes.is_empty());
+        for (bad, key) in [
+            ("[[rules]]\ndmarc = \"maybe\"\n", "dmarc"),
+            ("[[rules]]\ndmarc_policy = \"drop\"\n", "dmarc_policy"),
+            ("[[rules]]\nspf = 3\n", "spf"),
+        ] {
+            let e = host
+                .configure::<Filter>("filter", config_from_toml(bad).unwrap())
+                .err()
+                .unwrap();
+            assert!(e.to_string().contains(key), "{bad}: {e}");
         }
     }
 

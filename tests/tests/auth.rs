@@ -1,0 +1,760 @@
+//! Mail authentication end to end, against a second implementation both
+//! ways: messages signed by dkimpy (RSA and Ed25519, relaxed and simple,
+//! with and without `l=`) verify here and a changed one fails; mail
+//! finaldot signs as it leaves verifies in dkimpy and fails there once
+//! changed; SPF results for a table of policies match pyspf's; a spoofed
+//! sender gets `dmarc=fail`, the filter's configured action and no DSN; a
+//! forged `Authentication-Results` with our authserv-id does not survive; a
+//! DNS that does not answer gives `temperror` and the mail still arrives.
+//! DNS is the test suite's loopback server throughout.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use finaldot_e2e::dns::{DnsServer, Record};
+use finaldot_e2e::nexthop::NextHop;
+use finaldot_e2e::*;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// Runs `script` under a Python with dkimpy and pyspf, `input` on stdin.
+fn python(script: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
+    let mut child = python3_mail_auth()
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("python output");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// dkimpy signs the message on stdin (JSON: message, kind, key, selector,
+/// domain, canon, length) and prints the signed message.
+const DKIMPY_SIGN: &str = r#"
+import sys, json, dkim
+j = json.load(sys.stdin)
+msg = j["message"].encode()
+alg = b"rsa-sha256" if j["kind"] == "rsa" else b"ed25519-sha256"
+c = j["canon"].encode()
+sig = dkim.sign(msg, j["selector"].encode(), j["domain"].encode(), j["key"].encode(),
+                canonicalize=(c, c), signature_algorithm=alg, length=j["length"],
+                include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
+sys.stdout.buffer.write(sig + msg)
+"#;
+
+/// dkimpy verifies every DKIM-Signature of the message on stdin, asking
+/// the DNS server on 127.0.0.1:argv[1]; prints a JSON list of booleans.
+const DKIMPY_VERIFY: &str = r#"
+import sys, json, dkim, dns.resolver
+r = dns.resolver.Resolver(configure=False)
+r.nameservers = ["127.0.0.1"]
+r.port = int(sys.argv[1])
+def dnsfunc(name, timeout=5):
+    name = name.decode() if isinstance(name, bytes) else name
+    try:
+        answer = r.resolve(name, "TXT")
+    except Exception:
+        return None
+    return b"".join(answer[0].strings)
+msg = sys.stdin.buffer.read()
+d = dkim.DKIM(msg)
+n = sum(1 for (k, v) in d.headers if k.lower() == b"dkim-signature")
+print(json.dumps([bool(d.verify(idx=i, dnsfunc=dnsfunc)) for i in range(n)]))
+"#;
+
+/// An Ed25519 key made by PyNaCl: prints the seed and the public key, base64.
+const NACL_KEY: &str = r#"
+import nacl.signing, nacl.encoding
+k = nacl.signing.SigningKey.generate()
+print(k.encode(nacl.encoding.Base64Encoder).decode())
+print(k.verify_key.encode(nacl.encoding.Base64Encoder).decode())
+"#;
+
+/// pyspf's result for each case on stdin (JSON list of {ip, sender, helo}),
+/// asking the DNS server on 127.0.0.1:argv[1].
+const PYSPF: &str = r#"
+import sys, json, spf, dns.resolver
+r = dns.resolver.Resolver(configure=False)
+r.nameservers = ["127.0.0.1"]
+r.port = int(sys.argv[1])
+r.lifetime = 3
+dns.resolver.default_resolver = r
+cases = json.load(sys.stdin)
+print(json.dumps([spf.check2(i=c["ip"], s=c["sender"], h=c["helo"])[0] for c in cases]))
+"#;
+
+/// `finaldot dkim ARGS…` with the config in `dir`; (success, stdout, stderr).
+fn dkim_cmd(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(finaldot_bin())
+        .arg("dkim")
+        .arg("--config")
+        .arg(dir.join("finaldot.toml"))
+        .args(args)
+        .output()
+        .expect("run finaldot dkim");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The TXT text in the zone line `finaldot dkim keygen` printed.
+fn printed_record(stdout: &str) -> String {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("IN TXT"))
+        .unwrap_or_else(|| panic!("no TXT record printed: {stdout}"));
+    line.split('"')
+        .skip(1)
+        .step_by(2)
+        .collect::<Vec<_>>()
+        .concat()
+}
+
+/// The delivered messages in alice's Maildir, by Subject.
+fn delivered_by_subject(mail: &Path, n: usize) -> Vec<(String, String)> {
+    let files = wait_for_files(&mail.join("alice/Maildir/new"), n, LONG);
+    assert_eq!(files.len(), n, "{files:?}");
+    files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).expect("read");
+            let subject = field_values(&text, "Subject")
+                .first()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            (subject, text)
+        })
+        .collect()
+}
+
+/// The one Authentication-Results field of ours in `text`, unfolded.
+fn our_results(text: &str) -> String {
+    let unfolded = text.replace("\r\n\t", " ").replace("\r\n ", " ");
+    let ours: Vec<&str> = field_values(&unfolded, "Authentication-Results")
+        .into_iter()
+        .filter(|v| v.starts_with("mx.test;"))
+        .collect();
+    assert_eq!(ours.len(), 1, "not exactly one of ours: {text}");
+    ours[0].to_string()
+}
+
+fn message(subject: &str, from: &str) -> String {
+    format!(
+        "From: {from}\r\nTo: alice@example.test\r\nSubject: {subject}\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <{subject}@example.org>\r\n\r\nHello Alice,\r\n\r\nthe  quarterly figures   are attached.\r\n-- \r\nCarol\r\n"
+    )
+}
+
+#[test]
+fn dkimpy_signatures_verify_here_and_a_changed_message_fails() {
+    let dir = TestDir::new("auth-dkimpy");
+    let mail = dir.path().join("mail");
+    // Keys: RSA from `finaldot dkim keygen` (any key will do for dkimpy),
+    // Ed25519 from PyNaCl (dkimpy takes the raw seed).
+    let cfg = chain_config(dir.path(), &local_delivery_toml(&mail));
+    std::fs::write(dir.path().join("finaldot.toml"), &cfg).expect("config");
+    let rsa_key = dir.path().join("py-rsa.key");
+    let (ok, out, err) = dkim_cmd(
+        dir.path(),
+        &[
+            "keygen",
+            "example.org",
+            "pyrsa",
+            "--out",
+            rsa_key.to_str().expect("utf8"),
+        ],
+    );
+    assert!(ok, "{err}");
+    let rsa_record = printed_record(&out);
+    let nacl = String::from_utf8(python(NACL_KEY, &[], b"")).expect("utf8");
+    let (seed, public) = nacl.trim().split_once('\n').expect("two lines");
+    let dns = DnsServer::start(vec![
+        Record::Txt("pyrsa._domainkey.example.org".into(), rsa_record),
+        Record::Txt(
+            "pyed._domainkey.example.org".into(),
+            format!("v=DKIM1; k=ed25519; p={public}"),
+        ),
+        Record::Txt("example.org".into(), "v=spf1 ip4:127.0.0.1 -all".into()),
+        Record::Txt("_dmarc.example.org".into(), "v=DMARC1; p=reject".into()),
+    ]);
+    let d = Daemon::start_with(dir.path(), &with_dns(&cfg, dns.addr));
+    let pem = std::fs::read_to_string(&rsa_key).expect("key");
+    let sign = |subject: &str, kind: &str, canon: &str, length: bool| -> Vec<u8> {
+        let (key, selector) = match kind {
+            "rsa" => (pem.as_str(), "pyrsa"),
+            _ => (seed, "pyed"),
+        };
+        let input = serde_json::json!({
+            "message": message(subject, "Carol <carol@example.org>"),
+            "kind": kind, "key": key, "selector": selector, "domain": "example.org",
+            "canon": canon, "length": length,
+        });
+        python(DKIMPY_SIGN, &[], input.to_string().as_bytes())
+    };
+    let mut cases = Vec::new();
+    for kind in ["rsa", "ed25519"] {
+        for canon in ["relaxed", "simple"] {
+            for length in [false, true] {
+                let subject = format!("{kind}-{canon}-{}", if length { "l" } else { "nol" });
+                cases.push((subject.clone(), sign(&subject, kind, canon, length)));
+            }
+        }
+    }
+    // Changed after signing: one body word (RSA, relaxed) and the Subject
+    // (Ed25519, simple).
+    let changed_body = String::from_utf8(sign("changed-body", "rsa", "relaxed", false))
+        .expect("utf8")
+        .replace("quarterly", "annual");
+    let changed_subject = String::from_utf8(sign("changed-subject", "ed25519", "simple", false))
+        .expect("utf8")
+        .replace("Subject: changed-subject", "Subject: changed-subject!");
+    for (_, signed) in &cases {
+        d.send("carol@example.org", &["alice@example.test"], signed);
+    }
+    d.send(
+        "carol@example.org",
+        &["alice@example.test"],
+        changed_body.as_bytes(),
+    );
+    d.send(
+        "carol@example.org",
+        &["alice@example.test"],
+        changed_subject.as_bytes(),
+    );
+
+    let delivered = delivered_by_subject(&mail, cases.len() + 2);
+    for (subject, text) in &delivered {
+        let results = our_results(text);
+        assert!(
+            results.contains("spf=pass smtp.mailfrom=carol@example.org"),
+            "{subject}: {results}"
+        );
+        if subject.starts_with("changed") {
+            assert!(results.contains("dkim=fail"), "{subject}: {results}");
+            assert!(!results.contains("dkim=pass"), "{subject}: {results}");
+        } else {
+            let alg = if subject.starts_with("rsa") {
+                "rsa-sha256"
+            } else {
+                "ed25519-sha256"
+            };
+            assert!(
+                results.contains(&format!("dkim=pass header.d=example.org header.s=py")),
+                "{subject}: {results}"
+            );
+            assert!(
+                results.contains(&format!("header.a={alg}")),
+                "{subject}: {results}"
+            );
+        }
+        // SPF passes and is aligned: DMARC passes either way.
+        assert!(
+            results.contains("dmarc=pass (p=reject) header.from=example.org"),
+            "{subject}: {results}"
+        );
+        assert!(results.contains("arc=none"), "{subject}: {results}");
+    }
+}
+
+/// A config whose chain is list-expand → local-delivery, remote members
+/// through the smarthost `hop`, with `[dkim]` keys and `[dns]`.
+fn list_config(dir: &Path, hop: &NextHop, dns: SocketAddr, dkim: &str) -> String {
+    std::fs::create_dir_all(dir.join("lists")).expect("mkdir lists");
+    std::fs::write(
+        dir.join("lists/team@localhost"),
+        "alice@localhost\nzed@remote.test\n",
+    )
+    .expect("list");
+    let plugins = format!(
+        "{}{}",
+        plugin_toml(
+            "list-expand",
+            "list_expand",
+            "dirs = [{ name = \"lists\", path = \"lists\" }]"
+        ),
+        plugin_toml(
+            "local-delivery",
+            "local_delivery",
+            "dirs = [{ name = \"mail\", path = \"mail\", writable = true }]\n[plugins.config]\ndomains = [\"localhost\", \"example.test\"]"
+        ),
+    );
+    test_config(
+        dir,
+        "",
+        &format!(
+            "{dkim}\n[dns]\nnameservers = [\"{dns}\"]\n\n[pipeline]\nretry_min_secs = 1\nretry_max_secs = 2\n\n[outbound]\nroute = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\n\n{plugins}",
+            hop.addr
+        ),
+    )
+}
+
+#[test]
+fn mail_leaving_is_signed_and_dkimpy_verifies_it_and_dkim_check_agrees() {
+    let dir = TestDir::new("auth-sign");
+    let hop = NextHop::start();
+    // The keys, made as an administrator would: keygen prints the record.
+    std::fs::write(
+        dir.path().join("finaldot.toml"),
+        test_config(dir.path(), "", ""),
+    )
+    .expect("cfg");
+    let mut records = Vec::new();
+    for (selector, alg) in [("rsa2026", "rsa"), ("ed2026", "ed25519")] {
+        let (ok, out, err) = dkim_cmd(
+            dir.path(),
+            &["keygen", "example.org", selector, "--algorithm", alg],
+        );
+        assert!(ok, "{err}");
+        assert!(out.contains(&format!("selector = \"{selector}\"")), "{out}");
+        records.push(Record::Txt(
+            format!("{selector}._domainkey.example.org"),
+            printed_record(&out),
+        ));
+    }
+    let key = |s: &str| dir.path().join(format!("data/dkim/example.org.{s}.key"));
+    // A key file is never overwritten.
+    let (ok, _, err) = dkim_cmd(dir.path(), &["keygen", "example.org", "rsa2026"]);
+    assert!(!ok && err.contains("exists"), "{err}");
+    // A stale record for a third selector: check must say it differs.
+    let (ok, out, err) = dkim_cmd(
+        dir.path(),
+        &[
+            "keygen",
+            "example.org",
+            "old",
+            "--out",
+            dir.path().join("old.key").to_str().expect("utf8"),
+        ],
+    );
+    assert!(ok, "{err}");
+    let _ = printed_record(&out);
+    records.push(Record::Txt(
+        "old._domainkey.example.org".into(),
+        match &records[0] {
+            Record::Txt(_, t) => t.clone(),
+            _ => unreachable!(),
+        },
+    ));
+    records.push(Record::Txt(
+        "example.org".into(),
+        "v=spf1 ip4:127.0.0.1 -all".into(),
+    ));
+    let dns = DnsServer::start(records);
+    let dkim = format!(
+        "[[dkim]]\ndomain = \"example.org\"\nselector = \"rsa2026\"\nkey_file = {:?}\n\n[[dkim]]\ndomain = \"example.org\"\nselector = \"ed2026\"\nkey_file = {:?}\n",
+        key("rsa2026"),
+        key("ed2026")
+    );
+    let cfg = list_config(dir.path(), &hop, dns.addr, &dkim);
+    let d = Daemon::start_with(dir.path(), &cfg);
+
+    // dkim check: both published keys match; the stale record does not;
+    // an unpublished selector is missing.
+    for selector in ["rsa2026", "ed2026"] {
+        let (ok, out, err) = dkim_cmd(dir.path(), &["check", "example.org", selector]);
+        assert!(ok, "{selector}: {out}{err}");
+        assert!(out.starts_with("ok:"), "{out}");
+    }
+    let old = dir.path().join("old.key");
+    let (ok, _, err) = dkim_cmd(
+        dir.path(),
+        &[
+            "check",
+            "example.org",
+            "old",
+            "--key",
+            old.to_str().expect("utf8"),
+        ],
+    );
+    assert!(!ok && err.contains("mismatch"), "{err}");
+    let (ok, _, err) = dkim_cmd(
+        dir.path(),
+        &[
+            "check",
+            "example.org",
+            "nosuch",
+            "--key",
+            old.to_str().expect("utf8"),
+        ],
+    );
+    assert!(!ok && err.contains("not published"), "{err}");
+
+    // A list post from example.org: list-expand changes its headers, then
+    // it leaves through the smarthost, signed with both keys.
+    let post = message("to-the-team", "Carol <carol@example.org>")
+        .replace("alice@example.test", "team@localhost");
+    d.send("carol@example.org", &["team@localhost"], post.as_bytes());
+    let got = hop.wait_for(1, LONG);
+    assert_eq!(got.len(), 1, "{}", d.log());
+    let data = &got[0].data;
+    let text = String::from_utf8_lossy(data);
+    assert!(text.starts_with("DKIM-Signature: "), "{text}");
+    assert!(text.contains("\r\nList-Id: "), "{text}");
+    assert_eq!(text.matches("DKIM-Signature: ").count(), 2, "{text}");
+    assert!(text.contains("a=ed25519-sha256"), "{text}");
+    assert!(text.contains("a=rsa-sha256"), "{text}");
+    let port = dns.addr.port().to_string();
+    let verdicts = String::from_utf8(python(DKIMPY_VERIFY, &[&port], data)).expect("utf8");
+    assert_eq!(verdicts.trim(), "[true, true]", "{text}");
+    // Changed after signing, it fails in dkimpy.
+    let changed = text.replace("quarterly", "annual");
+    let verdicts =
+        String::from_utf8(python(DKIMPY_VERIFY, &[&port], changed.as_bytes())).expect("utf8");
+    assert_eq!(verdicts.trim(), "[false, false]");
+    // Oversigned From: a second From added after signing breaks it.
+    let added = text.replacen("\r\nFrom: ", "\r\nFrom: Mallory <m@evil.test>\r\nFrom: ", 1);
+    let verdicts =
+        String::from_utf8(python(DKIMPY_VERIFY, &[&port], added.as_bytes())).expect("utf8");
+    assert_eq!(verdicts.trim(), "[false, false]");
+}
+
+#[test]
+fn a_spoofed_sender_fails_dmarc_is_held_by_the_filter_and_gets_no_dsn() {
+    let dir = TestDir::new("auth-spoof");
+    let mail = dir.path().join("mail");
+    let dns = DnsServer::start(vec![
+        // bank.test sends only from 192.0.2.1 and asks receivers to reject.
+        Record::Txt("bank.test".into(), "v=spf1 ip4:192.0.2.1 -all".into()),
+        Record::Txt(
+            "_dmarc.bank.test".into(),
+            "v=DMARC1; p=reject; pct=50".into(),
+        ),
+        Record::Txt("example.org".into(), "v=spf1 ip4:127.0.0.1 -all".into()),
+    ]);
+    let filter = plugin_toml(
+        "filter",
+        "filter",
+        "[plugins.config]\n[[plugins.config.rules]]\nname = \"dmarc-reject\"\ndmarc = \"fail\"\ndmarc_policy = \"reject\"\nheader = \"Subject\"\ncontains = \"wire\"\naction = \"hold\"\n\n[[plugins.config.rules]]\nname = \"refuse\"\nheader = \"Subject\"\ncontains = \"refuse me\"\naction = \"reject\"",
+    );
+    let cfg = with_dns(
+        &chain_config(
+            dir.path(),
+            &format!("{filter}{}", local_delivery_toml(&mail)),
+        ),
+        dns.addr,
+    );
+    let d = Daemon::start_with(dir.path(), &cfg);
+    let forged = "Authentication-Results: mx.test; spf=pass smtp.mailfrom=ceo@bank.test; dkim=pass; dmarc=pass\r\nAuthentication-Results: mx.elsewhere.test; spf=pass\r\n";
+
+    // 1. A spoof with the bank's From, and a forged verdict of ours: held.
+    let spoof = format!(
+        "{forged}{}",
+        message("wire the money", "CEO <ceo@bank.test>")
+    );
+    let id = d.send("ceo@bank.test", &["alice@example.test"], spoof.as_bytes());
+    assert!(
+        wait_until(LONG, || !d.spool_files(QueueState::Hold).is_empty()),
+        "{}",
+        d.log()
+    );
+    let (ok, shown, err) = queue_cmd(dir.path(), &["show", &id]);
+    assert!(ok, "{err}");
+    let unfolded = shown.replace("\r\n\t", " ").replace("\n\t", " ");
+    assert!(unfolded.contains("filter rule dmarc-reject"), "{shown}");
+    assert!(
+        unfolded.contains("spf=fail smtp.mailfrom=ceo@bank.test"),
+        "{shown}"
+    );
+    assert!(
+        unfolded.contains("dmarc=fail (p=reject) header.from=bank.test"),
+        "{shown}"
+    );
+    assert!(
+        !unfolded.contains("dmarc=pass"),
+        "the forged verdict survived: {shown}"
+    );
+    assert!(
+        unfolded.contains("mx.elsewhere.test; spf=pass"),
+        "another server's field is kept: {shown}"
+    );
+
+    // 2. A spoof the filter rejects: a DSN would go to the forged sender;
+    // instead the message is held, and queue show says why.
+    let spoof = message("refuse me", "CEO <ceo@bank.test>");
+    let id2 = d.send("ceo@bank.test", &["alice@example.test"], spoof.as_bytes());
+    assert!(
+        wait_until(LONG, || d.spool_files(QueueState::Hold).len() == 2),
+        "{}",
+        d.log()
+    );
+    let (ok, shown, err) = queue_cmd(dir.path(), &["show", &id2]);
+    assert!(ok, "{err}");
+    assert!(
+        shown
+            .contains("no DSN sent to <ceo@bank.test>: the envelope sender failed SPF (bank.test)"),
+        "{shown}"
+    );
+    assert!(!d.log().contains("DSN queued"), "{}", d.log());
+    let metrics = http_get(d.metrics_addr(), "/metrics");
+    assert!(metrics.contains("dsns_withheld_total 1"), "{metrics}");
+
+    // 3. A legitimate sender (SPF pass) with a forged field of ours: it is
+    // delivered with one Authentication-Results of ours, ours the top field.
+    let legit = format!("{forged}{}", message("hello", "Carol <carol@example.org>"));
+    d.send(
+        "carol@example.org",
+        &["alice@example.test"],
+        legit.as_bytes(),
+    );
+    let text = only_delivery(&d, &mail);
+    assert!(
+        text.starts_with("Authentication-Results: mx.test;"),
+        "{text}"
+    );
+    let ours = our_results(&text);
+    assert!(
+        ours.contains("spf=pass smtp.mailfrom=carol@example.org"),
+        "{ours}"
+    );
+    assert!(ours.contains("dkim=none"), "{ours}");
+    assert!(
+        text.contains("Authentication-Results: mx.elsewhere.test; spf=pass"),
+        "{text}"
+    );
+}
+
+#[test]
+fn dns_that_does_not_answer_gives_temperror_and_the_mail_still_arrives() {
+    let dir = TestDir::new("auth-timeout");
+    let mail = dir.path().join("mail");
+    let dns = DnsServer::start(vec![
+        Record::Silent("slow.example".into()),
+        Record::ServFail("_dmarc.slow.example".into()),
+    ]);
+    let cfg = with_dns(
+        &chain_config(dir.path(), &local_delivery_toml(&mail)),
+        dns.addr,
+    )
+    .replace("[pipeline]", "[auth]\ntimeout_ms = 1500\n\n[pipeline]");
+    let d = Daemon::start_with(dir.path(), &cfg);
+    d.send(
+        "someone@slow.example",
+        &["alice@example.test"],
+        message("slow", "someone@slow.example").as_bytes(),
+    );
+    let text = only_delivery(&d, &mail);
+    let ours = our_results(&text);
+    assert!(
+        ours.contains("spf=temperror smtp.mailfrom=someone@slow.example"),
+        "{ours}"
+    );
+    assert!(ours.contains("dmarc=temperror"), "{ours}");
+}
+
+/// One SPF case: the sender's domain, the client address, what RFC 7208 says.
+struct SpfCase {
+    sender: &'static str,
+    ip: &'static str,
+    want: &'static str,
+}
+
+#[test]
+fn spf_results_match_pyspf_for_a_table_of_policies() {
+    let txt = |n: &str, t: &str| Record::Txt(n.into(), t.into());
+    let mut records = vec![
+        txt("plain.test", "v=spf1 ip4:192.0.2.0/24 -all"),
+        txt("soft.test", "v=spf1 ip4:192.0.2.1 ~all"),
+        txt("neutral.test", "v=spf1 ip4:192.0.2.1 ?all"),
+        txt("inc.test", "v=spf1 include:_spf.inc.test -all"),
+        txt("_spf.inc.test", "v=spf1 ip4:198.51.100.7 -all"),
+        txt("redir.test", "v=spf1 redirect=_spf.redir.test"),
+        txt("_spf.redir.test", "v=spf1 a:mail.redir.test -all"),
+        Record::A(
+            "mail.redir.test".into(),
+            "198.51.100.9".parse().expect("ip"),
+        ),
+        txt("mxrec.test", "v=spf1 mx -all"),
+        Record::Mx("mxrec.test".into(), 10, "in.mxrec.test".into()),
+        Record::A("in.mxrec.test".into(), "198.51.100.11".parse().expect("ip")),
+        txt("exists.test", "v=spf1 exists:%{i}.ok.exists.test -all"),
+        Record::A(
+            "198.51.100.13.ok.exists.test".into(),
+            "127.0.0.2".parse().expect("ip"),
+        ),
+        txt("six.test", "v=spf1 ip6:2001:db8::/32 -all"),
+        Record::A("norecord.test".into(), "192.0.2.99".parse().expect("ip")),
+        txt("broken.test", "v=spf1 ip4:192.0.2.1 frobnicate:x -all"),
+        txt("twice.test", "v=spf1 -all"),
+        txt("twice.test", "v=spf1 +all"),
+        txt(
+            "void.test",
+            "v=spf1 a:n1.void.test a:n2.void.test a:n3.void.test ip4:192.0.2.1 -all",
+        ),
+        Record::ServFail("servfail.test".into()),
+    ];
+    // Eleven includes, each a DNS lookup: past RFC 7208's limit of ten.
+    let includes: Vec<String> = (1..=11)
+        .map(|i| format!("include:i{i}.many.test"))
+        .collect();
+    records.push(Record::Txt(
+        "many.test".into(),
+        format!("v=spf1 {} ip4:192.0.2.1 -all", includes.join(" ")),
+    ));
+    for i in 1..=11 {
+        records.push(Record::Txt(
+            format!("i{i}.many.test"),
+            "v=spf1 ip4:203.0.113.1 -all".into(),
+        ));
+    }
+    let dns = DnsServer::start(records);
+    let cases = [
+        SpfCase {
+            sender: "a@plain.test",
+            ip: "192.0.2.5",
+            want: "pass",
+        },
+        SpfCase {
+            sender: "a@plain.test",
+            ip: "198.51.100.1",
+            want: "fail",
+        },
+        SpfCase {
+            sender: "a@soft.test",
+            ip: "198.51.100.1",
+            want: "softfail",
+        },
+        SpfCase {
+            sender: "a@neutral.test",
+            ip: "198.51.100.1",
+            want: "neutral",
+        },
+        SpfCase {
+            sender: "a@inc.test",
+            ip: "198.51.100.7",
+            want: "pass",
+        },
+        SpfCase {
+            sender: "a@inc.test",
+            ip: "198.51.100.8",
+            want: "fail",
+        },
+        SpfCase {
+            sender: "a@redir.test",
+            ip: "198.51.100.9",
+            want: "pass",
+        },
+        SpfCase {
+            sender: "a@redir.test",
+            ip: "198.51.100.10",
+            want: "fail",
+        },
+        SpfCase {
+            sender: "a@mxrec.test",
+            ip: "198.51.100.11",
+            want: "pass",
+        },
+        SpfCase {
+            sender: "a@exists.test",
+            ip: "198.51.100.13",
+            want: "pass",
+        },
+        SpfCase {
+            sender: "a@exists.test",
+            ip: "198.51.100.14",
+            want: "fail",
+        },
+        SpfCase {
+            sender: "a@six.test",
+            ip: "2001:db8::25",
+            want: "pass",
+        },
+        SpfCase {
+            sender: "a@six.test",
+            ip: "2001:db9::25",
+            want: "fail",
+        },
+        SpfCase {
+            sender: "a@norecord.test",
+            ip: "192.0.2.1",
+            want: "none",
+        },
+        SpfCase {
+            sender: "a@nxdomain.test",
+            ip: "192.0.2.1",
+            want: "none",
+        },
+        SpfCase {
+            sender: "a@broken.test",
+            ip: "192.0.2.1",
+            want: "permerror",
+        },
+        SpfCase {
+            sender: "a@twice.test",
+            ip: "192.0.2.1",
+            want: "permerror",
+        },
+        SpfCase {
+            sender: "a@void.test",
+            ip: "192.0.2.1",
+            want: "permerror",
+        },
+        SpfCase {
+            sender: "a@many.test",
+            ip: "192.0.2.1",
+            want: "permerror",
+        },
+        SpfCase {
+            sender: "a@servfail.test",
+            ip: "192.0.2.1",
+            want: "temperror",
+        },
+    ];
+    let resolver = Arc::new(finaldot::dns::Dns::new(&[dns.addr]).expect("resolver"));
+    let verifier = finaldot::auth::Verifier::new(resolver, "mx.test", Duration::from_secs(10));
+    let ours: Vec<String> = cases
+        .iter()
+        .map(|c| {
+            let ip: IpAddr = c.ip.parse().expect("ip");
+            let facts = verifier.verify(
+                &finaldot::auth::verify::Envelope {
+                    client_ip: ip,
+                    helo: "client.example",
+                    mail_from: c.sender,
+                },
+                b"From: a@example.org\r\n\r\nx\r\n",
+            );
+            facts.spf.result.as_str().to_string()
+        })
+        .collect();
+    let input = serde_json::Value::Array(
+        cases
+            .iter()
+            .map(|c| serde_json::json!({"ip": c.ip, "sender": c.sender, "helo": "client.example"}))
+            .collect(),
+    );
+    let port = dns.addr.port().to_string();
+    let theirs: Vec<String> =
+        serde_json::from_slice(&python(PYSPF, &[&port], input.to_string().as_bytes()))
+            .expect("json");
+    for (i, c) in cases.iter().enumerate() {
+        assert_eq!(
+            (ours[i].as_str(), theirs[i].as_str()),
+            (c.want, c.want),
+            "{} from {}: finaldot {}, pyspf {}",
+            c.sender,
+            c.ip,
+            ours[i],
+            theirs[i]
+        );
+    }
+}
