@@ -96,9 +96,13 @@ impl Dns {
         };
         // The resolver is built by mail-auth so that mail authentication
         // shares it (and its cache) with outbound and the plugins.
-        let authenticator = runtime
-            .block_on(async { MessageAuthenticator::new(config, opts) })
-            .map_err(|e| LookupError::Setup(e.to_string()))?;
+        let authenticator = {
+            // In the runtime's context (the resolver's tasks live there);
+            // entered, not blocked on: the caller may be on another runtime.
+            let _entered = runtime.enter();
+            MessageAuthenticator::new(config, opts)
+                .map_err(|e| LookupError::Setup(e.to_string()))?
+        };
         let resolver = authenticator.resolver().clone();
         Ok(Dns {
             runtime,

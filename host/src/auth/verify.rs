@@ -69,6 +69,12 @@ fn spf_result(r: SpfResult) -> AuthResult {
 fn dkim_result(r: &DkimResult) -> (AuthResult, String) {
     match r {
         DkimResult::Pass => (AuthResult::Pass, String::new()),
+        // A body that does not match its signature's hash failed
+        // verification (RFC 6376 §6.1.3, RFC 8601 §2.7.1): `fail`, though
+        // mail-auth files it as neutral.
+        DkimResult::Neutral(
+            e @ mail_auth::Error::Dkim(mail_auth::dkim::DkimError::FailedBodyHashMatch),
+        ) => (AuthResult::Fail, e.to_string()),
         DkimResult::Neutral(e) => (AuthResult::Neutral, e.to_string()),
         DkimResult::Fail(e) => (AuthResult::Fail, e.to_string()),
         DkimResult::PermError(e) => (AuthResult::PermError, e.to_string()),
@@ -134,7 +140,10 @@ impl Verifier {
             envelope.mail_from.to_string()
         };
         let mail_from_domain = domain_of(&mail_from);
-        let parsed = AuthenticatedMessage::parse(message);
+        // Not strict: signatures with a body length (`l=`) are verified
+        // too, as RFC 6376 allows (strict mode calls them errors); what
+        // follows the signed length is unsigned, which §8.2 warns about.
+        let parsed = AuthenticatedMessage::parse_with_opts(message, None, false);
         let from_domain = parsed
             .as_ref()
             .map(|m| domain_of(m.from()))
