@@ -24,6 +24,8 @@ pub struct RawAuth {
     pub forged_sender: Option<String>,
     /// Most milliseconds one message's verification may wait on DNS (default 10000).
     pub timeout_ms: Option<u64>,
+    /// Clients whose mail is not verified (default: loopback).
+    pub trusted_networks: Option<Vec<String>>,
 }
 
 /// One `[[dkim]]` entry as written.
@@ -59,6 +61,10 @@ pub struct AuthConfig {
     pub forged_sender: ForgedSender,
     /// The longest one message's verification may take.
     pub timeout: Duration,
+    /// Clients whose mail is not verified: local programs that relay
+    /// through the MX listener (as OpenDKIM's InternalHosts, loopback by
+    /// default).
+    pub trusted_networks: Vec<ipnet::IpNet>,
 }
 
 impl RawAuth {
@@ -88,7 +94,10 @@ impl RawAuth {
         if timeout_ms == 0 {
             return Err(cx.invalid("auth.timeout_ms", "must be at least 1".into()));
         }
+        let trusted_networks =
+            super::smtp::networks("auth.trusted_networks", self.trusted_networks, cx)?;
         Ok(AuthConfig {
+            trusted_networks,
             verify: self.verify.unwrap_or(true),
             authserv_id,
             forged_sender,

@@ -290,10 +290,18 @@ impl RawSubmission {
 
 /// `smtp.limit_exceptions`; loopback when absent.
 fn limit_exceptions(raw: Option<Vec<String>>, cx: &Cx) -> Result<Vec<ipnet::IpNet>, ConfigError> {
-    let invalid = |key: &str, why: String| cx.invalid(key, why);
+    // As Postfix exempts $mynetworks from its client limits: local
+    // scripts and web applications submit through loopback.
+    networks("smtp.limit_exceptions", raw, cx)
+}
+
+/// A list of networks at `key`; loopback (`127.0.0.0/8`, `::1`) when absent.
+pub(super) fn networks(
+    key: &str,
+    raw: Option<Vec<String>>,
+    cx: &Cx,
+) -> Result<Vec<ipnet::IpNet>, ConfigError> {
     Ok(match raw {
-        // As Postfix exempts $mynetworks from its client limits: local
-        // scripts and web applications submit through loopback.
         None => ["127.0.0.0/8", "::1"]
             .into_iter()
             .filter_map(parse_network)
@@ -301,8 +309,8 @@ fn limit_exceptions(raw: Option<Vec<String>>, cx: &Cx) -> Result<Vec<ipnet::IpNe
         Some(list) => list
             .iter()
             .map(|n| parse_network(n).ok_or_else(|| {
-                invalid(
-                    "smtp.limit_exceptions",
+                cx.invalid(
+                    key,
                     format!("{n:?} is not a network (write \"192.0.2.0/24\", \"2001:db8::/32\" or one address)"),
                 )
             }))

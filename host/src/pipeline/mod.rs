@@ -48,6 +48,8 @@ pub struct Settings {
     pub verifier: Option<Arc<crate::auth::Verifier>>,
     /// What happens instead of a DSN to a sender that failed SPF or DMARC.
     pub forged_sender: crate::config::ForgedSender,
+    /// Clients whose mail is not verified.
+    pub trusted_networks: Arc<Vec<ipnet::IpNet>>,
     /// The DKIM keys that sign what leaves.
     pub signer: Arc<crate::auth::Signer>,
 }
@@ -74,6 +76,7 @@ impl Settings {
             delivery: Arc::new(outbound),
             verifier,
             forged_sender: config.auth.forged_sender,
+            trusted_networks: Arc::new(config.auth.trusted_networks.clone()),
             signer: config.dkim.clone(),
         })
     }

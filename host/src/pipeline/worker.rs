@@ -173,9 +173,12 @@ fn load_attempt(
             r.state = RecipientState::Pending;
         }
     }
-    if progress.auth.is_none() && is_inbound(&queued) {
-        if let Some(verifier) = ctx.settings().verifier {
-            authenticate(ctx, id, &queued, &mut progress, &verifier)?;
+    if progress.auth.is_none() {
+        let settings = ctx.settings();
+        if let Some(verifier) = settings.verifier.as_ref() {
+            if is_inbound(&queued, &settings.trusted_networks) {
+                authenticate(ctx, id, &queued, &mut progress, verifier)?;
+            }
         }
     }
     let file = Arc::new(spool.open_message(QueueState::Active, id)?);
@@ -200,9 +203,12 @@ fn load_attempt(
 
 /// Whether a message is verified as inbound mail: it came to the MX
 /// listener from a client that did not authenticate (submitted mail is
-/// ours to sign; a DSN is our own).
-fn is_inbound(queued: &QueueFile) -> bool {
-    queued.envelope.listener == Listener::Smtp && queued.envelope.auth.is_none()
+/// ours to sign; a DSN is our own) and is not in `[auth] trusted_networks`
+/// (local programs relaying through the MX, loopback by default).
+fn is_inbound(queued: &QueueFile, trusted: &[ipnet::IpNet]) -> bool {
+    let env = &queued.envelope;
+    let ip = env.client_ip.to_canonical();
+    env.listener == Listener::Smtp && env.auth.is_none() && !trusted.iter().any(|n| n.contains(&ip))
 }
 
 /// Verifies SPF, DKIM, DMARC and ARC once per message, before the first
