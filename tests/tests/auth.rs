@@ -61,6 +61,17 @@ sig = dkim.sign(msg, j["selector"].encode(), j["domain"].encode(), j["key"].enco
 sys.stdout.buffer.write(sig + msg)
 "#;
 
+/// dkimpy seals the message on stdin (JSON: message, key, selector,
+/// domain, srv_id) as the first ARC hop and prints the sealed message.
+const DKIMPY_ARC: &str = r#"
+import sys, json, dkim
+j = json.load(sys.stdin)
+msg = j["message"].encode()
+lines = dkim.arc_sign(msg, j["selector"].encode(), j["domain"].encode(), j["key"].encode(),
+                      j["srv_id"].encode())
+sys.stdout.buffer.write(b"".join(lines) + msg)
+"#;
+
 /// dkimpy verifies every DKIM-Signature of the message on stdin, asking
 /// the DNS server on 127.0.0.1:argv[1]; prints a JSON list of booleans.
 const DKIMPY_VERIFY: &str = r#"
@@ -237,6 +248,32 @@ fn dkimpy_signatures_verify_here_and_a_changed_message_fails() {
             cases.push((subject.clone(), sign(&subject, kind, canon, length)));
         }
     }
+    // An ARC set sealed by dkimpy (a relay at example.org that verified
+    // the message), and the same set after the body changed.
+    let arc = |subject: &str| -> String {
+        let relayed = format!(
+            "Authentication-Results: relay.example.org; spf=pass smtp.mailfrom=carol@example.org\r\n{}",
+            message(subject, "Carol <carol@example.org>")
+        );
+        let input = serde_json::json!({
+            "message": relayed, "key": pem.as_str(), "selector": "pyrsa",
+            "domain": "example.org", "srv_id": "relay.example.org",
+        });
+        String::from_utf8(python(DKIMPY_ARC, &[], input.to_string().as_bytes())).expect("utf8")
+    };
+    let arc_sealed = arc("arc-sealed");
+    assert!(arc_sealed.starts_with("ARC-Seal: "), "{arc_sealed}");
+    let arc_broken = arc("arc-broken").replace("quarterly", "annual");
+    d.send(
+        "carol@example.org",
+        &["alice@example.test"],
+        arc_sealed.as_bytes(),
+    );
+    d.send(
+        "carol@example.org",
+        &["alice@example.test"],
+        arc_broken.as_bytes(),
+    );
     // Changed after signing: one body word (RSA, relaxed) and the Subject
     // (Ed25519, simple).
     let changed_body = String::from_utf8(sign("changed-body", "rsa", "relaxed", false))
@@ -259,14 +296,19 @@ fn dkimpy_signatures_verify_here_and_a_changed_message_fails() {
         changed_subject.as_bytes(),
     );
 
-    let delivered = delivered_by_subject(&mail, cases.len() + 2);
+    let delivered = delivered_by_subject(&mail, cases.len() + 4);
     for (subject, text) in &delivered {
         let results = our_results(text);
         assert!(
             results.contains("spf=pass smtp.mailfrom=carol@example.org"),
             "{subject}: {results}"
         );
-        if subject.starts_with("changed") {
+        if subject == "arc-sealed" {
+            assert!(results.contains("arc=pass"), "{subject}: {results}");
+            assert!(results.contains("dkim=none"), "{subject}: {results}");
+        } else if subject == "arc-broken" {
+            assert!(results.contains("arc=fail"), "{subject}: {results}");
+        } else if subject.starts_with("changed") {
             assert!(results.contains("dkim=fail"), "{subject}: {results}");
             assert!(!results.contains("dkim=pass"), "{subject}: {results}");
         } else {
@@ -289,7 +331,9 @@ fn dkimpy_signatures_verify_here_and_a_changed_message_fails() {
             results.contains("dmarc=pass (p=reject) header.from=example.org"),
             "{subject}: {results}"
         );
-        assert!(results.contains("arc=none"), "{subject}: {results}");
+        if !subject.starts_with("arc") {
+            assert!(results.contains("arc=none"), "{subject}: {results}");
+        }
     }
 }
 

@@ -70,10 +70,11 @@ fn dkim_result(r: &DkimResult) -> (AuthResult, String) {
     match r {
         DkimResult::Pass => (AuthResult::Pass, String::new()),
         // A body that does not match its signature's hash failed
-        // verification (RFC 6376 §6.1.3, RFC 8601 §2.7.1): `fail`, though
+        // verification (RFC 6376 §6.1.3, RFC 8617 §5.2, RFC 8601 §2.7.1): `fail`, though
         // mail-auth files it as neutral.
         DkimResult::Neutral(
-            e @ mail_auth::Error::Dkim(mail_auth::dkim::DkimError::FailedBodyHashMatch),
+            e @ (mail_auth::Error::Dkim(mail_auth::dkim::DkimError::FailedBodyHashMatch)
+            | mail_auth::Error::Arc(mail_auth::arc::ArcError::FailedBodyHashMatch)),
         ) => (AuthResult::Fail, e.to_string()),
         DkimResult::Neutral(e) => (AuthResult::Neutral, e.to_string()),
         DkimResult::Fail(e) => (AuthResult::Fail, e.to_string()),
