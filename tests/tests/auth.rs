@@ -318,7 +318,7 @@ fn dkimpy_signatures_verify_here_and_a_changed_message_fails() {
                 "ed25519-sha256"
             };
             assert!(
-                results.contains(&format!("dkim=pass header.d=example.org header.s=py")),
+                results.contains("dkim=pass header.d=example.org header.s=py"),
                 "{subject}: {results}"
             );
             assert!(
@@ -380,7 +380,11 @@ fn mail_leaving_is_signed_and_dkimpy_verifies_it_and_dkim_check_agrees() {
     )
     .expect("cfg");
     let mut records = Vec::new();
-    for (selector, alg) in [("rsa2026", "rsa"), ("ed2026", "ed25519")] {
+    for (selector, alg) in [
+        ("rsa2026", "rsa"),
+        ("ed2026", "ed25519"),
+        ("rsa2027", "rsa"),
+    ] {
         let (ok, out, err) = dkim_cmd(
             dir.path(),
             &["keygen", "example.org", selector, "--algorithm", alg],
@@ -487,6 +491,32 @@ fn mail_leaving_is_signed_and_dkimpy_verifies_it_and_dkim_check_agrees() {
     let verdicts =
         String::from_utf8(python(DKIMPY_VERIFY, &[&port], added.as_bytes())).expect("utf8");
     assert_eq!(verdicts.trim(), "[false, false]");
+
+    // A key rotation: the configuration names only the 2027 key; after
+    // the reload (SIGHUP), mail leaves signed with it alone.
+    let rotated = cfg.replace(
+        &dkim,
+        &format!(
+            "[[dkim]]\ndomain = \"example.org\"\nselector = \"rsa2027\"\nkey_file = {:?}\n",
+            key("rsa2027")
+        ),
+    );
+    assert_ne!(rotated, cfg);
+    std::fs::write(dir.path().join("finaldot.toml"), &rotated).expect("write config");
+    d.signal("HUP");
+    assert!(
+        wait_until(LONG, || d.log().contains("configuration reloaded")),
+        "{}",
+        d.log()
+    );
+    d.send("carol@example.org", &["team@localhost"], post.as_bytes());
+    let got = hop.wait_for(2, LONG);
+    assert_eq!(got.len(), 2, "{}", d.log());
+    let text = String::from_utf8_lossy(&got[1].data);
+    assert_eq!(text.matches("DKIM-Signature: ").count(), 1, "{text}");
+    assert!(text.contains("s=rsa2027"), "{text}");
+    let verdicts = String::from_utf8(python(DKIMPY_VERIFY, &[&port], &got[1].data)).expect("utf8");
+    assert_eq!(verdicts.trim(), "[true]", "{text}");
 }
 
 #[test]

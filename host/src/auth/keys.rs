@@ -94,7 +94,7 @@ pub fn keygen(algorithm: Algorithm, path: &Path) -> Result<String, KeysError> {
                 ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
                     .map_err(|e| KeysError::Generate(e.to_string()))?;
             rsa::pkcs8::SecretDocument::try_from(doc.as_ref())
-                .and_then(|d| d.to_pem("PRIVATE KEY", LineEnding::LF).map_err(Into::into))
+                .and_then(|d| d.to_pem("PRIVATE KEY", LineEnding::LF))
                 .map_err(|e| KeysError::Generate(e.to_string()))?
                 .to_string()
         }
