@@ -88,14 +88,8 @@ pub struct SignError {
 }
 
 enum Keys {
-    Rsa {
-        relaxed: Box<DkimSigner<RsaKey<Sha256>, Done>>,
-        simple_body: Box<DkimSigner<RsaKey<Sha256>, Done>>,
-    },
-    Ed25519 {
-        relaxed: Box<DkimSigner<Ed25519Key, Done>>,
-        simple_body: Box<DkimSigner<Ed25519Key, Done>>,
-    },
+    Rsa(Box<DkimSigner<RsaKey<Sha256>, Done>>),
+    Ed25519(Box<DkimSigner<Ed25519Key, Done>>),
 }
 
 /// One configured signing key.
@@ -134,7 +128,6 @@ fn signer<T: mail_auth::common::crypto::SigningKey>(
     key: T,
     domain: &str,
     selector: &str,
-    body: Canonicalization,
 ) -> Box<DkimSigner<T, Done>> {
     Box::new(
         DkimSigner::from_key(key)
@@ -142,7 +135,7 @@ fn signer<T: mail_auth::common::crypto::SigningKey>(
             .selector(selector)
             .headers(SIGNED_FIELDS.iter().copied())
             .header_canonicalization(Canonicalization::Relaxed)
-            .body_canonicalization(body),
+            .body_canonicalization(Canonicalization::Relaxed),
     )
 }
 
@@ -241,30 +234,14 @@ impl SigningKey {
                         "an RSA key of {bits} bits; RFC 8301 requires at least 1024 (use 2048)"
                     )));
                 }
-                let key = || {
-                    RsaKey::<Sha256>::from_key_der(der.clone_key())
-                        .map_err(|e| unusable(format!("RSA key refused: {e}")))
-                };
-                (
-                    Keys::Rsa {
-                        relaxed: signer(key()?, domain, selector, Canonicalization::Relaxed),
-                        simple_body: signer(key()?, domain, selector, Canonicalization::Simple),
-                    },
-                    *bits,
-                )
+                let key = RsaKey::<Sha256>::from_key_der(der.clone_key())
+                    .map_err(|e| unusable(format!("RSA key refused: {e}")))?;
+                (Keys::Rsa(signer(key, domain, selector)), *bits)
             }
             ParsedKey::Ed25519 { der, .. } => {
-                let key = || {
-                    Ed25519Key::from_pkcs8_maybe_unchecked_der(der)
-                        .map_err(|e| unusable(format!("Ed25519 key refused: {e}")))
-                };
-                (
-                    Keys::Ed25519 {
-                        relaxed: signer(key()?, domain, selector, Canonicalization::Relaxed),
-                        simple_body: signer(key()?, domain, selector, Canonicalization::Simple),
-                    },
-                    256,
-                )
+                let key = Ed25519Key::from_pkcs8_maybe_unchecked_der(der)
+                    .map_err(|e| unusable(format!("Ed25519 key refused: {e}")))?;
+                (Keys::Ed25519(signer(key, domain, selector)), 256)
             }
         };
         Ok(SigningKey {
@@ -279,12 +256,10 @@ impl SigningKey {
     }
 
     /// The `DKIM-Signature` field (name, value and CRLF) for `message`.
-    fn sign(&self, message: &[u8], simple_body: bool) -> Result<String, SignError> {
-        let signed = match (&self.keys, simple_body) {
-            (Keys::Rsa { relaxed, .. }, false) => relaxed.sign(message),
-            (Keys::Rsa { simple_body, .. }, true) => simple_body.sign(message),
-            (Keys::Ed25519 { relaxed, .. }, false) => relaxed.sign(message),
-            (Keys::Ed25519 { simple_body, .. }, true) => simple_body.sign(message),
+    fn sign(&self, message: &[u8]) -> Result<String, SignError> {
+        let signed = match &self.keys {
+            Keys::Rsa(signer) => signer.sign(message),
+            Keys::Ed25519(signer) => signer.sign(message),
         };
         signed.map(|s| s.to_header()).map_err(|e| SignError {
             domain: self.domain.clone(),
@@ -292,22 +267,6 @@ impl SigningKey {
             why: e.to_string(),
         })
     }
-}
-
-/// Whether the body ends in lines of white space only. mail-auth 0.13's
-/// relaxed body canonicalisation keeps such lines (RFC 6376 §3.4.4 drops
-/// them; fixed in mail-auth 0.15, which needs a newer rustc), which would
-/// give a `bh=` other verifiers reject; such a body is signed with simple
-/// body canonicalisation instead, which every verifier computes alike.
-fn ends_in_blank_lines(message: &[u8]) -> bool {
-    let body = memchr::memmem::find(message, b"\r\n\r\n").map_or(&[][..], |i| &message[i + 4..]);
-    body.split(|&b| b == b'\n')
-        .rev()
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .skip_while(|l| l.is_empty())
-        .take_while(|l| l.iter().all(|b| *b == b' ' || *b == b'\t'))
-        .next()
-        .is_some()
 }
 
 /// Every configured key, and the signing of one message with the ones
@@ -342,25 +301,10 @@ impl Signer {
             .iter()
             .filter_map(|f| f.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))
             .collect();
-        let simple_body = ends_in_blank_lines(message);
         let mut out = String::new();
         for key in self.keys.iter().filter(|k| domains.contains(&k.domain)) {
-            out.push_str(&key.sign(message, simple_body)?);
+            out.push_str(&key.sign(message)?);
         }
         Ok(out.into_bytes())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trailing_white_space_lines_are_seen() {
-        assert!(ends_in_blank_lines(b"A: b\r\n\r\nhello\r\n  \r\n\r\n"));
-        assert!(ends_in_blank_lines(b"A: b\r\n\r\nhello\r\n\t\r\n"));
-        assert!(!ends_in_blank_lines(b"A: b\r\n\r\nhello\r\n\r\n"));
-        assert!(!ends_in_blank_lines(b"A: b\r\n\r\nhello  \r\n"));
-        assert!(!ends_in_blank_lines(b"A: b\r\n\r\n"));
     }
 }
