@@ -551,13 +551,19 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// Runs `finaldot queue --config DIR/finaldot.toml ARGS...`; returns (success, stdout, stderr).
 pub fn queue_cmd(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    finaldot_cmd(dir, "queue", args)
+}
+
+/// Runs `finaldot COMMAND --config DIR/finaldot.toml ARGS...`; returns
+/// (success, stdout, stderr).
+pub fn finaldot_cmd(dir: &Path, command: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(finaldot_bin())
-        .arg("queue")
+        .arg(command)
         .arg("--config")
         .arg(dir.join("finaldot.toml"))
         .args(args)
         .output()
-        .expect("run finaldot queue");
+        .expect("run finaldot");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -620,6 +626,32 @@ pub fn chain_config(dir: &Path, plugins: &str) -> String {
         dir,
         "",
         &format!("[pipeline]\nrescan_secs = 1\n\n{plugins}"),
+    )
+}
+
+/// The config text for a test daemon in `dir` whose chain is list-expand
+/// (lists in `dir/lists`) → local-delivery (Maildirs in `dir/mail` for
+/// localhost and example.test), with `outbound` lines in `[outbound]`,
+/// retries after 1 s.
+pub fn list_chain_config(dir: &Path, outbound: &str) -> String {
+    std::fs::create_dir_all(dir.join("lists")).expect("mkdir lists");
+    let plugins = format!(
+        "{}{}",
+        plugin_toml(
+            "list-expand",
+            "list_expand",
+            "dirs = [{ name = \"lists\", path = \"lists\" }]"
+        ),
+        plugin_toml(
+            "local-delivery",
+            "local_delivery",
+            "dirs = [{ name = \"mail\", path = \"mail\", writable = true }]\n[plugins.config]\ndomains = [\"localhost\", \"example.test\"]"
+        ),
+    );
+    test_config(
+        dir,
+        "",
+        &format!("[pipeline]\nretry_min_secs = 1\nretry_max_secs = 2\n\n[outbound]\n{outbound}\n\n{plugins}"),
     )
 }
 

@@ -11,7 +11,7 @@
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,18 +120,7 @@ print(json.dumps([spf.check2(i=c["ip"], s=c["sender"], h=c["helo"])[0] for c in 
 
 /// `finaldot dkim ARGS…` with the config in `dir`; (success, stdout, stderr).
 fn dkim_cmd(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(finaldot_bin())
-        .arg("dkim")
-        .arg("--config")
-        .arg(dir.join("finaldot.toml"))
-        .args(args)
-        .output()
-        .expect("run finaldot dkim");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    finaldot_cmd(dir, "dkim", args)
 }
 
 /// The TXT text in the zone line `finaldot dkim keygen` printed.
@@ -362,32 +351,21 @@ fn dkimpy_signatures_verify_here_and_a_changed_message_fails() {
 /// A config whose chain is list-expand → local-delivery, remote members
 /// through the smarthost `hop`, with `[dkim]` keys and `[dns]`.
 fn list_config(dir: &Path, hop: &NextHop, dns: SocketAddr, dkim: &str) -> String {
-    std::fs::create_dir_all(dir.join("lists")).expect("mkdir lists");
+    let cfg = list_chain_config(
+        dir,
+        &format!(
+            "route = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"",
+            hop.addr
+        ),
+    );
     std::fs::write(
         dir.join("lists/team@localhost"),
         "alice@localhost\nzed@remote.test\n",
     )
     .expect("list");
-    let plugins = format!(
-        "{}{}",
-        plugin_toml(
-            "list-expand",
-            "list_expand",
-            "dirs = [{ name = \"lists\", path = \"lists\" }]"
-        ),
-        plugin_toml(
-            "local-delivery",
-            "local_delivery",
-            "dirs = [{ name = \"mail\", path = \"mail\", writable = true }]\n[plugins.config]\ndomains = [\"localhost\", \"example.test\"]"
-        ),
-    );
-    test_config(
-        dir,
-        "",
-        &format!(
-            "{dkim}\n[dns]\nnameservers = [\"{dns}\"]\n\n[pipeline]\nretry_min_secs = 1\nretry_max_secs = 2\n\n[outbound]\nroute = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\n\n{plugins}",
-            hop.addr
-        ),
+    cfg.replace(
+        "[pipeline]",
+        &format!("{dkim}\n[dns]\nnameservers = [\"{dns}\"]\n\n[pipeline]"),
     )
 }
 

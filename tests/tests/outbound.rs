@@ -11,30 +11,6 @@ use finaldot_e2e::*;
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// A daemon whose chain is list-expand → local-delivery, with `outbound`
-/// lines in `[outbound]`, retries after 1 s.
-fn config(dir: &Path, outbound: &str) -> String {
-    std::fs::create_dir_all(dir.join("lists")).expect("mkdir lists");
-    let plugins = format!(
-        "{}{}",
-        plugin_toml(
-            "list-expand",
-            "list_expand",
-            "dirs = [{ name = \"lists\", path = \"lists\" }]"
-        ),
-        plugin_toml(
-            "local-delivery",
-            "local_delivery",
-            "dirs = [{ name = \"mail\", path = \"mail\", writable = true }]\n[plugins.config]\ndomains = [\"localhost\", \"example.test\"]"
-        ),
-    );
-    test_config(
-        dir,
-        "",
-        &format!("[pipeline]\nretry_min_secs = 1\nretry_max_secs = 2\n\n[outbound]\n{outbound}\n\n{plugins}"),
-    )
-}
-
 fn smarthost(hop: &NextHop) -> String {
     format!(
         "route = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"",
@@ -56,7 +32,7 @@ fn a_list_member_at_another_domain_gets_the_post_through_the_smarthost() {
         "team@localhost",
         "alice@localhost\nzed@remote.test\n",
     );
-    let d = Daemon::start_with(dir.path(), &config(dir.path(), &smarthost(&hop)));
+    let d = Daemon::start_with(dir.path(), &list_chain_config(dir.path(), &smarthost(&hop)));
     let body = b"From: carol@remote.test\r\nSubject: to the team\r\nMessage-ID: <t1@remote.test>\r\n\r\nhello all\r\n.a line with a leading dot\r\n";
     let (code, text) = d
         .connect()
@@ -115,7 +91,7 @@ fn a_next_hop_451_then_250_gets_the_message_on_the_retry() {
     let hop = NextHop::start();
     hop.answer_data(&["451 4.3.0 try again later"]);
     list(dir.path(), "team@localhost", "zed@remote.test\n");
-    let d = Daemon::start_with(dir.path(), &config(dir.path(), &smarthost(&hop)));
+    let d = Daemon::start_with(dir.path(), &list_chain_config(dir.path(), &smarthost(&hop)));
     let (code, text) = d.connect().send_message(
         "carol@remote.test",
         &["team@localhost"],
@@ -148,7 +124,7 @@ fn a_next_hop_550_bounces_and_the_dsn_to_a_remote_sender_leaves_the_same_way() {
         "team@localhost",
         "bounces: owner@remote.test\nzed@remote.test\n",
     );
-    let d = Daemon::start_with(dir.path(), &config(dir.path(), &smarthost(&hop)));
+    let d = Daemon::start_with(dir.path(), &list_chain_config(dir.path(), &smarthost(&hop)));
     let (code, text) = d.connect().send_message(
         "carol@remote.test",
         &["team@localhost"],
@@ -181,7 +157,7 @@ fn kill9_after_the_next_hop_accepted_does_not_send_it_again() {
         "team@localhost",
         "zed@remote.test\nyan@remote.test\n",
     );
-    let cfg = config(dir.path(), &smarthost(&hop)).replace(
+    let cfg = list_chain_config(dir.path(), &smarthost(&hop)).replace(
         "retry_min_secs = 1\nretry_max_secs = 2",
         "retry_min_secs = 3\nretry_max_secs = 3",
     );
@@ -217,7 +193,7 @@ fn smarthost_tls_required_without_starttls_defers_and_says_why() {
     let hop = NextHop::start();
     list(dir.path(), "team@localhost", "zed@remote.test\n");
     let out = format!("route = \"smarthost\"\nsmarthost = \"{}\"", hop.addr);
-    let d = Daemon::start_with(dir.path(), &config(dir.path(), &out));
+    let d = Daemon::start_with(dir.path(), &list_chain_config(dir.path(), &out));
     let (code, _) = d.connect().send_message(
         "carol@remote.test",
         &["team@localhost"],
@@ -252,7 +228,7 @@ fn outbound_config_errors_name_the_key() {
         ("nameservers = [\"dns.example\"]", "outbound.nameservers"),
     ] {
         let path = dir.path().join("finaldot.toml");
-        std::fs::write(&path, config(dir.path(), outbound)).expect("write");
+        std::fs::write(&path, list_chain_config(dir.path(), outbound)).expect("write");
         let out = std::process::Command::new(finaldot_bin())
             .arg("check-config")
             .arg(&path)
@@ -290,7 +266,7 @@ fn mx_route_follows_preference_falls_back_and_bounces_what_dns_refuses() {
         dns.addr,
         hop.addr.port()
     );
-    let d = Daemon::start_with(dir.path(), &config(dir.path(), &out));
+    let d = Daemon::start_with(dir.path(), &list_chain_config(dir.path(), &out));
     let (code, text) = d.connect().send_message(
         "carol@remote.test",
         &["team@localhost"],
@@ -340,7 +316,7 @@ fn a_plugin_routes_one_recipient_to_mx_while_the_rest_use_the_smarthost() {
         "finaldot_testbed",
         "[plugins.config]\nmode = \"route-mx\"\nonly = [\"zed@remote.test\"]",
     );
-    let cfg = config(dir.path(), &out).replace(
+    let cfg = list_chain_config(dir.path(), &out).replace(
         "[[plugins]]\nname = \"local-delivery\"",
         &format!("{router}[[plugins]]\nname = \"local-delivery\""),
     );
@@ -366,7 +342,7 @@ fn connections_to_one_destination_are_capped() {
     hop.delay_data(Duration::from_millis(300));
     list(dir.path(), "team@localhost", "zed@remote.test\n");
     let out = format!("{}\nmax_connections_per_destination = 1", smarthost(&hop));
-    let d = Daemon::start_with(dir.path(), &config(dir.path(), &out));
+    let d = Daemon::start_with(dir.path(), &list_chain_config(dir.path(), &out));
     for i in 0..4 {
         let (code, text) = d.connect().send_message(
             "carol@remote.test",

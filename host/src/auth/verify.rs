@@ -202,18 +202,20 @@ impl Verifier {
                     &mail_from,
                 ))
                 .await;
+            let spf_fact = SpfFact {
+                result: spf_result(spf.result()),
+                domain: mail_from_domain.clone(),
+            };
+            let spf_helo_fact = SpfFact {
+                result: spf_result(spf_helo.result()),
+                domain: helo.to_string(),
+            };
             let Some(msg) = parsed.as_ref() else {
                 // Not a message mail-auth can read: SPF only.
                 return AuthFacts {
                     authserv_id: self.authserv_id.clone(),
-                    spf: SpfFact {
-                        result: spf_result(spf.result()),
-                        domain: mail_from_domain.clone(),
-                    },
-                    spf_helo: SpfFact {
-                        result: spf_result(spf_helo.result()),
-                        domain: helo.to_string(),
-                    },
+                    spf: spf_fact,
+                    spf_helo: spf_helo_fact,
                     dkim: Vec::new(),
                     dmarc: DmarcFact {
                         result: AuthResult::PermError,
@@ -263,14 +265,8 @@ impl Verifier {
             };
             AuthFacts {
                 authserv_id: self.authserv_id.clone(),
-                spf: SpfFact {
-                    result: spf_result(spf.result()),
-                    domain: mail_from_domain.clone(),
-                },
-                spf_helo: SpfFact {
-                    result: spf_result(spf_helo.result()),
-                    domain: helo.to_string(),
-                },
+                spf: spf_fact,
+                spf_helo: spf_helo_fact,
                 dkim: dkim_facts,
                 dmarc: DmarcFact {
                     result: dmarc_result(&dmarc.result()),
