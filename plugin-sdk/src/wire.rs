@@ -716,6 +716,18 @@ impl DmarcPolicy {
             DmarcPolicy::Reject => "reject",
         }
     }
+
+    /// The policy named by a token, ignoring case.
+    pub fn parse(token: &str) -> Option<DmarcPolicy> {
+        [
+            DmarcPolicy::Unspecified,
+            DmarcPolicy::None,
+            DmarcPolicy::Quarantine,
+            DmarcPolicy::Reject,
+        ]
+        .into_iter()
+        .find(|p| p.as_str().eq_ignore_ascii_case(token))
+    }
 }
 
 /// DMARC policy discovery and identifier alignment (RFC 7489) for the

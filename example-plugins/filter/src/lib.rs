@@ -139,7 +139,7 @@ fn parse_rule(i: usize, t: &Value) -> Result<Rule> {
             "attachment",
             t.get("attachment").and_then(Value::as_str),
         )?,
-        client_networks: networks(&name, t.get("client_network"))?,
+        client_networks: networks(&name, t)?,
         authenticated: flag(&name, t, "authenticated")?,
         tls: flag(&name, t, "tls")?,
         helo_regex: regex(
@@ -173,16 +173,11 @@ fn parse_rule(i: usize, t: &Value) -> Result<Rule> {
 
 /// `client_network`: one network or a list (`"192.0.2.0/24"`,
 /// `"2001:db8::/32"`, or one address).
-fn networks(rule: &str, v: Option<&Value>) -> Result<Vec<ipnet::IpNet>> {
-    let items: Vec<&Value> = match v {
-        None => return Ok(Vec::new()),
-        Some(Value::Array(a)) => a.iter().collect(),
-        Some(one) => vec![one],
-    };
-    items
+fn networks(rule: &str, t: &Value) -> Result<Vec<ipnet::IpNet>> {
+    strings(rule, t, "client_network")?
         .into_iter()
-        .map(|item| {
-            let text = item.as_str().unwrap_or("").trim();
+        .map(|text| {
+            let text = text.trim();
             text.parse::<ipnet::IpNet>()
                 .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
                 .map_err(|_| {
@@ -232,15 +227,7 @@ fn policies(rule: &str, t: &Value) -> Result<Vec<DmarcPolicy>> {
     strings(rule, t, "dmarc_policy")?
         .into_iter()
         .map(|s| {
-            [
-                DmarcPolicy::None,
-                DmarcPolicy::Quarantine,
-                DmarcPolicy::Reject,
-                DmarcPolicy::Unspecified,
-            ]
-            .into_iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
+            DmarcPolicy::parse(s).ok_or_else(|| {
                 Error::new(format!(
                     "rule {rule}: `dmarc_policy` {s:?} is not a policy (none, quarantine, reject, unspecified)"
                 ))

@@ -14,7 +14,7 @@ use mail_auth::common::verify::DomainKey;
 use rsa::pkcs1::DecodeRsaPublicKey;
 use rsa::pkcs8::{DecodePublicKey, EncodePrivateKey, LineEnding};
 
-use super::sign::{parse_private_key, ParsedKey};
+use super::sign::{parse_private_key, read_private_key, ParsedKey};
 use crate::dns::Dns;
 
 /// The key types `keygen` makes.
@@ -152,14 +152,7 @@ fn same_public_key(parsed: &ParsedKey, published: &[u8]) -> bool {
 /// Looks up `SELECTOR._domainkey.DOMAIN` and compares it with the key in
 /// `key_file`.
 pub fn check(dns: &Dns, domain: &str, selector: &str, key_file: &Path) -> Result<Check, KeysError> {
-    let pem = std::fs::read(key_file).map_err(|source| super::sign::KeyError::Read {
-        path: key_file.to_path_buf(),
-        source,
-    })?;
-    let parsed = parse_private_key(&pem).map_err(|why| super::sign::KeyError::Unusable {
-        path: key_file.to_path_buf(),
-        why,
-    })?;
+    let parsed = read_private_key(key_file)?;
     let name = record_name(domain, selector);
     let answer = dns.lookup(&name, DnsType::Txt, Duration::from_secs(10));
     let records: Vec<Vec<u8>> = match answer.outcome {

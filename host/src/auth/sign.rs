@@ -167,6 +167,18 @@ pub fn parse_private_key(pem: &[u8]) -> Result<ParsedKey, String> {
     }
 }
 
+/// The private key in the PEM file at `path`.
+pub fn read_private_key(path: &Path) -> Result<ParsedKey, KeyError> {
+    let pem = std::fs::read(path).map_err(|source| KeyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_private_key(&pem).map_err(|why| KeyError::Unusable {
+        path: path.to_path_buf(),
+        why,
+    })
+}
+
 /// A private key read from a file.
 pub enum ParsedKey {
     /// RSA.
@@ -218,15 +230,11 @@ impl ParsedKey {
 impl SigningKey {
     /// Reads the key for `selector._domainkey.domain` from `path`.
     pub fn load(domain: &str, selector: &str, path: &Path) -> Result<SigningKey, KeyError> {
-        let pem = std::fs::read(path).map_err(|source| KeyError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let parsed = read_private_key(path)?;
         let unusable = |why: String| KeyError::Unusable {
             path: path.to_path_buf(),
             why,
         };
-        let parsed = parse_private_key(&pem).map_err(unusable)?;
         let (keys, bits) = match &parsed {
             ParsedKey::Rsa { bits, der, .. } => {
                 if *bits < 1024 {

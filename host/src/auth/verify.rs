@@ -112,6 +112,28 @@ fn domain_of(address: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// The MAIL FROM identity SPF checks: the reverse-path, or postmaster at
+/// the HELO name for the null sender (RFC 7208 §2.4).
+fn spf_mail_from(mail_from: &str, helo: &str) -> String {
+    if mail_from.is_empty() {
+        format!("postmaster@{}", helo.trim_end_matches('.'))
+    } else {
+        mail_from.to_string()
+    }
+}
+
+/// The DMARC fact of a message that could not be evaluated.
+fn dmarc_unevaluated(result: AuthResult, domain: String) -> DmarcFact {
+    DmarcFact {
+        result,
+        domain,
+        policy: DmarcPolicy::Unspecified,
+        pct: 100,
+        spf_aligned: false,
+        dkim_aligned: false,
+    }
+}
+
 impl Verifier {
     /// A verifier asking `dns`, writing `authserv_id`, giving up on a
     /// message's DNS after `timeout`.
@@ -133,13 +155,7 @@ impl Verifier {
     /// `permerror`, as the RFCs say.
     pub fn verify(&self, envelope: &Envelope<'_>, message: &[u8]) -> AuthFacts {
         let helo = envelope.helo.trim_end_matches('.');
-        // RFC 7208 §2.4: with the null sender, the MAIL FROM identity is
-        // postmaster at the HELO name.
-        let mail_from = if envelope.mail_from.is_empty() {
-            format!("postmaster@{helo}")
-        } else {
-            envelope.mail_from.to_string()
-        };
+        let mail_from = spf_mail_from(envelope.mail_from, helo);
         let mail_from_domain = domain_of(&mail_from);
         // Not strict: signatures with a body length (`l=`) are verified
         // too, as RFC 6376 allows (strict mode calls them errors); what
@@ -174,14 +190,7 @@ impl Verifier {
                         .collect()
                 })
                 .unwrap_or_default(),
-            dmarc: DmarcFact {
-                result: AuthResult::TempError,
-                domain: from_domain.clone(),
-                policy: DmarcPolicy::Unspecified,
-                pct: 100,
-                spf_aligned: false,
-                dkim_aligned: false,
-            },
+            dmarc: dmarc_unevaluated(AuthResult::TempError, from_domain.clone()),
             arc: AuthResult::TempError,
         };
         let authenticator = self.dns.authenticator();
@@ -217,14 +226,7 @@ impl Verifier {
                     spf: spf_fact,
                     spf_helo: spf_helo_fact,
                     dkim: Vec::new(),
-                    dmarc: DmarcFact {
-                        result: AuthResult::PermError,
-                        domain: String::new(),
-                        policy: DmarcPolicy::Unspecified,
-                        pct: 100,
-                        spf_aligned: false,
-                        dkim_aligned: false,
-                    },
+                    dmarc: dmarc_unevaluated(AuthResult::PermError, String::new()),
                     arc: AuthResult::None,
                 };
             };
@@ -365,11 +367,7 @@ fn pvalue(s: &str) -> String {
 /// §2.2), folded one method per line.
 pub fn header_value(facts: &AuthFacts, mail_from: &str) -> String {
     let mut v = format!(" {}", pvalue(&facts.authserv_id));
-    let mail_from = if mail_from.is_empty() {
-        format!("postmaster@{}", facts.spf_helo.domain)
-    } else {
-        mail_from.to_string()
-    };
+    let mail_from = spf_mail_from(mail_from, &facts.spf_helo.domain);
     v.push_str(&format!(
         ";\r\n\tspf={} smtp.mailfrom={}",
         facts.spf.result.as_str(),

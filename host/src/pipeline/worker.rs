@@ -1,7 +1,7 @@
 //! One message through the chain, in steps: load the attempt (claim, queue
 //! file, progress, body), run each stage (call the plugin, apply its
 //! changes, apply its verdict, checkpoint), then settle (hand what is left
-//! to the next hop through [`Delivery`], fail what nobody took) and complete
+//! to the next hop through [`Delivery`](super::delivery::Delivery), fail what nobody took) and complete
 //! the message or defer it.
 //!
 //! Verdicts (after the plugin's changes are applied):
@@ -30,7 +30,6 @@ use finaldot_sdk::wire::{
 use tracing::{error, info, info_span, warn};
 
 use super::chain::{snapshot, SharedChain, Stage};
-use super::delivery::Delivery;
 use super::dsn::{self, DsnKind, DsnRecipient};
 use super::Settings;
 use crate::metrics;
@@ -174,11 +173,15 @@ fn load_attempt(
         }
     }
     if progress.auth.is_none() {
-        let settings = ctx.settings();
-        if let Some(verifier) = settings.verifier.as_ref() {
-            if is_inbound(&queued, &settings.trusted_networks) {
-                authenticate(ctx, id, &queued, &mut progress, verifier)?;
-            }
+        // The verifier alone, not a copy of every setting, for each message.
+        let verifier = {
+            let s = ctx.settings.read().unwrap_or_else(|p| p.into_inner());
+            s.verifier
+                .clone()
+                .filter(|_| is_inbound(&queued, &s.trusted_networks))
+        };
+        if let Some(verifier) = verifier {
+            authenticate(ctx, id, &queued, &mut progress, &verifier)?;
         }
     }
     let file = Arc::new(spool.open_message(QueueState::Active, id)?);
@@ -526,12 +529,7 @@ fn resume_at(progress: &Progress, names: &[String]) -> u32 {
 /// defer what is left.
 fn settle(ctx: &Context, attempt: &mut Attempt) -> Result<(), spool::Error> {
     let settings = ctx.settings();
-    deliver_remote(
-        ctx,
-        attempt,
-        settings.delivery.as_ref(),
-        &settings.local_domains,
-    )?;
+    deliver_remote(ctx, attempt, &settings)?;
     let progress = &mut attempt.progress;
     for r in progress.state.envelope.recipients.iter_mut() {
         if r.state == RecipientState::Pending {
@@ -566,9 +564,10 @@ fn settle(ctx: &Context, attempt: &mut Attempt) -> Result<(), spool::Error> {
 fn deliver_remote(
     ctx: &Context,
     attempt: &mut Attempt,
-    delivery: &dyn Delivery,
-    local: &[String],
+    settings: &Settings,
 ) -> Result<(), spool::Error> {
+    let delivery = settings.delivery.as_ref();
+    let local = &settings.local_domains;
     let progress = &mut attempt.progress;
     let routes = &progress.routes;
     let remote: Vec<(String, Route)> = progress
@@ -602,7 +601,7 @@ fn deliver_remote(
         u64::MAX,
     )?);
     // DKIM signatures for the message as it leaves, after every change.
-    match ctx.settings().signer.sign(&message) {
+    match settings.signer.sign(&message) {
         Ok(signatures) if !signatures.is_empty() => {
             let mut signed = signatures;
             signed.extend_from_slice(&message);
@@ -648,7 +647,7 @@ fn deliver_remote(
 /// every recipient's outcome, removes the message from the queue.
 fn complete(ctx: &Context, attempt: &mut Attempt) -> Result<(), spool::Error> {
     if let Some(why) = forged_sender(attempt) {
-        if has_fresh_failures(attempt) {
+        if fresh_failures(&attempt.progress).next().is_some() {
             return withhold_dsn(ctx, attempt, &why);
         }
     }
@@ -688,12 +687,14 @@ fn forged_sender(attempt: &Attempt) -> Option<String> {
     attempt.progress.auth.as_ref()?.sender_forged()
 }
 
-/// Whether a recipient failed and was not reported yet.
-fn has_fresh_failures(attempt: &Attempt) -> bool {
-    let p = &attempt.progress;
-    p.state.envelope.recipients.iter().any(|r| {
-        matches!(r.state, RecipientState::Failed { .. }) && !p.notified.contains(&r.address)
-    })
+/// The recipients that failed and were not reported to the sender yet.
+fn fresh_failures(p: &Progress) -> impl Iterator<Item = &Recipient> {
+    p.state
+        .envelope
+        .recipients
+        .iter()
+        .filter(|r| matches!(r.state, RecipientState::Failed { .. }))
+        .filter(|r| !p.notified.contains(&r.address))
 }
 
 /// Instead of a DSN to a forged sender: the failures are marked reported
@@ -701,18 +702,13 @@ fn has_fresh_failures(attempt: &Attempt) -> bool {
 /// or removed, as configured. `queue show` gives the reason.
 fn withhold_dsn(ctx: &Context, attempt: &mut Attempt, why: &str) -> Result<(), spool::Error> {
     let progress = &mut attempt.progress;
-    let failed: Vec<String> = progress
-        .state
-        .envelope
-        .recipients
-        .iter()
-        .filter(|r| matches!(r.state, RecipientState::Failed { .. }))
-        .filter(|r| !progress.notified.contains(&r.address))
+    let failed: Vec<String> = fresh_failures(progress)
         .map(|r| r.address.clone())
         .collect();
     let sender = progress.state.envelope.mail_from.clone();
     progress.notified.extend(failed.iter().cloned());
-    let action = match ctx.settings().forged_sender {
+    let forged_sender = ctx.settings().forged_sender;
+    let action = match forged_sender {
         crate::config::ForgedSender::Hold => "held",
         crate::config::ForgedSender::Drop => "dropped",
     };
@@ -727,7 +723,7 @@ fn withhold_dsn(ctx: &Context, attempt: &mut Attempt, why: &str) -> Result<(), s
         reason.clone(),
     );
     metrics::global().dsns_withheld.inc();
-    match ctx.settings().forged_sender {
+    match forged_sender {
         crate::config::ForgedSender::Hold => {
             progress.hold_reason = Some(reason);
             hold(ctx, attempt)
@@ -739,12 +735,7 @@ fn withhold_dsn(ctx: &Context, attempt: &mut Attempt, why: &str) -> Result<(), s
 /// Sends one DSN for every failed recipient not yet reported; true if it sent one.
 fn notify_failures(ctx: &Context, attempt: &mut Attempt) -> Result<bool, spool::Error> {
     let progress = &attempt.progress;
-    let fresh: Vec<DsnRecipient> = progress
-        .state
-        .envelope
-        .recipients
-        .iter()
-        .filter(|r| !progress.notified.contains(&r.address))
+    let fresh: Vec<DsnRecipient> = fresh_failures(progress)
         .filter_map(|r| match &r.state {
             RecipientState::Failed { status, reason } => Some(DsnRecipient {
                 recipient: r.clone(),
