@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use finaldot_sdk::wire::{
-    ConfigureInput, GuestResult, HostRequest, Level, MessageInput, MessageOutput, PluginInfo,
-    ABI_VERSION,
+    GuestResult, HostRequest, Level, MessageInput, MessageOutput, PluginInfo, ABI_VERSION,
 };
 use wasmtime::{Caller, Linker, Memory, Store, TypedFunc};
 
@@ -309,12 +308,13 @@ pub struct PluginInstance {
 }
 
 impl PluginInstance {
-    /// Instantiates `module` with `grants` and runs `finaldot_configure`.
+    /// Instantiates `module` with `grants` and runs `finaldot_configure`
+    /// with `configure_input` (an encoded `ConfigureInput`).
     // Long on purpose: a store with its limits, grants and epoch deadline, then the configure call, in the order wasmtime needs them.
     pub fn new(
         module: Arc<LoadedModule>,
         name: &str,
-        config: &finaldot_sdk::Value,
+        configure_input: &[u8],
         limits: Limits,
         grants: Arc<OpenGrants>,
         capture_logs: bool,
@@ -400,13 +400,7 @@ impl PluginInstance {
             module: module.clone(),
             poisoned: false,
         };
-        let input = postcard::to_allocvec(&ConfigureInput {
-            abi: ABI_VERSION,
-            name: name.to_string(),
-            config: config.clone(),
-        })
-        .map_err(|e| inst.error(Fault::MalformedOutput(format!("encoding config: {e}"))))?;
-        let out: GuestResult<PluginInfo> = inst.call(configure, &input)?;
+        let out: GuestResult<PluginInfo> = inst.call(configure, configure_input)?;
         match out {
             GuestResult::Ok(info) if info.abi == ABI_VERSION => Ok(inst),
             GuestResult::Ok(info) => Err(inst.error(Fault::AbiMismatch {
