@@ -50,6 +50,8 @@ pub struct Metrics {
     pub message_bytes: Counter,
     /// Time from the end of the message to its reply being sent.
     pub ack_latency: Histogram,
+    /// Pauses before a 354 while the pipeline was behind (in-flow delay).
+    pub in_flow_delay_seconds: Histogram,
     /// Messages in each queue state (set at scrape time).
     pub queue: Family<Labels, Gauge>,
     /// Pipeline stage duration, by plugin.
@@ -100,6 +102,7 @@ impl Metrics {
             messages: Family::default(),
             message_bytes: Counter::default(),
             ack_latency: latency_histogram(),
+            in_flow_delay_seconds: latency_histogram(),
             queue: Family::default(),
             stage_seconds: Family::new_with_constructor(latency_histogram),
             plugin_calls: Family::default(),
@@ -181,6 +184,11 @@ impl Metrics {
             "dsns",
             "Delivery status notifications queued",
             m.dsns.clone(),
+        );
+        registry.register(
+            "smtp_in_flow_delay_seconds",
+            "Pauses before a 354 while the pipeline was behind",
+            m.in_flow_delay_seconds.clone(),
         );
         registry.register(
             "dsns_withheld",

@@ -46,4 +46,6 @@ postfix start
 sleep 2
 postconf mail_version
 
-./dev bench --compare 127.0.0.1:2526 --compare-to alice@bench.test "$@"
+./dev bench --compare 127.0.0.1:2526 --compare-to alice@bench.test \
+    --compare-maildir /var/mail/vhosts/bench.test/alice/new \
+    --compare-queue /var/spool/postfix/incoming,/var/spool/postfix/active "$@"

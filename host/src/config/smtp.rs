@@ -14,6 +14,15 @@ use crate::smtp::settings::{SmtpConfig, SubmissionConfig, TlsFiles};
 /// RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.
 const MIN_RECIPIENTS: usize = 100;
 
+/// The longest pause before a 354 while the pipeline is behind, by default:
+/// Postfix's ceiling for `in_flow_delay` (a client waits up to 2 minutes for
+/// the 354 by RFC 5321 §4.5.3.2.2).
+const DEFAULT_IN_FLOW_DELAY_MS: u64 = 10_000;
+
+/// Seconds of delivery work the queue may hold before new mail is paced,
+/// by default.
+const DEFAULT_IN_FLOW_BACKLOG_SECS: f64 = 5.0;
+
 /// `[smtp]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,8 +43,10 @@ pub struct RawSmtp {
     pub limit_exceptions: Option<Vec<String>>,
     /// Longest pause before a new message's 354 while the pipeline is behind (0 = off).
     pub in_flow_delay_ms: Option<u64>,
-    /// Messages waiting for their first pipeline run above which the pause applies.
+    /// Fewest queued messages at which the pause applies.
     pub in_flow_backlog: Option<usize>,
+    /// Seconds of delivery work the queue may hold before the pause applies.
+    pub in_flow_backlog_secs: Option<f64>,
     /// Error replies before a session is closed with 421.
     pub max_errors: Option<u32>,
     /// Seconds to wait for the next command.
@@ -140,6 +151,21 @@ impl RawSmtp {
             ));
         }
         let limit_exceptions = limit_exceptions(s.limit_exceptions, cx)?;
+        let in_flow_backlog_secs = s
+            .in_flow_backlog_secs
+            .unwrap_or(DEFAULT_IN_FLOW_BACKLOG_SECS);
+        if !(in_flow_backlog_secs > 0.0 && in_flow_backlog_secs <= 3600.0) {
+            return Err(invalid(
+                "smtp.in_flow_backlog_secs",
+                "must be more than 0 and at most 3600".into(),
+            ));
+        }
+        if s.in_flow_delay_ms.is_some_and(|ms| ms > 120_000) {
+            return Err(invalid(
+                "smtp.in_flow_delay_ms",
+                "must be at most 120000 (RFC 5321 gives a client 2 minutes to see the 354)".into(),
+            ));
+        }
         let max_errors = s.max_errors.unwrap_or(20);
         if max_errors == 0 {
             return Err(invalid("smtp.max_errors", "must be at least 1".into()));
@@ -165,8 +191,11 @@ impl RawSmtp {
                 max_connections_per_ip,
                 max_connection_rate_per_ip: s.max_connection_rate_per_ip.unwrap_or(0),
                 limit_exceptions,
-                in_flow_delay: Duration::from_millis(s.in_flow_delay_ms.unwrap_or(0)),
+                in_flow_delay: Duration::from_millis(
+                    s.in_flow_delay_ms.unwrap_or(DEFAULT_IN_FLOW_DELAY_MS),
+                ),
                 in_flow_backlog: s.in_flow_backlog.unwrap_or(1000),
+                in_flow_backlog_secs,
                 max_errors,
                 command_timeout,
                 data_timeout,

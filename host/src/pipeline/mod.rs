@@ -230,6 +230,10 @@ fn schedule(
         if last_scan.is_none_or(|t| t.elapsed() >= cfg.rescan) {
             last_scan = Some(Instant::now());
             if let Ok(ids) = spool.list(crate::spool::QueueState::Incoming) {
+                // The backlog SMTP paces new mail by, counted afresh.
+                spool
+                    .flow()
+                    .set_pending(ids.len() + spool.count(crate::spool::QueueState::Active));
                 for id in ids {
                     if known.insert(id.clone()) {
                         fresh.push_back(id);

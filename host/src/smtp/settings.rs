@@ -26,8 +26,12 @@ pub struct SmtpConfig {
     pub limit_exceptions: Vec<ipnet::IpNet>,
     /// In-flow delay: the longest pause before a new message (zero = off).
     pub in_flow_delay: Duration,
-    /// In-flow delay applies while more messages than this wait in `incoming/`.
+    /// In-flow delay applies while more messages than this (and than
+    /// `in_flow_backlog_secs` of delivery) wait for or are in a pipeline run.
     pub in_flow_backlog: usize,
+    /// In-flow delay applies while the backlog holds more than this many
+    /// seconds of delivery at the pipeline's best recent rate.
+    pub in_flow_backlog_secs: f64,
     /// Error replies before 421.
     pub max_errors: u32,
     /// Wait for the next command.

@@ -25,8 +25,11 @@
 //! length); nothing unreadable is ever deleted (recovery moves it to `corrupt/`);
 //! a queue id is unique among live files because it embeds the file's inode.
 
+mod flow;
 mod progress;
 mod queue_file;
+
+pub use flow::Flow;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -116,6 +119,12 @@ impl QueueState {
             QueueState::Hold => "hold",
             QueueState::Corrupt => "corrupt",
         }
+    }
+
+    /// Whether a message here counts in the backlog ([`Flow::pending`]):
+    /// waiting for its pipeline run or in one.
+    fn in_flow(self) -> bool {
+        matches!(self, QueueState::Incoming | QueueState::Active)
     }
 }
 
@@ -209,6 +218,7 @@ pub struct Spool {
     fault: Arc<AtomicI32>,
     tmp_counter: AtomicU64,
     recycled: std::sync::Mutex<Vec<PathBuf>>,
+    flow: Arc<Flow>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -270,21 +280,39 @@ impl Spool {
         let (tx, rx) = mpsc::channel::<CommitRequest>();
         let incoming = root.join(QueueState::Incoming.dir_name());
         let notify: Arc<std::sync::OnceLock<CommitHook>> = Arc::default();
+        let flow = Arc::new(Flow::default());
         {
             let notify = notify.clone();
+            let flow = flow.clone();
             std::thread::Builder::new()
                 .name("spool-commit".into())
-                .spawn(move || committer(rx, incoming, notify))
+                .spawn(move || committer(rx, incoming, notify, flow))
                 .map_err(|e| Error::io("starting committer for", root, e))?;
         }
-        Ok(Spool {
+        let spool = Spool {
             root: root.to_path_buf(),
             committer: tx,
             notify,
             fault: Arc::new(AtomicI32::new(0)),
             tmp_counter: AtomicU64::new(0),
             recycled: std::sync::Mutex::new(Vec::new()),
-        })
+            flow,
+        };
+        spool.recount_pending();
+        Ok(spool)
+    }
+
+    /// The backlog and the pipeline's finishing rate (for pacing new mail).
+    pub fn flow(&self) -> &Flow {
+        &self.flow
+    }
+
+    /// Counts the messages in `incoming/` and `active/` again by listing
+    /// them (the pipeline's periodic rescan calls this), so the backlog
+    /// stays right whoever moved files.
+    pub fn recount_pending(&self) {
+        self.flow
+            .set_pending(self.count(QueueState::Incoming) + self.count(QueueState::Active));
     }
 
     /// Takes the daemon's exclusive lock on the spool (`spool/lock`), so two
@@ -495,6 +523,11 @@ impl Spool {
         let dst = self.path(to, id);
         match fs::rename(self.path(from, id), &dst) {
             Ok(()) => {
+                match (from.in_flow(), to.in_flow()) {
+                    (false, true) => self.flow.added(),
+                    (true, false) => self.flow.removed(false),
+                    _ => {}
+                }
                 if durable {
                     sync_dir(&self.dir(to))?;
                     sync_dir(&self.dir(from))?;
@@ -533,6 +566,9 @@ impl Spool {
             let p = self.path(state, id);
             match self.recycle(&p) {
                 Ok(()) => {
+                    if state.in_flow() {
+                        self.flow.removed(true);
+                    }
                     if durable {
                         sync_dir(&self.dir(state))?;
                         sync_dir(&self.dir(QueueState::Tmp))?;
@@ -602,6 +638,9 @@ impl Spool {
             let p = self.path(state, id);
             match fs::remove_file(&p) {
                 Ok(()) => {
+                    if state.in_flow() {
+                        self.flow.removed(false);
+                    }
                     sync_dir(&self.dir(state))?;
                     let _ = fs::remove_file(self.progress_path(id));
                     return Ok(true);
@@ -730,6 +769,9 @@ impl Spool {
         let to = self.path(QueueState::Corrupt, id);
         fs::rename(self.path(state, id), &to)
             .map_err(|e| Error::io("moving to corrupt", &to, e))?;
+        if state.in_flow() {
+            self.flow.removed(false);
+        }
         Ok(to)
     }
 
@@ -833,6 +875,7 @@ impl Spool {
             sync_dir(&self.dir(state))?;
         }
         sync_dir(&progress)?;
+        self.recount_pending();
         Ok(report)
     }
 }
@@ -931,6 +974,7 @@ fn committer(
     rx: mpsc::Receiver<CommitRequest>,
     incoming: PathBuf,
     notify: Arc<std::sync::OnceLock<CommitHook>>,
+    flow: Arc<Flow>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -952,6 +996,7 @@ fn committer(
         match sync_dir(&incoming) {
             Ok(()) => {
                 for (req, _) in renamed {
+                    flow.added();
                     if let Some(hook) = notify.get() {
                         hook(&req.id);
                     }

@@ -70,9 +70,29 @@ struct Args {
     /// Write the results as JSON lines here too.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// The daemon's smtp.in_flow_delay_ms (0 = off, the default).
-    #[arg(long, default_value_t = 0)]
-    in_flow_delay_ms: u64,
+    /// The daemon's smtp.in_flow_delay_ms (0 = off; default: the daemon's
+    /// default, except in the no-chain cells, which measure acceptance
+    /// alone and never deliver, so they run with it off).
+    #[arg(long)]
+    in_flow_delay_ms: Option<u64>,
+    /// Only the end-to-end figure: this many 4 KiB messages at c=64 to the
+    /// embedded default configuration, from the first connection to the
+    /// last Maildir file (and the same against --compare with
+    /// --compare-maildir).
+    #[arg(long)]
+    e2e: Option<u64>,
+    /// Only the sustained-overload cell: c=64 for this many seconds to the
+    /// embedded default configuration, printing the backlog every second.
+    #[arg(long)]
+    overload: Option<u64>,
+    /// The Maildir `new/` directory the --compare server delivers into
+    /// (for --e2e and --overload against it).
+    #[arg(long)]
+    compare_maildir: Option<PathBuf>,
+    /// The --compare server's queue directories whose files count as its
+    /// backlog (e.g. /var/spool/postfix/incoming,/var/spool/postfix/active).
+    #[arg(long, value_delimiter = ',')]
+    compare_queue: Vec<PathBuf>,
     /// Only the memory measurements (idle connections, large messages), no matrix.
     #[arg(long)]
     memory_only: bool,
@@ -515,9 +535,19 @@ fn queue_from_distinct_clients(data_dir: &Path, n: usize) -> u64 {
     queued
 }
 
+/// The `[smtp]` line for the in-flow delay of a cell with `chain`.
+fn in_flow(args: &Args, chain: &str) -> String {
+    match (args.in_flow_delay_ms, chain) {
+        (Some(ms), _) => format!("in_flow_delay_ms = {ms}"),
+        (None, "none") => "in_flow_delay_ms = 0".into(),
+        (None, _) => String::new(),
+    }
+}
+
 fn drain(args: &Args, n: usize) {
     let dir = TestDir::new("bench-drain");
-    let smtp = "max_connections = 2000\nmax_connections_per_ip = 1000";
+    // Queued with no chain: nothing is delivered, so no pacing.
+    let smtp = "max_connections = 2000\nmax_connections_per_ip = 1000\nin_flow_delay_ms = 0";
     // The dnsbl variant: a DNS server whose every answer (NXDOMAIN: no
     // client is listed) comes after the delay.
     let dns = args.dnsbl_delay_ms.map(|ms| {
@@ -621,6 +651,214 @@ fn drain(args: &Args, n: usize) {
     drop(d);
 }
 
+/// A server the end-to-end and overload cells send to, and where to see
+/// what it delivered and what it still holds.
+struct Target {
+    name: String,
+    addr: std::net::SocketAddr,
+    user: String,
+    domain: String,
+    /// The Maildir `new/` directory the recipient's mail lands in.
+    maildir: PathBuf,
+    /// Directories whose files are the server's backlog.
+    queue: Vec<PathBuf>,
+}
+
+impl Target {
+    fn backlog(&self) -> usize {
+        self.queue.iter().map(|d| count_files(d)).sum()
+    }
+
+    fn spec(&self, args: &Args, count: Option<u64>, duration: Option<Duration>) -> LoadSpec {
+        LoadSpec {
+            addr: self.addr,
+            concurrency: 64,
+            duration,
+            count,
+            size: 4096,
+            recipients: 1,
+            domain: self.domain.clone(),
+            user: self.user.clone(),
+            nice: args.client_nice,
+        }
+    }
+}
+
+/// finaldot with the embedded default configuration (what `./dev run`
+/// starts), in a fresh directory: its chain is dedup, list-expand, filter
+/// and local-delivery, every default in force (pacing included).
+fn finaldot_target(dir: &TestDir) -> (Daemon, Target) {
+    let d = Daemon::start_default(dir.path());
+    let spool = d.data_dir.join("spool");
+    let t = Target {
+        name: "finaldot".into(),
+        addr: d.addr,
+        user: "alice".into(),
+        domain: "localhost".into(),
+        maildir: dir.path().join("var/mail/alice/Maildir/new"),
+        queue: vec![spool.join("incoming"), spool.join("active")],
+    };
+    (d, t)
+}
+
+/// The other server of --compare, if its Maildir was given.
+fn compare_target(args: &Args) -> Option<Target> {
+    let addr = args.compare?;
+    let maildir = args.compare_maildir.clone()?;
+    let (user, domain) = args.compare_to.rsplit_once('@')?;
+    Some(Target {
+        name: format!("other ({addr})"),
+        addr,
+        user: user.into(),
+        domain: domain.into(),
+        maildir,
+        queue: args.compare_queue.clone(),
+    })
+}
+
+/// The newest modification time among the files of `dir`.
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max()
+}
+
+/// Samples a target's backlog once a second until stopped; the peak.
+fn backlog_sampler(
+    t: &Target,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    let queue = t.queue.clone();
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            peak = peak.max(queue.iter().map(|d| count_files(d)).sum());
+            std::thread::sleep(Duration::from_millis(1000));
+        }
+        peak
+    })
+}
+
+/// What the user waits for: `n` messages of 4 KiB at c=64, from the first
+/// connection to the last message in the Maildir (its file's mtime).
+fn end_to_end(args: &Args, t: &Target, n: u64) -> Option<f64> {
+    let before = count_files(&t.maildir);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = backlog_sampler(t, stop.clone());
+    let started = std::time::SystemTime::now();
+    let clock = Instant::now();
+    let report = run(&t.spec(args, Some(n), None));
+    let acked = clock.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while ((count_files(&t.maildir) - before) as u64) < report.accepted && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap_or(0);
+    let delivered = count_files(&t.maildir) - before;
+    let last = newest_mtime(&t.maildir)
+        .and_then(|m| m.duration_since(started).ok())
+        .map(|d| d.as_secs_f64());
+    let Some(last) = last.filter(|_| delivered as u64 >= report.accepted) else {
+        println!(
+            "end to end, {}: {} of {} accepted messages delivered within 600 s",
+            t.name, delivered, report.accepted
+        );
+        return None;
+    };
+    let rate = report.accepted as f64 / last;
+    println!(
+        "end to end, {:<24} {:>6} msgs, c=64, 4 KiB: accepted {:>6.0}/s ({} errors), last delivery {:>5.1} s after the last 250, first connection -> last delivery {:>5.1} s = {:>6.0} msg/s, peak backlog {}",
+        format!("{}:", t.name),
+        report.accepted,
+        report.per_second,
+        report.errors,
+        (last - acked).max(0.0),
+        last,
+        rate,
+        peak
+    );
+    Some(rate)
+}
+
+/// Sustained overload: c=64 for `secs`, the backlog printed every second.
+fn overload(args: &Args, t: &Target, secs: u64) {
+    println!(
+        "sustained overload, {}: c=64, 4 KiB, {secs} s (backlog = messages queued, and the seconds of delivery they hold at the last 5 s' delivery rate)",
+        t.name
+    );
+    let before = count_files(&t.maildir);
+    let spec = t.spec(args, None, Some(Duration::from_secs(secs)));
+    let load = std::thread::spawn(move || run(&spec));
+    let clock = Instant::now();
+    let mut history: Vec<(f64, usize)> = vec![(0.0, 0)];
+    let (mut max_backlog, mut max_secs) = (0usize, 0.0f64);
+    while !load.is_finished() {
+        std::thread::sleep(Duration::from_millis(1000));
+        let now = clock.elapsed().as_secs_f64();
+        let delivered = count_files(&t.maildir).saturating_sub(before);
+        let backlog = t.backlog();
+        history.push((now, delivered));
+        let (t5, d5) = history[history.len().saturating_sub(6)];
+        let rate = (delivered - d5) as f64 / (now - t5).max(1e-9);
+        let held = backlog as f64 / rate.max(1.0);
+        max_backlog = max_backlog.max(backlog);
+        max_secs = max_secs.max(held);
+        println!(
+            "  {now:>5.1} s: delivered {delivered:>7}, backlog {backlog:>6} ({held:>5.1} s of delivery at {rate:>5.0}/s)"
+        );
+    }
+    let report = load.join().unwrap_or_default();
+    let delivered = count_files(&t.maildir).saturating_sub(before);
+    println!(
+        "sustained overload, {}: accepted {} ({:.0}/s, p99 {:.1} ms), delivered {} ({:.0}/s) during the {} s; backlog at most {} messages, {:.1} s of delivery",
+        t.name,
+        report.accepted,
+        report.per_second,
+        report.p99_ms,
+        delivered,
+        delivered as f64 / report.seconds.max(1e-9),
+        secs,
+        max_backlog,
+        max_secs
+    );
+}
+
+/// The end-to-end figure for finaldot and, with --compare-maildir, the
+/// other server, with their ratio.
+fn e2e_cells(args: &Args, n: u64) {
+    let dir = TestDir::new("bench-e2e");
+    let (d, t) = finaldot_target(&dir);
+    let ours = end_to_end(args, &t, n);
+    drop(d);
+    let Some(other) = compare_target(args) else {
+        return;
+    };
+    // The first run's file deletions must not slow the second's creations.
+    std::thread::sleep(Duration::from_secs(30));
+    if let (Some(ours), Some(theirs)) = (ours, end_to_end(args, &other, n)) {
+        println!(
+            "end to end: finaldot / other = {:.2} (target >= 2)",
+            ours / theirs.max(1e-9)
+        );
+    }
+}
+
+/// The sustained-overload cell for finaldot and, with --compare-maildir,
+/// the other server.
+fn overload_cells(args: &Args, secs: u64) {
+    let dir = TestDir::new("bench-overload");
+    let (d, t) = finaldot_target(&dir);
+    overload(args, &t, secs);
+    drop(d);
+    if let Some(other) = compare_target(args) {
+        std::thread::sleep(Duration::from_secs(30));
+        overload(args, &other, secs);
+    }
+}
+
 fn count_files(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
 }
@@ -648,8 +886,8 @@ fn run_cell(args: &Args, chain: &str, concurrency: usize, size: usize) -> Cell {
     let cfg = test_config(
         dir.path(),
         &format!(
-            "max_connections = 2000\nmax_connections_per_ip = 1000\nin_flow_delay_ms = {}",
-            args.in_flow_delay_ms
+            "max_connections = 2000\nmax_connections_per_ip = 1000\n{}",
+            in_flow(args, chain)
         ),
         &chain_toml(dir.path(), chain, args),
     );
@@ -782,6 +1020,14 @@ fn main() {
         drain(&args, n);
         return;
     }
+    if let Some(n) = args.e2e {
+        e2e_cells(&args, n);
+        return;
+    }
+    if let Some(secs) = args.overload {
+        overload_cells(&args, secs);
+        return;
+    }
     if let Some(pairs) = args.pairs {
         let _kept = target1_pairs(&args, pairs);
         return;
@@ -891,6 +1137,10 @@ fn main() {
         for (kind, wasm_name, config) in RELOAD_PLUGINS {
             reload(kind, wasm_name, config, 3);
         }
+        println!();
+        e2e_cells(&args, 20_000);
+        println!();
+        overload_cells(&args, 60);
         println!();
         drain(&args, 8000);
         // Issue 17's section 5: the default chain plus dnsbl, DNS answers

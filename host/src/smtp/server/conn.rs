@@ -361,16 +361,20 @@ impl Conn {
     }
 
     async fn begin(&mut self, env: Box<Envelope>) -> Result<(), Reply> {
-        // In-flow delay (Postfix's idea): while the pipeline is behind, pause
-        // before taking a new message (its 354), at most `in_flow_delay`. The
-        // 250 after the final dot is never delayed.
+        // In-flow delay (Postfix's idea): while the queue holds more
+        // delivery work than it should, pause before taking a new message
+        // (its 354), until the pipeline catches up or for at most
+        // `in_flow_delay`. The 250 after the final dot is never delayed.
         let delay = self.smtp.in_flow_delay;
-        if !delay.is_zero() {
-            let until = Instant::now() + delay;
-            while Instant::now() < until && self.shared.backlog().await > self.smtp.in_flow_backlog
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        if !delay.is_zero() && self.shared.behind(&self.smtp) {
+            let started = Instant::now();
+            let until = started + delay;
+            while Instant::now() < until && self.shared.behind(&self.smtp) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            crate::metrics::global()
+                .in_flow_delay_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
         let spool = self.shared.spool.clone();
         let hostname = self.hostname.clone();

@@ -84,7 +84,6 @@ struct Shared {
     /// The cap `total` was sized for (a reload adds or forgets permits).
     max_connections: Mutex<usize>,
     /// Messages in `incoming/` and when they were counted (for the in-flow delay).
-    backlog: tokio::sync::Mutex<(Option<std::time::Instant>, usize)>,
     /// Failed AUTH attempts in the last ten minutes, per IP.
     auth_failures: PerIpWindow,
 }
@@ -110,21 +109,17 @@ impl Shared {
         }
     }
 
-    /// Messages waiting in `incoming/` for their first pipeline run, counted
-    /// at most every 250 ms (a directory listing; always right, whoever moved
-    /// the files).
-    async fn backlog(&self) -> usize {
-        let mut b = self.backlog.lock().await;
-        let stale =
-            b.0.is_none_or(|t| t.elapsed() >= Duration::from_millis(250));
-        if stale {
-            let spool = self.spool.clone();
-            let n = tokio::task::spawn_blocking(move || spool.count(spool::QueueState::Incoming))
-                .await
-                .unwrap_or(0);
-            *b = (Some(std::time::Instant::now()), n);
-        }
-        b.1
+    /// Whether the queue holds more delivery work than a new message
+    /// should wait behind: more messages waiting for or in a pipeline run
+    /// than `in_flow_backlog_secs` of the pipeline's best recent rate, and
+    /// than `in_flow_backlog` (the floor, and the whole rule until a rate
+    /// has been seen).
+    fn behind(&self, smtp: &SmtpConfig) -> bool {
+        let flow = self.spool.flow();
+        let by_rate = flow
+            .capacity()
+            .map_or(0.0, |rate| rate * smtp.in_flow_backlog_secs);
+        flow.pending() as f64 > by_rate.max(smtp.in_flow_backlog as f64)
     }
 }
 
@@ -230,7 +225,6 @@ impl Server {
                 recent: PerIpWindow::new(Duration::from_secs(60)),
                 total: Arc::new(Semaphore::new(smtp.max_connections)),
                 max_connections: Mutex::new(smtp.max_connections),
-                backlog: tokio::sync::Mutex::new((None, 0)),
                 auth_failures: PerIpWindow::new(AUTH_FAILURE_WINDOW),
             }),
             listeners: Mutex::new(HashMap::new()),
