@@ -25,6 +25,8 @@ pub struct GroupCommit<T, E> {
 struct State<T, E> {
     pending: Vec<(T, Slot<E>)>,
     flushing: bool,
+    /// Callers waiting for a flush to end (woken only if there are any).
+    waiting: usize,
 }
 
 impl<T, E: Clone> GroupCommit<T, E> {
@@ -34,6 +36,7 @@ impl<T, E: Clone> GroupCommit<T, E> {
             state: Mutex::new(State {
                 pending: Vec::new(),
                 flushing: false,
+                waiting: 0,
             }),
             flushed: Condvar::new(),
             on_panic,
@@ -72,17 +75,21 @@ impl<T, E: Clone> GroupCommit<T, E> {
                 }
                 state = self.lock();
                 state.flushing = false;
-                self.flushed.notify_all();
+                if state.waiting > 0 {
+                    self.flushed.notify_all();
+                }
                 drop(state);
                 return match outcome {
                     Ok(r) => r,
                     Err(panic) => std::panic::resume_unwind(panic),
                 };
             }
+            state.waiting += 1;
             state = match self.flushed.wait(state) {
                 Ok(s) => s,
                 Err(p) => p.into_inner(),
             };
+            state.waiting -= 1;
         }
     }
 

@@ -204,7 +204,11 @@ impl Daemon {
         args: &[std::ffi::OsString],
         data_dir: PathBuf,
     ) -> Daemon {
-        let log_path = dir.join(format!(
+        // Not beside the configuration file: the daemon watches that
+        // directory, and every log line written there would wake it.
+        let logs = dir.join("logs");
+        let _ = std::fs::create_dir_all(&logs);
+        let log_path = logs.join(format!(
             "daemon-{}.log",
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

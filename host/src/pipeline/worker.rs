@@ -146,7 +146,7 @@ fn load_attempt(
     if spool.claim(id)?.is_none() {
         return Ok(None);
     }
-    let queued = match spool.read_queue_file(QueueState::Active, id) {
+    let (file, queued) = match spool.open_queued(QueueState::Active, id) {
         Ok(q) => q,
         Err(e) => {
             warn!(reason = %e, "unreadable queue file moved to corrupt/");
@@ -156,7 +156,7 @@ fn load_attempt(
     };
     let mut progress = match spool.load_progress(id) {
         Ok(Some(p)) => p,
-        Ok(None) => spool.initial_progress(QueueState::Active, id, &queued)?,
+        Ok(None) => spool.initial_progress_of(&file, &queued)?,
         Err(e) => {
             // Never let a bad record stop a message: keep it for inspection and
             // start over from the first stage (stages are idempotent).
@@ -184,7 +184,7 @@ fn load_attempt(
             authenticate(ctx, id, &queued, &mut progress, &verifier)?;
         }
     }
-    let file = Arc::new(spool.open_message(QueueState::Active, id)?);
+    let file = Arc::new(file);
     let body_len = queued.message_len.saturating_sub(progress.body_offset);
     let body = Body::File {
         file,

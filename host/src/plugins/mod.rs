@@ -152,8 +152,16 @@ impl PluginError {
 /// request), so disk waits never hold a core's slot.
 #[derive(Debug)]
 pub struct CpuGate {
-    free: std::sync::Mutex<usize>,
+    free: std::sync::Mutex<Slots>,
     wake: std::sync::Condvar,
+}
+
+/// The gate's count: free slots, and threads waiting for one (a slot given
+/// back wakes a waiter only when there is one: no system call otherwise).
+#[derive(Debug)]
+struct Slots {
+    free: usize,
+    waiting: usize,
 }
 
 /// A held slot of the [`CpuGate`]; released on drop.
@@ -163,7 +171,10 @@ impl CpuGate {
     /// A gate with `slots` slots (at least 1).
     pub fn new(slots: usize) -> CpuGate {
         CpuGate {
-            free: std::sync::Mutex::new(slots.max(1)),
+            free: std::sync::Mutex::new(Slots {
+                free: slots.max(1),
+                waiting: 0,
+            }),
             wake: std::sync::Condvar::new(),
         }
     }
@@ -174,13 +185,15 @@ impl CpuGate {
             Ok(f) => f,
             Err(p) => p.into_inner(),
         };
-        while *free == 0 {
+        while free.free == 0 {
+            free.waiting += 1;
             free = match self.wake.wait(free) {
                 Ok(f) => f,
                 Err(p) => p.into_inner(),
             };
+            free.waiting -= 1;
         }
-        *free -= 1;
+        free.free -= 1;
         CpuSlot(self)
     }
 
@@ -196,8 +209,10 @@ impl CpuGate {
             Ok(f) => f,
             Err(p) => p.into_inner(),
         };
-        *free += 1;
-        self.wake.notify_one();
+        free.free += 1;
+        if free.waiting > 0 {
+            self.wake.notify_one();
+        }
     }
 }
 

@@ -32,7 +32,7 @@ mod queue_file;
 pub use flow::Flow;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -739,15 +739,27 @@ impl Spool {
         len: u64,
     ) -> Result<Vec<u8>, Error> {
         let path = self.path(state, id);
-        let mut out = Vec::new();
         File::open(&path)
-            .and_then(|mut f| {
-                f.seek(SeekFrom::Start(queued.message_offset + from))?;
-                f.take(len.min(queued.message_len.saturating_sub(from)))
-                    .read_to_end(&mut out)
-            })
-            .map_err(|e| Error::io("reading", &path, e))?;
-        Ok(out)
+            .and_then(|f| read_range(&f, queued, from, len))
+            .map_err(|e| Error::io("reading", &path, e))
+    }
+
+    /// Opens the queue file of `id` in `state` and reads its header: the
+    /// file stays open for reading the message (one open per attempt).
+    pub fn open_queued(&self, state: QueueState, id: &QueueId) -> Result<(File, QueueFile), Error> {
+        let path = self.path(state, id);
+        File::open(&path)
+            .map_err(queue_file::FormatError::from)
+            .and_then(|f| Ok((queue_file::read_header_of(&f)?, f)))
+            .map(|(q, f)| (f, q))
+            .map_err(|source| Error::Format { path, source })
+    }
+
+    /// [`Spool::initial_progress`] from a queue file already open.
+    pub fn initial_progress_of(&self, file: &File, queued: &QueueFile) -> Result<Progress, Error> {
+        let head = read_range(file, queued, 0, MAX_HEADER_BYTES)
+            .map_err(|e| Error::io("reading", &self.root, e))?;
+        Ok(Progress::initial(&queued.envelope, &head))
     }
 
     /// The progress of a message that has none yet: its envelope with every
@@ -959,6 +971,16 @@ impl Drop for SpoolWriter {
             let _ = fs::remove_file(&self.path);
         }
     }
+}
+
+/// Reads `len` bytes (fewer at its end) of the message in `file`, starting
+/// `from` bytes into the message: one positioned read of the exact size.
+fn read_range(file: &File, queued: &QueueFile, from: u64, len: u64) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let n = len.min(queued.message_len.saturating_sub(from));
+    let mut out = vec![0u8; usize::try_from(n).map_err(io::Error::other)?];
+    file.read_exact_at(&mut out, queued.message_offset + from)?;
+    Ok(out)
 }
 
 /// fsyncs a directory so that renames and creations in it are durable.

@@ -184,13 +184,18 @@ pub fn encode_trailer(message_len: u64) -> [u8; TRAILER_LEN as usize] {
 
 /// Reads and validates a queue file's header and trailer without reading the message.
 pub fn read_header(path: &Path) -> Result<QueueFile, FormatError> {
-    let mut f = File::open(path)?;
+    read_header_of(&File::open(path)?)
+}
+
+/// [`read_header`] of a queue file already open (positioned reads only).
+pub fn read_header_of(f: &File) -> Result<QueueFile, FormatError> {
+    use std::os::unix::fs::FileExt;
     let file_len = f.metadata()?.len();
     if file_len < PRELUDE_LEN + TRAILER_LEN {
         return Err(FormatError::Torn);
     }
     let mut prelude = [0u8; PRELUDE_LEN as usize];
-    f.read_exact(&mut prelude)?;
+    f.read_exact_at(&mut prelude, 0)?;
     if &prelude[..8] != MAGIC {
         return Err(FormatError::BadMagic);
     }
@@ -203,7 +208,7 @@ pub fn read_header(path: &Path) -> Result<QueueFile, FormatError> {
         return Err(FormatError::Torn);
     }
     let mut env = vec![0u8; env_len as usize];
-    f.read_exact(&mut env)?;
+    f.read_exact_at(&mut env, PRELUDE_LEN)?;
     let envelope: Envelope = if version == 1 {
         postcard::from_bytes::<EnvelopeV1>(&env)
             .map(Envelope::from)
@@ -211,9 +216,8 @@ pub fn read_header(path: &Path) -> Result<QueueFile, FormatError> {
     } else {
         postcard::from_bytes(&env).map_err(FormatError::Envelope)?
     };
-    f.seek(SeekFrom::End(-(TRAILER_LEN as i64)))?;
     let mut trailer = [0u8; TRAILER_LEN as usize];
-    f.read_exact(&mut trailer)?;
+    f.read_exact_at(&mut trailer, file_len - TRAILER_LEN)?;
     if &trailer[..8] != END_MARKER {
         return Err(FormatError::Torn);
     }

@@ -686,10 +686,29 @@ impl Target {
 
 /// finaldot with the embedded default configuration (what `./dev run`
 /// starts), in a fresh directory: its chain is dedup, list-expand, filter
-/// and local-delivery, every default in force (pacing included).
-fn finaldot_target(dir: &TestDir) -> (Daemon, Target) {
-    let d = Daemon::start_default(dir.path());
-    let spool = d.data_dir.join("spool");
+/// and local-delivery, every default in force (pacing included) except
+/// what --workers, --nice, --max-running-plugins, --reuse-instances and
+/// --in-flow-delay-ms change.
+fn finaldot_target(args: &Args, dir: &TestDir) -> (Daemon, Target) {
+    let mut pipeline = String::from("[pipeline]\n");
+    if let Some(w) = args.workers {
+        pipeline.push_str(&format!("workers = {w}\n"));
+    }
+    if let Some(n) = args.nice {
+        pipeline.push_str(&format!("nice = {n}\n"));
+    }
+    if let Some(n) = args.max_running_plugins {
+        pipeline.push_str(&format!("max_running_plugins = {n}\n"));
+    }
+    let mut config = finaldot::config::DEFAULT_CONFIG
+        .replace("listen = [\"127.0.0.1:2525\"]", &format!("listen = [\"127.0.0.1:0\"]\n{}", in_flow(args, "default")))
+        .replace("listen = \"127.0.0.1:9425\"", "listen = \"127.0.0.1:0\"")
+        .replace("[pipeline]\n", &pipeline);
+    if args.reuse_instances {
+        config = config.replace("builtin = true\n", "builtin = true\nreuse_instance = true\n");
+    }
+    let d = Daemon::start_with(dir.path(), &config);
+    let spool = dir.path().join("var/spool");
     let t = Target {
         name: "finaldot".into(),
         addr: d.addr,
@@ -830,7 +849,7 @@ fn overload(args: &Args, t: &Target, secs: u64) {
 /// other server, with their ratio.
 fn e2e_cells(args: &Args, n: u64) {
     let dir = TestDir::new("bench-e2e");
-    let (d, t) = finaldot_target(&dir);
+    let (d, t) = finaldot_target(args, &dir);
     let ours = end_to_end(args, &t, n);
     drop(d);
     let Some(other) = compare_target(args) else {
@@ -850,7 +869,7 @@ fn e2e_cells(args: &Args, n: u64) {
 /// the other server.
 fn overload_cells(args: &Args, secs: u64) {
     let dir = TestDir::new("bench-overload");
-    let (d, t) = finaldot_target(&dir);
+    let (d, t) = finaldot_target(args, &dir);
     overload(args, &t, secs);
     drop(d);
     if let Some(other) = compare_target(args) {
