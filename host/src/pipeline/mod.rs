@@ -1,10 +1,10 @@
 //! The post-acceptance pipeline: after the 250, it owns each message until it
 //! is delivered, bounced, held or deliberately removed.
 //!
-//! A scheduler thread learns of new mail from the spool's commit hook (and,
-//! as the backstop, from a periodic rescan of `incoming/` and of the due part
-//! of `deferred/`), interleaves fresh and retried mail, and hands queue ids to
-//! a bounded pool of worker threads. Workers run at a lower scheduling
+//! The spool's commit hook queues each new message for the workers (and, as
+//! the backstop, a scheduler thread's periodic rescan of `incoming/` queues
+//! what is there and the due part of `deferred/`); a bounded pool of worker
+//! threads takes fresh and retried mail alternately. Workers run at a lower scheduling
 //! priority than the SMTP threads (plugin CPU never delays a 250), claim a
 //! message (`incoming|deferred → active`), run the plugin chain in order, and
 //! checkpoint the message's [`Progress`] durably after every stage, so a
@@ -24,7 +24,6 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -82,17 +81,95 @@ impl Settings {
     }
 }
 
-enum Event {
-    Committed(QueueId),
-    Done(QueueId),
-    Stop,
+/// Queue ids waiting for a worker: fresh mail (from the spool's commit hook)
+/// and retries (from the rescans), taken alternately so a retry backlog
+/// never starves fresh mail. A worker takes the next id itself; nothing
+/// wakes a thread per message unless a worker is idle.
+struct Work {
+    state: Mutex<WorkState>,
+    ready: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct WorkState {
+    fresh: VecDeque<QueueId>,
+    retry: VecDeque<QueueId>,
+    /// Queued or in a worker's hands: never handed out twice.
+    known: HashSet<QueueId>,
+    take_fresh: bool,
+    /// Workers waiting for an id.
+    idle: usize,
+    stop: bool,
+}
+
+impl Work {
+    fn new() -> Work {
+        Work {
+            state: Mutex::new(WorkState::default()),
+            ready: std::sync::Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WorkState> {
+        // Deques, a set and counters, consistent between statements.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `id` unless it is queued or being processed.
+    fn push(&self, id: &QueueId, fresh: bool) {
+        let mut s = self.lock();
+        if s.stop || !s.known.insert(id.clone()) {
+            return;
+        }
+        if fresh {
+            s.fresh.push_back(id.clone());
+        } else {
+            s.retry.push_back(id.clone());
+        }
+        if s.idle > 0 {
+            self.ready.notify_one();
+        }
+    }
+
+    /// The next id to process; `None` once stopping.
+    fn next(&self) -> Option<QueueId> {
+        let mut s = self.lock();
+        loop {
+            if s.stop {
+                return None;
+            }
+            let take_fresh = s.take_fresh;
+            let next = if take_fresh {
+                s.fresh.pop_front().or_else(|| s.retry.pop_front())
+            } else {
+                s.retry.pop_front().or_else(|| s.fresh.pop_front())
+            };
+            if let Some(id) = next {
+                s.take_fresh = !take_fresh;
+                return Some(id);
+            }
+            s.idle += 1;
+            s = self.ready.wait(s).unwrap_or_else(|p| p.into_inner());
+            s.idle -= 1;
+        }
+    }
+
+    /// A worker is done with `id` (a later rescan may queue it again).
+    fn done(&self, id: &QueueId) {
+        self.lock().known.remove(id);
+    }
+
+    fn stop(&self) {
+        self.lock().stop = true;
+        self.ready.notify_all();
+    }
 }
 
 /// A running pipeline.
 pub struct Pipeline {
     ctx: Arc<worker::Context>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    events: mpsc::Sender<Event>,
+    work: Arc<Work>,
+    rescans: mpsc::Sender<()>,
     scheduler: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -104,18 +181,11 @@ impl Pipeline {
         chain: SharedChain,
         settings: Settings,
     ) -> std::io::Result<Pipeline> {
-        let (events_tx, events_rx) = mpsc::channel::<Event>();
+        let work = Arc::new(Work::new());
         {
-            let tx = Mutex::new(events_tx.clone());
-            spool.notify_commits(Box::new(move |id| {
-                if let Ok(tx) = tx.lock() {
-                    let _ = tx.send(Event::Committed(id.clone()));
-                }
-            }));
+            let work = work.clone();
+            spool.notify_commits(Box::new(move |id| work.push(id, true)));
         }
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (work_tx, work_rx) = mpsc::channel::<QueueId>();
-        let work_rx = Arc::new(Mutex::new(work_rx));
         let ctx = Arc::new(worker::Context {
             spool: spool.clone(),
             chain,
@@ -123,29 +193,24 @@ impl Pipeline {
         });
         let mut workers = Vec::new();
         for n in 0..settings.config.workers {
-            let rx = work_rx.clone();
             let ctx = ctx.clone();
-            let events = events_tx.clone();
+            let work = work.clone();
             let nice = settings.config.nice;
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("pipeline-{n}"))
                     .spawn(move || {
                         lower_priority(nice);
-                        loop {
-                            let next = match rx.lock() {
-                                Ok(rx) => rx.recv(),
-                                Err(_) => return,
-                            };
-                            let Ok(id) = next else { return };
+                        while let Some(id) = work.next() {
                             worker::process(&ctx, &id);
-                            let _ = events.send(Event::Done(id));
+                            work.done(&id);
                         }
                     })?,
             );
         }
+        let (rescans, stop_rx) = mpsc::channel::<()>();
         let scheduler = {
-            let stop = stop.clone();
+            let work = work.clone();
             let cfg = settings.config.clone();
             let nice = settings.config.nice;
             std::thread::Builder::new()
@@ -154,13 +219,13 @@ impl Pipeline {
                     // Its rescans list the whole queue (tens of thousands of
                     // files under a backlog): that work yields to SMTP too.
                     lower_priority(nice);
-                    schedule(spool, cfg, events_rx, work_tx, stop)
+                    rescan_loop(&spool, &cfg, &work, &stop_rx)
                 })?
         };
         Ok(Pipeline {
             ctx,
-            stop,
-            events: events_tx,
+            work,
+            rescans,
             scheduler: Some(scheduler),
             workers,
         })
@@ -178,8 +243,8 @@ impl Pipeline {
     /// Stops dispatching, lets workers finish the message they hold (each
     /// plugin call is bounded by its time limit), and waits for them.
     pub fn shutdown(mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let _ = self.events.send(Event::Stop);
+        self.work.stop();
+        let _ = self.rescans.send(());
         if let Some(s) = self.scheduler.take() {
             let _ = s.join();
         }
@@ -210,77 +275,28 @@ fn lower_priority(nice: i32) {
     }
 }
 
-fn schedule(
-    spool: Arc<Spool>,
-    cfg: PipelineConfig,
-    events: mpsc::Receiver<Event>,
-    work: mpsc::Sender<QueueId>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) {
-    let mut fresh: VecDeque<QueueId> = VecDeque::new();
-    let mut retry: VecDeque<QueueId> = VecDeque::new();
-    let mut known: HashSet<QueueId> = HashSet::new();
-    let mut idle = cfg.workers;
-    let mut last_scan: Option<Instant> = None;
-    let mut take_fresh = true;
+/// The backstop for wake-ups, every `rescan`: queues what waits in
+/// `incoming/` (mail committed while no pipeline ran, or whose wake-up was
+/// lost) and the deferred mail that is due, and recounts the backlog SMTP
+/// paces new mail by. Returns when `stop` says so (or is dropped).
+fn rescan_loop(spool: &Spool, cfg: &PipelineConfig, work: &Work, stop: &mpsc::Receiver<()>) {
     loop {
-        if stop.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
-        }
-        if last_scan.is_none_or(|t| t.elapsed() >= cfg.rescan) {
-            last_scan = Some(Instant::now());
-            if let Ok(ids) = spool.list(crate::spool::QueueState::Incoming) {
-                // The backlog SMTP paces new mail by, counted afresh.
-                spool
-                    .flow()
-                    .set_pending(ids.len() + spool.count(crate::spool::QueueState::Active));
-                for id in ids {
-                    if known.insert(id.clone()) {
-                        fresh.push_back(id);
-                    }
-                }
-            }
-            if let Ok(ids) = spool.due_deferred(crate::unix_now()) {
-                for id in ids {
-                    if known.insert(id.clone()) {
-                        retry.push_back(id);
-                    }
-                }
+        if let Ok(ids) = spool.list(crate::spool::QueueState::Incoming) {
+            spool
+                .flow()
+                .set_pending(ids.len() + spool.count(crate::spool::QueueState::Active));
+            for id in &ids {
+                work.push(id, true);
             }
         }
-        // Interleave new and retried mail so a retry backlog never starves fresh mail.
-        while idle > 0 && !(fresh.is_empty() && retry.is_empty()) {
-            let next = if take_fresh {
-                fresh.pop_front().or_else(|| retry.pop_front())
-            } else {
-                retry.pop_front().or_else(|| fresh.pop_front())
-            };
-            take_fresh = !take_fresh;
-            if let Some(id) = next {
-                if work.send(id).is_err() {
-                    return;
-                }
-                idle -= 1;
+        if let Ok(ids) = spool.due_deferred(crate::unix_now()) {
+            for id in &ids {
+                work.push(id, false);
             }
         }
-        let wait = cfg
-            .rescan
-            .saturating_sub(last_scan.map(|t| t.elapsed()).unwrap_or_default())
-            .max(Duration::from_millis(10));
-        match events.recv_timeout(wait) {
-            Ok(Event::Committed(id)) => {
-                if known.insert(id.clone()) {
-                    fresh.push_back(id);
-                }
-            }
-            Ok(Event::Done(id)) => {
-                if known.remove(&id) {
-                    idle += 1;
-                }
-            }
-            Ok(Event::Stop) => return,
+        match stop.recv_timeout(cfg.rescan) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
     }
 }

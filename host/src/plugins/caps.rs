@@ -77,6 +77,11 @@ pub struct OpenGrants {
     /// One group commit per (grant, directory): concurrent deliveries into
     /// the same Maildir share its directory fsync.
     dir_syncs: Mutex<HashMap<(String, String), Arc<DirSync>>>,
+    /// Held around file creations and renames in the granted directories:
+    /// concurrent deliveries into one Maildir otherwise spin in the kernel
+    /// on its directory lock while the holder allocates an inode; here
+    /// they sleep instead (the writes and fsyncs still run concurrently).
+    names: Mutex<()>,
 }
 
 type DirSync = IoGroupCommit<()>;
@@ -150,6 +155,7 @@ impl OpenGrants {
             http,
             kv,
             dir_syncs: Mutex::default(),
+            names: Mutex::default(),
         })
     }
 
@@ -161,6 +167,7 @@ impl OpenGrants {
             http: None,
             kv: None,
             dir_syncs: Mutex::default(),
+            names: Mutex::default(),
         }
     }
 
@@ -384,12 +391,14 @@ impl OpenGrants {
         path: &str,
         fill: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
     ) -> Result<(), CapError> {
-        let file = dir
-            .open_with(
+        let file = {
+            let _names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+            dir.open_with(
                 tmp,
                 OpenOptions::new().write(true).create(true).truncate(true),
             )
-            .map_err(|e| CapError::io(tmp, e))?;
+        }
+        .map_err(|e| CapError::io(tmp, e))?;
         let mut file = file.into_std();
         let written = fill(&mut file).and_then(|()| file.sync_all());
         if let Err(e) = written {
@@ -397,7 +406,11 @@ impl OpenGrants {
             return Err(CapError::io(tmp, e));
         }
         drop(file);
-        if let Err(e) = dir.rename(tmp, dir, path) {
+        let renamed = {
+            let _names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+            dir.rename(tmp, dir, path)
+        };
+        if let Err(e) = renamed {
             let _ = dir.remove_file(tmp);
             return Err(CapError::io(path, e));
         }

@@ -66,7 +66,10 @@ impl Flow {
         let now = Instant::now();
         let done = self.finished();
         let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        if samples.back().is_none_or(|(t, _)| now.duration_since(*t) >= EVERY) {
+        if samples
+            .back()
+            .is_none_or(|(t, _)| now.duration_since(*t) >= EVERY)
+        {
             samples.push_back((now, done));
         }
         while samples

@@ -605,6 +605,7 @@ fn drain(args: &Args, n: usize) {
         dir.path(),
         &test_config(dir.path(), smtp, &chain("default")),
     );
+    let cpu_before = cpu_seconds(d.pid());
     let mut last = (Instant::now(), 0usize);
     loop {
         std::thread::sleep(Duration::from_millis(1000));
@@ -621,6 +622,12 @@ fn drain(args: &Args, n: usize) {
         }
     }
     let secs = t.elapsed().as_secs_f64();
+    let cpu_after = cpu_seconds(d.pid());
+    println!(
+        "  pipeline threads' CPU per delivered message: {:.0} µs (the rest of the daemon: {:.0} µs)",
+        (cpu_after.0 - cpu_before.0) * 1e6 / last.1.max(1) as f64,
+        (cpu_after.1 - cpu_before.1) * 1e6 / last.1.max(1) as f64
+    );
     println!(
         "pipeline alone (default chain{}, workers {}): {} delivered in {secs:.1} s = {:.0}/s (including the daemon's start)",
         args.dnsbl_delay_ms
@@ -701,11 +708,17 @@ fn finaldot_target(args: &Args, dir: &TestDir) -> (Daemon, Target) {
         pipeline.push_str(&format!("max_running_plugins = {n}\n"));
     }
     let mut config = finaldot::config::DEFAULT_CONFIG
-        .replace("listen = [\"127.0.0.1:2525\"]", &format!("listen = [\"127.0.0.1:0\"]\n{}", in_flow(args, "default")))
+        .replace(
+            "listen = [\"127.0.0.1:2525\"]",
+            &format!("listen = [\"127.0.0.1:0\"]\n{}", in_flow(args, "default")),
+        )
         .replace("listen = \"127.0.0.1:9425\"", "listen = \"127.0.0.1:0\"")
         .replace("[pipeline]\n", &pipeline);
     if args.reuse_instances {
-        config = config.replace("builtin = true\n", "builtin = true\nreuse_instance = true\n");
+        config = config.replace(
+            "builtin = true\n",
+            "builtin = true\nreuse_instance = true\n",
+        );
     }
     let d = Daemon::start_with(dir.path(), &config);
     let spool = dir.path().join("var/spool");
@@ -762,8 +775,9 @@ fn backlog_sampler(
 
 /// What the user waits for: `n` messages of 4 KiB at c=64, from the first
 /// connection to the last message in the Maildir (its file's mtime).
-fn end_to_end(args: &Args, t: &Target, n: u64) -> Option<f64> {
+fn end_to_end(args: &Args, t: &Target, pid: Option<u32>, n: u64) -> Option<f64> {
     let before = count_files(&t.maildir);
+    let cpu_before = pid.map(cpu_seconds);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = backlog_sampler(t, stop.clone());
     let started = std::time::SystemTime::now();
@@ -771,7 +785,8 @@ fn end_to_end(args: &Args, t: &Target, n: u64) -> Option<f64> {
     let report = run(&t.spec(args, Some(n), None));
     let acked = clock.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(600);
-    while ((count_files(&t.maildir) - before) as u64) < report.accepted && Instant::now() < deadline {
+    while ((count_files(&t.maildir) - before) as u64) < report.accepted && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(200));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -788,6 +803,14 @@ fn end_to_end(args: &Args, t: &Target, n: u64) -> Option<f64> {
         return None;
     };
     let rate = report.accepted as f64 / last;
+    if let (Some(pid), Some(b)) = (pid, cpu_before) {
+        let a = cpu_seconds(pid);
+        println!(
+            "  daemon CPU per message: pipeline threads {:.0} µs, the rest (SMTP, spool, runtime) {:.0} µs",
+            (a.0 - b.0) * 1e6 / delivered.max(1) as f64,
+            (a.1 - b.1) * 1e6 / delivered.max(1) as f64
+        );
+    }
     println!(
         "end to end, {:<24} {:>6} msgs, c=64, 4 KiB: accepted {:>6.0}/s ({} errors), last delivery {:>5.1} s after the last 250, first connection -> last delivery {:>5.1} s = {:>6.0} msg/s, peak backlog {}",
         format!("{}:", t.name),
@@ -850,14 +873,14 @@ fn overload(args: &Args, t: &Target, secs: u64) {
 fn e2e_cells(args: &Args, n: u64) {
     let dir = TestDir::new("bench-e2e");
     let (d, t) = finaldot_target(args, &dir);
-    let ours = end_to_end(args, &t, n);
+    let ours = end_to_end(args, &t, Some(d.pid()), n);
     drop(d);
     let Some(other) = compare_target(args) else {
         return;
     };
     // The first run's file deletions must not slow the second's creations.
     std::thread::sleep(Duration::from_secs(30));
-    if let (Some(ours), Some(theirs)) = (ours, end_to_end(args, &other, n)) {
+    if let (Some(ours), Some(theirs)) = (ours, end_to_end(args, &other, None, n)) {
         println!(
             "end to end: finaldot / other = {:.2} (target >= 2)",
             ours / theirs.max(1e-9)
