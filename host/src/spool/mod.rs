@@ -15,11 +15,15 @@
 //! journal commits.
 //!
 //! Recycling: a finished message's file is not unlinked but renamed back into
-//! `tmp/` (up to [`RECYCLE_MAX_FILES`] small files) and overwritten by a later
-//! message. Creating and deleting an inode per message is the costliest part
-//! of a spool commit on ext4 (the inode allocator scans past every recently
-//! freed inode under the directory lock); a rename is not. Recovery clears
-//! `tmp/` as before, so a recycled file never outlives the process.
+//! `tmp/` (up to [`RECYCLE_MAX_FILES`] small files and [`RECYCLE_POOL_BYTES`]
+//! in all) and overwritten by a later message. Creating and deleting an inode
+//! per message is the costliest part of a spool commit on ext4 (the inode
+//! allocator scans past every recently freed inode under the directory
+//! lock, for every file created on that file system in the next 30 s,
+//! Maildir deliveries included); a rename is not. The pool is big enough
+//! that a drained backlog's files wait for the next burst instead of being
+//! deleted, and recovery keeps it: a recycled file (`tmp/free.*`) is taken
+//! back into the pool, everything else in `tmp/` is removed.
 //!
 //! Invariants: a file outside `tmp/` is complete (its end marker matches its
 //! length); nothing unreadable is ever deleted (recovery moves it to `corrupt/`);
@@ -52,11 +56,40 @@ pub type CommitHook = Box<dyn Fn(&QueueId) + Send + Sync>;
 pub const PROGRESS_DIR: &str = "state";
 
 /// At most this many finished files wait in `tmp/` to be reused.
-pub const RECYCLE_MAX_FILES: usize = 256;
+pub const RECYCLE_MAX_FILES: usize = 16 * 1024;
 
-/// Only files up to this size are recycled (so the pool holds at most
-/// `RECYCLE_MAX_FILES × RECYCLE_MAX_BYTES` = 32 MiB of disk).
+/// Only files up to this size are recycled.
 pub const RECYCLE_MAX_BYTES: u64 = 128 * 1024;
+
+/// The recycled files' sizes add up to at most this much disk.
+pub const RECYCLE_POOL_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Finished files waiting to be overwritten, and their total size.
+#[derive(Debug, Default)]
+struct Pool {
+    files: Vec<(PathBuf, u64)>,
+    bytes: u64,
+}
+
+impl Pool {
+    /// Whether a file of `len` bytes fits.
+    fn fits(&self, len: u64) -> bool {
+        len <= RECYCLE_MAX_BYTES
+            && self.files.len() < RECYCLE_MAX_FILES
+            && self.bytes + len <= RECYCLE_POOL_BYTES
+    }
+
+    fn push(&mut self, path: PathBuf, len: u64) {
+        self.bytes += len;
+        self.files.push((path, len));
+    }
+
+    fn pop(&mut self) -> Option<PathBuf> {
+        let (path, len) = self.files.pop()?;
+        self.bytes -= len;
+        Some(path)
+    }
+}
 
 /// A message's queue id: uppercase hex of its creation time and inode number.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -200,7 +233,8 @@ impl Error {
 /// What [`Spool::recover`] found and did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovery {
-    /// Half-written files removed from `tmp/` (recycled files are removed too, uncounted).
+    /// Half-written files removed from `tmp/` (recycled files are kept for
+    /// reuse, or removed beyond the pool's bounds, uncounted).
     pub tmp_removed: usize,
     /// Files returned from `active/` to `incoming/`.
     pub active_returned: usize,
@@ -217,7 +251,11 @@ pub struct Spool {
     notify: Arc<std::sync::OnceLock<CommitHook>>,
     fault: Arc<AtomicI32>,
     tmp_counter: AtomicU64,
-    recycled: std::sync::Mutex<Vec<PathBuf>>,
+    /// This process's part of every name it makes in `tmp/` (its pid and
+    /// start time): recycled files outlive a process, so names must not
+    /// repeat across processes, even under a reused pid.
+    tmp_prefix: String,
+    recycled: std::sync::Mutex<Pool>,
     flow: Arc<Flow>,
 }
 
@@ -295,7 +333,15 @@ impl Spool {
             notify,
             fault: Arc::new(AtomicI32::new(0)),
             tmp_counter: AtomicU64::new(0),
-            recycled: std::sync::Mutex::new(Vec::new()),
+            tmp_prefix: format!(
+                "{}.{}",
+                std::process::id(),
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos()
+            ),
+            recycled: std::sync::Mutex::new(Pool::default()),
             flow,
         };
         spool.recount_pending();
@@ -384,7 +430,7 @@ impl Spool {
     fn tmp_name(&self, kind: &str) -> PathBuf {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         self.dir(QueueState::Tmp)
-            .join(format!("{kind}.{}.{}", std::process::id(), n))
+            .join(format!("{kind}.{}.{n}", self.tmp_prefix))
     }
 
     /// A recycled file from `tmp/` opened for overwriting, or a new one.
@@ -412,15 +458,13 @@ impl Spool {
     /// [`Spool::begin`] to overwrite, or removes it. Not durable by itself: `from`'s directory is fsynced by the
     /// caller when the removal must survive a crash.
     fn recycle(&self, path: &Path) -> io::Result<()> {
-        let small = fs::metadata(path)?.len() <= RECYCLE_MAX_BYTES;
-        if small {
-            if let Ok(mut pool) = self.recycled.lock() {
-                if pool.len() < RECYCLE_MAX_FILES {
-                    let to = self.tmp_name("free");
-                    fs::rename(path, &to)?;
-                    pool.push(to);
-                    return Ok(());
-                }
+        let len = fs::metadata(path)?.len();
+        if let Ok(mut pool) = self.recycled.lock() {
+            if pool.fits(len) {
+                let to = self.tmp_name("free");
+                fs::rename(path, &to)?;
+                pool.push(to, len);
+                return Ok(());
             }
         }
         fs::remove_file(path)
@@ -817,22 +861,35 @@ impl Spool {
         Ok(ids)
     }
 
-    /// Recovery at start: clears `tmp/`, returns `active/` to `incoming/`, and
-    /// moves every unreadable queue file to `corrupt/` (never deleting it).
+    /// Recovery at start: clears `tmp/` but for the recycled files (taken
+    /// back into the pool, up to its bounds), returns `active/` to
+    /// `incoming/`, and moves every unreadable queue file to `corrupt/`
+    /// (never deleting it).
     pub fn recover(&self) -> Result<Recovery, Error> {
         let mut report = Recovery::default();
         let tmp = self.dir(QueueState::Tmp);
+        let mut pool = self.recycled.lock().unwrap_or_else(|p| p.into_inner());
+        // Rebuilt from what is in tmp/ (which holds every file it knew of).
+        *pool = Pool::default();
         for entry in fs::read_dir(&tmp).map_err(|e| Error::io("listing", &tmp, e))? {
-            let path = entry.map_err(|e| Error::io("listing", &tmp, e))?.path();
-            fs::remove_file(&path).map_err(|e| Error::io("removing", &path, e))?;
+            let entry = entry.map_err(|e| Error::io("listing", &tmp, e))?;
+            let path = entry.path();
             let recycled = path
                 .file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("free."));
-            if !recycled {
+            if recycled {
+                let len = entry.metadata().map(|m| m.len());
+                if let Some(len) = len.ok().filter(|&l| pool.fits(l)) {
+                    pool.push(path, len);
+                    continue;
+                }
+            } else {
                 report.tmp_removed += 1;
             }
+            fs::remove_file(&path).map_err(|e| Error::io("removing", &path, e))?;
         }
+        drop(pool);
         let active = self.dir(QueueState::Active);
         let incoming = self.dir(QueueState::Incoming);
         for entry in fs::read_dir(&active).map_err(|e| Error::io("listing", &active, e))? {
@@ -1174,22 +1231,40 @@ mod tests {
                 .count(),
             0
         );
-        // Recovery clears recycled files with the rest of tmp/.
+        // Recovery keeps recycled files (a later process reuses them) and
+        // removes half-written ones.
+        let half = spool.begin(&envelope()).expect("begin");
+        let half_path = half.path.clone();
+        std::mem::forget(half);
         let third = put(&spool, b"t\r\n").await.expect("commit");
         spool.claim(&third).expect("claim");
         spool.complete(&third, false).expect("complete");
+        let tmp_dir = spool.dir(QueueState::Tmp);
+        let tmp_files = || fs::read_dir(&tmp_dir).expect("ls").count();
+        assert_eq!(tmp_files(), 2);
+        drop(spool);
+        let spool = Spool::open(dir.path()).expect("reopen");
+        assert_eq!(spool.recover().expect("recover").tmp_removed, 1);
+        assert!(!half_path.exists(), "a half-written file is removed");
+        assert_eq!(tmp_files(), 1, "the recycled file is kept");
+        let recycled_ino = fs::read_dir(spool.dir(QueueState::Tmp))
+            .expect("ls")
+            .flatten()
+            .next()
+            .and_then(|e| e.metadata().ok())
+            .map(|m| m.ino())
+            .expect("the kept file");
+        let fourth = put(&spool, b"four\r\n").await.expect("commit");
+        assert_eq!(tmp_files(), 0, "the new process took the kept file");
+        let ino = fs::metadata(spool.path(QueueState::Incoming, &fourth))
+            .expect("stat")
+            .ino();
+        assert_eq!(ino, recycled_ino);
         assert_eq!(
-            fs::read_dir(spool.dir(QueueState::Tmp))
-                .expect("ls")
-                .count(),
-            1
-        );
-        assert_eq!(spool.recover().expect("recover").tmp_removed, 0);
-        assert_eq!(
-            fs::read_dir(spool.dir(QueueState::Tmp))
-                .expect("ls")
-                .count(),
-            0
+            read_message(&spool.path(QueueState::Incoming, &fourth))
+                .expect("read")
+                .1,
+            b"four\r\n"
         );
     }
 
