@@ -162,7 +162,7 @@ fn load_attempt(
             // start over from the first stage (stages are idempotent).
             let kept = spool.quarantine_progress(id);
             error!(error = %e, kept = %kept.display(), "progress record unreadable; the message starts over from its first stage");
-            spool.initial_progress(QueueState::Active, id, &queued)?
+            spool.initial_progress_of(&file, &queued)?
         }
     };
     progress.attempts += 1;

@@ -344,7 +344,6 @@ impl Spool {
             recycled: std::sync::Mutex::new(Pool::default()),
             flow,
         };
-        spool.recount_pending();
         Ok(spool)
     }
 
@@ -353,10 +352,10 @@ impl Spool {
         &self.flow
     }
 
-    /// Counts the messages in `incoming/` and `active/` again by listing
-    /// them (the pipeline's periodic rescan calls this), so the backlog
-    /// stays right whoever moved files.
-    pub fn recount_pending(&self) {
+    /// Counts the messages in `incoming/` and `active/` by listing them
+    /// (recovery does; the pipeline's rescans set the count from their own
+    /// listing), so the backlog stays right whoever moved files.
+    fn recount_pending(&self) {
         self.flow
             .set_pending(self.count(QueueState::Incoming) + self.count(QueueState::Active));
     }
@@ -766,12 +765,6 @@ impl Spool {
         read_header(&path).map_err(|source| Error::Format { path, source })
     }
 
-    /// Opens the queue file of `id` in `state` for reading its message.
-    pub fn open_message(&self, state: QueueState, id: &QueueId) -> Result<File, Error> {
-        let path = self.path(state, id);
-        File::open(&path).map_err(|e| Error::io("opening", &path, e))
-    }
-
     /// Reads `len` bytes (fewer at its end) of the message of `id` in
     /// `state`, starting `from` bytes into the message.
     pub fn read_message_range(
@@ -815,8 +808,9 @@ impl Spool {
         id: &QueueId,
         queued: &QueueFile,
     ) -> Result<Progress, Error> {
-        let head = self.read_message_range(state, id, queued, 0, MAX_HEADER_BYTES)?;
-        Ok(Progress::initial(&queued.envelope, &head))
+        let path = self.path(state, id);
+        let file = File::open(&path).map_err(|e| Error::io("opening", &path, e))?;
+        self.initial_progress_of(&file, queued)
     }
 
     /// Moves the unreadable queue file of `id` in `state` to `corrupt/`, for

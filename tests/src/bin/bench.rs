@@ -122,10 +122,9 @@ struct Args {
 
 const CELLS: [(usize, usize); 4] = [(1, 4096), (8, 4096), (64, 4096), (8, 100 * 1024)];
 
-fn chain_toml(dir: &Path, chain: &str, args: &Args) -> String {
-    let heavy_ms = args.heavy_ms;
-    let mail = dir.join("mail");
-    let mut t = String::from("[pipeline]\nrescan_secs = 5\n");
+/// The `[pipeline]` keys --workers, --nice and --max-running-plugins set.
+fn pipeline_overrides(args: &Args) -> String {
+    let mut t = String::new();
     if let Some(w) = args.workers {
         t.push_str(&format!("workers = {w}\n"));
     }
@@ -135,6 +134,13 @@ fn chain_toml(dir: &Path, chain: &str, args: &Args) -> String {
     if let Some(n) = args.max_running_plugins {
         t.push_str(&format!("max_running_plugins = {n}\n"));
     }
+    t
+}
+
+fn chain_toml(dir: &Path, chain: &str, args: &Args) -> String {
+    let heavy_ms = args.heavy_ms;
+    let mail = dir.join("mail");
+    let mut t = format!("[pipeline]\nrescan_secs = 5\n{}", pipeline_overrides(args));
     t.push('\n');
     if chain == "none" {
         return t;
@@ -697,16 +703,7 @@ impl Target {
 /// what --workers, --nice, --max-running-plugins, --reuse-instances and
 /// --in-flow-delay-ms change.
 fn finaldot_target(args: &Args, dir: &TestDir) -> (Daemon, Target) {
-    let mut pipeline = String::from("[pipeline]\n");
-    if let Some(w) = args.workers {
-        pipeline.push_str(&format!("workers = {w}\n"));
-    }
-    if let Some(n) = args.nice {
-        pipeline.push_str(&format!("nice = {n}\n"));
-    }
-    if let Some(n) = args.max_running_plugins {
-        pipeline.push_str(&format!("max_running_plugins = {n}\n"));
-    }
+    let pipeline = format!("[pipeline]\n{}", pipeline_overrides(args));
     let mut config = finaldot::config::DEFAULT_CONFIG
         .replace(
             "listen = [\"127.0.0.1:2525\"]",
