@@ -798,7 +798,7 @@ fn plugin_test(
         std::env::temp_dir().join(format!("finaldot-plugin-test-kv-{}", std::process::id()))
     });
     if let Some(s) = &scratch {
-        spec.grants.kv = Some(s.clone());
+        spec.grants.kv = Some(finaldot::plugins::kv::KvGrant::Local(s.clone()));
     }
     let plugin = Plugin::new(&runtime, spec);
     let result = plugin.map_err(anyhow::Error::from).and_then(|plugin| {

@@ -60,6 +60,9 @@ pub struct Metrics {
     pub plugin_calls: Family<Labels, Counter>,
     /// Plugin faults, by plugin and version.
     pub plugin_faults: Family<Labels, Counter>,
+    /// Plugin calls that deferred their message because a service they
+    /// needed (a remote key-value store) could not answer, by plugin.
+    pub plugin_unavailable: Family<Labels, Counter>,
     /// Plugin call time, by plugin and version.
     pub plugin_call_seconds: HistogramFamily,
     /// Recipients delivered.
@@ -107,6 +110,7 @@ impl Metrics {
             stage_seconds: Family::new_with_constructor(latency_histogram),
             plugin_calls: Family::default(),
             plugin_faults: Family::default(),
+            plugin_unavailable: Family::default(),
             plugin_call_seconds: Family::new_with_constructor(latency_histogram),
             deliveries: Counter::default(),
             bounces: Counter::default(),
@@ -161,6 +165,11 @@ impl Metrics {
             "plugin_faults",
             "Plugin faults, by plugin and version",
             m.plugin_faults.clone(),
+        );
+        registry.register(
+            "plugin_unavailable",
+            "Plugin calls that deferred their message because a service they needed (a remote key-value store) could not answer, by plugin",
+            m.plugin_unavailable.clone(),
         );
         registry.register(
             "plugin_call_duration_seconds",

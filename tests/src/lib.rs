@@ -9,6 +9,7 @@ pub mod dns;
 pub mod http;
 pub mod load;
 pub mod nexthop;
+pub mod redis;
 pub mod rspamd;
 pub mod soak;
 

@@ -339,7 +339,7 @@ fn write_message_puts_headers_and_host_body_in_the_file() {
 fn kv_namespace_persists_across_fresh_instances() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut s = spec("testbed", wasm("finaldot_testbed"), "mode = \"kv\"");
-    s.grants.kv = Some(dir.path().join("kv"));
+    s.grants.kv = Some(finaldot::plugins::kv::KvGrant::Local(dir.path().join("kv")));
     let p = Plugin::new(runtime(), s.clone()).expect("load");
     for want in ["1", "2", "3"] {
         let (input, body) = message(b"Subject: x\r\n\r\n");

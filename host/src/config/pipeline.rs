@@ -13,6 +13,7 @@ use super::{ConfigError, Cx};
 /// Pipeline workers when `pipeline.workers` is not set and a plugin is
 /// granted DNS or HTTP (whose answers a worker waits for).
 pub const NETWORK_WORKERS: usize = 64;
+use crate::plugins::kv::{redis::RedisGrant, KvGrant};
 use crate::plugins::{DirGrant, DnsGrant, Grants, HttpGrant, Limits, PluginSpec};
 
 /// `[pipeline]` as written.
@@ -55,8 +56,9 @@ pub struct RawPlugin {
     pub memory_mb: Option<u64>,
     /// Keep instances between messages.
     pub reuse_instance: Option<bool>,
-    /// Grant a key-value namespace.
-    pub kv: Option<bool>,
+    /// Grant a key-value namespace: `true` (the local store) or
+    /// `{ backend = "redis", url = "redis://…", … }`.
+    pub kv: Option<toml::Value>,
     /// Directory grants.
     #[serde(default)]
     pub dirs: Vec<RawDirGrant>,
@@ -283,10 +285,7 @@ pub fn validate_plugins(
             },
             grants: Grants {
                 dirs,
-                kv: rp
-                    .kv
-                    .unwrap_or(false)
-                    .then(|| data_dir.join("kv").join(&rp.name)),
+                kv: kv_grant(rp.kv, &rp.name, data_dir, &key("kv"), cx)?,
                 dns: dns_grant(rp.dns.as_ref(), nameservers, &key("dns"), cx)?,
                 http: match rp.http {
                     None => None,
@@ -347,6 +346,114 @@ fn dns_grant(
         Some(v) => Err(cx.invalid(
             key,
             format!("{v} must be true, false or {{ timeout_ms = 2000, max_lookups = 10 }}"),
+        )),
+    }
+}
+
+/// A plugin's `kv = { … }` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKv {
+    /// `local` (the default) or `redis`.
+    backend: Option<String>,
+    /// The Redis server (`redis://host:port/db`, `rediss://` for TLS).
+    url: Option<String>,
+    /// A file holding the Redis password (instead of one in the URL).
+    password_file: Option<PathBuf>,
+    /// What every key of the namespace starts with (default `finaldot:NAME:`).
+    prefix: Option<String>,
+    /// The longest wait for Redis, milliseconds (default 1000).
+    timeout_ms: Option<u64>,
+}
+
+/// `kv = true` or `kv = { backend = "redis", … }` of plugin `name`.
+fn kv_grant(
+    raw: Option<toml::Value>,
+    name: &str,
+    data_dir: &Path,
+    key: &str,
+    cx: &Cx,
+) -> Result<Option<KvGrant>, ConfigError> {
+    let local = || KvGrant::Local(data_dir.join("kv").join(name));
+    let t: RawKv = match raw {
+        None | Some(toml::Value::Boolean(false)) => return Ok(None),
+        Some(toml::Value::Boolean(true)) => return Ok(Some(local())),
+        Some(v @ toml::Value::Table(_)) => v.try_into().map_err(|e: toml::de::Error| {
+            cx.invalid(
+                key,
+                format!("{} (keys: backend, url, password_file, prefix, timeout_ms)", e.message()),
+            )
+        })?,
+        Some(v) => {
+            return Err(cx.invalid(
+                key,
+                format!("{v} must be true, false or {{ backend = \"redis\", url = \"redis://127.0.0.1:6379\" }}"),
+            ))
+        }
+    };
+    let redis_only = [
+        ("url", t.url.is_some()),
+        ("password_file", t.password_file.is_some()),
+        ("prefix", t.prefix.is_some()),
+        ("timeout_ms", t.timeout_ms.is_some()),
+    ];
+    match t.backend.as_deref().unwrap_or("local") {
+        "local" => match redis_only.iter().find(|(_, set)| *set) {
+            Some((k, _)) => {
+                Err(cx.invalid(&format!("{key}.{k}"), "only for backend = \"redis\"".into()))
+            }
+            None => Ok(Some(local())),
+        },
+        "redis" => {
+            let url = t.url.ok_or_else(|| {
+                cx.invalid(
+                    &format!("{key}.url"),
+                    "backend = \"redis\" needs a url, for example \"redis://127.0.0.1:6379/0\""
+                        .into(),
+                )
+            })?;
+            let parsed = url::Url::parse(&url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some());
+            if parsed.is_none() {
+                return Err(cx.invalid(
+                    &format!("{key}.url"),
+                    format!(
+                        "{} must be redis://host[:port][/db] or rediss://… for TLS",
+                        crate::plugins::kv::redis::redacted(&url)
+                    ),
+                ));
+            }
+            let password = match t.password_file {
+                None => None,
+                Some(f) => {
+                    let f = cx.abs(f);
+                    let text = std::fs::read_to_string(&f).map_err(|e| {
+                        cx.invalid(
+                            &format!("{key}.password_file"),
+                            format!("{}: {e}", f.display()),
+                        )
+                    })?;
+                    Some(text.trim_end_matches(['\r', '\n']).to_string())
+                }
+            };
+            let timeout_ms = t.timeout_ms.unwrap_or(1000);
+            if !(1..=60_000).contains(&timeout_ms) {
+                return Err(cx.invalid(
+                    &format!("{key}.timeout_ms"),
+                    format!("{timeout_ms} must be between 1 and 60000"),
+                ));
+            }
+            Ok(Some(KvGrant::Redis(RedisGrant {
+                url,
+                password,
+                prefix: t.prefix.unwrap_or_else(|| format!("finaldot:{name}:")),
+                timeout: Duration::from_millis(timeout_ms),
+            })))
+        }
+        other => Err(cx.invalid(
+            &format!("{key}.backend"),
+            format!("{other:?} is not a backend (local, redis)"),
         )),
     }
 }

@@ -33,7 +33,7 @@ use super::chain::{snapshot, SharedChain, Stage};
 use super::dsn::{self, DsnKind, DsnRecipient};
 use super::Settings;
 use crate::metrics;
-use crate::plugins::{Body, PluginError};
+use crate::plugins::{Body, Fault, PluginError};
 use crate::spool::{self, Progress, QueueFile, QueueId, QueueState, Spool, StageRecord};
 use crate::{read_clone, unix_now};
 
@@ -330,6 +330,12 @@ fn run_stage(
         Err(e) => {
             let l = metrics::labels(&[("plugin", name), ("version", &e.version)]);
             m.plugin_calls.get_or_create(&l).inc();
+            if let Fault::Unavailable(why) = &e.fault {
+                m.plugin_unavailable
+                    .get_or_create(&metrics::labels(&[("plugin", name)]))
+                    .inc();
+                return unavailable(ctx, attempt, name, &e.version, why);
+            }
             m.plugin_faults.get_or_create(&l).inc();
             return fault(ctx, attempt, name, &e);
         }
@@ -379,6 +385,31 @@ fn record(progress: &mut Progress, stage: u32, plugin: &str, version: String, ou
         outcome,
         at: unix_now(),
     });
+}
+
+/// A stage that could not finish because a service it needed did not
+/// answer: deferred, with the reason, and not counted as a fault (a Redis
+/// that is down for an hour must not get the queue held).
+fn unavailable(
+    ctx: &Context,
+    attempt: &mut Attempt,
+    name: &str,
+    version: &str,
+    why: &str,
+) -> Result<Flow, spool::Error> {
+    let i = attempt.progress.next_stage;
+    let progress = &mut attempt.progress;
+    progress.last_error = Some(format!("plugin {name}: {why}"));
+    record(
+        progress,
+        i,
+        name,
+        version.to_string(),
+        format!("deferred: {why}"),
+    );
+    warn!(plugin = %name, "{why}; message deferred");
+    defer(ctx, attempt, None)?;
+    Ok(Flow::Stop)
 }
 
 /// A plugin fault: deferred, or held after `max_faults` in a row.

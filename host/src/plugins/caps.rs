@@ -20,7 +20,7 @@ use finaldot_sdk::wire::{
 };
 
 use super::instance::Body;
-use super::kv::Kv;
+use super::kv::{Kv, KvError, KvGrant};
 use crate::group_commit::IoGroupCommit;
 
 /// A directory grant as configured.
@@ -51,6 +51,9 @@ pub struct CallBudget<'a> {
     pub dns_used: &'a mut u32,
     /// When the call runs out of time, if it has a limit.
     pub deadline: Option<std::time::Instant>,
+    /// Set when a service the call needed (a remote key-value store) could
+    /// not answer: the call then ends in a deferral, not a fault.
+    pub unavailable: &'a mut Option<String>,
 }
 
 /// What one plugin is granted.
@@ -58,8 +61,8 @@ pub struct CallBudget<'a> {
 pub struct Grants {
     /// Directories.
     pub dirs: Vec<DirGrant>,
-    /// The directory that holds the plugin's key-value namespace, if granted.
-    pub kv: Option<PathBuf>,
+    /// The plugin's key-value namespace and its backend, if granted.
+    pub kv: Option<KvGrant>,
     /// DNS lookups through the host's resolver, if granted.
     pub dns: Option<DnsGrant>,
     /// HTTP requests to allow-listed URLs, if granted.
@@ -135,7 +138,7 @@ impl OpenGrants {
             dirs.insert(g.name.clone(), (dir, g.writable));
         }
         let kv = match &grants.kv {
-            Some(p) => Some(Kv::open(p)?),
+            Some(g) => Some(Kv::open(g)?),
             None => None,
         };
         let dns = match &grants.dns {
@@ -220,7 +223,14 @@ impl OpenGrants {
             });
             return http.send(method, url, headers, request_body, body, left);
         }
-        match self.serve(req, body, now) {
+        let served = match req {
+            HostRequest::KvGet { .. }
+            | HostRequest::KvPut { .. }
+            | HostRequest::KvDelete { .. }
+            | HostRequest::KvPutIfAbsent { .. } => self.kv_request(req, now, budget),
+            _ => self.serve(req, body),
+        };
+        match served {
             Ok(r) => r,
             Err(e) => HostResponse::Error {
                 kind: e.kind,
@@ -274,8 +284,60 @@ impl OpenGrants {
         HostResponse::Dns(resolver.lookup(name, rtype, timeout))
     }
 
+    /// One key-value request, within the call's time limit. A backend that
+    /// cannot answer is noted in the budget (the call then defers).
+    fn kv_request(
+        &self,
+        req: &HostRequest,
+        now: u64,
+        budget: CallBudget<'_>,
+    ) -> Result<HostResponse, CapError> {
+        let kv = self.kv()?;
+        let limit = budget.deadline.map(|d| {
+            d.saturating_duration_since(std::time::Instant::now())
+                .saturating_sub(std::time::Duration::from_millis(50))
+        });
+        let result = match req {
+            HostRequest::KvGet { key } => kv.get(key, now, limit).map(HostResponse::Data),
+            HostRequest::KvPut {
+                key,
+                value,
+                ttl_secs,
+            } => kv
+                .put(key, value, now, *ttl_secs, limit)
+                .map(|()| HostResponse::Done),
+            HostRequest::KvDelete { key } => kv.delete(key, limit).map(|()| HostResponse::Done),
+            HostRequest::KvPutIfAbsent {
+                key,
+                value,
+                ttl_secs,
+            } => kv
+                .put_if_absent(key, value, now, *ttl_secs, limit)
+                .map(HostResponse::Data),
+            _ => {
+                return Err(CapError::new(
+                    HostErrorKind::Invalid,
+                    "not a key-value request",
+                ))
+            }
+        };
+        result.map_err(|e| match e {
+            KvError::Storage(e) => CapError::io("kv", e),
+            e @ KvError::Unavailable { timed_out, .. } => {
+                let message = format!("kv: {e}");
+                budget.unavailable.get_or_insert_with(|| message.clone());
+                let kind = if timed_out {
+                    HostErrorKind::Timeout
+                } else {
+                    HostErrorKind::Io
+                };
+                CapError::new(kind, message)
+            }
+        })
+    }
+
     // Long on purpose: one short arm per HostRequest, beside each other so the capability rules can be read together.
-    fn serve(&self, req: &HostRequest, body: &Body, now: u64) -> Result<HostResponse, CapError> {
+    fn serve(&self, req: &HostRequest, body: &Body) -> Result<HostResponse, CapError> {
         Ok(match req {
             HostRequest::ReadFile { grant, path } => {
                 let dir = self.dir(grant, path, false)?;
@@ -350,34 +412,15 @@ impl OpenGrants {
                     "DNS and HTTP requests are served by handle",
                 ))
             }
-            HostRequest::KvGet { key } => {
-                let kv = self.kv()?;
-                HostResponse::Data(kv.get(key, now).map_err(|e| CapError::io("kv", e))?)
+            HostRequest::KvGet { .. }
+            | HostRequest::KvPut { .. }
+            | HostRequest::KvDelete { .. }
+            | HostRequest::KvPutIfAbsent { .. } => {
+                return Err(CapError::new(
+                    HostErrorKind::Invalid,
+                    "key-value requests are served by handle",
+                ))
             }
-            HostRequest::KvPut {
-                key,
-                value,
-                ttl_secs,
-            } => {
-                self.kv()?
-                    .put(key, value, expires_at(now, *ttl_secs))
-                    .map_err(|e| CapError::io("kv", e))?;
-                HostResponse::Done
-            }
-            HostRequest::KvDelete { key } => {
-                let kv = self.kv()?;
-                kv.delete(key).map_err(|e| CapError::io("kv", e))?;
-                HostResponse::Done
-            }
-            HostRequest::KvPutIfAbsent {
-                key,
-                value,
-                ttl_secs,
-            } => HostResponse::Data(
-                self.kv()?
-                    .put_if_absent(key, value, expires_at(now, *ttl_secs))
-                    .map_err(|e| CapError::io("kv", e))?,
-            ),
         })
     }
 
@@ -450,11 +493,6 @@ impl OpenGrants {
             )
         })
     }
-}
-
-/// A key's expiry (seconds since the epoch, 0 = never) for a lifetime of `ttl_secs`.
-fn expires_at(now: u64, ttl_secs: Option<u64>) -> u64 {
-    ttl_secs.map(|t| now.saturating_add(t)).unwrap_or(0)
 }
 
 /// Whether serving `req` waits (on the disk for an fsync, on the network
@@ -570,7 +608,7 @@ mod tests {
                     writable: false,
                 },
             ],
-            kv: Some(root.path().join("kv")),
+            kv: Some(KvGrant::Local(root.path().join("kv"))),
             dns: None,
             http: None,
         };
@@ -581,6 +619,7 @@ mod tests {
             let budget = CallBudget {
                 dns_used: &mut 0,
                 deadline: None,
+                unavailable: &mut None,
             };
             open.handle(req, &body, now, budget)
         });

@@ -102,6 +102,8 @@ pub struct HostState {
     /// When the current call runs out of time: a DNS wait never outlasts
     /// it (the plugin gets a Timeout answer instead of being killed).
     deadline: Option<Instant>,
+    /// The first service the current call needed that could not answer.
+    unavailable: Option<String>,
 }
 
 impl HostState {
@@ -123,6 +125,7 @@ impl HostState {
             logs: Vec::new(),
             dns_used: 0,
             deadline: None,
+            unavailable: None,
         }
     }
 
@@ -279,6 +282,7 @@ pub fn define_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Result
                     let budget = super::caps::CallBudget {
                         dns_used: &mut s.dns_used,
                         deadline: s.deadline,
+                        unavailable: &mut s.unavailable,
                     };
                     s.grants.handle(&req, &s.body, crate::unix_now(), budget)
                 }
@@ -338,6 +342,7 @@ impl PluginInstance {
                 logs: Vec::new(),
                 dns_used: 0,
                 deadline: None,
+                unavailable: None,
             },
         );
         store.limiter(|s| &mut s.limiter);
@@ -497,8 +502,27 @@ impl PluginInstance {
         Ok(decoded)
     }
 
-    /// Runs `on_message`. The instance is poisoned after any fault.
+    /// Runs `on_message`. The instance is poisoned after any fault. A call
+    /// that fails after a service it asked could not answer (a remote
+    /// key-value store) is [`Fault::Unavailable`], whatever the plugin made
+    /// of the error: the message waits for the service.
     pub fn on_message(
+        &mut self,
+        input: &MessageInput,
+        body: Body,
+    ) -> Result<MessageOutput, PluginError> {
+        let result = self.on_message_inner(input, body);
+        let unavailable = self.store.data_mut().unavailable.take();
+        match (result, unavailable) {
+            (Err(mut e), Some(why)) => {
+                e.fault = Fault::Unavailable(why);
+                Err(e)
+            }
+            (result, _) => result,
+        }
+    }
+
+    fn on_message_inner(
         &mut self,
         input: &MessageInput,
         body: Body,
@@ -512,6 +536,7 @@ impl PluginInstance {
             let s = self.store.data_mut();
             s.queue_id = input.queue_id.clone();
             s.dns_used = 0;
+            s.unavailable = None;
             s.body = body;
             s.panic = None;
         }

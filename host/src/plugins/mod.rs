@@ -101,6 +101,10 @@ pub enum Fault {
     /// The plugin panicked.
     #[error("panicked: {0}")]
     Panic(String),
+    /// The call failed after a service it needed (a remote key-value
+    /// store) could not answer: not the plugin's fault, the message waits.
+    #[error("could not finish: {0}")]
+    Unavailable(String),
     /// The call ran past its time limit.
     #[error("timed out after {after:?} (limit {limit:?})")]
     Timeout {

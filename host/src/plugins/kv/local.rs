@@ -1,5 +1,5 @@
-//! A plugin's key-value namespace: one redb database (`kv.redb`) in the
-//! namespace's directory. Writes are durable when they return and are group
+//! The local key-value backend (the default): one redb database
+//! (`kv.redb`) in the namespace's directory. Writes are durable when they return and are group
 //! committed: puts and deletes from concurrent pipeline workers share one
 //! database commit (one fsync) instead of a file, an fsync and a directory
 //! fsync each. Entries with an expiry are purged a few hundred at a time by
@@ -115,7 +115,7 @@ impl Store {
 impl Drop for Store {
     fn drop(&mut self) {
         // Close under the registry lock: closing commits and fsyncs while the
-        // file is still locked, and a `Kv::open` of the same namespace in that
+        // file is still locked, and a `Local::open` of the same namespace in that
         // moment would find it "already open".
         let _registry = STORES.lock();
         if let Ok(db) = self.db.get_mut() {
@@ -126,8 +126,8 @@ impl Drop for Store {
 
 static STORES: LazyLock<Mutex<HashMap<PathBuf, Weak<Store>>>> = LazyLock::new(Default::default);
 
-/// A handle on a plugin's key-value namespace.
-pub struct Kv {
+/// A handle on a namespace in the local store.
+pub struct Local {
     store: Arc<Store>,
 }
 
@@ -165,16 +165,16 @@ fn index_key(expires: u64, name: &str) -> Vec<u8> {
     k
 }
 
-impl Kv {
+impl Local {
     /// Opens (creating) the namespace in `path`, a directory.
-    pub fn open(path: &Path) -> io::Result<Kv> {
+    pub fn open(path: &Path) -> io::Result<Local> {
         std::fs::create_dir_all(path)?;
         let key = std::fs::canonicalize(path)?;
         let mut stores = STORES
             .lock()
             .map_err(|_| io::Error::other("kv registry lock poisoned"))?;
         if let Some(store) = stores.get(&key).and_then(Weak::upgrade) {
-            return Ok(Kv { store });
+            return Ok(Local { store });
         }
         let path = key.join(KV_FILE);
         let store = Arc::new(Store {
@@ -190,11 +190,11 @@ impl Kv {
         }
         stores.retain(|_, w| w.strong_count() > 0);
         stores.insert(key, Arc::downgrade(&store));
-        Ok(Kv { store })
+        Ok(Local { store })
     }
 
     fn name(key: &[u8]) -> String {
-        super::content_hash(key)
+        crate::plugins::content_hash(key)
     }
 
     /// The value, if present and not expired at `now`.
@@ -383,7 +383,7 @@ mod tests {
     #[test]
     fn put_get_delete_and_expiry() {
         let dir = tempfile::tempdir().expect("tmp");
-        let kv = Kv::open(dir.path()).expect("open");
+        let kv = Local::open(dir.path()).expect("open");
         assert_eq!(kv.get(b"a", 100).expect("get"), None);
         kv.put(b"a", b"1", 0).expect("put");
         let later = unix_now() + 3600;
@@ -401,7 +401,7 @@ mod tests {
     #[test]
     fn put_if_absent_stores_exactly_once_among_concurrent_callers() {
         let dir = tempfile::tempdir().expect("tmp");
-        let kv = Arc::new(Kv::open(dir.path()).expect("open"));
+        let kv = Arc::new(Local::open(dir.path()).expect("open"));
         for round in 0..20 {
             let key = format!("k{round}");
             let threads: Vec<_> = (0..8)
@@ -462,7 +462,7 @@ mod tests {
     #[test]
     fn a_failed_commit_reads_as_disk_full_and_the_namespace_recovers() {
         let dir = tempfile::tempdir().expect("tmp");
-        let kv = Kv::open(dir.path()).expect("open");
+        let kv = Local::open(dir.path()).expect("open");
         kv.put(b"before", b"1", 0).expect("put");
         // Swap in a database over a backend that fails its fsyncs.
         let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -497,7 +497,7 @@ mod tests {
     #[test]
     fn expired_entries_are_purged_by_later_commits() {
         let dir = tempfile::tempdir().expect("tmp");
-        let kv = Kv::open(dir.path()).expect("open");
+        let kv = Local::open(dir.path()).expect("open");
         kv.put(b"old", b"x", 1).expect("put");
         kv.put(b"extended", b"x", 1).expect("put");
         kv.put(b"extended", b"y", u64::MAX)
@@ -507,11 +507,11 @@ mod tests {
         let txn = guard.as_ref().expect("open").begin_read().expect("read");
         let values = txn.open_table(VALUES).expect("values");
         assert!(values
-            .get(Kv::name(b"old").as_str())
+            .get(Local::name(b"old").as_str())
             .expect("get")
             .is_none());
         assert!(values
-            .get(Kv::name(b"extended").as_str())
+            .get(Local::name(b"extended").as_str())
             .expect("get")
             .is_some());
         let expiry = txn.open_table(EXPIRY).expect("expiry");
@@ -525,12 +525,12 @@ mod tests {
     #[test]
     fn values_survive_reopening_and_versions_share_one_store() {
         let dir = tempfile::tempdir().expect("tmp");
-        let a = Kv::open(dir.path()).expect("open");
-        let b = Kv::open(dir.path()).expect("a second handle while the first lives");
+        let a = Local::open(dir.path()).expect("open");
+        let b = Local::open(dir.path()).expect("a second handle while the first lives");
         a.put(b"k", b"v", 0).expect("put");
         assert_eq!(b.get(b"k", 1).expect("get"), Some(b"v".to_vec()));
         drop((a, b));
-        let c = Kv::open(dir.path()).expect("reopen");
+        let c = Local::open(dir.path()).expect("reopen");
         assert_eq!(c.get(b"k", 1).expect("get"), Some(b"v".to_vec()));
     }
 
@@ -539,10 +539,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let mut record = 0u64.to_le_bytes().to_vec();
         record.extend_from_slice(b"legacy");
-        std::fs::write(dir.path().join(Kv::name(b"k")), &record).expect("write");
-        std::fs::write(dir.path().join(format!(".{}.tmp", Kv::name(b"j"))), b"junk")
-            .expect("write");
-        let kv = Kv::open(dir.path()).expect("open");
+        std::fs::write(dir.path().join(Local::name(b"k")), &record).expect("write");
+        std::fs::write(
+            dir.path().join(format!(".{}.tmp", Local::name(b"j"))),
+            b"junk",
+        )
+        .expect("write");
+        let kv = Local::open(dir.path()).expect("open");
         assert_eq!(kv.get(b"k", 1).expect("get"), Some(b"legacy".to_vec()));
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .expect("list")
@@ -554,7 +557,7 @@ mod tests {
     #[test]
     fn concurrent_puts_are_all_durable() {
         let dir = tempfile::tempdir().expect("tmp");
-        let kv = Arc::new(Kv::open(dir.path()).expect("open"));
+        let kv = Arc::new(Local::open(dir.path()).expect("open"));
         let threads: Vec<_> = (0..8)
             .map(|t| {
                 let kv = kv.clone();
@@ -569,7 +572,7 @@ mod tests {
             t.join().expect("thread");
         }
         drop(kv);
-        let kv = Kv::open(dir.path()).expect("reopen");
+        let kv = Local::open(dir.path()).expect("reopen");
         for t in 0..8 {
             for i in 0..25 {
                 assert!(kv
