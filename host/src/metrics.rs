@@ -44,6 +44,9 @@ pub struct Metrics {
     pub connections: Counter,
     /// SMTP connections open now.
     pub connections_open: Gauge,
+    /// Connections to a PROXY-protocol listener refused (not from a
+    /// configured load balancer, or no valid header).
+    pub proxy_refused: Counter,
     /// Messages at the end of DATA/BDAT, by result and reply code.
     pub messages: Family<Labels, Counter>,
     /// Bytes of accepted messages.
@@ -102,6 +105,7 @@ impl Metrics {
         let m = Metrics {
             connections: Counter::default(),
             connections_open: Gauge::default(),
+            proxy_refused: Counter::default(),
             messages: Family::default(),
             message_bytes: Counter::default(),
             ack_latency: latency_histogram(),
@@ -130,6 +134,11 @@ impl Metrics {
             "smtp_connections_open",
             "SMTP connections open now",
             m.connections_open.clone(),
+        );
+        registry.register(
+            "smtp_proxy_refused",
+            "Connections to a PROXY-protocol listener refused: not from a configured load balancer, or no valid header",
+            m.proxy_refused.clone(),
         );
         registry.register(
             "smtp_messages",

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{ConfigError, Cx};
 use crate::smtp::policy::{DomainUsers, Recipients};
-use crate::smtp::settings::{SmtpConfig, SubmissionConfig, TlsFiles};
+use crate::smtp::settings::{ProxyProtocol, SmtpConfig, SubmissionConfig, TlsFiles};
 
 /// RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.
 const MIN_RECIPIENTS: usize = 100;
@@ -61,6 +61,8 @@ pub struct RawSmtp {
     pub tls: Option<RawTls>,
     /// Addresses where TLS starts at connect (implicit TLS, port 465 style).
     pub tls_listen: Option<Vec<String>>,
+    /// `[smtp.proxy_protocol]`: listeners behind a load balancer.
+    pub proxy_protocol: Option<RawProxyProtocol>,
 }
 
 /// `[smtp.tls]` as written.
@@ -202,6 +204,7 @@ impl RawSmtp {
                 shutdown_grace,
                 tls,
                 tls_listen,
+                proxy_protocol: proxy_protocol(s.proxy_protocol, cx)?,
             },
             delimiter,
         ))
@@ -313,8 +316,57 @@ impl RawSubmission {
                 format!("{both} is also an SMTP listen address"),
             ));
         }
+        if let Some(p) = &smtp.proxy_protocol {
+            let all = || listen.iter().chain(tls_listen).chain(&submission.listen);
+            if let Some(stray) = p.listeners.iter().find(|a| !all().any(|l| l == *a)) {
+                return Err(invalid(
+                    "smtp.proxy_protocol.listeners",
+                    format!("{stray} is not a listen address (smtp.listen, smtp.tls_listen or submission.listen)"),
+                ));
+            }
+        }
         Ok(submission)
     }
+}
+
+/// `[smtp.proxy_protocol]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxyProtocol {
+    /// Listen addresses (from smtp.listen, smtp.tls_listen, submission.listen).
+    pub listeners: Vec<String>,
+    /// The load balancers' addresses or networks.
+    pub from: Vec<String>,
+    /// The longest wait for the header, seconds (default 10).
+    pub timeout_secs: Option<u64>,
+}
+
+/// Validates `[smtp.proxy_protocol]`; its listeners are checked against
+/// every listen address once submission's are known.
+fn proxy_protocol(
+    raw: Option<RawProxyProtocol>,
+    cx: &Cx,
+) -> Result<Option<ProxyProtocol>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    if raw.listeners.is_empty() {
+        return Err(cx.invalid(
+            "smtp.proxy_protocol.listeners",
+            "needs at least one listen address (one of smtp.listen, smtp.tls_listen, submission.listen)".into(),
+        ));
+    }
+    if raw.from.is_empty() {
+        return Err(cx.invalid(
+            "smtp.proxy_protocol.from",
+            "needs the load balancers' addresses: a PROXY header names the client, so only they may send one".into(),
+        ));
+    }
+    Ok(Some(ProxyProtocol {
+        listeners: cx.addrs("smtp.proxy_protocol.listeners", &raw.listeners)?,
+        from: networks("smtp.proxy_protocol.from", Some(raw.from), cx)?,
+        timeout: cx.secs("smtp.proxy_protocol.timeout_secs", raw.timeout_secs, 10, 1)?,
+    }))
 }
 
 /// `smtp.limit_exceptions`; loopback when absent.

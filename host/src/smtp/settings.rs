@@ -44,6 +44,34 @@ pub struct SmtpConfig {
     pub tls: Option<TlsFiles>,
     /// Implicit-TLS listen addresses (the handshake comes before the greeting).
     pub tls_listen: Vec<SocketAddr>,
+    /// Listeners behind a load balancer that sends the PROXY protocol.
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// `[smtp.proxy_protocol]`: listeners whose connections come from a load
+/// balancer (HAProxy's `send-proxy` / `send-proxy-v2`) and start with a
+/// PROXY header naming the real client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    /// The listen addresses, as configured, that expect the header.
+    pub listeners: Vec<SocketAddr>,
+    /// The load balancers allowed to connect to them (and so to name a client).
+    pub from: Vec<ipnet::IpNet>,
+    /// The longest wait for the header after the connection opens.
+    pub timeout: Duration,
+}
+
+impl ProxyProtocol {
+    /// Whether connections to `listener` (as configured) carry a header.
+    pub fn expects(&self, listener: SocketAddr) -> bool {
+        self.listeners.contains(&listener)
+    }
+
+    /// Whether `ip` is one of the load balancers.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.from.iter().any(|n| n.contains(&ip))
+    }
 }
 
 /// Where the STARTTLS certificate chain and key are.

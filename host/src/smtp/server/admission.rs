@@ -17,11 +17,13 @@ use super::conn::Conn;
 use super::{ListenKind, Shared};
 use crate::metrics;
 use crate::smtp::reply::Reply;
-use crate::smtp::settings::SmtpConfig;
+use crate::smtp::session::SessionConfig;
+use crate::smtp::settings::{ProxyProtocol, SmtpConfig};
 
 /// Accepts connections on one listener until the server or this listener stops.
 pub(super) async fn accept_loop(
     listener: TcpListener,
+    configured: SocketAddr,
     kind: ListenKind,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
@@ -50,7 +52,7 @@ pub(super) async fn accept_loop(
         let span = info_span!("smtp", client = %peer);
         tokio::spawn(
             async move {
-                connection(stream, peer, kind, shared, stop).await;
+                connection(stream, peer, configured, kind, shared, stop).await;
                 drop(alive);
             }
             .instrument(span),
@@ -163,16 +165,85 @@ async fn refuse(stream: &mut TcpStream, kind: ListenKind, hostname: &str, why: &
     }
 }
 
+/// On a listener behind a load balancer: the client its PROXY header
+/// names (the balancer itself for a health check), or `None` when the
+/// connection is refused: it is not from a configured balancer (554, the
+/// RFC 5321 "no service here"), or its header is missing or malformed
+/// (closed without a word; the balancer is misconfigured, not a client).
+async fn proxied_peer(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    proxy: &ProxyProtocol,
+    kind: ListenKind,
+    hostname: &str,
+) -> Option<SocketAddr> {
+    if !proxy.trusts(peer.ip()) {
+        warn!("refused: this listener takes connections only from its load balancers (smtp.proxy_protocol.from)");
+        metrics::global().proxy_refused.inc();
+        if kind != ListenKind::ImplicitTls {
+            let r = Reply::new(
+                554,
+                "5.7.1",
+                format!("{hostname} Error: no SMTP service here for your address"),
+            );
+            let _ = stream.write_all(&r.to_bytes()).await;
+        }
+        return None;
+    }
+    match super::proxy::read_header(stream, proxy.timeout).await {
+        Ok(client) => {
+            let client = client.unwrap_or(peer);
+            debug!(%client, "PROXY header");
+            Some(client)
+        }
+        Err(e) => {
+            warn!(error = %e, "refused: bad PROXY header from the load balancer");
+            metrics::global().proxy_refused.inc();
+            None
+        }
+    }
+}
+
 /// One accepted connection: admission, then the session.
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
+    configured: SocketAddr,
     kind: ListenKind,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
 ) {
     let session = shared.session(kind);
     let smtp = shared.smtp();
+    let host = &session.hostname;
+    let proxy = smtp
+        .proxy_protocol
+        .as_ref()
+        .filter(|p| p.expects(configured));
+    match proxy {
+        None => serve(stream, peer, kind, shared, stop, session, smtp).await,
+        Some(p) => {
+            let Some(client) = proxied_peer(&mut stream, peer, p, kind, host).await else {
+                return;
+            };
+            let span = info_span!("proxied", client = %client);
+            serve(stream, client, kind, shared, stop, session, smtp)
+                .instrument(span)
+                .await
+        }
+    }
+}
+
+/// Admission (the caps, on the real client's address), then the session.
+async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    kind: ListenKind,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    session: Arc<SessionConfig>,
+    smtp: Arc<SmtpConfig>,
+) {
     let host = &session.hostname;
     let Ok(_total) = shared.total.clone().try_acquire_owned() else {
         return refuse(&mut stream, kind, host, "too many connections").await;

@@ -5,7 +5,8 @@
 //!
 //! One file per job: this one owns the [`Server`] (listeners, configuration
 //! reload, graceful shutdown) and the state its connections share;
-//! `admission` accepts and applies the connection caps; `conn` drives one
+//! `admission` accepts and applies the connection caps (after `proxy`
+//! has read the PROXY header on a listener behind a load balancer); `conn` drives one
 //! connection (the session's steps, AUTH, the spool); `tls` owns the
 //! certificate and the byte stream before and after STARTTLS; `received`
 //! writes the `Received:` field.
@@ -17,6 +18,7 @@
 
 mod admission;
 mod conn;
+mod proxy;
 mod received;
 mod tls;
 
@@ -263,6 +265,7 @@ impl Server {
             .ok_or_else(|| std::io::Error::other("server is shutting down"))?;
         tokio::spawn(accept_loop(
             l,
+            addr,
             kind,
             self.shared.clone(),
             self.stop.subscribe(),
