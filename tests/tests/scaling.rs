@@ -12,22 +12,33 @@ use finaldot_e2e::*;
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// dedup on `redis` → (extra stages) → local-delivery into `dir/mail`,
-/// retries after a second.
+/// dedup on `redis` (claims are leases of `lease_secs`) → (extra stages)
+/// → local-delivery into `dir/mail` → dedup confirming, retries after a
+/// second: the multi-node setup docs/SCALING.md describes.
 fn node_config(dir: &Path, redis: &Redis, middle: &str) -> String {
+    node_config_lease(dir, redis, middle, 30)
+}
+
+fn node_config_lease(dir: &Path, redis: &Redis, middle: &str, lease_secs: u64) -> String {
+    let kv = format!(
+        "kv = {{ backend = \"redis\", url = \"{}\", namespace = \"dedup\", timeout_ms = 500 }}",
+        redis.url()
+    );
     let dedup = plugin_toml(
         "dedup",
         "dedup",
-        &format!(
-            "kv = {{ backend = \"redis\", url = \"{}\", timeout_ms = 500 }}",
-            redis.url()
-        ),
+        &format!("{kv}\nconfig = {{ lease_secs = {lease_secs} }}"),
+    );
+    let confirm = plugin_toml(
+        "dedup-confirm",
+        "dedup",
+        &format!("{kv}\nconfig = {{ lease_secs = {lease_secs}, confirm = true }}"),
     );
     test_config(
         dir,
         "",
         &format!(
-            "[metrics]\nlisten = \"127.0.0.1:0\"\n\n[pipeline]\nrescan_secs = 1\nretry_min_secs = 1\nretry_max_secs = 2\n\n{dedup}{middle}{}",
+            "[metrics]\nlisten = \"127.0.0.1:0\"\n\n[pipeline]\nrescan_secs = 1\nretry_min_secs = 1\nretry_max_secs = 2\n\n{dedup}{middle}{}{confirm}",
             local_delivery_toml(&dir.join("mail"))
         ),
     )
@@ -260,4 +271,56 @@ fn a_node_killed_between_its_claim_and_its_delivery_delivers_once() {
         o.log()
     );
     assert_eq!(alice_files(&[dir, other]).len(), 1);
+}
+
+#[test]
+fn a_copy_waits_for_a_lease_and_takes_over_when_its_node_never_returns() {
+    let top = TestDir::new("scaling-lease");
+    let redis = Redis::start(top.path());
+    let (a_dir, b_dir) = (top.path().join("a"), top.path().join("b"));
+    for d in [&a_dir, &b_dir] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    // Node A claims (a 3 s lease) and dies before it delivers.
+    let slow = plugin_toml(
+        "slow",
+        "finaldot_testbed",
+        "timeout_ms = 20000\nconfig = { mode = \"spin\", ms = 10000 }",
+    );
+    let a_config = node_config_lease(&a_dir, &redis, &slow, 3);
+    let mut a = Daemon::start_with(&a_dir, &a_config);
+    let first = a.send("s@remote.test", &["alice@example.test"], &message("orphan"));
+    assert!(
+        wait_until(LONG, || a.log().contains("stage 0 done")),
+        "{}",
+        a.log()
+    );
+    a.kill9();
+    // The sender's retry reaches node B: deferred while A's lease lasts,
+    // then B takes the claim over and delivers.
+    let b = Daemon::start_with(&b_dir, &node_config_lease(&b_dir, &redis, "", 3));
+    let second = b.send("s@remote.test", &["alice@example.test"], &message("orphan"));
+    assert!(
+        wait_until(LONG, || b
+            .log()
+            .contains(&format!("{first} holds the claim"))),
+        "{}",
+        b.log()
+    );
+    assert!(
+        wait_until(LONG, || b.queue_drained()
+            && alice_files(&[b_dir.clone()]).len() == 1),
+        "{}",
+        b.log()
+    );
+    // A comes back with the message still in its spool: it is B's now, so
+    // A does not deliver it a second time.
+    let a = Daemon::start_with(&a_dir, &a_config);
+    assert!(
+        wait_until(LONG, || a.queue_drained()
+            && a.log().contains(&format!("duplicate of {second}"))),
+        "{}",
+        a.log()
+    );
+    assert_eq!(alice_files(&[a_dir, b_dir]).len(), 1);
 }

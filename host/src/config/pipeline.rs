@@ -356,6 +356,9 @@ fn dns_grant(
 struct RawKv {
     /// `local` (the default) or `redis`.
     backend: Option<String>,
+    /// The namespace's name (default: the plugin's): two entries with the
+    /// same one share their keys (dedup's claim and confirm entries).
+    namespace: Option<String>,
     /// The Redis server (`redis://host:port/db`, `rediss://` for TLS).
     url: Option<String>,
     /// A file holding the Redis password (instead of one in the URL).
@@ -374,14 +377,15 @@ fn kv_grant(
     key: &str,
     cx: &Cx,
 ) -> Result<Option<KvGrant>, ConfigError> {
-    let local = || KvGrant::Local(data_dir.join("kv").join(name));
     let t: RawKv = match raw {
         None | Some(toml::Value::Boolean(false)) => return Ok(None),
-        Some(toml::Value::Boolean(true)) => return Ok(Some(local())),
+        Some(toml::Value::Boolean(true)) => {
+            return Ok(Some(KvGrant::Local(data_dir.join("kv").join(name))))
+        }
         Some(v @ toml::Value::Table(_)) => v.try_into().map_err(|e: toml::de::Error| {
             cx.invalid(
                 key,
-                format!("{} (keys: backend, url, password_file, prefix, timeout_ms)", e.message()),
+                format!("{} (keys: backend, namespace, url, password_file, prefix, timeout_ms)", e.message()),
             )
         })?,
         Some(v) => {
@@ -391,6 +395,18 @@ fn kv_grant(
             ))
         }
     };
+    let name = t.namespace.as_deref().unwrap_or(name);
+    let name_ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !name_ok {
+        return Err(cx.invalid(
+            &format!("{key}.namespace"),
+            format!("{name:?} must be letters, digits, - and _"),
+        ));
+    }
+    let local = || KvGrant::Local(data_dir.join("kv").join(name));
     let redis_only = [
         ("url", t.url.is_some()),
         ("password_file", t.password_file.is_some()),
