@@ -245,11 +245,11 @@ fn a_node_killed_between_its_claim_and_its_delivery_delivers_once() {
         .expect("KEYS");
     assert_eq!(keys.lines().count(), 1, "{keys}");
     d.kill9();
-    assert_eq!(alice_files(&[dir.clone()]).len(), 0);
+    assert_eq!(alice_files(std::slice::from_ref(&dir)).len(), 0);
     let d = Daemon::start_with(&dir, &config);
     assert!(
         wait_until(LONG, || d.queue_drained()
-            && alice_files(&[dir.clone()]).len() == 1),
+            && alice_files(std::slice::from_ref(&dir)).len() == 1),
         "{}",
         d.log()
     );
@@ -309,7 +309,7 @@ fn a_copy_waits_for_a_lease_and_takes_over_when_its_node_never_returns() {
     );
     assert!(
         wait_until(LONG, || b.queue_drained()
-            && alice_files(&[b_dir.clone()]).len() == 1),
+            && alice_files(std::slice::from_ref(&b_dir)).len() == 1),
         "{}",
         b.log()
     );

@@ -361,14 +361,16 @@ impl RawConfig {
             &nameservers,
             &cx,
         )?;
-        // A plugin that asks DNS or HTTP holds its worker while it waits (the
-        // CPU gate, not the worker count, bounds what runs at once): with
-        // such a plugin, many more workers by default, so a slow answer
-        // stalls one message, not the queue.
+        // A plugin that asks DNS, HTTP or a Redis namespace holds its worker
+        // while it waits (the CPU gate, not the worker count, bounds what
+        // runs at once): with such a plugin, many more workers by default,
+        // so a slow answer stalls one message, not the queue.
+        let remote_kv =
+            |p: &PluginSpec| matches!(p.grants.kv, Some(crate::plugins::kv::KvGrant::Redis(_)));
         if !workers_given
             && plugins
                 .iter()
-                .any(|p| p.grants.dns.is_some() || p.grants.http.is_some())
+                .any(|p| p.grants.dns.is_some() || p.grants.http.is_some() || remote_kv(p))
         {
             pipeline.workers = pipeline::NETWORK_WORKERS;
         }
@@ -476,6 +478,92 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(set.pipeline.workers, 6);
+    }
+
+    #[test]
+    fn kv_backends_and_their_mistakes() {
+        let plugin = |kv: &str| {
+            parse(&format!(
+                "[domains.a]\n[[plugins]]\nname = \"d\"\nfile = \"d.wasm\"\nkv = {kv}\n"
+            ))
+        };
+        let local = plugin("true").expect("parses");
+        assert_eq!(
+            local.plugins[0].grants.kv,
+            Some(crate::plugins::kv::KvGrant::Local(PathBuf::from(
+                "/etc/finaldot/var/kv/d"
+            )))
+        );
+        assert_eq!(local.pipeline.workers, 4);
+        let shared = plugin("{ namespace = \"dedup\" }").expect("parses");
+        assert!(matches!(&shared.plugins[0].grants.kv,
+            Some(crate::plugins::kv::KvGrant::Local(p)) if p.ends_with("kv/dedup")));
+        let redis = plugin("{ backend = \"redis\", url = \"redis://:secret@10.0.0.5:6379/2\" }")
+            .expect("parses");
+        let Some(crate::plugins::kv::KvGrant::Redis(g)) = &redis.plugins[0].grants.kv else {
+            panic!("not redis");
+        };
+        assert_eq!(g.prefix, "finaldot:d:");
+        assert_eq!(g.timeout, Duration::from_millis(1000));
+        assert!(!format!("{g:?}").contains("secret"), "{g:?}");
+        // A Redis namespace waits on the network: more workers by default.
+        assert_eq!(redis.pipeline.workers, pipeline::NETWORK_WORKERS);
+        for (kv, key, says) in [
+            ("{ backend = \"redis\" }", "plugins[0].kv.url", "needs a url"),
+            ("{ backend = \"redis\", url = \"http://x/\" }", "plugins[0].kv.url", "redis://"),
+            ("{ backend = \"memcached\" }", "plugins[0].kv.backend", "not a backend"),
+            ("{ url = \"redis://x/\" }", "plugins[0].kv.url", "only for backend"),
+            ("{ backend = \"redis\", url = \"redis://x/\", timeout_ms = 0 }", "plugins[0].kv.timeout_ms", "between"),
+            ("{ namespace = \"../x\" }", "plugins[0].kv.namespace", "letters"),
+            ("{ backend = \"redis\", url = \"redis://x/\", password_file = \"/nonexistent/pw\" }", "plugins[0].kv.password_file", "/nonexistent/pw"),
+            ("{ bakend = \"redis\" }", "plugins[0].kv", "bakend"),
+            ("\"yes\"", "plugins[0].kv", "must be true"),
+        ] {
+            let e = plugin(kv).expect_err(kv).to_string();
+            assert!(e.contains(key) && e.contains(says), "{kv}: {e}");
+        }
+    }
+
+    #[test]
+    fn proxy_protocol_listeners_must_be_listen_addresses_and_need_balancers() {
+        let cfg = |proxy: &str| {
+            parse(&format!(
+                "[smtp]\nlisten = [\"0.0.0.0:25\"]\n[smtp.proxy_protocol]\n{proxy}\n[domains.a]\n"
+            ))
+        };
+        let ok = cfg("listeners = [\"0.0.0.0:25\"]\nfrom = [\"10.0.0.10\", \"10.1.0.0/16\"]")
+            .expect("parses");
+        let p = ok.smtp.proxy_protocol.expect("proxy");
+        assert!(p.expects("0.0.0.0:25".parse().expect("addr")));
+        assert!(p.trusts("10.1.2.3".parse().expect("ip")));
+        assert!(p.trusts("::ffff:10.0.0.10".parse().expect("ip")));
+        assert!(!p.trusts("10.0.0.11".parse().expect("ip")));
+        assert_eq!(p.timeout, Duration::from_secs(10));
+        for (proxy, key, says) in [
+            (
+                "listeners = [\"0.0.0.0:587\"]\nfrom = [\"10.0.0.10\"]",
+                "smtp.proxy_protocol.listeners",
+                "not a listen address",
+            ),
+            (
+                "listeners = [\"0.0.0.0:25\"]\nfrom = []",
+                "smtp.proxy_protocol.from",
+                "load balancers",
+            ),
+            (
+                "listeners = []\nfrom = [\"10.0.0.10\"]",
+                "smtp.proxy_protocol.listeners",
+                "at least one",
+            ),
+            (
+                "listeners = [\"0.0.0.0:25\"]\nfrom = [\"lb.example\"]",
+                "smtp.proxy_protocol.from",
+                "not a network",
+            ),
+        ] {
+            let e = cfg(proxy).expect_err(proxy).to_string();
+            assert!(e.contains(key) && e.contains(says), "{proxy}: {e}");
+        }
     }
 
     #[test]

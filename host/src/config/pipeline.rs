@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::{ConfigError, Cx};
 
 /// Pipeline workers when `pipeline.workers` is not set and a plugin is
-/// granted DNS or HTTP (whose answers a worker waits for).
+/// granted DNS, HTTP or a Redis namespace (whose answers a worker waits for).
 pub const NETWORK_WORKERS: usize = 64;
 use crate::plugins::kv::{redis::RedisGrant, KvGrant};
 use crate::plugins::{DirGrant, DnsGrant, Grants, HttpGrant, Limits, PluginSpec};

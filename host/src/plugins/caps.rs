@@ -495,19 +495,23 @@ impl OpenGrants {
     }
 }
 
-/// Whether serving `req` waits (on the disk for an fsync, on the network
-/// for a DNS answer), rather than taking a few microseconds of CPU.
-pub fn waits(req: &HostRequest) -> bool {
-    matches!(
-        req,
-        HostRequest::WriteFile { .. }
+impl OpenGrants {
+    /// Whether serving `req` waits (on the disk for an fsync, on the network
+    /// for a DNS answer or a Redis reply), rather than taking a few
+    /// microseconds of CPU.
+    pub fn waits(&self, req: &HostRequest) -> bool {
+        match req {
+            HostRequest::KvGet { .. } => self.kv.as_ref().is_some_and(Kv::is_remote),
+            HostRequest::WriteFile { .. }
             | HostRequest::WriteMessage { .. }
             | HostRequest::KvPut { .. }
             | HostRequest::KvDelete { .. }
             | HostRequest::KvPutIfAbsent { .. }
             | HostRequest::DnsLookup { .. }
-            | HostRequest::Http { .. }
-    )
+            | HostRequest::Http { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 fn tmp_name(path: &str) -> String {

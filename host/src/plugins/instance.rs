@@ -277,7 +277,7 @@ pub fn define_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Result
                     let gate = s.gate.clone();
                     let _paused = gate
                         .as_deref()
-                        .filter(|_| super::caps::waits(&req))
+                        .filter(|_| s.grants.waits(&req))
                         .map(super::CpuGate::pause);
                     let budget = super::caps::CallBudget {
                         dns_used: &mut s.dns_used,

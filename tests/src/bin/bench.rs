@@ -81,6 +81,11 @@ struct Args {
     /// --compare-maildir).
     #[arg(long)]
     e2e: Option<u64>,
+    /// With --e2e: run it a second time with dedup's namespace on a Redis
+    /// the bench starts (appendfsync always, as durable as the local
+    /// store), and print the two side by side.
+    #[arg(long)]
+    dedup_on_redis: bool,
     /// Only the sustained-overload cell: c=64 for this many seconds to the
     /// embedded default configuration, printing the backlog every second.
     #[arg(long)]
@@ -703,6 +708,11 @@ impl Target {
 /// what --workers, --nice, --max-running-plugins, --reuse-instances and
 /// --in-flow-delay-ms change.
 fn finaldot_target(args: &Args, dir: &TestDir) -> (Daemon, Target) {
+    finaldot_target_kv(args, dir, None)
+}
+
+/// [`finaldot_target`], with dedup's namespace on the Redis at `redis`.
+fn finaldot_target_kv(args: &Args, dir: &TestDir, redis: Option<&str>) -> (Daemon, Target) {
     let pipeline = format!("[pipeline]\n{}", pipeline_overrides(args));
     let mut config = finaldot::config::DEFAULT_CONFIG
         .replace(
@@ -717,10 +727,21 @@ fn finaldot_target(args: &Args, dir: &TestDir) -> (Daemon, Target) {
             "builtin = true\nreuse_instance = true\n",
         );
     }
+    if let Some(url) = redis {
+        // dedup's is the default configuration's one namespace.
+        config = config.replace(
+            "kv = true\n",
+            &format!("kv = {{ backend = \"redis\", url = \"{url}\" }}\n"),
+        );
+    }
     let d = Daemon::start_with(dir.path(), &config);
     let spool = dir.path().join("var/spool");
     let t = Target {
-        name: "finaldot".into(),
+        name: if redis.is_some() {
+            "finaldot, dedup on Redis".into()
+        } else {
+            "finaldot".into()
+        },
         addr: d.addr,
         user: "alice".into(),
         domain: "localhost".into(),
@@ -872,6 +893,20 @@ fn e2e_cells(args: &Args, n: u64) {
     let (d, t) = finaldot_target(args, &dir);
     let ours = end_to_end(args, &t, Some(d.pid()), n);
     drop(d);
+    if args.dedup_on_redis {
+        std::thread::sleep(Duration::from_secs(30));
+        let rdir = TestDir::new("bench-e2e-redis");
+        let redis = finaldot_e2e::redis::Redis::start(rdir.path());
+        let (d, t) = finaldot_target_kv(args, &rdir, Some(&redis.url()));
+        let shared = end_to_end(args, &t, Some(d.pid()), n);
+        drop(d);
+        if let (Some(ours), Some(shared)) = (ours, shared) {
+            println!(
+                "end to end: dedup on Redis / on the local store = {:.2}",
+                shared / ours.max(1e-9)
+            );
+        }
+    }
     let Some(other) = compare_target(args) else {
         return;
     };

@@ -48,7 +48,7 @@ pub enum KvError {
 
 enum Backend {
     Local(local::Local),
-    Redis(redis::RedisKv),
+    Redis(Box<redis::RedisKv>),
 }
 
 /// A handle on one namespace.
@@ -67,14 +67,21 @@ impl Kv {
     pub fn open(grant: &KvGrant) -> io::Result<Kv> {
         let backend = match grant {
             KvGrant::Local(path) => Backend::Local(local::Local::open(path)?),
-            KvGrant::Redis(g) => Backend::Redis(redis::RedisKv::open(g).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("redis {}: {e}", redis::redacted(&g.url)),
-                )
-            })?),
+            KvGrant::Redis(g) => {
+                Backend::Redis(Box::new(redis::RedisKv::open(g).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("redis {}: {e}", redis::redacted(&g.url)),
+                    )
+                })?))
+            }
         };
         Ok(Kv { backend })
+    }
+
+    /// Whether the namespace is on another machine (its reads wait on the network).
+    pub fn is_remote(&self) -> bool {
+        matches!(self.backend, Backend::Redis(_))
     }
 
     /// The value, if present and not expired at `now` (seconds since the

@@ -18,8 +18,8 @@ use ::redis::{Client, Connection, IntoConnectionInfo, RedisError};
 use super::KvError;
 
 /// Idle connections kept per namespace (one per concurrent pipeline worker
-/// is all that is ever used).
-const MAX_IDLE: usize = 32;
+/// is all that is ever used; 64 workers by default with a Redis namespace).
+const MAX_IDLE: usize = 64;
 
 /// A Redis namespace as configured.
 #[derive(Clone, PartialEq, Eq)]
