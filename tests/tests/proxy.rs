@@ -171,3 +171,23 @@ fn a_missing_or_broken_header_from_the_balancer_gets_no_session() {
     assert_eq!(log.matches("refused: bad PROXY header").count(), 4, "{log}");
     assert!(log.contains("no PROXY header within 2s"), "{log}");
 }
+
+#[test]
+fn per_ip_limits_count_the_named_client_not_the_balancer() {
+    let dir = TestDir::new("proxy-per-ip");
+    let smtp = "max_connections_per_ip = 1\nlimit_exceptions = []\n[smtp.proxy_protocol]\nlisteners = [\"127.0.0.1:0\"]\nfrom = [\"127.0.0.1\"]";
+    let d = Daemon::start_with(dir.path(), &test_config(dir.path(), smtp, ""));
+    let open = |client: &str| {
+        let mut c = Client::connect_raw(d.addr);
+        c.send(format!("PROXY TCP4 {client} 127.0.0.1 40000 25\r\n").as_bytes());
+        let reply = c.read_reply();
+        (c, reply.0)
+    };
+    // Two clients behind the one balancer: one slot each.
+    let (_a, code_a) = open("192.0.2.1");
+    let (_b, code_b) = open("192.0.2.2");
+    assert_eq!((code_a, code_b), (220, 220), "{}", d.log());
+    // A second connection of the first client is over its limit.
+    let (_a2, code) = open("192.0.2.1");
+    assert_eq!(code, 421, "{}", d.log());
+}
