@@ -191,3 +191,34 @@ fn per_ip_limits_count_the_named_client_not_the_balancer() {
     let (_a2, code) = open("192.0.2.1");
     assert_eq!(code, 421, "{}", d.log());
 }
+
+#[test]
+fn through_a_real_haproxy_both_versions_name_the_client() {
+    for send in ["send-proxy", "send-proxy-v2"] {
+        let dir = TestDir::new(&format!("proxy-haproxy-{send}"));
+        let d = start(dir.path(), "127.0.0.1");
+        let lb = finaldot_e2e::haproxy::Haproxy::start(dir.path(), d.addr, send);
+        // A real client (Python's smtplib) from 127.0.0.2, through HAProxy,
+        // which connects to finaldot from 127.0.0.1.
+        let out = python3()
+            .arg("-c")
+            .arg(
+                "import smtplib, sys\n\
+                 s = smtplib.SMTP('127.0.0.1', int(sys.argv[1]), source_address=('127.0.0.2', 0))\n\
+                 s.sendmail('s@remote.test', ['alice@example.test'], b'Subject: via haproxy\\r\\n\\r\\nhi\\r\\n')\n\
+                 s.quit()\n",
+            )
+            .arg(lb.port.to_string())
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{send}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            d.log()
+        );
+        let msg = only_delivery(&d, &dir.path().join("mail"));
+        let line = received(&msg);
+        assert!(line.contains("([127.0.0.2])"), "{send}: {line}");
+    }
+}

@@ -185,6 +185,10 @@ fn wrong_passwords_are_refused_and_counted_per_address() {
     let mut c = connect(s.submission);
     starttls(&mut c);
     assert_eq!(code(c.auth(&[Mechanism::Plain], &good)), 421);
+    // The reply can reach the client before the log line reaches the file.
+    wait_until(Duration::from_secs(10), || {
+        s.daemon.log().contains("too many failures")
+    });
     let log = s.daemon.log();
     assert!(
         log.contains("AUTH failed") && log.contains("too many failures"),
