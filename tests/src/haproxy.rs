@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 /// A running HAProxy.
 pub struct Haproxy {
-    child: Child,
+    child: Option<Child>,
     /// Its frontend's port on 127.0.0.1.
     pub port: u16,
 }
@@ -40,6 +40,7 @@ impl Haproxy {
             ),
         )
         .expect("write haproxy.cfg");
+        let mut lb = Haproxy { child: None, port };
         let child = Command::new("haproxy")
             .arg("-db")
             .arg("-f")
@@ -49,10 +50,12 @@ impl Haproxy {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn haproxy");
+        // Owned before any panic, so that dropping it stops the process.
+        lb.child = Some(child);
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Haproxy { child, port };
+                return lb;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -65,7 +68,9 @@ impl Haproxy {
 
 impl Drop for Haproxy {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
