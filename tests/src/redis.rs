@@ -14,6 +14,7 @@ pub struct Redis {
     /// Its port on 127.0.0.1.
     pub port: u16,
     dir: PathBuf,
+    password: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -27,6 +28,11 @@ impl Redis {
     /// Starts it in `dir/redis`; panics with the install command when
     /// redis-server is not installed (`./dev test` installs it as root).
     pub fn start(dir: &Path) -> Redis {
+        Redis::start_with_password(dir, None)
+    }
+
+    /// [`Redis::start`], with `requirepass` when `password` is given.
+    pub fn start_with_password(dir: &Path, password: Option<&str>) -> Redis {
         let found = Command::new("redis-server")
             .arg("--version")
             .output()
@@ -41,6 +47,7 @@ impl Redis {
             child: None,
             port: free_port(),
             dir,
+            password: password.map(str::to_string),
         };
         r.resume();
         r
@@ -53,7 +60,11 @@ impl Redis {
 
     /// Starts it again (same port, same data).
     pub fn resume(&mut self) {
-        let child = Command::new("redis-server")
+        let mut cmd = Command::new("redis-server");
+        if let Some(p) = &self.password {
+            cmd.arg("--requirepass").arg(p);
+        }
+        let child = cmd
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
             .arg("--dir")
@@ -100,13 +111,13 @@ impl Redis {
     /// Runs one command with `redis-cli` (installed with redis-server)
     /// and returns its output, `None` when the server does not answer.
     pub fn command(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p"])
-            .arg(self.port.to_string())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .ok()?;
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p"])
+            .arg(self.port.to_string());
+        if let Some(p) = &self.password {
+            cmd.args(["--no-auth-warning", "-a", p]);
+        }
+        let out = cmd.args(args).stdin(Stdio::null()).output().ok()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
     }

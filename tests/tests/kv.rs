@@ -184,3 +184,32 @@ fn redis_down_or_silent_is_unavailable_within_the_timeout_and_recovers() {
         .is_err());
     assert!(started.elapsed() < Duration::from_millis(1000));
 }
+
+#[test]
+fn a_password_protected_redis_needs_the_password_file_s_password() {
+    let dir = TestDir::new("kv-redis-auth");
+    let redis = Redis::start_with_password(dir.path(), Some("s3cret pass"));
+    // Through the configuration, as an operator writes it.
+    std::fs::write(dir.path().join("redis.pw"), "s3cret pass\n").expect("write");
+    let config = format!(
+        "data_dir = \"data\"\n[domains.a]\n[[plugins]]\nname = \"d\"\nfile = \"d.wasm\"\nkv = {{ backend = \"redis\", url = \"{}\", password_file = \"redis.pw\" }}\n",
+        redis.url()
+    );
+    let parsed = finaldot::config::Config::parse(&config, "test.toml", dir.path()).expect("config");
+    let grant = parsed.plugins[0].grants.kv.clone().expect("kv");
+    let kv = Kv::open(&grant).expect("open");
+    kv.put(b"k", b"v", unix_now(), None, LIMIT)
+        .expect("put with the password");
+    assert_eq!(get(&kv, b"k"), Some(b"v".to_vec()));
+    // Without it Redis refuses, and that is "unavailable" naming why.
+    let kv = Kv::open(&redis_grant(&redis.url(), 500)).expect("open");
+    match kv.get(b"k", unix_now(), LIMIT) {
+        Err(e @ KvError::Unavailable { .. }) => {
+            assert!(
+                e.to_string().contains("NOAUTH") || e.to_string().contains("uthentication"),
+                "{e}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
