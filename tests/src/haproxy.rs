@@ -28,10 +28,7 @@ impl Haproxy {
         );
         let dir = dir.join("haproxy");
         std::fs::create_dir_all(&dir).expect("mkdir haproxy");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
+        let port = crate::free_port();
         let cfg = dir.join("haproxy.cfg");
         std::fs::write(
             &cfg,

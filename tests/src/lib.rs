@@ -60,6 +60,33 @@ pub fn wasm(name: &str) -> PathBuf {
     })
 }
 
+/// A 127.0.0.1 port free at the moment, for a server (Redis, rspamd,
+/// HAProxy) that must be told its port rather than be given port 0.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Stops a server the harness started: SIGTERM, up to 10 s to exit, then
+/// SIGKILL; waits for it either way.
+pub fn stop_child(mut c: Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(c.id().to_string())
+        .status();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(_)) = c.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
 /// A `Command` for Python 3, which several tests use as a real client
 /// (smtplib, mailbox). Panics with the command that installs it when it is
 /// missing (`./dev test` installs it where it can), so no test passes by

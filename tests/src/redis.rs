@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::{free_port, stop_child};
+
 /// A running redis-server.
 pub struct Redis {
     child: Option<Child>,
@@ -15,13 +17,6 @@ pub struct Redis {
     pub port: u16,
     dir: PathBuf,
     password: Option<String>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 impl Redis {
@@ -122,22 +117,10 @@ impl Redis {
         (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
     }
 
-    /// Stops it (SIGTERM, then SIGKILL) and waits until the port is closed.
+    /// Stops it (SIGTERM, then SIGKILL) and waits for it to exit.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            stop_child(c);
         }
     }
 }

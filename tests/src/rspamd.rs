@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::{free_port, stop_child};
+
 /// A running rspamd.
 pub struct Rspamd {
     child: Option<Child>,
@@ -16,13 +18,6 @@ pub struct Rspamd {
     pub url: String,
     port: u16,
     dir: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 fn is_root() -> bool {
@@ -140,20 +135,8 @@ impl Rspamd {
 
     /// Stops it (SIGTERM: the main process stops its workers), and waits.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            stop_child(c);
             // Its workers are gone once the port is free again.
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(10)

@@ -205,17 +205,7 @@ pub fn validate_plugins(
     let mut names = HashSet::new();
     for (i, rp) in raw.into_iter().enumerate() {
         let key = |k: &str| format!("plugins[{i}].{k}");
-        let name_ok = !rp.name.is_empty()
-            && rp
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !name_ok {
-            return Err(invalid(
-                &key("name"),
-                format!("{:?} must be letters, digits, - and _", rp.name),
-            ));
-        }
+        check_name(&rp.name, &key("name"), cx)?;
         if !names.insert(rp.name.clone()) {
             return Err(invalid(
                 &key("name"),
@@ -350,6 +340,20 @@ fn dns_grant(
     }
 }
 
+/// A plugin's or a namespace's name (it becomes a directory name and a key
+/// prefix): letters, digits, - and _.
+fn check_name(name: &str, key: &str, cx: &Cx) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(cx.invalid(key, format!("{name:?} must be letters, digits, - and _")))
+    }
+}
+
 /// A plugin's `kv = { … }` table as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -396,16 +400,7 @@ fn kv_grant(
         }
     };
     let name = t.namespace.as_deref().unwrap_or(name);
-    let name_ok = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if !name_ok {
-        return Err(cx.invalid(
-            &format!("{key}.namespace"),
-            format!("{name:?} must be letters, digits, - and _"),
-        ));
-    }
+    check_name(name, &format!("{key}.namespace"), cx)?;
     let local = || KvGrant::Local(data_dir.join("kv").join(name));
     let redis_only = [
         ("url", t.url.is_some()),

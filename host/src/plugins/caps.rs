@@ -56,6 +56,17 @@ pub struct CallBudget<'a> {
     pub unavailable: &'a mut Option<String>,
 }
 
+impl CallBudget<'_> {
+    /// How long a wait may last within the call's limit, leaving the plugin
+    /// a little time to use the answer; `None` when the call has no limit.
+    fn left(&self) -> Option<std::time::Duration> {
+        self.deadline.map(|d| {
+            d.saturating_duration_since(std::time::Instant::now())
+                .saturating_sub(std::time::Duration::from_millis(50))
+        })
+    }
+}
+
 /// What one plugin is granted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
@@ -217,10 +228,7 @@ impl OpenGrants {
                     message: "HTTP is not granted to this plugin (http = { allow = [...] } in its [[plugins]] entry)".into(),
                 };
             };
-            let left = budget.deadline.map_or(std::time::Duration::MAX, |d| {
-                d.saturating_duration_since(std::time::Instant::now())
-                    .saturating_sub(std::time::Duration::from_millis(50))
-            });
+            let left = budget.left().unwrap_or(std::time::Duration::MAX);
             return http.send(method, url, headers, request_body, body, left);
         }
         let served = match req {
@@ -243,6 +251,7 @@ impl OpenGrants {
     /// call's own time limit (so a dead DNS server gives the plugin Timeout
     /// answers instead of getting it killed, and its message held).
     fn dns_lookup(&self, name: &str, rtype: DnsType, budget: CallBudget<'_>) -> HostResponse {
+        let left = budget.left();
         let used = budget.dns_used;
         let refuse = |kind, message: String| HostResponse::Error { kind, message };
         let Some((resolver, grant)) = &self.dns else {
@@ -270,11 +279,6 @@ impl OpenGrants {
             );
         }
         *used += 1;
-        // Leave the plugin a little time to use the answer.
-        let left = budget.deadline.map(|d| {
-            d.saturating_duration_since(std::time::Instant::now())
-                .saturating_sub(std::time::Duration::from_millis(50))
-        });
         let timeout = left.map_or(grant.timeout, |l| l.min(grant.timeout));
         if timeout.is_zero() {
             return HostResponse::Dns(finaldot_sdk::wire::DnsAnswer::empty(
@@ -293,10 +297,7 @@ impl OpenGrants {
         budget: CallBudget<'_>,
     ) -> Result<HostResponse, CapError> {
         let kv = self.kv()?;
-        let limit = budget.deadline.map(|d| {
-            d.saturating_duration_since(std::time::Instant::now())
-                .saturating_sub(std::time::Duration::from_millis(50))
-        });
+        let limit = budget.left();
         let result = match req {
             HostRequest::KvGet { key } => kv.get(key, now, limit).map(HostResponse::Data),
             HostRequest::KvPut {
@@ -406,19 +407,15 @@ impl OpenGrants {
                 })?;
                 HostResponse::Done
             }
-            HostRequest::DnsLookup { .. } | HostRequest::Http { .. } => {
-                return Err(CapError::new(
-                    HostErrorKind::Invalid,
-                    "DNS and HTTP requests are served by handle",
-                ))
-            }
-            HostRequest::KvGet { .. }
+            HostRequest::DnsLookup { .. }
+            | HostRequest::Http { .. }
+            | HostRequest::KvGet { .. }
             | HostRequest::KvPut { .. }
             | HostRequest::KvDelete { .. }
             | HostRequest::KvPutIfAbsent { .. } => {
                 return Err(CapError::new(
                     HostErrorKind::Invalid,
-                    "key-value requests are served by handle",
+                    "DNS, HTTP and key-value requests are served by handle",
                 ))
             }
         })

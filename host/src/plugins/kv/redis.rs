@@ -116,17 +116,11 @@ impl RedisKv {
                 .map_err(|e| self.failed(&e))
         };
         let was_pooled = pooled.is_some();
-        let (mut conn, mut answer) = match pooled {
-            Some(mut c) => {
-                let a = ask(&mut c);
-                (c, a)
-            }
-            None => {
-                let mut c = fresh()?;
-                let a = ask(&mut c);
-                (c, a)
-            }
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => fresh()?,
         };
+        let mut answer = ask(&mut conn);
         // A pooled connection that Redis closed (it restarted, or dropped
         // idle clients) fails at once: ask once more on a new one. Every
         // command here gives the same answer when repeated (a put-if-absent

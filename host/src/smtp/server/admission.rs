@@ -151,17 +151,22 @@ fn take_ip_slot(shared: &Arc<Shared>, smtp: &SmtpConfig, ip: IpAddr) -> Result<O
     }))
 }
 
-/// Refuses a connection before its greeting: one `421 4.7.0` with `why`
-/// (nothing on an implicit-TLS listener, whose client expects a handshake).
+/// Refuses a connection before its greeting: one `421 4.7.0` with `why`.
 async fn refuse(stream: &mut TcpStream, kind: ListenKind, hostname: &str, why: &str) {
     warn!("refused: {why}");
+    let r = Reply::new(
+        421,
+        "4.7.0",
+        format!("{hostname} Error: {why}, try again later"),
+    );
+    reply_before_closing(stream, kind, &r).await;
+}
+
+/// Sends the one reply of a connection refused before its greeting
+/// (nothing on an implicit-TLS listener, whose client expects a handshake).
+async fn reply_before_closing(stream: &mut TcpStream, kind: ListenKind, reply: &Reply) {
     if kind != ListenKind::ImplicitTls {
-        let r = Reply::new(
-            421,
-            "4.7.0",
-            format!("{hostname} Error: {why}, try again later"),
-        );
-        let _ = stream.write_all(&r.to_bytes()).await;
+        let _ = stream.write_all(&reply.to_bytes()).await;
     }
 }
 
@@ -180,14 +185,12 @@ async fn proxied_peer(
     if !proxy.trusts(peer.ip()) {
         warn!("refused: this listener takes connections only from its load balancers (smtp.proxy_protocol.from)");
         metrics::global().proxy_refused.inc();
-        if kind != ListenKind::ImplicitTls {
-            let r = Reply::new(
-                554,
-                "5.7.1",
-                format!("{hostname} Error: no SMTP service here for your address"),
-            );
-            let _ = stream.write_all(&r.to_bytes()).await;
-        }
+        let r = Reply::new(
+            554,
+            "5.7.1",
+            format!("{hostname} Error: no SMTP service here for your address"),
+        );
+        reply_before_closing(stream, kind, &r).await;
         return None;
     }
     match super::proxy::read_header(stream, proxy.timeout).await {
