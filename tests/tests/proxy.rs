@@ -130,9 +130,9 @@ fn anyone_but_the_balancer_is_refused_with_or_without_a_header() {
         let (code, text) = c.read_reply();
         assert_eq!(code, 554, "{text}");
     }
-    assert!(d
-        .log()
-        .contains("refused: this listener takes connections only from its load balancers"));
+    let refused = "refused: this listener takes connections only from its load balancers";
+    wait_until(Duration::from_secs(10), || d.log().contains(refused));
+    assert!(d.log().contains(refused), "{}", d.log());
     let metrics = http_get(d.metrics_addr(), "/metrics");
     assert!(
         metrics.contains("\nfinaldot_smtp_proxy_refused_total 2\n"),
@@ -167,6 +167,10 @@ fn a_missing_or_broken_header_from_the_balancer_gets_no_session() {
     let started = std::time::Instant::now();
     assert!(closed_silently(d.addr, b""));
     assert!(started.elapsed() >= Duration::from_millis(1500));
+    // The close can reach the client before the daemon's log line is written.
+    wait_until(Duration::from_secs(10), || {
+        d.log().matches("refused: bad PROXY header").count() >= 4
+    });
     let log = d.log();
     assert_eq!(log.matches("refused: bad PROXY header").count(), 4, "{log}");
     assert!(log.contains("no PROXY header within 2s"), "{log}");
