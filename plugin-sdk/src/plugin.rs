@@ -361,8 +361,9 @@ impl Message {
         });
     }
 
-    /// Chooses how a recipient outside the local domains leaves: through the
-    /// smarthost or straight to its MX hosts (instead of `[outbound] route`).
+    /// Chooses how a recipient leaves after the chain: through the
+    /// smarthost, straight to its MX hosts, or over LMTP to the mailbox
+    /// server of `[lmtp]` (instead of `[outbound] route` or `[lmtp] domains`).
     pub fn route(&mut self, address: &str, route: crate::wire::Route) {
         self.change(Change::Route {
             address: address.to_string(),

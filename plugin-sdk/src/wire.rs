@@ -222,8 +222,9 @@ pub enum Change {
         /// Why.
         reason: String,
     },
-    /// Chooses how a recipient outside the local domains leaves (instead of
-    /// the configuration's `[outbound] route`). Recorded by the host.
+    /// Chooses how a recipient leaves after the chain (instead of the
+    /// configuration's `[outbound] route`, or `[lmtp]` for a local domain).
+    /// Recorded by the host.
     Route {
         /// The address.
         address: String,
@@ -241,13 +242,16 @@ pub enum Change {
     },
 }
 
-/// How a recipient outside the local domains is delivered.
+/// How a recipient is delivered by the host after the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Route {
     /// Through the configured smarthost.
     Smarthost,
     /// Straight to the recipient domain's MX hosts.
     Mx,
+    /// Over LMTP to the configured mailbox server (`[lmtp]`, e.g. Dovecot).
+    /// (Appended last: plugins built before it decode unchanged.)
+    Lmtp,
 }
 
 impl std::fmt::Display for Change {

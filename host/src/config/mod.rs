@@ -28,7 +28,9 @@ use crate::smtp::policy::Recipients;
 use crate::smtp::session::SessionConfig;
 
 pub use self::auth::{AuthConfig, ForgedSender, RawAuth, RawDkim};
-pub use self::outbound::{OutboundConfig, RawOutbound, RawSmarthostAuth, TlsPolicy};
+pub use self::outbound::{
+    LmtpAddress, LmtpConfig, OutboundConfig, RawLmtp, RawOutbound, RawSmarthostAuth, TlsPolicy,
+};
 pub use self::pipeline::{PipelineConfig, RawDirGrant, RawPipeline, RawPlugin};
 pub use self::smtp::{RawDomain, RawSmtp, RawSubmission, RawTls};
 pub use crate::smtp::settings::{SmtpConfig, SubmissionConfig, TlsFiles};
@@ -133,6 +135,8 @@ pub struct RawConfig {
     /// Delivery to other mail servers.
     #[serde(default)]
     pub outbound: RawOutbound,
+    /// Delivery of local recipients to a mailbox server over LMTP.
+    pub lmtp: Option<RawLmtp>,
     /// The authenticated submission listener.
     #[serde(default)]
     pub submission: RawSubmission,
@@ -184,6 +188,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Delivery to other mail servers.
     pub outbound: OutboundConfig,
+    /// LMTP delivery of local recipients, if configured.
+    pub lmtp: Option<LmtpConfig>,
     /// The submission listener.
     pub submission: SubmissionConfig,
     /// The name servers of `[dns]` (empty: the system's).
@@ -376,6 +382,7 @@ impl RawConfig {
         }
         let metrics_listen = self.metrics.validate(&smtp, &cx)?;
         let outbound = self.outbound.validate(&cx)?;
+        let lmtp = self.lmtp.map(|l| l.validate(&domains, &cx)).transpose()?;
         let submission = self.submission.validate(&smtp, &data_dir, &cx)?;
         let auth = self.auth.validate(&hostname, &cx)?;
         let dkim = auth::validate_dkim(self.dkim, &cx)?;
@@ -389,6 +396,7 @@ impl RawConfig {
             plugins,
             metrics_listen,
             outbound,
+            lmtp,
             submission,
             nameservers,
             auth,

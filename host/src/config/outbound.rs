@@ -1,4 +1,5 @@
-//! `[outbound]`: as written, and validated into what outbound delivery uses.
+//! `[outbound]` and `[lmtp]`: as written, and validated into what delivery
+//! to the next hop (another MTA, or the mailbox server) uses.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -97,23 +98,12 @@ impl RawOutbound {
         };
         let smarthost = match &o.smarthost {
             None => None,
-            Some(hp) => {
-                let parsed = hp
-                    .rsplit_once(':')
-                    .and_then(|(h, p)| {
-                        Some((
-                            h.trim_matches(['[', ']']).to_string(),
-                            p.parse::<u16>().ok()?,
-                        ))
-                    })
-                    .filter(|(h, _)| !h.is_empty());
-                Some(parsed.ok_or_else(|| {
-                    invalid(
-                        "outbound.smarthost",
-                        format!("{hp:?} is not HOST:PORT (for example \"smtp.example.net:587\")"),
-                    )
-                })?)
-            }
+            Some(hp) => Some(host_port(hp).ok_or_else(|| {
+                invalid(
+                    "outbound.smarthost",
+                    format!("{hp:?} is not HOST:PORT (for example \"smtp.example.net:587\")"),
+                )
+            })?),
         };
         if route == Some(Route::Smarthost) && smarthost.is_none() {
             return Err(invalid(
@@ -160,5 +150,113 @@ impl RawOutbound {
         };
 
         Ok(outbound)
+    }
+}
+
+/// `HOST:PORT` (an IPv6 address in brackets), or `None`.
+fn host_port(raw: &str) -> Option<(String, u16)> {
+    raw.rsplit_once(':')
+        .and_then(|(h, p)| {
+            Some((
+                h.trim_matches(['[', ']']).to_string(),
+                p.parse::<u16>().ok()?,
+            ))
+        })
+        .filter(|(h, _)| !h.is_empty())
+}
+
+/// `[lmtp]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLmtp {
+    /// The LMTP server: `HOST:PORT`, or a Unix socket (`unix:PATH` or an
+    /// absolute path).
+    pub address: Option<String>,
+    /// The local domains delivered over LMTP; absent: all of them.
+    pub domains: Option<Vec<String>>,
+    /// Seconds for connecting and for each reply.
+    pub timeout_secs: Option<u64>,
+    /// Most simultaneous connections to the LMTP server.
+    pub max_connections: Option<usize>,
+}
+
+/// Where the LMTP server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LmtpAddress {
+    /// TCP, host and port.
+    Tcp(String, u16),
+    /// A Unix stream socket.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for LmtpAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LmtpAddress::Tcp(h, p) if h.contains(':') => write!(f, "[{h}]:{p}"),
+            LmtpAddress::Tcp(h, p) => write!(f, "{h}:{p}"),
+            LmtpAddress::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Validated `[lmtp]`: delivery of local recipients to a mailbox server.
+#[derive(Debug, Clone)]
+pub struct LmtpConfig {
+    /// The server.
+    pub address: LmtpAddress,
+    /// The local domains it receives (lowercase); every local domain when
+    /// `[lmtp] domains` is absent.
+    pub domains: Vec<String>,
+    /// Connect and reply timeout.
+    pub timeout: Duration,
+    /// Most simultaneous connections.
+    pub max_connections: usize,
+}
+
+impl RawLmtp {
+    /// Validates `[lmtp]` against the local domains (`local`, lowercase).
+    pub fn validate(self, local: &[String], cx: &Cx) -> Result<LmtpConfig, ConfigError> {
+        let raw = self.address.ok_or_else(|| {
+            cx.invalid(
+                "lmtp.address",
+                "missing: the LMTP server, \"HOST:PORT\" or a Unix socket (\"unix:/run/dovecot/lmtp\")".into(),
+            )
+        })?;
+        let address = if let Some(path) = raw.strip_prefix("unix:") {
+            LmtpAddress::Unix(cx.abs(PathBuf::from(path)))
+        } else if raw.starts_with('/') {
+            LmtpAddress::Unix(PathBuf::from(&raw))
+        } else {
+            let (h, p) = host_port(&raw).ok_or_else(|| {
+                cx.invalid(
+                    "lmtp.address",
+                    format!("{raw:?} is neither HOST:PORT (\"127.0.0.1:24\") nor a Unix socket (\"unix:/run/dovecot/lmtp\")"),
+                )
+            })?;
+            LmtpAddress::Tcp(h, p)
+        };
+        let domains = match self.domains {
+            None => local.to_vec(),
+            Some(list) => {
+                let mut out = Vec::new();
+                for d in list {
+                    let d = d.to_ascii_lowercase();
+                    if !local.contains(&d) {
+                        return Err(cx.invalid(
+                            "lmtp.domains",
+                            format!("{d:?} is not a local domain (a [domains.\"{d}\"] table)"),
+                        ));
+                    }
+                    out.push(d);
+                }
+                out
+            }
+        };
+        Ok(LmtpConfig {
+            address,
+            domains,
+            timeout: Duration::from_secs(self.timeout_secs.unwrap_or(60).max(1)),
+            max_connections: self.max_connections.unwrap_or(10).max(1),
+        })
     }
 }

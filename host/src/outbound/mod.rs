@@ -1,6 +1,7 @@
-//! Outbound delivery: hands recipients outside the local domains to the next
-//! hop, a configured smarthost or the domain's MX hosts, over SMTP (lettre's
-//! connection, one transaction per destination and message).
+//! Delivery to the next hop: recipients outside the local domains to a
+//! configured smarthost or the domain's MX hosts over SMTP (lettre's
+//! connection, one transaction per destination and message), and local
+//! recipients to the mailbox server over LMTP ([`lmtp`], `[lmtp]`).
 //!
 //! It owns the SMTP client side: connecting (each MX host in preference
 //! order, then the next), STARTTLS (required and verified for a smarthost by
@@ -14,6 +15,8 @@
 
 pub use crate::dns;
 
+mod lmtp;
+
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
@@ -25,7 +28,7 @@ use tracing::{debug, info};
 
 use finaldot_sdk::wire::{RecipientState, Route};
 
-use crate::config::{OutboundConfig, TlsPolicy};
+use crate::config::{LmtpConfig, OutboundConfig, TlsPolicy};
 use crate::pipeline::delivery::{Delivery, OnAccepted};
 
 /// Why outbound delivery could not be set up.
@@ -65,12 +68,18 @@ pub struct Outbound {
     idle: Mutex<HashMap<Hop, Vec<SmtpConnection>>>,
     busy: Mutex<HashMap<String, usize>>,
     freed: Condvar,
+    /// The LMTP route, when `[lmtp]` is configured.
+    lmtp: Option<lmtp::Lmtp>,
 }
 
 impl std::fmt::Debug for Outbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbound")
             .field("route", &self.cfg.route)
+            .field(
+                "lmtp",
+                &self.lmtp.as_ref().map(|l| l.cfg.address.to_string()),
+            )
             .finish()
     }
 }
@@ -93,10 +102,27 @@ fn classify(e: &lettre::transport::smtp::Error, host: &str, what: &str) -> Recip
     let text = e.to_string();
     let reason = format!("{host} said after {what}: {text}");
     if e.is_permanent() {
-        let status = enhanced(text.split_once(": ").map(|x| x.1).unwrap_or(&text))
-            .filter(|s| s.starts_with('5'))
-            .unwrap_or_else(|| "5.0.0".into());
-        RecipientState::Failed { status, reason }
+        failed(text.split_once(": ").map(|x| x.1).unwrap_or(&text), reason)
+    } else {
+        deferred(reason)
+    }
+}
+
+/// A permanent failure, with the enhanced code `text` starts with (5.0.0
+/// when it has none).
+fn failed(text: &str, reason: String) -> RecipientState {
+    let status = enhanced(text)
+        .filter(|s| s.starts_with('5'))
+        .unwrap_or_else(|| "5.0.0".into());
+    RecipientState::Failed { status, reason }
+}
+
+/// A recipient's state from a reply that is not 2xx: 5xx failed, anything
+/// else deferred. `text` is the reply's code and text.
+fn outcome_of_reply(code: u16, text: &str, host: &str, what: &str) -> RecipientState {
+    let reason = format!("{host} said after {what}: {text}");
+    if code / 100 == 5 {
+        failed(text.split_once(' ').map(|x| x.1).unwrap_or(text), reason)
     } else {
         deferred(reason)
     }
@@ -140,8 +166,13 @@ impl Drop for Slot<'_> {
 }
 
 impl Outbound {
-    /// Sets up outbound delivery; `hostname` is what EHLO says.
-    pub fn new(cfg: &OutboundConfig, hostname: &str) -> Result<Outbound, SetupError> {
+    /// Sets up delivery to the next hop: SMTP as `cfg` says, LMTP to the
+    /// server of `lmtp`; `hostname` is what EHLO and LHLO say.
+    pub fn new(
+        cfg: &OutboundConfig,
+        lmtp: Option<&LmtpConfig>,
+        hostname: &str,
+    ) -> Result<Outbound, SetupError> {
         let mut roots = Vec::new();
         if let Some(path) = &cfg.tls_ca_file {
             let ca = |why: String| SetupError::Ca {
@@ -164,6 +195,7 @@ impl Outbound {
             idle: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashMap::new()),
             freed: Condvar::new(),
+            lmtp: lmtp.map(|l| lmtp::Lmtp::new(l, hostname)),
         })
     }
 
@@ -183,6 +215,7 @@ impl Outbound {
                     auth: self.cfg.smarthost_auth.is_some(),
                 }])
             }
+            Route::Lmtp => Err(deferred("4.3.5 LMTP is not an SMTP hop")),
             Route::Mx => {
                 let dns = match self
                     .dns
@@ -217,13 +250,14 @@ impl Outbound {
         }
     }
 
-    /// Waits for a connection slot to destination `key` (at most the timeout).
-    fn slot(&self, key: &str) -> Option<Slot<'_>> {
+    /// Waits for one of `cap` connection slots to destination `key` (at
+    /// most the timeout).
+    fn slot(&self, key: &str, cap: usize) -> Option<Slot<'_>> {
         let deadline = Instant::now() + self.cfg.timeout;
         let mut busy = self.busy.lock().ok()?;
         loop {
             let n = busy.entry(key.to_string()).or_insert(0);
-            if *n < self.cfg.max_connections_per_destination {
+            if *n < cap {
                 *n += 1;
                 return Some(Slot {
                     out: self,
@@ -312,11 +346,25 @@ impl Outbound {
         stopped: &mut Option<String>,
     ) -> Vec<(String, RecipientState)> {
         let all = |o: RecipientState| every(rcpts, &o);
+        if *route == Route::Lmtp {
+            let Some(lmtp) = &self.lmtp else {
+                return all(deferred(
+                    "4.3.5 a plugin routed this recipient to LMTP, but [lmtp] is not configured",
+                ));
+            };
+            let Some(_slot) = self.slot(key, lmtp.cfg.max_connections) else {
+                return all(deferred(format!(
+                    "4.4.5 too many connections to LMTP {} (lmtp.max_connections)",
+                    lmtp.cfg.address
+                )));
+            };
+            return lmtp.deliver(mail_from, rcpts, message, accepted, stopped);
+        }
         let hops = match self.hops(route, key) {
             Ok(h) => h,
             Err(o) => return all(o),
         };
-        let Some(_slot) = self.slot(key) else {
+        let Some(_slot) = self.slot(key, self.cfg.max_connections_per_destination) else {
             return all(deferred(format!(
                 "4.4.5 too many connections to {key} (outbound.max_connections_per_destination)"
             )));
@@ -440,12 +488,20 @@ impl Outbound {
 }
 
 impl Delivery for Outbound {
-    fn default_route(&self) -> Option<Route> {
-        self.cfg.route
+    fn route(&self, domain: &str, local: bool) -> Option<Route> {
+        if local {
+            self.lmtp
+                .as_ref()
+                .filter(|l| l.covers(domain))
+                .map(|_| Route::Lmtp)
+        } else {
+            self.cfg.route
+        }
     }
 
-    /// One transaction per destination (the smarthost, or each domain's MX
-    /// hosts); a recording failure in `accepted` defers every later group.
+    /// One transaction per destination (the smarthost, each domain's MX
+    /// hosts, the LMTP server); a recording failure in `accepted` defers
+    /// every later group.
     fn deliver(
         &self,
         mail_from: &str,
@@ -458,6 +514,7 @@ impl Delivery for Outbound {
             let key = match route {
                 Route::Mx => (Route::Mx, domain_of(r)),
                 Route::Smarthost => (Route::Smarthost, "smarthost".to_string()),
+                Route::Lmtp => (Route::Lmtp, "lmtp".to_string()),
             };
             match groups.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, v)) => v.push(r.clone()),

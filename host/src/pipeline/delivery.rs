@@ -1,8 +1,9 @@
 //! The one interface the pipeline delivers through after the chain (as
-//! chasquid's courier): the recipients no plugin delivered, outside the local
-//! domains, each with the route chosen for it. Outbound SMTP
-//! ([`crate::outbound::Outbound`]) implements it; other routes (LMTP) plug
-//! in beside it without the worker changing.
+//! chasquid's courier): the recipients no plugin delivered that have a
+//! route (a plugin's choice, `[outbound] route` outside the local domains,
+//! `[lmtp]` inside them), each with its route. [`crate::outbound::Outbound`]
+//! implements it for every route: SMTP to a smarthost or MX hosts, LMTP to
+//! the mailbox server.
 //!
 //! Outcomes are values, not errors: every recipient handed over comes back
 //! delivered, deferred or failed.
@@ -16,9 +17,10 @@ pub type OnAccepted<'a> = &'a mut dyn FnMut(&[String], &str) -> Result<(), Strin
 
 /// Delivery to the next hop.
 pub trait Delivery: Send + Sync + std::fmt::Debug {
-    /// The route of a recipient outside the local domains that no plugin
-    /// routed; `None`: nothing leaves (the recipient fails, 5.1.1).
-    fn default_route(&self) -> Option<Route>;
+    /// The route of a recipient at `domain` (lowercase) that no plugin
+    /// routed; `local`: one of the local domains. `None`: the host does not
+    /// deliver it (unless a plugin did, it fails, 5.1.1).
+    fn route(&self, domain: &str, local: bool) -> Option<Route>;
 
     /// Delivers `message` from `mail_from` to `recipients`; calls `accepted`
     /// the moment a next hop takes some of them. Returns every recipient's

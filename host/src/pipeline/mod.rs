@@ -58,7 +58,11 @@ impl Settings {
     /// resolver and TLS roots) when a route is configured, and mail
     /// authentication with the shared resolver of `[dns]`.
     pub fn of(config: &crate::config::Config) -> Result<Settings, crate::outbound::SetupError> {
-        let outbound = crate::outbound::Outbound::new(&config.outbound, &config.hostname)?;
+        let outbound = crate::outbound::Outbound::new(
+            &config.outbound,
+            config.lmtp.as_ref(),
+            &config.hostname,
+        )?;
         let verifier = if config.auth.verify {
             Some(Arc::new(crate::auth::Verifier::new(
                 crate::dns::shared(&config.nameservers)?,

@@ -555,12 +555,12 @@ fn resume_at(progress: &Progress, names: &[String]) -> u32 {
         .unwrap_or(names.len() as u32)
 }
 
-/// The end of the chain: hand what is left outside the local domains to the
-/// next hop, fail what nobody took, and either complete the message or
+/// The end of the chain: hand what is left with a route to the next hop
+/// (an MTA or the LMTP server), fail what nobody took, and either complete the message or
 /// defer what is left.
 fn settle(ctx: &Context, attempt: &mut Attempt) -> Result<(), spool::Error> {
     let settings = ctx.settings();
-    deliver_remote(ctx, attempt, &settings)?;
+    deliver_next_hop(ctx, attempt, &settings)?;
     let progress = &mut attempt.progress;
     for r in progress.state.envelope.recipients.iter_mut() {
         if r.state == RecipientState::Pending {
@@ -588,11 +588,12 @@ fn settle(ctx: &Context, attempt: &mut Attempt) -> Result<(), spool::Error> {
     complete(ctx, attempt)
 }
 
-/// Hands the recipients still pending outside the local domains to the next
-/// hop. Each one the hop accepts is recorded durably (a checkpoint that
+/// Hands the recipients still pending that have a route (outside the local
+/// domains by `[outbound] route`, inside them by `[lmtp]`, anywhere by a
+/// plugin's choice) to the next hop. Each one the hop accepts is recorded durably (a checkpoint that
 /// resumes after the chain) before anything else, so a crash never sends it
 /// to that hop twice.
-fn deliver_remote(
+fn deliver_next_hop(
     ctx: &Context,
     attempt: &mut Attempt,
     settings: &Settings,
@@ -607,14 +608,15 @@ fn deliver_remote(
         .recipients
         .iter()
         .filter(|r| r.state == RecipientState::Pending)
-        .filter(|r| !local.iter().any(|d| d.eq_ignore_ascii_case(r.domain())))
         .filter_map(|r| {
             let chosen = routes
                 .iter()
                 .find(|(a, _)| a.eq_ignore_ascii_case(&r.address))
                 .map(|(_, route)| *route);
+            let domain = r.domain().to_ascii_lowercase();
+            let is_local = local.contains(&domain);
             chosen
-                .or_else(|| delivery.default_route())
+                .or_else(|| delivery.route(&domain, is_local))
                 .map(|route| (r.address.clone(), route))
         })
         .collect();
