@@ -414,6 +414,115 @@ impl Lmtp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// A scripted LMTP server without CHUNKING (Dovecot offers it, so the
+    /// DATA path is checked here): answers one connection as `replies` says
+    /// after the data, and returns everything the client sent.
+    fn scripted(
+        after_data: &'static [&'static str],
+    ) -> (LmtpConfig, std::thread::JoinHandle<String>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().expect("accept");
+            let mut w = s.try_clone().expect("clone");
+            let mut r = BufReader::new(s);
+            let mut seen = String::new();
+            w.write_all(b"220 lmtp.test ready\r\n").expect("greet");
+            let mut in_data = false;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                seen.push_str(&line);
+                let reply: String = if in_data {
+                    if line != ".\r\n" {
+                        continue;
+                    }
+                    in_data = false;
+                    after_data.iter().map(|l| format!("{l}\r\n")).collect()
+                } else if line.starts_with("LHLO") {
+                    "250-lmtp.test\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n".into()
+                } else if line.starts_with("RCPT TO:<nobody@") {
+                    "550 5.1.1 <nobody@example.test> User doesn't exist\r\n".into()
+                } else if line.starts_with("DATA") {
+                    in_data = true;
+                    "354 go ahead\r\n".into()
+                } else if line.starts_with("QUIT") {
+                    break;
+                } else {
+                    "250 2.0.0 ok\r\n".into()
+                };
+                w.write_all(reply.as_bytes()).expect("reply");
+            }
+            seen
+        });
+        let cfg = LmtpConfig {
+            address: LmtpAddress::Tcp("127.0.0.1".into(), port),
+            domains: vec!["example.test".into()],
+            timeout: Duration::from_secs(5),
+            max_connections: 1,
+        };
+        (cfg, t)
+    }
+
+    #[test]
+    fn data_without_chunking_maps_each_recipients_reply_and_records_what_was_taken() {
+        let (cfg, server) = scripted(&[
+            "250 2.0.0 <a@example.test> Saved",
+            "452 4.2.2 <b@example.test> Mailbox is full",
+            "552 5.2.2 <c@example.test> Quota exceeded",
+        ]);
+        let lmtp = Lmtp::new(&cfg, "mx.test");
+        let rcpts: Vec<String> = ["a", "nobody", "b", "c"]
+            .iter()
+            .map(|u| format!("{u}@example.test"))
+            .collect();
+        let mut recorded = Vec::new();
+        let mut stopped = None;
+        let out = lmtp.deliver(
+            "s@remote.test",
+            &rcpts,
+            b"Subject: x\r\n\r\n.dot line\r\n",
+            &mut |taken, _| {
+                recorded.extend(taken.to_vec());
+                Ok(())
+            },
+            &mut stopped,
+        );
+        drop(lmtp);
+        let state = |a: &str| out.iter().find(|(r, _)| r == a).map(|(_, s)| s.clone());
+        assert!(
+            matches!(
+                state("a@example.test"),
+                Some(RecipientState::Delivered { .. })
+            ),
+            "{out:?}"
+        );
+        assert!(
+            matches!(state("nobody@example.test"), Some(RecipientState::Failed { status, .. }) if status == "5.1.1"),
+            "{out:?}"
+        );
+        assert!(
+            matches!(
+                state("b@example.test"),
+                Some(RecipientState::Deferred { .. })
+            ),
+            "{out:?}"
+        );
+        assert!(
+            matches!(state("c@example.test"), Some(RecipientState::Failed { status, .. }) if status == "5.2.2"),
+            "{out:?}"
+        );
+        assert_eq!(recorded, vec!["a@example.test".to_string()]);
+        assert!(stopped.is_none());
+        let seen = server.join().expect("server");
+        assert!(seen.contains("LHLO mx.test\r\n"), "{seen}");
+        assert!(seen.contains("\r\n..dot line\r\n.\r\n"), "{seen}");
+        assert!(!seen.contains("BDAT"), "{seen}");
+    }
 
     #[test]
     fn dot_stuffing_doubles_leading_dots_and_ends_with_one() {
