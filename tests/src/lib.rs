@@ -6,6 +6,7 @@
 //! daemon's log inside), so the evidence survives the run.
 
 pub mod dns;
+pub mod dovecot;
 pub mod haproxy;
 pub mod http;
 pub mod load;

@@ -499,6 +499,10 @@ impl Delivery for Outbound {
         }
     }
 
+    fn has_routes(&self) -> bool {
+        self.cfg.route.is_some() || self.lmtp.is_some()
+    }
+
     /// One transaction per destination (the smarthost, each domain's MX
     /// hosts, the LMTP server); a recording failure in `accepted` defers
     /// every later group.

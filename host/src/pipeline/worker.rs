@@ -118,8 +118,8 @@ enum Flow {
 fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
     // One chain for the whole attempt, even if a reload replaces it meanwhile.
     let stages = snapshot(&ctx.chain);
-    if stages.is_empty() {
-        // No plugin configured: the message waits in the queue, untouched.
+    if stages.is_empty() && !ctx.settings().delivery.has_routes() {
+        // No plugin and no route: the message waits in the queue, untouched.
         return Ok(());
     }
     let Some(mut attempt) = load_attempt(ctx, id, &stages)? else {
