@@ -784,6 +784,7 @@ fn plugin_test(
             ..finaldot_sdk::wire::SessionFacts::local(0)
         },
         auth: None,
+        dsn: None,
     };
     let runtime = Runtime::new(RuntimeOptions {
         max_instances: 4,

@@ -4,9 +4,9 @@
 
 use crate::host;
 use crate::wire::{
-    AuthFacts, Change, DnsAnswer, DnsType, Header, HostErrorKind, HostRequest, HostResponse,
-    HttpBody, HttpResponse, Level, MessageInput, MessageState, Recipient, SessionFacts, Value,
-    Verdict,
+    AuthFacts, Change, DnsAnswer, DnsType, DsnRequest, Header, HostErrorKind, HostRequest,
+    HostResponse, HttpBody, HttpResponse, Level, MessageInput, MessageState, Recipient,
+    SessionFacts, Value, Verdict,
 };
 
 /// A plugin's error. Returned from a hook, it is a temporary failure: the
@@ -164,6 +164,7 @@ pub struct Message {
     received_at: u64,
     session: SessionFacts,
     auth: Option<AuthFacts>,
+    dsn: Option<DsnRequest>,
     changes: Vec<Change>,
 }
 
@@ -179,6 +180,7 @@ impl Message {
             received_at: input.received_at,
             session: input.session,
             auth: input.auth,
+            dsn: input.dsn,
             changes: Vec::new(),
         }
     }
@@ -257,6 +259,14 @@ impl Message {
     /// the host itself, or with verification turned off.
     pub fn auth(&self) -> Option<&AuthFacts> {
         self.auth.as_ref()
+    }
+
+    /// What the client asked of delivery status notifications (RFC 3461:
+    /// RET, ENVID, and NOTIFY and ORCPT per recipient), or `None` when it
+    /// asked nothing. The host honours them; a plugin may read them (a list
+    /// server, for one, does not pass NOTIFY on to the members).
+    pub fn dsn(&self) -> Option<&DsnRequest> {
+        self.dsn.as_ref()
     }
 
     /// All header fields in order.

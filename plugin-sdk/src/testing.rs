@@ -384,6 +384,7 @@ impl TestMessage {
                     smtputf8: false,
                 },
                 auth: None,
+                dsn: None,
             },
             body: raw[body_at..].to_vec(),
         }
@@ -436,6 +437,12 @@ impl TestMessage {
     /// Sets the host's authentication results (SPF, DKIM, DMARC, ARC).
     pub fn auth(mut self, facts: AuthFacts) -> Self {
         self.input.auth = Some(facts);
+        self
+    }
+
+    /// Sets what the client asked of DSNs (RFC 3461).
+    pub fn dsn(mut self, request: crate::wire::DsnRequest) -> Self {
+        self.input.dsn = Some(request);
         self
     }
 

@@ -556,6 +556,120 @@ pub struct MessageInput {
     /// it verified the message: mail from the MX listener, not from an
     /// authenticated client or the host itself. Appended after `session`.
     pub auth: Option<AuthFacts>,
+    /// What the client asked of delivery status notifications (RFC 3461:
+    /// RET and ENVID on MAIL, NOTIFY and ORCPT on RCPT), `None` when it
+    /// asked nothing. Appended after `auth`.
+    pub dsn: Option<DsnRequest>,
+}
+
+/// RET= of MAIL FROM (RFC 3461 §4.3): what a failure report returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DsnRet {
+    /// `RET=FULL`: the whole message.
+    Full,
+    /// `RET=HDRS`: its header fields only.
+    Headers,
+}
+
+/// NOTIFY= of RCPT TO (RFC 3461 §4.1): when the sender wants a report.
+/// `NOTIFY=NEVER` is all three false.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DsnNotify {
+    /// `SUCCESS`: on delivery (or relay to a hop that does not pass DSNs on).
+    pub success: bool,
+    /// `FAILURE`: when delivery failed for good.
+    pub failure: bool,
+    /// `DELAY`: when delivery is delayed.
+    pub delay: bool,
+}
+
+/// ORCPT= of RCPT TO (RFC 3461 §4.2): the recipient as first given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Orcpt {
+    /// The address type, e.g. `rfc822`.
+    pub addr_type: String,
+    /// The address, xtext-decoded.
+    pub address: String,
+}
+
+/// The DSN parameters of one RCPT TO.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DsnRcpt {
+    /// The recipient as the client gave it (the envelope's address).
+    pub address: String,
+    /// NOTIFY=, if given.
+    pub notify: Option<DsnNotify>,
+    /// ORCPT=, if given.
+    pub orcpt: Option<Orcpt>,
+}
+
+/// Decodes xtext (RFC 3461 §4): printable ASCII but `+` and `=`, and `+XX`
+/// for any octet (two upper-case hex digits). `None` when malformed or not
+/// UTF-8 once decoded.
+pub fn xtext_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => {
+                let hex = b.get(i + 1..i + 3)?;
+                if !hex
+                    .iter()
+                    .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c))
+                {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+                i += 3;
+            }
+            c @ 33..=126 if c != b'=' => {
+                out.push(c);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Encodes `s` as xtext (RFC 3461 §4), the inverse of [`xtext_decode`].
+pub fn xtext_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &c in s.as_bytes() {
+        if (33..=126).contains(&c) && c != b'+' && c != b'=' {
+            out.push(c as char);
+        } else {
+            out.push_str(&format!("+{c:02X}"));
+        }
+    }
+    out
+}
+
+/// The DSN extension's parameters of one transaction (RFC 3461).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DsnRequest {
+    /// RET=, if given.
+    pub ret: Option<DsnRet>,
+    /// ENVID=, xtext-decoded, if given.
+    pub envid: Option<String>,
+    /// The recipients that had NOTIFY= or ORCPT=, in RCPT order.
+    pub recipients: Vec<DsnRcpt>,
+}
+
+impl DsnRequest {
+    /// The parameters of the RCPT TO that gave `address` (compared without
+    /// case), if it had any.
+    pub fn recipient(&self, address: &str) -> Option<&DsnRcpt> {
+        self.recipients
+            .iter()
+            .find(|r| r.address.eq_ignore_ascii_case(address))
+    }
+
+    /// Whether nothing was asked.
+    pub fn is_empty(&self) -> bool {
+        self.ret.is_none() && self.envid.is_none() && self.recipients.is_empty()
+    }
 }
 
 /// The listener a message arrived on.
@@ -1356,6 +1470,7 @@ mod round_trip {
                     ..SessionFacts::local(u64::MAX)
                 },
                 auth: None,
+                dsn: None,
             });
             rt(&state);
         }

@@ -144,14 +144,47 @@ fn message_input() {
             smtputf8: false,
         },
         auth: None,
+        dsn: None,
     };
-    // The session facts came second, the authentication results third:
-    // each input starts with the bytes of the one before it.
+    // The session facts came second, the authentication results third,
+    // the DSN request fourth: each input starts with the bytes of the one
+    // before it.
     let mut input = input;
     input.auth = Some(auth_facts());
-    check("message_input_auth", &input);
+    input.dsn = Some(DsnRequest {
+        ret: Some(DsnRet::Headers),
+        envid: Some("QQ314159".into()),
+        recipients: vec![
+            DsnRcpt {
+                address: "alice@example.test".into(),
+                notify: Some(DsnNotify {
+                    success: true,
+                    failure: true,
+                    delay: false,
+                }),
+                orcpt: Some(Orcpt {
+                    addr_type: "rfc822".into(),
+                    address: "alice@example.test".into(),
+                }),
+            },
+            DsnRcpt {
+                address: "bob@example.test".into(),
+                notify: Some(DsnNotify {
+                    success: false,
+                    failure: false,
+                    delay: false,
+                }),
+                orcpt: None,
+            },
+        ],
+    });
+    check("message_input_dsn", &input);
     let now = postcard::to_allocvec(&input).expect("encode");
-    for earlier in ["message_input", "message_input_session"] {
+    for earlier in [
+        "message_input",
+        "message_input_session",
+        "message_input_auth",
+    ] {
         let before = assert_golden(&fixture(earlier), &now[..golden_len(earlier)]);
         assert!(now.starts_with(&before), "{earlier} is not a prefix");
     }

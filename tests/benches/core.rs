@@ -72,6 +72,7 @@ fn spool_commits(concurrency: usize, total: usize) {
         smtputf8: false,
         tls: None,
         auth: None,
+        dsn: Default::default(),
     };
     let body = vec![b'x'; 4096];
     let rt = tokio::runtime::Builder::new_multi_thread()

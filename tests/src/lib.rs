@@ -750,6 +750,7 @@ pub fn message_input(raw: &[u8]) -> (finaldot_sdk::wire::MessageInput, finaldot:
                 ..finaldot_sdk::wire::SessionFacts::local(0)
             },
             auth: None,
+            dsn: None,
         },
         finaldot::plugins::Body::Bytes(std::sync::Arc::from(raw[at..].to_vec())),
     )

@@ -26,9 +26,9 @@ use tracing::{debug, info};
 
 use finaldot_sdk::wire::RecipientState;
 
-use super::{deferred, every, outcome_of_reply};
+use super::{deferred, every, outcome_of_reply, Job};
 use crate::config::{LmtpAddress, LmtpConfig};
-use crate::pipeline::delivery::OnAccepted;
+use crate::pipeline::delivery::{Handoff, OnAccepted};
 
 /// Longest reply line accepted (RFC 5321's 512 for replies, with room).
 const MAX_LINE: u64 = 1000;
@@ -253,9 +253,8 @@ impl Lmtp {
     /// connection slot). `stopped` is set when `accepted` could not record.
     pub(super) fn deliver(
         &self,
-        mail_from: &str,
+        job: &Job<'_>,
         rcpts: &[String],
-        message: &[u8],
         accepted: OnAccepted<'_>,
         stopped: &mut Option<String>,
     ) -> Vec<(String, RecipientState)> {
@@ -263,8 +262,7 @@ impl Lmtp {
             Ok(c) => c,
             Err(o) => return every(rcpts, &o),
         };
-        let (outcomes, healthy) =
-            self.transaction(&mut conn, mail_from, rcpts, message, accepted, stopped);
+        let (outcomes, healthy) = self.transaction(&mut conn, job, rcpts, accepted, stopped);
         if healthy {
             if let Ok(mut v) = self.idle.lock() {
                 v.push(conn);
@@ -275,16 +273,18 @@ impl Lmtp {
 
     /// One LMTP transaction. Returns the outcomes and whether the connection
     /// can be reused.
-    #[allow(clippy::too_many_arguments)]
+    // Long on purpose: one LMTP transaction, each reply mapped where it is read.
     fn transaction(
         &self,
         conn: &mut Conn,
-        mail_from: &str,
+        job: &Job<'_>,
         rcpts: &[String],
-        message: &[u8],
         accepted: OnAccepted<'_>,
         stopped: &mut Option<String>,
     ) -> (Vec<(String, RecipientState)>, bool) {
+        let (mail_from, message) = (job.mail_from, job.message);
+        // A server that offers DSN gets the parameters and the duty.
+        let dsn = conn.offers("DSN");
         let host = format!("LMTP {}", self.cfg.address);
         let utf8 = !mail_from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii());
         if utf8 && !conn.offers("SMTPUTF8") {
@@ -301,10 +301,18 @@ impl Lmtp {
         if utf8 {
             params.push_str(" SMTPUTF8");
         }
+        if dsn {
+            params.push_str(&job.mail_params());
+        }
         // MAIL and the RCPTs in one write (PIPELINING), then their replies.
         let mut envelope = format!("MAIL FROM:<{mail_from}>{params}\r\n");
         for r in rcpts {
-            envelope.push_str(&format!("RCPT TO:<{r}>\r\n"));
+            let p = if dsn {
+                job.rcpt_params(r)
+            } else {
+                String::new()
+            };
+            envelope.push_str(&format!("RCPT TO:<{r}>{p}\r\n"));
         }
         let lost =
             |why: String, which: &[String]| every(which, &deferred(format!("4.4.2 {host}: {why}")));
@@ -373,7 +381,12 @@ impl Lmtp {
                 }
                 let note = format!("delivered over {host}");
                 if stopped.is_none() {
-                    if let Err(e) = accepted(taken, &note) {
+                    let handoff = if dsn {
+                        Handoff::PassedOn
+                    } else {
+                        Handoff::Delivered
+                    };
+                    if let Err(e) = accepted(taken, &note, handoff) {
                         *stopped = Some(format!("4.3.0 could not record a delivery: {e}"));
                     }
                 }
@@ -482,11 +495,15 @@ mod tests {
             .collect();
         let mut recorded = Vec::new();
         let mut stopped = None;
+        let job = Job {
+            mail_from: "s@remote.test",
+            message: b"Subject: x\r\n\r\n.dot line\r\n",
+            dsn: &Default::default(),
+        };
         let out = lmtp.deliver(
-            "s@remote.test",
+            &job,
             &rcpts,
-            b"Subject: x\r\n\r\n.dot line\r\n",
-            &mut |taken, _| {
+            &mut |taken, _, _| {
                 recorded.extend(taken.to_vec());
                 Ok(())
             },

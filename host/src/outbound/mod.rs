@@ -26,10 +26,10 @@ use lettre::transport::smtp::client::{Certificate, SmtpConnection, TlsParameters
 use lettre::transport::smtp::extension::{ClientId, Extension};
 use tracing::{debug, info};
 
-use finaldot_sdk::wire::{RecipientState, Route};
+use finaldot_sdk::wire::{xtext_encode, DsnRequest, RecipientState, Route};
 
 use crate::config::{LmtpConfig, OutboundConfig, TlsPolicy};
-use crate::pipeline::delivery::{Delivery, OnAccepted};
+use crate::pipeline::delivery::{Delivery, Handoff, OnAccepted};
 
 /// Why outbound delivery could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +65,8 @@ pub struct Outbound {
     hello: ClientId,
     roots: Vec<Certificate>,
     dns: std::sync::OnceLock<Result<dns::Dns, String>>,
-    idle: Mutex<HashMap<Hop, Vec<SmtpConnection>>>,
+    /// Idle connections per hop, each with whether the hop offers DSN.
+    idle: Mutex<HashMap<Hop, Vec<(SmtpConnection, bool)>>>,
     busy: Mutex<HashMap<String, usize>>,
     freed: Condvar,
     /// The LMTP route, when `[lmtp]` is configured.
@@ -138,6 +139,63 @@ fn deferred(reason: impl Into<String>) -> RecipientState {
 /// The same outcome for each of `rcpts`.
 fn every(rcpts: &[String], outcome: &RecipientState) -> Vec<(String, RecipientState)> {
     rcpts.iter().map(|r| (r.clone(), outcome.clone())).collect()
+}
+
+/// One message to hand over: what every transaction of it sends.
+struct Job<'a> {
+    mail_from: &'a str,
+    message: &'a [u8],
+    /// The DSN parameters to pass on to a hop that offers DSN.
+    dsn: &'a DsnRequest,
+}
+
+impl Job<'_> {
+    /// ` RET=… ENVID=…` for MAIL FROM at a hop that offers DSN.
+    fn mail_params(&self) -> String {
+        let mut p = String::new();
+        match self.dsn.ret {
+            Some(finaldot_sdk::wire::DsnRet::Full) => p.push_str(" RET=FULL"),
+            Some(finaldot_sdk::wire::DsnRet::Headers) => p.push_str(" RET=HDRS"),
+            None => {}
+        }
+        if let Some(id) = &self.dsn.envid {
+            p.push_str(&format!(" ENVID={}", xtext_encode(id)));
+        }
+        p
+    }
+
+    /// ` NOTIFY=… ORCPT=…` for `rcpt`'s RCPT TO at a hop that offers DSN.
+    fn rcpt_params(&self, rcpt: &str) -> String {
+        let mut p = String::new();
+        let Some(r) = self.dsn.recipient(rcpt) else {
+            return p;
+        };
+        if let Some(n) = r.notify {
+            let words: Vec<&str> = [
+                (n.success, "SUCCESS"),
+                (n.failure, "FAILURE"),
+                (n.delay, "DELAY"),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, w)| *w)
+            .collect();
+            let list = if words.is_empty() {
+                "NEVER".to_string()
+            } else {
+                words.join(",")
+            };
+            p.push_str(&format!(" NOTIFY={list}"));
+        }
+        if let Some(o) = &r.orcpt {
+            p.push_str(&format!(
+                " ORCPT={};{}",
+                o.addr_type,
+                xtext_encode(&o.address)
+            ));
+        }
+        p
+    }
 }
 
 /// The domain part of an address, lowercase (the key MX routes group by).
@@ -285,17 +343,18 @@ impl Outbound {
     }
 
     /// A pooled connection to `hop` that still answers, or a new one (EHLO,
-    /// STARTTLS and AUTH as the hop requires).
-    fn connect(&self, hop: &Hop) -> Result<SmtpConnection, RecipientState> {
+    /// STARTTLS and AUTH as the hop requires), with whether the hop offers
+    /// DSN.
+    fn connect(&self, hop: &Hop) -> Result<(SmtpConnection, bool), RecipientState> {
         let pooled = self
             .idle
             .lock()
             .ok()
             .and_then(|mut m| m.get_mut(hop).and_then(|v| v.pop()));
-        if let Some(mut c) = pooled {
+        if let Some((mut c, dsn)) = pooled {
             if c.test_connected() {
                 debug!(host = %hop.name, "reusing connection");
-                return Ok(c);
+                return Ok((c, dsn));
             }
         }
         let defer = |what: &str, e: &dyn std::fmt::Display| {
@@ -321,6 +380,18 @@ impl Outbound {
                 hop.name, hop.port
             )));
         }
+        // lettre keeps only the EHLO keywords it knows, and DSN is not one:
+        // ask again (before AUTH, which a later EHLO would not keep).
+        let dsn = c
+            .command(format!("EHLO {}\r\n", self.hello))
+            .map(|r| {
+                r.message().skip(1).any(|l| {
+                    l.split_whitespace()
+                        .next()
+                        .is_some_and(|k| k.eq_ignore_ascii_case("DSN"))
+                })
+            })
+            .map_err(|e| defer("EHLO", &e))?;
         if hop.auth {
             if let Some((user, password)) = &self.cfg.smarthost_auth {
                 let creds = Credentials::new(user.clone(), password.clone());
@@ -333,15 +404,14 @@ impl Outbound {
                 }
             }
         }
-        Ok(c)
+        Ok((c, dsn))
     }
 
     fn deliver_group(
         &self,
         (route, key): &(Route, String),
-        mail_from: &str,
+        job: &Job<'_>,
         rcpts: &[String],
-        message: &[u8],
         accepted: OnAccepted<'_>,
         stopped: &mut Option<String>,
     ) -> Vec<(String, RecipientState)> {
@@ -358,7 +428,7 @@ impl Outbound {
                     lmtp.cfg.address
                 )));
             };
-            return lmtp.deliver(mail_from, rcpts, message, accepted, stopped);
+            return lmtp.deliver(job, rcpts, accepted, stopped);
         }
         let hops = match self.hops(route, key) {
             Ok(h) => h,
@@ -371,7 +441,7 @@ impl Outbound {
         };
         let mut last = deferred(format!("4.4.4 no host to try for {key}"));
         for hop in &hops {
-            let mut conn = match self.connect(hop) {
+            let (mut conn, dsn) = match self.connect(hop) {
                 Ok(c) => c,
                 Err(o @ RecipientState::Failed { .. }) => return all(o),
                 Err(o) => {
@@ -381,10 +451,10 @@ impl Outbound {
                 }
             };
             let (outcomes, healthy) =
-                self.transaction(&mut conn, hop, mail_from, rcpts, message, accepted, stopped);
+                self.transaction(&mut conn, hop, dsn, job, rcpts, accepted, stopped);
             if healthy {
                 if let Ok(mut m) = self.idle.lock() {
-                    m.entry(hop.clone()).or_default().push(conn);
+                    m.entry(hop.clone()).or_default().push((conn, dsn));
                 }
             } else {
                 conn.abort();
@@ -402,12 +472,13 @@ impl Outbound {
         &self,
         conn: &mut SmtpConnection,
         hop: &Hop,
-        mail_from: &str,
+        offers_dsn: bool,
+        job: &Job<'_>,
         rcpts: &[String],
-        message: &[u8],
         accepted: OnAccepted<'_>,
         stopped: &mut Option<String>,
     ) -> (Vec<(String, RecipientState)>, bool) {
+        let (mail_from, message) = (job.mail_from, job.message);
         let all = |o: RecipientState| every(rcpts, &o);
         let host = format!("{}:{}", hop.name, hop.port);
         let info = conn.server_info().clone();
@@ -428,6 +499,9 @@ impl Outbound {
         if utf8 {
             params.push_str(" SMTPUTF8");
         }
+        if offers_dsn {
+            params.push_str(&job.mail_params());
+        }
         if let Err(e) = conn.command(format!("MAIL FROM:<{mail_from}>{params}\r\n")) {
             let healthy = e.is_permanent() || e.is_transient();
             if healthy {
@@ -438,7 +512,12 @@ impl Outbound {
         let mut results = Vec::new();
         let mut ok = Vec::new();
         for r in rcpts {
-            match conn.command(format!("RCPT TO:<{r}>\r\n")) {
+            let dsn = if offers_dsn {
+                job.rcpt_params(r)
+            } else {
+                String::new()
+            };
+            match conn.command(format!("RCPT TO:<{r}>{dsn}\r\n")) {
                 Ok(_) => ok.push(r.clone()),
                 Err(e) if e.is_permanent() || e.is_transient() => {
                     results.push((r.clone(), classify(&e, &host, "RCPT TO")))
@@ -466,7 +545,12 @@ impl Outbound {
                 let reply: Vec<String> = resp.message().map(|s| s.to_string()).collect();
                 let note = format!("relayed to {host}: {} {}", resp.code(), reply.join(" "));
                 info!(host = %host, recipients = ok.len(), "next hop accepted the message");
-                if let Err(e) = accepted(&ok, &note) {
+                let handoff = if offers_dsn {
+                    Handoff::PassedOn
+                } else {
+                    Handoff::Relayed
+                };
+                if let Err(e) = accepted(&ok, &note, handoff) {
                     // The hop has it; we could not record that. Say so loudly
                     // and stop: the rest waits for the next attempt.
                     *stopped = Some(format!("4.3.0 could not record a delivery: {e}"));
@@ -511,8 +595,14 @@ impl Delivery for Outbound {
         mail_from: &str,
         recipients: &[(String, Route)],
         message: &[u8],
+        dsn: &DsnRequest,
         accepted: OnAccepted<'_>,
     ) -> Vec<(String, RecipientState)> {
+        let job = Job {
+            mail_from,
+            message,
+            dsn,
+        };
         let mut groups: Vec<((Route, String), Vec<String>)> = Vec::new();
         for (r, route) in recipients {
             let key = match route {
@@ -532,8 +622,7 @@ impl Delivery for Outbound {
                 results.extend(every(&rcpts, &deferred(why.clone())));
                 continue;
             }
-            let outcomes =
-                self.deliver_group(&key, mail_from, &rcpts, message, accepted, &mut stopped);
+            let outcomes = self.deliver_group(&key, &job, &rcpts, accepted, &mut stopped);
             results.extend(outcomes);
         }
         results

@@ -8,12 +8,28 @@
 //! Outcomes are values, not errors: every recipient handed over comes back
 //! delivered, deferred or failed.
 
-use finaldot_sdk::wire::{RecipientState, Route};
+use finaldot_sdk::wire::{DsnRequest, RecipientState, Route};
 
-/// Called with the recipients a next hop has just accepted and its reply, so
-/// the caller records that durably before anything else happens; an error
-/// stops the delivery (what is left is deferred).
-pub type OnAccepted<'a> = &'a mut dyn FnMut(&[String], &str) -> Result<(), String>;
+/// What became of the DSN duty (RFC 3461 §6.2) for recipients a next hop
+/// accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handoff {
+    /// In the mailbox (LMTP): a success report, if asked for, says
+    /// `delivered`.
+    Delivered,
+    /// Relayed to a hop that does not offer DSN: a success report, if asked
+    /// for, says `relayed`.
+    Relayed,
+    /// Relayed to a hop that offers DSN, with the parameters: reports are
+    /// now that hop's to send.
+    PassedOn,
+}
+
+/// Called with the recipients a next hop has just accepted, its reply and
+/// what became of their DSN duty, so the caller records that durably before
+/// anything else happens; an error stops the delivery (what is left is
+/// deferred).
+pub type OnAccepted<'a> = &'a mut dyn FnMut(&[String], &str, Handoff) -> Result<(), String>;
 
 /// Delivery to the next hop.
 pub trait Delivery: Send + Sync + std::fmt::Debug {
@@ -28,13 +44,15 @@ pub trait Delivery: Send + Sync + std::fmt::Debug {
     fn has_routes(&self) -> bool;
 
     /// Delivers `message` from `mail_from` to `recipients`; calls `accepted`
-    /// the moment a next hop takes some of them. Returns every recipient's
-    /// new state (delivered, deferred or failed).
+    /// the moment a next hop takes some of them. `dsn` holds the DSN
+    /// parameters to pass on (its recipients by the addresses given here).
+    /// Returns every recipient's new state (delivered, deferred or failed).
     fn deliver(
         &self,
         mail_from: &str,
         recipients: &[(String, Route)],
         message: &[u8],
+        dsn: &DsnRequest,
         accepted: OnAccepted<'_>,
     ) -> Vec<(String, RecipientState)>;
 }

@@ -1,16 +1,22 @@
 //! Delivery status notifications (RFC 3464): `multipart/report` with a
 //! human-readable part, a `message/delivery-status` part with one block per
-//! recipient, and the original message's headers (`text/rfc822-headers`).
+//! recipient, and the original message: its headers (`text/rfc822-headers`)
+//! or, for a failure report the sender asked `RET=FULL` of, the whole
+//! message (`message/rfc822`). ENVID and ORCPT (RFC 3461) come back in
+//! `Original-Envelope-Id` and `Original-Recipient`.
 
-use finaldot_sdk::wire::Recipient;
+use finaldot_sdk::wire::{xtext_encode, Orcpt, Recipient};
 
-/// Whether the DSN reports final failures or a delay.
+/// Whether the DSN reports final failures, a delay or success.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DsnKind {
     /// `Action: failed`: the message will not be delivered to these recipients.
     Failed,
     /// `Action: delayed`: still trying.
     Delayed,
+    /// `Action: delivered` or `relayed`: a success the sender asked for
+    /// (`NOTIFY=SUCCESS`).
+    Success,
 }
 
 /// One recipient line of a DSN.
@@ -18,10 +24,24 @@ pub enum DsnKind {
 pub struct DsnRecipient {
     /// The recipient as it stood (its address, and the original if rewritten).
     pub recipient: Recipient,
-    /// Enhanced status code (`5.1.1`, `4.4.7`, …).
+    /// Enhanced status code (`5.1.1`, `4.4.7`, `2.0.0`, …).
     pub status: String,
-    /// Why, for Diagnostic-Code.
+    /// Why, for Diagnostic-Code (what the next hop or the plugin said).
     pub reason: String,
+    /// The ORCPT the client gave for it, if any.
+    pub orcpt: Option<Orcpt>,
+    /// For a success: handed to a hop that does not send DSNs (`relayed`),
+    /// rather than put in the mailbox (`delivered`).
+    pub relayed: bool,
+}
+
+/// What of the original message the report carries.
+#[derive(Debug, Clone, Copy)]
+pub enum Returned<'a> {
+    /// Its header block (`text/rfc822-headers`).
+    Headers(&'a [u8]),
+    /// The whole message (`message/rfc822`), for `RET=FULL`.
+    Full(&'a [u8]),
 }
 
 fn rfc2822(secs: u64) -> String {
@@ -38,19 +58,39 @@ fn one_line(s: &str, max: usize) -> String {
         .collect()
 }
 
-/// Builds the DSN message (CRLF lines) for `sender` about `queue_id`.
-#[allow(clippy::too_many_arguments)]
+/// What a report is about: the message and when.
+#[derive(Debug, Clone, Copy)]
+pub struct About<'a> {
+    /// The reporting host.
+    pub hostname: &'a str,
+    /// The message's queue id.
+    pub queue_id: &'a str,
+    /// The envelope sender the report goes to.
+    pub sender: &'a str,
+    /// The ENVID the client gave, if any.
+    pub envid: Option<&'a str>,
+    /// When the message arrived (seconds since the epoch).
+    pub arrival: u64,
+    /// Now (seconds since the epoch).
+    pub now: u64,
+}
+
+/// Builds the DSN message (CRLF lines) for `about.sender`.
 // Long on purpose: the RFC 3464 report is one text, its parts in order.
 pub fn build(
     kind: DsnKind,
-    hostname: &str,
-    queue_id: &str,
-    sender: &str,
-    arrival: u64,
-    now: u64,
+    about: &About<'_>,
     recipients: &[DsnRecipient],
-    original_headers: &[u8],
+    original: Returned<'_>,
 ) -> Vec<u8> {
+    let About {
+        hostname,
+        queue_id,
+        sender,
+        envid,
+        arrival,
+        now,
+    } = *about;
     let boundary = format!("=_finaldot_{queue_id}_{now}");
     let (subject, intro, action) = match kind {
         DsnKind::Failed => (
@@ -62,6 +102,11 @@ pub fn build(
             "Delayed Mail (still being retried)",
             "Your message has not yet been delivered to one or more recipients.\r\nThis is only a warning: delivery is still being attempted and you\r\ndo not need to resend it.",
             "delayed",
+        ),
+        DsnKind::Success => (
+            "Successful Mail Delivery Report",
+            "Your message was successfully delivered to the destination(s) below,\r\nas you asked (NOTIFY=SUCCESS). If it was relayed, the next system\r\ndoes not report further.",
+            "delivered",
         ),
     };
     let mut m = String::new();
@@ -102,22 +147,42 @@ pub fn build(
         "Content-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n",
     );
     m.push_str(&format!("Reporting-MTA: dns; {hostname}\r\n"));
+    if let Some(id) = envid {
+        // RFC 3464 §2.2.1: the ENVID as given, in xtext.
+        m.push_str(&format!(
+            "Original-Envelope-Id: {}\r\n",
+            one_line(&xtext_encode(id), 300)
+        ));
+    }
     m.push_str(&format!("X-Finaldot-Queue-ID: {queue_id}\r\n"));
     m.push_str(&format!("Arrival-Date: {}\r\n", rfc2822(arrival)));
     for r in recipients {
         m.push_str("\r\n");
-        if let Some(orig) = &r.recipient.original {
+        // RFC 3464 §2.3.1: only from an ORCPT, in its own type and xtext.
+        if let Some(o) = &r.orcpt {
             m.push_str(&format!(
-                "Original-Recipient: rfc822; {}\r\n",
-                one_line(orig, 320)
+                "Original-Recipient: {}; {}\r\n",
+                one_line(&o.addr_type, 40),
+                one_line(&xtext_encode(&o.address), 500)
             ));
         }
         m.push_str(&format!(
             "Final-Recipient: rfc822; {}\r\n",
             one_line(&r.recipient.address, 320)
         ));
+        let action = if kind == DsnKind::Success && r.relayed {
+            "relayed"
+        } else {
+            action
+        };
         m.push_str(&format!("Action: {action}\r\n"));
         m.push_str(&format!("Status: {}\r\n", one_line(&r.status, 16)));
+        if let Some(orig) = &r.recipient.original {
+            m.push_str(&format!(
+                "X-Finaldot-Rewritten-From: {}\r\n",
+                one_line(orig, 320)
+            ));
+        }
         m.push_str(&format!(
             "Diagnostic-Code: X-finaldot; {}\r\n",
             one_line(&r.reason, 500)
@@ -129,10 +194,21 @@ pub fn build(
     m.push_str("\r\n");
 
     m.push_str(&format!("--{boundary}\r\n"));
-    m.push_str("Content-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n\r\n");
+    let (description, ctype, original) = match original {
+        Returned::Headers(h) => ("Message Headers", "text/rfc822-headers", h),
+        Returned::Full(msg) => ("Undelivered Message", "message/rfc822", msg),
+    };
+    let description = match (kind, description) {
+        (DsnKind::Success, "Message Headers") => "Delivered Message Headers",
+        (_, "Message Headers") => "Undelivered Message Headers",
+        (_, d) => d,
+    };
+    m.push_str(&format!(
+        "Content-Description: {description}\r\nContent-Type: {ctype}\r\n\r\n"
+    ));
     let mut out = m.into_bytes();
-    out.extend_from_slice(original_headers);
-    if !original_headers.ends_with(b"\r\n") {
+    out.extend_from_slice(original);
+    if !original.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());

@@ -25,11 +25,13 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use finaldot_sdk::wire::{
-    Change, Listener, MessageInput, Recipient, RecipientState, Route, Verdict, ABI_VERSION,
+    Change, DsnNotify, DsnRcpt, DsnRequest, DsnRet, Listener, MessageInput, Recipient,
+    RecipientState, Route, Verdict, ABI_VERSION,
 };
 use tracing::{error, info, info_span, warn};
 
 use super::chain::{snapshot, SharedChain, Stage};
+use super::delivery::Handoff;
 use super::dsn::{self, DsnKind, DsnRecipient};
 use super::Settings;
 use crate::metrics;
@@ -323,6 +325,7 @@ fn run_stage(
         received_at: queued.received_at,
         session: queued.session_facts(),
         auth: attempt.progress.auth.clone(),
+        dsn: (!queued.dsn.is_empty()).then(|| queued.dsn.clone()),
     };
     let m = metrics::global();
     let result = match plugin.call(&input, attempt.body.clone(), false) {
@@ -649,19 +652,32 @@ fn deliver_next_hop(
     let mail_from = progress.state.envelope.mail_from.clone();
     let chain_end = progress.chain.len() as u32;
     let id = &attempt.id;
-    let results = delivery.deliver(&mail_from, &remote, &message, &mut |accepted, note| {
-        for r in progress.state.envelope.recipients.iter_mut() {
-            if accepted.contains(&r.address) {
-                r.state = RecipientState::Delivered {
-                    note: note.to_string(),
-                };
+    let dsn = dsn_request(&attempt.queued.envelope, progress);
+    let results = delivery.deliver(
+        &mail_from,
+        &remote,
+        &message,
+        &dsn,
+        &mut |accepted, note, handoff| {
+            for r in progress.state.envelope.recipients.iter_mut() {
+                if accepted.contains(&r.address) {
+                    r.state = RecipientState::Delivered {
+                        note: note.to_string(),
+                    };
+                }
             }
-        }
-        progress.next_stage = chain_end;
-        ctx.spool
-            .save_progress(id, progress)
-            .map_err(|e| e.to_string())
-    });
+            match handoff {
+                // The next hop reports from now on.
+                Handoff::PassedOn => progress.notified.extend(accepted.iter().cloned()),
+                Handoff::Relayed => progress.relayed.extend(accepted.iter().cloned()),
+                Handoff::Delivered => {}
+            }
+            progress.next_stage = chain_end;
+            ctx.spool
+                .save_progress(id, progress)
+                .map_err(|e| e.to_string())
+        },
+    );
     for (address, state) in results {
         if let Some(r) = progress
             .state
@@ -765,28 +781,101 @@ fn withhold_dsn(ctx: &Context, attempt: &mut Attempt, why: &str) -> Result<(), s
     }
 }
 
-/// Sends one DSN for every failed recipient not yet reported; true if it sent one.
+/// The client's DSN request as it applies to the recipients as they stand
+/// now: each recipient (a rewritten one through its original address) with
+/// its RCPT's NOTIFY and ORCPT. Empty once a plugin changed the envelope
+/// sender (a list): the request was the original sender's, and reports now
+/// go to someone else (RFC 3461 §6.2.7).
+fn dsn_request(queued: &spool::Envelope, progress: &Progress) -> DsnRequest {
+    let asked = &queued.dsn;
+    if asked.is_empty() || progress.state.envelope.mail_from != queued.mail_from {
+        return DsnRequest::default();
+    }
+    DsnRequest {
+        ret: asked.ret,
+        envid: asked.envid.clone(),
+        recipients: progress
+            .state
+            .envelope
+            .recipients
+            .iter()
+            .filter_map(|r| {
+                let given = asked.recipient(r.original.as_deref().unwrap_or(&r.address))?;
+                Some(DsnRcpt {
+                    address: r.address.clone(),
+                    ..given.clone()
+                })
+            })
+            .collect(),
+    }
+}
+
+/// What `r`'s RCPT asked with NOTIFY (`None`: nothing, the defaults apply:
+/// failures and delays reported, successes not).
+fn notify_of(request: &DsnRequest, r: &Recipient) -> Option<DsnNotify> {
+    request.recipient(&r.address).and_then(|d| d.notify)
+}
+
+/// Sends the reports due now: one DSN for the failed recipients not yet
+/// reported whose NOTIFY asks for failures (the default), one for the
+/// delivered recipients whose NOTIFY=SUCCESS asks for it. Every finished
+/// recipient is marked reported either way. True if it sent one.
 fn notify_failures(ctx: &Context, attempt: &mut Attempt) -> Result<bool, spool::Error> {
     let progress = &attempt.progress;
-    let fresh: Vec<DsnRecipient> = fresh_failures(progress)
-        .filter_map(|r| match &r.state {
-            RecipientState::Failed { status, reason } => Some(DsnRecipient {
-                recipient: r.clone(),
-                status: status.clone(),
-                reason: reason.clone(),
-            }),
-            _ => None,
-        })
-        .collect();
-    if fresh.is_empty() {
-        return Ok(false);
+    let request = dsn_request(&attempt.queued.envelope, progress);
+    let line = |r: &Recipient, status: &str, reason: &str| DsnRecipient {
+        recipient: r.clone(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        orcpt: request.recipient(&r.address).and_then(|d| d.orcpt.clone()),
+        relayed: progress.relayed.contains(&r.address),
+    };
+    // A success report to a sender authentication shows forged would be
+    // backscatter too.
+    let forged = forged_sender(attempt).is_some();
+    let mut failed = Vec::new();
+    let mut succeeded = Vec::new();
+    let mut silent = Vec::new();
+    for r in progress.state.envelope.recipients.iter() {
+        if progress.notified.contains(&r.address) {
+            continue;
+        }
+        let notify = notify_of(&request, r);
+        match &r.state {
+            RecipientState::Failed { status, reason } => {
+                if notify.is_none_or(|n| n.failure) {
+                    failed.push(line(r, status, reason));
+                } else {
+                    silent.push(r.address.clone());
+                }
+            }
+            RecipientState::Delivered { note } if notify.is_some_and(|n| n.success) => {
+                if forged {
+                    silent.push(r.address.clone());
+                } else {
+                    succeeded.push(line(r, "2.0.0", note));
+                }
+            }
+            _ => {}
+        }
     }
-    send_dsn(ctx, attempt, DsnKind::Failed, &fresh)?;
-    attempt
-        .progress
-        .notified
-        .extend(fresh.into_iter().map(|r| r.recipient.address));
-    Ok(true)
+    if !silent.is_empty() {
+        info!(recipients = ?silent, "no DSN for these: NOTIFY did not ask for it, or the sender is forged");
+        attempt.progress.notified.extend(silent);
+    }
+    let mut sent = false;
+    for (kind, lines) in [(DsnKind::Failed, failed), (DsnKind::Success, succeeded)] {
+        if lines.is_empty() {
+            continue;
+        }
+        send_dsn(ctx, attempt, kind, &lines)?;
+        sent = true;
+        attempt
+            .progress
+            .notified
+            .extend(lines.into_iter().map(|r| r.recipient.address));
+    }
+    Ok(sent)
 }
 
 /// Queues an RFC 3464 report to the message's sender (never to `<>`).
@@ -806,36 +895,40 @@ fn send_dsn(
         return Ok(());
     }
     let spool = &ctx.spool;
-    // The original header block, for the report (without it if unreadable).
+    let request = dsn_request(&attempt.queued.envelope, progress);
+    // A failure report returns the whole message when the sender asked
+    // RET=FULL, else the original header block (without it if unreadable).
+    let full = kind == DsnKind::Failed && request.ret == Some(DsnRet::Full);
+    let end = if full { u64::MAX } else { progress.body_offset };
     let mut original = spool
-        .read_message_range(
-            QueueState::Active,
-            &attempt.id,
-            &attempt.queued,
-            0,
-            progress.body_offset,
-        )
+        .read_message_range(QueueState::Active, &attempt.id, &attempt.queued, 0, end)
         .unwrap_or_default();
-    // The blank line that ends the header block is not part of the headers.
-    while original.ends_with(b"\r\n\r\n") || original.ends_with(b"\n\n") {
-        original.pop();
-        if original.ends_with(b"\r") {
+    if !full {
+        // The blank line that ends the header block is not part of the headers.
+        while original.ends_with(b"\r\n\r\n") || original.ends_with(b"\n\n") {
             original.pop();
+            if original.ends_with(b"\r") {
+                original.pop();
+            }
         }
     }
     let now = unix_now();
     let settings = ctx.settings();
     let hostname = &settings.hostname;
-    let msg = dsn::build(
-        kind,
+    let about = dsn::About {
         hostname,
-        attempt.id.as_str(),
+        queue_id: attempt.id.as_str(),
         sender,
-        progress.queued_at,
+        envid: request.envid.as_deref(),
+        arrival: progress.queued_at,
         now,
-        recipients,
-        &original,
-    );
+    };
+    let returned = if full {
+        dsn::Returned::Full(&original)
+    } else {
+        dsn::Returned::Headers(&original)
+    };
+    let msg = dsn::build(kind, &about, recipients, returned);
     let env = spool::Envelope {
         mail_from: String::new(),
         rcpt_to: vec![sender.clone()],
@@ -849,6 +942,7 @@ fn send_dsn(
         smtputf8: !sender.is_ascii(),
         tls: None,
         auth: None,
+        dsn: DsnRequest::default(),
     };
     let mut w = spool.begin(&env)?;
     w.write(&msg)?;
@@ -934,12 +1028,15 @@ fn defer(ctx: &Context, attempt: &mut Attempt, hint_secs: Option<u64>) -> Result
 /// The one delay warning (RFC 3464 `delayed`) for the recipients still open.
 fn warn_of_delay(ctx: &Context, attempt: &mut Attempt) -> Result<(), spool::Error> {
     let progress = &attempt.progress;
+    let request = dsn_request(&attempt.queued.envelope, progress);
+    // Only where NOTIFY asked for DELAY, or said nothing (the default).
     let delayed: Vec<DsnRecipient> = progress
         .state
         .envelope
         .recipients
         .iter()
         .filter(|r| is_open(r))
+        .filter(|r| notify_of(&request, r).is_none_or(|n| n.delay))
         .map(|r| DsnRecipient {
             recipient: r.clone(),
             status: "4.4.7".into(),
@@ -947,6 +1044,8 @@ fn warn_of_delay(ctx: &Context, attempt: &mut Attempt) -> Result<(), spool::Erro
                 .last_error
                 .clone()
                 .unwrap_or_else(|| "delivery temporarily failed".into()),
+            orcpt: request.recipient(&r.address).and_then(|d| d.orcpt.clone()),
+            relayed: false,
         })
         .collect();
     if !delayed.is_empty() {

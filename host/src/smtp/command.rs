@@ -8,6 +8,8 @@
 //! deployed clients commonly are (a space after `FROM:`/`TO:`, a `<postmaster>`
 //! recipient, source routes that are accepted and ignored).
 
+use finaldot_sdk::wire::{xtext_decode, DsnNotify, DsnRet, Orcpt};
+
 use super::reply::Reply;
 
 /// A mailbox `local@domain` from a path, kept as the client spelled it.
@@ -62,6 +64,19 @@ pub struct MailParams {
     pub smtputf8: bool,
     /// AUTH= (RFC 4954 §5), allowed only where AUTH is offered.
     pub auth: bool,
+    /// RET= (RFC 3461 §4.3).
+    pub ret: Option<DsnRet>,
+    /// ENVID= (RFC 3461 §4.4), xtext-decoded.
+    pub envid: Option<String>,
+}
+
+/// The parameters of RCPT TO that finaldot understands (RFC 3461).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RcptParams {
+    /// NOTIFY= (RFC 3461 §4.1).
+    pub notify: Option<DsnNotify>,
+    /// ORCPT= (RFC 3461 §4.2), its address xtext-decoded.
+    pub orcpt: Option<Orcpt>,
 }
 
 /// One parsed SMTP command.
@@ -82,6 +97,8 @@ pub enum Command {
     Rcpt {
         /// The forward-path; `<postmaster>` has an empty domain.
         to: Mailbox,
+        /// Its parameters.
+        params: RcptParams,
     },
     /// DATA.
     Data,
@@ -273,6 +290,23 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
                 return Err(Reply::new(555, "5.5.4", "Unsupported BODY type"));
             }
             ("SMTPUTF8", None) => out.smtputf8 = true,
+            // RFC 3461 §4.3 and §4.4; each at most once.
+            ("RET", _) if out.ret.is_some() => return Err(twice("RET")),
+            ("RET", Some(v)) if v.eq_ignore_ascii_case("FULL") => out.ret = Some(DsnRet::Full),
+            ("RET", Some(v)) if v.eq_ignore_ascii_case("HDRS") => out.ret = Some(DsnRet::Headers),
+            ("RET", _) => return Err(Reply::new(501, "5.5.4", "Syntax: RET=FULL or RET=HDRS")),
+            ("ENVID", _) if out.envid.is_some() => return Err(twice("ENVID")),
+            ("ENVID", Some(v)) if v.len() <= 100 => match xtext_decode(v) {
+                Some(id) if !id.is_empty() => out.envid = Some(id),
+                _ => return Err(Reply::new(501, "5.5.4", "Syntax: ENVID=xtext")),
+            },
+            ("ENVID", _) => {
+                return Err(Reply::new(
+                    501,
+                    "5.5.4",
+                    "Syntax: ENVID=xtext, at most 100 characters",
+                ))
+            }
             // RFC 4954 §5: clients that authenticated (Postfix as a relay
             // client, for one) send AUTH=<> or AUTH=identity. The identity is
             // the client's claim; it is accepted and not trusted.
@@ -298,18 +332,100 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
     Ok(Command::Mail { from, params: out })
 }
 
+/// The 501 for a parameter given twice.
+fn twice(key: &str) -> Reply {
+    Reply::new(501, "5.5.4", format!("{key} given more than once"))
+}
+
+/// NOTIFY=NEVER, or a list of SUCCESS, FAILURE and DELAY (RFC 3461 §4.1).
+fn parse_notify(v: &str) -> Option<DsnNotify> {
+    if v.eq_ignore_ascii_case("NEVER") {
+        return Some(DsnNotify {
+            success: false,
+            failure: false,
+            delay: false,
+        });
+    }
+    let mut n = DsnNotify {
+        success: false,
+        failure: false,
+        delay: false,
+    };
+    for word in v.split(',') {
+        let flag = match word.to_ascii_uppercase().as_str() {
+            "SUCCESS" => &mut n.success,
+            "FAILURE" => &mut n.failure,
+            "DELAY" => &mut n.delay,
+            _ => return None,
+        };
+        if *flag {
+            return None;
+        }
+        *flag = true;
+    }
+    Some(n)
+}
+
+/// ORCPT=addr-type;xtext (RFC 3461 §4.2): the type an atom, the address
+/// not empty once decoded.
+fn parse_orcpt(v: &str) -> Option<Orcpt> {
+    let (kind, addr) = v.split_once(';')?;
+    let atom = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&c);
+    if kind.is_empty() || !kind.bytes().all(atom) || v.len() > 500 {
+        return None;
+    }
+    let address = xtext_decode(addr).filter(|a| !a.is_empty())?;
+    Some(Orcpt {
+        addr_type: kind.to_ascii_lowercase(),
+        address,
+    })
+}
+
+fn parse_rcpt_params(params: &str) -> Result<RcptParams, Reply> {
+    let mut out = RcptParams::default();
+    for param in params.split(' ').filter(|p| !p.is_empty()) {
+        let (key, value) = match param.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (param, None),
+        };
+        match (key.to_ascii_uppercase().as_str(), value) {
+            ("NOTIFY", _) if out.notify.is_some() => return Err(twice("NOTIFY")),
+            ("NOTIFY", Some(v)) => {
+                out.notify = Some(parse_notify(v).ok_or_else(|| {
+                    Reply::new(
+                        501,
+                        "5.5.4",
+                        "Syntax: NOTIFY=NEVER or NOTIFY= a list of SUCCESS, FAILURE, DELAY",
+                    )
+                })?)
+            }
+            ("ORCPT", _) if out.orcpt.is_some() => return Err(twice("ORCPT")),
+            ("ORCPT", Some(v)) => {
+                out.orcpt = Some(parse_orcpt(v).ok_or_else(|| {
+                    Reply::new(
+                        501,
+                        "5.5.4",
+                        "Syntax: ORCPT=addr-type;xtext (for example rfc822;alice@example.org)",
+                    )
+                })?)
+            }
+            _ => {
+                return Err(Reply::new(
+                    555,
+                    "5.5.4",
+                    format!("Unsupported RCPT parameter: {key}"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn parse_rcpt(rest: &str) -> Result<Command, Reply> {
     let usage = || Reply::new(501, "5.5.4", "Syntax: RCPT TO:<address>");
     let after = strip_keyword(rest, "TO:").ok_or_else(usage)?;
     let (path, params) = split_path(after).ok_or_else(usage)?;
-    if let Some(p) = params.split(' ').find(|p| !p.is_empty()) {
-        let key = p.split('=').next().unwrap_or(p);
-        return Err(Reply::new(
-            555,
-            "5.5.4",
-            format!("Unsupported RCPT parameter: {key}"),
-        ));
-    }
+    let params = parse_rcpt_params(params)?;
     // RFC 5321 §4.1.1.3: "<Postmaster>" without a domain must be accepted.
     if path.eq_ignore_ascii_case("postmaster") {
         return Ok(Command::Rcpt {
@@ -317,6 +433,7 @@ fn parse_rcpt(rest: &str) -> Result<Command, Reply> {
                 local: path.to_string(),
                 domain: String::new(),
             },
+            params,
         });
     }
     if path.is_empty() {
@@ -328,7 +445,7 @@ fn parse_rcpt(rest: &str) -> Result<Command, Reply> {
     }
     let to = parse_path(path)
         .map_err(|why| Reply::new(501, "5.1.3", format!("Bad recipient address syntax: {why}")))?;
-    Ok(Command::Rcpt { to })
+    Ok(Command::Rcpt { to, params })
 }
 
 fn parse_bdat(rest: &str) -> Result<Command, Reply> {
@@ -517,6 +634,7 @@ mod tests {
                     body: Body::EightBitMime,
                     smtputf8: false,
                     auth: false,
+                    ..MailParams::default()
                 }
             }
         );
@@ -560,7 +678,8 @@ mod tests {
         assert_eq!(
             c,
             Command::Rcpt {
-                to: mb("joe", "x.test")
+                to: mb("joe", "x.test"),
+                params: RcptParams::default(),
             }
         );
     }
@@ -571,7 +690,8 @@ mod tests {
         assert_eq!(
             c,
             Command::Rcpt {
-                to: mb("\"john >doe\"", "x.test")
+                to: mb("\"john >doe\"", "x.test"),
+                params: RcptParams::default(),
             }
         );
     }
@@ -589,7 +709,8 @@ mod tests {
             assert_eq!(
                 c,
                 Command::Rcpt {
-                    to: mb(local, "x.test")
+                    to: mb(local, "x.test"),
+                    params: RcptParams::default(),
                 },
                 "{sent}"
             );
@@ -617,7 +738,8 @@ mod tests {
         assert_eq!(
             c,
             Command::Rcpt {
-                to: mb("Postmaster", "")
+                to: mb("Postmaster", ""),
+                params: RcptParams::default(),
             }
         );
     }

@@ -180,6 +180,9 @@ struct Transaction {
     body: Body,
     smtputf8: bool,
     rcpt_to: Vec<Mailbox>,
+    /// What the client asked of DSNs (RFC 3461): RET and ENVID of MAIL,
+    /// NOTIFY and ORCPT of the RCPTs that had them.
+    dsn: finaldot_sdk::wire::DsnRequest,
     /// RCPTs refused for being over `max_recipients` so far.
     overshoot: usize,
     /// Set once the message content has begun (a spool file is open).
@@ -527,6 +530,7 @@ impl Session {
                     "ENHANCEDSTATUSCODES".to_string(),
                     "SMTPUTF8".to_string(),
                     "CHUNKING".to_string(),
+                    "DSN".to_string(),
                 ];
                 let mut lines = lines;
                 if c.starttls && self.tls.is_none() {
@@ -546,7 +550,7 @@ impl Session {
                 self.reply(Reply::new(250, "", text));
             }
             Command::Mail { from, params } => self.mail(from, params),
-            Command::Rcpt { to } => self.rcpt(to),
+            Command::Rcpt { to, params } => self.rcpt(to, params),
             Command::Data => self.data(),
             Command::Bdat { size, last } => self.bdat(size, last),
             Command::Rset => {
@@ -753,7 +757,11 @@ impl Session {
             return self.error_reply(Reply::new(503, "5.5.1", "Error: nested MAIL command"));
         }
         if *greeting == Greeting::Helo
-            && (params.smtputf8 || params.body != Body::SevenBit || params.size.is_some())
+            && (params.smtputf8
+                || params.body != Body::SevenBit
+                || params.size.is_some()
+                || params.ret.is_some()
+                || params.envid.is_some())
         {
             return self.error_reply(Reply::new(
                 555,
@@ -780,15 +788,28 @@ impl Session {
             body: params.body,
             smtputf8: params.smtputf8,
             rcpt_to: Vec::new(),
+            dsn: finaldot_sdk::wire::DsnRequest {
+                ret: params.ret,
+                envid: params.envid,
+                recipients: Vec::new(),
+            },
             overshoot: 0,
             content: None,
         });
         self.reply(Reply::new(250, "2.1.0", "Ok"));
     }
 
-    fn rcpt(&mut self, to: Mailbox) {
+    fn rcpt(&mut self, to: Mailbox, params: command::RcptParams) {
         let to = self.own_postmaster(to);
         let max = self.cfg.max_recipients;
+        let dsn = params.notify.is_some() || params.orcpt.is_some();
+        if dsn && matches!(&self.greeting, Some((Greeting::Helo, _))) {
+            return self.error_reply(Reply::new(
+                555,
+                "5.5.4",
+                "RCPT parameters need EHLO, not HELO",
+            ));
+        }
         let Some(tx) = self.tx.as_mut() else {
             return self.error_reply(Reply::new(503, "5.5.1", "Error: need MAIL command"));
         };
@@ -831,6 +852,13 @@ impl Session {
                     .iter()
                     .any(|r| r.local == to.local && r.domain.eq_ignore_ascii_case(&to.domain));
                 if !known {
+                    if dsn {
+                        tx.dsn.recipients.push(finaldot_sdk::wire::DsnRcpt {
+                            address: to.to_string(),
+                            notify: params.notify,
+                            orcpt: params.orcpt,
+                        });
+                    }
                     tx.rcpt_to.push(to);
                 }
                 self.reply(Reply::new(250, "2.1.5", "Ok"));
@@ -923,6 +951,7 @@ impl Session {
             smtputf8: tx.smtputf8,
             tls: self.tls.clone(),
             auth: self.authenticated.clone(),
+            dsn: tx.dsn.clone(),
         })
     }
 

@@ -1111,6 +1111,7 @@ mod tests {
             smtputf8: false,
             tls: None,
             auth: None,
+            dsn: Default::default(),
         }
     }
 

@@ -68,12 +68,24 @@ pub struct Progress {
     /// extension after the record, see the module's format).
     #[serde(skip)]
     pub auth: Option<AuthFacts>,
+    /// Recipients handed to a next hop that does not pass DSNs on: a
+    /// success report for them says `relayed`, not `delivered` (kept in the
+    /// second extension).
+    #[serde(skip)]
+    pub relayed: Vec<String>,
 }
 
 /// What follows the record: fields added after version 2 was fixed.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Extension {
     auth: Option<AuthFacts>,
+}
+
+/// What follows the first extension (each extension decodes on its own, so
+/// a file written before one was added still reads).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Extension2 {
+    relayed: Vec<String>,
 }
 
 impl Progress {
@@ -104,6 +116,7 @@ impl Progress {
             chain: Vec::new(),
             routes: Vec::new(),
             auth: None,
+            relayed: Vec::new(),
         }
     }
 
@@ -113,9 +126,18 @@ impl Progress {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         let out = postcard::to_extend(self, out)?;
-        postcard::to_extend(
+        let out = postcard::to_extend(
             &Extension {
                 auth: self.auth.clone(),
+            },
+            out,
+        )?;
+        if self.relayed.is_empty() {
+            return Ok(out);
+        }
+        postcard::to_extend(
+            &Extension2 {
+                relayed: self.relayed.clone(),
             },
             out,
         )
@@ -133,9 +155,14 @@ impl Progress {
         let (mut progress, rest): (Progress, _) = postcard::take_from_bytes(&bytes[8..])
             .map_err(|e| format!("progress does not decode: {e}"))?;
         if !rest.is_empty() {
-            let ext: Extension = postcard::from_bytes(rest)
+            let (ext, rest): (Extension, _) = postcard::take_from_bytes(rest)
                 .map_err(|e| format!("progress extension does not decode: {e}"))?;
             progress.auth = ext.auth;
+            if !rest.is_empty() {
+                let ext: Extension2 = postcard::from_bytes(rest)
+                    .map_err(|e| format!("progress extension 2 does not decode: {e}"))?;
+                progress.relayed = ext.relayed;
+            }
         }
         Ok(progress)
     }
@@ -176,6 +203,7 @@ mod tests {
             chain: vec!["p".into()],
             routes: Vec::new(),
             auth: None,
+            relayed: Vec::new(),
         };
         let bytes = p.encode().expect("encode");
         assert_eq!(Progress::decode(&bytes).expect("decode"), p);
@@ -252,6 +280,7 @@ mod tests {
                 ("e@remote.test".into(), Route::Smarthost),
             ],
             auth: None,
+            relayed: Vec::new(),
         };
         let fixture =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/progress_v2.hex");
@@ -281,6 +310,7 @@ mod tests {
             smtputf8: false,
             tls: None,
             auth: None,
+            dsn: Default::default(),
         };
         let mut p = Progress::initial(&envelope, b"Subject: x\r\n\r\nbody");
         p.auth = Some(AuthFacts {

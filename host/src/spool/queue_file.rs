@@ -4,7 +4,8 @@
 //! "FINALDOT"            8 bytes, magic
 //! version               u16 LE (currently 2; 1 still reads)
 //! envelope length N     u32 LE
-//! envelope              N bytes, postcard-encoded [`Envelope`]
+//! envelope              N bytes, postcard-encoded [`Envelope`], then its
+//!                       DSN request (RFC 3461) when the client made one
 //! message               M bytes, the raw message (Received: header first, CRLF lines)
 //! end marker            "\r\nFD-END" (8 bytes)
 //! M                     u64 LE
@@ -21,7 +22,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::net::IpAddr;
 use std::path::Path;
 
-use finaldot_sdk::wire::{Listener, SessionFacts, TlsFacts};
+use finaldot_sdk::wire::{DsnRequest, Listener, SessionFacts, TlsFacts};
 use serde::{Deserialize, Serialize};
 
 /// File magic.
@@ -68,6 +69,12 @@ pub struct Envelope {
     pub tls: Option<TlsFacts>,
     /// The identity the client authenticated as (submission AUTH), if any.
     pub auth: Option<String>,
+    /// What the client asked of DSNs (RFC 3461). Encoded after the
+    /// envelope's other fields within its block (not by this struct's serde):
+    /// an older build's postcard decode stops before it, and a file written
+    /// before it has none.
+    #[serde(skip)]
+    pub dsn: DsnRequest,
 }
 
 impl Envelope {
@@ -127,6 +134,7 @@ impl From<EnvelopeV1> for Envelope {
             smtputf8: v1.smtputf8,
             tls,
             auth: None,
+            dsn: DsnRequest::default(),
         }
     }
 }
@@ -165,7 +173,10 @@ pub struct QueueFile {
 
 /// Encodes the prelude and envelope that start a queue file.
 pub fn encode_prelude(envelope: &Envelope) -> Result<Vec<u8>, postcard::Error> {
-    let env = postcard::to_allocvec(envelope)?;
+    let mut env = postcard::to_allocvec(envelope)?;
+    if !envelope.dsn.is_empty() {
+        env.extend(postcard::to_allocvec(&envelope.dsn)?);
+    }
     let mut out = Vec::with_capacity(PRELUDE_LEN as usize + env.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -214,7 +225,12 @@ pub fn read_header_of(f: &File) -> Result<QueueFile, FormatError> {
             .map(Envelope::from)
             .map_err(FormatError::Envelope)?
     } else {
-        postcard::from_bytes(&env).map_err(FormatError::Envelope)?
+        let (mut envelope, rest) =
+            postcard::take_from_bytes::<Envelope>(&env).map_err(FormatError::Envelope)?;
+        if !rest.is_empty() {
+            envelope.dsn = postcard::from_bytes(rest).map_err(FormatError::Envelope)?;
+        }
+        envelope
     };
     let mut trailer = [0u8; TRAILER_LEN as usize];
     f.read_exact_at(&mut trailer, file_len - TRAILER_LEN)?;
@@ -326,6 +342,7 @@ mod tests {
                 cipher: "TLS13_AES_128_GCM_SHA256".into(),
             }),
             auth: Some("alice".into()),
+            dsn: Default::default(),
         };
         let message = b"Received: from x\r\n\r\nbody\r\n";
         let mut bytes = encode_prelude(&envelope).expect("encode");
@@ -352,6 +369,7 @@ mod tests {
             smtputf8: false,
             tls: None,
             auth: None,
+            dsn: Default::default(),
         }
     }
 

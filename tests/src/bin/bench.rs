@@ -530,6 +530,7 @@ fn queue_from_distinct_clients(data_dir: &Path, n: usize) -> u64 {
             smtputf8: false,
             tls: None,
             auth: None,
+            dsn: Default::default(),
         };
         let Ok(mut w) = spool.begin(&env) else {
             continue;
