@@ -18,6 +18,10 @@ pub struct Accepted {
     pub rcpt_to: Vec<String>,
     /// The message, dot-unstuffed, without the final `.CRLF`.
     pub data: Vec<u8>,
+    /// What followed `MAIL FROM:<…>` (its parameters), trimmed.
+    pub mail_params: String,
+    /// What followed each accepted `RCPT TO:<…>`, in order, trimmed.
+    pub rcpt_params: Vec<String>,
 }
 
 #[derive(Default)]
@@ -28,6 +32,8 @@ struct Script {
     rcpt_replies: HashMap<String, String>,
     /// How long to think before answering the end of data.
     data_delay: Duration,
+    /// Whether EHLO offers DSN (RFC 3461).
+    dsn: bool,
 }
 
 /// The running next hop.
@@ -79,6 +85,13 @@ impl NextHop {
             }
         });
         hop
+    }
+
+    /// From now on, EHLO offers DSN.
+    pub fn offer_dsn(&self) {
+        if let Ok(mut s) = self.script.lock() {
+            s.dsn = true;
+        }
     }
 
     /// The next ends of data get these replies, in order (then 250).
@@ -146,6 +159,13 @@ fn serve(
     w.write_all(b"220 nexthop.test ESMTP\r\n")?;
     let mut from = None;
     let mut rcpts = Vec::new();
+    let mut mail_params = String::new();
+    let mut rcpt_params = Vec::new();
+    let after_path = |text: &str| {
+        text.split_once('>')
+            .map(|(_, p)| p.trim().to_string())
+            .unwrap_or_default()
+    };
     loop {
         let mut line = Vec::new();
         if r.read_until(b'\n', &mut line)? == 0 {
@@ -154,7 +174,11 @@ fn serve(
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         let upper = text.to_ascii_uppercase();
         let reply = if upper.starts_with("EHLO") {
-            "250-nexthop.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8".to_string()
+            let dsn = script.lock().map(|s| s.dsn).unwrap_or(false);
+            format!(
+                "250-nexthop.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n{}250 SMTPUTF8",
+                if dsn { "250-DSN\r\n" } else { "" }
+            )
         } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
             "250 ok".to_string()
         } else if upper.starts_with("RSET") {
@@ -163,7 +187,9 @@ fn serve(
             "250 ok".to_string()
         } else if upper.starts_with("MAIL FROM:") {
             from = Some(angle(&text));
+            mail_params = after_path(&text);
             rcpts.clear();
+            rcpt_params.clear();
             "250 2.1.0 ok".to_string()
         } else if upper.starts_with("RCPT TO:") {
             let a = angle(&text);
@@ -175,6 +201,7 @@ fn serve(
                 Some(reply) => reply,
                 None => {
                     rcpts.push(a);
+                    rcpt_params.push(after_path(&text));
                     "250 2.1.5 ok".to_string()
                 }
             }
@@ -208,6 +235,8 @@ fn serve(
                         mail_from: from.take().unwrap_or_default(),
                         rcpt_to: std::mem::take(&mut rcpts),
                         data,
+                        mail_params: std::mem::take(&mut mail_params),
+                        rcpt_params: std::mem::take(&mut rcpt_params),
                     });
                 }
             }

@@ -1,0 +1,286 @@
+//! The DSN extension (RFC 3461) end to end: the parameters over the wire
+//! from Python's smtplib, and their effect in the reports that arrive (read
+//! back from a real Dovecot over IMAP, parsed by Python's email package).
+//! Local mail goes to Dovecot over LMTP; dave@localhost is unknown there
+//! (550 at RCPT), and bob can be made to wait (451 after the data).
+
+use std::time::Duration;
+
+use finaldot_e2e::dovecot::Dovecot;
+use finaldot_e2e::*;
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn start(dir: &std::path::Path, dovecot: &Dovecot, pipeline: &str) -> Daemon {
+    let cfg = test_config(
+        dir,
+        "",
+        &format!(
+            "[pipeline]\nrescan_secs = 1\nretry_min_secs = 1\nretry_max_secs = 1\n{pipeline}\n\n[lmtp]\naddress = \"127.0.0.1:{}\"\n",
+            dovecot.lmtp_port
+        ),
+    );
+    Daemon::start_with(dir, &cfg)
+}
+
+/// Sends one message with smtplib: `mail` options on MAIL FROM, then each
+/// recipient with its RCPT options.
+fn send(d: &Daemon, from: &str, mail: &[&str], rcpts: &[(&str, &[&str])], body: &str) {
+    let script = "import smtplib, sys, json\n\
+        a = json.loads(sys.argv[2])\n\
+        s = smtplib.SMTP('127.0.0.1', int(sys.argv[1]))\n\
+        s.ehlo('client.test')\n\
+        assert s.has_extn('dsn'), s.esmtp_features\n\
+        code, text = s.mail(a['from'], a['mail'])\n\
+        assert code == 250, (code, text)\n\
+        for to, opts in a['rcpts']:\n\
+        \x20   code, text = s.rcpt(to, opts)\n\
+        \x20   assert code == 250, (to, code, text)\n\
+        code, text = s.data(a['body'].encode())\n\
+        assert code == 250, (code, text)\n\
+        s.quit()\n";
+    let json = serde_json::json!({
+        "from": from,
+        "mail": mail,
+        "rcpts": rcpts,
+        "body": body,
+    });
+    let out = python3()
+        .arg("-c")
+        .arg(script)
+        .arg(d.addr.port().to_string())
+        .arg(json.to_string())
+        .output()
+        .expect("python3 smtplib");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+}
+
+/// The report's parts and fields, as Python's email package reads them:
+/// one JSON object with the content types, the per-message fields and one
+/// object per recipient.
+fn parse_report(raw: &[u8]) -> serde_json::Value {
+    let script = "import email, sys, json\n\
+        m = email.message_from_bytes(sys.stdin.buffer.read())\n\
+        assert m.get_content_type() == 'multipart/report', m.get_content_type()\n\
+        assert m.get_param('report-type') == 'delivery-status'\n\
+        parts = m.get_payload()\n\
+        st = parts[1]\n\
+        blocks = st.get_payload()\n\
+        out = {'types': [p.get_content_type() for p in parts],\n\
+        \x20      'subject': m['Subject'], 'to': m['To'],\n\
+        \x20      'message': dict(blocks[0].items()),\n\
+        \x20      'recipients': [dict(b.items()) for b in blocks[1:]],\n\
+        \x20      'returned': parts[2].as_string() if len(parts) > 2 else ''}\n\
+        print(json.dumps(out))\n";
+    let mut child = python3()
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 email");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), raw).expect("write");
+    let out = child.wait_with_output().expect("python3 email");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(raw)
+    );
+    serde_json::from_slice(&out.stdout).expect("json from the script")
+}
+
+#[test]
+fn dsn_is_offered_and_bad_parameters_get_501_while_the_session_goes_on() {
+    let dir = TestDir::new("dsn-syntax");
+    let dovecot = Dovecot::start(dir.path());
+    let d = start(dir.path(), &dovecot, "");
+    let mut c = d.connect();
+    let ehlo = c.expect("EHLO client.test", 250);
+    assert!(ehlo.lines().any(|l| l.ends_with("DSN")), "{ehlo}");
+    for (bad, code) in [
+        ("MAIL FROM:<a@x.test> RET=SOME", 501),
+        ("MAIL FROM:<a@x.test> RET=FULL RET=HDRS", 501),
+        ("MAIL FROM:<a@x.test> ENVID=a+zz", 501),
+        ("MAIL FROM:<a@x.test> ENVID=a=b", 501),
+        ("MAIL FROM:<a@x.test> BOGUS=1", 555),
+    ] {
+        assert_eq!(c.cmd(bad).0, code, "{bad}");
+    }
+    c.expect("MAIL FROM:<a@x.test> RET=HDRS ENVID=QQ+2B1", 250);
+    for bad in [
+        "RCPT TO:<alice@example.test> NOTIFY=NEVER,SUCCESS",
+        "RCPT TO:<alice@example.test> NOTIFY=SOMETIMES",
+        "RCPT TO:<alice@example.test> NOTIFY=SUCCESS,SUCCESS",
+        "RCPT TO:<alice@example.test> NOTIFY=NEVER NOTIFY=NEVER",
+        "RCPT TO:<alice@example.test> ORCPT=alice@example.test",
+        "RCPT TO:<alice@example.test> ORCPT=rfc822;",
+    ] {
+        assert_eq!(c.cmd(bad).0, 501, "{bad}");
+    }
+    c.expect(
+        "RCPT TO:<alice@example.test> NOTIFY=success,Delay ORCPT=rfc822;Alice+40example.test",
+        250,
+    );
+    c.expect("RSET", 250);
+    // Parameters of an extension need EHLO.
+    c.expect("HELO client.test", 250);
+    assert_eq!(c.cmd("MAIL FROM:<a@x.test> RET=FULL").0, 555);
+    c.expect("MAIL FROM:<a@x.test>", 250);
+    assert_eq!(c.cmd("RCPT TO:<alice@example.test> NOTIFY=NEVER").0, 555);
+    c.expect("QUIT", 221);
+}
+
+#[test]
+fn notify_success_brings_a_delivered_report_with_envid_and_orcpt() {
+    let dir = TestDir::new("dsn-success");
+    let dovecot = Dovecot::start(dir.path());
+    let d = start(dir.path(), &dovecot, "");
+    send(
+        &d,
+        "carol@localhost",
+        &["RET=HDRS", "ENVID=QQ314159+2Bx"],
+        &[
+            (
+                "alice@example.test",
+                &["NOTIFY=SUCCESS", "ORCPT=rfc822;Alice+40Example.TEST"],
+            ),
+            // bob asked nothing: no report for him.
+            ("bob@example.test", &[]),
+        ],
+        "Subject: report my success\r\n\r\ndelivered?\r\n",
+    );
+    assert!(
+        wait_until(LONG, || dovecot.inbox("carol").len() == 1),
+        "{}",
+        d.log()
+    );
+    assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
+    assert_eq!(dovecot.inbox("alice").len(), 1);
+    assert_eq!(dovecot.inbox("bob").len(), 1);
+    let report = parse_report(&dovecot.inbox("carol")[0]);
+    assert_eq!(
+        report["types"],
+        serde_json::json!([
+            "text/plain",
+            "message/delivery-status",
+            "text/rfc822-headers"
+        ]),
+        "{report}"
+    );
+    assert_eq!(
+        report["message"]["Original-Envelope-Id"], "QQ314159+2Bx",
+        "{report}"
+    );
+    let rcpts = report["recipients"].as_array().expect("recipients");
+    assert_eq!(rcpts.len(), 1, "{report}");
+    assert_eq!(rcpts[0]["Action"], "delivered", "{report}");
+    assert_eq!(rcpts[0]["Status"], "2.0.0", "{report}");
+    assert_eq!(rcpts[0]["Final-Recipient"], "rfc822; alice@example.test");
+    assert_eq!(
+        rcpts[0]["Original-Recipient"],
+        // Re-encoded as xtext, where "@" needs no escape.
+        "rfc822; Alice@Example.TEST"
+    );
+    assert!(
+        report["returned"]
+            .as_str()
+            .is_some_and(|t| t.contains("Subject: report my success") && !t.contains("delivered?")),
+        "{report}"
+    );
+}
+
+#[test]
+fn notify_never_silences_a_failure_and_ret_full_returns_the_whole_message() {
+    let dir = TestDir::new("dsn-failure");
+    let dovecot = Dovecot::start(dir.path());
+    let d = start(dir.path(), &dovecot, "");
+    // Dovecot knows no dave: 550 at RCPT, a failure nobody is told of.
+    send(
+        &d,
+        "carol@localhost",
+        &[],
+        &[("dave@localhost", &["NOTIFY=NEVER"])],
+        "Subject: quietly\r\n\r\nnobody hears\r\n",
+    );
+    assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
+    assert!(d.log().contains("no DSN for these"), "{}", d.log());
+    // The same failure with RET=FULL and the default NOTIFY.
+    send(
+        &d,
+        "carol@localhost",
+        &["RET=FULL"],
+        &[("dave@localhost", &[])],
+        "Subject: the whole thing\r\n\r\nthe whole body comes back\r\n",
+    );
+    assert!(
+        wait_until(LONG, || !dovecot.inbox("carol").is_empty()),
+        "{}",
+        d.log()
+    );
+    assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
+    let inbox = dovecot.inbox("carol");
+    assert_eq!(inbox.len(), 1, "NOTIFY=NEVER was reported");
+    let report = parse_report(&inbox[0]);
+    assert_eq!(
+        report["types"],
+        serde_json::json!(["text/plain", "message/delivery-status", "message/rfc822"]),
+        "{report}"
+    );
+    assert_eq!(report["recipients"][0]["Action"], "failed");
+    assert_eq!(report["recipients"][0]["Status"], "5.1.1");
+    assert!(report["returned"]
+        .as_str()
+        .is_some_and(|t| t.contains("the whole body comes back")));
+}
+
+#[test]
+fn delay_reports_go_only_where_notify_asked_for_delay() {
+    let dir = TestDir::new("dsn-delay");
+    let dovecot = Dovecot::start(dir.path());
+    dovecot.break_user("bob");
+    let d = start(dir.path(), &dovecot, "delay_warning_secs = 1");
+    send(
+        &d,
+        "carol@localhost",
+        &[],
+        &[("bob@example.test", &["NOTIFY=FAILURE"])],
+        "Subject: no delay report\r\n\r\nx\r\n",
+    );
+    send(
+        &d,
+        "carol@localhost",
+        &["ENVID=second"],
+        &[("bob@example.test", &["NOTIFY=DELAY,FAILURE"])],
+        "Subject: delay report\r\n\r\ny\r\n",
+    );
+    assert!(
+        wait_until(LONG, || !dovecot.inbox("carol").is_empty()),
+        "{}",
+        d.log()
+    );
+    // Both messages have been retried past the warning's second by now.
+    assert!(
+        wait_until(LONG, || d
+            .log()
+            .matches("451 4.2.0 <bob@example.test>")
+            .count()
+            >= 4),
+        "{}",
+        d.log()
+    );
+    let inbox = dovecot.inbox("carol");
+    assert_eq!(inbox.len(), 1, "a delay report without NOTIFY=DELAY");
+    let report = parse_report(&inbox[0]);
+    assert_eq!(report["message"]["Original-Envelope-Id"], "second");
+    assert_eq!(report["recipients"][0]["Action"], "delayed");
+    dovecot.fix_user("bob");
+    assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
+    assert_eq!(dovecot.inbox("bob").len(), 2);
+}
