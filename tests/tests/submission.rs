@@ -146,6 +146,81 @@ fn an_authenticated_user_relays_through_starttls_and_the_smarthost() {
     );
 }
 
+/// Submits one message as alice with DSN parameters (Python's smtplib:
+/// STARTTLS, AUTH, then MAIL and RCPT with their options).
+fn submit_with_dsn(s: &Setup, from: &str) {
+    let script = "import smtplib, ssl, sys\n\
+        c = ssl.create_default_context(); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE\n\
+        s = smtplib.SMTP('127.0.0.1', int(sys.argv[1]))\n\
+        s.starttls(context=c)\n\
+        s.login('alice', 'correct horse battery')\n\
+        assert s.has_extn('dsn')\n\
+        assert s.mail(sys.argv[2], ['RET=HDRS', 'ENVID=Q+2B1'])[0] == 250\n\
+        assert s.rcpt('bob@remote.test', ['NOTIFY=SUCCESS,FAILURE', 'ORCPT=rfc822;bob@remote.test'])[0] == 250\n\
+        assert s.data(b'Subject: tell me\\r\\n\\r\\nbody\\r\\n')[0] == 250\n\
+        s.quit()\n";
+    let out = python3()
+        .arg("-c")
+        .arg(script)
+        .arg(s.submission.port().to_string())
+        .arg(from)
+        .output()
+        .expect("python3 smtplib");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.daemon.log()
+    );
+}
+
+#[test]
+fn dsn_parameters_are_passed_on_to_a_next_hop_that_offers_dsn() {
+    let s = start("submission-dsn-on", "");
+    s.hop.offer_dsn();
+    submit_with_dsn(&s, "carol@remote.test");
+    let got = s.hop.wait_for(1, LONG);
+    assert_eq!(got[0].mail_params, "RET=HDRS ENVID=Q+2B1", "{got:?}");
+    assert_eq!(
+        got[0].rcpt_params,
+        vec!["NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@remote.test".to_string()]
+    );
+    assert!(
+        wait_until(LONG, || s.daemon.queue_drained()),
+        "{}",
+        s.daemon.log()
+    );
+    // The next hop reports now; finaldot sends nothing.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.hop.accepted().len(), 1, "{}", s.daemon.log());
+    assert!(!s.daemon.log().contains("DSN queued"), "{}", s.daemon.log());
+}
+
+#[test]
+fn relayed_to_a_next_hop_without_dsn_the_sender_gets_a_relayed_report() {
+    let s = start("submission-dsn-off", "");
+    submit_with_dsn(&s, "carol@remote.test");
+    // The message, without the parameters, then the report to carol.
+    let got = s.hop.wait_for(2, LONG);
+    assert_eq!(got[0].mail_params, "", "{got:?}");
+    assert_eq!(got[0].rcpt_params, vec![String::new()]);
+    let report = got
+        .iter()
+        .find(|a| a.mail_from.is_empty())
+        .expect("a report from <>");
+    assert_eq!(report.rcpt_to, vec!["carol@remote.test".to_string()]);
+    let text = String::from_utf8_lossy(&report.data);
+    for field in [
+        "Original-Envelope-Id: Q+2B1\r\n",
+        "Original-Recipient: rfc822; bob@remote.test\r\n",
+        "Final-Recipient: rfc822; bob@remote.test\r\n",
+        "Action: relayed\r\n",
+        "Status: 2.0.0\r\n",
+    ] {
+        assert!(text.contains(field), "{field:?} missing:\n{text}");
+    }
+}
+
 #[test]
 fn auth_without_tls_is_refused_and_unauthenticated_mail_and_relay_are_too() {
     let s = start("submission-refusals", "");
