@@ -588,6 +588,12 @@ fn print_detail(d: &finaldot::queue::Details) {
     for (a, s) in &d.recipient_states {
         println!("  {a}: {s}");
     }
+    if !d.dsn.is_empty() {
+        println!("dsn:");
+        for l in &d.dsn {
+            println!("  {l}");
+        }
+    }
     println!("stages:");
     for s in &d.stages {
         println!("  {} {} [{}]: {}", s.stage, s.plugin, s.version, s.outcome);

@@ -50,6 +50,9 @@ pub struct Details {
     pub stages: Vec<spool::StageRecord>,
     /// Delivery attempts.
     pub attempts: u32,
+    /// What the client asked of DSNs (RFC 3461), as parameter lines: the
+    /// MAIL FROM's, then `address: …` per recipient that had any.
+    pub dsn: Vec<String>,
 }
 
 /// Why a queue command failed.
@@ -216,7 +219,21 @@ pub fn show(spool: &Spool, id: &QueueId) -> Result<Details, QueueError> {
             .collect(),
         stages: p.stages.clone(),
         attempts: p.attempts,
+        dsn: dsn_lines(&spool.read_queue_file(state, id)?.envelope.dsn),
     })
+}
+
+/// The DSN request as `queue show` prints it.
+fn dsn_lines(d: &finaldot_sdk::wire::DsnRequest) -> Vec<String> {
+    let mut out = Vec::new();
+    let mail = d.mail_params();
+    if !mail.is_empty() {
+        out.push(format!("MAIL FROM:{mail}"));
+    }
+    for r in &d.recipients {
+        out.push(format!("<{}>:{}", r.address, r.rcpt_params()));
+    }
+    out
 }
 
 /// Schedules a deferred (or held) message for an immediate attempt.

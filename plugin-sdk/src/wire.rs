@@ -670,6 +670,54 @@ impl DsnRequest {
     pub fn is_empty(&self) -> bool {
         self.ret.is_none() && self.envid.is_none() && self.recipients.is_empty()
     }
+
+    /// The MAIL FROM parameters as sent on: ` RET=… ENVID=…` (xtext), or
+    /// nothing.
+    pub fn mail_params(&self) -> String {
+        let mut p = String::new();
+        match self.ret {
+            Some(DsnRet::Full) => p.push_str(" RET=FULL"),
+            Some(DsnRet::Headers) => p.push_str(" RET=HDRS"),
+            None => {}
+        }
+        if let Some(id) = &self.envid {
+            p.push_str(&format!(" ENVID={}", xtext_encode(id)));
+        }
+        p
+    }
+}
+
+impl DsnRcpt {
+    /// The RCPT TO parameters as sent on: ` NOTIFY=… ORCPT=…` (xtext), or
+    /// nothing.
+    pub fn rcpt_params(&self) -> String {
+        let mut p = String::new();
+        if let Some(n) = self.notify {
+            let words: Vec<&str> = [
+                (n.success, "SUCCESS"),
+                (n.failure, "FAILURE"),
+                (n.delay, "DELAY"),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, w)| *w)
+            .collect();
+            let list = if words.is_empty() {
+                "NEVER".to_string()
+            } else {
+                words.join(",")
+            };
+            p.push_str(&format!(" NOTIFY={list}"));
+        }
+        if let Some(o) = &self.orcpt {
+            p.push_str(&format!(
+                " ORCPT={};{}",
+                o.addr_type,
+                xtext_encode(&o.address)
+            ));
+        }
+        p
+    }
 }
 
 /// The listener a message arrived on.

@@ -280,6 +280,17 @@ fn delay_reports_go_only_where_notify_asked_for_delay() {
     let report = parse_report(&inbox[0]);
     assert_eq!(report["message"]["Original-Envelope-Id"], "second");
     assert_eq!(report["recipients"][0]["Action"], "delayed");
+    // queue show lists what was asked.
+    let shown: Vec<String> = queue_list(dir.path())
+        .iter()
+        .filter_map(|e| e["id"].as_str().map(str::to_string))
+        .map(|id| queue_cmd(dir.path(), &["show", &id]).1)
+        .collect();
+    assert!(
+        shown.iter().any(|t| t.contains("MAIL FROM: ENVID=second")
+            && t.contains("<bob@example.test>: NOTIFY=FAILURE,DELAY")),
+        "{shown:?}"
+    );
     dovecot.fix_user("bob");
     assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
     assert_eq!(dovecot.inbox("bob").len(), 2);

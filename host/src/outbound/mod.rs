@@ -26,7 +26,7 @@ use lettre::transport::smtp::client::{Certificate, SmtpConnection, TlsParameters
 use lettre::transport::smtp::extension::{ClientId, Extension};
 use tracing::{debug, info};
 
-use finaldot_sdk::wire::{xtext_encode, DsnRequest, RecipientState, Route};
+use finaldot_sdk::wire::{DsnRequest, RecipientState, Route};
 
 use crate::config::{LmtpConfig, OutboundConfig, TlsPolicy};
 use crate::pipeline::delivery::{Delivery, Handoff, OnAccepted};
@@ -152,49 +152,15 @@ struct Job<'a> {
 impl Job<'_> {
     /// ` RET=… ENVID=…` for MAIL FROM at a hop that offers DSN.
     fn mail_params(&self) -> String {
-        let mut p = String::new();
-        match self.dsn.ret {
-            Some(finaldot_sdk::wire::DsnRet::Full) => p.push_str(" RET=FULL"),
-            Some(finaldot_sdk::wire::DsnRet::Headers) => p.push_str(" RET=HDRS"),
-            None => {}
-        }
-        if let Some(id) = &self.dsn.envid {
-            p.push_str(&format!(" ENVID={}", xtext_encode(id)));
-        }
-        p
+        self.dsn.mail_params()
     }
 
     /// ` NOTIFY=… ORCPT=…` for `rcpt`'s RCPT TO at a hop that offers DSN.
     fn rcpt_params(&self, rcpt: &str) -> String {
-        let mut p = String::new();
-        let Some(r) = self.dsn.recipient(rcpt) else {
-            return p;
-        };
-        if let Some(n) = r.notify {
-            let words: Vec<&str> = [
-                (n.success, "SUCCESS"),
-                (n.failure, "FAILURE"),
-                (n.delay, "DELAY"),
-            ]
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, w)| *w)
-            .collect();
-            let list = if words.is_empty() {
-                "NEVER".to_string()
-            } else {
-                words.join(",")
-            };
-            p.push_str(&format!(" NOTIFY={list}"));
-        }
-        if let Some(o) = &r.orcpt {
-            p.push_str(&format!(
-                " ORCPT={};{}",
-                o.addr_type,
-                xtext_encode(&o.address)
-            ));
-        }
-        p
+        self.dsn
+            .recipient(rcpt)
+            .map(|r| r.rcpt_params())
+            .unwrap_or_default()
     }
 }
 
