@@ -6,13 +6,22 @@
 //! Names follow Prometheus conventions (`finaldot_…_total`, `_seconds`, base
 //! units). Queue sizes are counted from the spool directories at each scrape.
 //!
+//! The page draws the last hour as graphs (SVG written here, no scripts, no
+//! external assets: it works offline): the queue by state, accepted and
+//! delivered per second, ack-latency p50/p99. They come from a sample of
+//! the counters every [`SAMPLE_EVERY`] kept for [`HISTORY_SPAN`], plus one
+//! taken as the page is made, so its last point is the numbers of
+//! `/metrics` at that moment.
+//!
 //! SECURITY: the page is read-only and shows queue counts and plugin names,
 //! nothing from messages; bind it to loopback or a management network.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -300,28 +309,306 @@ fn html_escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The status page.
+/// How often the graphs' history is sampled.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+/// How far back the graphs go.
+pub const HISTORY_SPAN: Duration = Duration::from_secs(3600);
+
+/// The queue states the graphs draw, in order.
+const GRAPHED_STATES: [&str; 4] = ["incoming", "active", "deferred", "hold"];
+
+/// The counters the graphs need, at one moment.
+#[derive(Debug, Clone)]
+struct Sample {
+    at: Instant,
+    /// Messages per state of [`GRAPHED_STATES`].
+    queue: [f64; 4],
+    /// Messages accepted so far.
+    accepted: f64,
+    /// Recipients delivered so far.
+    delivered: f64,
+    /// The ack-latency histogram (cumulative buckets).
+    ack: Vec<(f64, f64)>,
+}
+
+/// The value of the first sample of `name` (with no labels, or any).
+fn value_of(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The sum of every sample of `name` whose labels contain `filter`.
+fn sum_of(text: &str, name: &str, filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+impl Sample {
+    /// The sample in an exposition (`Metrics::render`'s text).
+    fn of(text: &str, at: Instant) -> Sample {
+        let mut queue = [0.0; 4];
+        for (n, state) in queue.iter_mut().zip(GRAPHED_STATES) {
+            *n = sum_of(
+                text,
+                "finaldot_queue_messages",
+                &format!("state=\"{state}\""),
+            );
+        }
+        Sample {
+            at,
+            queue,
+            accepted: sum_of(text, "finaldot_smtp_messages_total", "result=\"accepted\""),
+            delivered: value_of(text, "finaldot_deliveries_total"),
+            ack: buckets(text, "finaldot_smtp_ack_latency_seconds", ""),
+        }
+    }
+}
+
+/// The samples of the last hour.
+fn history() -> &'static Mutex<VecDeque<Sample>> {
+    static H: OnceLock<Mutex<VecDeque<Sample>>> = OnceLock::new();
+    H.get_or_init(|| Mutex::new(VecDeque::new()))
+}
+
+/// Records a sample of `text` now, dropping what is older than the span.
+fn record(text: &str) {
+    let now = Instant::now();
+    if let Ok(mut h) = history().lock() {
+        h.push_back(Sample::of(text, now));
+        while h
+            .front()
+            .is_some_and(|s| now.duration_since(s.at) > HISTORY_SPAN)
+        {
+            h.pop_front();
+        }
+    }
+}
+
+/// A series of a graph: its name, colour and points (seconds ago, value).
+struct Series {
+    name: &'static str,
+    color: &'static str,
+    points: Vec<(f64, f64)>,
+}
+
+/// The smallest 1, 2 or 5 × 10ⁿ at or above `v` (the top of a graph's axis).
+fn nice_ceiling(v: f64) -> f64 {
+    if v <= 0.0 || !v.is_finite() {
+        return 1.0;
+    }
+    let mag = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|c| *c >= v * 0.999_999)
+        .unwrap_or(10.0 * mag)
+}
+
+/// A number for a label: whole when it is, else two or three figures.
+fn figure(v: f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// One graph of the last hour: an inline SVG with a grid, the series as
+/// polylines and a legend with each series' latest value.
+fn chart(id: &str, title: &str, unit: &str, series: &[Series]) -> String {
+    const W: f64 = 560.0;
+    const H: f64 = 170.0;
+    const LEFT: f64 = 52.0;
+    const RIGHT: f64 = 10.0;
+    const TOP: f64 = 10.0;
+    const BOTTOM: f64 = 24.0;
+    let span = HISTORY_SPAN.as_secs_f64();
+    let top = nice_ceiling(
+        series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1))
+            .fold(0.0, f64::max),
+    );
+    let x = |ago: f64| LEFT + (1.0 - ago.min(span) / span) * (W - LEFT - RIGHT);
+    let y = |v: f64| TOP + (1.0 - v / top) * (H - TOP - BOTTOM);
+    let mut svg = format!(
+        "<svg id=\"{id}\" class=\"graph\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{}\" data-max=\"{}\">",
+        html_escape(title),
+        figure(top)
+    );
+    for (i, frac) in [0.0, 0.5, 1.0].iter().enumerate() {
+        let v = top * frac;
+        let yy = y(v);
+        svg.push_str(&format!(
+            "<line class=\"grid\" x1=\"{LEFT}\" x2=\"{}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\"/><text class=\"axis\" x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}{}</text>",
+            W - RIGHT,
+            LEFT - 4.0,
+            yy + 4.0,
+            figure(v),
+            if i == 2 { format!(" {unit}") } else { String::new() }
+        ));
+    }
+    for (ago, label) in [(span, "−60 min"), (span / 2.0, "−30 min"), (0.0, "now")] {
+        svg.push_str(&format!(
+            "<text class=\"axis\" x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{label}</text>",
+            x(ago),
+            H - 6.0
+        ));
+    }
+    let mut legend = String::new();
+    for s in series {
+        let pts: Vec<String> = s
+            .points
+            .iter()
+            .map(|(ago, v)| format!("{:.1},{:.1}", x(*ago), y(*v)))
+            .collect();
+        match pts.len() {
+            0 => {}
+            1 => {
+                let (ago, v) = s.points[0];
+                svg.push_str(&format!(
+                    "<circle class=\"series\" data-series=\"{}\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{}\"/>",
+                    s.name,
+                    x(ago),
+                    y(v),
+                    s.color
+                ));
+            }
+            _ => svg.push_str(&format!(
+                "<polyline class=\"series\" data-series=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>",
+                s.name,
+                s.color,
+                pts.join(" ")
+            )),
+        }
+        let latest = s
+            .points
+            .last()
+            .map(|p| figure(p.1))
+            .unwrap_or_else(|| "-".into());
+        legend.push_str(&format!(
+            "<span class=\"key\" data-series=\"{}\" data-latest=\"{latest}\"><i style=\"background:{}\"></i>{} {latest}</span>",
+            s.name, s.color, s.name
+        ));
+    }
+    svg.push_str("</svg>");
+    format!(
+        "<figure><figcaption>{} ({unit}) {legend}</figcaption>{svg}</figure>",
+        html_escape(title)
+    )
+}
+
+/// The three graphs from the samples (oldest first, the last one now).
+fn graphs(samples: &[Sample]) -> String {
+    let Some(now) = samples.last().map(|s| s.at) else {
+        return String::new();
+    };
+    let ago = |s: &Sample| now.duration_since(s.at).as_secs_f64();
+    let colors = ["#4a7", "#37c", "#d82", "#c33"];
+    let queue: Vec<Series> = GRAPHED_STATES
+        .iter()
+        .zip(colors)
+        .enumerate()
+        .map(|(i, (name, color))| Series {
+            name,
+            color,
+            points: samples.iter().map(|s| (ago(s), s.queue[i])).collect(),
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    let mut delivered = Vec::new();
+    let mut p50 = Vec::new();
+    let mut p99 = Vec::new();
+    for w in samples.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        let secs = b.at.duration_since(a.at).as_secs_f64();
+        if secs < 0.5 {
+            continue;
+        }
+        accepted.push((ago(b), (b.accepted - a.accepted).max(0.0) / secs));
+        delivered.push((ago(b), (b.delivered - a.delivered).max(0.0) / secs));
+        // The interval's own histogram: the difference of the cumulative ones.
+        let delta: Vec<(f64, f64)> = b
+            .ack
+            .iter()
+            .map(|(le, c)| {
+                let before = a.ack.iter().find(|(l, _)| l == le).map_or(0.0, |x| x.1);
+                (*le, c - before)
+            })
+            .collect();
+        if let (Some(m), Some(n)) = (quantile(&delta, 0.5), quantile(&delta, 0.99)) {
+            p50.push((ago(b), m * 1000.0));
+            p99.push((ago(b), n * 1000.0));
+        }
+    }
+    [
+        chart("graph-queue", "Queue by state", "messages", &queue),
+        chart(
+            "graph-rates",
+            "Accepted and delivered per second",
+            "per s",
+            &[
+                Series {
+                    name: "accepted",
+                    color: colors[0],
+                    points: accepted,
+                },
+                Series {
+                    name: "delivered",
+                    color: colors[1],
+                    points: delivered,
+                },
+            ],
+        ),
+        chart(
+            "graph-latency",
+            "Ack latency (end of message → reply)",
+            "ms",
+            &[
+                Series {
+                    name: "p50",
+                    color: colors[0],
+                    points: p50,
+                },
+                Series {
+                    name: "p99",
+                    color: colors[3],
+                    points: p99,
+                },
+            ],
+        ),
+    ]
+    .concat()
+}
+
+/// The status page: the history's graphs (with a sample of `metrics_text`
+/// as their last point), then the tables.
 // Long on purpose: the page is one HTML template.
 fn status_page(metrics_text: &str, plugins_json: &str) -> String {
-    let value = |name: &str| -> String {
-        metrics_text
-            .lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .and_then(|l| l.rsplit(' ').next())
-            .unwrap_or("0")
-            .to_string()
-    };
+    let mut samples: Vec<Sample> = history()
+        .lock()
+        .map(|h| h.iter().cloned().collect())
+        .unwrap_or_default();
+    samples.push(Sample::of(metrics_text, Instant::now()));
+    let graphs = graphs(&samples);
+    let value = |name: &str| figure(value_of(metrics_text, name));
     let mut queue_rows = String::new();
     for state in ["incoming", "active", "deferred", "hold", "corrupt"] {
-        let n = metrics_text
-            .lines()
-            .find(|l| {
-                l.starts_with("finaldot_queue_messages{")
-                    && l.contains(&format!("state=\"{state}\""))
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .unwrap_or("0");
-        queue_rows.push_str(&format!("<tr><td>{state}</td><td class=n>{n}</td></tr>"));
+        let n = figure(sum_of(
+            metrics_text,
+            "finaldot_queue_messages",
+            &format!("state=\"{state}\""),
+        ));
+        queue_rows.push_str(&format!(
+            "<tr data-state=\"{state}\"><td>{state}</td><td class=n>{n}</td></tr>"
+        ));
     }
     let ack = buckets(metrics_text, "finaldot_smtp_ack_latency_seconds", "");
     let mut ack_rows = String::new();
@@ -365,12 +652,28 @@ fn status_page(metrics_text: &str, plugins_json: &str) -> String {
                 html_escape(p["error"].as_str().unwrap_or(""))
             )
         };
+        // From the same counters as /metrics, every version of the plugin.
+        let calls = sum_of(metrics_text, "finaldot_plugin_calls_total", &filter);
+        let faults = sum_of(metrics_text, "finaldot_plugin_faults_total", &filter);
+        let seconds = sum_of(
+            metrics_text,
+            "finaldot_plugin_call_duration_seconds_sum",
+            &filter,
+        );
+        let timed = sum_of(
+            metrics_text,
+            "finaldot_plugin_call_duration_seconds_count",
+            &filter,
+        );
+        let mean = (timed > 0.0).then(|| seconds / timed);
         plugin_rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td></tr>",
+            "<tr data-plugin=\"{}\"><td>{}</td><td>{}</td><td class=\"n calls\">{}</td><td class=\"n faults\">{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td></tr>",
+            html_escape(name),
             html_escape(name),
             state,
-            p["calls"].as_u64().unwrap_or(0),
-            p["faults"].as_u64().unwrap_or(0),
+            figure(calls),
+            figure(faults),
+            ms(mean),
             ms(quantile(&b, 0.5)),
             ms(quantile(&b, 0.99)),
         ));
@@ -385,23 +688,31 @@ table {{ border-collapse: collapse; margin-bottom: 1.5em }}
 td, th {{ padding: 2px 10px; border-bottom: 1px solid #ddd; text-align: left }}
 td.n {{ text-align: right; font-variant-numeric: tabular-nums }}
 .bar {{ background: #4a7; height: 10px }}
+figure {{ display: inline-block; margin: 0 1.5em 1.5em 0; vertical-align: top }}
+figcaption {{ font-weight: 600; margin-bottom: 4px }}
+.key {{ font-weight: normal; margin-left: 1em; font-variant-numeric: tabular-nums }}
+.key i {{ display: inline-block; width: 10px; height: 10px; margin-right: 4px }}
+svg.graph {{ background: #fafafa; border: 1px solid #ddd }}
+svg .grid {{ stroke: #ddd; stroke-width: 1 }}
+svg .axis {{ font-size: 10px; fill: #666 }}
 </style></head><body>
 <h1>finaldot</h1>
-<p>Accepted: {accepted} messages, {bytes} bytes. Connections open: {open}. Delivered: {deliveries} recipients; bounced: {bounces}; discarded: {discards}; deferrals: {deferrals}; holds: {holds}. Refreshes every 5 s. <a href="/metrics">/metrics</a></p>
+<p>Accepted: <span id="accepted">{accepted}</span> messages, {bytes} bytes. Connections open: {open}. Delivered: <span id="delivered">{deliveries}</span> recipients; bounced: {bounces}; discarded: {discards}; deferrals: {deferrals}; holds: {holds}. Refreshes every 5 s. <a href="/metrics">/metrics</a></p>
+<h2>The last hour</h2>
+{graphs}
 <h2>Queue</h2>
 <table><tr><th>state</th><th>messages</th></tr>{queue_rows}</table>
 <h2>Ack latency (end of message → 250), p50 {p50}, p99 {p99}</h2>
 <table><tr><th>bucket</th><th>messages</th><th></th></tr>{ack_rows}</table>
 <h2>Plugins</h2>
-<table><tr><th>name</th><th>version</th><th>from</th><th>calls</th><th>faults</th><th>p50</th><th>p99</th></tr>{plugin_rows}</table>
+<table><tr><th>name</th><th>version</th><th>from</th><th>calls</th><th>faults</th><th>mean per call</th><th>p50</th><th>p99</th></tr>{plugin_rows}</table>
 </body></html>
 "#,
-        accepted = metrics_text
-            .lines()
-            .filter(|l| l.starts_with("finaldot_smtp_messages_total{")
-                && l.contains("result=\"accepted\""))
-            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-            .sum::<f64>(),
+        accepted = figure(sum_of(
+            metrics_text,
+            "finaldot_smtp_messages_total",
+            "result=\"accepted\""
+        )),
         bytes = value("finaldot_smtp_message_bytes_total"),
         open = value("finaldot_smtp_connections_open"),
         deliveries = value("finaldot_deliveries_total"),
@@ -449,6 +760,16 @@ pub async fn serve(
     let listener = crate::bind_listener(addr, "metrics").await?;
     let bound = listener.local_addr()?;
     let plugins_status = Arc::new(plugins_status);
+    // The graphs' history: a sample now and every SAMPLE_EVERY.
+    let sampled = spool.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SAMPLE_EVERY);
+        loop {
+            every.tick().await;
+            let spool = sampled.clone();
+            let _ = tokio::task::spawn_blocking(move || record(&global().render(&spool))).await;
+        }
+    });
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -489,5 +810,43 @@ mod tests {
         let p99 = quantile(&b, 0.99).expect("p99");
         assert!(p99 > 0.0038 && p99 <= 0.004, "{p99}");
         assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn axes_end_at_one_two_or_five() {
+        assert_eq!(nice_ceiling(0.0), 1.0);
+        assert_eq!(nice_ceiling(3.2), 5.0);
+        assert_eq!(nice_ceiling(5.0), 5.0);
+        assert_eq!(nice_ceiling(17.0), 20.0);
+        assert_eq!(nice_ceiling(0.07), 0.1);
+    }
+
+    #[test]
+    fn a_graph_draws_each_series_and_says_its_latest_value() {
+        let svg = chart(
+            "g",
+            "T",
+            "u",
+            &[
+                Series {
+                    name: "a",
+                    color: "#000",
+                    points: vec![(3600.0, 0.0), (0.0, 4.0)],
+                },
+                Series {
+                    name: "b",
+                    color: "#111",
+                    points: vec![(0.0, 1.5)],
+                },
+            ],
+        );
+        // a spans the whole width, ending at the top of a 0..5 axis.
+        assert!(svg.contains("points=\"52.0,146.0 550.0,37.2\""), "{svg}");
+        assert!(svg.contains("data-series=\"a\" data-latest=\"4\""), "{svg}");
+        assert!(
+            svg.contains("<circle class=\"series\" data-series=\"b\""),
+            "{svg}"
+        );
+        assert!(svg.contains("data-max=\"5\""), "{svg}");
     }
 }
