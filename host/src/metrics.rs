@@ -6,7 +6,7 @@
 //! Names follow Prometheus conventions (`finaldot_…_total`, `_seconds`, base
 //! units). Queue sizes are counted from the spool directories at each scrape.
 //!
-//! The page draws the last hour as graphs (SVG written here, no scripts, no
+//! The page draws the last hour (or the daemon's life, if shorter) as graphs (SVG written here, no scripts, no
 //! external assets: it works offline): the queue by state, accepted and
 //! delivered per second, ack-latency p50/p99. They come from a sample of
 //! the counters every [`SAMPLE_EVERY`] kept for [`HISTORY_SPAN`], plus one
@@ -411,6 +411,8 @@ fn nice_ceiling(v: f64) -> f64 {
 
 /// A number for a label: whole when it is, else two or three figures.
 fn figure(v: f64) -> String {
+    // An empty sum is -0.
+    let v = if v == 0.0 { 0.0 } else { v };
     if (v - v.round()).abs() < 1e-9 {
         format!("{v:.0}")
     } else if v.abs() >= 10.0 {
@@ -420,16 +422,24 @@ fn figure(v: f64) -> String {
     }
 }
 
-/// One graph of the last hour: an inline SVG with a grid, the series as
-/// polylines and a legend with each series' latest value.
-fn chart(id: &str, title: &str, unit: &str, series: &[Series]) -> String {
+/// "−60 min", "−90 s": how long ago `secs` was, for an axis.
+fn ago_label(secs: f64) -> String {
+    if secs >= 120.0 {
+        format!("−{:.0} min", secs / 60.0)
+    } else {
+        format!("−{secs:.0} s")
+    }
+}
+
+/// One graph over the last `span` seconds: an inline SVG with a grid, the
+/// series as polylines and a legend with each series' latest value.
+fn chart(id: &str, title: &str, unit: &str, span: f64, series: &[Series]) -> String {
     const W: f64 = 560.0;
     const H: f64 = 170.0;
     const LEFT: f64 = 52.0;
     const RIGHT: f64 = 10.0;
     const TOP: f64 = 10.0;
     const BOTTOM: f64 = 24.0;
-    let span = HISTORY_SPAN.as_secs_f64();
     let top = nice_ceiling(
         series
             .iter()
@@ -443,19 +453,22 @@ fn chart(id: &str, title: &str, unit: &str, series: &[Series]) -> String {
         html_escape(title),
         figure(top)
     );
-    for (i, frac) in [0.0, 0.5, 1.0].iter().enumerate() {
+    for frac in [0.0, 0.5, 1.0] {
         let v = top * frac;
         let yy = y(v);
         svg.push_str(&format!(
-            "<line class=\"grid\" x1=\"{LEFT}\" x2=\"{}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\"/><text class=\"axis\" x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}{}</text>",
+            "<line class=\"grid\" x1=\"{LEFT}\" x2=\"{}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\"/><text class=\"axis\" x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
             W - RIGHT,
             LEFT - 4.0,
             yy + 4.0,
             figure(v),
-            if i == 2 { format!(" {unit}") } else { String::new() }
         ));
     }
-    for (ago, label) in [(span, "−60 min"), (span / 2.0, "−30 min"), (0.0, "now")] {
+    for (ago, label) in [
+        (span, ago_label(span)),
+        (span / 2.0, ago_label(span / 2.0)),
+        (0.0, "now".to_string()),
+    ] {
         svg.push_str(&format!(
             "<text class=\"axis\" x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{label}</text>",
             x(ago),
@@ -511,6 +524,13 @@ fn graphs(samples: &[Sample]) -> String {
         return String::new();
     };
     let ago = |s: &Sample| now.duration_since(s.at).as_secs_f64();
+    // The whole history, at least a minute: a young daemon's graphs are
+    // not squeezed against the right edge of an hour.
+    let span = samples
+        .first()
+        .map(ago)
+        .unwrap_or(0.0)
+        .clamp(60.0, HISTORY_SPAN.as_secs_f64());
     let colors = ["#4a7", "#37c", "#d82", "#c33"];
     let queue: Vec<Series> = GRAPHED_STATES
         .iter()
@@ -549,11 +569,12 @@ fn graphs(samples: &[Sample]) -> String {
         }
     }
     [
-        chart("graph-queue", "Queue by state", "messages", &queue),
+        chart("graph-queue", "Queue by state", "messages", span, &queue),
         chart(
             "graph-rates",
             "Accepted and delivered per second",
             "per s",
+            span,
             &[
                 Series {
                     name: "accepted",
@@ -571,6 +592,7 @@ fn graphs(samples: &[Sample]) -> String {
             "graph-latency",
             "Ack latency (end of message → reply)",
             "ms",
+            span,
             &[
                 Series {
                     name: "p50",
@@ -827,6 +849,7 @@ mod tests {
             "g",
             "T",
             "u",
+            3600.0,
             &[
                 Series {
                     name: "a",
@@ -848,5 +871,11 @@ mod tests {
             "{svg}"
         );
         assert!(svg.contains("data-max=\"5\""), "{svg}");
+        assert!(
+            svg.contains(">−60 min<") && svg.contains(">−30 min<"),
+            "{svg}"
+        );
+        assert_eq!(ago_label(90.0), "−90 s");
+        assert_eq!(figure(-0.0), "0");
     }
 }

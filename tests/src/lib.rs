@@ -5,6 +5,7 @@
 //! A failing test keeps its temporary directory and prints its path (with the
 //! daemon's log inside), so the evidence survives the run.
 
+pub mod chromium;
 pub mod dns;
 pub mod dovecot;
 pub mod haproxy;

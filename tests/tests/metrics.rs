@@ -127,3 +127,136 @@ fn metrics_count_mail_and_the_status_page_lists_plugins() {
     );
     assert!(http_get(addr, "/nope").contains("404"));
 }
+
+/// The text between `start` (found after `from`) and the next `end`.
+fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let at = text.find(start)? + start.len();
+    let len = text[at..].find(end)?;
+    Some(&text[at..at + len])
+}
+
+#[test]
+fn the_status_page_in_chromium_has_its_graphs_and_the_numbers_of_metrics() {
+    let dir = TestDir::new("status-chromium");
+    let out = dir.path().join("out");
+    let plugins = plugin_toml(
+        "deliver",
+        "finaldot_testbed",
+        &format!("dirs = [{{ name = \"out\", path = {out:?}, writable = true }}]\nconfig = {{ mode = \"deliver\", grant = \"out\" }}"),
+    );
+    let cfg = test_config(
+        dir.path(),
+        "",
+        &format!("[metrics]\nlisten = \"127.0.0.1:0\"\n\n[pipeline]\nrescan_secs = 1\n\n{plugins}"),
+    );
+    let d = Daemon::start_with(dir.path(), &cfg);
+    let url = format!("http://{}/", d.metrics_addr());
+    let profile = dir.path().join("chromium");
+
+    // Mail flows while the browser loads the page.
+    let smtp = d.addr;
+    let sender = std::thread::spawn(move || {
+        let mut c = Client::connect_raw(smtp);
+        assert_eq!(c.read_reply().0, 220);
+        c.expect("EHLO client.test", 250);
+        for i in 0..60 {
+            let (code, _) = c.send_message(
+                "a@b.test",
+                &["alice@example.test"],
+                format!("Subject: flowing {i}\r\n\r\nbody\r\n").as_bytes(),
+            );
+            assert_eq!(code, 250);
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let during = chromium::dump_dom(&profile, &url);
+    for id in ["graph-queue", "graph-rates", "graph-latency"] {
+        assert!(
+            during.contains(&format!("<svg id=\"{id}\"")),
+            "{id}:\n{during}"
+        );
+    }
+    for series in [
+        "incoming",
+        "deferred",
+        "accepted",
+        "delivered",
+        "p50",
+        "p99",
+    ] {
+        assert!(
+            during.contains(&format!("class=\"series\" data-series=\"{series}\"")),
+            "no {series} line:\n{during}"
+        );
+    }
+    sender.join().expect("sender");
+    assert!(wait_until(LONG, || std::fs::read_dir(&out)
+        .map(|r| r.count())
+        .unwrap_or(0)
+        == 60));
+    assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
+
+    // Mail has stopped: the page's numbers are /metrics' numbers.
+    let page = chromium::dump_dom(&profile, &url);
+    let metrics = http_get(d.metrics_addr(), "/metrics");
+    let number = |start: &str| -> f64 {
+        between(&page, start, "<")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{start} not on the page:\n{page}"))
+    };
+    assert_eq!(
+        number("<span id=\"accepted\">"),
+        sample(
+            &metrics,
+            "finaldot_smtp_messages_total",
+            &["result=\"accepted\""]
+        )
+    );
+    assert_eq!(number("<span id=\"accepted\">"), 60.0);
+    assert_eq!(
+        number("<span id=\"delivered\">"),
+        sample(&metrics, "finaldot_deliveries_total", &[])
+    );
+    for state in ["incoming", "active", "deferred", "hold", "corrupt"] {
+        let shown = number(&format!(
+            "<tr data-state=\"{state}\"><td>{state}</td><td class=\"n\">"
+        ));
+        let label = format!("state=\"{state}\"");
+        assert_eq!(
+            shown,
+            sample(&metrics, "finaldot_queue_messages", &[&label]),
+            "{state}"
+        );
+    }
+    let row = between(&page, "<tr data-plugin=\"deliver\">", "</tr>").expect("deliver row");
+    let calls: f64 = between(row, "<td class=\"n calls\">", "<")
+        .and_then(|v| v.parse().ok())
+        .expect("calls");
+    assert_eq!(
+        calls,
+        sample(
+            &metrics,
+            "finaldot_plugin_calls_total",
+            &["plugin=\"deliver\""]
+        )
+    );
+    assert!(calls >= 60.0, "{row}");
+    assert!(row.contains(" ms</td>"), "no time per call: {row}");
+    // The queue graph's last point is the gauge now (empty).
+    let latest = between(&page, "data-series=\"incoming\" data-latest=\"", "\"");
+    assert_eq!(latest, Some("0"), "{page}");
+
+    // A picture of it, kept for whoever looks at the run.
+    let png = chromium::artifacts_dir().join("status-page.png");
+    let _ = std::fs::remove_file(&png);
+    chromium::screenshot(&profile, &url, &png, 1280, 1400);
+    let bytes = std::fs::read(&png).expect("screenshot");
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let width = u32::from_be_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
+    let height = u32::from_be_bytes([bytes[20], bytes[21], bytes[22], bytes[23]]);
+    assert_eq!((width, height), (1280, 1400));
+    // Graphs, tables and text are far from an empty page's few kilobytes.
+    assert!(bytes.len() > 30_000, "{} bytes: a blank page?", bytes.len());
+    eprintln!("status page screenshot: {}", png.display());
+}
