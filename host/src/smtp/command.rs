@@ -668,7 +668,7 @@ mod tests {
 
     #[test]
     fn unknown_mail_parameter_is_555() {
-        let r = parse(b"MAIL FROM:<a@b.test> RET=FULL").unwrap_err();
+        let r = parse(b"MAIL FROM:<a@b.test> MT-PRIORITY=3").unwrap_err();
         assert_eq!((r.code, r.enhanced), (555, "5.5.4"));
     }
 
