@@ -381,6 +381,15 @@ impl Message {
         });
     }
 
+    /// Gives `address` an envelope sender of its own (VERP): the host sends
+    /// it in a transaction of its own and its reports go to `sender`.
+    pub fn set_recipient_sender(&mut self, address: &str, sender: &str) {
+        self.change(Change::SetRecipientSender {
+            address: address.to_string(),
+            sender: sender.to_string(),
+        });
+    }
+
     /// Marks a recipient temporarily failed; it is retried later.
     pub fn mark_deferred(&mut self, address: &str, reason: &str) {
         self.change(Change::MarkDeferred {

@@ -240,6 +240,17 @@ pub enum Change {
         /// Why, for the log and `queue show`.
         reason: String,
     },
+    /// Gives one recipient an envelope sender of its own (VERP: a list's
+    /// `LIST-bounces+member=domain@…`). The host delivers it in a
+    /// transaction of its own (the stored message shared, never copied) and
+    /// sends its reports to that sender. Recorded by the host. (Appended
+    /// last: plugins built before it decode unchanged.)
+    SetRecipientSender {
+        /// The recipient.
+        address: String,
+        /// Its envelope sender.
+        sender: String,
+    },
 }
 
 /// How a recipient is delivered by the host after the chain.
@@ -282,6 +293,9 @@ impl std::fmt::Display for Change {
             Change::Route { address, route } => write!(f, "<{address}> routed via {route:?}"),
             Change::MarkDiscarded { address, reason } => {
                 write!(f, "<{address}> discarded: {reason}")
+            }
+            Change::SetRecipientSender { address, sender } => {
+                write!(f, "<{address}> sent from <{sender}>")
             }
         }
     }
@@ -359,8 +373,9 @@ impl MessageState {
                     };
                 }
             }
-            // The host keeps routes beside the state (they change no recipient).
-            Change::Route { .. } => {}
+            // The host keeps routes and per-recipient senders beside the
+            // state (they change no recipient).
+            Change::Route { .. } | Change::SetRecipientSender { .. } => {}
             Change::MarkDiscarded { address, reason } => {
                 if let Some(r) = self.recipient_mut(address) {
                     r.state = RecipientState::Discarded {

@@ -487,6 +487,23 @@ fn appended_variants() {
         }),
     );
     check(
+        "message_output_set_recipient_sender",
+        &GuestResult::Ok(MessageOutput {
+            abi: ABI_VERSION,
+            verdict: Verdict::Continue,
+            changes: vec![
+                Change::SetRecipientSender {
+                    address: "bob@remote.test".into(),
+                    sender: "team-bounces+bob=remote.test@example.test".into(),
+                },
+                Change::Route {
+                    address: "alice@example.test".into(),
+                    route: Route::Lmtp,
+                },
+            ],
+        }),
+    );
+    check(
         "recipient_discarded",
         &Recipient {
             address: "alice@example.test".into(),

@@ -359,3 +359,76 @@ fn connections_to_one_destination_are_capped() {
         "more than one connection at once to the smarthost"
     );
 }
+
+#[test]
+fn verp_bounces_are_counted_and_the_member_disabled_after_the_limit() {
+    let dir = TestDir::new("out-verp");
+    let hop = NextHop::start();
+    // yan's address is refused by the next hop: every post bounces for him.
+    hop.answer_rcpt(
+        "yan@remote.test",
+        "550 5.1.1 <yan@remote.test>: no such user",
+    );
+    list(
+        dir.path(),
+        "team@localhost",
+        "verp: yes\nowner: alice@localhost\nzed@remote.test\nyan@remote.test\nbob@localhost\n",
+    );
+    let cfg = list_chain_config(dir.path(), &smarthost(&hop)).replace(
+        "dirs = [{ name = \"lists\", path = \"lists\" }]",
+        "dirs = [{ name = \"lists\", path = \"lists\" }]\nkv = true\n[plugins.config]\nbounce_limit = 2",
+    );
+    assert!(cfg.contains("bounce_limit = 2"), "{cfg}");
+    let d = Daemon::start_with(dir.path(), &cfg);
+    for i in 1..=3 {
+        d.send(
+            "carol@remote.test",
+            &["team@localhost"],
+            format!("Subject: post {i}\r\n\r\nbody {i}\r\n").as_bytes(),
+        );
+        hop.wait_for(i, LONG);
+        // The post, and the report its bounce brought back, are done.
+        assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
+    }
+    // zed got every post, each in a transaction of his own, from his own
+    // envelope sender; yan's two bounces never left, nor did any report.
+    let got = hop.accepted();
+    assert_eq!(got.len(), 3, "{got:?}");
+    for a in &got {
+        assert_eq!(a.mail_from, "team-bounces+zed=remote.test@localhost");
+        assert_eq!(a.rcpt_to, vec!["zed@remote.test".to_string()]);
+    }
+    let log = d.log();
+    assert!(
+        log.contains("bounce 1 of 2 counted for member yan@remote.test"),
+        "{log}"
+    );
+    assert!(
+        log.contains("member yan@remote.test is disabled (bounces); skipped"),
+        "{log}"
+    );
+    // The other members kept receiving: bob has the three posts, no report.
+    let bob = wait_for_files(&dir.path().join("mail/bob/Maildir/new"), 3, LONG);
+    assert_eq!(bob.len(), 3);
+    for f in &bob {
+        let text = std::fs::read_to_string(f).expect("read");
+        assert!(text.contains("Subject: post "), "{text}");
+        assert!(
+            !text.contains("delivery-status"),
+            "a report reached the list: {text}"
+        );
+    }
+    // The owner was told, with the report that disabled yan.
+    let owner = wait_for_files(&dir.path().join("mail/alice/Maildir/new"), 1, LONG);
+    assert_eq!(owner.len(), 1);
+    let text = std::fs::read_to_string(&owner[0]).expect("read");
+    assert!(
+        text.contains("X-List-Member-Disabled: yan@remote.test on team@localhost after 2 bounces"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Final-Recipient: rfc822; yan@remote.test"),
+        "{text}"
+    );
+    assert!(text.contains("Status: 5.1.1"), "{text}");
+}

@@ -24,6 +24,15 @@
 //! `X-Loop`) is held, not expanded again. Members-only lists fail other
 //! senders (`5.7.1`, so they get a bounce); moderated lists are expanded and
 //! then held for an administrator (`finaldot queue release ID` approves).
+//!
+//! With `verp: yes` every member gets an envelope sender of its own,
+//! `LIST-bounces+member=domain@listdomain` (VERP), so a bounce names the
+//! member. A failure report (RFC 3464) to such an address is counted for
+//! that member (in the key-value namespace, by queue id, so a retry does not
+//! count twice) and dropped; the `bounce_limit`-th within
+//! `bounce_window_secs` disables the member (later posts skip it) and goes to
+//! the list's owner with a header saying so. Nothing sent to a VERP address
+//! ever reaches the list.
 
 use finaldot_sdk::prelude::*;
 use finaldot_sdk::wire::HostErrorKind;
@@ -43,6 +52,12 @@ pub struct List {
     pub bounces: String,
     /// One-click unsubscribe URL (RFC 8058).
     pub unsubscribe_url: Option<String>,
+    /// Each member gets its own envelope sender (VERP).
+    pub verp: bool,
+    /// Who is told when a member is disabled (default `LIST-owner@DOMAIN`).
+    pub owner: String,
+    /// Disabled members to take back (`enable:` lines).
+    pub enable: Vec<String>,
     /// Member addresses, lower-case, in file order.
     pub members: Vec<String>,
 }
@@ -68,6 +83,9 @@ impl List {
             moderated: false,
             bounces: format!("{local}-bounces@{domain}"),
             unsubscribe_url: None,
+            verp: false,
+            owner: format!("{local}-owner@{domain}"),
+            enable: Vec::new(),
             members: Vec::new(),
             address: address.clone(),
         };
@@ -90,6 +108,10 @@ impl List {
                         }
                         "bounces" => list.bounces = value.to_ascii_lowercase(),
                         "unsubscribe-url" => list.unsubscribe_url = Some(value.to_string()),
+                        "verp" => list.verp = yes(value).map_err(|e| bad(e.to_string()))?,
+                        "owner" if value.contains('@') => list.owner = value.to_ascii_lowercase(),
+                        "owner" => return Err(bad(format!("owner {value:?} is not an address"))),
+                        "enable" => list.enable.push(value.to_ascii_lowercase()),
                         other => return Err(bad(format!("unknown option {other:?}"))),
                     }
                 }
@@ -114,6 +136,16 @@ impl List {
         format!("<{}>", self.address.replace('@', "."))
     }
 
+    /// The VERP envelope sender for `member`:
+    /// `LIST-bounces+local=domain@listdomain`.
+    pub fn verp_sender(&self, member: &str) -> String {
+        let (bl, bd) = self.bounces.rsplit_once('@').unwrap_or((&self.bounces, ""));
+        format!(
+            "{bl}+{}@{bd}",
+            member.replacen('@', "=", 1).replace('@', "=")
+        )
+    }
+
     fn request_address(&self) -> String {
         match self.address.rsplit_once('@') {
             Some((l, d)) => format!("{l}-request@{d}"),
@@ -122,11 +154,50 @@ impl List {
     }
 }
 
+/// A VERP address taken apart: the bounce address it extends and the
+/// member it names (`team-bounces+bob=remote.test@example.test` →
+/// `team-bounces@example.test`, `bob@remote.test`).
+pub fn verp_parts(address: &str) -> Option<(String, String)> {
+    let (local, domain) = address.rsplit_once('@')?;
+    let (base, tag) = local.split_once('+')?;
+    let (member_local, member_domain) = tag.rsplit_once('=')?;
+    if base.is_empty() || member_local.is_empty() || member_domain.is_empty() {
+        return None;
+    }
+    Some((
+        format!("{base}@{domain}").to_ascii_lowercase(),
+        format!("{member_local}@{member_domain}").to_ascii_lowercase(),
+    ))
+}
+
+/// Whether `body` (with its `content_type`) is a report of a permanent
+/// failure (RFC 3464: `Action: failed`, a 5.x.x `Status`).
+fn is_failure_report(content_type: &str, body: &[u8]) -> bool {
+    let ct = content_type.to_ascii_lowercase();
+    if !ct.contains("multipart/report") || !ct.contains("delivery-status") {
+        return false;
+    }
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    let failed = text.lines().any(|l| {
+        l.trim_start()
+            .strip_prefix("action:")
+            .is_some_and(|v| v.trim() == "failed")
+    });
+    let permanent = text.lines().any(|l| {
+        l.trim_start()
+            .strip_prefix("status:")
+            .is_some_and(|v| v.trim().starts_with('5'))
+    });
+    failed && permanent
+}
+
 /// The plugin's settings.
 #[derive(Default)]
 pub struct ListExpand {
     grant: String,
     max_depth: usize,
+    bounce_limit: usize,
+    bounce_window_secs: u64,
 }
 
 impl ListExpand {
@@ -140,6 +211,122 @@ impl ListExpand {
             Err(e) if e.host_kind() == Some(HostErrorKind::NotFound) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The list whose bounce address `base` is: `X-bounces@D` is list
+    /// `X@D`'s by default; otherwise every list file is looked at.
+    fn list_of_bounces(&self, cx: &Context, base: &str) -> Result<Option<List>> {
+        if let Some((l, d)) = base.rsplit_once('@') {
+            if let Some(name) = l.strip_suffix("-bounces") {
+                if let Some(list) = self.load(cx, &format!("{name}@{d}"))? {
+                    if list.bounces == base {
+                        return Ok(Some(list));
+                    }
+                }
+            }
+        }
+        for name in cx.dir(&self.grant).list("")? {
+            if let Some(list) = self.load(cx, &name)? {
+                if list.bounces == base {
+                    return Ok(Some(list));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// A message to a VERP address of `list` for `member`: a failure report
+    /// is counted; the limit-th disables the member and goes to the owner;
+    /// anything else is dropped. Never delivered to the list.
+    fn bounce(
+        &self,
+        msg: &mut Message,
+        cx: &Context,
+        to: &str,
+        list: &List,
+        member: &str,
+    ) -> Result<()> {
+        let ct = msg.header("Content-Type").unwrap_or_default();
+        if !is_failure_report(&ct, &msg.body()?) {
+            msg.mark_discarded(
+                to,
+                &format!(
+                    "not a failure report, for member {member} of list {}",
+                    list.address
+                ),
+            );
+            return Ok(());
+        }
+        let kv = cx.kv();
+        let key = format!("bounces:{}:{member}", list.address);
+        let now = msg.received_at();
+        let window = self.bounce_window_secs;
+        // "time queue-id" lines, the ones inside the window.
+        let mut seen: Vec<(u64, String)> = kv
+            .get(key.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (t, q) = l.split_once(' ')?;
+                Some((t.parse().ok()?, q.to_string()))
+            })
+            .filter(|(t, _)| t + window >= now)
+            .collect();
+        let id = msg.queue_id().to_string();
+        if !seen.iter().any(|(_, q)| *q == id) {
+            seen.push((now, id));
+        }
+        let n = seen.len();
+        if n >= self.bounce_limit {
+            kv.put(
+                format!("disabled:{}:{member}", list.address).as_bytes(),
+                now.to_string().as_bytes(),
+                None,
+            )?;
+            kv.delete(key.as_bytes())?;
+            cx.warn(&format!(
+                "list {}: member {member} disabled after {n} bounces; telling {}",
+                list.address, list.owner
+            ));
+            let days = window / 86_400;
+            msg.add_header(
+                "X-List-Member-Disabled",
+                &format!(
+                    "{member} on {} after {n} bounces in {}",
+                    list.address,
+                    if days >= 1 {
+                        format!("{days} days")
+                    } else {
+                        format!("{window} s")
+                    }
+                ),
+            );
+            msg.rewrite_recipient(to, &list.owner);
+            return Ok(());
+        }
+        let text: String = seen.iter().map(|(t, q)| format!("{t} {q}\n")).collect();
+        kv.put(key.as_bytes(), text.as_bytes(), Some(window))?;
+        cx.info(&format!(
+            "list {}: bounce {n} of {} for member {member}",
+            list.address, self.bounce_limit
+        ));
+        msg.mark_discarded(
+            to,
+            &format!(
+                "bounce {n} of {} counted for member {member} of list {}",
+                self.bounce_limit, list.address
+            ),
+        );
+        Ok(())
+    }
+
+    /// Whether `member` of `list` was disabled by its bounces.
+    fn disabled(&self, cx: &Context, list: &List, member: &str) -> Result<bool> {
+        Ok(cx
+            .kv()
+            .get(format!("disabled:{}:{member}", list.address).as_bytes())?
+            .is_some())
     }
 
     /// Members of `list`, with nested lists expanded (cycles and depth cut, logged).
@@ -185,6 +372,11 @@ impl Plugin for ListExpand {
     fn on_configure(&mut self, config: &Config) -> Result<()> {
         self.grant = config.str("grant")?.unwrap_or("lists").to_string();
         self.max_depth = config.int("max_depth")?.unwrap_or(5).clamp(1, 20) as usize;
+        self.bounce_limit = config.int("bounce_limit")?.unwrap_or(3).max(1) as usize;
+        self.bounce_window_secs = config
+            .int("bounce_window_secs")?
+            .unwrap_or(30 * 86_400)
+            .max(1) as u64;
         Ok(())
     }
 
@@ -192,6 +384,12 @@ impl Plugin for ListExpand {
         let mut headers_done = false;
         let mut moderated: Option<String> = None;
         for r in msg.pending_recipients() {
+            if let Some((base, member)) = verp_parts(&r.address) {
+                if let Some(list) = self.list_of_bounces(cx, &base)? {
+                    self.bounce(msg, cx, &r.address, &list, &member)?;
+                    continue;
+                }
+            }
             let Some(list) = self.load(cx, &r.address)? else {
                 continue;
             };
@@ -228,6 +426,25 @@ impl Plugin for ListExpand {
             }
             let mut members = Vec::new();
             self.expand(cx, &list, 0, &mut Vec::new(), &mut members)?;
+            if list.verp {
+                for m in &list.enable {
+                    let kv = cx.kv();
+                    kv.delete(format!("disabled:{}:{m}", list.address).as_bytes())?;
+                    kv.delete(format!("bounces:{}:{m}", list.address).as_bytes())?;
+                }
+                let mut kept = Vec::new();
+                for m in members {
+                    if self.disabled(cx, &list, &m)? {
+                        cx.info(&format!(
+                            "list {}: member {m} is disabled (bounces); skipped",
+                            list.address
+                        ));
+                    } else {
+                        kept.push(m);
+                    }
+                }
+                members = kept;
+            }
             msg.mark_delivered(
                 &r.address,
                 &format!(
@@ -238,6 +455,9 @@ impl Plugin for ListExpand {
             );
             for m in &members {
                 msg.add_recipient(m, Some(&r.address));
+                if list.verp {
+                    msg.set_recipient_sender(m, &list.verp_sender(m));
+                }
             }
             cx.info(&format!(
                 "list {}: expanded to {} members",
@@ -288,6 +508,7 @@ finaldot_sdk::export_plugin!(ListExpand);
 mod tests {
     use super::*;
     use finaldot_sdk::testing::{config_from_toml, TestHost, TestMessage};
+    use finaldot_sdk::wire::Change;
     use finaldot_sdk::RecipientState;
 
     struct Lists(std::path::PathBuf);
@@ -415,6 +636,94 @@ mod tests {
             out.recipient("alice@localhost").is_some(),
             "expanded before the hold"
         );
+    }
+
+    /// A failure report from <> to `to`, as finaldot's own DSNs are.
+    fn report(to: &str, queue_id: &str, action: &str, status: &str) -> TestMessage {
+        TestMessage::from_eml(
+            format!(
+                "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"b\"\r\nSubject: Undelivered\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nno\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.test\r\n\r\nFinal-Recipient: rfc822; yan@remote.test\r\nAction: {action}\r\nStatus: {status}\r\n\r\n--b--\r\n"
+            )
+            .as_bytes(),
+        )
+        .sender("")
+        .recipient(to)
+        .queue_id(queue_id)
+    }
+
+    #[test]
+    fn verp_gives_each_member_its_own_sender_and_bounces_disable_after_the_limit() {
+        let dir = Lists::new(&[(
+            "team@localhost",
+            "verp: yes\nowner: boss@localhost\nzed@remote.test\nyan@remote.test\n",
+        )]);
+        let mut host = TestHost::new();
+        host.grant_dir("lists", &dir.0, false);
+        let mut p: ListExpand = host
+            .configure("lists", config_from_toml("bounce_limit = 2").unwrap())
+            .unwrap();
+        let post = TestMessage::from_eml(b"Subject: hi\r\n\r\nx\r\n")
+            .sender("carol@x.test")
+            .recipient("team@localhost");
+        let out = host.run(&mut p, &post).unwrap();
+        assert!(out.changes.contains(&Change::SetRecipientSender {
+            address: "yan@remote.test".into(),
+            sender: "team-bounces+yan=remote.test@localhost".into(),
+        }));
+        let verp = "team-bounces+yan=remote.test@localhost";
+        // Not a failure report: dropped, not counted.
+        let out = host
+            .run(&mut p, &report(verp, "Q0", "delayed", "4.4.7"))
+            .unwrap();
+        assert!(matches!(
+            out.recipient(verp).unwrap().state,
+            RecipientState::Discarded { .. }
+        ));
+        // The first failure is counted and dropped; the same one again
+        // (a retry of its message) is not counted twice.
+        for _ in 0..2 {
+            let out = host
+                .run(&mut p, &report(verp, "Q1", "failed", "5.1.1"))
+                .unwrap();
+            assert!(
+                matches!(&out.recipient(verp).unwrap().state, RecipientState::Discarded { reason } if reason.contains("bounce 1 of 2")),
+                "{:?}",
+                out.state
+            );
+        }
+        // The second disables yan and goes to the owner.
+        let out = host
+            .run(&mut p, &report(verp, "Q2", "failed", "5.1.1"))
+            .unwrap();
+        assert!(out.recipient("boss@localhost").is_some(), "{:?}", out.state);
+        assert!(out
+            .header("X-List-Member-Disabled")
+            .is_some_and(|h| h.contains("yan@remote.test")));
+        // The next post skips yan.
+        let out = host.run(&mut p, &post).unwrap();
+        assert!(out.recipient("zed@remote.test").is_some());
+        assert!(
+            out.recipient("yan@remote.test").is_none(),
+            "{:?}",
+            out.state
+        );
+        // Until the list file takes yan back.
+        std::fs::write(
+            dir.0.join("team@localhost"),
+            "verp: yes\nenable: yan@remote.test\nzed@remote.test\nyan@remote.test\n",
+        )
+        .unwrap();
+        let out = host.run(&mut p, &post).unwrap();
+        assert!(
+            out.recipient("yan@remote.test").is_some(),
+            "{:?}",
+            out.state
+        );
+        assert_eq!(
+            verp_parts("team-bounces+yan=remote.test@localhost"),
+            Some(("team-bounces@localhost".into(), "yan@remote.test".into()))
+        );
+        assert_eq!(verp_parts("team@localhost"), None);
     }
 
     #[test]

@@ -445,7 +445,8 @@ fn fault(
     Ok(Flow::Stop)
 }
 
-/// Applies a stage's changes (routes are kept beside the state); true when
+/// Applies a stage's changes (routes and per-recipient senders are kept
+/// beside the state); true when
 /// they deferred a recipient that was not deferred before.
 fn apply_changes(progress: &mut Progress, changes: &[Change]) -> bool {
     let deferred = |p: &Progress| -> Vec<bool> {
@@ -459,11 +460,20 @@ fn apply_changes(progress: &mut Progress, changes: &[Change]) -> bool {
     let before = deferred(progress);
     for c in changes {
         progress.state.apply(c);
-        if let Change::Route { address, route } = c {
-            progress
-                .routes
-                .retain(|(a, _)| !a.eq_ignore_ascii_case(address));
-            progress.routes.push((address.clone(), *route));
+        match c {
+            Change::Route { address, route } => {
+                progress
+                    .routes
+                    .retain(|(a, _)| !a.eq_ignore_ascii_case(address));
+                progress.routes.push((address.clone(), *route));
+            }
+            Change::SetRecipientSender { address, sender } => {
+                progress
+                    .senders
+                    .retain(|(a, _)| !a.eq_ignore_ascii_case(address));
+                progress.senders.push((address.clone(), sender.clone()));
+            }
+            _ => {}
         }
     }
     deferred(progress)
@@ -649,35 +659,63 @@ fn deliver_next_hop(
         // and said loudly.
         Err(e) => error!(error = %e, "sending without a DKIM signature"),
     }
-    let mail_from = progress.state.envelope.mail_from.clone();
     let chain_end = progress.chain.len() as u32;
     let id = &attempt.id;
     let dsn = dsn_request(&attempt.queued.envelope, progress);
-    let results = delivery.deliver(
-        &mail_from,
-        &remote,
-        &message,
-        &dsn,
-        &mut |accepted, note, handoff| {
-            for r in progress.state.envelope.recipients.iter_mut() {
-                if accepted.contains(&r.address) {
-                    r.state = RecipientState::Delivered {
-                        note: note.to_string(),
-                    };
+    // One transaction per envelope sender: a recipient with a sender of its
+    // own (VERP) gets the same message bytes in a transaction of its own.
+    let mut groups: Vec<(String, Vec<(String, Route)>)> = Vec::new();
+    for (address, route) in remote {
+        let sender = progress.sender_of(&address).to_string();
+        match groups.iter_mut().find(|(s, _)| *s == sender) {
+            Some((_, g)) => g.push((address, route)),
+            None => groups.push((sender, vec![(address, route)])),
+        }
+    }
+    let mut results = Vec::new();
+    let mut unrecorded = false;
+    for (mail_from, group) in groups {
+        if unrecorded {
+            // A delivery could not be recorded: nothing more goes out now.
+            let reason = "4.3.0 could not record an earlier delivery".to_string();
+            results.extend(group.into_iter().map(|(a, _)| {
+                (
+                    a,
+                    RecipientState::Deferred {
+                        reason: reason.clone(),
+                    },
+                )
+            }));
+            continue;
+        }
+        let outcome = delivery.deliver(
+            &mail_from,
+            &group,
+            &message,
+            &dsn,
+            &mut |accepted, note, handoff| {
+                for r in progress.state.envelope.recipients.iter_mut() {
+                    if accepted.contains(&r.address) {
+                        r.state = RecipientState::Delivered {
+                            note: note.to_string(),
+                        };
+                    }
                 }
-            }
-            match handoff {
-                // The next hop reports from now on.
-                Handoff::PassedOn => progress.notified.extend(accepted.iter().cloned()),
-                Handoff::Relayed => progress.relayed.extend(accepted.iter().cloned()),
-                Handoff::Delivered => {}
-            }
-            progress.next_stage = chain_end;
-            ctx.spool
-                .save_progress(id, progress)
-                .map_err(|e| e.to_string())
-        },
-    );
+                match handoff {
+                    // The next hop reports from now on.
+                    Handoff::PassedOn => progress.notified.extend(accepted.iter().cloned()),
+                    Handoff::Relayed => progress.relayed.extend(accepted.iter().cloned()),
+                    Handoff::Delivered => {}
+                }
+                progress.next_stage = chain_end;
+                ctx.spool.save_progress(id, progress).map_err(|e| {
+                    unrecorded = true;
+                    e.to_string()
+                })
+            },
+        );
+        results.extend(outcome);
+    }
     for (address, state) in results {
         if let Some(r) = progress
             .state
@@ -878,7 +916,8 @@ fn notify_failures(ctx: &Context, attempt: &mut Attempt) -> Result<bool, spool::
     Ok(sent)
 }
 
-/// Queues an RFC 3464 report to the message's sender (never to `<>`).
+/// Queues RFC 3464 reports about `recipients`: one to each envelope sender
+/// among them (the message's, or a recipient's own: VERP).
 fn send_dsn(
     ctx: &Context,
     attempt: &Attempt,
@@ -886,7 +925,29 @@ fn send_dsn(
     recipients: &[DsnRecipient],
 ) -> Result<(), spool::Error> {
     let progress = &attempt.progress;
-    let sender = &progress.state.envelope.mail_from;
+    let mut groups: Vec<(&str, Vec<DsnRecipient>)> = Vec::new();
+    for r in recipients {
+        let sender = progress.sender_of(&r.recipient.address);
+        match groups.iter_mut().find(|(s, _)| *s == sender) {
+            Some((_, g)) => g.push(r.clone()),
+            None => groups.push((sender, vec![r.clone()])),
+        }
+    }
+    for (sender, lines) in groups {
+        send_dsn_to(ctx, attempt, kind, sender, &lines)?;
+    }
+    Ok(())
+}
+
+/// Queues one RFC 3464 report to `sender` (never to `<>`).
+fn send_dsn_to(
+    ctx: &Context,
+    attempt: &Attempt,
+    kind: DsnKind,
+    sender: &str,
+    recipients: &[DsnRecipient],
+) -> Result<(), spool::Error> {
+    let progress = &attempt.progress;
     if sender.is_empty() {
         info!(
             recipients = recipients.len(),
@@ -931,7 +992,7 @@ fn send_dsn(
     let msg = dsn::build(kind, &about, recipients, returned);
     let env = spool::Envelope {
         mail_from: String::new(),
-        rcpt_to: vec![sender.clone()],
+        rcpt_to: vec![sender.to_string()],
         client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         client_port: 0,
         listener: Listener::Local,

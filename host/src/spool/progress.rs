@@ -73,6 +73,10 @@ pub struct Progress {
     /// second extension).
     #[serde(skip)]
     pub relayed: Vec<String>,
+    /// Envelope senders plugins gave single recipients (VERP), by address
+    /// (kept in the second extension).
+    #[serde(skip)]
+    pub senders: Vec<(String, String)>,
 }
 
 /// What follows the record: fields added after version 2 was fixed.
@@ -86,6 +90,7 @@ struct Extension {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Extension2 {
     relayed: Vec<String>,
+    senders: Vec<(String, String)>,
 }
 
 impl Progress {
@@ -117,7 +122,17 @@ impl Progress {
             routes: Vec::new(),
             auth: None,
             relayed: Vec::new(),
+            senders: Vec::new(),
         }
+    }
+
+    /// The envelope sender of recipient `address`: its own (VERP), or the
+    /// message's.
+    pub fn sender_of(&self, address: &str) -> &str {
+        self.senders
+            .iter()
+            .find(|(a, _)| a.eq_ignore_ascii_case(address))
+            .map_or(self.state.envelope.mail_from.as_str(), |(_, s)| s.as_str())
     }
 
     /// Encodes with magic and version.
@@ -132,12 +147,13 @@ impl Progress {
             },
             out,
         )?;
-        if self.relayed.is_empty() {
+        if self.relayed.is_empty() && self.senders.is_empty() {
             return Ok(out);
         }
         postcard::to_extend(
             &Extension2 {
                 relayed: self.relayed.clone(),
+                senders: self.senders.clone(),
             },
             out,
         )
@@ -162,6 +178,7 @@ impl Progress {
                 let ext: Extension2 = postcard::from_bytes(rest)
                     .map_err(|e| format!("progress extension 2 does not decode: {e}"))?;
                 progress.relayed = ext.relayed;
+                progress.senders = ext.senders;
             }
         }
         Ok(progress)
@@ -204,12 +221,25 @@ mod tests {
             routes: Vec::new(),
             auth: None,
             relayed: Vec::new(),
+            senders: Vec::new(),
         };
         let bytes = p.encode().expect("encode");
         assert_eq!(Progress::decode(&bytes).expect("decode"), p);
         // Cut inside the record (the last byte is the extension's).
         assert!(Progress::decode(&bytes[..bytes.len() - 2]).is_err());
         assert!(Progress::decode(b"garbage!").is_err());
+        // The second extension (relayed recipients, VERP senders) round
+        // trips, and a record without it is the same record with none.
+        let mut q = p.clone();
+        q.relayed = vec!["c@d".into()];
+        q.senders = vec![("c@d".into(), "l-bounces+c=d@b".into())];
+        let with = q.encode().expect("encode");
+        let back = Progress::decode(&with).expect("decode");
+        assert_eq!((&back.relayed, &back.senders), (&q.relayed, &q.senders));
+        assert_eq!(back.state, p.state);
+        assert!(with.starts_with(&bytes));
+        assert_eq!(q.sender_of("C@D"), "l-bounces+c=d@b");
+        assert_eq!(p.sender_of("c@d"), "a@b");
     }
 
     /// Today's progress record, byte for byte (`host/tests/golden/`), with
@@ -281,6 +311,7 @@ mod tests {
             ],
             auth: None,
             relayed: Vec::new(),
+            senders: Vec::new(),
         };
         let fixture =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/progress_v2.hex");
