@@ -201,6 +201,24 @@ service imap-login {{
         std::fs::remove_file(self.dir.join("mail").join(user)).expect("fix user");
     }
 
+    /// Waits (up to 30 s) until `user`'s INBOX holds `n` messages and
+    /// returns them; panics with the daemon's and Dovecot's logs otherwise.
+    pub fn wait_for(&self, user: &str, n: usize, d: &crate::Daemon) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        let arrived = crate::wait_until(Duration::from_secs(30), || {
+            got = self.inbox(user);
+            got.len() >= n
+        });
+        assert!(
+            arrived && got.len() == n,
+            "{user} has {} messages, not {n}\ndaemon:\n{}\ndovecot:\n{}",
+            got.len(),
+            d.log(),
+            self.log()
+        );
+        got
+    }
+
     /// Every message in `user`'s INBOX, read over IMAP by Python's imaplib
     /// (`BODY.PEEK[]`, exact bytes, carried as hex).
     pub fn inbox(&self, user: &str) -> Vec<Vec<u8>> {

@@ -156,15 +156,11 @@ fn notify_success_brings_a_delivered_report_with_envid_and_orcpt() {
         ],
         "Subject: report my success\r\n\r\ndelivered?\r\n",
     );
-    assert!(
-        wait_until(LONG, || dovecot.inbox("carol").len() == 1),
-        "{}",
-        d.log()
-    );
+    let reports = dovecot.wait_for("carol", 1, &d);
     assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
     assert_eq!(dovecot.inbox("alice").len(), 1);
     assert_eq!(dovecot.inbox("bob").len(), 1);
-    let report = parse_report(&dovecot.inbox("carol")[0]);
+    let report = parse_report(&reports[0]);
     assert_eq!(
         report["types"],
         serde_json::json!([

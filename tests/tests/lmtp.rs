@@ -45,13 +45,7 @@ fn a_message_over_lmtp_reads_back_byte_for_byte_over_imap() {
         .as_bytes()
         .to_vec();
     d.send("s@remote.test", &["alice@example.test"], &sent);
-    assert!(
-        wait_until(LONG, || dovecot.inbox("alice").len() == 1),
-        "daemon:\n{}\ndovecot:\n{}",
-        d.log(),
-        dovecot.log()
-    );
-    assert_tail(&dovecot.inbox("alice")[0], &sent);
+    assert_tail(&dovecot.wait_for("alice", 1, &d)[0], &sent);
     assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
     assert!(
         d.log().contains("delivered over LMTP 127.0.0.1"),
@@ -68,13 +62,7 @@ fn over_the_unix_socket_too() {
     let d = Daemon::start_with(dir.path(), &lmtp_config(dir.path(), &addr));
     let sent = b"Subject: over the socket\r\n\r\nhello\r\n".to_vec();
     d.send("s@remote.test", &["bob@example.test"], &sent);
-    assert!(
-        wait_until(LONG, || dovecot.inbox("bob").len() == 1),
-        "{}\n{}",
-        d.log(),
-        dovecot.log()
-    );
-    assert_tail(&dovecot.inbox("bob")[0], &sent);
+    assert_tail(&dovecot.wait_for("bob", 1, &d)[0], &sent);
 }
 
 #[test]
@@ -92,11 +80,7 @@ fn two_recipients_in_one_transaction_each_get_their_own_reply() {
         &["alice@example.test", "bob@example.test"],
         &sent,
     );
-    assert!(
-        wait_until(LONG, || dovecot.inbox("alice").len() == 1),
-        "{}",
-        d.log()
-    );
+    dovecot.wait_for("alice", 1, &d);
     assert!(
         wait_until(LONG, || d.log().contains("451 4.2.0 <bob@example.test>")),
         "{}",
@@ -106,11 +90,7 @@ fn two_recipients_in_one_transaction_each_get_their_own_reply() {
     assert!(shown.contains("alice@example.test"), "{shown}");
     assert!(shown.contains("delivered"), "{shown}");
     dovecot.fix_user("bob");
-    assert!(
-        wait_until(LONG, || dovecot.inbox("bob").len() == 1),
-        "{}",
-        d.log()
-    );
+    dovecot.wait_for("bob", 1, &d);
     assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
     // alice was not sent again on bob's retry.
     assert_eq!(dovecot.inbox("alice").len(), 1);
@@ -156,11 +136,7 @@ fn kill9_after_dovecots_replies_delivers_once() {
         &["alice@example.test", "bob@example.test"],
         b"Subject: once\r\n\r\nonce\r\n",
     );
-    assert!(
-        wait_until(LONG, || dovecot.inbox("alice").len() == 1),
-        "{}",
-        d.log()
-    );
+    dovecot.wait_for("alice", 1, &d);
     assert!(
         wait_until(LONG, || d.log().contains("451 4.2.0 <bob@example.test>")),
         "{}",
@@ -191,13 +167,7 @@ fn a_recipient_dovecot_does_not_know_bounces_to_the_sender() {
         &["dave@localhost"],
         b"Subject: to dave\r\n\r\nhi\r\n",
     );
-    assert!(
-        wait_until(LONG, || dovecot.inbox("carol").len() == 1),
-        "{}\n{}",
-        d.log(),
-        dovecot.log()
-    );
-    let dsn = String::from_utf8_lossy(&dovecot.inbox("carol")[0]).to_string();
+    let dsn = String::from_utf8_lossy(&dovecot.wait_for("carol", 1, &d)[0]).to_string();
     let out = python3()
         .arg("-c")
         .arg(

@@ -16,21 +16,27 @@ fn sample(text: &str, name: &str, parts: &[&str]) -> f64 {
         .sum()
 }
 
-#[test]
-fn metrics_count_mail_and_the_status_page_lists_plugins() {
-    let dir = TestDir::new("metrics");
-    let out = dir.path().join("out");
+/// A daemon with metrics on whose one plugin delivers every message as a
+/// file into the returned directory.
+fn start_delivering(dir: &std::path::Path) -> (Daemon, std::path::PathBuf) {
+    let out = dir.join("out");
     let plugins = plugin_toml(
         "deliver",
         "finaldot_testbed",
         &format!("dirs = [{{ name = \"out\", path = {out:?}, writable = true }}]\nconfig = {{ mode = \"deliver\", grant = \"out\" }}"),
     );
     let cfg = test_config(
-        dir.path(),
+        dir,
         "",
         &format!("[metrics]\nlisten = \"127.0.0.1:0\"\n\n[pipeline]\nrescan_secs = 1\n\n{plugins}"),
     );
-    let d = Daemon::start_with(dir.path(), &cfg);
+    (Daemon::start_with(dir, &cfg), out)
+}
+
+#[test]
+fn metrics_count_mail_and_the_status_page_lists_plugins() {
+    let dir = TestDir::new("metrics");
+    let (d, out) = start_delivering(dir.path());
     let addr = d.metrics_addr();
     let before = http_get(addr, "/metrics");
     assert!(
@@ -138,18 +144,7 @@ fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
 #[test]
 fn the_status_page_in_chromium_has_its_graphs_and_the_numbers_of_metrics() {
     let dir = TestDir::new("status-chromium");
-    let out = dir.path().join("out");
-    let plugins = plugin_toml(
-        "deliver",
-        "finaldot_testbed",
-        &format!("dirs = [{{ name = \"out\", path = {out:?}, writable = true }}]\nconfig = {{ mode = \"deliver\", grant = \"out\" }}"),
-    );
-    let cfg = test_config(
-        dir.path(),
-        "",
-        &format!("[metrics]\nlisten = \"127.0.0.1:0\"\n\n[pipeline]\nrescan_secs = 1\n\n{plugins}"),
-    );
-    let d = Daemon::start_with(dir.path(), &cfg);
+    let (d, out) = start_delivering(dir.path());
     let url = format!("http://{}/", d.metrics_addr());
     let profile = dir.path().join("chromium");
 

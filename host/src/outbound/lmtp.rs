@@ -26,7 +26,7 @@ use tracing::{debug, info};
 
 use finaldot_sdk::wire::RecipientState;
 
-use super::{deferred, every, outcome_of_reply, Job};
+use super::{deferred, every, no_smtputf8, outcome_of_reply, Job};
 use crate::config::{LmtpAddress, LmtpConfig};
 use crate::pipeline::delivery::{Handoff, OnAccepted};
 
@@ -282,30 +282,15 @@ impl Lmtp {
         accepted: OnAccepted<'_>,
         stopped: &mut Option<String>,
     ) -> (Vec<(String, RecipientState)>, bool) {
-        let (mail_from, message) = (job.mail_from, job.message);
+        let message = job.message;
         // A server that offers DSN gets the parameters and the duty.
         let dsn = conn.offers("DSN");
         let host = format!("LMTP {}", self.cfg.address);
-        let utf8 = !mail_from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii());
-        if utf8 && !conn.offers("SMTPUTF8") {
-            let o = RecipientState::Failed {
-                status: "5.6.7".into(),
-                reason: format!("{host} does not support SMTPUTF8, which these addresses need"),
-            };
-            return (every(rcpts, &o), true);
-        }
-        let mut params = String::new();
-        if !message.is_ascii() && conn.offers("8BITMIME") {
-            params.push_str(" BODY=8BITMIME");
-        }
-        if utf8 {
-            params.push_str(" SMTPUTF8");
-        }
-        if dsn {
-            params.push_str(&job.mail_params());
+        if job.needs_utf8(rcpts) && !conn.offers("SMTPUTF8") {
+            return (every(rcpts, &no_smtputf8(&host)), true);
         }
         // MAIL and the RCPTs in one write (PIPELINING), then their replies.
-        let mut envelope = format!("MAIL FROM:<{mail_from}>{params}\r\n");
+        let mut envelope = job.mail_command(rcpts, conn.offers("8BITMIME"), dsn);
         for r in rcpts {
             let p = if dsn {
                 job.rcpt_params(r)

@@ -150,9 +150,25 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// ` RET=… ENVID=…` for MAIL FROM at a hop that offers DSN.
-    fn mail_params(&self) -> String {
-        self.dsn.mail_params()
+    /// Whether the sender or one of `rcpts` needs SMTPUTF8.
+    fn needs_utf8(&self, rcpts: &[String]) -> bool {
+        !self.mail_from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii())
+    }
+
+    /// The MAIL FROM command for a hop that offers 8BITMIME, DSN or not
+    /// (SMTPUTF8, when needed, was checked before).
+    fn mail_command(&self, rcpts: &[String], eightbit: bool, dsn: bool) -> String {
+        let mut params = String::new();
+        if !self.message.is_ascii() && eightbit {
+            params.push_str(" BODY=8BITMIME");
+        }
+        if self.needs_utf8(rcpts) {
+            params.push_str(" SMTPUTF8");
+        }
+        if dsn {
+            params.push_str(&self.dsn.mail_params());
+        }
+        format!("MAIL FROM:<{}>{params}\r\n", self.mail_from)
     }
 
     /// ` NOTIFY=… ORCPT=…` for `rcpt`'s RCPT TO at a hop that offers DSN.
@@ -161,6 +177,15 @@ impl Job<'_> {
             .recipient(rcpt)
             .map(|r| r.rcpt_params())
             .unwrap_or_default()
+    }
+}
+
+/// The outcome of recipients whose addresses need SMTPUTF8 at a hop
+/// (`host`) that lacks it.
+fn no_smtputf8(host: &str) -> RecipientState {
+    RecipientState::Failed {
+        status: "5.6.7".into(),
+        reason: format!("{host} does not support SMTPUTF8, which these addresses need"),
     }
 }
 
@@ -444,31 +469,15 @@ impl Outbound {
         accepted: OnAccepted<'_>,
         stopped: &mut Option<String>,
     ) -> (Vec<(String, RecipientState)>, bool) {
-        let (mail_from, message) = (job.mail_from, job.message);
+        let message = job.message;
         let all = |o: RecipientState| every(rcpts, &o);
         let host = format!("{}:{}", hop.name, hop.port);
         let info = conn.server_info().clone();
-        let utf8 = !mail_from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii());
-        if utf8 && !info.supports_feature(Extension::SmtpUtfEight) {
-            return (
-                all(RecipientState::Failed {
-                    status: "5.6.7".into(),
-                    reason: format!("{host} does not support SMTPUTF8, which these addresses need"),
-                }),
-                true,
-            );
+        if job.needs_utf8(rcpts) && !info.supports_feature(Extension::SmtpUtfEight) {
+            return (all(no_smtputf8(&host)), true);
         }
-        let mut params = String::new();
-        if !message.is_ascii() && info.supports_feature(Extension::EightBitMime) {
-            params.push_str(" BODY=8BITMIME");
-        }
-        if utf8 {
-            params.push_str(" SMTPUTF8");
-        }
-        if offers_dsn {
-            params.push_str(&job.mail_params());
-        }
-        if let Err(e) = conn.command(format!("MAIL FROM:<{mail_from}>{params}\r\n")) {
+        let eightbit = info.supports_feature(Extension::EightBitMime);
+        if let Err(e) = conn.command(job.mail_command(rcpts, eightbit, offers_dsn)) {
             let healthy = e.is_permanent() || e.is_transient();
             if healthy {
                 let _ = conn.command("RSET\r\n");
