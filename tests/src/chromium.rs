@@ -23,6 +23,8 @@ fn chromium(profile: &Path) -> Command {
         .arg("--disable-gpu")
         .arg("--no-first-run")
         .arg("--disable-extensions")
+        // Containers give /dev/shm 64 MiB; Chromium then crashes on it.
+        .arg("--disable-dev-shm-usage")
         .arg(format!("--user-data-dir={}", profile.display()));
     c
 }
