@@ -201,6 +201,48 @@ fn a_recipient_dovecot_does_not_know_bounces_to_the_sender() {
 }
 
 #[test]
+fn connections_are_reused_and_capped() {
+    let dir = TestDir::new("lmtp-cap");
+    let dovecot = Dovecot::start(dir.path());
+    let addr = format!("127.0.0.1:{}", dovecot.lmtp_port);
+    let cfg = lmtp_config(dir.path(), &addr).replace(
+        &format!("address = {addr:?}"),
+        &format!("address = {addr:?}\nmax_connections = 2"),
+    );
+    let d = Daemon::start_with(dir.path(), &cfg);
+    // Four clients at once, 40 messages: the pipeline's workers deliver
+    // side by side, through at most two connections, kept open between.
+    let smtp = d.addr;
+    let clients: Vec<_> = (0..4)
+        .map(|k| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect_raw(smtp);
+                assert_eq!(c.read_reply().0, 220);
+                c.expect("EHLO client.test", 250);
+                for i in 0..10 {
+                    let body = format!("Subject: {k}.{i}\r\n\r\nx\r\n");
+                    assert_eq!(
+                        c.send_message("s@remote.test", &["alice@example.test"], body.as_bytes())
+                            .0,
+                        250
+                    );
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client");
+    }
+    dovecot.wait_for("alice", 40, &d);
+    let opened = d.log().matches("LMTP connection opened").count();
+    assert!(
+        (1..=2).contains(&opened),
+        "{opened} connections:\n{}",
+        d.log()
+    );
+}
+
+#[test]
 fn lmtp_config_errors_name_the_key() {
     let dir = TestDir::new("lmtp-config");
     for (lmtp, key, words) in [

@@ -245,8 +245,10 @@ impl Lmtp {
                 return Ok(c);
             }
         }
-        Conn::open(&self.cfg, &self.hello)
-            .map_err(|e| deferred(format!("4.4.1 LMTP {}: {e}", self.cfg.address)))
+        let c = Conn::open(&self.cfg, &self.hello)
+            .map_err(|e| deferred(format!("4.4.1 LMTP {}: {e}", self.cfg.address)))?;
+        info!(server = %self.cfg.address, "LMTP connection opened");
+        Ok(c)
     }
 
     /// Delivers `message` to `rcpts` in one transaction (the caller holds a
