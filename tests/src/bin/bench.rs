@@ -86,6 +86,16 @@ struct Args {
     /// store), and print the two side by side.
     #[arg(long)]
     dedup_on_redis: bool,
+    /// With --e2e: local mail goes over LMTP into a private Dovecot the
+    /// bench starts (the default chain without local-delivery, `[lmtp]`),
+    /// and "delivered" is a file in Dovecot's Maildir.
+    #[arg(long)]
+    lmtp: bool,
+    /// With --e2e --lmtp and --compare: reconfigure the local Postfix
+    /// (`postconf -e virtual_transport=lmtp:inet:…`, `postfix reload`) to
+    /// deliver into the same Dovecot, and count there. Bench machines only.
+    #[arg(long)]
+    postfix_lmtp: bool,
     /// Only the sustained-overload cell: c=64 for this many seconds to the
     /// embedded default configuration, printing the backlog every second.
     #[arg(long)]
@@ -890,6 +900,9 @@ fn overload(args: &Args, t: &Target, secs: u64) {
 /// The end-to-end figure for finaldot and, with --compare-maildir, the
 /// other server, with their ratio.
 fn e2e_cells(args: &Args, n: u64) {
+    if args.lmtp {
+        return lmtp_cells(args, n);
+    }
     let dir = TestDir::new("bench-e2e");
     let (d, t) = finaldot_target(args, &dir);
     let ours = end_to_end(args, &t, Some(d.pid()), n);
@@ -916,6 +929,87 @@ fn e2e_cells(args: &Args, n: u64) {
     if let (Some(ours), Some(theirs)) = (ours, end_to_end(args, &other, None, n)) {
         println!(
             "end to end: finaldot / other = {:.2} (target >= 2)",
+            ours / theirs.max(1e-9)
+        );
+    }
+}
+
+/// The end-to-end figure into a real Dovecot over LMTP: finaldot, and with
+/// --postfix-lmtp the local Postfix delivering into the same Dovecot.
+fn lmtp_cells(args: &Args, n: u64) {
+    let ddir = TestDir::new("bench-dovecot");
+    let dovecot = finaldot_e2e::dovecot::Dovecot::start(ddir.path());
+    let inbox = dovecot.dir.join("mail/alice/Maildir/new");
+    let dir = TestDir::new("bench-e2e-lmtp");
+    let cfg = finaldot::config::DEFAULT_CONFIG;
+    let cut = cfg
+        .find("[[plugins]]\nname = \"local-delivery\"")
+        .zip(cfg.find("[metrics]"));
+    let Some((from, to)) = cut else {
+        println!("the default configuration has no local-delivery entry to replace");
+        return;
+    };
+    let config = format!(
+        "{}{}\n[lmtp]\naddress = \"127.0.0.1:{}\"\n",
+        &cfg[..from],
+        &cfg[to..],
+        dovecot.lmtp_port
+    )
+    .replace(
+        "listen = [\"127.0.0.1:2525\"]",
+        &format!("listen = [\"127.0.0.1:0\"]\n{}", in_flow(args, "default")),
+    )
+    .replace("listen = \"127.0.0.1:9425\"", "listen = \"127.0.0.1:0\"")
+    .replace(
+        "[pipeline]\n",
+        &format!("[pipeline]\n{}", pipeline_overrides(args)),
+    );
+    let d = Daemon::start_with(dir.path(), &config);
+    let spool = dir.path().join("var/spool");
+    let ours_t = Target {
+        name: "finaldot -> LMTP".into(),
+        addr: d.addr,
+        user: "alice".into(),
+        domain: "localhost".into(),
+        maildir: inbox.clone(),
+        queue: vec![spool.join("incoming"), spool.join("active")],
+    };
+    let ours = end_to_end(args, &ours_t, Some(d.pid()), n);
+    drop(d);
+    if !args.postfix_lmtp {
+        return;
+    }
+    let Some(mut other) = compare_target(args) else {
+        println!("--postfix-lmtp needs --compare (and --compare-to)");
+        return;
+    };
+    let transport = format!(
+        "virtual_transport = lmtp:inet:127.0.0.1:{}",
+        dovecot.lmtp_port
+    );
+    let ok = std::process::Command::new("postconf")
+        .args(["-e", &transport])
+        .status()
+        .is_ok_and(|s| s.success())
+        && std::process::Command::new("postfix")
+            .arg("reload")
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ok {
+        println!("could not reconfigure Postfix ({transport}); is it installed and running?");
+        return;
+    }
+    other.name = "Postfix -> LMTP".into();
+    other.maildir = inbox;
+    std::thread::sleep(Duration::from_secs(30));
+    let theirs = end_to_end(args, &other, None, n);
+    let _ = std::process::Command::new("postconf")
+        .args(["-e", "virtual_transport = virtual"])
+        .status();
+    let _ = std::process::Command::new("postfix").arg("reload").status();
+    if let (Some(ours), Some(theirs)) = (ours, theirs) {
+        println!(
+            "end to end into Dovecot over LMTP: finaldot / Postfix = {:.2}",
             ours / theirs.max(1e-9)
         );
     }
