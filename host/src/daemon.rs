@@ -129,8 +129,8 @@ impl Daemon {
                 .await
                 .map_err(StartError::Listen)?;
         }
-        if config.plugins.is_empty() && config.lmtp.is_none() && config.outbound.route.is_none() {
-            warn!("no plugins and no route configured: accepted mail stays in the queue (see [[plugins]], [lmtp] and [outbound] in finaldot.example.toml)");
+        if config.plugins.is_empty() && config.lmtp.is_none() {
+            warn!("no plugins and no [lmtp] configured: accepted mail stays in the queue (see [[plugins]] and [lmtp] in finaldot.example.toml)");
         }
         let runtime = Arc::new(Runtime::new(RuntimeOptions {
             cache_dir: Some(config.data_dir.join("cache")),

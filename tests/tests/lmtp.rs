@@ -47,8 +47,9 @@ fn a_message_over_lmtp_reads_back_byte_for_byte_over_imap() {
     d.send("s@remote.test", &["alice@example.test"], &sent);
     assert_tail(&dovecot.wait_for("alice", 1, &d)[0], &sent);
     assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
+    // Logged as the message completes; the log may lag.
     assert!(
-        d.log().contains("delivered over LMTP 127.0.0.1"),
+        wait_until(LONG, || d.log().contains("delivered over LMTP 127.0.0.1")),
         "{}",
         d.log()
     );

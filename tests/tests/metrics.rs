@@ -164,8 +164,14 @@ fn the_status_page_in_chromium_has_its_graphs_and_the_numbers_of_metrics() {
             std::thread::sleep(Duration::from_millis(25));
         }
     });
-    std::thread::sleep(Duration::from_millis(300));
-    let during = chromium::dump_dom(&profile, &url);
+    // The rate and latency lines need two samples half a second apart: the
+    // first is taken as the daemon starts, so load until they are drawn.
+    let mut during = String::new();
+    let drawn = wait_until(LONG, || {
+        during = chromium::dump_dom(&profile, &url);
+        during.contains("class=\"series\" data-series=\"p99\"")
+    });
+    assert!(drawn, "no p99 line:\n{during}");
     for id in ["graph-queue", "graph-rates", "graph-latency"] {
         assert!(
             during.contains(&format!("<svg id=\"{id}\"")),

@@ -211,7 +211,8 @@ fn relayed_to_a_next_hop_without_dsn_the_sender_gets_a_relayed_report() {
     assert_eq!(report.rcpt_to, vec!["carol@remote.test".to_string()]);
     let text = String::from_utf8_lossy(&report.data);
     for field in [
-        "Original-Envelope-Id: Q+2B1\r\n",
+        // Decoded (RFC 3461 §4.4); passed on, it stays xtext.
+        "Original-Envelope-Id: Q+1\r\n",
         "Original-Recipient: rfc822; bob@remote.test\r\n",
         "Final-Recipient: rfc822; bob@remote.test\r\n",
         "Action: relayed\r\n",

@@ -171,13 +171,23 @@ pub fn verp_parts(address: &str) -> Option<(String, String)> {
 }
 
 /// Whether `body` (with its `content_type`) is a report of a permanent
-/// failure (RFC 3464: `Action: failed`, a 5.x.x `Status`).
-fn is_failure_report(content_type: &str, body: &[u8]) -> bool {
+/// failure (RFC 3464: `Action: failed`, a 5.x.x `Status`) about `member`
+/// (its `Final-Recipient`).
+fn is_failure_report(content_type: &str, body: &[u8], member: &str) -> bool {
     let ct = content_type.to_ascii_lowercase();
     if !ct.contains("multipart/report") || !ct.contains("delivery-status") {
         return false;
     }
     let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    let about = text.lines().any(|l| {
+        l.trim_start()
+            .strip_prefix("final-recipient:")
+            .and_then(|v| v.split_once(';'))
+            .is_some_and(|(_, a)| a.trim().trim_matches(['<', '>']) == member)
+    });
+    if !about {
+        return false;
+    }
     let failed = text.lines().any(|l| {
         l.trim_start()
             .strip_prefix("action:")
@@ -247,11 +257,13 @@ impl ListExpand {
         member: &str,
     ) -> Result<()> {
         let ct = msg.header("Content-Type").unwrap_or_default();
-        if !is_failure_report(&ct, &msg.body()?) {
+        // Reports come from the null sender (RFC 3464 §2); anything else, or
+        // a report about someone else, counts for nothing.
+        if !msg.sender().is_empty() || !is_failure_report(&ct, &msg.body()?, member) {
             msg.mark_discarded(
                 to,
                 &format!(
-                    "not a failure report, for member {member} of list {}",
+                    "not a failure report about member {member} of list {}",
                     list.address
                 ),
             );
@@ -671,6 +683,13 @@ mod tests {
             sender: "team-bounces+yan=remote.test@localhost".into(),
         }));
         let verp = "team-bounces+yan=remote.test@localhost";
+        // Not from <>, or about someone else: dropped, not counted.
+        let not_counted = |out: &finaldot_sdk::testing::Outcome, to: &str| matches!(&out.recipient(to).unwrap().state, RecipientState::Discarded { reason } if reason.starts_with("not a failure report"));
+        let forged = report(verp, "Q0", "failed", "5.1.1").sender("mallory@x.test");
+        assert!(not_counted(&host.run(&mut p, &forged).unwrap(), verp));
+        let zed = "team-bounces+zed=remote.test@localhost";
+        let other = report(zed, "Q0", "failed", "5.1.1");
+        assert!(not_counted(&host.run(&mut p, &other).unwrap(), zed));
         // Not a failure report: dropped, not counted.
         let out = host
             .run(&mut p, &report(verp, "Q0", "delayed", "4.4.7"))

@@ -34,6 +34,8 @@ use crate::pipeline::delivery::{Handoff, OnAccepted};
 const MAX_LINE: u64 = 1000;
 /// Longest multi-line reply accepted.
 const MAX_REPLY: usize = 64 * 1024;
+/// How long the replies after the data may take (RFC 5321 §4.5.3.2.6).
+const END_OF_DATA: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The socket, TCP or Unix.
 enum Stream {
@@ -168,6 +170,14 @@ impl Conn {
                     .map_err(|e| format!("unreadable reply {:?}: {e}", reply.trim_end()));
             }
         }
+    }
+
+    /// How long a read may wait from now on.
+    fn read_timeout(&self, t: std::time::Duration) {
+        let _ = match self.io.get_ref() {
+            Stream::Tcp(s) => s.set_read_timeout(Some(t)),
+            Stream::Unix(s) => s.set_read_timeout(Some(t)),
+        };
     }
 
     /// Whether another reply is already here (so reading it will not wait).
@@ -359,6 +369,10 @@ impl Lmtp {
             return (results, false);
         }
         // One reply per accepted recipient, in RCPT order (RFC 2033 §4.2).
+        // The server delivers before it answers (Sieve, quota, fsync): give
+        // it RFC 5321's ten minutes for the end of data, as SMTP does, since
+        // a reply given up on is a message delivered again.
+        conn.read_timeout(self.cfg.timeout.max(END_OF_DATA));
         let mut taken: Vec<String> = Vec::new();
         let mut notes: Vec<(String, String)> = Vec::new();
         let mut record =
@@ -406,6 +420,7 @@ impl Lmtp {
             }
         }
         record(&mut taken, &mut notes, &mut results);
+        conn.read_timeout(self.cfg.timeout);
         info!(server = %self.cfg.address, recipients = ok.len(), "LMTP transaction done");
         (results, true)
     }

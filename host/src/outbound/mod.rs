@@ -558,8 +558,8 @@ impl Delivery for Outbound {
         }
     }
 
-    fn has_routes(&self) -> bool {
-        self.cfg.route.is_some() || self.lmtp.is_some()
+    fn delivers_local(&self) -> bool {
+        self.lmtp.is_some()
     }
 
     /// One transaction per destination (the smarthost, each domain's MX

@@ -38,10 +38,10 @@ pub trait Delivery: Send + Sync + std::fmt::Debug {
     /// deliver it (unless a plugin did, it fails, 5.1.1).
     fn route(&self, domain: &str, local: bool) -> Option<Route>;
 
-    /// Whether any recipient has a route without a plugin choosing one
-    /// (`[outbound] route` or `[lmtp]` is configured): with no plugins,
-    /// mail is then delivered straight away instead of waiting.
-    fn has_routes(&self) -> bool;
+    /// Whether local recipients have a route without a plugin (`[lmtp]`):
+    /// with no plugins, mail is then delivered straight away instead of
+    /// waiting for a chain.
+    fn delivers_local(&self) -> bool;
 
     /// Delivers `message` from `mail_from` to `recipients`; calls `accepted`
     /// the moment a next hop takes some of them. `dsn` holds the DSN

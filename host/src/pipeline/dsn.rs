@@ -5,7 +5,7 @@
 //! message (`message/rfc822`). ENVID and ORCPT (RFC 3461) come back in
 //! `Original-Envelope-Id` and `Original-Recipient`.
 
-use finaldot_sdk::wire::{xtext_encode, Orcpt, Recipient};
+use finaldot_sdk::wire::{Orcpt, Recipient};
 
 /// Whether the DSN reports final failures, a delay or success.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,22 +148,21 @@ pub fn build(
     );
     m.push_str(&format!("Reporting-MTA: dns; {hostname}\r\n"));
     if let Some(id) = envid {
-        // RFC 3464 §2.2.1: the ENVID as given, in xtext.
-        m.push_str(&format!(
-            "Original-Envelope-Id: {}\r\n",
-            one_line(&xtext_encode(id), 300)
-        ));
+        // The ENVID decoded (RFC 3461 §4.4: printable ASCII once decoded,
+        // "due to limitations in the DSN format").
+        m.push_str(&format!("Original-Envelope-Id: {}\r\n", one_line(id, 100)));
     }
     m.push_str(&format!("X-Finaldot-Queue-ID: {queue_id}\r\n"));
     m.push_str(&format!("Arrival-Date: {}\r\n", rfc2822(arrival)));
     for r in recipients {
         m.push_str("\r\n");
-        // RFC 3464 §2.3.1: only from an ORCPT, in its own type and xtext.
+        // RFC 3464 §2.3.1: only from an ORCPT, its type and its address
+        // decoded (RFC 3461 §4.2: printable ASCII once decoded).
         if let Some(o) = &r.orcpt {
             m.push_str(&format!(
                 "Original-Recipient: {}; {}\r\n",
                 one_line(&o.addr_type, 40),
-                one_line(&xtext_encode(&o.address), 500)
+                one_line(&o.address, 500)
             ));
         }
         m.push_str(&format!(

@@ -120,8 +120,9 @@ enum Flow {
 fn run(ctx: &Context, id: &QueueId) -> Result<(), spool::Error> {
     // One chain for the whole attempt, even if a reload replaces it meanwhile.
     let stages = snapshot(&ctx.chain);
-    if stages.is_empty() && !ctx.settings().delivery.has_routes() {
-        // No plugin and no route: the message waits in the queue, untouched.
+    if stages.is_empty() && !ctx.settings().delivery.delivers_local() {
+        // No plugin, and nothing delivers local mail: the message waits in
+        // the queue, untouched.
         return Ok(());
     }
     let Some(mut attempt) = load_attempt(ctx, id, &stages)? else {
@@ -646,35 +647,50 @@ fn deliver_next_hop(
         progress.body_offset,
         u64::MAX,
     )?);
-    // DKIM signatures for the message as it leaves, after every change.
-    match settings.signer.sign(&message) {
-        Ok(signatures) if !signatures.is_empty() => {
-            let mut signed = signatures;
-            signed.extend_from_slice(&message);
-            message = signed;
+    // DKIM signatures for the message as it leaves over SMTP, after every
+    // change. Never for the mailbox server: inbound mail claiming our From
+    // must not be stored with our signature.
+    let mut signed = None;
+    if remote.iter().any(|(_, route)| *route != Route::Lmtp) {
+        match settings.signer.sign(&message) {
+            Ok(signatures) if !signatures.is_empty() => {
+                let mut s = signatures;
+                s.extend_from_slice(&message);
+                signed = Some(s);
+            }
+            Ok(_) => {}
+            // A key that cannot sign (it was read at load time, so this is
+            // mail-auth refusing the message): sent unsigned rather than
+            // held, and said loudly.
+            Err(e) => error!(error = %e, "sending without a DKIM signature"),
         }
-        Ok(_) => {}
-        // A key that cannot sign (it was read at load time, so this is
-        // mail-auth refusing the message): sent unsigned rather than held,
-        // and said loudly.
-        Err(e) => error!(error = %e, "sending without a DKIM signature"),
     }
     let chain_end = progress.chain.len() as u32;
     let id = &attempt.id;
     let dsn = dsn_request(&attempt.queued.envelope, progress);
-    // One transaction per envelope sender: a recipient with a sender of its
-    // own (VERP) gets the same message bytes in a transaction of its own.
-    let mut groups: Vec<(String, Vec<(String, Route)>)> = Vec::new();
+    // One transaction per envelope sender (a recipient with a sender of its
+    // own, VERP, gets the same message bytes in a transaction of its own),
+    // the mailbox server's apart from the MTAs' (signed or not).
+    // (envelope sender, to the mailbox server) → its recipients.
+    type Groups = Vec<((String, bool), Vec<(String, Route)>)>;
+    let mut groups: Groups = Vec::new();
     for (address, route) in remote {
-        let sender = progress.sender_of(&address).to_string();
-        match groups.iter_mut().find(|(s, _)| *s == sender) {
+        let key = (
+            progress.sender_of(&address).to_string(),
+            route == Route::Lmtp,
+        );
+        match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, g)) => g.push((address, route)),
-            None => groups.push((sender, vec![(address, route)])),
+            None => groups.push((key, vec![(address, route)])),
         }
     }
     let mut results = Vec::new();
     let mut unrecorded = false;
-    for (mail_from, group) in groups {
+    for ((mail_from, mailbox), group) in groups {
+        let message = match &signed {
+            Some(s) if !mailbox => s,
+            _ => &message,
+        };
         if unrecorded {
             // A delivery could not be recorded: nothing more goes out now.
             let reason = "4.3.0 could not record an earlier delivery".to_string();
@@ -691,7 +707,7 @@ fn deliver_next_hop(
         let outcome = delivery.deliver(
             &mail_from,
             &group,
-            &message,
+            message,
             &dsn,
             &mut |accepted, note, handoff| {
                 for r in progress.state.envelope.recipients.iter_mut() {

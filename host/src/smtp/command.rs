@@ -297,7 +297,7 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
             ("RET", _) => return Err(Reply::new(501, "5.5.4", "Syntax: RET=FULL or RET=HDRS")),
             ("ENVID", _) if out.envid.is_some() => return Err(twice("ENVID")),
             ("ENVID", Some(v)) if v.len() <= 100 => match xtext_decode(v) {
-                Some(id) if !id.is_empty() => out.envid = Some(id),
+                Some(id) if printable(&id) => out.envid = Some(id),
                 _ => return Err(Reply::new(501, "5.5.4", "Syntax: ENVID=xtext")),
             },
             ("ENVID", _) => {
@@ -330,6 +330,12 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
         }
     }
     Ok(Command::Mail { from, params: out })
+}
+
+/// RFC 3461 §4.2 and §4.4: ENVID and ORCPT, once decoded, are printable
+/// US-ASCII (the DSN carries them as text).
+fn printable(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| (32..=126).contains(&b))
 }
 
 /// The 501 for a parameter given twice.
@@ -374,7 +380,7 @@ fn parse_orcpt(v: &str) -> Option<Orcpt> {
     if kind.is_empty() || !kind.bytes().all(atom) || v.len() > 500 {
         return None;
     }
-    let address = xtext_decode(addr).filter(|a| !a.is_empty())?;
+    let address = xtext_decode(addr).filter(|a| printable(a))?;
     Some(Orcpt {
         addr_type: kind.to_ascii_lowercase(),
         address,

@@ -29,7 +29,7 @@ use crate::unix_now;
 use finaldot_sdk::wire::{Listener, TlsFacts};
 
 /// Longest command line including CRLF (RFC 5321 §4.5.3.1.4).
-pub const MAX_COMMAND_LINE: usize = 512;
+pub const MAX_COMMAND_LINE: usize = 512 + 500;
 /// Largest piece of message content handed out in one [`Step::Data`].
 const DATA_CHUNK: usize = 64 * 1024;
 

@@ -254,9 +254,30 @@ fn auth_parameter_is_refused_where_auth_is_not_offered() {
 }
 
 #[test]
+fn a_rcpt_line_with_dsn_parameters_may_pass_512_octets() {
+    let local = "a".repeat(64);
+    let domain = format!("{}.test", "d".repeat(200));
+    let orcpt = format!("rfc822;{}+40{}", "o".repeat(64), "e".repeat(300));
+    let line = format!("RCPT TO:<{local}@{domain}> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT={orcpt}\r\n");
+    assert!(
+        line.len() > 600 && line.len() <= MAX_COMMAND_LINE,
+        "{}",
+        line.len()
+    );
+    let input = [&b"EHLO c\r\nMAIL FROM:<s@x.test>\r\n"[..], line.as_bytes()].concat();
+    let d = run_every_split(&input);
+    assert_eq!(d.codes()[..2], [250, 250]);
+    // The recipient's domain is not ours (relay refused), so not 500: the
+    // line was read whole and parsed.
+    assert_ne!(d.codes()[2], 500, "{}", String::from_utf8_lossy(&d.replies));
+}
+
+#[test]
 fn long_and_bare_lf_command_lines_are_refused() {
+    // 512 octets (RFC 5321 §4.5.3.1.4) plus the 500 RFC 3461 §5 adds for
+    // NOTIFY and ORCPT is the most a line may be.
     let mut input = b"EHLO c\r\nNOOP ".to_vec();
-    input.extend(std::iter::repeat_n(b'x', 600));
+    input.extend(std::iter::repeat_n(b'x', 1100));
     input.extend_from_slice(b"\r\nNOOP\nNOOP\r\n");
     let d = run_every_split(&input);
     assert_eq!(d.codes(), vec![250, 500, 500, 250]);
