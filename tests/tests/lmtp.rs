@@ -271,3 +271,129 @@ fn lmtp_config_errors_name_the_key() {
         assert!(err.contains(key) && err.contains(words), "{lmtp}: {err}");
     }
 }
+
+/// An LMTP server for the one window Dovecot cannot be made to hold open:
+/// after the data it answers alice's 250 at once and holds bob's reply
+/// back for as long as the test keeps `hold` set. It records the
+/// recipients of every transaction that reached the end of its data.
+struct SlowLmtp {
+    addr: std::net::SocketAddr,
+    transactions: std::sync::Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SlowLmtp {
+    fn start() -> SlowLmtp {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::Ordering;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let s = SlowLmtp {
+            addr: l.local_addr().expect("addr"),
+            transactions: Default::default(),
+            hold: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        };
+        let (seen, hold) = (s.transactions.clone(), s.hold.clone());
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                let (seen, hold) = (seen.clone(), hold.clone());
+                std::thread::spawn(move || -> std::io::Result<()> {
+                    let mut w = conn.try_clone()?;
+                    let mut r = BufReader::new(conn);
+                    w.write_all(b"220 slow.test LMTP\r\n")?;
+                    let mut rcpts: Vec<String> = Vec::new();
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line)? == 0 {
+                            return Ok(());
+                        }
+                        let up = line.to_ascii_uppercase();
+                        if up.starts_with("LHLO") {
+                            w.write_all(
+                                b"250-slow.test\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n",
+                            )?;
+                        } else if up.starts_with("RCPT TO:<") {
+                            rcpts.push(line[9..].split('>').next().unwrap_or("").to_string());
+                            w.write_all(b"250 2.1.5 ok\r\n")?;
+                        } else if up.starts_with("DATA") {
+                            w.write_all(b"354 go\r\n")?;
+                            loop {
+                                let mut l = String::new();
+                                if r.read_line(&mut l)? == 0 || l == ".\r\n" {
+                                    break;
+                                }
+                            }
+                            seen.lock().expect("lock").push(rcpts.clone());
+                            for rc in std::mem::take(&mut rcpts) {
+                                while rc.starts_with("bob@") && hold.load(Ordering::SeqCst) {
+                                    std::thread::sleep(Duration::from_millis(20));
+                                }
+                                w.write_all(format!("250 2.0.0 <{rc}> saved\r\n").as_bytes())?;
+                                w.flush()?;
+                            }
+                        } else if up.starts_with("QUIT") {
+                            w.write_all(b"221 bye\r\n")?;
+                            return Ok(());
+                        } else {
+                            w.write_all(b"250 2.0.0 ok\r\n")?;
+                        }
+                    }
+                });
+            }
+        });
+        s
+    }
+}
+
+#[test]
+fn kill9_while_the_next_reply_is_awaited_does_not_deliver_the_first_again() {
+    let dir = TestDir::new("lmtp-window");
+    let slow = SlowLmtp::start();
+    let cfg = lmtp_config(dir.path(), &slow.addr.to_string());
+    let mut d = Daemon::start_with(dir.path(), &cfg);
+    let id = d.send(
+        "s@remote.test",
+        &["alice@example.test", "bob@example.test"],
+        b"Subject: the window\r\n\r\nx\r\n",
+    );
+    // alice's 250 has been read and bob's is held: finaldot records alice
+    // before it waits, so her delivery is in the progress record.
+    let spool = d
+        .data_dir
+        .join("spool")
+        .join(finaldot::spool::PROGRESS_DIR)
+        .join(&id);
+    let recorded = wait_until(LONG, || {
+        std::fs::read(&spool)
+            .ok()
+            .and_then(|b| finaldot::spool::Progress::decode(&b).ok())
+            .is_some_and(|p| {
+                p.state.envelope.recipients.iter().any(|r| {
+                    r.address == "alice@example.test"
+                        && matches!(
+                            r.state,
+                            finaldot_sdk::wire::RecipientState::Delivered { .. }
+                        )
+                })
+            })
+    });
+    assert!(
+        recorded,
+        "alice not recorded while bob's reply was awaited:\n{}",
+        d.log()
+    );
+    d.kill9();
+    slow.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    let d = Daemon::start_with(dir.path(), &cfg);
+    assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
+    let all = slow.transactions.lock().expect("lock").clone();
+    let alice = all
+        .iter()
+        .filter(|t| t.contains(&"alice@example.test".to_string()))
+        .count();
+    assert_eq!(alice, 1, "alice was sent again after the crash: {all:?}");
+    assert!(
+        all.iter()
+            .any(|t| t == &vec!["bob@example.test".to_string()]),
+        "bob not retried alone: {all:?}"
+    );
+}
