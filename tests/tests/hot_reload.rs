@@ -95,15 +95,30 @@ fn fifty_swaps_under_load_lose_and_double_nothing() {
     let good = testbed_version(1);
     let mut valid = vec!["000001".to_string()];
     let mut landed: Vec<(String, SystemTime)> = Vec::new();
+    let refusal = "new plugin version refused; keeping the running version";
+    // A broken version must be looked at before the next one lands (the
+    // reloader may otherwise see only the next): wait for its refusal.
+    let refused = |n: usize| {
+        wait_until(LONG, || d.log().matches(refusal).count() >= n);
+    };
+    let mut broken = 0;
     for v in 2..=51u32 {
         std::thread::sleep(Duration::from_millis(120));
         match v % 10 {
-            3 => land(&plugins, "stamp.wasm", &good[..good.len() / 3]),
-            7 => land(
-                &plugins,
-                "stamp.wasm",
-                b"\0asm\x01\0\0\0 this is not a module",
-            ),
+            3 => {
+                land(&plugins, "stamp.wasm", &good[..good.len() / 3]);
+                broken += 1;
+                refused(broken);
+            }
+            7 => {
+                land(
+                    &plugins,
+                    "stamp.wasm",
+                    b"\0asm\x01\0\0\0 this is not a module",
+                );
+                broken += 1;
+                refused(broken);
+            }
             _ => {
                 let bytes = testbed_version(v);
                 land(&plugins, "stamp.wasm", &bytes);
@@ -176,10 +191,8 @@ fn fifty_swaps_under_load_lose_and_double_nothing() {
             "{id} was sent after the last version went live"
         );
     }
-    // Broken versions were refused, by name.
-    assert!(d
-        .log()
-        .contains("new plugin version refused; keeping the running version"));
+    // Every broken version was refused, by name.
+    assert!(d.log().matches(refusal).count() >= broken, "{}", d.log());
     assert!(d.log().contains("stamp.wasm"));
 
     // Time from landing to the first message processed by each version.
