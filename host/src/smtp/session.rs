@@ -30,6 +30,9 @@ use finaldot_sdk::wire::{Listener, TlsFacts};
 
 /// Longest command line including CRLF (RFC 5321 §4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512 + 500;
+
+/// The longest other command line (RFC 5321 §4.5.3.1.4).
+const BASE_COMMAND_LINE: usize = 512;
 /// Largest piece of message content handed out in one [`Step::Data`].
 const DATA_CHUNK: usize = 64 * 1024;
 
@@ -484,9 +487,14 @@ impl Session {
             }
             return false;
         };
+        let line_start = self.pos;
         let line_end = self.pos + lf;
         self.pos = line_end + 1;
-        if lf + 1 > MAX_COMMAND_LINE {
+        // RFC 3461 §5: MAIL and RCPT may be 100 and 500 octets longer (RET
+        // and ENVID, NOTIFY and ORCPT); 500 for both keeps one bound.
+        let verb = &self.input[line_start..line_start + lf.min(5)];
+        let dsn_verb = verb.eq_ignore_ascii_case(b"MAIL ") || verb.eq_ignore_ascii_case(b"RCPT ");
+        if lf + 1 > MAX_COMMAND_LINE || (lf + 1 > BASE_COMMAND_LINE && !dsn_verb) {
             self.error_reply(Reply::new(500, "5.5.2", "Error: command line too long"));
             return true;
         }

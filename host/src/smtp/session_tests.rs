@@ -270,14 +270,18 @@ fn a_rcpt_line_with_dsn_parameters_may_pass_512_octets() {
     // The recipient's domain is not ours (relay refused), so not 500: the
     // line was read whole and parsed.
     assert_ne!(d.codes()[2], 500, "{}", String::from_utf8_lossy(&d.replies));
+    // Past 512 + 500 even RCPT is too long.
+    let long = format!("RCPT TO:<a@b.test> ORCPT=rfc822;{}\r\n", "x".repeat(1000));
+    let input = [&b"EHLO c\r\nMAIL FROM:<s@x.test>\r\n"[..], long.as_bytes()].concat();
+    assert_eq!(run_every_split(&input).codes()[2], 500);
 }
 
 #[test]
 fn long_and_bare_lf_command_lines_are_refused() {
-    // 512 octets (RFC 5321 §4.5.3.1.4) plus the 500 RFC 3461 §5 adds for
-    // NOTIFY and ORCPT is the most a line may be.
+    // 512 octets (RFC 5321 §4.5.3.1.4); only MAIL and RCPT may be longer
+    // (RFC 3461 §5).
     let mut input = b"EHLO c\r\nNOOP ".to_vec();
-    input.extend(std::iter::repeat_n(b'x', 1100));
+    input.extend(std::iter::repeat_n(b'x', 600));
     input.extend_from_slice(b"\r\nNOOP\nNOOP\r\n");
     let d = run_every_split(&input);
     assert_eq!(d.codes(), vec![250, 500, 500, 250]);
