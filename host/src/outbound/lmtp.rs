@@ -26,7 +26,7 @@ use tracing::{debug, info};
 
 use finaldot_sdk::wire::RecipientState;
 
-use super::{deferred, every, no_smtputf8, outcome_of_reply, Job};
+use super::{deferred, every, keywords, no_smtputf8, outcome_of_reply, Job};
 use crate::config::{LmtpAddress, LmtpConfig};
 use crate::pipeline::delivery::{Handoff, OnAccepted};
 
@@ -125,12 +125,7 @@ impl Conn {
         if code(&lhlo) != 250 {
             return Err(format!("LHLO: {}", text(&lhlo)));
         }
-        c.keywords = lhlo
-            .message()
-            .skip(1)
-            .filter_map(|l| l.split_whitespace().next())
-            .map(|k| k.to_ascii_uppercase())
-            .collect();
+        c.keywords = keywords(&lhlo);
         Ok(c)
     }
 
@@ -304,12 +299,7 @@ impl Lmtp {
         // MAIL and the RCPTs in one write (PIPELINING), then their replies.
         let mut envelope = job.mail_command(rcpts, conn.offers("8BITMIME"), dsn);
         for r in rcpts {
-            let p = if dsn {
-                job.rcpt_params(r)
-            } else {
-                String::new()
-            };
-            envelope.push_str(&format!("RCPT TO:<{r}>{p}\r\n"));
+            envelope.push_str(&job.rcpt_command(r, dsn));
         }
         let lost =
             |why: String, which: &[String]| every(which, &deferred(format!("4.4.2 {host}: {why}")));
@@ -324,8 +314,7 @@ impl Lmtp {
         let mut ok = Vec::new();
         for r in rcpts {
             match conn.read_reply() {
-                Ok(reply) if code(&mail) / 100 != 2 => {
-                    let _ = reply;
+                Ok(_) if code(&mail) / 100 != 2 => {
                     results.push((
                         r.clone(),
                         outcome_of_reply(code(&mail), &text(&mail), &host, "MAIL FROM"),
@@ -373,37 +362,35 @@ impl Lmtp {
         // it RFC 5321's ten minutes for the end of data, as SMTP does, since
         // a reply given up on is a message delivered again.
         conn.read_timeout(self.cfg.timeout.max(END_OF_DATA));
-        let mut taken: Vec<String> = Vec::new();
-        let mut notes: Vec<(String, String)> = Vec::new();
-        let mut record =
-            |taken: &mut Vec<String>, notes: &mut Vec<(String, String)>, results: &mut Vec<_>| {
-                if taken.is_empty() {
-                    return;
+        // The recipients taken and not yet recorded, with their notes.
+        let mut taken: Vec<(String, String)> = Vec::new();
+        let mut record = |taken: &mut Vec<(String, String)>, results: &mut Vec<_>| {
+            if taken.is_empty() {
+                return;
+            }
+            let note = format!("delivered over {host}");
+            if stopped.is_none() {
+                let handoff = if dsn {
+                    Handoff::PassedOn
+                } else {
+                    Handoff::Delivered
+                };
+                let addresses: Vec<String> = taken.iter().map(|(r, _)| r.clone()).collect();
+                if let Err(e) = accepted(&addresses, &note, handoff) {
+                    *stopped = Some(format!("4.3.0 could not record a delivery: {e}"));
                 }
-                let note = format!("delivered over {host}");
-                if stopped.is_none() {
-                    let handoff = if dsn {
-                        Handoff::PassedOn
-                    } else {
-                        Handoff::Delivered
-                    };
-                    if let Err(e) = accepted(taken, &note, handoff) {
-                        *stopped = Some(format!("4.3.0 could not record a delivery: {e}"));
-                    }
-                }
-                for (r, n) in notes.drain(..) {
-                    results.push((r, RecipientState::Delivered { note: n }));
-                }
-                taken.clear();
-            };
+            }
+            for (r, n) in taken.drain(..) {
+                results.push((r, RecipientState::Delivered { note: n }));
+            }
+        };
         for (i, r) in ok.iter().enumerate() {
             if !taken.is_empty() && !conn.reply_waiting() {
-                record(&mut taken, &mut notes, &mut results);
+                record(&mut taken, &mut results);
             }
             match conn.read_reply() {
                 Ok(reply) if code(&reply) / 100 == 2 => {
-                    taken.push(r.clone());
-                    notes.push((
+                    taken.push((
                         r.clone(),
                         format!("delivered over {host}: {}", text(&reply)),
                     ));
@@ -413,13 +400,13 @@ impl Lmtp {
                     outcome_of_reply(code(&reply), &text(&reply), &host, "end of data"),
                 )),
                 Err(e) => {
-                    record(&mut taken, &mut notes, &mut results);
+                    record(&mut taken, &mut results);
                     results.extend(lost(e, &ok[i..]));
                     return (results, false);
                 }
             }
         }
-        record(&mut taken, &mut notes, &mut results);
+        record(&mut taken, &mut results);
         conn.read_timeout(self.cfg.timeout);
         info!(server = %self.cfg.address, recipients = ok.len(), "LMTP transaction done");
         (results, true)

@@ -171,13 +171,26 @@ impl Job<'_> {
         format!("MAIL FROM:<{}>{params}\r\n", self.mail_from)
     }
 
-    /// ` NOTIFY=… ORCPT=…` for `rcpt`'s RCPT TO at a hop that offers DSN.
-    fn rcpt_params(&self, rcpt: &str) -> String {
-        self.dsn
-            .recipient(rcpt)
-            .map(|r| r.rcpt_params())
-            .unwrap_or_default()
+    /// The RCPT TO command for `rcpt`, with its NOTIFY and ORCPT at a hop
+    /// that offers DSN.
+    fn rcpt_command(&self, rcpt: &str, dsn: bool) -> String {
+        let params = match self.dsn.recipient(rcpt) {
+            Some(r) if dsn => r.rcpt_params(),
+            _ => String::new(),
+        };
+        format!("RCPT TO:<{rcpt}>{params}\r\n")
     }
+}
+
+/// The keywords of an EHLO or LHLO reply (every line after the first),
+/// uppercase.
+fn keywords(reply: &lettre::transport::smtp::response::Response) -> Vec<String> {
+    reply
+        .message()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|k| k.to_ascii_uppercase())
+        .collect()
 }
 
 /// The outcome of recipients whose addresses need SMTPUTF8 at a hop
@@ -375,13 +388,7 @@ impl Outbound {
         // ask again (before AUTH, which a later EHLO would not keep).
         let dsn = c
             .command(format!("EHLO {}\r\n", self.hello))
-            .map(|r| {
-                r.message().skip(1).any(|l| {
-                    l.split_whitespace()
-                        .next()
-                        .is_some_and(|k| k.eq_ignore_ascii_case("DSN"))
-                })
-            })
+            .map(|r| keywords(&r).iter().any(|k| k == "DSN"))
             .map_err(|e| defer("EHLO", &e))?;
         if hop.auth {
             if let Some((user, password)) = &self.cfg.smarthost_auth {
@@ -487,12 +494,7 @@ impl Outbound {
         let mut results = Vec::new();
         let mut ok = Vec::new();
         for r in rcpts {
-            let dsn = if offers_dsn {
-                job.rcpt_params(r)
-            } else {
-                String::new()
-            };
-            match conn.command(format!("RCPT TO:<{r}>{dsn}\r\n")) {
+            match conn.command(job.rcpt_command(r, offers_dsn)) {
                 Ok(_) => ok.push(r.clone()),
                 Err(e) if e.is_permanent() || e.is_transient() => {
                     results.push((r.clone(), classify(&e, &host, "RCPT TO")))
