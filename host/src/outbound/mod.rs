@@ -29,7 +29,7 @@ use tracing::{debug, info};
 use finaldot_sdk::wire::{DsnRequest, RecipientState, Route};
 
 use crate::config::{LmtpConfig, OutboundConfig, TlsPolicy};
-use crate::pipeline::delivery::{Delivery, Handoff, OnAccepted};
+use crate::pipeline::delivery::{group_by, Delivery, Handoff, OnAccepted};
 
 /// Why outbound delivery could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -580,21 +580,15 @@ impl Delivery for Outbound {
             message,
             dsn,
         };
-        let mut groups: Vec<((Route, String), Vec<String>)> = Vec::new();
-        for (r, route) in recipients {
-            let key = match route {
-                Route::Mx => (Route::Mx, domain_of(r)),
-                Route::Smarthost => (Route::Smarthost, "smarthost".to_string()),
-                Route::Lmtp => (Route::Lmtp, "lmtp".to_string()),
-            };
-            match groups.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, v)) => v.push(r.clone()),
-                None => groups.push((key, vec![r.clone()])),
-            }
-        }
+        let groups = group_by(recipients, |(r, route)| match route {
+            Route::Mx => (Route::Mx, domain_of(r)),
+            Route::Smarthost => (Route::Smarthost, "smarthost".to_string()),
+            Route::Lmtp => (Route::Lmtp, "lmtp".to_string()),
+        });
         let mut results = Vec::new();
         let mut stopped: Option<String> = None;
-        for (key, rcpts) in groups {
+        for (key, group) in groups {
+            let rcpts: Vec<String> = group.into_iter().map(|(r, _)| r.clone()).collect();
             if let Some(why) = &stopped {
                 results.extend(every(&rcpts, &deferred(why.clone())));
                 continue;

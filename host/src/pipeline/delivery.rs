@@ -31,6 +31,24 @@ pub enum Handoff {
 /// deferred).
 pub type OnAccepted<'a> = &'a mut dyn FnMut(&[String], &str, Handoff) -> Result<(), String>;
 
+/// `items` in groups of equal key, groups and items in first-seen order:
+/// how recipients are gathered into transactions (and reports into one per
+/// sender).
+pub fn group_by<K: PartialEq, T>(
+    items: impl IntoIterator<Item = T>,
+    key: impl Fn(&T) -> K,
+) -> Vec<(K, Vec<T>)> {
+    let mut groups: Vec<(K, Vec<T>)> = Vec::new();
+    for item in items {
+        let k = key(&item);
+        match groups.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, v)) => v.push(item),
+            None => groups.push((k, vec![item])),
+        }
+    }
+    groups
+}
+
 /// Delivery to the next hop.
 pub trait Delivery: Send + Sync + std::fmt::Debug {
     /// The route of a recipient at `domain` (lowercase) that no plugin

@@ -31,7 +31,7 @@ use finaldot_sdk::wire::{
 use tracing::{error, info, info_span, warn};
 
 use super::chain::{snapshot, SharedChain, Stage};
-use super::delivery::Handoff;
+use super::delivery::{group_by, Handoff};
 use super::dsn::{self, DsnKind, DsnRecipient};
 use super::Settings;
 use crate::metrics;
@@ -447,8 +447,8 @@ fn fault(
 }
 
 /// Applies a stage's changes (routes and per-recipient senders are kept
-/// beside the state); true when
-/// they deferred a recipient that was not deferred before.
+/// beside the state); true when they deferred a recipient that was not
+/// deferred before.
 fn apply_changes(progress: &mut Progress, changes: &[Change]) -> bool {
     let deferred = |p: &Progress| -> Vec<bool> {
         p.state
@@ -570,8 +570,8 @@ fn resume_at(progress: &Progress, names: &[String]) -> u32 {
 }
 
 /// The end of the chain: hand what is left with a route to the next hop
-/// (an MTA or the LMTP server), fail what nobody took, and either complete the message or
-/// defer what is left.
+/// (an MTA or the LMTP server), fail what nobody took, and either complete
+/// the message or defer what is left.
 fn settle(ctx: &Context, attempt: &mut Attempt) -> Result<(), spool::Error> {
     let settings = ctx.settings();
     deliver_next_hop(ctx, attempt, &settings)?;
@@ -604,9 +604,9 @@ fn settle(ctx: &Context, attempt: &mut Attempt) -> Result<(), spool::Error> {
 
 /// Hands the recipients still pending that have a route (outside the local
 /// domains by `[outbound] route`, inside them by `[lmtp]`, anywhere by a
-/// plugin's choice) to the next hop. Each one the hop accepts is recorded durably (a checkpoint that
-/// resumes after the chain) before anything else, so a crash never sends it
-/// to that hop twice.
+/// plugin's choice) to the next hop. Each one the hop accepts is recorded
+/// durably (a checkpoint that resumes after the chain) before anything
+/// else, so a crash never sends it to that hop twice.
 fn deliver_next_hop(
     ctx: &Context,
     attempt: &mut Attempt,
@@ -670,20 +670,14 @@ fn deliver_next_hop(
     let dsn = dsn_request(&attempt.queued.envelope, progress);
     // One transaction per envelope sender (a recipient with a sender of its
     // own, VERP, gets the same message bytes in a transaction of its own),
-    // the mailbox server's apart from the MTAs' (signed or not).
-    // (envelope sender, to the mailbox server) → its recipients.
-    type Groups = Vec<((String, bool), Vec<(String, Route)>)>;
-    let mut groups: Groups = Vec::new();
-    for (address, route) in remote {
-        let key = (
-            progress.sender_of(&address).to_string(),
-            route == Route::Lmtp,
-        );
-        match groups.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, g)) => g.push((address, route)),
-            None => groups.push((key, vec![(address, route)])),
-        }
-    }
+    // the mailbox server's apart from the MTAs' (signed or not): keyed by
+    // (envelope sender, to the mailbox server).
+    let groups = group_by(remote, |(address, route)| {
+        (
+            progress.sender_of(address).to_string(),
+            *route == Route::Lmtp,
+        )
+    });
     let mut results = Vec::new();
     let mut unrecorded = false;
     for ((mail_from, mailbox), group) in groups {
@@ -870,6 +864,24 @@ fn notify_of(request: &DsnRequest, r: &Recipient) -> Option<DsnNotify> {
     request.recipient(&r.address).and_then(|d| d.notify)
 }
 
+/// `r`'s block in a report: its status and reason, the ORCPT its RCPT gave,
+/// whether it was relayed rather than delivered.
+fn report_line(
+    request: &DsnRequest,
+    progress: &Progress,
+    r: &Recipient,
+    status: &str,
+    reason: &str,
+) -> DsnRecipient {
+    DsnRecipient {
+        recipient: r.clone(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        orcpt: request.recipient(&r.address).and_then(|d| d.orcpt.clone()),
+        relayed: progress.relayed.contains(&r.address),
+    }
+}
+
 /// Sends the reports due now: one DSN for the failed recipients not yet
 /// reported whose NOTIFY asks for failures (the default), one for the
 /// delivered recipients whose NOTIFY=SUCCESS asks for it. Every finished
@@ -877,12 +889,8 @@ fn notify_of(request: &DsnRequest, r: &Recipient) -> Option<DsnNotify> {
 fn notify_failures(ctx: &Context, attempt: &mut Attempt) -> Result<bool, spool::Error> {
     let progress = &attempt.progress;
     let request = dsn_request(&attempt.queued.envelope, progress);
-    let line = |r: &Recipient, status: &str, reason: &str| DsnRecipient {
-        recipient: r.clone(),
-        status: status.to_string(),
-        reason: reason.to_string(),
-        orcpt: request.recipient(&r.address).and_then(|d| d.orcpt.clone()),
-        relayed: progress.relayed.contains(&r.address),
+    let line = |r: &Recipient, status: &str, reason: &str| {
+        report_line(&request, progress, r, status, reason)
     };
     // A success report to a sender authentication shows forged would be
     // backscatter too.
@@ -922,7 +930,7 @@ fn notify_failures(ctx: &Context, attempt: &mut Attempt) -> Result<bool, spool::
         if lines.is_empty() {
             continue;
         }
-        send_dsn(ctx, attempt, kind, &lines)?;
+        send_dsn(ctx, attempt, &request, kind, &lines)?;
         sent = true;
         attempt
             .progress
@@ -933,24 +941,20 @@ fn notify_failures(ctx: &Context, attempt: &mut Attempt) -> Result<bool, spool::
 }
 
 /// Queues RFC 3464 reports about `recipients`: one to each envelope sender
-/// among them (the message's, or a recipient's own: VERP).
+/// among them (the message's, or a recipient's own: VERP). `request` is
+/// [`dsn_request`]'s.
 fn send_dsn(
     ctx: &Context,
     attempt: &Attempt,
+    request: &DsnRequest,
     kind: DsnKind,
     recipients: &[DsnRecipient],
 ) -> Result<(), spool::Error> {
     let progress = &attempt.progress;
-    let mut groups: Vec<(&str, Vec<DsnRecipient>)> = Vec::new();
-    for r in recipients {
-        let sender = progress.sender_of(&r.recipient.address);
-        match groups.iter_mut().find(|(s, _)| *s == sender) {
-            Some((_, g)) => g.push(r.clone()),
-            None => groups.push((sender, vec![r.clone()])),
-        }
-    }
+    let groups = group_by(recipients, |r| progress.sender_of(&r.recipient.address));
     for (sender, lines) in groups {
-        send_dsn_to(ctx, attempt, kind, sender, &lines)?;
+        let lines: Vec<DsnRecipient> = lines.into_iter().cloned().collect();
+        send_dsn_to(ctx, attempt, request, kind, sender, &lines)?;
     }
     Ok(())
 }
@@ -959,6 +963,7 @@ fn send_dsn(
 fn send_dsn_to(
     ctx: &Context,
     attempt: &Attempt,
+    request: &DsnRequest,
     kind: DsnKind,
     sender: &str,
     recipients: &[DsnRecipient],
@@ -972,7 +977,6 @@ fn send_dsn_to(
         return Ok(());
     }
     let spool = &ctx.spool;
-    let request = dsn_request(&attempt.queued.envelope, progress);
     // A failure report returns the whole message when the sender asked
     // RET=FULL, else the original header block (without it if unreadable).
     let full = kind == DsnKind::Failed && request.ret == Some(DsnRet::Full);
@@ -1114,19 +1118,19 @@ fn warn_of_delay(ctx: &Context, attempt: &mut Attempt) -> Result<(), spool::Erro
         .iter()
         .filter(|r| is_open(r))
         .filter(|r| notify_of(&request, r).is_none_or(|n| n.delay))
-        .map(|r| DsnRecipient {
-            recipient: r.clone(),
-            status: "4.4.7".into(),
-            reason: progress
-                .last_error
-                .clone()
-                .unwrap_or_else(|| "delivery temporarily failed".into()),
-            orcpt: request.recipient(&r.address).and_then(|d| d.orcpt.clone()),
-            relayed: false,
+        .map(|r| {
+            let why = progress.last_error.as_deref();
+            report_line(
+                &request,
+                progress,
+                r,
+                "4.4.7",
+                why.unwrap_or("delivery temporarily failed"),
+            )
         })
         .collect();
     if !delayed.is_empty() {
-        send_dsn(ctx, attempt, DsnKind::Delayed, &delayed)?;
+        send_dsn(ctx, attempt, &request, DsnKind::Delayed, &delayed)?;
     }
     attempt.progress.delay_warned = true;
     Ok(())
