@@ -140,10 +140,7 @@ impl List {
     /// `LIST-bounces+local=domain@listdomain`.
     pub fn verp_sender(&self, member: &str) -> String {
         let (bl, bd) = self.bounces.rsplit_once('@').unwrap_or((&self.bounces, ""));
-        format!(
-            "{bl}+{}@{bd}",
-            member.replacen('@', "=", 1).replace('@', "=")
-        )
+        format!("{bl}+{}@{bd}", member.replace('@', "="))
     }
 
     fn request_address(&self) -> String {

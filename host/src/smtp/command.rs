@@ -256,6 +256,18 @@ fn split_path(s: &str) -> Option<(&str, &str)> {
     None
 }
 
+/// The `KEYWORD[=value]` parameters after a path (RFC 5321 §4.1.2), as
+/// written.
+fn esmtp_params(params: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    params
+        .split(' ')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (p, None),
+        })
+}
+
 fn parse_mail(rest: &str) -> Result<Command, Reply> {
     let usage = || Reply::new(501, "5.5.4", "Syntax: MAIL FROM:<address>");
     let after = strip_keyword(rest, "FROM:").ok_or_else(usage)?;
@@ -269,11 +281,7 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
             })?)
         };
     let mut out = MailParams::default();
-    for param in params.split(' ').filter(|p| !p.is_empty()) {
-        let (key, value) = match param.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (param, None),
-        };
+    for (key, value) in esmtp_params(params) {
         match (key.to_ascii_uppercase().as_str(), value) {
             // RFC 1870: size-value ::= 1*20DIGIT; past u64 it is simply too big.
             ("SIZE", Some(v))
@@ -345,18 +353,14 @@ fn twice(key: &str) -> Reply {
 
 /// NOTIFY=NEVER, or a list of SUCCESS, FAILURE and DELAY (RFC 3461 §4.1).
 fn parse_notify(v: &str) -> Option<DsnNotify> {
-    if v.eq_ignore_ascii_case("NEVER") {
-        return Some(DsnNotify {
-            success: false,
-            failure: false,
-            delay: false,
-        });
-    }
     let mut n = DsnNotify {
         success: false,
         failure: false,
         delay: false,
     };
+    if v.eq_ignore_ascii_case("NEVER") {
+        return Some(n);
+    }
     for word in v.split(',') {
         let flag = match word.to_ascii_uppercase().as_str() {
             "SUCCESS" => &mut n.success,
@@ -389,11 +393,7 @@ fn parse_orcpt(v: &str) -> Option<Orcpt> {
 
 fn parse_rcpt_params(params: &str) -> Result<RcptParams, Reply> {
     let mut out = RcptParams::default();
-    for param in params.split(' ').filter(|p| !p.is_empty()) {
-        let (key, value) = match param.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (param, None),
-        };
+    for (key, value) in esmtp_params(params) {
         match (key.to_ascii_uppercase().as_str(), value) {
             ("NOTIFY", _) if out.notify.is_some() => return Err(twice("NOTIFY")),
             ("NOTIFY", Some(v)) => {
