@@ -126,6 +126,65 @@ pub fn python3_mail_auth() -> Command {
     )
 }
 
+/// Runs `script` under `python` (a [`python3`] or [`python3_mail_auth`]
+/// command) with `args`, `input` on its standard input; returns its
+/// standard output. Panics with its standard error and `context` (a log,
+/// the input) when it fails.
+pub fn run_python(
+    mut python: Command,
+    script: &str,
+    args: &[&str],
+    input: &[u8],
+    context: &str,
+) -> Vec<u8> {
+    let mut child = python
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("python output");
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{context}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A delivery status notification (RFC 3464) as Python's email package
+/// reads it: one JSON object with the parts' content types (`types`),
+/// `subject`, `to`, the per-message fields (`message`), one object of
+/// fields per recipient (`recipients`) and the returned part as text
+/// (`returned`). Panics unless it is a `multipart/report` of
+/// `report-type=delivery-status`.
+pub fn parse_dsn(raw: &[u8]) -> serde_json::Value {
+    let script = "import email, sys, json\n\
+        m = email.message_from_bytes(sys.stdin.buffer.read())\n\
+        assert m.get_content_type() == 'multipart/report', m.get_content_type()\n\
+        assert m.get_param('report-type') == 'delivery-status'\n\
+        parts = m.get_payload()\n\
+        st = parts[1]\n\
+        blocks = st.get_payload()\n\
+        out = {'types': [p.get_content_type() for p in parts],\n\
+        \x20      'subject': m['Subject'], 'to': m['To'],\n\
+        \x20      'message': dict(blocks[0].items()),\n\
+        \x20      'recipients': [dict(b.items()) for b in blocks[1:]],\n\
+        \x20      'returned': parts[2].as_string() if len(parts) > 2 else ''}\n\
+        print(json.dumps(out))\n";
+    let out = run_python(python3(), script, &[], raw, &String::from_utf8_lossy(raw));
+    serde_json::from_slice(&out).expect("json from the script")
+}
+
 /// For a test that needs what this machine cannot give (root, a mount):
 /// on CI (`CI` set) that is a failure, elsewhere the test is skipped with
 /// `why` printed. Returns true when the test should go on.

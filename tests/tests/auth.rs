@@ -8,10 +8,8 @@
 //! DNS that does not answer gives `temperror` and the mail still arrives.
 //! DNS is the test suite's loopback server throughout.
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,28 +21,7 @@ const LONG: Duration = Duration::from_secs(30);
 
 /// Runs `script` under a Python with dkimpy and pyspf, `input` on stdin.
 fn python(script: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
-    let mut child = python3_mail_auth()
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run python");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input)
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("python output");
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    run_python(python3_mail_auth(), script, args, input, "")
 }
 
 /// dkimpy signs the message on stdin (JSON: message, kind, key, selector,

@@ -45,55 +45,14 @@ fn send(d: &Daemon, from: &str, mail: &[&str], rcpts: &[(&str, &[&str])], body: 
         "rcpts": rcpts,
         "body": body,
     });
-    let out = python3()
-        .arg("-c")
-        .arg(script)
-        .arg(d.addr.port().to_string())
-        .arg(json.to_string())
-        .output()
-        .expect("python3 smtplib");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        d.log()
+    let port = d.addr.port().to_string();
+    run_python(
+        python3(),
+        script,
+        &[&port, &json.to_string()],
+        b"",
+        &d.log(),
     );
-}
-
-/// The report's parts and fields, as Python's email package reads them:
-/// one JSON object with the content types, the per-message fields and one
-/// object per recipient.
-fn parse_report(raw: &[u8]) -> serde_json::Value {
-    let script = "import email, sys, json\n\
-        m = email.message_from_bytes(sys.stdin.buffer.read())\n\
-        assert m.get_content_type() == 'multipart/report', m.get_content_type()\n\
-        assert m.get_param('report-type') == 'delivery-status'\n\
-        parts = m.get_payload()\n\
-        st = parts[1]\n\
-        blocks = st.get_payload()\n\
-        out = {'types': [p.get_content_type() for p in parts],\n\
-        \x20      'subject': m['Subject'], 'to': m['To'],\n\
-        \x20      'message': dict(blocks[0].items()),\n\
-        \x20      'recipients': [dict(b.items()) for b in blocks[1:]],\n\
-        \x20      'returned': parts[2].as_string() if len(parts) > 2 else ''}\n\
-        print(json.dumps(out))\n";
-    let mut child = python3()
-        .arg("-c")
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 email");
-    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), raw).expect("write");
-    let out = child.wait_with_output().expect("python3 email");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(raw)
-    );
-    serde_json::from_slice(&out.stdout).expect("json from the script")
 }
 
 #[test]
@@ -163,7 +122,7 @@ fn notify_success_brings_a_delivered_report_with_envid_and_orcpt() {
     assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
     assert_eq!(dovecot.inbox("alice").len(), 1);
     assert_eq!(dovecot.inbox("bob").len(), 1);
-    let report = parse_report(&reports[0]);
+    let report = parse_dsn(&reports[0]);
     assert_eq!(
         report["types"],
         serde_json::json!([
@@ -233,7 +192,7 @@ fn notify_never_silences_a_failure_and_ret_full_returns_the_whole_message() {
     assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
     let inbox = dovecot.inbox("carol");
     assert_eq!(inbox.len(), 1, "NOTIFY=NEVER was reported");
-    let report = parse_report(&inbox[0]);
+    let report = parse_dsn(&inbox[0]);
     assert_eq!(
         report["types"],
         serde_json::json!(["text/plain", "message/delivery-status", "message/rfc822"]),
@@ -283,7 +242,7 @@ fn delay_reports_go_only_where_notify_asked_for_delay() {
     );
     let inbox = dovecot.inbox("carol");
     assert_eq!(inbox.len(), 1, "a delay report without NOTIFY=DELAY");
-    let report = parse_report(&inbox[0]);
+    let report = parse_dsn(&inbox[0]);
     assert_eq!(report["message"]["Original-Envelope-Id"], "second");
     assert_eq!(report["recipients"][0]["Action"], "delayed");
     // queue show lists what was asked.

@@ -159,19 +159,8 @@ fn submit_with_dsn(s: &Setup, from: &str) {
         assert s.rcpt('bob@remote.test', ['NOTIFY=SUCCESS,FAILURE', 'ORCPT=rfc822;bob@remote.test'])[0] == 250\n\
         assert s.data(b'Subject: tell me\\r\\n\\r\\nbody\\r\\n')[0] == 250\n\
         s.quit()\n";
-    let out = python3()
-        .arg("-c")
-        .arg(script)
-        .arg(s.submission.port().to_string())
-        .arg(from)
-        .output()
-        .expect("python3 smtplib");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        s.daemon.log()
-    );
+    let port = s.submission.port().to_string();
+    run_python(python3(), script, &[&port, from], b"", &s.daemon.log());
 }
 
 #[test]
