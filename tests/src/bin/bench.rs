@@ -722,10 +722,12 @@ fn finaldot_target(args: &Args, dir: &TestDir) -> (Daemon, Target) {
     finaldot_target_kv(args, dir, None)
 }
 
-/// [`finaldot_target`], with dedup's namespace on the Redis at `redis`.
-fn finaldot_target_kv(args: &Args, dir: &TestDir, redis: Option<&str>) -> (Daemon, Target) {
+/// The embedded default configuration on free ports, with what
+/// --workers, --nice, --max-running-plugins, --reuse-instances and
+/// --in-flow-delay-ms change.
+fn default_config(args: &Args) -> String {
     let pipeline = format!("[pipeline]\n{}", pipeline_overrides(args));
-    let mut config = finaldot::config::DEFAULT_CONFIG
+    let config = finaldot::config::DEFAULT_CONFIG
         .replace(
             "listen = [\"127.0.0.1:2525\"]",
             &format!("listen = [\"127.0.0.1:0\"]\n{}", in_flow(args, "default")),
@@ -733,11 +735,18 @@ fn finaldot_target_kv(args: &Args, dir: &TestDir, redis: Option<&str>) -> (Daemo
         .replace("listen = \"127.0.0.1:9425\"", "listen = \"127.0.0.1:0\"")
         .replace("[pipeline]\n", &pipeline);
     if args.reuse_instances {
-        config = config.replace(
+        config.replace(
             "builtin = true\n",
             "builtin = true\nreuse_instance = true\n",
-        );
+        )
+    } else {
+        config
     }
+}
+
+/// [`finaldot_target`], with dedup's namespace on the Redis at `redis`.
+fn finaldot_target_kv(args: &Args, dir: &TestDir, redis: Option<&str>) -> (Daemon, Target) {
+    let mut config = default_config(args);
     if let Some(url) = redis {
         // dedup's is the default configuration's one namespace.
         config = config.replace(
@@ -941,7 +950,7 @@ fn lmtp_cells(args: &Args, n: u64) {
     let dovecot = finaldot_e2e::dovecot::Dovecot::start(ddir.path());
     let inbox = dovecot.dir.join("mail/alice/Maildir/new");
     let dir = TestDir::new("bench-e2e-lmtp");
-    let cfg = finaldot::config::DEFAULT_CONFIG;
+    let cfg = default_config(args);
     let cut = cfg
         .find("[[plugins]]\nname = \"local-delivery\"")
         .zip(cfg.find("[metrics]"));
@@ -954,15 +963,6 @@ fn lmtp_cells(args: &Args, n: u64) {
         &cfg[..from],
         &cfg[to..],
         dovecot.lmtp_port
-    )
-    .replace(
-        "listen = [\"127.0.0.1:2525\"]",
-        &format!("listen = [\"127.0.0.1:0\"]\n{}", in_flow(args, "default")),
-    )
-    .replace("listen = \"127.0.0.1:9425\"", "listen = \"127.0.0.1:0\"")
-    .replace(
-        "[pipeline]\n",
-        &format!("[pipeline]\n{}", pipeline_overrides(args)),
     );
     let d = Daemon::start_with(dir.path(), &config);
     let spool = dir.path().join("var/spool");
