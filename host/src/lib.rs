@@ -42,6 +42,50 @@ pub fn read_clone<T: Clone>(lock: &std::sync::RwLock<T>) -> T {
     }
 }
 
+/// Text from outside (a client's user name, HELO or address, a PROXY
+/// field, a plugin's log line) as it may appear in a log line: control
+/// characters (CR, LF, ESC, NEL, …) and the bidirectional overrides are
+/// written escaped (`\n`, `\u{1b}`), never raw, so nobody can forge a log
+/// line, colour a terminal or reorder what an administrator reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Printable<'a>(pub &'a str);
+
+impl std::fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            let unsafe_char = c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if unsafe_char {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Lowers the calling thread's scheduling priority: `nice` 19 puts it in
+/// the SCHED_IDLE class (it runs only when nothing else wants the CPU),
+/// lower values set that niceness. Used for work that must never take
+/// the CPU from SMTP replies (the pipeline, AUTH checks). False when the
+/// system refused.
+pub fn lower_thread_priority(nice: i32) -> bool {
+    #[allow(unsafe_code)]
+    // SAFETY: plain system calls on the calling thread (who/pid 0), with a
+    // fully initialised parameter struct; no memory is shared.
+    let r = unsafe {
+        if nice >= 19 {
+            let param = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
+        } else {
+            libc::setpriority(libc::PRIO_PROCESS, 0, nice)
+        }
+    };
+    r == 0
+}
+
 /// How long a start keeps retrying an address that is in use.
 pub const BIND_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -78,6 +122,20 @@ pub async fn bind_listener(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_escapes_what_could_forge_or_colour_a_log_line() {
+        let forged = "bob\r\n2026-12-07T00:00:00Z INFO smtp{client=198.51.100.9:4242}: authenticated user=admin\u{1b}[32m\u{202e}";
+        let shown = Printable(forged).to_string();
+        assert!(!shown.contains('\n') && !shown.contains('\r') && !shown.contains('\u{1b}'));
+        assert!(!shown.contains('\u{202e}'));
+        assert!(shown.starts_with("bob\\r\\n2026"), "{shown}");
+        assert!(shown.contains("\\u{1b}[32m"), "{shown}");
+        assert_eq!(
+            Printable("jörg@example.test \"x\"").to_string(),
+            "jörg@example.test \"x\""
+        );
+    }
 
     #[tokio::test]
     async fn a_port_taken_for_good_fails_after_the_retries_with_a_clear_error() {

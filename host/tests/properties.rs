@@ -21,6 +21,11 @@ fn config() -> Arc<SessionConfig> {
         ),
         starttls: false,
         submission: false,
+        sender_login: Default::default(),
+        postmaster: finaldot::smtp::session::Mailbox {
+            local: "postmaster".into(),
+            domain: "localhost".into(),
+        },
     })
 }
 

@@ -21,6 +21,11 @@ fn parser() {
         recipients: Recipients::new([("localhost".to_string(), DomainUsers::CatchAll)], None),
         starttls: false,
         submission: false,
+        sender_login: Default::default(),
+        postmaster: finaldot::smtp::session::Mailbox {
+            local: "postmaster".into(),
+            domain: "localhost".into(),
+        },
     });
     let mut body = Vec::new();
     let line: &[u8] = b"..a line of text that starts with a dot and is sixty-odd octets long\r\n";

@@ -117,6 +117,10 @@ pub struct RawConfig {
     pub hostname: Option<String>,
     /// Where the spool lives; relative paths are resolved against the config file's directory.
     pub data_dir: Option<PathBuf>,
+    /// Where mail to the bare `<postmaster>` and `postmaster@[our address]`
+    /// goes; default: `postmaster@` the host name if it is a local domain,
+    /// else the first local domain.
+    pub postmaster: Option<String>,
     /// The SMTP listener.
     #[serde(default)]
     pub smtp: RawSmtp,
@@ -174,6 +178,8 @@ pub struct Config {
     pub hostname: String,
     /// Data directory (absolute or relative to the working directory).
     pub data_dir: PathBuf,
+    /// Where mail to this host's postmaster goes.
+    pub postmaster: crate::smtp::session::Mailbox,
     /// SMTP listener settings.
     pub smtp: SmtpConfig,
     /// Local domains, lowercase, sorted.
@@ -245,6 +251,9 @@ impl Config {
             recipients: self.recipients.clone(),
             starttls: self.smtp.tls.is_some(),
             submission: false,
+            // Only an authenticated (submission) session is checked.
+            sender_login: self.submission.sender_login.clone(),
+            postmaster: self.postmaster.clone(),
         }
     }
 }
@@ -357,6 +366,7 @@ impl RawConfig {
         let data_dir = cx.abs(self.data_dir.unwrap_or_else(|| PathBuf::from("var")));
         let (smtp, delimiter) = self.smtp.validate(&cx)?;
         let (domains, recipients) = smtp::validate_domains(self.domains, delimiter, &cx)?;
+        let postmaster = smtp::postmaster(self.postmaster, &hostname, &domains, &cx)?;
         let workers_given = self.pipeline.workers.is_some();
         let mut pipeline = self.pipeline.validate(&data_dir, &cx)?;
         let nameservers = cx.addrs("dns.nameservers", &self.dns.nameservers.unwrap_or_default())?;
@@ -389,6 +399,7 @@ impl RawConfig {
         Ok(Config {
             hostname,
             data_dir,
+            postmaster,
             smtp,
             domains,
             recipients,
@@ -425,6 +436,27 @@ mod tests {
             c.plugins[3].file,
             Path::new("./var/plugins/local_delivery.wasm")
         );
+    }
+
+    #[test]
+    fn postmaster_defaults_to_a_local_domain_and_is_checked() {
+        let c = Config::load(None).expect("default");
+        assert_eq!(c.postmaster.local, "postmaster");
+        assert!(
+            c.domains.contains(&c.postmaster.domain),
+            "{:?}",
+            c.postmaster
+        );
+        let c = parse("hostname = \"mx.b\"\n[domains.a]\n[domains.\"mx.b\"]\n").expect("parses");
+        assert_eq!(c.postmaster.to_string(), "postmaster@mx.b");
+        let c = parse("postmaster = \"Root@A\"\n[domains.a]\n").expect("parses");
+        assert_eq!(c.postmaster.to_string(), "Root@a");
+        for bad in ["root", "a b@a", "@a", "root@"] {
+            let e = parse(&format!("postmaster = {bad:?}\n[domains.a]\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(e.contains("`postmaster`"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{ConfigError, Cx};
 use crate::smtp::policy::{DomainUsers, Recipients};
-use crate::smtp::settings::{ProxyProtocol, SmtpConfig, SubmissionConfig, TlsFiles};
+use crate::smtp::settings::{ProxyProtocol, SenderLogin, SmtpConfig, SubmissionConfig, TlsFiles};
 
 /// RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.
 const MIN_RECIPIENTS: usize = 100;
@@ -22,6 +22,10 @@ const DEFAULT_IN_FLOW_DELAY_MS: u64 = 10_000;
 /// Seconds of delivery work the queue may hold before new mail is paced,
 /// by default.
 const DEFAULT_IN_FLOW_BACKLOG_SECS: f64 = 5.0;
+
+/// The slowest content a client may send by default, in octets per
+/// second: Postfix's `smtpd_min_data_rate`.
+const DEFAULT_MIN_DATA_RATE: u64 = 500;
 
 /// `[smtp]` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -53,6 +57,8 @@ pub struct RawSmtp {
     pub command_timeout_secs: Option<u64>,
     /// Seconds to wait for more message content.
     pub data_timeout_secs: Option<u64>,
+    /// The slowest content a client may send (octets per second; 0: off).
+    pub min_data_rate: Option<u64>,
     /// Seconds a shutdown waits for messages in progress.
     pub shutdown_grace_secs: Option<u64>,
     /// Separator of address extensions (`user+tag`); empty to turn off.
@@ -95,6 +101,21 @@ pub struct RawSubmission {
     pub received_auth: Option<bool>,
     /// Failed AUTH attempts per IP address in ten minutes before 421.
     pub max_auth_failures_per_ip: Option<usize>,
+    /// Most simultaneous connections on the submission listeners.
+    pub max_connections: Option<usize>,
+    /// Which senders an authenticated user may use: "off", "strict", or a
+    /// table of logins and their extra addresses.
+    pub sender_login: Option<RawSenderLogin>,
+}
+
+/// `submission.sender_login` as written.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSenderLogin {
+    /// `"off"` or `"strict"`.
+    Mode(String),
+    /// Strict, and these logins may also use these addresses or `@domains`.
+    Map(BTreeMap<String, Vec<String>>),
 }
 
 impl RawSmtp {
@@ -201,6 +222,7 @@ impl RawSmtp {
                 max_errors,
                 command_timeout,
                 data_timeout,
+                min_data_rate: s.min_data_rate.unwrap_or(DEFAULT_MIN_DATA_RATE),
                 shutdown_grace,
                 tls,
                 tls_listen,
@@ -298,7 +320,15 @@ impl RawSubmission {
                 .unwrap_or_else(|| data_dir.join("users")),
             received_auth: sub.received_auth.unwrap_or(false),
             max_auth_failures_per_ip: sub.max_auth_failures_per_ip.unwrap_or(5).max(1),
+            max_connections: sub.max_connections.unwrap_or(100),
+            sender_login: sender_login(sub.sender_login, cx)?,
         };
+        if submission.max_connections == 0 {
+            return Err(invalid(
+                "submission.max_connections",
+                "must be at least 1".into(),
+            ));
+        }
         if !submission.listen.is_empty() && tls.is_none() {
             return Err(invalid(
                 "submission.listen",
@@ -326,6 +356,86 @@ impl RawSubmission {
             }
         }
         Ok(submission)
+    }
+}
+
+/// Validates `postmaster`: an address (`root@example.org`), by default
+/// `postmaster@` the host name when it is a local domain, else the first
+/// local domain.
+pub fn postmaster(
+    raw: Option<String>,
+    hostname: &str,
+    domains: &[String],
+    cx: &Cx,
+) -> Result<crate::smtp::session::Mailbox, ConfigError> {
+    let Some(raw) = raw else {
+        let host = hostname.to_ascii_lowercase();
+        let domain = if domains.contains(&host) {
+            host
+        } else {
+            domains.first().cloned().unwrap_or(host)
+        };
+        return Ok(crate::smtp::session::Mailbox {
+            local: "postmaster".into(),
+            domain,
+        });
+    };
+    let parsed = raw.rsplit_once('@').filter(|(l, d)| {
+        let fine =
+            |s: &str| !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+        fine(l) && fine(d) && !d.contains('@')
+    });
+    match parsed {
+        Some((local, domain)) => Ok(crate::smtp::session::Mailbox {
+            local: local.to_string(),
+            domain: domain.to_ascii_lowercase(),
+        }),
+        None => Err(cx.invalid(
+            "postmaster",
+            format!("{raw:?} is not an address (for example \"root@example.org\")"),
+        )),
+    }
+}
+
+/// Validates `submission.sender_login`.
+fn sender_login(raw: Option<RawSenderLogin>, cx: &Cx) -> Result<SenderLogin, ConfigError> {
+    let key = "submission.sender_login";
+    match raw {
+        None => Ok(SenderLogin::Off),
+        Some(RawSenderLogin::Mode(m)) => match m.as_str() {
+            "off" => Ok(SenderLogin::Off),
+            "strict" => Ok(SenderLogin::Strict {
+                extra: Default::default(),
+            }),
+            other => Err(cx.invalid(
+                key,
+                format!(
+                    "{other:?} is not \"off\", \"strict\" or a table of logins and their addresses"
+                ),
+            )),
+        },
+        Some(RawSenderLogin::Map(map)) => {
+            let mut extra = std::collections::HashMap::new();
+            for (login, addrs) in map {
+                for a in &addrs {
+                    let (local, domain) = a.rsplit_once('@').unwrap_or(("", ""));
+                    if domain.is_empty()
+                        || domain.contains(char::is_whitespace)
+                        || local.contains(char::is_whitespace)
+                    {
+                        return Err(cx.invalid(
+                            &format!("{key}.{login}"),
+                            format!("{a:?} is neither an address (alice@example.org) nor a domain (@example.org)"),
+                        ));
+                    }
+                }
+                extra.insert(
+                    login.to_lowercase(),
+                    addrs.iter().map(|a| a.to_lowercase()).collect(),
+                );
+            }
+            Ok(SenderLogin::Strict { extra })
+        }
     }
 }
 

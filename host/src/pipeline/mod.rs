@@ -263,18 +263,7 @@ impl Pipeline {
 /// the SMTP threads: Linux's SCHED_IDLE class (the thread runs only when a
 /// core is otherwise idle) when `nice` is 19, else the per-thread niceness.
 fn lower_priority(nice: i32) {
-    #[allow(unsafe_code)]
-    // SAFETY: plain system calls on the calling thread (who/pid 0), with a
-    // fully initialised parameter struct; no memory is shared.
-    let r = unsafe {
-        if nice >= 19 {
-            let param = libc::sched_param { sched_priority: 0 };
-            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
-        } else {
-            libc::setpriority(libc::PRIO_PROCESS, 0, nice)
-        }
-    };
-    if r != 0 {
+    if !crate::lower_thread_priority(nice) {
         warn!(nice, "could not lower the pipeline threads' priority");
     }
 }

@@ -754,15 +754,15 @@ fn complete(ctx: &Context, attempt: &mut Attempt) -> Result<(), spool::Error> {
         match &r.state {
             RecipientState::Delivered { note } => {
                 m.deliveries.inc();
-                info!(to = %r.address, note = %note, "delivered")
+                info!(to = %crate::Printable(&r.address), note = %crate::Printable(note), "delivered")
             }
             RecipientState::Failed { status, reason } => {
                 m.bounces.inc();
-                info!(to = %r.address, status = %status, reason = %reason, "failed")
+                info!(to = %crate::Printable(&r.address), status = %crate::Printable(status), reason = %crate::Printable(reason), "failed")
             }
             RecipientState::Discarded { reason } => {
                 m.discards.inc();
-                info!(to = %r.address, reason = %reason, "discarded")
+                info!(to = %crate::Printable(&r.address), reason = %crate::Printable(reason), "discarded")
             }
             RecipientState::Pending | RecipientState::Deferred { .. } => {}
         }
@@ -782,6 +782,26 @@ fn complete(ctx: &Context, attempt: &mut Attempt) -> Result<(), spool::Error> {
 /// its envelope sender failed SPF or its From failed DMARC.
 fn forged_sender(attempt: &Attempt) -> Option<String> {
     attempt.progress.auth.as_ref()?.sender_forged()
+}
+
+/// Whether a failure report may carry the whole message back (RET=FULL):
+/// only to a sender shown to be who it claims (it authenticated on the
+/// submission listener, or its envelope sender passed SPF, or its From
+/// passed DMARC), and only when no plugin refused the message by its
+/// verdict (a spam or virus verdict must not mail the content to an address
+/// the spammer chose). Otherwise the report carries the header block only.
+fn may_return_content(queued: &spool::Envelope, progress: &Progress) -> bool {
+    let refused = progress
+        .stages
+        .iter()
+        .any(|s| s.outcome.starts_with("bounce:"));
+    let shown = queued.auth.is_some()
+        || progress.auth.as_ref().is_some_and(|a| {
+            a.sender_forged().is_none()
+                && (a.spf.result == finaldot_sdk::wire::AuthResult::Pass
+                    || a.dmarc.result == finaldot_sdk::wire::AuthResult::Pass)
+        });
+    shown && !refused
 }
 
 /// The recipients that failed and were not reported to the sender yet.
@@ -810,7 +830,7 @@ fn withhold_dsn(ctx: &Context, attempt: &mut Attempt, why: &str) -> Result<(), s
         crate::config::ForgedSender::Drop => "dropped",
     };
     let reason = format!("no DSN sent to <{sender}>: {why}; message {action}");
-    warn!(to = %sender, recipients = failed.len(), "{reason}");
+    warn!(to = %crate::Printable(&sender), recipients = failed.len(), "{}", crate::Printable(&reason));
     let stage = progress.next_stage;
     record(
         progress,
@@ -978,8 +998,11 @@ fn send_dsn_to(
     }
     let spool = &ctx.spool;
     // A failure report returns the whole message when the sender asked
-    // RET=FULL, else the original header block (without it if unreadable).
-    let full = kind == DsnKind::Failed && request.ret == Some(DsnRet::Full);
+    // RET=FULL and is known to be who it says, else the original header
+    // block (without it if unreadable).
+    let full = kind == DsnKind::Failed
+        && request.ret == Some(DsnRet::Full)
+        && may_return_content(&attempt.queued.envelope, progress);
     let end = if full { u64::MAX } else { progress.body_offset };
     let mut original = spool
         .read_message_range(QueueState::Active, &attempt.id, &attempt.queued, 0, end)
@@ -1029,7 +1052,7 @@ fn send_dsn_to(
     w.write(&msg)?;
     let dsn_id = spool.commit_blocking(w.finish()?)?;
     metrics::global().dsns.inc();
-    info!(dsn_queue_id = %dsn_id, to = %sender, kind = ?kind, recipients = recipients.len(), "DSN queued for the sender");
+    info!(dsn_queue_id = %dsn_id, to = %crate::Printable(&sender), kind = ?kind, recipients = recipients.len(), "DSN queued for the sender");
     Ok(())
 }
 

@@ -214,11 +214,13 @@ pub fn define_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Result
             let level = Level::from_u32(level);
             let s = caller.data_mut();
             let (plugin, version, queue_id) = (&s.plugin, &s.version, &s.queue_id);
+            // A plugin's text may quote a client's (an address, a header).
+            let shown = crate::Printable(&text);
             match level {
-                Level::Error => tracing::error!(%plugin, %version, %queue_id, "{text}"),
-                Level::Warn => tracing::warn!(%plugin, %version, %queue_id, "{text}"),
-                Level::Info => tracing::info!(%plugin, %version, %queue_id, "{text}"),
-                Level::Debug => tracing::debug!(%plugin, %version, %queue_id, "{text}"),
+                Level::Error => tracing::error!(%plugin, %version, %queue_id, "{shown}"),
+                Level::Warn => tracing::warn!(%plugin, %version, %queue_id, "{shown}"),
+                Level::Info => tracing::info!(%plugin, %version, %queue_id, "{shown}"),
+                Level::Debug => tracing::debug!(%plugin, %version, %queue_id, "{shown}"),
             }
             if s.capture_logs && s.logs.len() < 10_000 {
                 s.logs.push(LogLine { level, text });

@@ -55,6 +55,11 @@ impl Recipients {
         }
     }
 
+    /// The address extension separator (`user+tag`), if any.
+    pub fn delimiter(&self) -> Option<char> {
+        self.delimiter
+    }
+
     /// Whether `domain` is one this server serves.
     pub fn is_local_domain(&self, domain: &str) -> bool {
         self.domains.contains_key(&domain.to_ascii_lowercase())

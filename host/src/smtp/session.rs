@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 use memchr::memchr;
 
-use super::command::{self, Body, Command, Mailbox};
+pub use super::command::Mailbox;
+use super::command::{self, Body, Command};
 use super::data::{DataDecoder, HeaderCheck, LineCheck};
 use super::policy::{RcptVerdict, Recipients};
 use super::reply::Reply;
@@ -54,6 +55,12 @@ pub struct SessionConfig {
     /// A submission listener (RFC 6409): AUTH is offered once TLS is up,
     /// MAIL needs it, and an authenticated client may relay.
     pub submission: bool,
+    /// Which senders an authenticated user may use (submission).
+    pub sender_login: super::settings::SenderLogin,
+    /// Where mail to the bare `<postmaster>` and to `postmaster@[this
+    /// host's address]` goes (RFC 5321 §4.5.1: it must be accepted and
+    /// delivered), as the envelope recipient the pipeline sees.
+    pub postmaster: Mailbox,
 }
 
 /// What the driver must do next.
@@ -83,6 +90,20 @@ pub enum Step {
         /// The password.
         password: String,
     },
+}
+
+/// What the driver found when it checked credentials ([`Step::Authenticate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthResult {
+    /// Good credentials: the session is authenticated as this user (`235`).
+    Valid(String),
+    /// Unknown user or wrong password (`535 5.7.8`).
+    Invalid,
+    /// Not checked now (every checker busy, the users file unreadable):
+    /// `454 4.7.0`, the client may try again.
+    TryLater,
+    /// The client's address failed too often: `421 4.7.0` and the session ends.
+    Blocked,
 }
 
 /// Which AUTH exchange is waiting for the client's next line.
@@ -265,33 +286,35 @@ impl Session {
         self.authenticated.as_deref()
     }
 
-    /// The driver's answer to [`Step::Authenticate`]: the user when the
-    /// credentials are good, `None` when not. `blocked` when the client's
-    /// address has failed too often: the session ends with 421.
-    pub fn auth_checked(&mut self, user: Option<String>, blocked: bool) {
+    /// The driver's answer to [`Step::Authenticate`].
+    pub fn auth_checked(&mut self, result: AuthResult) {
         self.phase = Phase::Command;
-        if blocked {
-            self.reply(Reply::new(
-                421,
-                "4.7.0",
-                format!(
-                    "{} Error: too many failed authentication attempts from your address, try again later",
-                    self.cfg.hostname
-                ),
-            ));
-            self.pending.push_back(Step::Close);
-            self.phase = Phase::Closed;
-            return;
-        }
-        match user {
-            Some(u) => {
+        match result {
+            AuthResult::Blocked => {
+                self.reply(Reply::new(
+                    421,
+                    "4.7.0",
+                    format!(
+                        "{} Error: too many failed authentication attempts from your address, try again later",
+                        self.cfg.hostname
+                    ),
+                ));
+                self.pending.push_back(Step::Close);
+                self.phase = Phase::Closed;
+            }
+            AuthResult::Valid(u) => {
                 self.authenticated = Some(u);
                 self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
             }
-            None => self.error_reply(Reply::new(
+            AuthResult::Invalid => self.error_reply(Reply::new(
                 535,
                 "5.7.8",
                 "Error: authentication credentials invalid",
+            )),
+            AuthResult::TryLater => self.error_reply(Reply::new(
+                454,
+                "4.7.0",
+                "Error: temporary authentication failure, try again later",
             )),
         }
     }
@@ -764,6 +787,23 @@ impl Session {
         if self.tx.is_some() {
             return self.error_reply(Reply::new(503, "5.5.1", "Error: nested MAIL command"));
         }
+        if let (Some(login), Some(f)) = (&self.authenticated, &from) {
+            let recipients = &self.cfg.recipients;
+            let allowed = self.cfg.sender_login.allows(
+                login,
+                &f.local,
+                &f.domain,
+                |d| recipients.is_local_domain(d),
+                recipients.delimiter(),
+            );
+            if !allowed {
+                return self.error_reply(Reply::new(
+                    553,
+                    "5.7.1",
+                    format!("<{f}>: Sender address rejected: not owned by user {login}"),
+                ));
+            }
+        }
         if *greeting == Greeting::Helo
             && (params.smtputf8
                 || params.body != Body::SevenBit
@@ -808,7 +848,10 @@ impl Session {
     }
 
     fn rcpt(&mut self, to: Mailbox, params: command::RcptParams) {
-        let to = self.own_postmaster(to);
+        let (to, postmaster) = match self.own_postmaster(&to) {
+            Some(p) => (p, true),
+            None => (to, false),
+        };
         let max = self.cfg.max_recipients;
         let dsn = params.notify.is_some() || params.orcpt.is_some();
         if dsn && matches!(&self.greeting, Some((Greeting::Helo, _))) {
@@ -846,6 +889,8 @@ impl Session {
             };
         }
         let verdict = match self.cfg.recipients.check(&to) {
+            // This host's postmaster is always taken (RFC 5321 §4.5.1).
+            _ if postmaster => RcptVerdict::Accept,
             // An authenticated submission client may send anywhere.
             RcptVerdict::Relay if self.authenticated.is_some() => RcptVerdict::Accept,
             v => v,
@@ -889,21 +934,19 @@ impl Session {
         }
     }
 
-    /// `postmaster@[this host's address]` is this host's postmaster, the
-    /// same mailbox as `<postmaster>` with no domain.
-    fn own_postmaster(&self, to: Mailbox) -> Mailbox {
+    /// The configured postmaster when `to` is this host's postmaster: the
+    /// bare `<postmaster>` (RFC 5321 §4.1.1.3) or `postmaster@[this host's
+    /// address]` (RFC 5321 §4.5.1, RFC 1123 §5.2.17), in any case.
+    fn own_postmaster(&self, to: &Mailbox) -> Option<Mailbox> {
+        if !to.local.eq_ignore_ascii_case("postmaster") {
+            return None;
+        }
         let own = |ip: IpAddr| {
             self.local_ip
                 .is_some_and(|l| l.to_canonical() == ip.to_canonical())
         };
-        if to.local.eq_ignore_ascii_case("postmaster") && to.literal_ip().is_some_and(own) {
-            Mailbox {
-                local: "postmaster".into(),
-                domain: String::new(),
-            }
-        } else {
-            to
-        }
+        let ours = to.domain.is_empty() || to.literal_ip().is_some_and(own);
+        ours.then(|| self.cfg.postmaster.clone())
     }
 
     /// Checks that a transaction can take content; returns the refusal otherwise.

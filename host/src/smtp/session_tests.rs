@@ -22,6 +22,11 @@ fn config() -> Arc<SessionConfig> {
         ),
         starttls: false,
         submission: false,
+        sender_login: Default::default(),
+        postmaster: crate::smtp::session::Mailbox {
+            local: "postmaster".into(),
+            domain: "localhost".into(),
+        },
     })
 }
 
@@ -537,6 +542,11 @@ fn submission_session() -> Session {
     let cfg = SessionConfig {
         starttls: true,
         submission: true,
+        sender_login: Default::default(),
+        postmaster: crate::smtp::session::Mailbox {
+            local: "postmaster".into(),
+            domain: "localhost".into(),
+        },
         ..(*config()).clone()
     };
     fixed_clock(Session::new(
@@ -624,5 +634,5 @@ fn postmaster_at_this_hosts_address_literal_is_this_hosts_postmaster() {
     d.drive(&mut s);
     // Another host's literal, or another user at ours, is not ours to take.
     assert_eq!(d.codes(), vec![250, 250, 250, 550, 550, 354, 250]);
-    assert_eq!(d.committed[0].0.rcpt_to, vec!["postmaster"]);
+    assert_eq!(d.committed[0].0.rcpt_to, vec!["postmaster@localhost"]);
 }

@@ -95,7 +95,11 @@ impl Transcript {
                 }
                 Step::Authenticate { user, password } => {
                     let ok = user == "alice" && password == "secret";
-                    s.auth_checked(ok.then_some(user), false);
+                    s.auth_checked(if ok {
+                        super::session::AuthResult::Valid(user)
+                    } else {
+                        super::session::AuthResult::Invalid
+                    });
                 }
                 Step::Commit => {
                     let Some(m) = self.open.take() else {

@@ -9,7 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::Argon2;
 
 /// What can go wrong with the users file.
@@ -138,19 +138,110 @@ pub fn list(path: &Path) -> Result<Vec<String>, UsersError> {
 }
 
 /// Whether `password` is `user`'s. Takes tens of milliseconds (argon2):
-/// call it off the async runtime.
+/// call it off the async runtime. Allocates argon2's working memory for
+/// this one check; a server checks with [`verify_with`] and memory it reuses.
 pub fn verify(path: &Path, user: &str, password: &str) -> Result<bool, UsersError> {
+    verify_with(path, user, password, &mut Scratch::default())
+}
+
+/// Argon2's working memory (about 19 MiB with the default parameters),
+/// kept by one checking thread and reused for every check, so the memory
+/// AUTH uses is bounded by the number of checking threads, whatever the
+/// number of clients.
+#[derive(Default)]
+pub struct Scratch(Vec<argon2::Block>);
+
+impl Scratch {
+    /// At least `blocks` blocks of working memory.
+    fn blocks(&mut self, blocks: usize) -> &mut [argon2::Block] {
+        if self.0.len() < blocks {
+            self.0 = vec![argon2::Block::new(); blocks];
+        }
+        &mut self.0[..blocks]
+    }
+}
+
+/// The salt an unknown user's check is computed with (the result is
+/// thrown away; only the time it takes matters).
+const DUMMY_SALT: &[u8] = b"finaldot-no-such-user";
+
+/// [`verify`] with `scratch` as argon2's working memory. An unknown user
+/// costs the same argon2 computation as a known one (with the parameters
+/// of the file's first readable hash, or argon2's defaults), so the time
+/// of a refusal says nothing about whether the name exists.
+pub fn verify_with(
+    path: &Path,
+    user: &str,
+    password: &str,
+    scratch: &mut Scratch,
+) -> Result<bool, UsersError> {
     let users = read(path)?;
-    let Some((_, hash)) = users.iter().find(|(u, _)| u == user) else {
+    fn parsed<'a>(path: &Path, (u, h): &'a (String, String)) -> Option<PasswordHash<'a>> {
+        let p = PasswordHash::new(h);
+        if p.is_err() {
+            tracing::warn!(file = %path.display(), user = %crate::Printable(u), "unreadable password hash; this user cannot log in");
+        }
+        p.ok()
+    }
+    let own = users
+        .iter()
+        .find(|(u, _)| u == user)
+        .and_then(|e| parsed(path, e));
+    let Some(hash) = own else {
+        // The same work as a wrong password: parameters from the file.
+        let model = users.iter().find_map(|(_, h)| PasswordHash::new(h).ok());
+        let (params, algorithm, version) = match &model {
+            Some(m) => (
+                argon2::Params::try_from(m).unwrap_or_default(),
+                argon2::Algorithm::try_from(m.algorithm).unwrap_or_default(),
+                m.version
+                    .and_then(|v| argon2::Version::try_from(v).ok())
+                    .unwrap_or_default(),
+            ),
+            None => Default::default(),
+        };
+        let mut out = [0u8; 32];
+        let argon = Argon2::new(algorithm, version, params);
+        let blocks = scratch.blocks(argon.params().block_count());
+        let _ =
+            argon.hash_password_into_with_memory(password.as_bytes(), DUMMY_SALT, &mut out, blocks);
         return Ok(false);
     };
-    let Ok(parsed) = PasswordHash::new(hash) else {
-        tracing::warn!(file = %path.display(), user, "unreadable password hash; this user cannot log in");
-        return Ok(false);
+    Ok(check(&hash, password, scratch))
+}
+
+/// Whether `password` gives `hash`, computed in `scratch`; the comparison
+/// takes constant time.
+fn check(hash: &PasswordHash, password: &str, scratch: &mut Scratch) -> bool {
+    let (Ok(params), Ok(algorithm)) = (
+        argon2::Params::try_from(hash),
+        argon2::Algorithm::try_from(hash.algorithm),
+    ) else {
+        return false;
     };
-    Ok(Argon2::default()
-        .verify_password(password.as_bytes(), &parsed)
-        .is_ok())
+    let version = match hash.version.map(argon2::Version::try_from) {
+        None => argon2::Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let argon = Argon2::new(algorithm, version, params);
+    let blocks = scratch.blocks(argon.params().block_count());
+    let mut out = vec![0u8; expected.len()];
+    if argon
+        .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, blocks)
+        .is_err()
+    {
+        return false;
+    }
+    // Output's equality is constant-time.
+    argon2::password_hash::Output::new(&out).is_ok_and(|o| o == expected)
 }
 
 #[cfg(test)]
@@ -180,6 +271,12 @@ mod tests {
             add(&path, "bob", ""),
             Err(UsersError::EmptyPassword)
         ));
+        // The reused working memory gives the same answers.
+        let mut scratch = Scratch::default();
+        assert!(verify_with(&path, "alice", "new one", &mut scratch).expect("verify"));
+        assert!(!verify_with(&path, "alice", "new on", &mut scratch).expect("verify"));
+        assert!(!verify_with(&path, "nobody", "new one", &mut scratch).expect("verify"));
+        assert!(verify_with(&path, "alice", "new one", &mut scratch).expect("verify"));
         remove(&path, "alice").expect("remove");
         assert!(list(&path).expect("list").is_empty());
         assert!(matches!(

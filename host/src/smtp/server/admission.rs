@@ -1,5 +1,5 @@
 //! Admission: the accept loop and the caps a connection passes before its
-//! greeting (the total cap, the per-IP connection rate and count, with
+//! greeting (the total cap, the submission listeners' own cap, the per-IP connection rate and count, with
 //! `smtp.limit_exceptions` exempt from the per-IP two). A refused client
 //! gets one `421 4.7.0` and is closed.
 
@@ -115,6 +115,29 @@ impl PerIpWindow {
             q.push_back(now);
         }
         n
+    }
+
+    /// Takes back the newest event recorded for `ip` (an AUTH attempt
+    /// counted before its check, which then succeeded).
+    pub(super) fn forget_newest(&self, ip: IpAddr) {
+        if let Ok(mut map) = self.events.lock() {
+            if let Some(q) = map.get_mut(&ip) {
+                q.pop_back();
+            }
+        }
+    }
+}
+
+/// The key one client's AUTH failures are counted under: its IPv4
+/// address, or the /64 its IPv6 address is in (one subscriber's
+/// allocation, whose every address would otherwise count apart).
+pub(super) fn subscriber(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        v4 => v4,
     }
 }
 
@@ -248,7 +271,7 @@ async fn serve(
     smtp: Arc<SmtpConfig>,
 ) {
     let host = &session.hostname;
-    let Ok(_total) = shared.total.clone().try_acquire_owned() else {
+    let Some(_total) = shared.cap(kind).take() else {
         return refuse(&mut stream, kind, host, "too many connections").await;
     };
     if !within_rate(&shared, &smtp, peer.ip()) {
@@ -269,4 +292,36 @@ async fn serve(
     }
     debug!("disconnected");
     m.connections_open.dec();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_count_per_64_and_mapped_ipv4_as_ipv4() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(subscriber(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            subscriber(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")),
+            subscriber(ip("2001:db8:1:2::7"))
+        );
+        assert_ne!(
+            subscriber(ip("2001:db8:1:3::1")),
+            subscriber(ip("2001:db8:1:2::1"))
+        );
+        assert_eq!(subscriber(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(subscriber(ip("192.0.2.7")), ip("192.0.2.7"));
+    }
+
+    #[test]
+    fn an_attempt_counted_ahead_can_be_taken_back() {
+        let w = PerIpWindow::new(Duration::from_secs(60));
+        let a = "192.0.2.1".parse().expect("ip");
+        let max = 3;
+        let taken: Vec<bool> = (0..5).map(|_| w.count(a, |n| n < max) < max).collect();
+        assert_eq!(taken, [true, true, true, false, false]);
+        w.forget_newest(a);
+        assert_eq!(w.count(a, |_| false), 2);
+    }
 }

@@ -18,12 +18,11 @@ use tracing::{debug, error, info, warn};
 
 use super::received::received_header;
 use super::tls::{describe, Stream};
-use super::{spool_error_reply, ListenKind, Shared};
+use super::{admission, auth, spool_error_reply, ListenKind, Shared};
 use crate::metrics;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Session, SessionConfig, Step};
+use crate::smtp::session::{AuthResult, Session, SessionConfig, Step};
 use crate::smtp::settings::SmtpConfig;
-use crate::smtp::users;
 use crate::spool::{self, Envelope, Spool, SpoolWriter};
 
 /// Content buffered before it is handed to a blocking write.
@@ -99,6 +98,73 @@ fn join_error(e: tokio::task::JoinError) -> spool::Error {
         std::path::Path::new(""),
         std::io::Error::other(e.to_string()),
     )
+}
+
+/// When a client must have sent what the session waits for. Besides the
+/// idle timeout of each read (`command_timeout`, `data_timeout`), a whole
+/// command line must arrive within `command_timeout` of the last reply, and
+/// a message's whole content within `data_timeout` plus its size at
+/// `min_data_rate`: a client that trickles a byte now and then is cut off
+/// like one that sends nothing (RFC 5321 §4.5.3.2 timeouts are minimums for
+/// an honest client, not a licence to hold a connection slot forever).
+struct Deadlines {
+    command_timeout: Duration,
+    data_timeout: Duration,
+    min_data_rate: u64,
+    /// The end of the wait for the next whole command line.
+    line: Instant,
+    /// When the current message's content began, and its octets so far.
+    content: Option<(Instant, u64)>,
+}
+
+impl Deadlines {
+    fn new(smtp: &SmtpConfig) -> Deadlines {
+        Deadlines {
+            command_timeout: smtp.command_timeout,
+            data_timeout: smtp.data_timeout,
+            min_data_rate: smtp.min_data_rate,
+            line: Instant::now() + smtp.command_timeout,
+            content: None,
+        }
+    }
+
+    /// After the session ran: `replied` when it answered something (a
+    /// command was complete, the wait for the next one starts over);
+    /// `in_message` while a message's content is open.
+    fn replied(&mut self, replied: bool, in_message: bool) {
+        let now = Instant::now();
+        if replied {
+            self.line = now + self.command_timeout;
+        }
+        match (&self.content, in_message) {
+            (None, true) => self.content = Some((now, 0)),
+            (Some(_), false) => self.content = None,
+            _ => {}
+        }
+    }
+
+    /// `n` octets arrived.
+    fn received(&mut self, n: usize, content: bool) {
+        if let (Some((_, octets)), true) = (self.content.as_mut(), content) {
+            *octets += n as u64;
+        }
+    }
+
+    /// The latest moment the next read may end.
+    fn until(&self, reading_content: bool) -> Instant {
+        let now = Instant::now();
+        if !reading_content {
+            return self.line.min(now + self.command_timeout);
+        }
+        let idle = now + self.data_timeout;
+        match self.content {
+            Some((began, octets)) if self.min_data_rate > 0 => {
+                let allowance = Duration::from_secs_f64(octets as f64 / self.min_data_rate as f64);
+                idle.min(began + self.data_timeout + allowance)
+            }
+            _ => idle,
+        }
+    }
 }
 
 /// One client connection and the session it carries.
@@ -229,12 +295,14 @@ impl Conn {
         self.session.greeting().write_to(&mut self.out);
         self.send().await?;
         let mut buf = vec![0u8; 64 * 1024];
+        let mut clock = Deadlines::new(&self.smtp);
         loop {
             if self.drive().await? {
                 self.send().await?;
                 let _ = self.stream.shutdown().await;
                 return Ok(());
             }
+            clock.replied(!self.out.is_empty(), self.session.in_message());
             self.send().await?;
             if let Some(t) = self.ack_started.take() {
                 metrics::global()
@@ -245,14 +313,10 @@ impl Conn {
                 let r = self.session.shutdown();
                 return self.send_final(r).await;
             }
-            let wait = if self.session.reading_content() {
-                self.smtp.data_timeout
-            } else {
-                self.smtp.command_timeout
-            };
+            let until = clock.until(self.session.reading_content());
             let grace_end = self.deadline;
             tokio::select! {
-                r = tokio::time::timeout(wait, self.stream.read(&mut buf)) => match r {
+                r = tokio::time::timeout_at(until, self.stream.read(&mut buf)) => match r {
                     Err(_) => {
                         info!("timeout, closing");
                         let r = self.session.timeout();
@@ -262,7 +326,10 @@ impl Conn {
                         debug!("client closed the connection");
                         return Ok(());
                     }
-                    Ok(Ok(n)) => self.session.feed(&buf[..n]),
+                    Ok(Ok(n)) => {
+                        clock.received(n, self.session.reading_content());
+                        self.session.feed(&buf[..n]);
+                    }
                     Ok(Err(e)) => return Err(e),
                 },
                 _ = self.stop.changed(), if grace_end.is_none() => {
@@ -325,37 +392,43 @@ impl Conn {
         }
     }
 
-    /// Checks AUTH credentials against the users file (on the blocking
-    /// pool: argon2 is slow on purpose), unless this address failed too
-    /// often; tells the session the result.
+    /// Checks AUTH credentials against the users file (on the AUTH
+    /// gate's threads: argon2 is slow on purpose), unless this address (its
+    /// /64 for IPv6) failed too often; tells the session the result. The
+    /// attempt counts as a failure before the check begins and is taken
+    /// back if it succeeds, so simultaneous guesses cannot all get past
+    /// the limit.
     async fn authenticate(&mut self, user: String, password: String) {
         let settings = self.shared.submission();
         let max = settings.max_auth_failures_per_ip;
-        if self.shared.auth_failures.count(self.peer, |_| false) >= max {
-            warn!(user = %user, "AUTH refused: too many failures from this address");
-            self.session.auth_checked(None, true);
+        let key = admission::subscriber(self.peer);
+        let shown = crate::Printable(&user);
+        if self.shared.auth_failures.count(key, |n| n < max) >= max {
+            warn!(user = %shown, "AUTH refused: too many failures from this address");
+            self.session.auth_checked(AuthResult::Blocked);
             return;
         }
         let file = settings.users_file.clone();
-        let who = user.clone();
-        let ok = tokio::task::spawn_blocking(move || users::verify(&file, &who, &password)).await;
-        match ok {
-            Ok(Ok(true)) => {
-                info!(user = %user, "authenticated");
-                self.session.auth_checked(Some(user), false);
+        let outcome = self.shared.auth.check(file, user.clone(), password).await;
+        match outcome {
+            auth::Outcome::Valid => {
+                self.shared.auth_failures.forget_newest(key);
+                info!(user = %shown, "authenticated");
+                self.session.auth_checked(AuthResult::Valid(user));
             }
-            Ok(Ok(false)) => {
-                let n = self.shared.auth_failures.count(self.peer, |_| true) + 1;
-                warn!(user = %user, failures = n, "AUTH failed: bad user name or password");
-                self.session.auth_checked(None, false);
+            auth::Outcome::Invalid => {
+                let n = self.shared.auth_failures.count(key, |_| false);
+                warn!(user = %shown, failures = n, "AUTH failed: bad user name or password");
+                self.session.auth_checked(AuthResult::Invalid);
             }
-            Ok(Err(e)) => {
-                error!(error = %e, "cannot read the users file");
-                self.session.auth_checked(None, false);
+            auth::Outcome::Busy => {
+                self.shared.auth_failures.forget_newest(key);
+                warn!(user = %shown, "AUTH not checked: every checking thread is busy (454)");
+                self.session.auth_checked(AuthResult::TryLater);
             }
-            Err(e) => {
-                error!(error = %e, "AUTH check did not finish");
-                self.session.auth_checked(None, false);
+            auth::Outcome::Unavailable => {
+                self.shared.auth_failures.forget_newest(key);
+                self.session.auth_checked(AuthResult::TryLater);
             }
         }
     }
@@ -425,7 +498,7 @@ impl Conn {
                 info!(
                     queue_id = %id,
                     client_ip = %env.client_ip,
-                    from = %from,
+                    from = %crate::Printable(from),
                     nrcpt = env.rcpt_to.len(),
                     size,
                     "queued"

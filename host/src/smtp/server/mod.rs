@@ -17,6 +17,7 @@
 //! in the middle of a message finish within the grace period, then 421.
 
 mod admission;
+mod auth;
 mod conn;
 mod proxy;
 mod received;
@@ -81,16 +82,58 @@ struct Shared {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Connection times in the last minute, per IP (for the rate limit).
     recent: PerIpWindow,
-    /// The total connection cap.
-    total: Arc<Semaphore>,
-    /// The cap `total` was sized for (a reload adds or forgets permits).
-    max_connections: Mutex<usize>,
-    /// Messages in `incoming/` and when they were counted (for the in-flow delay).
-    /// Failed AUTH attempts in the last ten minutes, per IP.
+    /// The total connection cap of the SMTP and implicit-TLS listeners.
+    total: Cap,
+    /// The submission listeners' own cap.
+    submission_total: Cap,
+    /// Failed AUTH attempts in the last ten minutes, per IPv4 address or
+    /// IPv6 /64 (an attempt counts from the moment it is checked).
     auth_failures: PerIpWindow,
+    /// Where every AUTH password check runs (bounded threads and memory).
+    auth: auth::AuthGate,
+}
+
+/// A cap on simultaneous connections: a semaphore and the size it was
+/// given (a reload adds or forgets permits).
+struct Cap {
+    permits: Arc<Semaphore>,
+    size: Mutex<usize>,
+}
+
+impl Cap {
+    fn new(size: usize) -> Cap {
+        Cap {
+            permits: Arc::new(Semaphore::new(size)),
+            size: Mutex::new(size),
+        }
+    }
+
+    /// One connection's slot, or `None` when every slot is taken.
+    fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
+    fn resize(&self, new: usize) {
+        if let Ok(mut size) = self.size.lock() {
+            if new > *size {
+                self.permits.add_permits(new - *size);
+            } else {
+                self.permits.forget_permits(*size - new);
+            }
+            *size = new;
+        }
+    }
 }
 
 impl Shared {
+    /// The connection cap of a listener of `kind`.
+    fn cap(&self, kind: ListenKind) -> &Cap {
+        match kind {
+            ListenKind::Submission => &self.submission_total,
+            ListenKind::Smtp | ListenKind::ImplicitTls => &self.total,
+        }
+    }
+
     fn tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
         read_clone(&self.tls)
     }
@@ -225,9 +268,10 @@ impl Server {
                 spool,
                 per_ip: Mutex::new(HashMap::new()),
                 recent: PerIpWindow::new(Duration::from_secs(60)),
-                total: Arc::new(Semaphore::new(smtp.max_connections)),
-                max_connections: Mutex::new(smtp.max_connections),
+                total: Cap::new(smtp.max_connections),
+                submission_total: Cap::new(submission.max_connections),
                 auth_failures: PerIpWindow::new(AUTH_FAILURE_WINDOW),
+                auth: auth::AuthGate::start(auth::AuthGate::default_threads())?,
             }),
             listeners: Mutex::new(HashMap::new()),
             stop,
@@ -339,15 +383,10 @@ impl Server {
         if let Ok(mut s) = self.shared.smtp.write() {
             *s = Arc::new(smtp.clone());
         }
-        if let Ok(mut max) = self.shared.max_connections.lock() {
-            let new = smtp.max_connections;
-            if new > *max {
-                self.shared.total.add_permits(new - *max);
-            } else {
-                self.shared.total.forget_permits(*max - new);
-            }
-            *max = new;
-        }
+        self.shared.total.resize(smtp.max_connections);
+        self.shared
+            .submission_total
+            .resize(submission.max_connections);
         let current: Vec<ListenKey> = self
             .listeners
             .lock()
