@@ -540,6 +540,11 @@ impl Client {
         self.writer.write_all(bytes).expect("send");
     }
 
+    /// Sends raw bytes; an error once the server has closed the connection.
+    pub fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes)
+    }
+
     /// Reads one (possibly multi-line) reply: its code and all its text lines joined by '\n'.
     pub fn read_reply(&mut self) -> (u16, String) {
         let mut text = String::new();

@@ -460,3 +460,28 @@ fn a_plugin_built_with_the_previous_sdk_still_runs() {
     assert!(text.contains("X-Stamped-By: old-sdk"), "{text}");
     assert!(!d.log().contains("fault"), "{}", d.log());
 }
+
+#[test]
+fn mail_to_postmaster_is_delivered_with_the_embedded_default() {
+    let dir = TestDir::new("default-postmaster");
+    let d = start_default(dir.path());
+    // The bare <postmaster> (RFC 5321 §4.1.1.3), at a local domain, and at
+    // this host's address literal (§4.5.1), in any case.
+    let mut c = d.connect();
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<s@remote.test>", 250);
+    for r in ["<postmaster>", "<PostMaster@[127.0.0.1]>", "<postmaster@localhost>"] {
+        c.expect(&format!("RCPT TO:{r}"), 250);
+    }
+    c.expect("DATA", 354);
+    c.send(b"Subject: to the postmaster\r\n\r\nhello\r\n.\r\n");
+    let (code, text) = c.read_reply();
+    assert_eq!(code, 250, "{text}");
+    // The default config aliases postmaster to root: every spelling ends
+    // in that one mailbox, one copy.
+    let files = wait_for_files(&maildir_new(dir.path(), "root"), 1, LONG);
+    assert!(wait_until(LONG, || d.queue_drained()));
+    let files = wait_for_files(&maildir_new(dir.path(), "root"), files.len(), LONG);
+    assert_eq!(count_containing(&files, "Subject: to the postmaster"), 1, "{files:?}");
+    assert!(!d.log().contains("no plugin in the chain delivered"), "{}", d.log());
+}

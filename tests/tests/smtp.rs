@@ -347,6 +347,59 @@ fn idle_client_times_out_with_421() {
     assert!(c.is_closed());
 }
 
+/// Sends `bytes` one a time, `gap` apart, until the server closes the
+/// connection (or `limit` passes); how long that took.
+fn trickle(c: &mut Client, bytes: &[u8], gap: Duration, limit: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    for b in bytes.iter().cycle() {
+        if started.elapsed() > limit {
+            break;
+        }
+        if c.try_send(&[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(gap);
+    }
+    started.elapsed()
+}
+
+#[test]
+fn a_client_trickling_a_command_or_its_content_is_cut_off() {
+    let dir = TestDir::new("trickle");
+    let d = Daemon::start_with(
+        dir.path(),
+        &test_config(
+            dir.path(),
+            "command_timeout_secs = 2\ndata_timeout_secs = 2",
+            "",
+        ),
+    );
+    // Inside a command line: a byte every 300 ms never lets a read time
+    // out, but the whole line must come within the command timeout.
+    let mut c = d.connect();
+    let took = trickle(&mut c, b"NOOP NOOP NOOP ", Duration::from_millis(300), Duration::from_secs(30));
+    assert!(took < Duration::from_secs(20), "still open after {took:?}");
+    let (code, text) = c.read_reply();
+    assert_eq!(code, 421, "{text}");
+    assert!(text.contains("4.4.2"), "{text}");
+    // Inside DATA: the content must come at 500 octets a second past the
+    // data timeout.
+    let mut c = d.connect();
+    c.expect("EHLO c.test", 250);
+    c.expect("MAIL FROM:<a@b.test>", 250);
+    c.expect("RCPT TO:<alice@example.test>", 250);
+    c.expect("DATA", 354);
+    let took = trickle(&mut c, b"Subject: slow\r\n", Duration::from_millis(300), Duration::from_secs(30));
+    assert!(took < Duration::from_secs(20), "still open after {took:?}");
+    let (code, text) = c.read_reply();
+    assert_eq!(code, 421, "{text}");
+    assert!(d.spool_files(QueueState::Incoming).is_empty());
+    // A client that sends at a fair pace is not affected.
+    let mut c = d.connect();
+    let (code, text) = c.send_message("a@b.test", &["alice@example.test"], b"Subject: fine\r\n\r\nfine\r\n");
+    assert_eq!(code, 250, "{text}");
+}
+
 #[test]
 fn sigterm_lets_data_finish_and_421s_the_idle() {
     let dir = TestDir::new("shutdown");

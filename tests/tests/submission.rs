@@ -31,13 +31,18 @@ struct Setup {
 }
 
 fn start(name: &str, extra: &str) -> Setup {
+    start_with(name, "", extra)
+}
+
+/// [`start`] with `smtp_extra` in `[smtp]` too.
+fn start_with(name: &str, smtp_extra: &str, extra: &str) -> Setup {
     let dir = TestDir::new(name);
     let (cert, key) = make_cert(dir.path());
     let hop = NextHop::start();
     let users = dir.path().join("users");
     let cfg = test_config(
         dir.path(),
-        &format!("tls = {{ cert = {cert:?}, key = {key:?} }}"),
+        &format!("tls = {{ cert = {cert:?}, key = {key:?} }}\n{smtp_extra}"),
         &format!(
             "[submission]\nlisten = [\"127.0.0.1:0\"]\nusers_file = {users:?}\nreceived_auth = true\n{extra}\n\n[outbound]\nroute = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\n\n{}",
             hop.addr,
@@ -350,4 +355,188 @@ c.quit()
     let got = s.hop.wait_for(1, LONG);
     assert_eq!(got[0].rcpt_to, vec!["bob@remote.test".to_string()]);
     assert!(got[0].data.ends_with(b"\r\n\r\nhi bob\r\n"));
+}
+
+/// The daemon's resident memory and its peak so far, in KiB (Linux
+/// `/proc/PID/status`: VmRSS, VmHWM).
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// One AUTH over STARTTLS on a new connection; its reply code.
+fn auth_once(addr: std::net::SocketAddr, user: &str, password: &str) -> u16 {
+    let mut c = connect(addr);
+    starttls(&mut c);
+    code(c.auth(
+        &[Mechanism::Plain],
+        &Credentials::new(user.into(), password.into()),
+    ))
+}
+
+#[test]
+fn an_auth_flood_keeps_memory_bounded_and_port_25_answering() {
+    let s = start("submission-auth-flood", "max_auth_failures_per_ip = 100000");
+    // Warm up: one check has run (its working memory is in place).
+    assert_eq!(auth_once(s.submission, "alice", "wrong"), 535);
+    let pid = s.daemon.pid();
+    let (before, _) = memory_kib(pid);
+    let flood: Vec<_> = (0..120)
+        .map(|_| {
+            let addr = s.submission;
+            std::thread::spawn(move || auth_once(addr, "alice", "wrong"))
+        })
+        .collect();
+    // Meanwhile a message on port 25 (its reply time is printed, not asserted).
+    let started = std::time::Instant::now();
+    let reply = s.daemon.send("a@example.org", &["alice@example.test"], b"Subject: x\r\n\r\nx\r\n");
+    let mx = started.elapsed();
+    assert!(reply.starts_with("250"), "{reply}");
+    let mut codes = std::collections::BTreeMap::new();
+    for t in flood {
+        *codes.entry(t.join().expect("thread")).or_insert(0) += 1;
+    }
+    let (after, peak) = memory_kib(pid);
+    println!(
+        "120 concurrent wrong AUTHs: replies {codes:?}; RSS {before} KiB before, peak {peak} KiB, {after} KiB after; a port-25 message meanwhile took {mx:?}"
+    );
+    // Every check was answered: wrong (535) or "try again later" (454).
+    assert!(codes.keys().all(|c| *c == 535 || *c == 454), "{codes:?}");
+    assert!(codes.get(&535).is_some_and(|n| *n > 0), "{codes:?}");
+    // Bounded: a few checking threads' 19 MiB each, not one per client
+    // (before the gate: 739 -> 2402 MiB for the same flood).
+    assert!(
+        peak.saturating_sub(before) < 160 * 1024,
+        "peak RSS grew by {} MiB",
+        peak.saturating_sub(before) / 1024
+    );
+    assert!(
+        after.saturating_sub(before) < 100 * 1024,
+        "RSS stayed {} MiB above where it was",
+        after.saturating_sub(before) / 1024
+    );
+    // And a good login still works afterwards.
+    assert_eq!(auth_once(s.submission, "alice", "correct horse battery"), 235);
+}
+
+#[test]
+fn simultaneous_guesses_cannot_race_past_the_failure_limit() {
+    let s = start("submission-auth-race", "max_auth_failures_per_ip = 5");
+    let guesses: Vec<_> = (0..40)
+        .map(|i| {
+            let addr = s.submission;
+            std::thread::spawn(move || auth_once(addr, "alice", &format!("guess{i}")))
+        })
+        .collect();
+    let codes: Vec<u16> = guesses.into_iter().map(|t| t.join().expect("thread")).collect();
+    let checked = codes.iter().filter(|c| **c == 535).count();
+    assert!(checked <= 5, "{checked} guesses were checked: {codes:?}");
+    assert!(codes.iter().all(|c| [535, 421, 454].contains(c)), "{codes:?}");
+    assert!(codes.contains(&421), "{codes:?}");
+}
+
+#[test]
+fn an_unknown_user_takes_as_long_as_a_wrong_password() {
+    let s = start("submission-auth-timing", "max_auth_failures_per_ip = 100000");
+    // One connection, one TLS handshake; each try is one AUTH exchange.
+    let mut c = connect(s.submission);
+    starttls(&mut c);
+    let mut time = |user: &str| {
+        let started = std::time::Instant::now();
+        let r = code(c.auth(
+            &[Mechanism::Plain],
+            &Credentials::new(user.into(), "wrong".into()),
+        ));
+        assert_eq!(r, 535);
+        started.elapsed().as_secs_f64()
+    };
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    for _ in 0..15 {
+        known.push(time("alice"));
+        unknown.push(time("nobody-here"));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (k, u) = (median(&mut known), median(&mut unknown));
+    println!("median AUTH reply: known user {:.2} ms, unknown user {:.2} ms", k * 1e3, u * 1e3);
+    // Before: 22 ms against 0.2 ms. Now the same argon2 work either way.
+    assert!((u / k) > 0.75 && (u / k) < 1.33, "known {k:.4} s, unknown {u:.4} s");
+}
+
+#[test]
+fn a_user_name_cannot_forge_or_colour_a_log_line() {
+    let s = start("submission-log-forging", "");
+    let forged = "bob\n2026-12-07T00:00:00.000000Z  INFO smtp{client=198.51.100.9:4242}: finaldot: authenticated user=admin\u{1b}[32m";
+    assert_eq!(auth_once(s.submission, forged, "x"), 535);
+    wait_until(Duration::from_secs(10), || s.daemon.log().contains("AUTH failed"));
+    let log = s.daemon.log();
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-12-07T00:00:00")),
+        "a forged line reached the log:\n{log}"
+    );
+    assert!(!log.contains('\u{1b}'), "an escape sequence reached the log:\n{log}");
+    assert!(log.contains(r"bob\n2026-12-07"), "{log}");
+}
+
+#[test]
+fn strict_sender_login_refuses_other_peoples_addresses() {
+    let s = start(
+        "submission-sender-login",
+        "sender_login = { alice = [\"sales@example.test\", \"@alice.example\"] }",
+    );
+    let mut c = connect(s.submission);
+    starttls(&mut c);
+    let good = Credentials::new("alice".into(), "correct horse battery".into());
+    assert_eq!(code(c.auth(&[Mechanism::Plain], &good)), 235);
+    let mut raw = |line: &str| code(c.command(lettre::transport::smtp::commands::Rset).and(c.command(RawLine(line.into()))));
+    assert_eq!(raw("MAIL FROM:<ceo@other-domain.test>"), 553);
+    assert_eq!(raw("MAIL FROM:<bob@example.test>"), 553);
+    assert_eq!(raw("MAIL FROM:<alice@example.test>"), 250);
+    assert_eq!(raw("MAIL FROM:<alice+x@localhost>"), 250);
+    assert_eq!(raw("MAIL FROM:<sales@example.test>"), 250);
+    assert_eq!(raw("MAIL FROM:<anyone@alice.example>"), 250);
+    assert_eq!(raw("MAIL FROM:<>"), 250);
+}
+
+/// A command line as written, for lettre's `SmtpConnection::command`.
+struct RawLine(String);
+
+impl std::fmt::Display for RawLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\r\n", self.0)
+    }
+}
+
+#[test]
+fn a_full_port_25_does_not_lock_out_submission() {
+    let s = start_with(
+        "submission-own-cap",
+        "max_connections = 3\nmax_connections_per_ip = 3",
+        "max_connections = 5",
+    );
+    // Port 25 full of idle clients (loopback is exempt from the per-IP
+    // caps, not from the total).
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect_raw(s.daemon.addr);
+        assert_eq!(c.read_reply().0, 220);
+        idle.push(c);
+    }
+    let mut refused = Client::connect_raw(s.daemon.addr);
+    let (refusal, text) = refused.read_reply();
+    assert_eq!(refusal, 421, "{text}");
+    // The submission listener has its own slots.
+    let mut c = connect(s.submission);
+    starttls(&mut c);
+    let good = Credentials::new("alice".into(), "correct horse battery".into());
+    assert_eq!(code(c.auth(&[Mechanism::Plain], &good)), 235);
 }
