@@ -470,7 +470,11 @@ fn mail_to_postmaster_is_delivered_with_the_embedded_default() {
     let mut c = d.connect();
     c.expect("EHLO client.test", 250);
     c.expect("MAIL FROM:<s@remote.test>", 250);
-    for r in ["<postmaster>", "<PostMaster@[127.0.0.1]>", "<postmaster@localhost>"] {
+    for r in [
+        "<postmaster>",
+        "<PostMaster@[127.0.0.1]>",
+        "<postmaster@localhost>",
+    ] {
         c.expect(&format!("RCPT TO:{r}"), 250);
     }
     c.expect("DATA", 354);
@@ -482,6 +486,14 @@ fn mail_to_postmaster_is_delivered_with_the_embedded_default() {
     let files = wait_for_files(&maildir_new(dir.path(), "root"), 1, LONG);
     assert!(wait_until(LONG, || d.queue_drained()));
     let files = wait_for_files(&maildir_new(dir.path(), "root"), files.len(), LONG);
-    assert_eq!(count_containing(&files, "Subject: to the postmaster"), 1, "{files:?}");
-    assert!(!d.log().contains("no plugin in the chain delivered"), "{}", d.log());
+    assert_eq!(
+        count_containing(&files, "Subject: to the postmaster"),
+        1,
+        "{files:?}"
+    );
+    assert!(
+        !d.log().contains("no plugin in the chain delivered"),
+        "{}",
+        d.log()
+    );
 }

@@ -377,7 +377,12 @@ fn a_client_trickling_a_command_or_its_content_is_cut_off() {
     // Inside a command line: a byte every 300 ms never lets a read time
     // out, but the whole line must come within the command timeout.
     let mut c = d.connect();
-    let took = trickle(&mut c, b"NOOP NOOP NOOP ", Duration::from_millis(300), Duration::from_secs(30));
+    let took = trickle(
+        &mut c,
+        b"NOOP NOOP NOOP ",
+        Duration::from_millis(300),
+        Duration::from_secs(30),
+    );
     assert!(took < Duration::from_secs(20), "still open after {took:?}");
     let (code, text) = c.read_reply();
     assert_eq!(code, 421, "{text}");
@@ -389,14 +394,23 @@ fn a_client_trickling_a_command_or_its_content_is_cut_off() {
     c.expect("MAIL FROM:<a@b.test>", 250);
     c.expect("RCPT TO:<alice@example.test>", 250);
     c.expect("DATA", 354);
-    let took = trickle(&mut c, b"Subject: slow\r\n", Duration::from_millis(300), Duration::from_secs(30));
+    let took = trickle(
+        &mut c,
+        b"Subject: slow\r\n",
+        Duration::from_millis(300),
+        Duration::from_secs(30),
+    );
     assert!(took < Duration::from_secs(20), "still open after {took:?}");
     let (code, text) = c.read_reply();
     assert_eq!(code, 421, "{text}");
     assert!(d.spool_files(QueueState::Incoming).is_empty());
     // A client that sends at a fair pace is not affected.
     let mut c = d.connect();
-    let (code, text) = c.send_message("a@b.test", &["alice@example.test"], b"Subject: fine\r\n\r\nfine\r\n");
+    let (code, text) = c.send_message(
+        "a@b.test",
+        &["alice@example.test"],
+        b"Subject: fine\r\n\r\nfine\r\n",
+    );
     assert_eq!(code, 250, "{text}");
 }
 

@@ -383,7 +383,10 @@ fn auth_once(addr: std::net::SocketAddr, user: &str, password: &str) -> u16 {
 
 #[test]
 fn an_auth_flood_keeps_memory_bounded_and_port_25_answering() {
-    let s = start("submission-auth-flood", "max_auth_failures_per_ip = 100000");
+    let s = start(
+        "submission-auth-flood",
+        "max_auth_failures_per_ip = 100000\nmax_connections = 200",
+    );
     // Warm up: one check has run (its working memory is in place).
     assert_eq!(auth_once(s.submission, "alice", "wrong"), 535);
     let pid = s.daemon.pid();
@@ -396,9 +399,13 @@ fn an_auth_flood_keeps_memory_bounded_and_port_25_answering() {
         .collect();
     // Meanwhile a message on port 25 (its reply time is printed, not asserted).
     let started = std::time::Instant::now();
-    let reply = s.daemon.send("a@example.org", &["alice@example.test"], b"Subject: x\r\n\r\nx\r\n");
+    // (send asserts the 250)
+    s.daemon.send(
+        "a@example.org",
+        &["alice@example.test"],
+        b"Subject: x\r\n\r\nx\r\n",
+    );
     let mx = started.elapsed();
-    assert!(reply.starts_with("250"), "{reply}");
     let mut codes = std::collections::BTreeMap::new();
     for t in flood {
         *codes.entry(t.join().expect("thread")).or_insert(0) += 1;
@@ -423,7 +430,10 @@ fn an_auth_flood_keeps_memory_bounded_and_port_25_answering() {
         after.saturating_sub(before) / 1024
     );
     // And a good login still works afterwards.
-    assert_eq!(auth_once(s.submission, "alice", "correct horse battery"), 235);
+    assert_eq!(
+        auth_once(s.submission, "alice", "correct horse battery"),
+        235
+    );
 }
 
 #[test]
@@ -435,16 +445,25 @@ fn simultaneous_guesses_cannot_race_past_the_failure_limit() {
             std::thread::spawn(move || auth_once(addr, "alice", &format!("guess{i}")))
         })
         .collect();
-    let codes: Vec<u16> = guesses.into_iter().map(|t| t.join().expect("thread")).collect();
+    let codes: Vec<u16> = guesses
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect();
     let checked = codes.iter().filter(|c| **c == 535).count();
     assert!(checked <= 5, "{checked} guesses were checked: {codes:?}");
-    assert!(codes.iter().all(|c| [535, 421, 454].contains(c)), "{codes:?}");
+    assert!(
+        codes.iter().all(|c| [535, 421, 454].contains(c)),
+        "{codes:?}"
+    );
     assert!(codes.contains(&421), "{codes:?}");
 }
 
 #[test]
 fn an_unknown_user_takes_as_long_as_a_wrong_password() {
-    let s = start("submission-auth-timing", "max_auth_failures_per_ip = 100000");
+    let s = start(
+        "submission-auth-timing",
+        "max_auth_failures_per_ip = 100000",
+    );
     // One connection, one TLS handshake; each try is one AUTH exchange.
     let mut c = connect(s.submission);
     starttls(&mut c);
@@ -458,7 +477,8 @@ fn an_unknown_user_takes_as_long_as_a_wrong_password() {
         started.elapsed().as_secs_f64()
     };
     let (mut known, mut unknown) = (Vec::new(), Vec::new());
-    for _ in 0..15 {
+    // 18 tries: under the session's 20-error cap.
+    for _ in 0..9 {
         known.push(time("alice"));
         unknown.push(time("nobody-here"));
     }
@@ -467,9 +487,16 @@ fn an_unknown_user_takes_as_long_as_a_wrong_password() {
         v[v.len() / 2]
     };
     let (k, u) = (median(&mut known), median(&mut unknown));
-    println!("median AUTH reply: known user {:.2} ms, unknown user {:.2} ms", k * 1e3, u * 1e3);
+    println!(
+        "median AUTH reply: known user {:.2} ms, unknown user {:.2} ms",
+        k * 1e3,
+        u * 1e3
+    );
     // Before: 22 ms against 0.2 ms. Now the same argon2 work either way.
-    assert!((u / k) > 0.75 && (u / k) < 1.33, "known {k:.4} s, unknown {u:.4} s");
+    assert!(
+        (u / k) > 0.75 && (u / k) < 1.33,
+        "known {k:.4} s, unknown {u:.4} s"
+    );
 }
 
 #[test]
@@ -477,13 +504,18 @@ fn a_user_name_cannot_forge_or_colour_a_log_line() {
     let s = start("submission-log-forging", "");
     let forged = "bob\n2026-12-07T00:00:00.000000Z  INFO smtp{client=198.51.100.9:4242}: finaldot: authenticated user=admin\u{1b}[32m";
     assert_eq!(auth_once(s.submission, forged, "x"), 535);
-    wait_until(Duration::from_secs(10), || s.daemon.log().contains("AUTH failed"));
+    wait_until(Duration::from_secs(10), || {
+        s.daemon.log().contains("AUTH failed")
+    });
     let log = s.daemon.log();
     assert!(
         !log.lines().any(|l| l.starts_with("2026-12-07T00:00:00")),
         "a forged line reached the log:\n{log}"
     );
-    assert!(!log.contains('\u{1b}'), "an escape sequence reached the log:\n{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "an escape sequence reached the log:\n{log}"
+    );
     assert!(log.contains(r"bob\n2026-12-07"), "{log}");
 }
 
@@ -497,7 +529,12 @@ fn strict_sender_login_refuses_other_peoples_addresses() {
     starttls(&mut c);
     let good = Credentials::new("alice".into(), "correct horse battery".into());
     assert_eq!(code(c.auth(&[Mechanism::Plain], &good)), 235);
-    let mut raw = |line: &str| code(c.command(lettre::transport::smtp::commands::Rset).and(c.command(RawLine(line.into()))));
+    let mut raw = |line: &str| {
+        code(
+            c.command(lettre::transport::smtp::commands::Rset)
+                .and(c.command(RawLine(line.into()))),
+        )
+    };
     assert_eq!(raw("MAIL FROM:<ceo@other-domain.test>"), 553);
     assert_eq!(raw("MAIL FROM:<bob@example.test>"), 553);
     assert_eq!(raw("MAIL FROM:<alice@example.test>"), 250);
