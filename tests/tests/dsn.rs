@@ -206,6 +206,40 @@ fn notify_never_silences_a_failure_and_ret_full_returns_the_whole_message() {
 }
 
 #[test]
+fn ret_full_from_a_sender_nothing_vouches_for_returns_only_the_headers() {
+    let dir = TestDir::new("dsn-unverified");
+    let dovecot = Dovecot::start(dir.path());
+    // Loopback is an MX client like any other here, and nothing checks
+    // its sender: it may be anyone's address.
+    let d = start(
+        dir.path(),
+        &dovecot,
+        "\n[auth]\nverify = false\ntrusted_networks = []\n",
+    );
+    send(
+        &d,
+        "carol@localhost",
+        &["RET=FULL"],
+        &[("dave@localhost", &[])],
+        "Subject: not for a forger\r\n\r\nthis body stays here\r\n",
+    );
+    assert!(
+        wait_until(LONG, || !dovecot.inbox("carol").is_empty()),
+        "{}",
+        d.log()
+    );
+    let report = parse_dsn(&dovecot.inbox("carol")[0]);
+    assert_eq!(
+        report["types"],
+        serde_json::json!(["text/plain", "message/delivery-status", "text/rfc822-headers"]),
+        "{report}"
+    );
+    let returned = report["returned"].as_str().unwrap_or_default();
+    assert!(returned.contains("Subject: not for a forger"), "{report}");
+    assert!(!returned.contains("this body stays here"), "{report}");
+}
+
+#[test]
 fn delay_reports_go_only_where_notify_asked_for_delay() {
     let dir = TestDir::new("dsn-delay");
     let dovecot = Dovecot::start(dir.path());

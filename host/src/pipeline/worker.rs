@@ -786,16 +786,21 @@ fn forged_sender(attempt: &Attempt) -> Option<String> {
 
 /// Whether a failure report may carry the whole message back (RET=FULL):
 /// only to a sender shown to be who it claims (it authenticated on the
-/// submission listener, or its envelope sender passed SPF, or its From
-/// passed DMARC), and only when no plugin refused the message by its
-/// verdict (a spam or virus verdict must not mail the content to an address
-/// the spammer chose). Otherwise the report carries the header block only.
-fn may_return_content(queued: &spool::Envelope, progress: &Progress) -> bool {
+/// submission listener or sent from `trusted_networks`, or its envelope
+/// sender passed SPF, or its From passed DMARC), and only when no plugin
+/// refused the message by its verdict (a spam or virus verdict must not
+/// mail the content to an address the spammer chose). Otherwise the
+/// report carries the header block only.
+fn may_return_content(
+    queued: &QueueFile,
+    progress: &Progress,
+    trusted: &[ipnet::IpNet],
+) -> bool {
     let refused = progress
         .stages
         .iter()
         .any(|s| s.outcome.starts_with("bounce:"));
-    let shown = queued.auth.is_some()
+    let shown = !is_inbound(queued, trusted)
         || progress.auth.as_ref().is_some_and(|a| {
             a.sender_forged().is_none()
                 && (a.spf.result == finaldot_sdk::wire::AuthResult::Pass
@@ -1002,7 +1007,7 @@ fn send_dsn_to(
     // block (without it if unreadable).
     let full = kind == DsnKind::Failed
         && request.ret == Some(DsnRet::Full)
-        && may_return_content(&attempt.queued.envelope, progress);
+        && may_return_content(&attempt.queued, progress, &ctx.settings().trusted_networks);
     let end = if full { u64::MAX } else { progress.body_offset };
     let mut original = spool
         .read_message_range(QueueState::Active, &attempt.id, &attempt.queued, 0, end)
