@@ -32,7 +32,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::spool::{QueueState, Spool};
 
@@ -773,7 +773,18 @@ async fn handle(
     Ok(resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"error")))))
 }
 
-/// Serves `/metrics` and `/` on `addr`; returns the bound address.
+/// Most connections the metrics listener serves at once; more are closed.
+const MAX_CONNECTIONS: usize = 64;
+
+/// The longest wait for a request's header.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The longest a connection may last, request and response.
+const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves `/metrics` and `/` on `addr`; returns the bound address. At
+/// most [`MAX_CONNECTIONS`] at once, one request each, the header within
+/// [`HEADER_TIMEOUT`]: the page cannot be held hostage by idle sockets.
 pub async fn serve(
     addr: SocketAddr,
     spool: Arc<Spool>,
@@ -793,8 +804,19 @@ pub async fn serve(
         }
     });
     tokio::spawn(async move {
+        let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "metrics: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            // Over the cap: closed at once, nothing read.
+            let Ok(slot) = open.clone().try_acquire_owned() else {
                 continue;
             };
             let (spool, plugins_status) = (spool.clone(), plugins_status.clone());
@@ -802,12 +824,20 @@ pub async fn serve(
                 let svc = hyper::service::service_fn(move |req| {
                     handle(req, spool.clone(), plugins_status.clone())
                 });
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await
-                {
-                    warn!(error = %e, "metrics connection");
+                // One request a connection, its header within
+                // HEADER_TIMEOUT, the whole exchange within CONNECTION_TIMEOUT:
+                // an idle or half-sent request holds no slot for long.
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .keep_alive(false)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                    Ok(Err(e)) => debug!(error = %e, "metrics connection"),
+                    Err(_) => debug!("metrics connection timed out"),
+                    Ok(Ok(())) => {}
                 }
+                drop(slot);
             });
         }
     });

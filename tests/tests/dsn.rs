@@ -231,7 +231,11 @@ fn ret_full_from_a_sender_nothing_vouches_for_returns_only_the_headers() {
     let report = parse_dsn(&dovecot.inbox("carol")[0]);
     assert_eq!(
         report["types"],
-        serde_json::json!(["text/plain", "message/delivery-status", "text/rfc822-headers"]),
+        serde_json::json!([
+            "text/plain",
+            "message/delivery-status",
+            "text/rfc822-headers"
+        ]),
         "{report}"
     );
     let returned = report["returned"].as_str().unwrap_or_default();

@@ -261,3 +261,57 @@ fn the_status_page_in_chromium_has_its_graphs_and_the_numbers_of_metrics() {
     assert!(bytes.len() > 30_000, "{} bytes: a blank page?", bytes.len());
     eprintln!("status page screenshot: {}", png.display());
 }
+
+/// Whether the server has closed `s` (EOF) within `wait`.
+fn closed_within(mut s: &std::net::TcpStream, wait: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(wait)).expect("timeout");
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn idle_and_half_sent_requests_are_capped_and_closed() {
+    use std::io::Write;
+    let dir = TestDir::new("metrics-idle");
+    let cfg = test_config(dir.path(), "", "[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let d = Daemon::start_with(dir.path(), &cfg);
+    let addr = d.metrics_addr();
+    // 100 sockets: half say nothing, half send half a request.
+    let socks: Vec<std::net::TcpStream> = (0..100)
+        .map(|i| {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            if i % 2 == 1 {
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                    .expect("half");
+            }
+            s
+        })
+        .collect();
+    // Past the cap (64), sockets are closed at once; those within it are
+    // served (waited for) until the header timeout.
+    let early = socks[64..]
+        .iter()
+        .filter(|s| closed_within(s, Duration::from_millis(500)))
+        .count();
+    assert_eq!(early, 100 - 64, "sockets past the cap were kept");
+    assert!(!closed_within(&socks[0], Duration::from_millis(100)));
+    // The rest are closed once the header timeout has passed...
+    let all = socks
+        .iter()
+        .all(|s| closed_within(s, Duration::from_secs(15)));
+    assert!(all, "a silent socket was kept open");
+    // ...and the page answers again.
+    let page = http_get(addr, "/metrics");
+    assert!(
+        page.contains(" 200 ") && page.contains("finaldot_"),
+        "{page}"
+    );
+}

@@ -791,11 +791,7 @@ fn forged_sender(attempt: &Attempt) -> Option<String> {
 /// refused the message by its verdict (a spam or virus verdict must not
 /// mail the content to an address the spammer chose). Otherwise the
 /// report carries the header block only.
-fn may_return_content(
-    queued: &QueueFile,
-    progress: &Progress,
-    trusted: &[ipnet::IpNet],
-) -> bool {
+fn may_return_content(queued: &QueueFile, progress: &Progress, trusted: &[ipnet::IpNet]) -> bool {
     let refused = progress
         .stages
         .iter()
