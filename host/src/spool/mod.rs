@@ -460,6 +460,9 @@ impl Spool {
         let len = fs::metadata(path)?.len();
         if let Ok(mut pool) = self.recycled.lock() {
             if pool.fits(len) {
+                // The message's bytes go now, not when the file is reused:
+                // a recycled file holds nothing of the mail it carried.
+                OpenOptions::new().write(true).open(path)?.set_len(0)?;
                 let to = self.tmp_name("free");
                 fs::rename(path, &to)?;
                 pool.push(to, len);
@@ -875,8 +878,17 @@ impl Spool {
             if recycled {
                 let len = entry.metadata().map(|m| m.len());
                 if let Some(len) = len.ok().filter(|&l| pool.fits(l)) {
-                    pool.push(path, len);
-                    continue;
+                    // One left by an older build may still hold a message.
+                    let emptied = len == 0
+                        || OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .and_then(|f| f.set_len(0))
+                            .is_ok();
+                    if emptied {
+                        pool.push(path, len);
+                        continue;
+                    }
                 }
             } else {
                 report.tmp_removed += 1;
@@ -1189,13 +1201,15 @@ mod tests {
             .ino();
         spool.claim(&first).expect("claim");
         spool.complete(&first, false).expect("complete");
-        // The file waits in tmp/ (no queue id: never listed as a message).
-        assert_eq!(
-            fs::read_dir(spool.dir(QueueState::Tmp))
-                .expect("ls")
-                .count(),
-            1
-        );
+        // The file waits in tmp/ (no queue id: never listed as a message),
+        // emptied: nothing of the message it carried is left in it.
+        let waiting: Vec<_> = fs::read_dir(spool.dir(QueueState::Tmp))
+            .expect("ls")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(fs::metadata(&waiting[0]).expect("stat").len(), 0);
+        assert_eq!(fs::metadata(&waiting[0]).expect("stat").ino(), first_ino);
         assert!(spool.list(QueueState::Tmp).expect("list").is_empty());
 
         let second = put(&spool, b"short\r\n").await.expect("commit");
