@@ -117,11 +117,17 @@ pub struct LineCheck {
     pub bare_cr: bool,
     /// A line longer than [`MAX_TEXT_LINE`] octets was seen.
     pub long_line: bool,
+    /// A NUL octet was seen (RFC 5322 §3.5 text and RFC 6152's 8bit data
+    /// exclude it; only BINARYMIME, which is not offered, would allow it).
+    pub nul: bool,
 }
 
 impl LineCheck {
     /// Feeds the next piece of content.
     pub fn feed(&mut self, data: &[u8]) {
+        if !self.nul && memchr::memchr(0, data).is_some() {
+            self.nul = true;
+        }
         let mut i = 0;
         if self.pending_cr && !data.is_empty() {
             self.pending_cr = false;

@@ -122,7 +122,10 @@ enum Phase {
     /// Reading command lines.
     Command,
     /// Discarding the rest of an over-long command line.
-    SkipLongLine,
+    SkipLongLine {
+        /// An AUTH response (RFC 4954 §4: `500 5.5.6`), not a command.
+        auth: bool,
+    },
     /// Waiting for [`Session::begun`]; then enter `then`.
     AwaitBegin(Box<Phase>),
     /// Reading DATA content.
@@ -474,11 +477,20 @@ impl Session {
                         return Step::NeedInput;
                     }
                 }
-                Phase::SkipLongLine => match memchr(b'\n', &self.input[self.pos..]) {
+                Phase::SkipLongLine { auth } => match memchr(b'\n', &self.input[self.pos..]) {
                     Some(off) => {
+                        let auth = *auth;
                         self.pos += off + 1;
                         self.phase = Phase::Command;
-                        self.error_reply(Reply::new(500, "5.5.2", "Error: command line too long"));
+                        self.error_reply(if auth {
+                            Reply::new(
+                                500,
+                                "5.5.6",
+                                "Error: authentication exchange line is too long",
+                            )
+                        } else {
+                            Reply::new(500, "5.5.2", "Error: command line too long")
+                        });
                     }
                     None => {
                         self.pos = self.input.len();
@@ -505,7 +517,7 @@ impl Session {
         let Some(lf) = memchr(b'\n', avail) else {
             if avail.len() >= MAX_COMMAND_LINE {
                 self.pos = self.input.len();
-                self.phase = Phase::SkipLongLine;
+                self.phase = Phase::SkipLongLine { auth: false };
                 return true;
             }
             return false;
@@ -711,7 +723,7 @@ impl Session {
         let Some(lf) = memchr(b'\n', avail) else {
             if avail.len() > 12288 {
                 self.pos = self.input.len();
-                self.phase = Phase::SkipLongLine;
+                self.phase = Phase::SkipLongLine { auth: true };
             }
             return false;
         };
@@ -721,6 +733,14 @@ impl Session {
             .to_vec();
         self.pos += lf + 1;
         self.phase = Phase::Command;
+        if line.len() > 12288 {
+            self.error_reply(Reply::new(
+                500,
+                "5.5.6",
+                "Error: authentication exchange line is too long",
+            ));
+            return true;
+        }
         self.auth_response(wait, &line);
         true
     }
@@ -1107,6 +1127,12 @@ impl Session {
                         550,
                         "5.6.0",
                         "Error: message contains a bare <CR> or <LF>; lines must end with <CR><LF> (RFC 5321 section 2.3.8)",
+                    ))
+                } else if c.check.nul {
+                    Some(Reply::new(
+                        550,
+                        "5.6.0",
+                        "Error: message contains a NUL octet, which mail text may not carry (RFC 5322, RFC 6152)",
                     ))
                 } else if c.check.long_line {
                     Some(Reply::new(

@@ -620,6 +620,20 @@ fn auth_login_plain_continuation_cancel_and_bad_input() {
         b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHdyb25n\r\nAUTH LOGIN\r\n*\r\nAUTH PLAIN !!!\r\nAUTH CRAM-MD5\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n",
     );
     assert_eq!(d.codes(), vec![250, 535, 334, 501, 501, 504, 235, 503]);
+    // An over-long response (RFC 4954 §4: 12288 octets): 500 5.5.6, and
+    // the session goes on; an over-long command stays 500 5.5.2.
+    let mut input = b"EHLO c\r\nAUTH PLAIN\r\n".to_vec();
+    input.extend_from_slice(&vec![b'A'; 13_000]);
+    input.extend_from_slice(b"\r\nNOOP\r\n");
+    input.extend_from_slice(&vec![b'N'; 600]);
+    input.extend_from_slice(b"\r\nNOOP\r\n");
+    let d = run_in(tls(), &input);
+    assert_eq!(d.codes(), vec![250, 334, 500, 250, 500, 250]);
+    let text = String::from_utf8_lossy(&d.replies);
+    assert!(
+        text.contains("500 5.5.6") && text.contains("500 5.5.2"),
+        "{text}"
+    );
     // Port 25 never offers AUTH.
     let d = run(b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
     assert_eq!(d.codes(), vec![250, 502]);
@@ -635,4 +649,25 @@ fn postmaster_at_this_hosts_address_literal_is_this_hosts_postmaster() {
     // Another host's literal, or another user at ours, is not ours to take.
     assert_eq!(d.codes(), vec![250, 250, 250, 550, 550, 354, 250]);
     assert_eq!(d.committed[0].0.rcpt_to, vec!["postmaster@localhost"]);
+}
+
+#[test]
+fn a_nul_anywhere_in_content_refuses_the_message_and_the_session_goes_on() {
+    for body in [
+        &b"Subject: x\r\n\r\n.\0hidden\r\n.\r\n"[..],
+        b"Subject: x\0y\r\n\r\nbody\r\n.\r\n",
+        b"Subject: x\r\n\r\nbo\0dy\r\n.\r\n",
+    ] {
+        let mut input = with_hello(b"DATA\r\n");
+        input.extend_from_slice(body);
+        input.extend_from_slice(b"NOOP\r\n");
+        let d = run_every_split(&input);
+        assert_eq!(d.codes(), vec![250, 250, 250, 354, 550, 250], "{body:?}");
+        assert!(d.committed.is_empty());
+        assert!(String::from_utf8_lossy(&d.replies).contains("550 5.6.0"));
+    }
+    // BDAT too.
+    let d = run_every_split(&with_hello(b"BDAT 9 LAST\r\nA: b\r\n\0\r\nNOOP\r\n"));
+    assert_eq!(d.codes(), vec![250, 250, 250, 550, 250]);
+    assert!(d.committed.is_empty());
 }
