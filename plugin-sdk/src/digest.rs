@@ -1,7 +1,14 @@
 //! A small, stable, non-cryptographic hash (64-bit FNV-1a) for names and
 //! identities that must be the same on every run: a Maildir file name derived
 //! from a queue id and a recipient, a message identity for duplicate
-//! suppression. Not for anything an attacker must not be able to collide.
+//! suppression. Not for anything an attacker must not be able to collide:
+//! for that, [`crate::plugin::Kv::mac`] and [`same_tag`].
+
+/// Whether two tags (MACs) are equal, in time that depends only on their
+/// length, so a forger learns nothing from how long a refusal took.
+pub fn same_tag(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 /// Streaming 64-bit FNV-1a.
 #[derive(Debug, Clone, Copy)]

@@ -667,7 +667,27 @@ impl Dir {
 #[derive(Debug, Clone, Copy)]
 pub struct Kv;
 
+/// The key under which the host keeps a namespace's MAC key
+/// ([`Kv::mac`]); a plugin should not write it.
+pub const MAC_KEY: &[u8] = b"\0finaldot:mac-key";
+
 impl Kv {
+    /// HMAC-SHA256 of `data` under this namespace's secret key, which the
+    /// host makes at random on first use and keeps in the namespace (under
+    /// [`MAC_KEY`]), so every node sharing the namespace computes the same
+    /// tags. For tokens handed out and checked later: a VERP address, a
+    /// confirmation link. Compare tags with [`crate::digest::same_tag`].
+    pub fn mac(&self, data: &[u8]) -> Result<[u8; 32]> {
+        match request(HostRequest::KvMac {
+            data: data.to_vec(),
+        })? {
+            HostResponse::Data(Some(tag)) => tag
+                .try_into()
+                .map_err(|_| Error::new("the host returned a MAC of the wrong length")),
+            r => Err(unexpected(r)),
+        }
+    }
+
     /// The value of a key, if present and not expired.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match request(HostRequest::KvGet { key: key.to_vec() })? {

@@ -208,6 +208,27 @@ impl Current {
                     self.0.borrow_mut().kv.remove(key);
                     HostResponse::Done
                 }
+                HostRequest::KvMac { data } => {
+                    use hmac::Mac;
+                    let mut s = self.0.borrow_mut();
+                    // A fixed key where the daemon makes a random one, kept
+                    // in the namespace the same way.
+                    let key =
+                        s.kv.entry(crate::plugin::MAC_KEY.to_vec())
+                            .or_insert_with(|| (b"finaldot TestHost MAC key".to_vec(), None))
+                            .0
+                            .clone();
+                    match hmac::Hmac::<sha2::Sha256>::new_from_slice(&key) {
+                        Ok(mut mac) => {
+                            mac.update(data);
+                            HostResponse::Data(Some(mac.finalize().into_bytes().to_vec()))
+                        }
+                        Err(e) => HostResponse::Error {
+                            kind: crate::wire::HostErrorKind::Invalid,
+                            message: format!("MAC key: {e}"),
+                        },
+                    }
+                }
                 HostRequest::Http {
                     method, url, body, ..
                 } => {

@@ -1150,6 +1150,17 @@ pub enum HostRequest {
         /// What the request carries.
         body: HttpBody,
     },
+    /// HMAC-SHA256 of `data` under a secret key kept in the plugin's
+    /// key-value namespace (made at random by the host on first use, and
+    /// shared by every node that shares the namespace; needs the `kv`
+    /// grant). Answers `Data(Some(32 bytes))`. For tokens the plugin
+    /// hands out and must recognise later (VERP addresses, unsubscribe
+    /// links). (Appended last.)
+    KvMac {
+        /// What to authenticate.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
 }
 
 /// The body of an HTTP request from a plugin.

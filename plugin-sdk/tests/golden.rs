@@ -418,6 +418,12 @@ fn host_requests() {
                 ttl_secs: None,
             },
         ),
+        (
+            "kv_mac",
+            HostRequest::KvMac {
+                data: b"team\0yan@remote.test".to_vec(),
+            },
+        ),
     ];
     for (name, request) in requests {
         check(&format!("host_request_{name}"), &request);

@@ -380,15 +380,7 @@ fn verp_bounces_are_counted_and_the_member_disabled_after_the_limit() {
     );
     assert!(cfg.contains("bounce_limit = 2"), "{cfg}");
     let d = Daemon::start_with(dir.path(), &cfg);
-    // A report from another MTA, as it would arrive over SMTP for an earlier
-    // post: the first of yan's bounces.
-    d.send(
-        "",
-        &["team-bounces+yan=remote.test@localhost"],
-        b"From: MAILER-DAEMON@mx.remote.test\r\nSubject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"R\"\r\n\r\n--R\r\nContent-Type: text/plain\r\n\r\nMailbox unknown.\r\n--R\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.remote.test\r\n\r\nFinal-Recipient: rfc822; yan@remote.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--R--\r\n",
-    );
-    assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
-    for i in 1..=3 {
+    let post = |i: usize| {
         d.send(
             "carol@remote.test",
             &["team@localhost"],
@@ -397,14 +389,47 @@ fn verp_bounces_are_counted_and_the_member_disabled_after_the_limit() {
         hop.wait_for(i, LONG);
         // The post, and the report its bounce brought back, are done.
         assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
-    }
+    };
+    // The first post: the hop refuses yan, and finaldot's own report to
+    // yan's VERP address is his first bounce.
+    post(1);
+    let log = d.log();
+    let yan_verp = log
+        .lines()
+        .filter(|l| l.contains("DSN queued for the sender"))
+        .find_map(|l| {
+            let to = l.split("to=").nth(1)?.split_whitespace().next()?;
+            to.contains("-yan=remote.test@").then(|| to.to_string())
+        })
+        .unwrap_or_else(|| panic!("no report to yan's VERP address:\n{log}"));
+    let report = b"From: MAILER-DAEMON@mx.remote.test\r\nSubject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"R\"\r\n\r\n--R\r\nContent-Type: text/plain\r\n\r\nMailbox unknown.\r\n--R\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.remote.test\r\n\r\nFinal-Recipient: rfc822; yan@remote.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--R--\r\n";
+    // A forger who knows the scheme but not the key: dropped, not counted.
+    d.send(
+        "",
+        &["team-bounces+0000000000-yan=remote.test@localhost"],
+        report,
+    );
+    assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
+    assert!(d.log().contains("wrong tag"), "{}", d.log());
+    // A report from another MTA to yan's real VERP address: the second
+    // bounce, which disables him and goes to the owner.
+    d.send("", &[&yan_verp], report);
+    assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
+    post(2);
+    post(3);
     // zed got every post, each in a transaction of his own, from his own
-    // envelope sender; yan was refused once more (the second bounce), then
-    // skipped; no report left.
+    // (always the same) envelope sender; yan was skipped once disabled; no
+    // report left.
     let got = hop.accepted();
     assert_eq!(got.len(), 3, "{got:?}");
     for a in &got {
-        assert_eq!(a.mail_from, "team-bounces+zed=remote.test@localhost");
+        assert!(
+            a.mail_from.starts_with("team-bounces+")
+                && a.mail_from.ends_with("-zed=remote.test@localhost"),
+            "{}",
+            a.mail_from
+        );
+        assert_eq!(a.mail_from, got[0].mail_from);
         assert_eq!(a.rcpt_to, vec!["zed@remote.test".to_string()]);
     }
     let log = d.log();

@@ -26,9 +26,12 @@
 //! then held for an administrator (`finaldot queue release ID` approves).
 //!
 //! With `verp: yes` every member gets an envelope sender of its own,
-//! `LIST-bounces+member=domain@listdomain` (VERP), so a bounce names the
-//! member. A failure report (RFC 3464) to such an address is counted for
-//! that member (in the key-value namespace, by queue id, so a retry does not
+//! `LIST-bounces+TAG-member=domain@listdomain` (VERP), so a bounce names the
+//! member. TAG is a keyed digest of the list and the member
+//! ([`finaldot_sdk::plugin::Kv::mac`], the key kept in the plugin's
+//! namespace, as SRS does), so nobody can make up a VERP address for a
+//! member: a report to one without a valid tag is dropped uncounted. A
+//! failure report (RFC 3464) to a valid one is counted for that member (in the key-value namespace, by queue id, so a retry does not
 //! count twice) and dropped; the `bounce_limit`-th within
 //! `bounce_window_secs` disables the member (later posts skip it) and goes to
 //! the list's owner with a header saying so. Nothing sent to a VERP address
@@ -136,11 +139,11 @@ impl List {
         format!("<{}>", self.address.replace('@', "."))
     }
 
-    /// The VERP envelope sender for `member`:
-    /// `LIST-bounces+local=domain@listdomain`.
-    pub fn verp_sender(&self, member: &str) -> String {
+    /// The VERP envelope sender for `member` with its `tag`
+    /// ([`ListExpand`]'s keyed digest): `LIST-bounces+TAG-local=domain@listdomain`.
+    pub fn verp_sender(&self, member: &str, tag: &str) -> String {
         let (bl, bd) = self.bounces.rsplit_once('@').unwrap_or((&self.bounces, ""));
-        format!("{bl}+{}@{bd}", member.replace('@', "="))
+        format!("{bl}+{tag}-{}@{bd}", member.replace('@', "="))
     }
 
     fn request_address(&self) -> String {
@@ -151,19 +154,27 @@ impl List {
     }
 }
 
-/// A VERP address taken apart: the bounce address it extends and the
-/// member it names (`team-bounces+bob=remote.test@example.test` →
-/// `team-bounces@example.test`, `bob@remote.test`).
-pub fn verp_parts(address: &str) -> Option<(String, String)> {
+/// Hex digits of a VERP tag (40 bits: a forger needs about 2^39 reports
+/// to hit one member's).
+const TAG_LEN: usize = 10;
+
+/// A VERP address taken apart: the bounce address it extends, the member
+/// it names and the tag that vouches for it
+/// (`team-bounces+0123456789-bob=remote.test@example.test` →
+/// `team-bounces@example.test`, `bob@remote.test`, `0123456789`).
+pub fn verp_parts(address: &str) -> Option<(String, String, String)> {
     let (local, domain) = address.rsplit_once('@')?;
-    let (base, tag) = local.split_once('+')?;
-    let (member_local, member_domain) = tag.rsplit_once('=')?;
+    let (base, extension) = local.split_once('+')?;
+    let tag = extension.get(..TAG_LEN)?;
+    let member = extension.get(TAG_LEN..)?.strip_prefix('-')?;
+    let (member_local, member_domain) = member.rsplit_once('=')?;
     if base.is_empty() || member_local.is_empty() || member_domain.is_empty() {
         return None;
     }
     Some((
         format!("{base}@{domain}").to_ascii_lowercase(),
         format!("{member_local}@{member_domain}").to_ascii_lowercase(),
+        tag.to_ascii_lowercase(),
     ))
 }
 
@@ -208,6 +219,16 @@ pub struct ListExpand {
 }
 
 impl ListExpand {
+    /// The VERP tag of `member` on `list`: the first [`TAG_LEN`] hex digits
+    /// of the namespace's MAC over both.
+    fn tag(cx: &Context, list: &List, member: &str) -> Result<String> {
+        let mac = cx
+            .kv()
+            .mac(format!("verp\0{}\0{member}", list.address).as_bytes())?;
+        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(hex[..TAG_LEN].to_string())
+    }
+
     fn load(&self, cx: &Context, address: &str) -> Result<Option<List>> {
         let address = address.to_ascii_lowercase();
         if address.contains('/') || address.starts_with('.') {
@@ -393,9 +414,21 @@ impl Plugin for ListExpand {
         let mut headers_done = false;
         let mut moderated: Option<String> = None;
         for r in msg.pending_recipients() {
-            if let Some((base, member)) = verp_parts(&r.address) {
+            if let Some((base, member, tag)) = verp_parts(&r.address) {
                 if let Some(list) = self.list_of_bounces(cx, &base)? {
-                    self.bounce(msg, cx, &r.address, &list, &member)?;
+                    let expected = Self::tag(cx, &list, &member)?;
+                    if finaldot_sdk::digest::same_tag(tag.as_bytes(), expected.as_bytes()) {
+                        self.bounce(msg, cx, &r.address, &list, &member)?;
+                    } else {
+                        cx.info(&format!(
+                            "list {}: a VERP address with a wrong tag; dropped",
+                            list.address
+                        ));
+                        msg.mark_discarded(
+                            &r.address,
+                            &format!("not a VERP address of list {} (wrong tag)", list.address),
+                        );
+                    }
                     continue;
                 }
             }
@@ -465,7 +498,8 @@ impl Plugin for ListExpand {
             for m in &members {
                 msg.add_recipient(m, Some(&r.address));
                 if list.verp {
-                    msg.set_recipient_sender(m, &list.verp_sender(m));
+                    let tag = Self::tag(cx, &list, m)?;
+                    msg.set_recipient_sender(m, &list.verp_sender(m, &tag));
                 }
             }
             cx.info(&format!(
@@ -675,16 +709,62 @@ mod tests {
             .sender("carol@x.test")
             .recipient("team@localhost");
         let out = host.run(&mut p, &post).unwrap();
-        assert!(out.changes.contains(&Change::SetRecipientSender {
-            address: "yan@remote.test".into(),
-            sender: "team-bounces+yan=remote.test@localhost".into(),
-        }));
-        let verp = "team-bounces+yan=remote.test@localhost";
+        let sender_of = |out: &finaldot_sdk::testing::Outcome, member: &str| {
+            out.changes
+                .iter()
+                .find_map(|c| match c {
+                    Change::SetRecipientSender { address, sender } if address == member => {
+                        Some(sender.clone())
+                    }
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let yan = sender_of(&out, "yan@remote.test");
+        let verp = yan.as_str();
+        let (base, member, tag) = verp_parts(verp).unwrap();
+        assert_eq!(
+            (base.as_str(), member.as_str()),
+            ("team-bounces@localhost", "yan@remote.test")
+        );
+        assert!(
+            tag.len() == 10 && tag.chars().all(|c| c.is_ascii_hexdigit()),
+            "{verp}"
+        );
+        assert!(
+            verp.starts_with("team-bounces+") && verp.ends_with("-yan=remote.test@localhost"),
+            "{verp}"
+        );
+        // The same member gets the same address on every post; another
+        // member another tag.
+        assert_eq!(
+            sender_of(&host.run(&mut p, &post).unwrap(), "yan@remote.test"),
+            yan
+        );
+        let zed_sender = sender_of(&out, "zed@remote.test");
+        assert_ne!(verp_parts(&zed_sender).unwrap().2, tag);
+        // A made-up tag (or the old untagged form) is dropped, not counted.
+        for forged in [
+            "team-bounces+0000000000-yan=remote.test@localhost".to_string(),
+            format!(
+                "team-bounces+{}-yan=remote.test@localhost",
+                zed_sender[13..23].to_string()
+            ),
+        ] {
+            let out = host
+                .run(&mut p, &report(&forged, "Q9", "failed", "5.1.1"))
+                .unwrap();
+            assert!(
+                matches!(&out.recipient(&forged).unwrap().state, RecipientState::Discarded { reason } if reason.contains("wrong tag")),
+                "{forged}: {:?}",
+                out.state
+            );
+        }
         // Not from <>, or about someone else: dropped, not counted.
         let not_counted = |out: &finaldot_sdk::testing::Outcome, to: &str| matches!(&out.recipient(to).unwrap().state, RecipientState::Discarded { reason } if reason.starts_with("not a failure report"));
         let forged = report(verp, "Q0", "failed", "5.1.1").sender("mallory@x.test");
         assert!(not_counted(&host.run(&mut p, &forged).unwrap(), verp));
-        let zed = "team-bounces+zed=remote.test@localhost";
+        let zed = zed_sender.as_str();
         let other = report(zed, "Q0", "failed", "5.1.1");
         assert!(not_counted(&host.run(&mut p, &other).unwrap(), zed));
         // Not a failure report: dropped, not counted.
@@ -736,9 +816,14 @@ mod tests {
             out.state
         );
         assert_eq!(
-            verp_parts("team-bounces+yan=remote.test@localhost"),
-            Some(("team-bounces@localhost".into(), "yan@remote.test".into()))
+            verp_parts("team-bounces+0123456789-yan=remote.test@localhost"),
+            Some((
+                "team-bounces@localhost".into(),
+                "yan@remote.test".into(),
+                "0123456789".into()
+            ))
         );
+        assert_eq!(verp_parts("team-bounces+yan=remote.test@localhost"), None);
         assert_eq!(verp_parts("team@localhost"), None);
     }
 

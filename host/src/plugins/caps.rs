@@ -91,6 +91,8 @@ pub struct OpenGrants {
     /// One group commit per (grant, directory): concurrent deliveries into
     /// the same Maildir share its directory fsync.
     dir_syncs: Mutex<HashMap<(String, String), Arc<DirSync>>>,
+    /// The key-value namespace's MAC key, once read or made.
+    mac_key: Mutex<Option<ring::hmac::Key>>,
     /// Held around file creations and renames in the granted directories:
     /// concurrent deliveries into one Maildir otherwise spin in the kernel
     /// on its directory lock while the holder allocates an inode; here
@@ -169,6 +171,7 @@ impl OpenGrants {
             http,
             kv,
             dir_syncs: Mutex::default(),
+            mac_key: Mutex::default(),
             names: Mutex::default(),
         })
     }
@@ -181,6 +184,7 @@ impl OpenGrants {
             http: None,
             kv: None,
             dir_syncs: Mutex::default(),
+            mac_key: Mutex::default(),
             names: Mutex::default(),
         }
     }
@@ -235,7 +239,8 @@ impl OpenGrants {
             HostRequest::KvGet { .. }
             | HostRequest::KvPut { .. }
             | HostRequest::KvDelete { .. }
-            | HostRequest::KvPutIfAbsent { .. } => self.kv_request(req, now, budget),
+            | HostRequest::KvPutIfAbsent { .. }
+            | HostRequest::KvMac { .. } => self.kv_request(req, now, budget),
             _ => self.serve(req, body),
         };
         match served {
@@ -288,6 +293,30 @@ impl OpenGrants {
         HostResponse::Dns(resolver.lookup(name, rtype, timeout))
     }
 
+    /// The namespace's MAC key: read from the namespace, or made at random
+    /// and stored there if absent (of two nodes racing, the first store
+    /// wins and both use it); kept in memory once known.
+    fn mac_key(
+        &self,
+        kv: &Kv,
+        now: u64,
+        limit: Option<std::time::Duration>,
+    ) -> Result<ring::hmac::Key, KvError> {
+        if let Some(key) = self.mac_key.lock().ok().and_then(|k| k.clone()) {
+            return Ok(key);
+        }
+        let mut fresh = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
+            .map_err(|_| KvError::Storage(io::Error::other("no randomness for the MAC key")))?;
+        let stored = kv.put_if_absent(finaldot_sdk::plugin::MAC_KEY, &fresh, now, None, limit)?;
+        let bytes = stored.unwrap_or_else(|| fresh.to_vec());
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes);
+        if let Ok(mut k) = self.mac_key.lock() {
+            *k = Some(key.clone());
+        }
+        Ok(key)
+    }
+
     /// One key-value request, within the call's time limit. A backend that
     /// cannot answer is noted in the budget (the call then defers).
     fn kv_request(
@@ -315,6 +344,9 @@ impl OpenGrants {
             } => kv
                 .put_if_absent(key, value, now, *ttl_secs, limit)
                 .map(HostResponse::Data),
+            HostRequest::KvMac { data } => self.mac_key(kv, now, limit).map(|key| {
+                HostResponse::Data(Some(ring::hmac::sign(&key, data).as_ref().to_vec()))
+            }),
             _ => {
                 return Err(CapError::new(
                     HostErrorKind::Invalid,
@@ -412,7 +444,8 @@ impl OpenGrants {
             | HostRequest::KvGet { .. }
             | HostRequest::KvPut { .. }
             | HostRequest::KvDelete { .. }
-            | HostRequest::KvPutIfAbsent { .. } => {
+            | HostRequest::KvPutIfAbsent { .. }
+            | HostRequest::KvMac { .. } => {
                 return Err(CapError::new(
                     HostErrorKind::Invalid,
                     "DNS, HTTP and key-value requests are served by handle",
@@ -506,6 +539,8 @@ impl OpenGrants {
             | HostRequest::KvPutIfAbsent { .. }
             | HostRequest::DnsLookup { .. }
             | HostRequest::Http { .. } => true,
+            // The first call makes and stores the key.
+            HostRequest::KvMac { .. } => self.mac_key.lock().map_or(true, |k| k.is_none()),
             _ => false,
         }
     }
