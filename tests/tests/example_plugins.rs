@@ -208,7 +208,7 @@ fn a_filter_rule_holds_a_matching_message() {
         plugin_toml(
             "local-delivery",
             "local_delivery",
-            &format!("dirs = [{{ name = \"mail\", path = {mail:?}, writable = true }}]\nconfig = {{ domains = [\"example.test\"], users = [\"alice\", \"bob\"] }}"),
+            &format!("dirs = [{{ name = \"mail\", path = {mail:?}, writable = true }}]\nconfig = {{ domains = [\"example.test\"], users = [\"alice\", \"bob\"], aliases = {{ postmaster = \"alice\" }} }}"),
         )
     );
     let d = Daemon::start_with(dir.path(), &chain_config(dir.path(), &plugins));

@@ -182,7 +182,7 @@ fn plugin_test_uses_the_configured_settings_and_grants() {
     std::fs::write(
         &cfg,
         format!(
-            "[domains.localhost]\n[[plugins]]\nname = \"local-delivery\"\nfile = \"local_delivery.wasm\"\ndirs = [{{ name = \"mail\", path = {mail:?}, writable = true }}]\nconfig = {{ domains = [\"localhost\"], users = [\"alice\"] }}\n"
+            "[domains.localhost]\nrecipients = [\"alice\"]\n[[plugins]]\nname = \"local-delivery\"\nfile = \"local_delivery.wasm\"\ndirs = [{{ name = \"mail\", path = {mail:?}, writable = true }}]\nconfig = {{ domains = [\"localhost\"], users = [\"alice\"], aliases = {{ postmaster = \"alice\" }} }}\n"
         ),
     )
     .expect("config");

@@ -390,6 +390,7 @@ impl RawConfig {
         {
             pipeline.workers = pipeline::NETWORK_WORKERS;
         }
+        check_mailbox_lists(&plugins, &recipients, &cx)?;
         let metrics_listen = self.metrics.validate(&smtp, &cx)?;
         let outbound = self.outbound.validate(&cx)?;
         let lmtp = self.lmtp.map(|l| l.validate(&domains, &cx)).transpose()?;
@@ -416,9 +417,114 @@ impl RawConfig {
     }
 }
 
+/// The front end's recipient lists and local-delivery's `users` must
+/// agree: an address the front end takes at RCPT and local delivery then
+/// refuses would be bounced after the 250 (backscatter to a sender who may
+/// be forged). Checked for every plugin configured as local-delivery is
+/// (`domains` and `users` in its `[plugins.config]`): each name a local
+/// domain lists in `recipients` (and `postmaster`), after the plugin's
+/// `aliases`, must be one of its users, and a domain it serves must list
+/// its recipients rather than take every local part.
+fn check_mailbox_lists(
+    plugins: &[PluginSpec],
+    recipients: &Recipients,
+    cx: &Cx,
+) -> Result<(), ConfigError> {
+    use finaldot_sdk::wire::Value;
+    let strings = |v: Option<&Value>| -> Option<Vec<String>> {
+        match v? {
+            Value::Array(items) => Some(
+                items
+                    .iter()
+                    .filter_map(|i| match i {
+                        Value::String(s) => Some(s.to_lowercase()),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        }
+    };
+    for (i, p) in plugins.iter().enumerate() {
+        let Value::Table(table) = &p.config else {
+            continue;
+        };
+        let get = |k: &str| table.iter().find(|(n, _)| n == k).map(|(_, v)| v);
+        let (Some(domains), Some(users)) = (strings(get("domains")), strings(get("users"))) else {
+            continue;
+        };
+        let aliases: Vec<(String, String)> = match get("aliases") {
+            Some(Value::Table(t)) => t
+                .iter()
+                .filter_map(|(k, v)| match v {
+                    Value::String(to) => Some((k.to_lowercase(), to.to_lowercase())),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        // The plugin's rule: aliases may chain, at most 8 steps.
+        let resolve = |name: &str| {
+            let mut user = name.to_lowercase();
+            for _ in 0..8 {
+                match aliases.iter().find(|(from, _)| *from == user) {
+                    Some((_, to)) => user = to.clone(),
+                    None => break,
+                }
+            }
+            user
+        };
+        let key = format!("plugins[{i}].config.users");
+        for domain in &domains {
+            match recipients.users(domain) {
+                None => {}
+                Some(crate::smtp::policy::DomainUsers::CatchAll) => {
+                    return Err(cx.invalid(
+                        &key,
+                        format!("plugin {:?} delivers only its users at {domain}, but [domains.{domain:?}] takes every local part: list them there too (recipients = [...]), or the rest are taken and then bounced", p.name),
+                    ))
+                }
+                Some(crate::smtp::policy::DomainUsers::Listed(set)) => {
+                    let mut names: Vec<&str> = set.iter().map(String::as_str).collect();
+                    names.sort_unstable();
+                    names.push("postmaster");
+                    if let Some(missing) = names.into_iter().find(|n| !users.contains(&resolve(n))) {
+                        return Err(cx.invalid(
+                            &key,
+                            format!("{missing}@{domain} is taken at RCPT ([domains.{domain:?}] recipients, or postmaster) but plugin {:?} has no such user (nor an alias to one): it would be bounced after the 250", p.name),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_front_ends_recipients_and_local_deliverys_users_must_agree() {
+        let cfg = |recipients: &str, users: &str| {
+            parse(&format!(
+                "[domains.a]\n{recipients}\n[[plugins]]\nname = \"ld\"\nfile = \"ld.wasm\"\n[plugins.config]\ndomains = [\"a\"]\n{users}\naliases = {{ postmaster = \"root\" }}\n"
+            ))
+        };
+        // Agreeing lists, postmaster through an alias; no users: anything goes.
+        cfg("recipients = [\"alice\", \"Bob\"]", "users = [\"alice\", \"bob\", \"root\"]").expect("agree");
+        cfg("", "").expect("no users list");
+        cfg("recipients = [\"alice\"]", "").expect("no users list");
+        for (recipients, users, says) in [
+            ("recipients = [\"alice\", \"carol\"]", "users = [\"alice\", \"root\"]", "carol@a"),
+            ("recipients = [\"alice\"]", "users = [\"alice\"]", "postmaster@a"),
+            ("", "users = [\"alice\", \"root\"]", "takes every local part"),
+        ] {
+            let e = cfg(recipients, users).expect_err(users).to_string();
+            assert!(e.contains("plugins[0].config.users") && e.contains(says), "{e}");
+        }
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "test.toml", Path::new("/etc/finaldot"))

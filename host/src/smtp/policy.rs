@@ -60,6 +60,11 @@ impl Recipients {
         self.delimiter
     }
 
+    /// Which local parts of `domain` exist (`None`: not a local domain).
+    pub fn users(&self, domain: &str) -> Option<&DomainUsers> {
+        self.domains.get(&domain.to_ascii_lowercase())
+    }
+
     /// Whether `domain` is one this server serves.
     pub fn is_local_domain(&self, domain: &str) -> bool {
         self.domains.contains_key(&domain.to_ascii_lowercase())
