@@ -748,7 +748,7 @@ mod tests {
             "team-bounces+0000000000-yan=remote.test@localhost".to_string(),
             format!(
                 "team-bounces+{}-yan=remote.test@localhost",
-                zed_sender[13..23].to_string()
+                &zed_sender[13..23]
             ),
         ] {
             let out = host

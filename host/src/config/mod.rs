@@ -513,16 +513,35 @@ mod tests {
             ))
         };
         // Agreeing lists, postmaster through an alias; no users: anything goes.
-        cfg("recipients = [\"alice\", \"Bob\"]", "users = [\"alice\", \"bob\", \"root\"]").expect("agree");
+        cfg(
+            "recipients = [\"alice\", \"Bob\"]",
+            "users = [\"alice\", \"bob\", \"root\"]",
+        )
+        .expect("agree");
         cfg("", "").expect("no users list");
         cfg("recipients = [\"alice\"]", "").expect("no users list");
         for (recipients, users, says) in [
-            ("recipients = [\"alice\", \"carol\"]", "users = [\"alice\", \"root\"]", "carol@a"),
-            ("recipients = [\"alice\"]", "users = [\"alice\"]", "postmaster@a"),
-            ("", "users = [\"alice\", \"root\"]", "takes every local part"),
+            (
+                "recipients = [\"alice\", \"carol\"]",
+                "users = [\"alice\", \"root\"]",
+                "carol@a",
+            ),
+            (
+                "recipients = [\"alice\"]",
+                "users = [\"alice\"]",
+                "postmaster@a",
+            ),
+            (
+                "",
+                "users = [\"alice\", \"root\"]",
+                "takes every local part",
+            ),
         ] {
             let e = cfg(recipients, users).expect_err(users).to_string();
-            assert!(e.contains("plugins[0].config.users") && e.contains(says), "{e}");
+            assert!(
+                e.contains("plugins[0].config.users") && e.contains(says),
+                "{e}"
+            );
         }
     }
 

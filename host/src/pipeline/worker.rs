@@ -1053,7 +1053,7 @@ fn send_dsn_to(
     w.write(&msg)?;
     let dsn_id = spool.commit_blocking(w.finish()?)?;
     metrics::global().dsns.inc();
-    info!(dsn_queue_id = %dsn_id, to = %crate::Printable(&sender), kind = ?kind, recipients = recipients.len(), "DSN queued for the sender");
+    info!(dsn_queue_id = %dsn_id, to = %crate::Printable(sender), kind = ?kind, recipients = recipients.len(), "DSN queued for the sender");
     Ok(())
 }
 
