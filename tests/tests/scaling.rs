@@ -161,6 +161,9 @@ fn redis_stopped_mid_run_defers_and_everything_arrives_once_after() {
         "{}",
         d.log()
     );
+    // The last file can land before its message's later stages (the
+    // dedup confirmation) ran: all done before Redis goes away.
+    assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
     redis.stop();
     // While Redis is down the node still answers 250 (the spool is local)
     // and defers what it cannot check, with the reason.
