@@ -55,6 +55,25 @@ fn send(d: &Daemon, from: &str, mail: &[&str], rcpts: &[(&str, &[&str])], body: 
     );
 }
 
+/// carol@localhost sends `body` with RET=FULL to dave, whom Dovecot does
+/// not know; the report she gets, parsed, once the queue is empty.
+fn failure_with_ret_full(d: &Daemon, dovecot: &Dovecot, body: &str) -> serde_json::Value {
+    send(
+        d,
+        "carol@localhost",
+        &["RET=FULL"],
+        &[("dave@localhost", &[])],
+        body,
+    );
+    assert!(
+        wait_until(LONG, || !dovecot.inbox("carol").is_empty()),
+        "{}",
+        d.log()
+    );
+    assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
+    parse_dsn(&dovecot.inbox("carol")[0])
+}
+
 #[test]
 fn dsn_is_offered_and_bad_parameters_get_501_while_the_session_goes_on() {
     let dir = TestDir::new("dsn-syntax");
@@ -177,22 +196,12 @@ fn notify_never_silences_a_failure_and_ret_full_returns_the_whole_message() {
         d.log()
     );
     // The same failure with RET=FULL and the default NOTIFY.
-    send(
+    let report = failure_with_ret_full(
         &d,
-        "carol@localhost",
-        &["RET=FULL"],
-        &[("dave@localhost", &[])],
+        &dovecot,
         "Subject: the whole thing\r\n\r\nthe whole body comes back\r\n",
     );
-    assert!(
-        wait_until(LONG, || !dovecot.inbox("carol").is_empty()),
-        "{}",
-        d.log()
-    );
-    assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
-    let inbox = dovecot.inbox("carol");
-    assert_eq!(inbox.len(), 1, "NOTIFY=NEVER was reported");
-    let report = parse_dsn(&inbox[0]);
+    assert_eq!(dovecot.inbox("carol").len(), 1, "NOTIFY=NEVER was reported");
     assert_eq!(
         report["types"],
         serde_json::json!(["text/plain", "message/delivery-status", "message/rfc822"]),
@@ -216,19 +225,11 @@ fn ret_full_from_a_sender_nothing_vouches_for_returns_only_the_headers() {
         &dovecot,
         "\n[auth]\nverify = false\ntrusted_networks = []\n",
     );
-    send(
+    let report = failure_with_ret_full(
         &d,
-        "carol@localhost",
-        &["RET=FULL"],
-        &[("dave@localhost", &[])],
+        &dovecot,
         "Subject: not for a forger\r\n\r\nthis body stays here\r\n",
     );
-    assert!(
-        wait_until(LONG, || !dovecot.inbox("carol").is_empty()),
-        "{}",
-        d.log()
-    );
-    let report = parse_dsn(&dovecot.inbox("carol")[0]);
     assert_eq!(
         report["types"],
         serde_json::json!([

@@ -347,20 +347,22 @@ fn idle_client_times_out_with_421() {
     assert!(c.is_closed());
 }
 
-/// Sends `bytes` one a time, `gap` apart, until the server closes the
-/// connection (or `limit` passes); how long that took.
-fn trickle(c: &mut Client, bytes: &[u8], gap: Duration, limit: Duration) -> Duration {
+/// Sends `bytes` a byte every 300 ms, over and over, and expects the
+/// server to cut the client off with `421 4.4.2` well before 20 s (a
+/// single read never waits longer than 300 ms, so only a deadline can).
+fn trickled_out(c: &mut Client, bytes: &[u8]) {
     let started = std::time::Instant::now();
     for b in bytes.iter().cycle() {
-        if started.elapsed() > limit {
+        if started.elapsed() > Duration::from_secs(30) || c.try_send(&[*b]).is_err() {
             break;
         }
-        if c.try_send(&[*b]).is_err() {
-            break;
-        }
-        std::thread::sleep(gap);
+        std::thread::sleep(Duration::from_millis(300));
     }
-    started.elapsed()
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "still open after {took:?}");
+    let (code, text) = c.read_reply();
+    assert_eq!(code, 421, "{text}");
+    assert!(text.contains("4.4.2"), "{text}");
 }
 
 #[test]
@@ -377,16 +379,7 @@ fn a_client_trickling_a_command_or_its_content_is_cut_off() {
     // Inside a command line: a byte every 300 ms never lets a read time
     // out, but the whole line must come within the command timeout.
     let mut c = d.connect();
-    let took = trickle(
-        &mut c,
-        b"NOOP NOOP NOOP ",
-        Duration::from_millis(300),
-        Duration::from_secs(30),
-    );
-    assert!(took < Duration::from_secs(20), "still open after {took:?}");
-    let (code, text) = c.read_reply();
-    assert_eq!(code, 421, "{text}");
-    assert!(text.contains("4.4.2"), "{text}");
+    trickled_out(&mut c, b"NOOP NOOP NOOP ");
     // Inside DATA: the content must come at 500 octets a second past the
     // data timeout.
     let mut c = d.connect();
@@ -394,15 +387,7 @@ fn a_client_trickling_a_command_or_its_content_is_cut_off() {
     c.expect("MAIL FROM:<a@b.test>", 250);
     c.expect("RCPT TO:<alice@example.test>", 250);
     c.expect("DATA", 354);
-    let took = trickle(
-        &mut c,
-        b"Subject: slow\r\n",
-        Duration::from_millis(300),
-        Duration::from_secs(30),
-    );
-    assert!(took < Duration::from_secs(20), "still open after {took:?}");
-    let (code, text) = c.read_reply();
-    assert_eq!(code, 421, "{text}");
+    trickled_out(&mut c, b"Subject: slow\r\n");
     assert!(d.spool_files(QueueState::Incoming).is_empty());
     // A client that sends at a fair pace is not affected.
     let mut c = d.connect();
