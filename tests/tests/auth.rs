@@ -887,3 +887,42 @@ fn spf_results_match_pyspf_for_a_table_of_policies() {
         );
     }
 }
+
+#[test]
+fn an_ipv4_client_of_a_dual_stack_listener_is_seen_as_ipv4_everywhere() {
+    let dir = TestDir::new("auth-dual-stack");
+    let mail = dir.path().join("mail");
+    // h.example.com has only an A record for the client: `a:` passes only
+    // if the client is taken as 127.0.0.1, not ::ffff:127.0.0.1.
+    let dns = DnsServer::start(vec![
+        Record::Txt("example.com".into(), "v=spf1 a:h.example.com -all".into()),
+        Record::A("h.example.com".into(), "127.0.0.1".parse().expect("ip")),
+    ]);
+    let cfg = trust_none(&with_dns(
+        &chain_config(dir.path(), &local_delivery_toml(&mail)),
+        dns.addr,
+    ))
+    .replace("listen = [\"127.0.0.1:0\"]", "listen = [\"[::]:0\"]");
+    assert!(cfg.contains("[::]:0"), "{cfg}");
+    let d = Daemon::start_with(dir.path(), &cfg);
+    assert!(d.addr.is_ipv6(), "{}", d.addr);
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], d.addr.port()));
+    let mut c = Client::connect_raw(v4);
+    assert_eq!(c.read_reply().0, 220);
+    let (code, text) = c.send_message(
+        "carol@example.com",
+        &["alice@example.test"],
+        message("dual", "carol@example.com").as_bytes(),
+    );
+    assert_eq!(code, 250, "{text}");
+    let delivered = only_delivery(&d, &mail);
+    assert!(delivered.contains("([127.0.0.1])"), "{delivered}");
+    assert!(!delivered.contains("ffff"), "{delivered}");
+    let ours = our_results(&delivered);
+    assert!(ours.contains("spf=pass"), "{ours}");
+    // The queue file and the plugins' session facts said the same: the
+    // log's "queued" line carries the client's address.
+    let log = d.log();
+    assert!(log.contains("client_ip=127.0.0.1"), "{log}");
+    assert!(!log.contains("::ffff:"), "{log}");
+}

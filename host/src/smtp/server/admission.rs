@@ -37,7 +37,11 @@ pub(super) async fn accept_loop(
             _ = stop_one.changed() => return,
         };
         let (stream, peer) = match accepted {
-            Ok(x) => x,
+            // One canonical client address everywhere: an IPv4 client of a
+            // dual-stack (`[::]`) listener arrives as `::ffff:a.b.c.d` and
+            // is that IPv4 address for the caps, the Received field, SPF,
+            // DNSBLs, the queue file and plugins.
+            Ok((stream, peer)) => (stream, canonical(peer)),
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 warn!(error = %e, "accept failed");
@@ -58,6 +62,12 @@ pub(super) async fn accept_loop(
             .instrument(span),
         );
     }
+}
+
+/// `addr` with an IPv4-mapped IPv6 address (`::ffff:192.0.2.1`) written as
+/// the IPv4 address it carries.
+pub(super) fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Releases a per-IP connection slot on drop.
@@ -218,7 +228,7 @@ async fn proxied_peer(
     }
     match super::proxy::read_header(stream, proxy.timeout).await {
         Ok(client) => {
-            let client = client.unwrap_or(peer);
+            let client = client.map(canonical).unwrap_or(peer);
             debug!(%client, "PROXY header");
             Some(client)
         }
@@ -297,6 +307,14 @@ async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mapped_ipv4_client_is_its_ipv4_address() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        assert_eq!(canonical(a("[::ffff:192.0.2.7]:25")), a("192.0.2.7:25"));
+        assert_eq!(canonical(a("[2001:db8::1]:25")), a("[2001:db8::1]:25"));
+        assert_eq!(canonical(a("192.0.2.7:25")), a("192.0.2.7:25"));
+    }
 
     #[test]
     fn ipv6_clients_count_per_64_and_mapped_ipv4_as_ipv4() {

@@ -209,7 +209,7 @@ impl Conn {
         stop: watch::Receiver<bool>,
     ) -> Conn {
         let received_auth = kind == ListenKind::Submission && shared.submission().received_auth;
-        let local_ip = stream.local_addr().ok().map(|a| a.ip());
+        let local_ip = stream.local_addr().ok().map(|a| a.ip().to_canonical());
         Conn {
             refusing: false,
             ack_started: None,
