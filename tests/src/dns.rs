@@ -1,8 +1,9 @@
 //! A tiny authoritative DNS server on loopback UDP for tests: MX, A, AAAA,
-//! TXT and PTR records from a table, NXDOMAIN for names it does not know,
+//! TXT (one string or several), SPF (type 99), PTR and CNAME records from a
+//! table (CNAMEs chased within it), NXDOMAIN for names it does not know,
 //! NODATA for known names without the asked type, SERVFAIL for names so
-//! marked, silence (a timeout) for others, and an optional delay before
-//! every answer. Just enough of RFC 1035 for a resolver's queries; never
+//! marked, silence (a timeout) for names so marked (or only for some
+//! types), and an optional delay before every answer. Just enough of RFC 1035 for a resolver's queries; never
 //! used outside tests (a real server cannot be told to fail on cue).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -26,6 +27,35 @@ pub enum Record {
     ServFail(String),
     /// Queries for `name` get no answer at all.
     Silent(String),
+    /// `name TXT "a" "b" …`: one record of several strings.
+    TxtStrings(String, Vec<String>),
+    /// `name SPF "a" …` (type 99, which RFC 7208 retired).
+    Spf(String, Vec<String>),
+    /// `name CNAME target`.
+    Cname(String, String),
+    /// Queries for `name` of a type not listed get no answer (a timeout);
+    /// the listed types are answered from the table.
+    SilentExcept(String, Vec<u16>),
+    /// `name` exists but has no records (NODATA, not NXDOMAIN).
+    Empty(String),
+}
+
+/// The type numbers the server knows.
+pub mod rtype {
+    /// A.
+    pub const A: u16 = 1;
+    /// CNAME.
+    pub const CNAME: u16 = 5;
+    /// PTR.
+    pub const PTR: u16 = 12;
+    /// MX.
+    pub const MX: u16 = 15;
+    /// TXT.
+    pub const TXT: u16 = 16;
+    /// AAAA.
+    pub const AAAA: u16 = 28;
+    /// SPF.
+    pub const SPF: u16 = 99;
 }
 
 impl Record {
@@ -37,8 +67,62 @@ impl Record {
             | Record::Txt(n, _)
             | Record::Ptr(n, _)
             | Record::ServFail(n)
-            | Record::Silent(n) => n,
+            | Record::Silent(n)
+            | Record::TxtStrings(n, _)
+            | Record::Spf(n, _)
+            | Record::Cname(n, _)
+            | Record::SilentExcept(n, _)
+            | Record::Empty(n) => n,
         }
+    }
+
+    /// Its type and wire data, for a record that answers queries.
+    fn rdata(&self) -> Option<(u16, Vec<u8>)> {
+        let strings = |texts: &[&[u8]]| {
+            let mut d = Vec::new();
+            for t in texts {
+                for chunk in t.chunks(255) {
+                    d.push(chunk.len() as u8);
+                    d.extend_from_slice(chunk);
+                }
+                if t.is_empty() {
+                    d.push(0);
+                }
+            }
+            d
+        };
+        Some(match self {
+            Record::Mx(_, pref, exchange) => {
+                let mut d = pref.to_be_bytes().to_vec();
+                encode_name(exchange, &mut d);
+                (rtype::MX, d)
+            }
+            Record::A(_, ip) => (rtype::A, ip.octets().to_vec()),
+            Record::Aaaa(_, ip) => (rtype::AAAA, ip.octets().to_vec()),
+            Record::Txt(_, text) => (rtype::TXT, strings(&[text.as_bytes()])),
+            Record::TxtStrings(_, texts) => {
+                let texts: Vec<&[u8]> = texts.iter().map(|t| t.as_bytes()).collect();
+                (rtype::TXT, strings(&texts))
+            }
+            Record::Spf(_, texts) => {
+                let texts: Vec<&[u8]> = texts.iter().map(|t| t.as_bytes()).collect();
+                (rtype::SPF, strings(&texts))
+            }
+            Record::Ptr(_, target) => {
+                let mut d = Vec::new();
+                encode_name(target, &mut d);
+                (rtype::PTR, d)
+            }
+            Record::Cname(_, target) => {
+                let mut d = Vec::new();
+                encode_name(target, &mut d);
+                (rtype::CNAME, d)
+            }
+            Record::ServFail(_)
+            | Record::Silent(_)
+            | Record::SilentExcept(..)
+            | Record::Empty(_) => return None,
+        })
     }
 }
 
@@ -80,10 +164,12 @@ fn parse_question(q: &[u8]) -> Option<(String, u16, usize)> {
 
 fn answer(query: &[u8], records: &[Record]) -> Option<Vec<u8>> {
     let (name, qtype, end) = parse_question(query)?;
-    if records
-        .iter()
-        .any(|r| matches!(r, Record::Silent(n) if *n == name))
-    {
+    let silent = records.iter().any(|r| match r {
+        Record::Silent(n) => *n == name,
+        Record::SilentExcept(n, answered) => *n == name && !answered.contains(&qtype),
+        _ => false,
+    });
+    if silent {
         return None;
     }
     let servfail = records
@@ -92,40 +178,40 @@ fn answer(query: &[u8], records: &[Record]) -> Option<Vec<u8>> {
     let known = records.iter().any(|r| r.name() == name);
     let mut answers = Vec::new();
     let mut count = 0u16;
-    for r in records.iter().filter(|r| r.name() == name) {
-        let (rtype, rdata) = match r {
-            Record::Mx(_, pref, exchange) => {
-                let mut d = pref.to_be_bytes().to_vec();
-                encode_name(exchange, &mut d);
-                (15u16, d)
+    // The records of `owner` of the asked type; a CNAME (when CNAME was
+    // not asked) is answered and chased, at most 8 links (a loop ends).
+    let mut owner = name.clone();
+    for hop in 0..8 {
+        let mut next = None;
+        for r in records.iter().filter(|r| r.name() == owner) {
+            let Some((rtype, rdata)) = r.rdata() else {
+                continue;
+            };
+            let chase = rtype == rtype::CNAME && qtype != rtype::CNAME;
+            if rtype != qtype && !chase {
+                continue;
             }
-            Record::A(_, ip) => (1u16, ip.octets().to_vec()),
-            Record::Aaaa(_, ip) => (28u16, ip.octets().to_vec()),
-            Record::Txt(_, text) => {
-                let mut d = Vec::new();
-                for chunk in text.as_bytes().chunks(255) {
-                    d.push(chunk.len() as u8);
-                    d.extend_from_slice(chunk);
+            if chase {
+                if let Record::Cname(_, target) = r {
+                    next = Some(target.trim_end_matches('.').to_ascii_lowercase());
                 }
-                (16u16, d)
             }
-            Record::Ptr(_, target) => {
-                let mut d = Vec::new();
-                encode_name(target, &mut d);
-                (12u16, d)
+            count += 1;
+            if hop == 0 {
+                answers.extend_from_slice(&[0xC0, 0x0C]);
+            } else {
+                encode_name(&owner, &mut answers);
             }
-            Record::ServFail(_) | Record::Silent(_) => continue,
-        };
-        if rtype != qtype {
-            continue;
+            answers.extend_from_slice(&rtype.to_be_bytes());
+            answers.extend_from_slice(&1u16.to_be_bytes());
+            answers.extend_from_slice(&60u32.to_be_bytes());
+            answers.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+            answers.extend_from_slice(&rdata);
         }
-        count += 1;
-        answers.extend_from_slice(&[0xC0, 0x0C]);
-        answers.extend_from_slice(&rtype.to_be_bytes());
-        answers.extend_from_slice(&1u16.to_be_bytes());
-        answers.extend_from_slice(&60u32.to_be_bytes());
-        answers.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-        answers.extend_from_slice(&rdata);
+        match next {
+            Some(n) => owner = n,
+            None => break,
+        }
     }
     let mut out = Vec::with_capacity(end + answers.len());
     out.extend_from_slice(&query[..2]);
