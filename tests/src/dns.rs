@@ -89,6 +89,11 @@ impl Record {
                     d.push(0);
                 }
             }
+            // No strings at all cannot be written: one empty string, the
+            // nearest a DNS message can carry.
+            if texts.is_empty() {
+                d.push(0);
+            }
             d
         };
         Some(match self {

@@ -28,51 +28,7 @@ const PYSPF: &str = "pyspf==2.0.14";
 /// Cases that do not give the suite's result yet, by name; each is a
 /// known defect of the SPF implementation (issue 28). The test fails if
 /// any other case fails, or if one of these passes (then take it off).
-const KNOWN_FAILURES: &[&str] = &[
-    "a-bad-domain",
-    "a-bad-toplabel",
-    "a-colon-domain",
-    "a-colon-domain-ip4mapped",
-    "a-dual-cidr-ip4-err",
-    "a-null",
-    "a-numeric",
-    "a-numeric-toplabel",
-    "a-only-toplabel",
-    "a-only-toplabel-trailing-dot",
-    "badip4",
-    "cidr4-032",
-    "cidr6-0-ip4",
-    "cidr6-ip4",
-    "control-char-policy",
-    "domain-literal",
-    "empty-modifier-name",
-    "exists-ip6only",
-    "exp-dns-error",
-    "exp-syntax-error",
-    "hello-domain-literal",
-    "helo-domain-literal",
-    "invalid-domain",
-    "invalid-domain-empty-label",
-    "invalid-domain-long",
-    "invalid-domain-long-via-macro",
-    "invalid-hello-macro",
-    "invalid-modifier",
-    "macro-mania-in-domain",
-    "modifier-charset-good",
-    "mx-bad-domain",
-    "mx-bad-toplab",
-    "mx-colon-domain",
-    "mx-colon-domain-ip4mapped",
-    "mx-null",
-    "mx-numeric-top-label",
-    "non-ascii-policy",
-    "null-text",
-    "p-macro-multiple",
-    "ptr-match-implicit",
-    "ptr-match-ip6",
-    "redirect-after-mechanisms2",
-    "redirect-syntax-error",
-];
+const KNOWN_FAILURES: &[&str] = &[];
 
 /// The suite as JSON: a list of scenarios `{description, zonedata, tests}`.
 fn suite() -> serde_json::Value {

@@ -89,7 +89,7 @@ impl MessageAuthenticator {
         let records = {
             let lookup = self
                 .0
-                .txt_lookup(Name::from_str_relaxed::<&str>(key.as_ref())?)
+                .txt_lookup(dns_name(key.as_ref())?)
                 .await?;
             let mut records: Vec<Vec<u8>> = Vec::new();
             for record in lookup.answers() {
@@ -129,7 +129,7 @@ impl MessageAuthenticator {
         let (records, expires) = {
             let lookup = self
                 .0
-                .txt_lookup(Name::from_str_relaxed::<&str>(key.as_ref())?)
+                .txt_lookup(dns_name(key.as_ref())?)
                 .await?;
             let expires = lookup.valid_until();
             let mut records: Vec<Vec<u8>> = Vec::new();
@@ -210,7 +210,7 @@ impl MessageAuthenticator {
         let (mx_records, expires): (Vec<(u16, Box<str>)>, Instant) = {
             let lookup = self
                 .0
-                .mx_lookup(Name::from_str_relaxed::<&str>(key.as_ref())?)
+                .mx_lookup(dns_name(key.as_ref())?)
                 .await?;
             let expires = lookup.valid_until();
             let mx_records = lookup
@@ -222,7 +222,7 @@ impl MessageAuthenticator {
                     };
                     Some((
                         mx.preference,
-                        mx.exchange.to_lowercase().to_ascii().into_boxed_str(),
+                        raw_name(&mx.exchange.to_lowercase()).into_boxed_str(),
                     ))
                 })
                 .collect();
@@ -301,7 +301,7 @@ impl MessageAuthenticator {
         {
             let lookup = self
                 .0
-                .ipv4_lookup(Name::from_str_relaxed::<&str>(key)?)
+                .ipv4_lookup(dns_name(key)?)
                 .await?;
             let expires = lookup.valid_until();
             let entry: Arc<[Ipv4Addr]> = lookup
@@ -360,7 +360,7 @@ impl MessageAuthenticator {
         {
             let lookup = self
                 .0
-                .ipv6_lookup(Name::from_str_relaxed::<&str>(key)?)
+                .ipv6_lookup(dns_name(key)?)
                 .await?;
             let expires = lookup.valid_until();
             let entry: Arc<[Ipv6Addr]> = lookup
@@ -456,7 +456,7 @@ impl MessageAuthenticator {
                         return None;
                     };
                     if !ptr.is_empty() {
-                        Some(ptr.to_lowercase().to_ascii().into_boxed_str())
+                        Some(raw_name(&ptr.to_lowercase()).into_boxed_str())
                     } else {
                         None
                     }
@@ -523,7 +523,7 @@ impl MessageAuthenticator {
         {
             match self
                 .0
-                .lookup_ip(Name::from_str_relaxed::<&str>(key.as_ref())?)
+                .lookup_ip(dns_name(key.as_ref())?)
                 .await
             {
                 Ok(result) => Ok(result.as_lookup().answers().iter().any(|r| {
@@ -801,6 +801,41 @@ pub fn mock_resolve<T>(domain: &str) -> crate::Result<T> {
         Error::Dns(crate::DnsError::Resolver("".to_string()))
     } else {
         Error::Dns(crate::DnsError::RecordNotFound(crate::DNS_RCODE_NXDOMAIN))
+    })
+}
+
+/// finaldot patch (FINALDOT-PATCHES.md, 8): a name from an answer (an MX
+/// exchange, a PTR target) as its labels' octets joined by dots, not
+/// hickory's escaped presentation form, so [`dns_name`] looks up the same
+/// name again (`foo:bar/baz.example.com` stays that).
+fn raw_name(name: &Name) -> String {
+    let mut out = name
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect::<Vec<_>>()
+        .join(".");
+    if name.is_fqdn() {
+        out.push('.');
+    }
+    out
+}
+
+/// finaldot patch (FINALDOT-PATCHES.md, 8): a name to query. Names an SPF
+/// macro or domain-spec builds may hold any printable octet in a label
+/// (`foo:bar/baz.example.com`, `%20`, a space: RFC 7208 §7.1, §4.8), which
+/// hickory's host-name parsers refuse; such a name is sent as its raw
+/// labels (RFC 2181 §11: any octet).
+fn dns_name(name: &str) -> Result<Name, ProtoError> {
+    Name::from_str_relaxed(name).or_else(|e| {
+        let labels = name
+            .trim_end_matches('.')
+            .split('.')
+            .map(|l| hickory_resolver::proto::rr::domain::Label::from_raw_bytes(l.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| e)?;
+        let mut name = Name::from_labels(labels)?;
+        name.set_fqdn(true);
+        Ok(name)
     })
 }
 

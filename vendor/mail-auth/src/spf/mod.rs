@@ -4,6 +4,7 @@
  * SPDX-License-Identifier: Apache-2.0 OR MIT
  */
 
+pub mod grammar;
 pub mod macros;
 pub mod parse;
 pub mod verify;

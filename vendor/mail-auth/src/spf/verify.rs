@@ -15,6 +15,8 @@ use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub struct SpfParameters<'x> {
+    /// finaldot patch (8): whether a `fail` looks up its `exp=` explanation.
+    explain: bool,
     ip: IpAddr,
     domain: &'x str,
     helo_domain: &'x str,
@@ -92,7 +94,10 @@ impl MessageAuthenticator {
         };
 
         let output = SpfOutput::new(domain.to_string());
-        if domain.is_empty() || domain.len() > 255 || !domain.has_valid_labels() {
+        // finaldot patch (FINALDOT-PATCHES.md, 8): RFC 7208 §4.3: a
+        // malformed domain (a bad label, one label only, a top label that is
+        // not a toplabel, a domain literal) gives none.
+        if domain.is_empty() || domain.len() > 255 || !domain.has_valid_labels() || target_name(domain).is_none() {
             return output.with_result(SpfResult::None);
         }
         let mut vars = Variables::new();
@@ -127,14 +132,28 @@ impl MessageAuthenticator {
                             .with_result(SpfResult::PermError)
                             .with_report(&spf_record);
                     }
-                    if let Some(ptr) = self
-                        .ptr_lookup(ip, params.cache_ptr)
-                        .await
-                        .ok()
-                        .and_then(|ptrs| ptrs.rrset.first().map(|ptr| ptr.as_bytes().to_vec()))
-                    {
-                        vars.set_validated_domain(ptr);
+                    // finaldot patch (8): %{p} is a *validated* name
+                    // (RFC 7208 §7.3: one whose A/AAAA holds the client),
+                    // the domain itself or a subdomain of it first, else
+                    // "unknown".
+                    let mut validated: Option<String> = None;
+                    if let Ok(ptrs) = self.ptr_lookup(ip, params.cache_ptr).await {
+                        let want = to_lowercase(domain.trim_end_matches('.')).into_owned();
+                        for name in ptrs.rrset.iter().take(10) {
+                            let name = to_lowercase(name.trim_end_matches('.')).into_owned();
+                            let Some(target) = target_name(&name) else { continue };
+                            if !matches!(self.ip_matches(&target, ip, u32::MAX, u128::MAX, params.cache_ipv4, params.cache_ipv6).await, Ok(true)) {
+                                continue;
+                            }
+                            let in_domain = name == want || name.ends_with(&format!(".{want}"));
+                            if in_domain {
+                                validated = Some(name);
+                                break;
+                            }
+                            validated.get_or_insert(name);
+                        }
                     }
+                    vars.set_validated_domain(validated.unwrap_or_else(|| "unknown".into()).into_bytes());
                     has_p_var = true;
                 }
 
@@ -152,9 +171,14 @@ impl MessageAuthenticator {
                                 .with_result(SpfResult::PermError)
                                 .with_report(&spf_record);
                         }
+                        // finaldot patch (8): a name that cannot be looked
+                        // up (RFC 7208 §4.8, §7.3) does not match.
+                        let Some(target) = target_name(&macro_string.eval(&vars, &domain, true)) else {
+                            continue;
+                        };
                         match self
                             .ip_matches(
-                                macro_string.eval(&vars, &domain, true).as_ref(),
+                                &target,
                                 ip,
                                 *ip4_mask,
                                 *ip6_mask,
@@ -192,10 +216,10 @@ impl MessageAuthenticator {
                         }
 
                         let mut matches = false;
-                        match self
-                            .mx_lookup(&*macro_string.eval(&vars, &domain, true), params.cache_mx)
-                            .await
-                        {
+                        let Some(target) = target_name(&macro_string.eval(&vars, &domain, true)) else {
+                            continue;
+                        };
+                        match self.mx_lookup(target.as_str(), params.cache_mx).await {
                             Ok(records) => {
                                 for (mx_num, exchange) in records
                                     .rrset
@@ -256,13 +280,19 @@ impl MessageAuthenticator {
                                 .with_report(&spf_record);
                         }
 
-                        let target_name = macro_string.eval(&vars, &domain, true);
+                        // finaldot patch (8): include of a malformed name:
+                        // check_host() gives none, so permerror (§5.2).
+                        let Some(target_name) = target_name(&macro_string.eval(&vars, &domain, true)) else {
+                            return output
+                                .with_result(SpfResult::PermError)
+                                .with_report(&spf_record);
+                        };
                         let included = self
-                            .txt_lookup::<Spf>(&*target_name, params.cache_txt)
+                            .txt_lookup::<Spf>(target_name.as_str(), params.cache_txt)
                             .await;
                         match included {
                             Ok(included_spf) => {
-                                let new_domain = target_name.into_owned();
+                                let new_domain = target_name;
                                 include_stack.push((
                                     std::mem::replace(&mut spf_record, included_spf),
                                     pos,
@@ -297,8 +327,10 @@ impl MessageAuthenticator {
                         }
 
                         let target_name = macro_string.eval(&vars, &domain, true);
-                        let target_addr = to_lowercase(target_name.as_ref());
-                        let target_addr = target_addr.as_ref();
+                        // finaldot patch (8): names compare without their
+                        // trailing dot and case (RFC 7208 §5.5).
+                        let target_addr = to_lowercase(target_name.trim_end_matches('.')).into_owned();
+                        let target_addr = target_addr.as_str();
                         let mut matches = false;
 
                         if let Ok(records) = self.ptr_lookup(ip, params.cache_ptr).await {
@@ -315,10 +347,9 @@ impl MessageAuthenticator {
                                         )
                                         .await
                                 {
+                                    let record = to_lowercase(record.trim_end_matches('.'));
                                     matches = record.as_ref() == target_addr
                                         || record
-                                            .strip_suffix('.')
-                                            .unwrap_or(record.as_ref())
                                             .strip_suffix(target_addr)
                                             .is_some_and(|prefix| prefix.ends_with('.'));
                                     if matches {
@@ -336,13 +367,17 @@ impl MessageAuthenticator {
                                 .with_report(&spf_record);
                         }
 
-                        if let Ok(result) = self
-                            .exists(
-                                &*macro_string.eval(&vars, &domain, true),
-                                params.cache_ipv4,
-                                params.cache_ipv6,
-                            )
-                            .await
+                        let Some(target) = target_name(&macro_string.eval(&vars, &domain, true)) else {
+                            continue;
+                        };
+                        // finaldot patch (8): exists asks for A records
+                        // only, whatever the client (RFC 7208 §5.7).
+                        let exists = match self.ipv4_lookup(target.as_str(), params.cache_ipv4).await {
+                            Ok(_) => Ok(true),
+                            Err(Error::Dns(DnsError::RecordNotFound(_))) => Ok(false),
+                            Err(e) => Err(e),
+                        };
+                        if let Ok(result) = exists
                         {
                             if !result && !lookup_limit.void_lookup() {
                                 return output
@@ -372,13 +407,17 @@ impl MessageAuthenticator {
                         .with_report(&spf_record);
                 }
 
-                let target_name = macro_string.eval(&vars, &domain, true);
+                let Some(target_name) = target_name(&macro_string.eval(&vars, &domain, true)) else {
+                    return output
+                        .with_result(SpfResult::PermError)
+                        .with_report(&spf_record);
+                };
                 let redirect = self
-                    .txt_lookup::<Spf>(&*target_name, params.cache_txt)
+                    .txt_lookup::<Spf>(target_name.as_str(), params.cache_txt)
                     .await;
                 match redirect {
                     Ok(redirect_spf) => {
-                        let new_domain = target_name.into_owned();
+                        let new_domain = target_name;
                         spf_record = redirect_spf;
                         directives = spf_record.directives.iter().enumerate().skip(0);
                         vars.set_domain(new_domain.as_bytes().to_vec());
@@ -423,7 +462,7 @@ impl MessageAuthenticator {
         }
 
         // Evaluate explain
-        if let (Some(macro_string), Some(SpfResult::Fail)) = (&spf_record.exp, &result)
+        if let (Some(macro_string), Some(SpfResult::Fail), true) = (&spf_record.exp, &result, params.params.explain)
             && let Ok(macro_string) = self
                 .txt_lookup::<Macro>(macro_string.eval(&vars, &domain, true), params.cache_txt)
                 .await
@@ -465,6 +504,25 @@ impl MessageAuthenticator {
     }
 }
 
+/// finaldot patch (FINALDOT-PATCHES.md, 8): a name as it may be looked up
+/// (RFC 7208 §4.8, §7.3): longer than 253 octets, its left-hand labels are
+/// dropped until it fits; then every label must be 1 to 63 octets (a
+/// trailing dot aside), there must be two or more, and the last must be a
+/// `toplabel`. `None` when it cannot be looked up.
+pub(crate) fn target_name(name: &str) -> Option<String> {
+    let mut name = name.trim_end_matches('.');
+    while name.len() > 253 {
+        name = name.split_once('.')?.1;
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    let fine = labels.len() >= 2
+        && labels.iter().all(|l| !l.is_empty() && l.len() <= 63)
+        && labels
+            .last()
+            .is_some_and(|t| super::grammar::is_toplabel(t.as_bytes()));
+    fine.then(|| name.to_string())
+}
+
 fn postmaster_at(domain: &str) -> String {
     const POSTMASTER: &str = "postmaster@";
     let mut sender = String::with_capacity(POSTMASTER.len() + domain.len());
@@ -486,6 +544,14 @@ fn to_lowercase(value: &str) -> Cow<'_, str> {
 }
 
 impl<'x> SpfParameters<'x> {
+    /// finaldot patch (FINALDOT-PATCHES.md, 8): no `exp=` lookup (a
+    /// receiver that never refuses with the explanation need not wait for
+    /// its DNS answer, which RFC 7208 §6.2 lets it ignore).
+    pub fn without_explanation(mut self) -> Self {
+        self.explain = false;
+        self
+    }
+
     /// Verifies the SPF EHLO identity
     pub fn verify_ehlo(
         ip: IpAddr,
@@ -493,6 +559,7 @@ impl<'x> SpfParameters<'x> {
         host_domain: &'x str,
     ) -> SpfParameters<'x> {
         SpfParameters {
+            explain: true,
             ip,
             domain: helo_domain,
             helo_domain,
@@ -509,6 +576,7 @@ impl<'x> SpfParameters<'x> {
         sender: &'x str,
     ) -> SpfParameters<'x> {
         SpfParameters {
+            explain: true,
             ip,
             domain: sender.rsplit_once('@').map_or(helo_domain, |(_, d)| d),
             helo_domain,
@@ -525,6 +593,7 @@ impl<'x> SpfParameters<'x> {
         sender: &'x str,
     ) -> SpfParameters<'x> {
         SpfParameters {
+            explain: true,
             ip,
             domain: sender.rsplit_once('@').map_or(helo_domain, |(_, d)| d),
             helo_domain,
@@ -541,6 +610,7 @@ impl<'x> SpfParameters<'x> {
         sender: &'x str,
     ) -> Self {
         SpfParameters {
+            explain: true,
             ip,
             domain,
             helo_domain,
@@ -587,11 +657,14 @@ impl IpMask for IpAddr {
     }
 
     fn matches_ipv6_mask(&self, addr: &Ipv6Addr, mask: u128) -> bool {
-        u128::from_be_bytes(match &self {
-            IpAddr::V6(ip) => ip.octets(),
-            IpAddr::V4(ip) => ip.to_ipv6_mapped().octets(),
-        }) & mask
-            == u128::from_be_bytes(addr.octets()) & mask
+        // finaldot patch (FINALDOT-PATCHES.md, 8): an ip6 mechanism never
+        // matches an IPv4 client (RFC 7208 §5.6), not even as ::ffff:a.b.c.d.
+        match &self {
+            IpAddr::V6(ip) => {
+                u128::from_be_bytes(ip.octets()) & mask == u128::from_be_bytes(addr.octets()) & mask
+            }
+            IpAddr::V4(_) => false,
+        }
     }
 }
 
