@@ -926,3 +926,53 @@ fn an_ipv4_client_of_a_dual_stack_listener_is_seen_as_ipv4_everywhere() {
     assert!(log.contains("client_ip=127.0.0.1"), "{log}");
     assert!(!log.contains("::ffff:"), "{log}");
 }
+
+#[test]
+fn dmarc_organizational_domains_come_from_the_public_suffix_list() {
+    let dir = TestDir::new("auth-psl");
+    let mail = dir.path().join("mail");
+    let txt = |n: &str, t: &str| Record::Txt(n.into(), t.into());
+    let dns = DnsServer::start(vec![
+        txt("_dmarc.example.co.uk", "v=DMARC1; p=reject"),
+        txt("_dmarc.strict.co.uk", "v=DMARC1; p=reject; aspf=s"),
+        // A record at the public suffix itself: a tree walk would make
+        // co.uk the organization of everyone under it.
+        txt("_dmarc.co.uk", "v=DMARC1; p=none"),
+        txt("mail.example.co.uk", "v=spf1 ip4:127.0.0.1 -all"),
+        txt("mail.strict.co.uk", "v=spf1 ip4:127.0.0.1 -all"),
+        txt("evil.co.uk", "v=spf1 ip4:127.0.0.1 -all"),
+    ]);
+    let cfg = trust_none(&with_dns(
+        &chain_config(dir.path(), &local_delivery_toml(&mail)),
+        dns.addr,
+    ));
+    let d = Daemon::start_with(dir.path(), &cfg);
+    for (subject, envelope, from) in [
+        // Relaxed: mail.example.co.uk aligns with example.co.uk.
+        ("relaxed", "bounce@mail.example.co.uk", "a@example.co.uk"),
+        // Strict: mail.strict.co.uk does not align with strict.co.uk.
+        ("strict", "bounce@mail.strict.co.uk", "a@strict.co.uk"),
+        // Another registrant under co.uk never aligns.
+        ("evil", "x@evil.co.uk", "a@example.co.uk"),
+    ] {
+        d.send(
+            envelope,
+            &["alice@example.test"],
+            message(subject, from).as_bytes(),
+        );
+    }
+    let got = delivered_by_subject(&mail, 3);
+    let dmarc = |subject: &str| {
+        let (_, text) = got.iter().find(|(s, _)| s == subject).expect(subject);
+        let ours = our_results(text);
+        assert!(ours.contains("spf=pass"), "{subject}: {ours}");
+        ours.split(';')
+            .map(str::trim)
+            .find_map(|p| p.strip_prefix("dmarc="))
+            .map(|p| p.split_whitespace().next().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(dmarc("relaxed"), "pass");
+    assert_eq!(dmarc("strict"), "fail");
+    assert_eq!(dmarc("evil"), "fail");
+}

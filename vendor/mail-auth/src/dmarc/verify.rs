@@ -86,8 +86,10 @@ impl MessageAuthenticator {
         }
 
         // Determine the Organizational Domain of the Author Domain
-        let author_org =
-            organizational_domain(&walk, rfc5322_from_domain).unwrap_or(rfc5322_from_domain);
+        // finaldot patch (9): from the Public Suffix List first.
+        let author_org = public_suffix_org(rfc5322_from_domain).unwrap_or_else(|| {
+            organizational_domain(&walk, rfc5322_from_domain).unwrap_or(rfc5322_from_domain)
+        });
 
         // Select the DMARC Policy Record to apply: the Author Domain's own
         // record, otherwise the Organizational Domain's, otherwise the PSD's
@@ -386,14 +388,34 @@ impl MessageAuthenticator {
         if let Some(&(_, org)) = memo.iter().find(|(d, _)| *d == domain) {
             return Ok(org);
         }
-        let org = match self.dmarc_tree_walk(domain, txt_cache).await {
-            Ok(walk) => organizational_domain(&walk, domain).unwrap_or(domain),
-            Err(err @ Error::Dns(DnsError::Resolver(_))) => return Err(err),
-            Err(_) => domain,
+        // finaldot patch (9): the Public Suffix List first, the tree walk
+        // only for a name it does not know.
+        let org = match public_suffix_org(domain) {
+            Some(org) => org,
+            None => match self.dmarc_tree_walk(domain, txt_cache).await {
+                Ok(walk) => organizational_domain(&walk, domain).unwrap_or(domain),
+                Err(err @ Error::Dns(DnsError::Resolver(_))) => return Err(err),
+                Err(_) => domain,
+            },
         };
         memo.push((domain, org));
         Ok(org)
     }
+}
+
+/// finaldot patch (FINALDOT-PATCHES.md, 9): the Organizational Domain as
+/// RFC 7489 §3.2 defines it: the public suffix of `domain` (the Public
+/// Suffix List, its default rule `*` for a top-level domain it does not
+/// list) plus one label. `None` for a name that is itself a public suffix
+/// or not ASCII lower case (the tree walk decides then). A `_dmarc`
+/// record published at a public suffix such as `co.uk` therefore never
+/// makes two registrants' domains one organization.
+fn public_suffix_org(domain: &str) -> Option<&str> {
+    let domain = domain.trim_end_matches('.');
+    if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    psl::domain_str(domain)
 }
 
 /// Selects the Organizational Domain from the set of DMARC Policy Records
