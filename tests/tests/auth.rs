@@ -976,3 +976,287 @@ fn dmarc_organizational_domains_come_from_the_public_suffix_list() {
     assert_eq!(dmarc("strict"), "fail");
     assert_eq!(dmarc("evil"), "fail");
 }
+
+/// dkimpy signs the message on stdin (JSON: message, kind, key, selector,
+/// domain, canon, headers, expired) and prints the signed message; with
+/// `expired`, the signature carries t= and x= long past (RFC 6376 §3.5).
+const DKIMPY_SIGN_EXTRA: &str = r#"
+import sys, json, dkim
+j = json.load(sys.stdin)
+if j["expired"]:
+    orig = dkim.DKIM.gen_header
+    def gen(self, fields, *a, **k):
+        fields = [(n, b"1000000000") if n == b"t" else (n, v) for (n, v) in fields]
+        fields.insert([n for (n, _) in fields].index(b"h"), (b"x", b"1000000060"))
+        return orig(self, fields, *a, **k)
+    dkim.DKIM.gen_header = gen
+msg = j["message"].encode()
+alg = b"rsa-sha256" if j["kind"] == "rsa" else b"ed25519-sha256"
+c = j["canon"].encode()
+sig = dkim.sign(msg, j["selector"].encode(), j["domain"].encode(), j["key"].encode(),
+                canonicalize=(c, c), signature_algorithm=alg,
+                include_headers=[h.encode() for h in j["headers"]])
+sys.stdout.buffer.write(sig + msg)
+"#;
+
+/// Where Debian's python3-dkim keeps its test data: the RFC 8463 Appendix A
+/// keys (RSA `test.txt`, the Ed25519 seed of RFC 8032 §7.1) and a message
+/// signed with both (`rfc6376.signed.msg`).
+fn dkimpy_data() -> std::path::PathBuf {
+    let out = python(
+        "import dkim, os; print(os.path.join(os.path.dirname(dkim.__file__), 'tests', 'data'))",
+        &[],
+        b"",
+    );
+    let dir = std::path::PathBuf::from(String::from_utf8_lossy(&out).trim());
+    assert!(
+        dir.join("rfc6376.signed.msg").exists(),
+        "dkimpy's test data is missing at {}: apt-get install -y python3-dkim",
+        dir.display()
+    );
+    dir
+}
+
+/// Each `dkim=` result of ours, as `(result, selector)`.
+fn dkim_results(results: &str) -> Vec<(String, String)> {
+    results
+        .split(';')
+        .map(str::trim)
+        .filter_map(|p| p.strip_prefix("dkim="))
+        .map(|p| {
+            let result = p.split_whitespace().next().unwrap_or_default().to_string();
+            let selector = p
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("header.s="))
+                .unwrap_or_default()
+                .to_string();
+            (result, selector)
+        })
+        .collect()
+}
+
+#[test]
+fn dkim_gives_the_rfc_results_for_the_rfc_vectors_and_dkimpy_signatures() {
+    let dir = TestDir::new("auth-dkim-vectors");
+    let mail = dir.path().join("mail");
+    let data = dkimpy_data();
+    let cfg = chain_config(dir.path(), &local_delivery_toml(&mail));
+    std::fs::write(dir.path().join("finaldot.toml"), &cfg).expect("config");
+    // RFC 8463 Appendix A's two keys: the RSA record as published, the
+    // Ed25519 public key from the RFC 8032 §7.1 seed it was made from.
+    let rfc_rsa = std::fs::read_to_string(data.join("test.txt")).expect("test.txt");
+    let seed = std::fs::read_to_string(data.join("rfc8032_7_1.key")).expect("seed");
+    let rfc_ed = String::from_utf8(python(
+        "import sys, nacl.signing, nacl.encoding\nk = nacl.signing.SigningKey(sys.stdin.read().strip(), encoder=nacl.encoding.Base64Encoder)\nprint(k.verify_key.encode(nacl.encoding.Base64Encoder).decode())",
+        &[],
+        seed.as_bytes(),
+    ))
+    .expect("utf8");
+    assert_eq!(
+        rfc_ed.trim(),
+        "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
+    );
+    // Our own keys for dkimpy to sign with.
+    let rsa_key = dir.path().join("py-rsa.key");
+    let (ok, out, err) = dkim_cmd(
+        dir.path(),
+        &[
+            "keygen",
+            "example.org",
+            "pyrsa",
+            "--out",
+            rsa_key.to_str().expect("utf8"),
+        ],
+    );
+    assert!(ok, "{err}");
+    let rsa_record = printed_record(&out);
+    let rsa_p = rsa_record
+        .split("p=")
+        .nth(1)
+        .expect("p=")
+        .trim()
+        .to_string();
+    let nacl = String::from_utf8(python(NACL_KEY, &[], b"")).expect("utf8");
+    let (ed_seed, ed_public) = nacl.trim().split_once('\n').expect("two lines");
+    let txt = |n: &str, t: String| Record::Txt(n.into(), t);
+    let dns = DnsServer::start(vec![
+        txt(
+            "brisbane._domainkey.football.example.com",
+            format!("v=DKIM1; k=ed25519; p={}", rfc_ed.trim()),
+        ),
+        txt(
+            "test._domainkey.football.example.com",
+            rfc_rsa.trim().to_string(),
+        ),
+        txt("pyrsa._domainkey.example.org", rsa_record.clone()),
+        txt(
+            "pyed._domainkey.example.org",
+            format!("v=DKIM1; k=ed25519; p={ed_public}"),
+        ),
+        // Revoked (RFC 6376 §3.6.1: an empty p=).
+        txt(
+            "revoked._domainkey.example.org",
+            "v=DKIM1; k=rsa; p=".into(),
+        ),
+        // A key that allows SHA-1 only, for a SHA-256 signature.
+        txt(
+            "sha1only._domainkey.example.org",
+            format!("v=DKIM1; k=rsa; h=sha1; p={rsa_p}"),
+        ),
+        txt("example.org", "v=spf1 ip4:127.0.0.1 -all".into()),
+        txt("football.example.com", "v=spf1 ip4:127.0.0.1 -all".into()),
+    ]);
+    let d = Daemon::start_with(dir.path(), &trust_none(&with_dns(&cfg, dns.addr)));
+    let pem = std::fs::read_to_string(&rsa_key).expect("key");
+    let sign = |message: &str,
+                kind: &str,
+                selector: &str,
+                canon: &str,
+                headers: &[&str],
+                expired: bool|
+     -> String {
+        let key = if kind == "rsa" { pem.as_str() } else { ed_seed };
+        let input = serde_json::json!({
+            "message": message, "kind": kind, "key": key, "selector": selector,
+            "domain": "example.org", "canon": canon, "headers": headers, "expired": expired,
+        });
+        String::from_utf8(python(DKIMPY_SIGN_EXTRA, &[], input.to_string().as_bytes()))
+            .expect("utf8")
+    };
+    // RFC 6376 §3.4.6's example header fields and body, signed both ways
+    // (its `B : Y` written `B: Y`: dkimpy refuses the obsolete space before
+    // the colon; the canonical forms of the exact example are checked in
+    // host/src/auth/verify.rs).
+    let example = |subject: &str| {
+        format!("A: X\r\nB: Y\t\r\n\tZ  \r\nFrom: carol@example.org\r\nSubject: {subject}\r\n\r\n C \r\nD \t E\r\n\r\n\r\n")
+    };
+    let plain = |subject: &str| message(subject, "Carol <carol@example.org>");
+    let standard = ["from", "to", "subject", "date", "message-id"];
+    let mut cases: Vec<(&str, String, &[&str])> = vec![
+        (
+            "rfc6376-relaxed",
+            sign(
+                &example("rfc6376-relaxed"),
+                "rsa",
+                "pyrsa",
+                "relaxed",
+                &["a", "b", "from", "subject"],
+                false,
+            ),
+            &["pass"],
+        ),
+        (
+            "rfc6376-simple",
+            sign(
+                &example("rfc6376-simple"),
+                "ed25519",
+                "pyed",
+                "simple",
+                &["a", "b", "from", "subject"],
+                false,
+            ),
+            &["pass"],
+        ),
+        (
+            "revoked",
+            sign(
+                &plain("revoked"),
+                "rsa",
+                "revoked",
+                "relaxed",
+                &standard,
+                false,
+            ),
+            &["fail", "permerror"],
+        ),
+        // RFC 6376 §3.5 and §6.1.1: PERMFAIL; RFC 8601 §2.7.1 writes a
+        // signature that could not be accepted as neutral (or policy).
+        (
+            "expired",
+            sign(
+                &plain("expired"),
+                "rsa",
+                "pyrsa",
+                "relaxed",
+                &standard,
+                true,
+            ),
+            &["neutral", "policy", "fail", "permerror"],
+        ),
+        (
+            "sha1only",
+            sign(
+                &plain("sha1only"),
+                "rsa",
+                "sha1only",
+                "relaxed",
+                &standard,
+                false,
+            ),
+            &["fail", "permerror"],
+        ),
+    ];
+    // Two signatures on one message, each verified on its own.
+    let twice = sign(
+        &sign(
+            &plain("two-signatures"),
+            "rsa",
+            "pyrsa",
+            "simple",
+            &standard,
+            false,
+        ),
+        "ed25519",
+        "pyed",
+        "relaxed",
+        &standard,
+        false,
+    );
+    cases.push(("two-signatures", twice, &["pass"]));
+    for (_, signed, _) in &cases {
+        d.send(
+            "carol@example.org",
+            &["alice@example.test"],
+            signed.as_bytes(),
+        );
+    }
+    // RFC 8463's keys: dkimpy's message signed with both.
+    let rfc8463 = std::fs::read(data.join("rfc6376.signed.msg")).expect("message");
+    let rfc8463 = String::from_utf8_lossy(&rfc8463)
+        .replace("\r\n", "\n")
+        .replace('\n', "\r\n");
+    d.send(
+        "joe@football.example.com",
+        &["alice@example.test"],
+        rfc8463.as_bytes(),
+    );
+    let delivered = delivered_by_subject(&mail, cases.len() + 1);
+    for (subject, text) in &delivered {
+        let results = our_results(text);
+        let dkim = dkim_results(&results);
+        if subject == "Is dinner ready?" {
+            let mut got = dkim.clone();
+            got.sort();
+            assert_eq!(
+                got,
+                vec![
+                    ("pass".to_string(), "brisbane".to_string()),
+                    ("pass".to_string(), "test".to_string())
+                ],
+                "RFC 8463 vector: {results}"
+            );
+            continue;
+        }
+        let (_, _, want) = cases.iter().find(|(s, _, _)| s == subject).expect("case");
+        assert!(!dkim.is_empty(), "{subject}: {results}");
+        for (result, selector) in &dkim {
+            assert!(
+                want.contains(&result.as_str()),
+                "{subject} ({selector}): {result}, want {want:?}: {results}"
+            );
+        }
+        if *subject == "two-signatures" {
+            assert_eq!(dkim.len(), 2, "{results}");
+        }
+    }
+}

@@ -411,6 +411,39 @@ pub fn header_value(facts: &AuthFacts, mail_from: &str) -> String {
 mod tests {
     use super::*;
 
+    /// RFC 6376 §3.4.6: the example's header fields and body, and the
+    /// canonical forms the RFC gives for each algorithm.
+    #[test]
+    fn dkim_canonicalization_gives_rfc_6376_example_results() {
+        use mail_auth::common::headers::Writable;
+        use mail_auth::dkim::Canonicalization;
+        // "A: X", "B : Y<HTAB>" folded onto "<HTAB>Z<SP><SP>" (name, then
+        // everything after the colon with its CRLF, as the message holds it).
+        let headers: Vec<(&[u8], &[u8])> = vec![(b"A", b" X\r\n"), (b"B ", b" Y\t\r\n\tZ  \r\n")];
+        let body: &[u8] = b" C \r\nD \t E\r\n\r\n\r\n";
+        let canon = |c: Canonicalization| {
+            let mut h = Vec::new();
+            c.canonicalize_headers(headers.clone().into_iter(), &mut h);
+            let mut b = Vec::new();
+            c.canonical_body(body, u64::MAX).write(&mut b);
+            (
+                String::from_utf8(h).expect("utf8"),
+                String::from_utf8(b).expect("utf8"),
+            )
+        };
+        assert_eq!(
+            canon(Canonicalization::Relaxed),
+            ("a:X\r\nb:Y Z\r\n".to_string(), " C\r\nD E\r\n".to_string())
+        );
+        assert_eq!(
+            canon(Canonicalization::Simple),
+            (
+                "A: X\r\nB : Y\t\r\n\tZ  \r\n".to_string(),
+                " C \r\nD \t E\r\n".to_string()
+            )
+        );
+    }
+
     #[test]
     fn only_fields_with_our_authserv_id_are_claims() {
         let h = |v: &str| Header::new("Authentication-Results", v);

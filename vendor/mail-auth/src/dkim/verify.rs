@@ -114,6 +114,18 @@ impl MessageAuthenticator {
                 }
             };
 
+            // finaldot patch (FINALDOT-PATCHES.md, 10): a key whose h= lists
+            // hash algorithms, none of them the signature's, is ignored:
+            // PERMFAIL, inappropriate hash algorithm (RFC 6376 §3.6.1, §6.1.2).
+            let any_hash = u64::from(HashAlgorithm::Sha1) | u64::from(HashAlgorithm::Sha256);
+            if record.f & any_hash != 0 && !record.has_flag(ha) {
+                output.push(
+                    DkimOutput::perm_err(Error::Crypto(CryptoError::IncompatibleAlgorithms))
+                        .with_signature(signature),
+                );
+                continue;
+            }
+
             // Enforce t=s flag
             if !signature.validate_auid(&record) {
                 output.push(
