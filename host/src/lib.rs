@@ -54,8 +54,14 @@ impl std::fmt::Display for Printable<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use std::fmt::Write;
         for c in self.0.chars() {
+            // A backslash is escaped too, so a client's literal `\n` cannot
+            // pass for one of these escapes.
             let unsafe_char = c.is_control()
-                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+                || matches!(
+                    c,
+                    '\\' | '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}'
+                        | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+                );
             if unsafe_char {
                 write!(f, "{}", c.escape_default())?;
             } else {
@@ -135,6 +141,9 @@ mod tests {
             Printable("jörg@example.test \"x\"").to_string(),
             "jörg@example.test \"x\""
         );
+        // A client's literal backslash-n stays told apart from an escape.
+        assert_eq!(Printable("a\\nb").to_string(), "a\\\\nb");
+        assert!(!Printable("\u{200f}x").to_string().contains('\u{200f}'));
     }
 
     #[tokio::test]

@@ -390,7 +390,7 @@ impl RawConfig {
         {
             pipeline.workers = pipeline::NETWORK_WORKERS;
         }
-        check_mailbox_lists(&plugins, &recipients, &cx)?;
+        check_mailbox_lists(&plugins, &recipients, &postmaster, &cx)?;
         let metrics_listen = self.metrics.validate(&smtp, &cx)?;
         let outbound = self.outbound.validate(&cx)?;
         let lmtp = self.lmtp.map(|l| l.validate(&domains, &cx)).transpose()?;
@@ -428,6 +428,7 @@ impl RawConfig {
 fn check_mailbox_lists(
     plugins: &[PluginSpec],
     recipients: &Recipients,
+    postmaster: &crate::smtp::session::Mailbox,
     cx: &Cx,
 ) -> Result<(), ConfigError> {
     use finaldot_sdk::wire::Value;
@@ -497,6 +498,13 @@ fn check_mailbox_lists(
                 }
             }
         }
+        // The configured postmaster is taken at RCPT whatever the lists say.
+        if domains.contains(&postmaster.domain) && !users.contains(&resolve(&postmaster.local)) {
+            return Err(cx.invalid(
+                "postmaster",
+                format!("{postmaster} is where mail to the postmaster goes, but plugin {:?} has no such user (nor an alias to one)", p.name),
+            ));
+        }
     }
     Ok(())
 }
@@ -520,6 +528,10 @@ mod tests {
         .expect("agree");
         cfg("", "").expect("no users list");
         cfg("recipients = [\"alice\"]", "").expect("no users list");
+        let e = parse("postmaster = \"boss@a\"\n[domains.a]\nrecipients = [\"alice\"]\n[[plugins]]\nname = \"ld\"\nfile = \"ld.wasm\"\n[plugins.config]\ndomains = [\"a\"]\nusers = [\"alice\", \"root\"]\naliases = { postmaster = \"root\" }\n")
+            .expect_err("boss is nobody")
+            .to_string();
+        assert!(e.contains("`postmaster`") && e.contains("boss@a"), "{e}");
         for (recipients, users, says) in [
             (
                 "recipients = [\"alice\", \"carol\"]",

@@ -214,7 +214,11 @@ fn load_attempt(
 fn is_inbound(queued: &QueueFile, trusted: &[ipnet::IpNet]) -> bool {
     let env = &queued.envelope;
     let ip = env.client_ip.to_canonical();
-    env.listener == Listener::Smtp && env.auth.is_none() && !trusted.iter().any(|n| n.contains(&ip))
+    // The implicit-TLS listener runs the MX's session (no AUTH): its mail
+    // is inbound too.
+    matches!(env.listener, Listener::Smtp | Listener::ImplicitTls)
+        && env.auth.is_none()
+        && !trusted.iter().any(|n| n.contains(&ip))
 }
 
 /// Verifies SPF, DKIM, DMARC and ARC once per message, before the first
@@ -517,7 +521,7 @@ fn apply_verdict(
         }
         Verdict::Hold { reason } => {
             progress.next_stage = i + 1;
-            info!(plugin = %name, reason = %reason, "held");
+            info!(plugin = %name, reason = %crate::Printable(&reason), "held");
             progress.hold_reason = Some(format!("{name}: {reason}"));
             hold(ctx, attempt)?;
             return Ok(Flow::Stop);
@@ -796,7 +800,10 @@ fn may_return_content(queued: &QueueFile, progress: &Progress, trusted: &[ipnet:
         .stages
         .iter()
         .any(|s| s.outcome.starts_with("bounce:"));
-    let shown = !is_inbound(queued, trusted)
+    let env = &queued.envelope;
+    let ip = env.client_ip.to_canonical();
+    let vouched = env.auth.is_some() || trusted.iter().any(|n| n.contains(&ip));
+    let shown = vouched
         || progress.auth.as_ref().is_some_and(|a| {
             a.sender_forged().is_none()
                 && (a.spf.result == finaldot_sdk::wire::AuthResult::Pass

@@ -200,7 +200,7 @@ pub fn verify_with(
             ),
             None => Default::default(),
         };
-        let mut out = [0u8; 32];
+        let mut out = vec![0u8; params.output_len().unwrap_or(32)];
         let argon = Argon2::new(algorithm, version, params);
         let blocks = scratch.blocks(argon.params().block_count());
         let _ =

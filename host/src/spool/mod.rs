@@ -460,12 +460,20 @@ impl Spool {
         let len = fs::metadata(path)?.len();
         if let Ok(mut pool) = self.recycled.lock() {
             if pool.fits(len) {
-                // The message's bytes go now, not when the file is reused:
-                // a recycled file holds nothing of the mail it carried.
-                OpenOptions::new().write(true).open(path)?.set_len(0)?;
                 let to = self.tmp_name("free");
                 fs::rename(path, &to)?;
-                pool.push(to, len);
+                // The message's bytes go now, not when the file is reused:
+                // a recycled file holds nothing of the mail it carried
+                // (emptied once out of the queue, so a crash between the two
+                // steps never leaves an empty message file behind).
+                match OpenOptions::new()
+                    .write(true)
+                    .open(&to)
+                    .and_then(|f| f.set_len(0))
+                {
+                    Ok(()) => pool.push(to, len),
+                    Err(_) => fs::remove_file(&to)?,
+                }
                 return Ok(());
             }
         }

@@ -195,6 +195,8 @@ pub(super) struct Conn {
     peer: IpAddr,
     /// Record the authenticated user in Received (submission listeners).
     received_auth: bool,
+    /// Writes of replies so far (the command deadline starts over after one).
+    replies_sent: u64,
 }
 
 impl Conn {
@@ -226,12 +228,14 @@ impl Conn {
             deadline: None,
             peer: peer.ip(),
             received_auth,
+            replies_sent: 0,
         }
     }
 
     async fn send(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
             self.stream.write_all(&self.out).await?;
+            self.replies_sent += 1;
             self.out.clear();
         }
         Ok(())
@@ -297,13 +301,16 @@ impl Conn {
         let mut buf = vec![0u8; 64 * 1024];
         let mut clock = Deadlines::new(&self.smtp);
         loop {
+            let before = self.replies_sent;
             if self.drive().await? {
                 self.send().await?;
                 let _ = self.stream.shutdown().await;
                 return Ok(());
             }
-            clock.replied(!self.out.is_empty(), self.session.in_message());
+            // A reply written inside the steps (STARTTLS's 220, then the
+            // handshake) counts as much as one written here.
             self.send().await?;
+            clock.replied(self.replies_sent != before, self.session.in_message());
             if let Some(t) = self.ack_started.take() {
                 metrics::global()
                     .ack_latency

@@ -98,6 +98,9 @@ struct Shared {
 struct Cap {
     permits: Arc<Semaphore>,
     size: Mutex<usize>,
+    /// Permits a shrinking reload could not take back yet (they were in
+    /// use): taken back as they come free, before any new connection.
+    owed: std::sync::atomic::AtomicUsize,
 }
 
 impl Cap {
@@ -105,20 +108,44 @@ impl Cap {
         Cap {
             permits: Arc::new(Semaphore::new(size)),
             size: Mutex::new(size),
+            owed: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
     /// One connection's slot, or `None` when every slot is taken.
     fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.permits.clone().try_acquire_owned().ok()
+        use std::sync::atomic::Ordering;
+        loop {
+            let permit = self.permits.clone().try_acquire_owned().ok()?;
+            let owed = self.owed.load(Ordering::SeqCst);
+            if owed == 0 {
+                return Some(permit);
+            }
+            if self
+                .owed
+                .compare_exchange(owed, owed - 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                permit.forget(); // a slot the cap no longer has
+            }
+        }
     }
 
     fn resize(&self, new: usize) {
+        use std::sync::atomic::Ordering;
         if let Ok(mut size) = self.size.lock() {
             if new > *size {
-                self.permits.add_permits(new - *size);
+                // Growing first pays back what a shrink still owes.
+                let mut grow = new - *size;
+                let owed = self.owed.load(Ordering::SeqCst);
+                let paid = owed.min(grow);
+                self.owed.fetch_sub(paid, Ordering::SeqCst);
+                grow -= paid;
+                self.permits.add_permits(grow);
             } else {
-                self.permits.forget_permits(*size - new);
+                let shrink = *size - new;
+                let taken = self.permits.forget_permits(shrink);
+                self.owed.fetch_add(shrink - taken, Ordering::SeqCst);
             }
             *size = new;
         }
@@ -428,5 +455,26 @@ impl Server {
         }
         let _ = self.all_done.lock().await.recv().await;
         info!("all sessions closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cap_shrunk_while_full_takes_its_slots_back_as_they_free() {
+        let cap = Cap::new(3);
+        let held: Vec<_> = (0..3).map(|_| cap.take().expect("slot")).collect();
+        cap.resize(1);
+        drop(held); // three come free; two of them were owed
+        let one = cap.take().expect("one slot");
+        assert!(cap.take().is_none(), "more than the cap of 1");
+        drop(one);
+        cap.resize(2);
+        let a = cap.take().expect("a");
+        let b = cap.take().expect("b");
+        assert!(cap.take().is_none(), "more than the cap of 2");
+        drop((a, b));
     }
 }

@@ -53,8 +53,11 @@ pub(crate) fn parse_terms(terms: &[u8]) -> crate::Result<Spf> {
                 "rr" => rr = value.iter().rr()?,
                 // §6: unknown modifiers are ignored, once their value is a
                 // valid macro-string.
+                // (an empty value is an empty macro-string: allowed)
                 _ => {
-                    macro_string(value, false)?;
+                    if !value.is_empty() {
+                        macro_string(value, false)?;
+                    }
                 }
             }
             continue;
@@ -202,8 +205,11 @@ fn split_at_slash(a: &[u8]) -> (&[u8], Option<&[u8]>) {
 /// before it, `/` included, is the domain-spec (RFC 7208 §5.3 allows `/`
 /// inside a macro-string).
 fn split_dual_cidr(a: &[u8]) -> (&[u8], &[u8]) {
-    for (i, &b) in a.iter().enumerate() {
-        if b == b'/' && is_dual_cidr(&a[i..]) {
+    // A dual-cidr is at most `/NNN//NNN`: only the last 9 octets are
+    // candidates (linear in the term, however many `/` it holds).
+    let from = a.len().saturating_sub(9);
+    for i in from..a.len() {
+        if a[i] == b'/' && is_dual_cidr(&a[i..]) {
             return (&a[..i], &a[i..]);
         }
     }
@@ -264,12 +270,7 @@ fn domain_spec(spec: &[u8]) -> crate::Result<Macro> {
     if spec.is_empty() {
         return Err(Error::ParseError);
     }
-    let ends_in_macro = spec.ends_with(b"}") && {
-        // The last `%{` opens the final macro-expand.
-        spec.windows(2).rposition(|w| w == b"%{").is_some_and(|i| {
-            !spec[i..].contains(&b' ') && spec[i + 2..spec.len() - 1].iter().all(|&b| b != b'}')
-        })
-    };
+    let ends_in_macro = ends_with_macro_expand(spec);
     if !ends_in_macro {
         let trimmed = spec.strip_suffix(b".").unwrap_or(spec);
         let Some(dot) = trimmed.iter().rposition(|&b| b == b'.') else {
@@ -280,6 +281,33 @@ fn domain_spec(spec: &[u8]) -> crate::Result<Macro> {
         }
     }
     macro_string(spec, false)
+}
+
+/// Whether `spec`'s last token is a `%{…}` macro-expand (read from the
+/// left, so `%%{d}` is an escaped `%` and then literal text).
+fn ends_with_macro_expand(spec: &[u8]) -> bool {
+    let mut i = 0;
+    let mut last_was_expand = false;
+    while i < spec.len() {
+        match (spec[i], spec.get(i + 1)) {
+            (b'%', Some(b'{')) => match spec[i..].iter().position(|&b| b == b'}') {
+                Some(close) => {
+                    i += close + 1;
+                    last_was_expand = true;
+                }
+                None => return false,
+            },
+            (b'%', Some(_)) => {
+                i += 2;
+                last_was_expand = false;
+            }
+            _ => {
+                i += 1;
+                last_was_expand = false;
+            }
+        }
+    }
+    last_was_expand
 }
 
 /// `toplabel = ( *alphanum ALPHA *alphanum ) / ( 1*alphanum "-" *( alphanum / "-" ) alphanum )`.
@@ -371,6 +399,7 @@ mod tests {
             err(bad);
         }
         err("a:\u{feff}garbage.example.net -all");
+        err("a:x.%%{d}");
     }
 
     #[test]
@@ -384,5 +413,12 @@ mod tests {
         ok("a:macro%%percent%_%_space%-url-space.example.com -all");
         ok("redirect=_spf.example.com exp=explain.%{d}");
         ok("ip4:0.0.0.0/0 ip6:::1.1.1.1/0 ip6:2001:db8::/32");
+        ok("foo= -all");
+        ok("a:x.%{d}");
+        // Many slashes: read in linear time.
+        let long = format!("a:{}x.example.com", "/x".repeat(30_000));
+        let started = std::time::Instant::now();
+        ok(&long);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
     }
 }
