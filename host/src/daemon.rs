@@ -142,7 +142,7 @@ impl Daemon {
         let stages =
             tokio::task::block_in_place(|| pipeline::load_chain(&runtime, &config.plugins));
         let chain: SharedChain = Arc::new(RwLock::new(Arc::new(stages)));
-        let pipeline = Pipeline::start(spool, chain.clone(), pipeline::Settings::of(&config)?)
+        let pipeline = Pipeline::start(spool, chain.clone(), pipeline_settings(&config)?)
             .map_err(|e| StartError::Thread("the pipeline", e))?;
         let reloader = chain::Reloader::start(
             runtime.clone(),
@@ -240,7 +240,7 @@ impl Daemon {
         if let Ok(mut c) = self.chain.write() {
             *c = Arc::new(stages);
         }
-        match pipeline::Settings::of(&new) {
+        match pipeline_settings(&new) {
             Ok(settings) => self.pipeline.reconfigure(settings),
             Err(e) => {
                 warn!(error = %e, "outbound delivery could not be set up; keeping the previous pipeline settings");
@@ -322,4 +322,16 @@ fn watch_config(
             None
         }
     }
+}
+
+/// The pipeline's settings for `config`, with the delivery the daemon plugs
+/// in: outbound SMTP (smarthost or MX, signing with `[[dkim]]`) and LMTP.
+fn pipeline_settings(config: &Config) -> Result<pipeline::Settings, crate::outbound::SetupError> {
+    let outbound = crate::outbound::Outbound::new(
+        &config.outbound,
+        config.lmtp.as_ref(),
+        &config.hostname,
+        config.dkim.clone(),
+    )?;
+    Ok(pipeline::Settings::of(config, Arc::new(outbound))?)
 }

@@ -1,9 +1,11 @@
 //! The one interface the pipeline delivers through after the chain (as
 //! chasquid's courier): the recipients no plugin delivered that have a
 //! route (a plugin's choice, `[outbound] route` outside the local domains,
-//! `[lmtp]` inside them), each with its route. [`crate::outbound::Outbound`]
-//! implements it for every route: SMTP to a smarthost or MX hosts, LMTP to
-//! the mailbox server.
+//! `[lmtp]` inside them), each with its route. It sits below both sides:
+//! the pipeline calls it and never names an implementation;
+//! [`crate::outbound::Outbound`] implements it for every route (SMTP to a
+//! smarthost or MX hosts, LMTP to the mailbox server), and the daemon plugs
+//! one into the pipeline.
 //!
 //! Outcomes are values, not errors: every recipient handed over comes back
 //! delivered, deferred or failed.

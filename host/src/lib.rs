@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod config;
 pub mod daemon;
+pub mod delivery;
 pub mod dns;
 pub mod group_commit;
 pub mod metrics;

@@ -28,7 +28,7 @@ use finaldot_sdk::wire::RecipientState;
 
 use super::{deferred, every, keywords, no_smtputf8, outcome_of_reply, Job};
 use crate::config::{LmtpAddress, LmtpConfig};
-use crate::pipeline::delivery::{Handoff, OnAccepted};
+use crate::delivery::{Handoff, OnAccepted};
 
 /// Longest reply line accepted (RFC 5321's 512 for replies, with room).
 const MAX_LINE: u64 = 1000;

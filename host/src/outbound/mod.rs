@@ -18,7 +18,7 @@ pub use crate::dns;
 mod lmtp;
 
 use std::collections::HashMap;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
@@ -29,7 +29,7 @@ use tracing::{debug, info};
 use finaldot_sdk::wire::{DsnRequest, RecipientState, Route};
 
 use crate::config::{LmtpConfig, OutboundConfig, TlsPolicy};
-use crate::pipeline::delivery::{group_by, Delivery, Handoff, OnAccepted};
+use crate::delivery::{group_by, Delivery, Handoff, OnAccepted};
 
 /// Why outbound delivery could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,9 @@ pub enum SetupError {
     #[error(transparent)]
     Dns(#[from] dns::LookupError),
 }
+
+/// A message's SHA-256 and its copy with DKIM signatures on top.
+type Signed = ([u8; 32], Arc<Vec<u8>>);
 
 /// One host to connect to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -71,6 +74,12 @@ pub struct Outbound {
     freed: Condvar,
     /// The LMTP route, when `[lmtp]` is configured.
     lmtp: Option<lmtp::Lmtp>,
+    /// The DKIM keys that sign what leaves over SMTP (never what goes to the
+    /// mailbox server over LMTP).
+    signer: Arc<crate::auth::Signer>,
+    /// The last message signed and its signed copy, by SHA-256: one message
+    /// handed over in several transactions (VERP) is signed once.
+    last_signed: Mutex<Option<Signed>>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -234,6 +243,7 @@ impl Outbound {
         cfg: &OutboundConfig,
         lmtp: Option<&LmtpConfig>,
         hostname: &str,
+        signer: Arc<crate::auth::Signer>,
     ) -> Result<Outbound, SetupError> {
         let mut roots = Vec::new();
         if let Some(path) = &cfg.tls_ca_file {
@@ -258,7 +268,42 @@ impl Outbound {
             busy: Mutex::new(HashMap::new()),
             freed: Condvar::new(),
             lmtp: lmtp.map(|l| lmtp::Lmtp::new(l, hostname)),
+            signer,
+            last_signed: Mutex::new(None),
         })
+    }
+
+    /// `message` with the DKIM signatures of `[[dkim]]` on top, as it
+    /// leaves over SMTP, after every change the chain made; `None` when no
+    /// key signs it. Inbound mail claiming our From must not be stored with
+    /// our signature, so LMTP never gets this copy.
+    fn signed(&self, message: &[u8]) -> Option<Arc<Vec<u8>>> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(message).into();
+        if let Some((d, signed)) = self.last_signed.lock().ok().and_then(|l| l.clone()) {
+            if d == digest {
+                return Some(signed);
+            }
+        }
+        match self.signer.sign(message) {
+            Ok(signatures) if !signatures.is_empty() => {
+                let mut s = signatures;
+                s.extend_from_slice(message);
+                let signed = Arc::new(s);
+                if let Ok(mut l) = self.last_signed.lock() {
+                    *l = Some((digest, signed.clone()));
+                }
+                Some(signed)
+            }
+            Ok(_) => None,
+            // A key that cannot sign (it was read at load time, so this is
+            // mail-auth refusing the message): sent unsigned rather than
+            // held, and said loudly.
+            Err(e) => {
+                tracing::error!(error = %e, "sending without a DKIM signature");
+                None
+            }
+        }
     }
 
     fn hops(&self, route: &Route, key: &str) -> Result<Vec<Hop>, RecipientState> {
@@ -580,6 +625,13 @@ impl Delivery for Outbound {
             message,
             dsn,
         };
+        let smtp = recipients.iter().any(|(_, route)| *route != Route::Lmtp);
+        let signed = if smtp { self.signed(message) } else { None };
+        let signed_job = signed.as_ref().map(|s| Job {
+            mail_from,
+            message: s.as_slice(),
+            dsn,
+        });
         let groups = group_by(recipients, |(r, route)| match route {
             Route::Mx => (Route::Mx, domain_of(r)),
             Route::Smarthost => (Route::Smarthost, "smarthost".to_string()),
@@ -593,7 +645,11 @@ impl Delivery for Outbound {
                 results.extend(every(&rcpts, &deferred(why.clone())));
                 continue;
             }
-            let outcomes = self.deliver_group(&key, &job, &rcpts, accepted, &mut stopped);
+            let job = match &signed_job {
+                Some(signed) if key.0 != Route::Lmtp => signed,
+                _ => &job,
+            };
+            let outcomes = self.deliver_group(&key, job, &rcpts, accepted, &mut stopped);
             results.extend(outcomes);
         }
         results

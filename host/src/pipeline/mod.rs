@@ -16,7 +16,6 @@
 //! delivered or failed by the end of the chain fails with `5.1.1`.
 
 pub mod chain;
-pub mod delivery;
 pub mod dsn;
 pub mod worker;
 
@@ -41,28 +40,24 @@ pub struct Settings {
     pub hostname: String,
     /// The local domains (lowercase): recipients elsewhere go outbound.
     pub local_domains: Arc<Vec<String>>,
-    /// Delivery to the next hop (the configured route, or one a plugin chose).
-    pub delivery: Arc<dyn delivery::Delivery>,
+    /// Delivery to the next hop (the configured route, or one a plugin
+    /// chose): whatever the daemon plugged in.
+    pub delivery: Arc<dyn crate::delivery::Delivery>,
     /// Mail authentication of what arrives on the MX listener (`None`: off).
     pub verifier: Option<Arc<crate::auth::Verifier>>,
     /// What happens instead of a DSN to a sender that failed SPF or DMARC.
     pub forged_sender: crate::config::ForgedSender,
     /// Clients whose mail is not verified.
     pub trusted_networks: Arc<Vec<ipnet::IpNet>>,
-    /// The DKIM keys that sign what leaves.
-    pub signer: Arc<crate::auth::Signer>,
 }
 
 impl Settings {
-    /// The settings `config` asks for. Sets up outbound delivery (its DNS
-    /// resolver and TLS roots) when a route is configured, and mail
-    /// authentication with the shared resolver of `[dns]`.
-    pub fn of(config: &crate::config::Config) -> Result<Settings, crate::outbound::SetupError> {
-        let outbound = crate::outbound::Outbound::new(
-            &config.outbound,
-            config.lmtp.as_ref(),
-            &config.hostname,
-        )?;
+    /// The settings `config` asks for, delivering through `delivery`. Sets
+    /// up mail authentication with the shared resolver of `[dns]`.
+    pub fn of(
+        config: &crate::config::Config,
+        delivery: Arc<dyn crate::delivery::Delivery>,
+    ) -> Result<Settings, crate::dns::LookupError> {
         let verifier = if config.auth.verify {
             Some(Arc::new(crate::auth::Verifier::new(
                 crate::dns::shared(&config.nameservers)?,
@@ -76,11 +71,10 @@ impl Settings {
             config: config.pipeline.clone(),
             hostname: config.hostname.clone(),
             local_domains: Arc::new(config.domains.clone()),
-            delivery: Arc::new(outbound),
+            delivery,
             verifier,
             forged_sender: config.auth.forged_sender,
             trusted_networks: Arc::new(config.auth.trusted_networks.clone()),
-            signer: config.dkim.clone(),
         })
     }
 }

@@ -1,7 +1,7 @@
 //! One message through the chain, in steps: load the attempt (claim, queue
 //! file, progress, body), run each stage (call the plugin, apply its
 //! changes, apply its verdict, checkpoint), then settle (hand what is left
-//! to the next hop through [`Delivery`](super::delivery::Delivery), fail what nobody took) and complete
+//! to the next hop through [`Delivery`](crate::delivery::Delivery), fail what nobody took) and complete
 //! the message or defer it.
 //!
 //! Verdicts (after the plugin's changes are applied):
@@ -31,9 +31,9 @@ use finaldot_sdk::wire::{
 use tracing::{error, info, info_span, warn};
 
 use super::chain::{snapshot, SharedChain, Stage};
-use super::delivery::{group_by, Handoff};
 use super::dsn::{self, DsnKind, DsnRecipient};
 use super::Settings;
+use crate::delivery::{group_by, Handoff};
 use crate::metrics;
 use crate::plugins::{Body, Fault, PluginError};
 use crate::spool::{self, Progress, QueueFile, QueueId, QueueState, Spool, StageRecord};
@@ -651,44 +651,17 @@ fn deliver_next_hop(
         progress.body_offset,
         u64::MAX,
     )?);
-    // DKIM signatures for the message as it leaves over SMTP, after every
-    // change. Never for the mailbox server: inbound mail claiming our From
-    // must not be stored with our signature.
-    let mut signed = None;
-    if remote.iter().any(|(_, route)| *route != Route::Lmtp) {
-        match settings.signer.sign(&message) {
-            Ok(signatures) if !signatures.is_empty() => {
-                let mut s = signatures;
-                s.extend_from_slice(&message);
-                signed = Some(s);
-            }
-            Ok(_) => {}
-            // A key that cannot sign (it was read at load time, so this is
-            // mail-auth refusing the message): sent unsigned rather than
-            // held, and said loudly.
-            Err(e) => error!(error = %e, "sending without a DKIM signature"),
-        }
-    }
     let chain_end = progress.chain.len() as u32;
     let id = &attempt.id;
     let dsn = dsn_request(&attempt.queued.envelope, progress);
     // One transaction per envelope sender (a recipient with a sender of its
-    // own, VERP, gets the same message bytes in a transaction of its own),
-    // the mailbox server's apart from the MTAs' (signed or not): keyed by
-    // (envelope sender, to the mailbox server).
-    let groups = group_by(remote, |(address, route)| {
-        (
-            progress.sender_of(address).to_string(),
-            *route == Route::Lmtp,
-        )
+    // own, VERP, gets the same message bytes in a transaction of its own).
+    let groups = group_by(remote, |(address, _)| {
+        progress.sender_of(address).to_string()
     });
     let mut results = Vec::new();
     let mut unrecorded = false;
-    for ((mail_from, mailbox), group) in groups {
-        let message = match &signed {
-            Some(s) if !mailbox => s,
-            _ => &message,
-        };
+    for (mail_from, group) in groups {
         if unrecorded {
             // A delivery could not be recorded: nothing more goes out now.
             let reason = "4.3.0 could not record an earlier delivery".to_string();
@@ -705,7 +678,7 @@ fn deliver_next_hop(
         let outcome = delivery.deliver(
             &mail_from,
             &group,
-            message,
+            &message,
             &dsn,
             &mut |accepted, note, handoff| {
                 for r in progress.state.envelope.recipients.iter_mut() {
