@@ -1,5 +1,8 @@
-//! Capabilities a plugin can be granted: directories (read-only or read-write)
-//! and a key-value namespace. Nothing is granted by default.
+//! Capabilities a plugin can be granted: directories (read-only or
+//! read-write), a key-value namespace (and its MAC key), DNS lookups and
+//! HTTP to allow-listed URLs (`http.rs`); this module opens the grants and
+//! dispatches every host request to the one that serves it. Nothing is
+//! granted by default.
 //!
 //! SECURITY: every path comes from a plugin and is hostile. It is checked with
 //! [`check_relative_path`] and then opened through `cap-std`, whose `Dir`
@@ -19,7 +22,7 @@ use finaldot_sdk::wire::{
     check_relative_path, DnsType, Header, HostErrorKind, HostRequest, HostResponse,
 };
 
-use super::instance::Body;
+use super::call::{Body, CallBudget};
 use super::kv::{Kv, KvError, KvGrant};
 use crate::group_commit::IoGroupCommit;
 
@@ -43,28 +46,6 @@ pub struct DnsGrant {
     pub timeout: std::time::Duration,
     /// Lookups one message may make (RFC 7208's ten is the model).
     pub max_lookups: u32,
-}
-
-/// What the current plugin call may still spend on requests that wait.
-pub struct CallBudget<'a> {
-    /// DNS lookups made for the message so far (the grant's `max_lookups`).
-    pub dns_used: &'a mut u32,
-    /// When the call runs out of time, if it has a limit.
-    pub deadline: Option<std::time::Instant>,
-    /// Set when a service the call needed (a remote key-value store) could
-    /// not answer: the call then ends in a deferral, not a fault.
-    pub unavailable: &'a mut Option<String>,
-}
-
-impl CallBudget<'_> {
-    /// How long a wait may last within the call's limit, leaving the plugin
-    /// a little time to use the answer; `None` when the call has no limit.
-    fn left(&self) -> Option<std::time::Duration> {
-        self.deadline.map(|d| {
-            d.saturating_duration_since(std::time::Instant::now())
-                .saturating_sub(std::time::Duration::from_millis(50))
-        })
-    }
 }
 
 /// What one plugin is granted.

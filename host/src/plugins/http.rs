@@ -16,7 +16,7 @@ use std::time::Duration;
 use finaldot_sdk::wire::{Header, HostErrorKind, HostResponse, HttpBody, HttpResponse};
 use url::Url;
 
-use super::instance::Body;
+use super::call::Body;
 
 /// The HTTP capability as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,8 +8,6 @@
 //! or a memory-limit hit ends the call with an error and the instance is
 //! thrown away.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,63 +16,10 @@ use finaldot_sdk::wire::{
 };
 use wasmtime::{Caller, Linker, Memory, Store, TypedFunc};
 
+pub use super::call::Body;
+use super::call::CallBudget;
 use super::caps::OpenGrants;
 use super::{Fault, Limits, LoadedModule, PluginError, EPOCH_TICK};
-
-/// The message body a plugin may read, without copying it in unasked.
-#[derive(Clone, Debug)]
-pub enum Body {
-    /// In memory.
-    Bytes(Arc<[u8]>),
-    /// A range of a file (the spool file).
-    File {
-        /// The open file.
-        file: Arc<File>,
-        /// Where the body starts.
-        offset: u64,
-        /// Its length.
-        len: u64,
-    },
-}
-
-impl Body {
-    /// An empty body.
-    pub fn empty() -> Body {
-        Body::Bytes(Arc::from(Vec::new()))
-    }
-
-    /// The body's length.
-    pub fn len(&self) -> u64 {
-        match self {
-            Body::Bytes(b) => b.len() as u64,
-            Body::File { len, .. } => *len,
-        }
-    }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Reads at `offset` into `buf`; 0 at the end.
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
-        let len = self.len();
-        if offset >= len {
-            return Ok(0);
-        }
-        let n = (buf.len() as u64).min(len - offset) as usize;
-        match self {
-            Body::Bytes(b) => {
-                let start = offset as usize;
-                buf[..n].copy_from_slice(&b[start..start + n]);
-                Ok(n)
-            }
-            Body::File {
-                file, offset: base, ..
-            } => file.read_at(&mut buf[..n], base + offset),
-        }
-    }
-}
 
 /// A line a plugin logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -281,7 +226,7 @@ pub fn define_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Result
                         .as_deref()
                         .filter(|_| s.grants.waits(&req))
                         .map(super::CpuGate::pause);
-                    let budget = super::caps::CallBudget {
+                    let budget = CallBudget {
                         dns_used: &mut s.dns_used,
                         deadline: s.deadline,
                         unavailable: &mut s.unavailable,

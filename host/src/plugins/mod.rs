@@ -18,7 +18,8 @@
 //! trusted like the binary itself: it lives in the daemon's own data directory.
 
 pub mod builtin;
-pub mod caps;
+mod call;
+mod caps;
 pub mod http;
 pub mod instance;
 pub mod kv;
