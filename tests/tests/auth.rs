@@ -174,21 +174,9 @@ fn dkimpy_signatures_verify_here_and_a_changed_message_fails() {
     // Ed25519 from PyNaCl (dkimpy takes the raw seed).
     let cfg = chain_config(dir.path(), &local_delivery_toml(&mail));
     std::fs::write(dir.path().join("finaldot.toml"), &cfg).expect("config");
-    let rsa_key = dir.path().join("py-rsa.key");
-    let (ok, out, err) = dkim_cmd(
-        dir.path(),
-        &[
-            "keygen",
-            "example.org",
-            "pyrsa",
-            "--out",
-            rsa_key.to_str().expect("utf8"),
-        ],
-    );
-    assert!(ok, "{err}");
-    let rsa_record = printed_record(&out);
-    let nacl = String::from_utf8(python(NACL_KEY, &[], b"")).expect("utf8");
-    let (seed, public) = nacl.trim().split_once('\n').expect("two lines");
+    let keys = dkimpy_keys(dir.path());
+    let (rsa_key, rsa_record) = (keys.rsa_key.clone(), keys.rsa_record.clone());
+    let (seed, public) = (keys.ed_seed.as_str(), keys.ed_public.as_str());
     let dns = DnsServer::start(vec![
         Record::Txt("pyrsa._domainkey.example.org".into(), rsa_record),
         Record::Txt(
@@ -660,6 +648,40 @@ fn mail_from_loopback_is_trusted_by_default_and_not_verified() {
     assert!(!d.log().contains("authenticated: "), "{}", d.log());
 }
 
+/// Keys for dkimpy to sign with at example.org: RSA from `finaldot dkim
+/// keygen` (selector pyrsa; any key will do for dkimpy), Ed25519 from
+/// PyNaCl (selector pyed; dkimpy takes the raw seed). Needs the config in
+/// `dir` written first.
+struct DkimpyKeys {
+    rsa_key: std::path::PathBuf,
+    rsa_record: String,
+    ed_seed: String,
+    ed_public: String,
+}
+
+fn dkimpy_keys(dir: &Path) -> DkimpyKeys {
+    let rsa_key = dir.join("py-rsa.key");
+    let (ok, out, err) = dkim_cmd(
+        dir,
+        &[
+            "keygen",
+            "example.org",
+            "pyrsa",
+            "--out",
+            rsa_key.to_str().expect("utf8"),
+        ],
+    );
+    assert!(ok, "{err}");
+    let nacl = String::from_utf8(python(NACL_KEY, &[], b"")).expect("utf8");
+    let (seed, public) = nacl.trim().split_once('\n').expect("two lines");
+    DkimpyKeys {
+        rsa_key,
+        rsa_record: printed_record(&out),
+        ed_seed: seed.to_string(),
+        ed_public: public.to_string(),
+    }
+}
+
 /// One SPF case: the sender's domain, the client address, what RFC 7208 says.
 struct SpfCase {
     sender: &'static str,
@@ -1057,27 +1079,15 @@ fn dkim_gives_the_rfc_results_for_the_rfc_vectors_and_dkimpy_signatures() {
         "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
     );
     // Our own keys for dkimpy to sign with.
-    let rsa_key = dir.path().join("py-rsa.key");
-    let (ok, out, err) = dkim_cmd(
-        dir.path(),
-        &[
-            "keygen",
-            "example.org",
-            "pyrsa",
-            "--out",
-            rsa_key.to_str().expect("utf8"),
-        ],
-    );
-    assert!(ok, "{err}");
-    let rsa_record = printed_record(&out);
+    let keys = dkimpy_keys(dir.path());
+    let (rsa_key, rsa_record) = (keys.rsa_key.clone(), keys.rsa_record.clone());
     let rsa_p = rsa_record
         .split("p=")
         .nth(1)
         .expect("p=")
         .trim()
         .to_string();
-    let nacl = String::from_utf8(python(NACL_KEY, &[], b"")).expect("utf8");
-    let (ed_seed, ed_public) = nacl.trim().split_once('\n').expect("two lines");
+    let (ed_seed, ed_public) = (keys.ed_seed.as_str(), keys.ed_public.as_str());
     let txt = |n: &str, t: String| Record::Txt(n.into(), t);
     let dns = DnsServer::start(vec![
         txt(
