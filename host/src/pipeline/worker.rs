@@ -611,6 +611,9 @@ fn settle(ctx: &Context, attempt: &mut Attempt) -> Result<(), spool::Error> {
 /// plugin's choice) to the next hop. Each one the hop accepts is recorded
 /// durably (a checkpoint that resumes after the chain) before anything
 /// else, so a crash never sends it to that hop twice.
+// Long on purpose: routing, the message's bytes, one transaction per
+// sender and the durable record of each acceptance go together (a record
+// must be written before the next transaction starts).
 fn deliver_next_hop(
     ctx: &Context,
     attempt: &mut Attempt,

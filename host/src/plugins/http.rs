@@ -104,6 +104,8 @@ impl HttpAccess {
 
     /// Sends one request; `timeout` may be shorter than the grant's (what
     /// is left of the plugin call).
+    // Long on purpose: one request's allow-list check, redirects kept
+    // inside the list, the size cap and the timeout, in the order they apply.
     pub fn send(
         &self,
         method: &str,
