@@ -17,6 +17,8 @@
 
 pub mod chain;
 pub mod dsn;
+#[cfg(test)]
+mod tests;
 pub mod worker;
 
 use std::collections::{HashSet, VecDeque};
