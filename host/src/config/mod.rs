@@ -432,35 +432,22 @@ fn check_mailbox_lists(
     cx: &Cx,
 ) -> Result<(), ConfigError> {
     use finaldot_sdk::wire::Value;
-    let strings = |v: Option<&Value>| -> Option<Vec<String>> {
-        match v? {
-            Value::Array(items) => Some(
-                items
-                    .iter()
-                    .filter_map(|i| match i {
-                        Value::String(s) => Some(s.to_lowercase()),
-                        _ => None,
-                    })
-                    .collect(),
-            ),
-            _ => None,
-        }
-    };
     for (i, p) in plugins.iter().enumerate() {
-        let Value::Table(table) = &p.config else {
+        // Read as the plugin reads its table (the SDK's `Config`); a value
+        // of the wrong type is the plugin's own refusal at load.
+        let table = finaldot_sdk::Config::new(p.name.as_str(), p.config.clone());
+        let strings = |key: &str| -> Option<Vec<String>> {
+            table.get(key)?;
+            let items = table.strings(key).ok()?;
+            Some(items.iter().map(|s| s.to_lowercase()).collect())
+        };
+        let (Some(domains), Some(users)) = (strings("domains"), strings("users")) else {
             continue;
         };
-        let get = |k: &str| table.iter().find(|(n, _)| n == k).map(|(_, v)| v);
-        let (Some(domains), Some(users)) = (strings(get("domains")), strings(get("users"))) else {
-            continue;
-        };
-        let aliases: Vec<(String, String)> = match get("aliases") {
+        let aliases: Vec<(String, String)> = match table.get("aliases") {
             Some(Value::Table(t)) => t
                 .iter()
-                .filter_map(|(k, v)| match v {
-                    Value::String(to) => Some((k.to_lowercase(), to.to_lowercase())),
-                    _ => None,
-                })
+                .filter_map(|(k, v)| Some((k.to_lowercase(), v.as_str()?.to_lowercase())))
                 .collect(),
             _ => Vec::new(),
         };

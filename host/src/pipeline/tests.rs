@@ -32,6 +32,17 @@ struct FakeDelivery {
 }
 
 impl FakeDelivery {
+    /// A fake that answers these addresses so, and accepts everyone else.
+    fn answering(answers: &[(&str, RecipientState)]) -> Arc<FakeDelivery> {
+        Arc::new(FakeDelivery {
+            answers: answers
+                .iter()
+                .map(|(a, state)| (a.to_string(), state.clone()))
+                .collect(),
+            ..Default::default()
+        })
+    }
+
     fn calls(&self) -> Vec<Call> {
         self.calls.lock().map(|c| c.clone()).unwrap_or_default()
     }
@@ -151,21 +162,10 @@ fn deferred(reason: &str) -> RecipientState {
 #[test]
 fn each_recipient_gets_its_hops_answer_and_the_failure_one_report() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let fake = Arc::new(FakeDelivery {
-        answers: [
-            (
-                "later@remote.test".to_string(),
-                deferred("451 4.3.0 try later"),
-            ),
-            (
-                "bad@remote.test".to_string(),
-                failed("5.1.1", "550 5.1.1 no such user"),
-            ),
-        ]
-        .into_iter()
-        .collect(),
-        ..Default::default()
-    });
+    let fake = FakeDelivery::answering(&[
+        ("later@remote.test", deferred("451 4.3.0 try later")),
+        ("bad@remote.test", failed("5.1.1", "550 5.1.1 no such user")),
+    ]);
     let (spool, pipeline) = start(dir.path(), fake.clone());
     queue(
         &spool,
@@ -240,15 +240,8 @@ fn each_recipient_gets_its_hops_answer_and_the_failure_one_report() {
 #[test]
 fn notify_never_sends_no_report_and_notify_success_sends_one() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let fake = Arc::new(FakeDelivery {
-        answers: [(
-            "bad@remote.test".to_string(),
-            failed("5.1.1", "550 5.1.1 no such user"),
-        )]
-        .into_iter()
-        .collect(),
-        ..Default::default()
-    });
+    let fake =
+        FakeDelivery::answering(&[("bad@remote.test", failed("5.1.1", "550 5.1.1 no such user"))]);
     let (spool, pipeline) = start(dir.path(), fake.clone());
     let notify = |failure: bool, success: bool| DsnNotify {
         failure,
@@ -304,15 +297,7 @@ fn notify_never_sends_no_report_and_notify_success_sends_one() {
 #[test]
 fn a_restarted_pipeline_resumes_from_the_checkpoint_and_sends_nothing_twice() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let first = Arc::new(FakeDelivery {
-        answers: [(
-            "later@remote.test".to_string(),
-            deferred("451 4.3.0 try later"),
-        )]
-        .into_iter()
-        .collect(),
-        ..Default::default()
-    });
+    let first = FakeDelivery::answering(&[("later@remote.test", deferred("451 4.3.0 try later"))]);
     let (spool, pipeline) = start(dir.path(), first.clone());
     queue(
         &spool,

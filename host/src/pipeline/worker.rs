@@ -213,12 +213,17 @@ fn load_attempt(
 /// (local programs relaying through the MX, loopback by default).
 fn is_inbound(queued: &QueueFile, trusted: &[ipnet::IpNet]) -> bool {
     let env = &queued.envelope;
-    let ip = env.client_ip.to_canonical();
     // The implicit-TLS listener runs the MX's session (no AUTH): its mail
     // is inbound too.
     matches!(env.listener, Listener::Smtp | Listener::ImplicitTls)
         && env.auth.is_none()
-        && !trusted.iter().any(|n| n.contains(&ip))
+        && !from_trusted(env, trusted)
+}
+
+/// Whether the client was in `[auth] trusted_networks`.
+fn from_trusted(env: &spool::Envelope, trusted: &[ipnet::IpNet]) -> bool {
+    let ip = env.client_ip.to_canonical();
+    trusted.iter().any(|n| n.contains(&ip))
 }
 
 /// Verifies SPF, DKIM, DMARC and ARC once per message, before the first
@@ -487,13 +492,16 @@ fn apply_changes(progress: &mut Progress, changes: &[Change]) -> bool {
         .any(|(k, now)| *now && !before.get(k).copied().unwrap_or(false))
 }
 
+/// How the stage history records a bounce verdict (its outcome's prefix).
+const BOUNCED: &str = "bounce:";
+
 /// A verdict in a few words, for the log and the stage history.
 fn verdict_text(verdict: &Verdict) -> String {
     match verdict {
         Verdict::Continue => "continue".to_string(),
         Verdict::Discard { reason } => format!("discard: {reason}"),
         Verdict::Hold { reason } => format!("hold: {reason}"),
-        Verdict::Bounce { code, status, text } => format!("bounce: {code} {status} {text}"),
+        Verdict::Bounce { code, status, text } => format!("{BOUNCED} {code} {status} {text}"),
         Verdict::Defer { reason, .. } => format!("defer: {reason}"),
     }
 }
@@ -775,10 +783,9 @@ fn may_return_content(queued: &QueueFile, progress: &Progress, trusted: &[ipnet:
     let refused = progress
         .stages
         .iter()
-        .any(|s| s.outcome.starts_with("bounce:"));
+        .any(|s| s.outcome.starts_with(BOUNCED));
     let env = &queued.envelope;
-    let ip = env.client_ip.to_canonical();
-    let vouched = env.auth.is_some() || trusted.iter().any(|n| n.contains(&ip));
+    let vouched = env.auth.is_some() || from_trusted(env, trusted);
     let shown = vouched
         || progress.auth.as_ref().is_some_and(|a| {
             a.sender_forged().is_none()
@@ -981,12 +988,13 @@ fn send_dsn_to(
         return Ok(());
     }
     let spool = &ctx.spool;
+    let settings = ctx.settings();
     // A failure report returns the whole message when the sender asked
     // RET=FULL and is known to be who it says, else the original header
     // block (without it if unreadable).
     let full = kind == DsnKind::Failed
         && request.ret == Some(DsnRet::Full)
-        && may_return_content(&attempt.queued, progress, &ctx.settings().trusted_networks);
+        && may_return_content(&attempt.queued, progress, &settings.trusted_networks);
     let end = if full { u64::MAX } else { progress.body_offset };
     let mut original = spool
         .read_message_range(QueueState::Active, &attempt.id, &attempt.queued, 0, end)
@@ -1001,7 +1009,6 @@ fn send_dsn_to(
         }
     }
     let now = unix_now();
-    let settings = ctx.settings();
     let hostname = &settings.hostname;
     let about = dsn::About {
         hostname,

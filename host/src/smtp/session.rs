@@ -32,6 +32,23 @@ use finaldot_sdk::wire::{Listener, TlsFacts};
 /// Longest command line including CRLF (RFC 5321 §4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512 + 500;
 
+/// The longest AUTH response line, CRLF aside (RFC 4954 §4).
+const MAX_AUTH_LINE: usize = 12288;
+
+/// The reply to an over-long line: an AUTH response (RFC 4954 §4: `500
+/// 5.5.6`) or a command (`500 5.5.2`).
+fn line_too_long(auth: bool) -> Reply {
+    if auth {
+        Reply::new(
+            500,
+            "5.5.6",
+            "Error: authentication exchange line is too long",
+        )
+    } else {
+        Reply::new(500, "5.5.2", "Error: command line too long")
+    }
+}
+
 /// The longest other command line (RFC 5321 §4.5.3.1.4).
 const BASE_COMMAND_LINE: usize = 512;
 /// Largest piece of message content handed out in one [`Step::Data`].
@@ -482,15 +499,7 @@ impl Session {
                         let auth = *auth;
                         self.pos += off + 1;
                         self.phase = Phase::Command;
-                        self.error_reply(if auth {
-                            Reply::new(
-                                500,
-                                "5.5.6",
-                                "Error: authentication exchange line is too long",
-                            )
-                        } else {
-                            Reply::new(500, "5.5.2", "Error: command line too long")
-                        });
+                        self.error_reply(line_too_long(auth));
                     }
                     None => {
                         self.pos = self.input.len();
@@ -530,7 +539,7 @@ impl Session {
         let verb = &self.input[line_start..line_start + lf.min(5)];
         let dsn_verb = verb.eq_ignore_ascii_case(b"MAIL ") || verb.eq_ignore_ascii_case(b"RCPT ");
         if lf + 1 > MAX_COMMAND_LINE || (lf + 1 > BASE_COMMAND_LINE && !dsn_verb) {
-            self.error_reply(Reply::new(500, "5.5.2", "Error: command line too long"));
+            self.error_reply(line_too_long(false));
             return true;
         }
         if lf == 0 || self.input[line_end - 1] != b'\r' {
@@ -721,7 +730,7 @@ impl Session {
         let wait = wait.clone();
         let avail = &self.input[self.pos..];
         let Some(lf) = memchr(b'\n', avail) else {
-            if avail.len() > 12288 {
+            if avail.len() > MAX_AUTH_LINE {
                 self.pos = self.input.len();
                 self.phase = Phase::SkipLongLine { auth: true };
             }
@@ -733,12 +742,8 @@ impl Session {
             .to_vec();
         self.pos += lf + 1;
         self.phase = Phase::Command;
-        if line.len() > 12288 {
-            self.error_reply(Reply::new(
-                500,
-                "5.5.6",
-                "Error: authentication exchange line is too long",
-            ));
+        if line.len() > MAX_AUTH_LINE {
+            self.error_reply(line_too_long(true));
             return true;
         }
         self.auth_response(wait, &line);

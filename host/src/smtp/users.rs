@@ -137,13 +137,6 @@ pub fn list(path: &Path) -> Result<Vec<String>, UsersError> {
     Ok(read(path)?.into_iter().map(|(u, _)| u).collect())
 }
 
-/// Whether `password` is `user`'s. Takes tens of milliseconds (argon2):
-/// call it off the async runtime. Allocates argon2's working memory for
-/// this one check; a server checks with [`verify_with`] and memory it reuses.
-pub fn verify(path: &Path, user: &str, password: &str) -> Result<bool, UsersError> {
-    verify_with(path, user, password, &mut Scratch::default())
-}
-
 /// Argon2's working memory (about 19 MiB with the default parameters),
 /// kept by one checking thread and reused for every check, so the memory
 /// AUTH uses is bounded by the number of checking threads, whatever the
@@ -165,10 +158,12 @@ impl Scratch {
 /// thrown away; only the time it takes matters).
 const DUMMY_SALT: &[u8] = b"finaldot-no-such-user";
 
-/// [`verify`] with `scratch` as argon2's working memory. An unknown user
-/// costs the same argon2 computation as a known one (with the parameters
-/// of the file's first readable hash, or argon2's defaults), so the time
-/// of a refusal says nothing about whether the name exists.
+/// Whether `password` is `user`'s, computed in `scratch` (argon2's working
+/// memory, reused). Takes tens of milliseconds: call it off the async
+/// runtime. An unknown user costs the same argon2 computation as a known
+/// one (with the parameters of the file's first readable hash, or argon2's
+/// defaults), so the time of a refusal says nothing about whether the name
+/// exists.
 pub fn verify_with(
     path: &Path,
     user: &str,
@@ -190,18 +185,8 @@ pub fn verify_with(
     let Some(hash) = own else {
         // The same work as a wrong password: parameters from the file.
         let model = users.iter().find_map(|(_, h)| PasswordHash::new(h).ok());
-        let (params, algorithm, version) = match &model {
-            Some(m) => (
-                argon2::Params::try_from(m).unwrap_or_default(),
-                argon2::Algorithm::try_from(m.algorithm).unwrap_or_default(),
-                m.version
-                    .and_then(|v| argon2::Version::try_from(v).ok())
-                    .unwrap_or_default(),
-            ),
-            None => Default::default(),
-        };
-        let mut out = vec![0u8; params.output_len().unwrap_or(32)];
-        let argon = Argon2::new(algorithm, version, params);
+        let argon = model.as_ref().and_then(argon_of).unwrap_or_default();
+        let mut out = vec![0u8; argon.params().output_len().unwrap_or(32)];
         let blocks = scratch.blocks(argon.params().block_count());
         let _ =
             argon.hash_password_into_with_memory(password.as_bytes(), DUMMY_SALT, &mut out, blocks);
@@ -210,19 +195,23 @@ pub fn verify_with(
     Ok(check(&hash, password, scratch))
 }
 
+/// The argon2 instance (algorithm, version, parameters) `hash` was made
+/// with; `None` when it names something argon2 does not know.
+fn argon_of(hash: &PasswordHash) -> Option<Argon2<'static>> {
+    let params = argon2::Params::try_from(hash).ok()?;
+    let algorithm = argon2::Algorithm::try_from(hash.algorithm).ok()?;
+    let version = match hash.version {
+        None => argon2::Version::default(),
+        Some(v) => argon2::Version::try_from(v).ok()?,
+    };
+    Some(Argon2::new(algorithm, version, params))
+}
+
 /// Whether `password` gives `hash`, computed in `scratch`; the comparison
 /// takes constant time.
 fn check(hash: &PasswordHash, password: &str, scratch: &mut Scratch) -> bool {
-    let (Ok(params), Ok(algorithm)) = (
-        argon2::Params::try_from(hash),
-        argon2::Algorithm::try_from(hash.algorithm),
-    ) else {
+    let Some(argon) = argon_of(hash) else {
         return false;
-    };
-    let version = match hash.version.map(argon2::Version::try_from) {
-        None => argon2::Version::default(),
-        Some(Ok(v)) => v,
-        Some(Err(_)) => return false,
     };
     let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
         return false;
@@ -231,7 +220,6 @@ fn check(hash: &PasswordHash, password: &str, scratch: &mut Scratch) -> bool {
     let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
         return false;
     };
-    let argon = Argon2::new(algorithm, version, params);
     let blocks = scratch.blocks(argon.params().block_count());
     let mut out = vec![0u8; expected.len()];
     if argon
@@ -247,6 +235,11 @@ fn check(hash: &PasswordHash, password: &str, scratch: &mut Scratch) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One check with working memory of its own.
+    fn verify(path: &Path, user: &str, password: &str) -> Result<bool, UsersError> {
+        verify_with(path, user, password, &mut Scratch::default())
+    }
 
     #[test]
     fn add_verify_replace_remove() {
