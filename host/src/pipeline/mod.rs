@@ -9,7 +9,7 @@
 //! message (`incoming|deferred → active`), run the plugin chain in order, and
 //! checkpoint the message's [`Progress`] durably after every stage, so a
 //! restart resumes at the next unfinished stage and no stage's effect is
-//! applied twice. See [`worker`] for the verdict and retry rules.
+//! applied twice. See [`rules`] for the verdict and retry rules.
 //!
 //! Invariant: every message ends delivered, bounced (a DSN to its sender,
 //! never to `<>`), held, or removed by an administrator. A recipient no plugin
@@ -17,6 +17,11 @@
 
 pub mod chain;
 pub mod dsn;
+mod load;
+mod report;
+mod rules;
+mod settle;
+mod stage;
 #[cfg(test)]
 mod tests;
 pub mod worker;
@@ -189,7 +194,7 @@ impl Pipeline {
         let ctx = Arc::new(worker::Context {
             spool: spool.clone(),
             chain,
-            settings: std::sync::RwLock::new(settings.clone()),
+            settings: std::sync::RwLock::new(Arc::new(settings.clone())),
         });
         let mut workers = Vec::new();
         for n in 0..settings.config.workers {
@@ -236,7 +241,7 @@ impl Pipeline {
     /// started until a restart.
     pub fn reconfigure(&self, settings: Settings) {
         if let Ok(mut s) = self.ctx.settings.write() {
-            *s = settings;
+            *s = Arc::new(settings);
         }
     }
 
