@@ -363,3 +363,396 @@ pub(super) fn resume_at(progress: &Progress, names: &[String]) -> u32 {
         .map(|i| i as u32)
         .unwrap_or(names.len() as u32)
 }
+
+#[cfg(test)]
+mod tests {
+    use finaldot_sdk::wire::{AuthFacts, AuthResult, DmarcFact, DmarcPolicy, SpfFact};
+
+    use super::*;
+
+    const DAY: u64 = 86_400;
+
+    /// The pipeline settings of a configuration with these `[pipeline]` lines.
+    fn config(lines: &str) -> PipelineConfig {
+        let dir = std::env::temp_dir();
+        let text = format!(
+            "hostname = \"mx.test\"\ndata_dir = \"/nonexistent/finaldot\"\n[domains.localhost]\n[pipeline]\n{lines}\n"
+        );
+        crate::config::Config::parse(&text, "test", &dir)
+            .expect("config")
+            .pipeline
+    }
+
+    /// A message queued at `queued_at` to these recipients, all pending,
+    /// that ran a chain of two stages.
+    fn progress(queued_at: u64, to: &[&str]) -> Progress {
+        let envelope = crate::spool::Envelope {
+            mail_from: "alice@sender.test".into(),
+            rcpt_to: to.iter().map(|s| s.to_string()).collect(),
+            client_ip: "192.0.2.7".parse().expect("ip"),
+            client_port: 40000,
+            listener: finaldot_sdk::wire::Listener::Smtp,
+            helo: "client.test".into(),
+            protocol: "ESMTP".into(),
+            received_at: queued_at,
+            body_8bit: false,
+            smtputf8: false,
+            tls: None,
+            auth: None,
+            dsn: Default::default(),
+        };
+        let mut p = Progress::initial(&envelope, b"Subject: x\r\n\r\nbody\r\n");
+        p.chain = vec!["first".into(), "second".into()];
+        p
+    }
+
+    fn state_of(p: &Progress, address: &str) -> RecipientState {
+        p.state
+            .envelope
+            .recipients
+            .iter()
+            .find(|r| r.address == address)
+            .map(|r| r.state.clone())
+            .expect(address)
+    }
+
+    fn set(p: &mut Progress, address: &str, state: RecipientState) {
+        for r in p.state.envelope.recipients.iter_mut() {
+            if r.address == address {
+                r.state = state.clone();
+            }
+        }
+    }
+
+    /// Authentication results whose SPF for the envelope sender is `spf`.
+    fn auth(spf: AuthResult) -> AuthFacts {
+        AuthFacts {
+            authserv_id: "mx.test".into(),
+            spf: SpfFact {
+                result: spf,
+                domain: "sender.test".into(),
+            },
+            spf_helo: SpfFact {
+                result: AuthResult::None,
+                domain: "client.test".into(),
+            },
+            dkim: Vec::new(),
+            dmarc: DmarcFact {
+                result: AuthResult::None,
+                domain: "sender.test".into(),
+                policy: DmarcPolicy::Unspecified,
+                pct: 100,
+                spf_aligned: false,
+                dkim_aligned: false,
+            },
+            arc: AuthResult::None,
+        }
+    }
+
+    fn failed(status: &str) -> RecipientState {
+        RecipientState::Failed {
+            status: status.into(),
+            reason: format!("{status} no"),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_minimum_up_to_the_maximum_with_ten_percent_jitter() {
+        let cfg = config("retry_min_secs = 100\nretry_max_secs = 1000");
+        let id = QueueId::parse("00C0FFEE").expect("id");
+        for (attempts, base) in [
+            (1, 100u64),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (40, 1000),
+        ] {
+            for _ in 0..20 {
+                let d = backoff(&cfg, &id, attempts);
+                assert!(
+                    d >= base - base / 10 && d <= base + base / 10,
+                    "attempt {attempts}: {d} not within 10 % of {base}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_deferral_past_the_queue_lifetime_fails_what_is_open_with_5_4_7_and_completes() {
+        let cfg = config("max_queue_lifetime_secs = 86400");
+        let now = 10 * DAY;
+        // Within the lifetime: the deferral stands, the hint kept.
+        let mut young = progress(now - DAY + 1, &["a@x.test"]);
+        let out = resolve(
+            Outcome::Defer(Some(30)),
+            &mut young,
+            &cfg,
+            ForgedSender::Hold,
+            now,
+        );
+        assert_eq!(out, Outcome::Defer(Some(30)));
+        assert_eq!(state_of(&young, "a@x.test"), RecipientState::Pending);
+        // Past it: open recipients fail 5.4.7 with the last error, the
+        // finished ones keep their state.
+        let mut old = progress(now - DAY, &["open@x.test", "done@x.test", "later@x.test"]);
+        set(
+            &mut old,
+            "done@x.test",
+            RecipientState::Delivered { note: "250".into() },
+        );
+        set(
+            &mut old,
+            "later@x.test",
+            RecipientState::Deferred {
+                reason: "451".into(),
+            },
+        );
+        old.last_error = Some("451 4.3.0 try later".into());
+        let out = resolve(
+            Outcome::Defer(None),
+            &mut old,
+            &cfg,
+            ForgedSender::Hold,
+            now,
+        );
+        assert_eq!(out, Outcome::Complete);
+        for a in ["open@x.test", "later@x.test"] {
+            match state_of(&old, a) {
+                RecipientState::Failed { status, reason } => {
+                    assert_eq!(status, "5.4.7");
+                    assert!(reason.contains("451 4.3.0 try later"), "{reason}");
+                    assert!(reason.contains("86400s"), "{reason}");
+                }
+                other => panic!("{a}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            state_of(&old, "done@x.test"),
+            RecipientState::Delivered { .. }
+        ));
+        // Other outcomes pass through untouched.
+        for o in [Outcome::Next, Outcome::Hold("why".into())] {
+            assert_eq!(
+                resolve(o.clone(), &mut old, &cfg, ForgedSender::Hold, now),
+                o
+            );
+        }
+    }
+
+    #[test]
+    fn faults_defer_until_max_faults_in_a_row_then_hold() {
+        let mut p = progress(0, &["a@x.test"]);
+        for n in 1..3 {
+            let out = on_fault(&mut p, "filter", "1.0", "trap: boom", "trap", 3);
+            assert_eq!(out, Outcome::Defer(None), "fault {n}");
+        }
+        match on_fault(&mut p, "filter", "1.0", "trap: boom", "trap", 3) {
+            Outcome::Hold(reason) => {
+                assert!(
+                    reason.starts_with("3 consecutive plugin faults; last: trap: boom"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.stages.len(), 3);
+        assert_eq!(p.stages[0].outcome, "fault: trap");
+        assert_eq!(p.last_error.as_deref(), Some("trap: boom"));
+    }
+
+    #[test]
+    fn an_unavailable_service_defers_without_counting_a_fault() {
+        let mut p = progress(0, &["a@x.test"]);
+        for _ in 0..10 {
+            let out = on_unavailable(&mut p, "dedup", "1.0", "redis is unreachable");
+            assert_eq!(out, Outcome::Defer(None));
+        }
+        assert_eq!(p.faults, 0);
+        assert_eq!(
+            p.last_error.as_deref(),
+            Some("plugin dedup: redis is unreachable")
+        );
+        assert_eq!(p.stages[9].outcome, "deferred: redis is unreachable");
+    }
+
+    #[test]
+    fn each_verdict_gives_its_outcome_and_recipient_states() {
+        let open = || {
+            let mut p = progress(0, &["a@x.test", "b@x.test"]);
+            set(
+                &mut p,
+                "b@x.test",
+                RecipientState::Delivered { note: "ok".into() },
+            );
+            p
+        };
+        let mut p = open();
+        assert_eq!(on_verdict(&mut p, "f", Verdict::Continue, 2), Outcome::Next);
+        assert_eq!(p.next_stage, 1);
+
+        let mut p = open();
+        let v = Verdict::Discard {
+            reason: "dup".into(),
+        };
+        assert_eq!(on_verdict(&mut p, "f", v, 2), Outcome::Next);
+        assert_eq!(p.next_stage, 2, "the rest of the chain is skipped");
+        assert_eq!(
+            state_of(&p, "a@x.test"),
+            RecipientState::Discarded {
+                reason: "f: dup".into()
+            }
+        );
+        assert!(matches!(
+            state_of(&p, "b@x.test"),
+            RecipientState::Delivered { .. }
+        ));
+
+        let mut p = open();
+        let v = Verdict::Bounce {
+            code: 550,
+            status: "5.7.1".into(),
+            text: "spam".into(),
+        };
+        assert_eq!(on_verdict(&mut p, "f", v, 2), Outcome::Next);
+        assert_eq!(p.next_stage, 2);
+        assert_eq!(
+            state_of(&p, "a@x.test"),
+            RecipientState::Failed {
+                status: "5.7.1".into(),
+                reason: "550 5.7.1 spam".into()
+            }
+        );
+
+        let mut p = open();
+        let v = Verdict::Hold {
+            reason: "look".into(),
+        };
+        assert_eq!(
+            on_verdict(&mut p, "f", v, 2),
+            Outcome::Hold("f: look".into())
+        );
+        assert_eq!(p.next_stage, 1, "released, it resumes after this stage");
+
+        let mut p = open();
+        let v = Verdict::Defer {
+            reason: "grey".into(),
+            retry_after_secs: Some(300),
+        };
+        assert_eq!(on_verdict(&mut p, "f", v, 2), Outcome::Defer(Some(300)));
+        assert_eq!(p.next_stage, 0, "the retry runs this stage again");
+        assert_eq!(p.last_error.as_deref(), Some("f: grey"));
+    }
+
+    #[test]
+    fn the_end_of_the_chain_fails_the_untaken_and_defers_from_the_first_deferring_stage() {
+        let mut p = progress(0, &["nobody@x.test", "ok@x.test"]);
+        set(
+            &mut p,
+            "ok@x.test",
+            RecipientState::Delivered { note: "ok".into() },
+        );
+        assert_eq!(after_chain(&mut p, None), Outcome::Complete);
+        assert_eq!(state_of(&p, "nobody@x.test"), failed_511());
+
+        let mut p = progress(0, &["later@x.test"]);
+        set(
+            &mut p,
+            "later@x.test",
+            RecipientState::Deferred {
+                reason: "451 busy".into(),
+            },
+        );
+        assert_eq!(after_chain(&mut p, Some(1)), Outcome::Defer(None));
+        assert_eq!(p.next_stage, 1);
+        assert_eq!(p.last_error.as_deref(), Some("<later@x.test>: 451 busy"));
+        // Deferred by the next hop alone: the retry skips the chain.
+        assert_eq!(after_chain(&mut p, None), Outcome::Defer(None));
+        assert_eq!(p.next_stage, 2);
+    }
+
+    fn failed_511() -> RecipientState {
+        RecipientState::Failed {
+            status: "5.1.1".into(),
+            reason: "undeliverable: no plugin in the chain delivered this recipient".into(),
+        }
+    }
+
+    #[test]
+    fn failures_to_a_forged_sender_are_withheld_and_the_message_held_or_dropped() {
+        let cfg = config("");
+        let now = DAY;
+        let forged = || {
+            let mut p = progress(now, &["bad@x.test", "ok@x.test"]);
+            set(&mut p, "bad@x.test", failed("5.1.1"));
+            set(
+                &mut p,
+                "ok@x.test",
+                RecipientState::Delivered { note: "ok".into() },
+            );
+            p.auth = Some(auth(AuthResult::Fail));
+            p
+        };
+        let mut p = forged();
+        match resolve(Outcome::Complete, &mut p, &cfg, ForgedSender::Hold, now) {
+            Outcome::Hold(reason) => {
+                assert!(
+                    reason.starts_with("no DSN sent to <alice@sender.test>: the envelope sender failed SPF (sender.test); message held"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.notified, vec!["bad@x.test".to_string()]);
+        assert_eq!(fresh_failures(&p).count(), 0);
+        // Released and run again: nothing left to withhold, it completes.
+        assert_eq!(
+            resolve(Outcome::Complete, &mut p, &cfg, ForgedSender::Hold, now),
+            Outcome::Complete
+        );
+
+        let mut p = forged();
+        assert_eq!(
+            resolve(Outcome::Complete, &mut p, &cfg, ForgedSender::Drop, now),
+            Outcome::Complete
+        );
+        assert_eq!(p.notified, vec!["bad@x.test".to_string()]);
+
+        // A sender that passed: its failures are reported as usual.
+        let mut p = forged();
+        p.auth = Some(auth(AuthResult::Pass));
+        assert_eq!(
+            resolve(Outcome::Complete, &mut p, &cfg, ForgedSender::Hold, now),
+            Outcome::Complete
+        );
+        assert!(p.notified.is_empty());
+
+        // Past the lifetime the expired recipients are withheld too.
+        let mut p = progress(0, &["later@x.test"]);
+        p.auth = Some(auth(AuthResult::Fail));
+        let late = 6 * DAY;
+        assert!(matches!(
+            resolve(Outcome::Defer(None), &mut p, &cfg, ForgedSender::Hold, late),
+            Outcome::Hold(_)
+        ));
+        assert_eq!(p.notified, vec!["later@x.test".to_string()]);
+    }
+
+    #[test]
+    fn a_changed_chain_resumes_at_the_first_remaining_plugin_still_configured() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut p = progress(0, &["a@x.test"]);
+        p.chain = names(&["auth", "filter", "deliver"]);
+        p.next_stage = 1;
+        assert_eq!(resume_at(&p, &names(&["auth", "filter", "deliver"])), 1);
+        // filter removed: resume at deliver, now at index 1.
+        assert_eq!(resume_at(&p, &names(&["auth", "deliver"])), 1);
+        // a plugin added in front: filter is now third.
+        assert_eq!(
+            resume_at(&p, &names(&["dnsbl", "auth", "filter", "deliver"])),
+            2
+        );
+        // nothing of the remainder left: the chain is finished.
+        assert_eq!(resume_at(&p, &names(&["auth"])), 1);
+    }
+}
