@@ -208,6 +208,9 @@ impl Dns {
             DnsType::Txt => RecordType::TXT,
             DnsType::Ptr => RecordType::PTR,
             DnsType::Tlsa => RecordType::TLSA,
+            // A type this build cannot decode never reaches it; one added
+            // to the SDK without a mapping here gets "no data".
+            _ => return DnsAnswer::empty(DnsOutcome::NoData),
         };
         let looked = tokio::time::timeout(timeout, self.resolver.lookup(fqdn.as_str(), kind)).await;
         let lookup = match looked {

@@ -94,6 +94,7 @@ fn state_text(r: &RecipientState) -> String {
         RecipientState::Failed { status, reason } => format!("failed {status}: {reason}"),
         RecipientState::Deferred { reason } => format!("deferred: {reason}"),
         RecipientState::Discarded { reason } => format!("discarded: {reason}"),
+        other => format!("{other:?}"),
     }
 }
 

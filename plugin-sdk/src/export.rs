@@ -4,7 +4,8 @@
 //! Exports (all `extern "C"`):
 //! - `finaldot_abi_version() -> u32`
 //! - `finaldot_alloc(len: u32) -> u32` and `finaldot_dealloc(ptr: u32, len: u32)`
-//! - `finaldot_info() -> u64`: output `GuestResult<PluginInfo>` (name, version)
+//! - `finaldot_info() -> u64`: output `GuestResult<PluginInfo>` (name, version,
+//!   the ABI features it needs)
 //! - `finaldot_configure(ptr: u32, len: u32) -> u64`: input [`ConfigureInput`],
 //!   output `GuestResult<PluginInfo>`
 //! - `finaldot_on_message(ptr: u32, len: u32) -> u64`: input [`MessageInput`],
@@ -131,11 +132,7 @@ impl<P: Plugin> Slot<P> {
                         if let Ok(mut slot) = self.plugin.lock() {
                             *slot = Some(plugin);
                         }
-                        GuestResult::Ok(PluginInfo {
-                            abi: ABI_VERSION,
-                            name: name.to_string(),
-                            version: version.to_string(),
-                        })
+                        GuestResult::Ok(PluginInfo::of_this_sdk(name, version))
                     }
                     Err(e) => GuestResult::Err(e.to_string()),
                 }
@@ -181,11 +178,7 @@ impl<P: Plugin> Slot<P> {
 
 /// `finaldot_info`: the plugin's crate name and version, without configuring it.
 pub fn info(name: &str, version: &str) -> u64 {
-    encode(&GuestResult::Ok(PluginInfo {
-        abi: ABI_VERSION,
-        name: name.to_string(),
-        version: version.to_string(),
-    }))
+    encode(&GuestResult::Ok(PluginInfo::of_this_sdk(name, version)))
 }
 
 /// Exports a [`Plugin`] type as a finaldot ABI v1 WebAssembly module.

@@ -15,6 +15,35 @@ use serde::{Deserialize, Serialize};
 /// The ABI version of this SDK; the host refuses a plugin that reports another.
 pub const ABI_VERSION: u32 = 1;
 
+/// The additions to ABI v1 since its first release that this SDK speaks,
+/// oldest first, by the name a refusal gives: fields appended to a payload,
+/// variants appended to an enum, host requests. A plugin built with this SDK
+/// declares them all in [`PluginInfo::needs`] (its input decodes only when
+/// the host sends every field the SDK knows, and any change, verdict or
+/// request may be among its outputs); a host refuses at load a plugin that
+/// needs one it does not know, naming it, instead of failing on a message
+/// with a decode error. Names are only ever appended, never renamed.
+pub const FEATURES: &[&str] = &[
+    // RecipientState::Discarded, Change::MarkDiscarded.
+    "discarded",
+    // MessageInput::session (SessionFacts).
+    "session-facts",
+    // HostRequest::DnsLookup, HostResponse::Dns, HostErrorKind::LimitReached.
+    "dns",
+    // HostRequest::Http, HostResponse::Http, HostErrorKind::Timeout.
+    "http",
+    // MessageInput::auth (AuthFacts).
+    "auth-results",
+    // Route::Lmtp.
+    "lmtp-route",
+    // MessageInput::dsn (DsnRequest).
+    "dsn",
+    // Change::SetRecipientSender.
+    "recipient-sender",
+    // HostRequest::KvMac.
+    "kv-mac",
+];
+
 /// One header field, as it appears in the message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
@@ -67,6 +96,7 @@ impl Header {
 
 /// Where one recipient stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum RecipientState {
     /// Not yet delivered or failed.
     Pending,
@@ -163,6 +193,7 @@ pub struct MessageState {
 
 /// A change a plugin asks for. Applied in order by [`MessageState::apply`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Change {
     /// Adds a header at the end of the header block.
     AddHeader(Header),
@@ -255,6 +286,7 @@ pub enum Change {
 
 /// How a recipient is delivered by the host after the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Route {
     /// Through the configured smarthost.
     Smarthost,
@@ -413,6 +445,7 @@ impl MessageState {
 
 /// What a plugin decided about the message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Verdict {
     /// Go on to the next plugin, with this plugin's changes applied.
     Continue,
@@ -737,6 +770,7 @@ impl DsnRcpt {
 
 /// The listener a message arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Listener {
     /// SMTP (port 25 style, the MX).
     Smtp,
@@ -802,6 +836,7 @@ impl SessionFacts {
 
 /// One authentication method's result (RFC 8601 §2.7 result values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum AuthResult {
     /// Nothing to evaluate (no record, no signature, no chain).
     None,
@@ -876,6 +911,7 @@ pub struct DkimFact {
 
 /// The policy a DMARC record asks for (RFC 7489 `p=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum DmarcPolicy {
     /// No record was found (or it could not be read).
     Unspecified,
@@ -1007,11 +1043,64 @@ pub struct PluginInfo {
     pub name: String,
     /// The plugin's crate version.
     pub version: String,
+    /// The ABI [`FEATURES`] the plugin needs of its host, set by the SDK it
+    /// was built with (empty from an SDK older than this field). Strings,
+    /// not an enum, so a host can name a feature newer than itself.
+    pub needs: Vec<String>,
+}
+
+/// [`PluginInfo`] as SDKs before [`PluginInfo::needs`] encoded it.
+#[derive(Deserialize)]
+struct PluginInfoBeforeNeeds {
+    abi: u32,
+    name: String,
+    version: String,
+}
+
+impl PluginInfo {
+    /// What a plugin built with this SDK reports: its crate `name` and
+    /// `version`, and every feature of this SDK as its needs.
+    pub fn of_this_sdk(name: &str, version: &str) -> PluginInfo {
+        PluginInfo {
+            abi: ABI_VERSION,
+            name: name.to_string(),
+            version: version.to_string(),
+            needs: FEATURES.iter().map(|f| f.to_string()).collect(),
+        }
+    }
+
+    /// Decodes a plugin's `GuestResult<PluginInfo>`, from an SDK of any age
+    /// (one older than [`PluginInfo::needs`] needs nothing).
+    pub fn decode(bytes: &[u8]) -> Result<GuestResult<PluginInfo>, postcard::Error> {
+        match postcard::from_bytes::<GuestResult<PluginInfo>>(bytes) {
+            Ok(info) => Ok(info),
+            Err(e) => match postcard::from_bytes::<GuestResult<PluginInfoBeforeNeeds>>(bytes) {
+                Ok(GuestResult::Ok(old)) => Ok(GuestResult::Ok(PluginInfo {
+                    abi: old.abi,
+                    name: old.name,
+                    version: old.version,
+                    needs: Vec::new(),
+                })),
+                Ok(GuestResult::Err(message)) => Ok(GuestResult::Err(message)),
+                Err(_) => Err(e),
+            },
+        }
+    }
+
+    /// The features this plugin needs that a host speaking `known` lacks.
+    pub fn missing<'a>(&'a self, known: &[&str]) -> Vec<&'a str> {
+        self.needs
+            .iter()
+            .map(String::as_str)
+            .filter(|f| !known.contains(f))
+            .collect()
+    }
 }
 
 /// Log levels for the host's log function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[repr(u32)]
+#[non_exhaustive]
 pub enum Level {
     /// Errors.
     Error = 1,
@@ -1165,6 +1254,7 @@ pub enum HostRequest {
 
 /// The body of an HTTP request from a plugin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum HttpBody {
     /// None.
     Empty,
@@ -1192,6 +1282,7 @@ pub struct HttpResponse {
 
 /// A DNS record type a plugin may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum DnsType {
     /// IPv4 addresses.
     A,
@@ -1209,6 +1300,7 @@ pub enum DnsType {
 
 /// How a DNS lookup ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum DnsOutcome {
     /// Records of the type were found.
     Found,
@@ -1224,6 +1316,7 @@ pub enum DnsOutcome {
 
 /// One DNS record of an answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum DnsRecord {
     /// An IPv4 address, dotted.
     A(String),
@@ -1278,6 +1371,7 @@ impl DnsAnswer {
 
 /// Why the host refused or failed a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum HostErrorKind {
     /// The plugin has no such grant (or a read-only one, for a write).
     NotGranted,
@@ -1618,7 +1712,51 @@ mod round_trip {
             abi: 1,
             name: String::new(),
             version: String::new(),
+            needs: Vec::new(),
         }));
+    }
+
+    #[test]
+    fn plugin_info_from_any_sdk_and_what_a_host_lacks() {
+        // An SDK before `needs` encoded three fields: it needs nothing.
+        #[derive(Serialize)]
+        struct Before {
+            abi: u32,
+            name: String,
+            version: String,
+        }
+        let old = postcard::to_allocvec(&GuestResult::Ok(Before {
+            abi: 1,
+            name: "stamp".into(),
+            version: "0.1.0".into(),
+        }))
+        .expect("encode");
+        match PluginInfo::decode(&old).expect("decodes") {
+            GuestResult::Ok(info) => {
+                assert_eq!(info.name, "stamp");
+                assert!(info.needs.is_empty());
+                assert!(info.missing(&[]).is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = postcard::to_allocvec(&GuestResult::<PluginInfo>::Err("no".into())).expect("e");
+        assert_eq!(
+            PluginInfo::decode(&err).expect("decodes"),
+            GuestResult::Err("no".into())
+        );
+        // This SDK's plugins need every feature it knows, and nothing else.
+        let now = PluginInfo::of_this_sdk("p", "1.0.0");
+        assert_eq!(now.needs.len(), FEATURES.len());
+        assert!(now.missing(FEATURES).is_empty());
+        let older_host = &FEATURES[..FEATURES.len() - 1];
+        assert_eq!(now.missing(older_host), vec![FEATURES[FEATURES.len() - 1]]);
+        let bytes = postcard::to_allocvec(&GuestResult::Ok(now.clone())).expect("encode");
+        assert_eq!(
+            PluginInfo::decode(&bytes).expect("decodes"),
+            GuestResult::Ok(now)
+        );
+        // Garbage stays an error.
+        assert!(PluginInfo::decode(&[0, 1, 200]).is_err());
     }
 
     #[test]

@@ -340,13 +340,51 @@ fn configure_input_and_plugin_info() {
             ]),
         },
     );
-    check(
-        "plugin_info",
-        &GuestResult::Ok(PluginInfo {
+    // Before `needs`: the fixture of an older SDK still decodes, needing nothing.
+    let old = std::fs::read_to_string(fixture("plugin_info")).expect("fixture");
+    let old: Vec<u8> = (0..old.trim().len() / 2)
+        .filter_map(|i| u8::from_str_radix(old.trim().get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    assert_eq!(
+        PluginInfo::decode(&old).expect("the old fixture decodes"),
+        GuestResult::Ok(PluginInfo {
             abi: ABI_VERSION,
             name: "filter".into(),
             version: "0.1.0".into(),
-        }),
+            needs: Vec::new(),
+        })
+    );
+    let needs = PluginInfo {
+        abi: ABI_VERSION,
+        name: "filter".into(),
+        version: "0.1.0".into(),
+        needs: vec!["discarded".into(), "kv-mac".into()],
+    };
+    check("plugin_info_needs", &GuestResult::Ok(needs.clone()));
+    // Appended: the old encoding is a prefix of the new.
+    let new = postcard::to_allocvec(&GuestResult::Ok(needs)).expect("encode");
+    assert!(new.starts_with(&old));
+}
+
+/// The ABI feature names are only ever appended: a host names what it
+/// lacks by them, so a renamed or removed one would break the refusal.
+#[test]
+fn feature_names_only_grow() {
+    // The names as they were first published; new ones go after them.
+    let published = [
+        "discarded",
+        "session-facts",
+        "dns",
+        "http",
+        "auth-results",
+        "lmtp-route",
+        "dsn",
+        "recipient-sender",
+        "kv-mac",
+    ];
+    assert!(
+        FEATURES.starts_with(&published),
+        "FEATURES must keep {published:?} in front, unchanged: {FEATURES:?}"
     );
 }
 

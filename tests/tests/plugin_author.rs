@@ -96,6 +96,43 @@ fn ten_line_example_builds_to_wasm_and_passes_plugin_check() {
     );
     assert!(text.contains("name:     my-plugin"), "{text}");
     assert!(text.contains("loads:    yes"), "{text}");
+    // What it needs of the host, as the SDK declared it.
+    let needs = format!("needs:    {}", finaldot_sdk::wire::FEATURES.join(", "));
+    assert!(text.contains(&needs), "{text}");
+}
+
+#[test]
+fn plugin_check_names_what_an_old_or_a_newer_plugin_needs() {
+    let dir = TestDir::new("check-needs");
+    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/plugins/stamp-sdk-7cbcdca.wasm");
+    let out = Command::new(finaldot_bin())
+        .args(["plugin", "check"])
+        .arg(&old)
+        .output()
+        .expect("plugin check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("needs:    ABI v1 as first released"),
+        "{text}"
+    );
+    let future = dir.path().join("future.wasm");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/plugins/needs-door-stages.wat");
+    std::fs::write(&future, wat::parse_file(&fixture).expect("wat")).expect("write");
+    let out = Command::new(finaldot_bin())
+        .args(["plugin", "check"])
+        .arg(&future)
+        .output()
+        .expect("plugin check");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("loads:    no"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("future.wasm") && err.contains("door-stages"),
+        "{err}"
+    );
 }
 
 #[test]

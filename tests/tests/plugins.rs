@@ -208,6 +208,41 @@ fn wrong_abi_version_is_refused_naming_file_and_versions() {
     );
 }
 
+/// The fixture of a plugin built with a newer SDK, compiled into `dir`.
+fn needs_door_stages(dir: &Path) -> PathBuf {
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/plugins/needs-door-stages.wat");
+    let file = dir.join("future.wasm");
+    std::fs::write(&file, wat::parse_file(&fixture).expect("wat")).expect("write");
+    file
+}
+
+#[test]
+fn a_plugin_needing_an_abi_feature_this_host_lacks_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = needs_door_stages(dir.path());
+    let err = runtime().load(&file).expect_err("refused");
+    assert_eq!(err.fault, Fault::NeedsFeatures(vec!["door-stages".into()]));
+    let text = err.to_string();
+    assert!(text.contains("future.wasm"), "{text}");
+    assert!(
+        text.contains("needs an ABI feature this finaldot does not have: door-stages"),
+        "{text}"
+    );
+    assert!(text.contains("newer finaldot-sdk"), "{text}");
+    // A plugin whose info predates the feature list loads, needing nothing.
+    let old = wat_module(dir.path(), "old-info", 1, "(i64.const 0)");
+    let m = runtime().load(&old).expect("loads");
+    assert!(m.info.needs.is_empty());
+    // Today's SDK declares every feature it speaks, all known here.
+    let m = runtime().load(&wasm("finaldot_testbed")).expect("loads");
+    let known: Vec<String> = finaldot_sdk::wire::FEATURES
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    assert_eq!(m.info.needs, known);
+}
+
 #[test]
 fn wasi_imports_and_non_wasm_are_refused() {
     let dir = tempfile::tempdir().expect("tmp");

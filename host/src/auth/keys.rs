@@ -171,6 +171,7 @@ pub fn check(dns: &Dns, domain: &str, selector: &str, key_file: &Path) -> Result
             return Ok(Check::Missing(format!("DNS failed (SERVFAIL) for {name}")))
         }
         DnsOutcome::Timeout => return Ok(Check::Missing(format!("DNS timed out for {name}"))),
+        _ => return Ok(Check::Missing(format!("DNS failed for {name}"))),
     };
     let Some(record) = records.iter().find(|r| {
         let t = String::from_utf8_lossy(r);

@@ -78,6 +78,15 @@ pub(crate) fn plugin_check(file: &std::path::Path) -> anyhow::Result<()> {
                 m.info.abi,
                 finaldot_sdk::ABI_VERSION
             );
+            println!(
+                "needs:    {}",
+                if m.info.needs.is_empty() {
+                    "ABI v1 as first released (built with an SDK older than feature lists)"
+                        .to_string()
+                } else {
+                    m.info.needs.join(", ")
+                }
+            );
             println!("sha256:   {}", m.hash);
             println!("exports:  {}", m.exports.join(", "));
             println!("imports:  {}", m.imports.join(", "));

@@ -354,6 +354,9 @@ impl Outbound {
                     Err(e) => Err(deferred(e.to_string())),
                 }
             }
+            other => Err(deferred(format!(
+                "4.3.5 route {other:?} is not an SMTP hop"
+            ))),
         }
     }
 
@@ -634,8 +637,9 @@ impl Delivery for Outbound {
         });
         let groups = group_by(recipients, |(r, route)| match route {
             Route::Mx => (Route::Mx, domain_of(r)),
-            Route::Smarthost => (Route::Smarthost, "smarthost".to_string()),
-            Route::Lmtp => (Route::Lmtp, "lmtp".to_string()),
+            // One transaction per route otherwise (a route `hops` does not
+            // know is deferred there).
+            other => (*other, format!("{other:?}")),
         });
         let mut results = Vec::new();
         let mut stopped: Option<String> = None;

@@ -96,6 +96,7 @@ pub(super) fn verdict_text(verdict: &Verdict) -> String {
         Verdict::Hold { reason } => format!("hold: {reason}"),
         Verdict::Bounce { code, status, text } => format!("{BOUNCED} {code} {status} {text}"),
         Verdict::Defer { reason, .. } => format!("defer: {reason}"),
+        other => format!("{other:?}"),
     }
 }
 
@@ -145,6 +146,12 @@ pub(super) fn on_verdict(
         } => {
             progress.last_error = Some(format!("{name}: {reason}"));
             Outcome::Defer(retry_after_secs)
+        }
+        // Decoded, so known to the SDK, but not given a meaning here: the
+        // message waits rather than guess.
+        other => {
+            progress.last_error = Some(format!("{name}: verdict {other:?} is not handled"));
+            Outcome::Defer(None)
         }
     }
 }

@@ -202,7 +202,7 @@ fn complete(ctx: &Context, attempt: &mut Attempt) -> Result<(), spool::Error> {
                 m.discards.inc();
                 info!(to = %crate::Printable(&r.address), reason = %crate::Printable(reason), "discarded")
             }
-            RecipientState::Pending | RecipientState::Deferred { .. } => {}
+            _ => {}
         }
     }
     // A removal lost in a crash re-runs the message from its last checkpoint,

@@ -126,6 +126,12 @@ impl HttpAccess {
                 Ok(b) => b,
                 Err(e) => return refuse(HostErrorKind::Io, format!("reading the message: {e}")),
             },
+            _ => {
+                return refuse(
+                    HostErrorKind::Invalid,
+                    "a body this finaldot does not know".into(),
+                )
+            }
         };
         let mut url = match Url::parse(url) {
             Ok(u) => u,

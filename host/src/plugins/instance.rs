@@ -165,7 +165,7 @@ pub fn define_host_functions(linker: &mut Linker<HostState>) -> wasmtime::Result
                 Level::Error => tracing::error!(%plugin, %version, %queue_id, "{shown}"),
                 Level::Warn => tracing::warn!(%plugin, %version, %queue_id, "{shown}"),
                 Level::Info => tracing::info!(%plugin, %version, %queue_id, "{shown}"),
-                Level::Debug => tracing::debug!(%plugin, %version, %queue_id, "{shown}"),
+                _ => tracing::debug!(%plugin, %version, %queue_id, "{shown}"),
             }
             if s.capture_logs && s.logs.len() < 10_000 {
                 s.logs.push(LogLine { level, text });
@@ -352,7 +352,8 @@ impl PluginInstance {
             module: module.clone(),
             poisoned: false,
         };
-        let out: GuestResult<PluginInfo> = inst.call(configure, configure_input)?;
+        // Any SDK's info: one older than `needs` encodes less.
+        let out = inst.call(configure, configure_input, PluginInfo::decode)?;
         match out {
             GuestResult::Ok(info) if info.abi == ABI_VERSION => Ok(inst),
             GuestResult::Ok(info) => Err(inst.error(Fault::AbiMismatch {
@@ -381,17 +382,19 @@ impl PluginInstance {
         std::mem::take(&mut self.store.data_mut().logs)
     }
 
-    /// Calls an ABI entry point with `input`, decoding its packed output.
-    fn call<T: serde::de::DeserializeOwned>(
+    /// Calls an ABI entry point with `input`, decoding its packed output
+    /// with `decode`.
+    fn call<T>(
         &mut self,
         f: TypedFunc<(u32, u32), u64>,
         input: &[u8],
+        decode: fn(&[u8]) -> Result<T, postcard::Error>,
     ) -> Result<T, PluginError> {
         let started = Instant::now();
         self.store
             .set_epoch_deadline(deadline_ticks(self.limits.timeout));
         self.store.data_mut().deadline = Some(started + self.limits.timeout);
-        let result = self.call_inner(f, input);
+        let result = self.call_inner(f, input, decode);
         match result {
             Ok(v) => Ok(v),
             Err(fault) => {
@@ -405,10 +408,11 @@ impl PluginInstance {
         }
     }
 
-    fn call_inner<T: serde::de::DeserializeOwned>(
+    fn call_inner<T>(
         &mut self,
         f: TypedFunc<(u32, u32), u64>,
         input: &[u8],
+        decode: fn(&[u8]) -> Result<T, postcard::Error>,
     ) -> Result<T, CallFault> {
         let len = u32::try_from(input.len()).map_err(|_| {
             CallFault::Fault(Fault::MalformedOutput("input larger than 4 GiB".into()))
@@ -436,7 +440,7 @@ impl PluginInstance {
                     "output buffer {out_ptr}+{out_len} is outside the plugin's memory"
                 )))
             })?;
-        let decoded = postcard::from_bytes::<T>(bytes).map_err(|e| {
+        let decoded = decode(bytes).map_err(|e| {
             CallFault::Fault(Fault::MalformedOutput(format!(
                 "output does not decode: {e}"
             )))
@@ -489,7 +493,8 @@ impl PluginInstance {
         }
         let bytes = postcard::to_allocvec(input)
             .map_err(|e| self.error(Fault::MalformedOutput(format!("encoding input: {e}"))))?;
-        let out: GuestResult<MessageOutput> = self.call(self.on_message.clone(), &bytes)?;
+        let out: GuestResult<MessageOutput> =
+            self.call(self.on_message.clone(), &bytes, |b| postcard::from_bytes(b))?;
         self.store.data_mut().body = Body::empty();
         match out {
             GuestResult::Ok(o) if o.abi == ABI_VERSION => Ok(o),

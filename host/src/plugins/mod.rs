@@ -126,6 +126,10 @@ pub enum Fault {
     /// The plugin's output did not decode.
     #[error("malformed output: {0}")]
     MalformedOutput(String),
+    /// The plugin needs ABI features this host does not have (it was built
+    /// with a newer finaldot-sdk).
+    #[error("needs {} this finaldot does not have: {} (it was built with a newer finaldot-sdk: upgrade finaldot, or rebuild the plugin against finaldot-sdk {})", if .0.len() == 1 { "an ABI feature" } else { "ABI features" }, .0.join(", "), env!("CARGO_PKG_VERSION"))]
+    NeedsFeatures(Vec<String>),
 }
 
 /// A plugin failure, naming the plugin and its version.
@@ -499,8 +503,16 @@ impl Runtime {
         let bytes = memory.data(&store).get(ptr..ptr + len).ok_or_else(|| {
             Fault::MalformedOutput("finaldot_info returned an out-of-bounds buffer".into())
         })?;
-        match postcard::from_bytes::<GuestResult<PluginInfo>>(bytes) {
-            Ok(GuestResult::Ok(info)) => Ok(info),
+        match PluginInfo::decode(bytes) {
+            Ok(GuestResult::Ok(info)) => {
+                let missing = info.missing(finaldot_sdk::wire::FEATURES);
+                if !missing.is_empty() {
+                    return Err(Fault::NeedsFeatures(
+                        missing.into_iter().map(String::from).collect(),
+                    ));
+                }
+                Ok(info)
+            }
             Ok(GuestResult::Err(e)) => Err(Fault::Guest(e)),
             Err(e) => Err(Fault::MalformedOutput(format!("finaldot_info: {e}"))),
         }
