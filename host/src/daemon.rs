@@ -333,5 +333,5 @@ fn pipeline_settings(config: &Config) -> Result<pipeline::Settings, crate::outbo
         &config.hostname,
         config.dkim.clone(),
     )?;
-    Ok(pipeline::Settings::of(config, Arc::new(outbound))?)
+    Ok(config.pipeline_settings(Arc::new(outbound))?)
 }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::{ConfigError, Cx};
 use crate::auth::sign::{Signer, SigningKey};
+use crate::pipeline::ForgedSender;
 
 /// `[auth]` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -38,16 +39,6 @@ pub struct RawDkim {
     pub selector: String,
     /// The private key, PEM (PKCS#8, or PKCS#1 for RSA), as `finaldot dkim keygen` writes it.
     pub key_file: PathBuf,
-}
-
-/// What happens to a message whose sender failed SPF or DMARC when it
-/// would otherwise be reported to that sender in a DSN.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ForgedSender {
-    /// Kept in `hold/` for an administrator; releasing it completes it without a DSN.
-    Hold,
-    /// Removed without a DSN (logged).
-    Drop,
 }
 
 /// Validated `[auth]`.

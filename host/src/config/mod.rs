@@ -2,14 +2,20 @@
 //! then validated into what the daemon uses ([`Config`]). Every refusal names the
 //! key and what is wrong with it. With no file, the embedded default
 //! ([`DEFAULT_CONFIG`]) goes through exactly the same path.
-
 //!
 //! Each table is validated by its own function, beside the struct that
 //! holds it as written, with each key's default next to its check:
 //! [`smtp`] (`[smtp]`, `[submission]`, `[domains]`), [`pipeline`]
-//! (`[pipeline]`, `[[plugins]]`), [`outbound`]. Consumers take their
-//! section's validated struct (`Server::bind(&config.smtp, …)`,
-//! `Outbound::new(&config.outbound, …)`).
+//! (`[pipeline]`, `[[plugins]]`), [`outbound`] (`[outbound]`, `[lmtp]`),
+//! [`auth`] (`[auth]`, `[[dkim]]`).
+//!
+//! One convention for where settings types live: this module owns what
+//! was written (the `Raw*` structs); each consumer owns the validated type
+//! it runs with, beside its code (`smtp::settings::SmtpConfig`,
+//! `pipeline::PipelineConfig`, `outbound::OutboundConfig`,
+//! `plugins::PluginSpec`), and the validation here builds it. So the
+//! configuration imports the modules it configures and none of them
+//! imports the configuration.
 
 pub mod auth;
 pub mod outbound;
@@ -23,17 +29,17 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::outbound::{LmtpConfig, OutboundConfig};
+use crate::pipeline::PipelineConfig;
 use crate::plugins::PluginSpec;
 use crate::smtp::policy::Recipients;
 use crate::smtp::session::SessionConfig;
+use crate::smtp::settings::{SmtpConfig, SubmissionConfig};
 
-pub use self::auth::{AuthConfig, ForgedSender, RawAuth, RawDkim};
-pub use self::outbound::{
-    LmtpAddress, LmtpConfig, OutboundConfig, RawLmtp, RawOutbound, RawSmarthostAuth, TlsPolicy,
-};
-pub use self::pipeline::{PipelineConfig, RawDirGrant, RawPipeline, RawPlugin};
+pub use self::auth::{AuthConfig, RawAuth, RawDkim};
+pub use self::outbound::{RawLmtp, RawOutbound, RawSmarthostAuth};
+pub use self::pipeline::{RawDirGrant, RawPipeline, RawPlugin};
 pub use self::smtp::{RawDomain, RawSmtp, RawSubmission, RawTls};
-pub use crate::smtp::settings::{SmtpConfig, SubmissionConfig, TlsFiles};
 
 /// The configuration `finaldot run` uses when no file is given.
 pub const DEFAULT_CONFIG: &str = r#"

@@ -13,6 +13,7 @@ use super::{ConfigError, Cx};
 /// Pipeline workers when `pipeline.workers` is not set and a plugin is
 /// granted DNS, HTTP or a Redis namespace (whose answers a worker waits for).
 pub const NETWORK_WORKERS: usize = 64;
+use crate::pipeline::PipelineConfig;
 use crate::plugins::kv::{redis::RedisGrant, KvGrant};
 use crate::plugins::{DirGrant, DnsGrant, Grants, HttpGrant, Limits, PluginSpec};
 
@@ -98,31 +99,6 @@ pub struct RawDirGrant {
     /// Read-write when true; read-only by default.
     #[serde(default)]
     pub writable: bool,
-}
-
-/// Validated `[pipeline]`.
-#[derive(Debug, Clone)]
-pub struct PipelineConfig {
-    /// Concurrent workers.
-    pub workers: usize,
-    /// Plugin directory.
-    pub plugin_dir: PathBuf,
-    /// First retry delay.
-    pub retry_min: Duration,
-    /// Longest retry delay.
-    pub retry_max: Duration,
-    /// Queue lifetime before a bounce.
-    pub max_queue_lifetime: Duration,
-    /// Consecutive faults before hold.
-    pub max_faults: u32,
-    /// Delay warning after (None = never).
-    pub delay_warning: Option<Duration>,
-    /// Rescan interval.
-    pub rescan: Duration,
-    /// Niceness of pipeline threads.
-    pub nice: i32,
-    /// Plugin calls running WebAssembly at once.
-    pub max_running_plugins: usize,
 }
 
 impl RawPipeline {
@@ -501,4 +477,34 @@ fn http_grant(raw: RawHttpGrant, key: &str, cx: &Cx) -> Result<HttpGrant, Config
         max_response_bytes: raw.max_response_bytes.unwrap_or(1 << 20),
         ca_file: raw.ca_file.map(|p| cx.abs(p)),
     })
+}
+
+impl super::Config {
+    /// The pipeline's settings, delivering through `delivery` (what the
+    /// daemon plugged in). Sets up mail authentication with the shared
+    /// resolver of `[dns]`.
+    pub fn pipeline_settings(
+        &self,
+        delivery: std::sync::Arc<dyn crate::delivery::Delivery>,
+    ) -> Result<crate::pipeline::Settings, crate::dns::LookupError> {
+        use std::sync::Arc;
+        let verifier = if self.auth.verify {
+            Some(Arc::new(crate::auth::Verifier::new(
+                crate::dns::shared(&self.nameservers)?,
+                &self.auth.authserv_id,
+                self.auth.timeout,
+            )))
+        } else {
+            None
+        };
+        Ok(crate::pipeline::Settings {
+            config: self.pipeline.clone(),
+            hostname: self.hostname.clone(),
+            local_domains: Arc::new(self.domains.clone()),
+            delivery,
+            verifier,
+            forged_sender: self.auth.forged_sender,
+            trusted_networks: Arc::new(self.auth.trusted_networks.clone()),
+        })
+    }
 }

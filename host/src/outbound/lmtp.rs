@@ -27,7 +27,7 @@ use tracing::{debug, info};
 use finaldot_sdk::wire::RecipientState;
 
 use super::{deferred, every, keywords, no_smtputf8, outcome_of_reply, Job};
-use crate::config::{LmtpAddress, LmtpConfig};
+use super::{LmtpAddress, LmtpConfig};
 use crate::delivery::{Handoff, OnAccepted};
 
 /// Longest reply line accepted (RFC 5321's 512 for replies, with room).

@@ -16,6 +16,9 @@
 pub use crate::dns;
 
 mod lmtp;
+mod settings;
+
+pub use settings::{LmtpAddress, LmtpConfig, OutboundConfig, TlsPolicy};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -28,7 +31,6 @@ use tracing::{debug, info};
 
 use finaldot_sdk::wire::{DsnRequest, RecipientState, Route};
 
-use crate::config::{LmtpConfig, OutboundConfig, TlsPolicy};
 use crate::delivery::{group_by, Delivery, Handoff, OnAccepted};
 
 /// Why outbound delivery could not be set up.

@@ -20,11 +20,14 @@ pub mod dsn;
 mod load;
 mod report;
 mod rules;
+mod settings;
 mod settle;
 mod stage;
 #[cfg(test)]
 mod tests;
 pub mod worker;
+
+pub use settings::{ForgedSender, PipelineConfig, Settings};
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::mpsc;
@@ -35,56 +38,7 @@ use tracing::{info, warn};
 
 pub use chain::{load_chain, SharedChain, Stage};
 
-use crate::config::PipelineConfig;
 use crate::spool::{QueueId, Spool};
-
-/// What the pipeline needs besides the chain.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// The pipeline section of the configuration.
-    pub config: PipelineConfig,
-    /// The server's name (for DSNs).
-    pub hostname: String,
-    /// The local domains (lowercase): recipients elsewhere go outbound.
-    pub local_domains: Arc<Vec<String>>,
-    /// Delivery to the next hop (the configured route, or one a plugin
-    /// chose): whatever the daemon plugged in.
-    pub delivery: Arc<dyn crate::delivery::Delivery>,
-    /// Mail authentication of what arrives on the MX listener (`None`: off).
-    pub verifier: Option<Arc<crate::auth::Verifier>>,
-    /// What happens instead of a DSN to a sender that failed SPF or DMARC.
-    pub forged_sender: crate::config::ForgedSender,
-    /// Clients whose mail is not verified.
-    pub trusted_networks: Arc<Vec<ipnet::IpNet>>,
-}
-
-impl Settings {
-    /// The settings `config` asks for, delivering through `delivery`. Sets
-    /// up mail authentication with the shared resolver of `[dns]`.
-    pub fn of(
-        config: &crate::config::Config,
-        delivery: Arc<dyn crate::delivery::Delivery>,
-    ) -> Result<Settings, crate::dns::LookupError> {
-        let verifier = if config.auth.verify {
-            Some(Arc::new(crate::auth::Verifier::new(
-                crate::dns::shared(&config.nameservers)?,
-                &config.auth.authserv_id,
-                config.auth.timeout,
-            )))
-        } else {
-            None
-        };
-        Ok(Settings {
-            config: config.pipeline.clone(),
-            hostname: config.hostname.clone(),
-            local_domains: Arc::new(config.domains.clone()),
-            delivery,
-            verifier,
-            forged_sender: config.auth.forged_sender,
-            trusted_networks: Arc::new(config.auth.trusted_networks.clone()),
-        })
-    }
-}
 
 /// Queue ids waiting for a worker: fresh mail (from the spool's commit hook)
 /// and retries (from the rescans), taken alternately so a retry backlog

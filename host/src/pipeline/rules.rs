@@ -28,8 +28,7 @@ use std::hash::{Hash, Hasher};
 use finaldot_sdk::wire::{Recipient, RecipientState, Verdict};
 use tracing::{info, warn};
 
-use crate::config::ForgedSender;
-use crate::config::PipelineConfig;
+use super::{ForgedSender, PipelineConfig};
 use crate::spool::{Progress, QueueId, StageRecord};
 use crate::unix_now;
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use finaldot_sdk::wire::{DsnNotify, DsnRcpt, DsnRequest, RecipientState, Route};
 
-use super::{Pipeline, Settings};
+use super::Pipeline;
 use crate::delivery::{Delivery, Handoff, OnAccepted};
 use crate::spool::{Envelope, QueueId, QueueState, Spool};
 
@@ -141,7 +141,9 @@ fn start(dir: &Path, delivery: Arc<FakeDelivery>) -> (Arc<Spool>, Pipeline) {
 /// [`start`] with `extra` configuration (see [`config`]).
 fn start_with(dir: &Path, delivery: Arc<FakeDelivery>, extra: &str) -> (Arc<Spool>, Pipeline) {
     let spool = spool_in(dir);
-    let settings = Settings::of(&config(dir, extra), delivery).expect("settings");
+    let settings = config(dir, extra)
+        .pipeline_settings(delivery)
+        .expect("settings");
     let chain = Arc::new(RwLock::new(Arc::new(Vec::new())));
     let pipeline = Pipeline::start(spool.clone(), chain, settings).expect("start");
     (spool, pipeline)
@@ -612,7 +614,7 @@ fn a_reload_during_an_attempt_applies_to_the_next_one_only() {
             dir.path().join("data")
         );
         let config = crate::config::Config::parse(&text, "test", dir.path()).expect("config");
-        Settings::of(&config, fake.clone()).expect("settings")
+        config.pipeline_settings(fake.clone()).expect("settings")
     };
     let ctx = pipeline.ctx.clone();
     if let Ok(mut hook) = fake.on_first_call.lock() {
