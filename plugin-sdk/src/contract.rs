@@ -102,6 +102,7 @@ fn grants_and_paths(expect: &mut Expect<'_>) {
 }
 
 /// Reads, writes, listings and the durable message write.
+// Long on purpose: one host request after another, each with the answer the contract expects; split, the order of the file operations (write, then read it back, then list) would be lost.
 fn files_and_directories(rw: &Path, ro: &Path, expect: &mut Expect<'_>) {
     expect(
         "exists before",
