@@ -83,11 +83,7 @@ fn ten_line_example_builds_to_wasm_and_passes_plugin_check() {
         String::from_utf8_lossy(&out.stderr)
     );
     let wasm = target.join("wasm32-unknown-unknown/release/my_plugin.wasm");
-    let check = Command::new(finaldot_bin())
-        .args(["plugin", "check"])
-        .arg(&wasm)
-        .output()
-        .expect("plugin check");
+    let check = plugin_check(&wasm);
     let text = String::from_utf8_lossy(&check.stdout);
     assert!(
         check.status.success(),
@@ -106,11 +102,7 @@ fn plugin_check_names_what_an_old_or_a_newer_plugin_needs() {
     let dir = TestDir::new("check-needs");
     let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/plugins/stamp-sdk-7cbcdca.wasm");
-    let out = Command::new(finaldot_bin())
-        .args(["plugin", "check"])
-        .arg(&old)
-        .output()
-        .expect("plugin check");
+    let out = plugin_check(&old);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(
@@ -121,11 +113,7 @@ fn plugin_check_names_what_an_old_or_a_newer_plugin_needs() {
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/plugins/needs-door-stages.wat");
     std::fs::write(&future, wat::parse_file(&fixture).expect("wat")).expect("write");
-    let out = Command::new(finaldot_bin())
-        .args(["plugin", "check"])
-        .arg(&future)
-        .output()
-        .expect("plugin check");
+    let out = plugin_check(&future);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("loads:    no"));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -140,14 +128,19 @@ fn plugin_check_refuses_what_would_not_load() {
     let dir = TestDir::new("check-bad");
     let bad = dir.path().join("bad.wasm");
     std::fs::write(&bad, b"\0asm\x01\0\0\0garbage").expect("write");
-    let out = Command::new(finaldot_bin())
-        .args(["plugin", "check"])
-        .arg(&bad)
-        .output()
-        .expect("plugin check");
+    let out = plugin_check(&bad);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("loads:    no"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.wasm"));
+}
+
+/// `finaldot plugin check FILE`.
+fn plugin_check(file: &std::path::Path) -> std::process::Output {
+    Command::new(finaldot_bin())
+        .args(["plugin", "check"])
+        .arg(file)
+        .output()
+        .expect("plugin check")
 }
 
 fn cargo() -> String {

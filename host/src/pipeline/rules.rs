@@ -380,33 +380,16 @@ mod tests {
 
     /// The pipeline settings of a configuration with these `[pipeline]` lines.
     fn config(lines: &str) -> PipelineConfig {
-        let dir = std::env::temp_dir();
-        let text = format!(
-            "hostname = \"mx.test\"\ndata_dir = \"/nonexistent/finaldot\"\n[domains.localhost]\n[pipeline]\n{lines}\n"
-        );
-        crate::config::Config::parse(&text, "test", &dir)
-            .expect("config")
-            .pipeline
+        super::super::tests::config(&std::env::temp_dir(), lines).pipeline
     }
 
     /// A message queued at `queued_at` to these recipients, all pending,
     /// that ran a chain of two stages.
     fn progress(queued_at: u64, to: &[&str]) -> Progress {
-        let envelope = crate::spool::Envelope {
-            mail_from: "alice@sender.test".into(),
-            rcpt_to: to.iter().map(|s| s.to_string()).collect(),
-            client_ip: "192.0.2.7".parse().expect("ip"),
-            client_port: 40000,
-            listener: finaldot_sdk::wire::Listener::Smtp,
-            helo: "client.test".into(),
-            protocol: "ESMTP".into(),
-            received_at: queued_at,
-            body_8bit: false,
-            smtputf8: false,
-            tls: None,
-            auth: None,
-            dsn: Default::default(),
-        };
+        let mut envelope =
+            super::super::tests::envelope("alice@sender.test", to, Default::default());
+        envelope.received_at = queued_at;
+        envelope.auth = None;
         let mut p = Progress::initial(&envelope, b"Subject: x\r\n\r\nbody\r\n");
         p.chain = vec!["first".into(), "second".into()];
         p

@@ -112,7 +112,7 @@ impl Delivery for FakeDelivery {
 
 /// The configuration of the tests' pipelines: a spool in `dir`, retries
 /// after a second (unless `extra` sets them), then `extra` (more `[pipeline]` keys, other sections).
-fn config(dir: &Path, extra: &str) -> crate::config::Config {
+pub(super) fn config(dir: &Path, extra: &str) -> crate::config::Config {
     let retries = if extra.contains("retry_") {
         ""
     } else {
@@ -151,7 +151,7 @@ fn start_with(dir: &Path, delivery: Arc<FakeDelivery>, extra: &str) -> (Arc<Spoo
 
 /// The envelope of a message from `from` to `to`, submitted by an
 /// authenticated client (a sender we vouch for), with this DSN request.
-fn envelope(from: &str, to: &[&str], dsn: DsnRequest) -> Envelope {
+pub(super) fn envelope(from: &str, to: &[&str], dsn: DsnRequest) -> Envelope {
     Envelope {
         mail_from: from.into(),
         rcpt_to: to.iter().map(|s| s.to_string()).collect(),
