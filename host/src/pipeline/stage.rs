@@ -127,3 +127,65 @@ pub(super) fn apply_changes(progress: &mut Progress, changes: &[Change]) -> bool
         .enumerate()
         .any(|(k, now)| *now && !before.get(k).copied().unwrap_or(false))
 }
+
+#[cfg(test)]
+mod tests {
+    use finaldot_sdk::wire::{Header, Route};
+
+    use super::*;
+
+    fn progress(to: &[&str]) -> Progress {
+        let envelope = super::super::tests::envelope("list@x.test", to, Default::default());
+        Progress::initial(&envelope, b"Subject: x\r\n\r\nbody\r\n")
+    }
+
+    #[test]
+    fn changes_apply_in_order_with_routes_and_senders_kept_beside_the_state() {
+        let mut p = progress(&["a@remote.test", "b@remote.test"]);
+        let changes = vec![
+            Change::AddHeader(Header::new("X-List", "yes")),
+            Change::Route {
+                address: "a@remote.test".into(),
+                route: Route::Smarthost,
+            },
+            // A later choice for the same address (in any case) replaces it.
+            Change::Route {
+                address: "A@remote.test".into(),
+                route: Route::Mx,
+            },
+            Change::SetRecipientSender {
+                address: "b@remote.test".into(),
+                sender: "list-bounces+b=remote.test@x.test".into(),
+            },
+            Change::MarkDelivered {
+                address: "a@remote.test".into(),
+                note: "done".into(),
+            },
+        ];
+        assert!(!apply_changes(&mut p, &changes), "nothing deferred");
+        assert!(p.state.headers.iter().any(|h| h.name == "X-List"));
+        assert_eq!(p.routes, vec![("A@remote.test".to_string(), Route::Mx)]);
+        assert_eq!(
+            p.sender_of("b@remote.test"),
+            "list-bounces+b=remote.test@x.test"
+        );
+        assert_eq!(p.sender_of("a@remote.test"), "list@x.test");
+        assert!(matches!(
+            p.state.envelope.recipients[0].state,
+            RecipientState::Delivered { .. }
+        ));
+    }
+
+    #[test]
+    fn only_a_newly_deferred_recipient_counts_as_deferred_by_this_stage() {
+        let mut p = progress(&["a@x.test", "b@x.test"]);
+        let defer = |who: &str| Change::MarkDeferred {
+            address: who.into(),
+            reason: "451 later".into(),
+        };
+        assert!(apply_changes(&mut p, &[defer("a@x.test")]));
+        // a@ is deferred already: deferring it again is nothing new.
+        assert!(!apply_changes(&mut p, &[defer("a@x.test")]));
+        assert!(apply_changes(&mut p, &[defer("b@x.test")]));
+    }
+}
