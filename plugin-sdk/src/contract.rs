@@ -277,4 +277,30 @@ fn key_value(expect: &mut Expect<'_>) {
         },
         HostResponse::Data(Some(Vec::new())),
     );
+    let counter = || b"contract-counter".to_vec();
+    for (delta, now) in [(1, 1), (41, 42), (-2, 40)] {
+        expect(
+            "a counter adds up",
+            HostRequest::KvIncr {
+                key: counter(),
+                delta,
+                ttl_secs: Some(60),
+            },
+            HostResponse::Count(now),
+        );
+    }
+    expect(
+        "a counter reads as decimal text",
+        HostRequest::KvGet { key: counter() },
+        HostResponse::Data(Some(b"40".to_vec())),
+    );
+    expect(
+        "a value that is not a counter",
+        HostRequest::KvIncr {
+            key: key(),
+            delta: 1,
+            ttl_secs: None,
+        },
+        error(HostErrorKind::Invalid),
+    );
 }

@@ -10,6 +10,9 @@
 //!   output `GuestResult<PluginInfo>`
 //! - `finaldot_on_message(ptr: u32, len: u32) -> u64`: input [`MessageInput`],
 //!   output `GuestResult<MessageOutput>`
+//! - `finaldot_on_door(ptr: u32, len: u32) -> u64`: input [`DoorInput`],
+//!   output `GuestResult<DoorOutput>` (ABI feature `door-stages`; a module
+//!   without it is not a door plugin)
 //!
 //! A `u64` result packs the output buffer as `ptr << 32 | len`; the buffer was
 //! allocated with `finaldot_alloc` and the host frees it with `finaldot_dealloc`.
@@ -18,7 +21,8 @@ use std::sync::Mutex;
 
 use crate::plugin::{Context, Message, Plugin};
 use crate::wire::{
-    ConfigureInput, GuestResult, MessageInput, MessageOutput, PluginInfo, ABI_VERSION,
+    ConfigureInput, DoorInput, DoorOutput, DoorStage, GuestResult, MessageInput, MessageOutput,
+    PluginInfo, ABI_VERSION,
 };
 
 /// Allocates `len` bytes for the host to write into.
@@ -176,6 +180,47 @@ impl<P: Plugin> Slot<P> {
     }
 }
 
+impl<P: Plugin> Slot<P> {
+    /// `finaldot_on_door`.
+    ///
+    /// # Safety
+    /// `ptr`/`len` must be a buffer from [`alloc`] that the host filled.
+    pub unsafe fn on_door(&self, ptr: u32, len: u32) -> u64 {
+        install_panic_hook();
+        // SAFETY: per the function contract.
+        let bytes = unsafe { input(ptr, len) };
+        let result = match postcard::from_bytes::<DoorInput>(&bytes) {
+            Err(e) => GuestResult::Err(format!("door input does not decode: {e}")),
+            Ok(d) if d.abi != ABI_VERSION => {
+                GuestResult::Err(format!("host speaks ABI {}, plugin {}", d.abi, ABI_VERSION))
+            }
+            Ok(d) => {
+                let mut guard = match self.plugin.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                let plugin = guard.get_or_insert_with(P::default);
+                let cx = Context::new(String::new());
+                let door = crate::plugin::Door::from_input(d);
+                let verdict = match door.stage() {
+                    DoorStage::Connect => plugin.on_connect(&door, &cx),
+                    DoorStage::Helo => plugin.on_helo(&door, &cx),
+                    DoorStage::Mail => plugin.on_mail(&door, &cx),
+                    DoorStage::Rcpt => plugin.on_rcpt(&door, &cx),
+                };
+                match verdict {
+                    Ok(verdict) => GuestResult::Ok(DoorOutput {
+                        abi: ABI_VERSION,
+                        verdict,
+                    }),
+                    Err(e) => GuestResult::Err(e.to_string()),
+                }
+            }
+        };
+        encode(&result)
+    }
+}
+
 /// `finaldot_info`: the plugin's crate name and version, without configuring it.
 pub fn info(name: &str, version: &str) -> u64 {
     encode(&GuestResult::Ok(PluginInfo::of_this_sdk(name, version)))
@@ -241,6 +286,14 @@ macro_rules! export_plugin {
         pub extern "C" fn finaldot_on_message(ptr: u32, len: u32) -> u64 {
             // SAFETY: the host wrote the input into a buffer from finaldot_alloc.
             unsafe { __FINALDOT_SLOT.on_message(ptr, len) }
+        }
+
+        /// Runs the plugin at one door stage.
+        #[allow(unsafe_code)]
+        #[no_mangle]
+        pub extern "C" fn finaldot_on_door(ptr: u32, len: u32) -> u64 {
+            // SAFETY: the host wrote the input into a buffer from finaldot_alloc.
+            unsafe { __FINALDOT_SLOT.on_door(ptr, len) }
         }
     };
 }

@@ -52,17 +52,18 @@ pub mod plugin;
 pub mod testing;
 pub mod wire;
 
-pub use plugin::{Config, Context, Dir, Dns, Error, Http, Kv, Message, Plugin, Result};
+pub use plugin::{Config, Context, Dir, Dns, Door, Error, Http, Kv, Message, Plugin, Result};
 pub use wire::{
-    AuthFacts, AuthResult, DkimFact, DmarcFact, DmarcPolicy, Header, Level, Listener, Recipient,
-    RecipientState, SessionFacts, SpfFact, TlsFacts, Value, Verdict, ABI_VERSION,
+    AuthFacts, AuthResult, DkimFact, DmarcFact, DmarcPolicy, DoorStage, DoorVerdict, Header, Level,
+    Listener, Recipient, RecipientState, SessionFacts, SpfFact, TlsFacts, Value, Verdict,
+    ABI_VERSION,
 };
 
 /// Everything a plugin usually needs: `use finaldot_sdk::prelude::*;`.
 pub mod prelude {
-    pub use crate::plugin::{Config, Context, Error, Message, Plugin, Result};
+    pub use crate::plugin::{Config, Context, Door, Error, Message, Plugin, Result};
     pub use crate::wire::{
-        AuthFacts, AuthResult, DmarcPolicy, Header, Level, Listener, Recipient, RecipientState,
-        SessionFacts, Value, Verdict,
+        AuthFacts, AuthResult, DmarcPolicy, DoorStage, DoorVerdict, Header, Level, Listener,
+        Recipient, RecipientState, SessionFacts, Value, Verdict,
     };
 }

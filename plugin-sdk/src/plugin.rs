@@ -4,9 +4,9 @@
 
 use crate::host;
 use crate::wire::{
-    AuthFacts, Change, DnsAnswer, DnsType, DsnRequest, Header, HostErrorKind, HostRequest,
-    HostResponse, HttpBody, HttpResponse, Level, MessageInput, MessageState, Recipient,
-    SessionFacts, Value, Verdict,
+    AuthFacts, Change, DnsAnswer, DnsType, DoorInput, DoorRecord, DoorStage, DoorVerdict,
+    DsnRequest, Header, HostErrorKind, HostRequest, HostResponse, HttpBody, HttpResponse, Level,
+    MessageInput, MessageState, Recipient, SessionFacts, Value, Verdict,
 };
 
 /// A plugin's error. Returned from a hook, it is a temporary failure: the
@@ -72,8 +72,126 @@ pub trait Plugin: Default + Send + 'static {
         Ok(())
     }
 
-    /// Looks at (and possibly changes) one message and returns a verdict.
-    fn on_message(&mut self, msg: &mut Message, cx: &Context) -> Result<Verdict>;
+    /// Looks at (and possibly changes) one message and returns a verdict,
+    /// after its 250 (the chain, `[[plugins]]`). The default continues: a
+    /// plugin that only judges at the door need not write it.
+    fn on_message(&mut self, msg: &mut Message, cx: &Context) -> Result<Verdict> {
+        let _ = (msg, cx);
+        Ok(Verdict::Continue)
+    }
+
+    /// At the door (`[[door]]`): a client connected, before the greeting.
+    /// An error is a failure: the door plugin's `on_failure` applies.
+    fn on_connect(&mut self, door: &Door, cx: &Context) -> Result<DoorVerdict> {
+        let _ = (door, cx);
+        Ok(DoorVerdict::Continue)
+    }
+
+    /// At the door: HELO or EHLO ([`Door::helo`]).
+    fn on_helo(&mut self, door: &Door, cx: &Context) -> Result<DoorVerdict> {
+        let _ = (door, cx);
+        Ok(DoorVerdict::Continue)
+    }
+
+    /// At the door: MAIL FROM ([`Door::mail_from`], [`Door::mail_param`]).
+    fn on_mail(&mut self, door: &Door, cx: &Context) -> Result<DoorVerdict> {
+        let _ = (door, cx);
+        Ok(DoorVerdict::Continue)
+    }
+
+    /// At the door: one RCPT TO ([`Door::rcpt_to`], [`Door::rcpt_param`]).
+    fn on_rcpt(&mut self, door: &Door, cx: &Context) -> Result<DoorVerdict> {
+        let _ = (door, cx);
+        Ok(DoorVerdict::Continue)
+    }
+}
+
+/// What a door plugin is asked about: the stage, and what the session
+/// knows so far (nothing of a message: the door closes before DATA).
+#[derive(Debug, Clone)]
+pub struct Door {
+    input: DoorInput,
+}
+
+impl Door {
+    /// The view of a door call's input (the SDK builds these; tests may too).
+    pub fn from_input(input: DoorInput) -> Door {
+        Door { input }
+    }
+
+    /// The stage being judged.
+    pub fn stage(&self) -> DoorStage {
+        self.input.stage
+    }
+
+    /// The session so far (client address and port, listener, TLS, the
+    /// authenticated user, the HELO name once given).
+    pub fn session(&self) -> &SessionFacts {
+        &self.input.session
+    }
+
+    /// The client's address (IPv4-mapped IPv6 given as IPv4), if it parses.
+    pub fn client_ip(&self) -> Option<std::net::IpAddr> {
+        self.input
+            .session
+            .client_ip
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| ip.to_canonical())
+    }
+
+    /// The user the client authenticated as (submission), if any.
+    pub fn authenticated(&self) -> Option<&str> {
+        self.input.session.auth.as_deref()
+    }
+
+    /// The HELO/EHLO name, once given.
+    pub fn helo(&self) -> Option<&str> {
+        Some(self.input.session.helo.as_str()).filter(|h| !h.is_empty())
+    }
+
+    /// MAIL FROM's address (`""` for the null sender), from the MAIL stage on.
+    pub fn mail_from(&self) -> Option<&str> {
+        self.input.mail_from.as_deref()
+    }
+
+    /// A MAIL FROM parameter's value by keyword (any case): `SIZE`,
+    /// `BODY`, `SMTPUTF8` (value `""`), `RET`, `ENVID`.
+    pub fn mail_param(&self, keyword: &str) -> Option<&str> {
+        param(&self.input.mail_params, keyword)
+    }
+
+    /// The recipient being judged (RCPT stage).
+    pub fn rcpt_to(&self) -> Option<&str> {
+        self.input.rcpt_to.as_deref()
+    }
+
+    /// An RCPT parameter's value by keyword (any case): `NOTIFY`, `ORCPT`.
+    pub fn rcpt_param(&self, keyword: &str) -> Option<&str> {
+        param(&self.input.rcpt_params, keyword)
+    }
+
+    /// The recipients accepted so far in this transaction.
+    pub fn recipients(&self) -> &[String] {
+        &self.input.recipients
+    }
+
+    /// What this plugin answered earlier in the session, oldest first.
+    pub fn earlier(&self) -> &[DoorRecord] {
+        &self.input.earlier
+    }
+
+    /// The whole input.
+    pub fn input(&self) -> &DoorInput {
+        &self.input
+    }
+}
+
+fn param<'a>(params: &'a [(String, String)], keyword: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(keyword))
+        .map(|(_, v)| v.as_str())
 }
 
 /// The plugin's configuration: its name and its table from the config file.
@@ -723,6 +841,22 @@ impl Kv {
             ttl_secs,
         })? {
             HostResponse::Data(d) => Ok(d),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Adds `delta` to the counter under `key` (absent or expired: 0),
+    /// atomically across every node sharing the namespace, and returns the
+    /// new value. A key this call creates expires after `ttl_secs`; an
+    /// existing one keeps its expiry (so a fixed window: `incr(window_key,
+    /// 1, Some(window))`). The value is stored as decimal text.
+    pub fn incr(&self, key: &[u8], delta: i64, ttl_secs: Option<u64>) -> Result<i64> {
+        match request(HostRequest::KvIncr {
+            key: key.to_vec(),
+            delta,
+            ttl_secs,
+        })? {
+            HostResponse::Count(n) => Ok(n),
             r => Err(unexpected(r)),
         }
     }

@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use crate::plugin::{Config, Context, Message, Plugin, Result};
+use crate::plugin::{Config, Context, Door, Message, Plugin, Result};
 use crate::wire::{
     check_relative_path, parse_headers, AuthFacts, Change, DnsAnswer, DnsOutcome, DnsType,
     EnvelopeState, HostErrorKind, HostRequest, HostResponse, HttpBody, HttpResponse, Level,
@@ -71,6 +71,15 @@ pub(crate) fn with_host<T>(f: impl FnOnce(&mut Current) -> T) -> T {
         panic!("no finaldot host here: run the plugin through finaldot_sdk::testing::TestHost")
     });
     f(&mut Current(state))
+}
+
+/// A counter's stored value (decimal text, as Redis keeps one), or the
+/// error for a value that is not one.
+fn counter(value: &[u8]) -> std::result::Result<i64, HostResponse> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| err(HostErrorKind::Invalid, "the value is not a counter"))
 }
 
 fn err(kind: HostErrorKind, message: impl Into<String>) -> HostResponse {
@@ -207,6 +216,25 @@ impl Current {
                 HostRequest::KvDelete { key } => {
                     self.0.borrow_mut().kv.remove(key);
                     HostResponse::Done
+                }
+                HostRequest::KvIncr {
+                    key,
+                    delta,
+                    ttl_secs,
+                } => {
+                    let mut s = self.0.borrow_mut();
+                    let now = s.now_ms;
+                    let live =
+                        s.kv.get(key)
+                            .filter(|(_, exp)| exp.is_none_or(|e| e > now))
+                            .cloned();
+                    let (current, exp) = match live {
+                        None => (0, ttl_secs.map(|t| now + t * 1000)),
+                        Some((v, exp)) => (counter(&v)?, exp),
+                    };
+                    let next = current.saturating_add(*delta);
+                    s.kv.insert(key.clone(), (next.to_string().into_bytes(), exp));
+                    HostResponse::Count(next)
                 }
                 HostRequest::KvMac { data } => {
                     use hmac::Mac;
@@ -364,6 +392,91 @@ pub fn crlf_to_lf(data: &[u8]) -> Vec<u8> {
         i += 1;
     }
     out
+}
+
+/// A door call for a test: the stage and the session's facts so far
+/// (client 192.0.2.1:40000 on the MX listener, no TLS, no AUTH, unless set).
+#[derive(Debug, Clone)]
+pub struct TestDoor {
+    input: crate::wire::DoorInput,
+}
+
+impl TestDoor {
+    /// A call at `stage` from `client_ip`.
+    pub fn at(stage: crate::wire::DoorStage, client_ip: &str) -> TestDoor {
+        let mut session = SessionFacts::local(1_700_000_000);
+        session.client_ip = client_ip.to_string();
+        session.client_port = 40000;
+        session.listener = crate::wire::Listener::Smtp;
+        TestDoor {
+            input: crate::wire::DoorInput {
+                abi: crate::wire::ABI_VERSION,
+                stage,
+                session,
+                mail_from: None,
+                mail_params: Vec::new(),
+                rcpt_to: None,
+                rcpt_params: Vec::new(),
+                recipients: Vec::new(),
+                earlier: Vec::new(),
+            },
+        }
+    }
+
+    /// The HELO/EHLO name.
+    pub fn helo(mut self, name: &str) -> Self {
+        self.input.session.helo = name.to_string();
+        self
+    }
+
+    /// The user the client authenticated as.
+    pub fn authenticated(mut self, user: &str) -> Self {
+        self.input.session.auth = Some(user.to_string());
+        self
+    }
+
+    /// The listener.
+    pub fn listener(mut self, listener: crate::wire::Listener) -> Self {
+        self.input.session.listener = listener;
+        self
+    }
+
+    /// MAIL FROM's address (`""` for `<>`).
+    pub fn mail_from(mut self, address: &str) -> Self {
+        self.input.mail_from = Some(address.to_string());
+        self
+    }
+
+    /// A MAIL FROM parameter.
+    pub fn mail_param(mut self, keyword: &str, value: &str) -> Self {
+        self.input
+            .mail_params
+            .push((keyword.to_ascii_uppercase(), value.to_string()));
+        self
+    }
+
+    /// The recipient being judged.
+    pub fn rcpt_to(mut self, address: &str) -> Self {
+        self.input.rcpt_to = Some(address.to_string());
+        self
+    }
+
+    /// A recipient accepted earlier in the transaction.
+    pub fn accepted(mut self, address: &str) -> Self {
+        self.input.recipients.push(address.to_string());
+        self
+    }
+
+    /// What the plugin answered at an earlier stage.
+    pub fn earlier(mut self, record: crate::wire::DoorRecord) -> Self {
+        self.input.earlier.push(record);
+        self
+    }
+
+    /// The input the plugin gets.
+    pub fn input(&self) -> &crate::wire::DoorInput {
+        &self.input
+    }
 }
 
 /// A message for a test: envelope, headers and body.
@@ -633,6 +746,35 @@ impl TestHost {
             changes: m.into_changes(),
             logs,
         })
+    }
+}
+
+impl TestHost {
+    /// Runs the door stage of `door` on the plugin, as the host would: the
+    /// verdict, or an error for what the host would count as the plugin's
+    /// failure (its own error, or a reply the host refuses to send, such
+    /// as a 2xx or a text with CR/LF).
+    pub fn door<P: Plugin>(
+        &mut self,
+        plugin: &mut P,
+        door: &TestDoor,
+    ) -> Result<crate::wire::DoorVerdict> {
+        use crate::wire::DoorStage;
+        self.state.borrow_mut().dns_left = DNS_LOOKUPS;
+        let cx = Context::new(String::new());
+        let view = Door::from_input(door.input.clone());
+        let verdict = self.enter(|| match view.stage() {
+            DoorStage::Connect => plugin.on_connect(&view, &cx),
+            DoorStage::Helo => plugin.on_helo(&view, &cx),
+            DoorStage::Mail => plugin.on_mail(&view, &cx),
+            DoorStage::Rcpt => plugin.on_rcpt(&view, &cx),
+        })?;
+        match verdict.invalid() {
+            Some(why) => Err(crate::plugin::Error::new(format!(
+                "the host would refuse this reply: {why}"
+            ))),
+            None => Ok(verdict),
+        }
     }
 }
 

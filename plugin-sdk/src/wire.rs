@@ -42,6 +42,10 @@ pub const FEATURES: &[&str] = &[
     "recipient-sender",
     // HostRequest::KvMac.
     "kv-mac",
+    // The door: finaldot_on_door, DoorInput, DoorOutput.
+    "door-stages",
+    // HostRequest::KvIncr, HostResponse::Count.
+    "kv-incr",
 ];
 
 /// One header field, as it appears in the message.
@@ -1014,6 +1018,189 @@ impl AuthFacts {
     }
 }
 
+/// Where at the door (before DATA) a plugin is asked. There is no stage at
+/// or after DATA: nothing runs between the final dot and its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum DoorStage {
+    /// The client connected; the greeting has not been sent.
+    Connect,
+    /// HELO or EHLO.
+    Helo,
+    /// MAIL FROM.
+    Mail,
+    /// RCPT TO, once per recipient.
+    Rcpt,
+}
+
+impl DoorStage {
+    /// Every stage, in the order a session reaches them.
+    pub const ALL: [DoorStage; 4] = [
+        DoorStage::Connect,
+        DoorStage::Helo,
+        DoorStage::Mail,
+        DoorStage::Rcpt,
+    ];
+
+    /// Its name in configurations, logs and metrics (`connect`, `helo`,
+    /// `mail`, `rcpt`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DoorStage::Connect => "connect",
+            DoorStage::Helo => "helo",
+            DoorStage::Mail => "mail",
+            DoorStage::Rcpt => "rcpt",
+        }
+    }
+
+    /// The stage of a name given by [`DoorStage::as_str`].
+    pub fn parse(name: &str) -> Option<DoorStage> {
+        DoorStage::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+/// What one plugin answered at an earlier door stage of the same session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoorRecord {
+    /// The stage.
+    pub stage: DoorStage,
+    /// The recipient, for [`DoorStage::Rcpt`].
+    pub rcpt_to: Option<String>,
+    /// Its answer in words: `continue`, or the reply (`450 4.7.1 text`).
+    pub answer: String,
+}
+
+/// Host → guest: one door call, with what the session knows so far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoorInput {
+    /// ABI version ([`ABI_VERSION`]).
+    pub abi: u32,
+    /// The stage being judged.
+    pub stage: DoorStage,
+    /// The session so far: the client's address and port (after PROXY: the
+    /// real client's), the listener, TLS and the authenticated user once
+    /// known, the HELO name from [`DoorStage::Helo`] on; `received_at` is
+    /// when the connection opened.
+    pub session: SessionFacts,
+    /// MAIL FROM's address (`""` for `<>`), from [`DoorStage::Mail`] on.
+    pub mail_from: Option<String>,
+    /// MAIL FROM's parameters as keyword and value (`SIZE`, `BODY`,
+    /// `SMTPUTF8`, `RET`, `ENVID`), keywords in upper case.
+    pub mail_params: Vec<(String, String)>,
+    /// The recipient being judged ([`DoorStage::Rcpt`]).
+    pub rcpt_to: Option<String>,
+    /// Its RCPT parameters (`NOTIFY`, `ORCPT`).
+    pub rcpt_params: Vec<(String, String)>,
+    /// The recipients accepted so far in this transaction.
+    pub recipients: Vec<String>,
+    /// What this plugin answered earlier in the session, oldest first.
+    pub earlier: Vec<DoorRecord>,
+}
+
+/// Guest → host: what a door plugin decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum DoorVerdict {
+    /// Go on: the next door plugin, or the session's own answer.
+    Continue,
+    /// Answer the command with this reply instead (4xx or 5xx; the host
+    /// refuses anything else as a fault); the session goes on. At
+    /// [`DoorStage::Connect`] a 5xx becomes a `554` greeting (the client may
+    /// only QUIT) and a 4xx a `421` that closes.
+    Reply {
+        /// The reply code, 400 to 599.
+        code: u16,
+        /// The enhanced status code (RFC 3463), its class matching `code`'s.
+        status: String,
+        /// The text: printable, one line, at most 400 bytes.
+        text: String,
+    },
+    /// Send this reply, then close the connection.
+    Disconnect {
+        /// The reply code, 400 to 599.
+        code: u16,
+        /// The enhanced status code, its class matching `code`'s.
+        status: String,
+        /// The text.
+        text: String,
+    },
+}
+
+impl DoorVerdict {
+    /// A reply that refuses the command (the session goes on).
+    pub fn reply(code: u16, status: &str, text: impl Into<String>) -> DoorVerdict {
+        DoorVerdict::Reply {
+            code,
+            status: status.to_string(),
+            text: text.into(),
+        }
+    }
+
+    /// A reply, then the connection is closed.
+    pub fn disconnect(code: u16, status: &str, text: impl Into<String>) -> DoorVerdict {
+        DoorVerdict::Disconnect {
+            code,
+            status: status.to_string(),
+            text: text.into(),
+        }
+    }
+
+    /// The verdict in words, as [`DoorRecord::answer`] gives it.
+    pub fn describe(&self) -> String {
+        match self {
+            DoorVerdict::Continue => "continue".into(),
+            DoorVerdict::Reply { code, status, text } => format!("{code} {status} {text}"),
+            DoorVerdict::Disconnect { code, status, text } => {
+                format!("{code} {status} {text} (disconnect)")
+            }
+        }
+    }
+
+    /// Why this verdict cannot go on the wire, if it cannot: a code outside
+    /// 400–599, an enhanced status that is not `class.subject.detail` of the
+    /// code's class, or a text with control characters, more than 400
+    /// bytes or nothing printable.
+    pub fn invalid(&self) -> Option<String> {
+        let (code, status, text) = match self {
+            DoorVerdict::Continue => return None,
+            DoorVerdict::Reply { code, status, text }
+            | DoorVerdict::Disconnect { code, status, text } => (*code, status, text),
+        };
+        if !(400..=599).contains(&code) {
+            return Some(format!("reply code {code} is not 4xx or 5xx"));
+        }
+        let parts: Vec<&str> = status.split('.').collect();
+        let numeric = |p: &str, max: usize| {
+            !p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit())
+        };
+        let class = (code / 100).to_string();
+        if parts.len() != 3 || parts[0] != class || !numeric(parts[1], 3) || !numeric(parts[2], 3) {
+            return Some(format!(
+                "enhanced status {status:?} is not {class}.X.Y for reply code {code}"
+            ));
+        }
+        if text.len() > 400 {
+            return Some(format!("reply text of {} bytes (at most 400)", text.len()));
+        }
+        if text.chars().any(char::is_control) {
+            return Some("reply text with a control character (CR, LF, …)".into());
+        }
+        if text.trim().is_empty() {
+            return Some("empty reply text".into());
+        }
+        None
+    }
+}
+
+/// Guest → host: what `on_door` returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoorOutput {
+    /// ABI version ([`ABI_VERSION`]).
+    pub abi: u32,
+    /// The verdict.
+    pub verdict: DoorVerdict,
+}
+
 /// Guest → host: what `on_message` returned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageOutput {
@@ -1250,6 +1437,20 @@ pub enum HostRequest {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// Adds `delta` to the integer under `key` (absent or expired counts as
+    /// 0) atomically, and answers `Count(new value)`. A key it creates
+    /// expires after `ttl_secs` (`None`: never); an existing key keeps its
+    /// expiry. For counters shared by several nodes on one Redis namespace
+    /// (rate limits). (Appended last.)
+    KvIncr {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// What to add (negative subtracts).
+        delta: i64,
+        /// Lifetime of a key this call creates.
+        ttl_secs: Option<u64>,
+    },
 }
 
 /// The body of an HTTP request from a plugin.
@@ -1414,6 +1615,8 @@ pub enum HostResponse {
     Dns(DnsAnswer),
     /// An HTTP response. (Appended last.)
     Http(HttpResponse),
+    /// A counter's value ([`HostRequest::KvIncr`]). (Appended last.)
+    Count(i64),
 }
 
 /// Checks that `path` is a plain relative path: not absolute, no `..`, no empty
@@ -1714,6 +1917,34 @@ mod round_trip {
             version: String::new(),
             needs: Vec::new(),
         }));
+    }
+
+    #[test]
+    fn a_door_reply_must_be_a_4xx_or_5xx_with_a_matching_status_and_one_line() {
+        assert_eq!(DoorVerdict::Continue.invalid(), None);
+        assert_eq!(DoorVerdict::reply(450, "4.7.1", "later").invalid(), None);
+        assert_eq!(
+            DoorVerdict::disconnect(554, "5.7.1", "listed").invalid(),
+            None
+        );
+        for (v, why) in [
+            (DoorVerdict::reply(250, "2.0.0", "ok"), "not 4xx or 5xx"),
+            (DoorVerdict::reply(600, "6.0.0", "x"), "not 4xx or 5xx"),
+            (DoorVerdict::reply(550, "4.7.1", "x"), "5.X.Y"),
+            (DoorVerdict::reply(450, "4.7", "x"), "4.X.Y"),
+            (DoorVerdict::reply(450, "4.7.1a", "x"), "4.X.Y"),
+            (DoorVerdict::reply(450, "4.7.1", "a\r\n250 ok"), "control"),
+            (DoorVerdict::reply(450, "4.7.1", " "), "empty"),
+            (
+                DoorVerdict::reply(450, "4.7.1", "x".repeat(401)),
+                "401 bytes",
+            ),
+        ] {
+            let got = v.invalid().unwrap_or_default();
+            assert!(got.contains(why), "{v:?}: {got}");
+        }
+        assert_eq!(DoorStage::parse("rcpt"), Some(DoorStage::Rcpt));
+        assert_eq!(DoorStage::parse("data"), None);
     }
 
     #[test]

@@ -381,6 +381,8 @@ fn feature_names_only_grow() {
         "dsn",
         "recipient-sender",
         "kv-mac",
+        "door-stages",
+        "kv-incr",
     ];
     assert!(
         FEATURES.starts_with(&published),
@@ -460,6 +462,14 @@ fn host_requests() {
             "kv_mac",
             HostRequest::KvMac {
                 data: b"team\0yan@remote.test".to_vec(),
+            },
+        ),
+        (
+            "kv_incr",
+            HostRequest::KvIncr {
+                key: b"rate:192.0.2.1:28333333".to_vec(),
+                delta: 1,
+                ttl_secs: Some(60),
             },
         ),
     ];
@@ -692,4 +702,57 @@ fn plugins_see_discarded_recipients_as_delivered() {
         }
     );
     assert_eq!(view.envelope.recipients[1..], s.envelope.recipients[1..]);
+}
+
+#[test]
+fn door_payloads() {
+    check("host_response_count", &HostResponse::Count(-7));
+    for stage in DoorStage::ALL {
+        check(&format!("door_stage_{}", stage.as_str()), &stage);
+    }
+    let mut session = SessionFacts::local(1_700_000_000);
+    session.client_ip = "192.0.2.1".into();
+    session.client_port = 40000;
+    session.listener = Listener::Smtp;
+    session.helo = "client.example".into();
+    check(
+        "door_input",
+        &DoorInput {
+            abi: ABI_VERSION,
+            stage: DoorStage::Rcpt,
+            session,
+            mail_from: Some("sender@example.org".into()),
+            mail_params: vec![
+                ("SIZE".into(), "1000".into()),
+                ("SMTPUTF8".into(), String::new()),
+            ],
+            rcpt_to: Some("bob@example.test".into()),
+            rcpt_params: vec![("NOTIFY".into(), "FAILURE".into())],
+            recipients: vec!["alice@example.test".into()],
+            earlier: vec![DoorRecord {
+                stage: DoorStage::Connect,
+                rcpt_to: None,
+                answer: "continue".into(),
+            }],
+        },
+    );
+    for (name, verdict) in [
+        ("continue", DoorVerdict::Continue),
+        (
+            "reply",
+            DoorVerdict::reply(450, "4.7.1", "greylisted, try again later"),
+        ),
+        (
+            "disconnect",
+            DoorVerdict::disconnect(554, "5.7.1", "listed in zen.example"),
+        ),
+    ] {
+        check(
+            &format!("door_output_{name}"),
+            &GuestResult::Ok(DoorOutput {
+                abi: ABI_VERSION,
+                verdict,
+            }),
+        );
+    }
 }

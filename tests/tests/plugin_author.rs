@@ -111,14 +111,14 @@ fn plugin_check_names_what_an_old_or_a_newer_plugin_needs() {
     );
     let future = dir.path().join("future.wasm");
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/plugins/needs-door-stages.wat");
+        .join("fixtures/plugins/needs-a-future-feature.wat");
     std::fs::write(&future, wat::parse_file(&fixture).expect("wat")).expect("write");
     let out = plugin_check(&future);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("loads:    no"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("future.wasm") && err.contains("door-stages"),
+        err.contains("future.wasm") && err.contains("from-the-future"),
         "{err}"
     );
 }

@@ -209,9 +209,9 @@ fn wrong_abi_version_is_refused_naming_file_and_versions() {
 }
 
 /// The fixture of a plugin built with a newer SDK, compiled into `dir`.
-fn needs_door_stages(dir: &Path) -> PathBuf {
+fn needs_a_future_feature(dir: &Path) -> PathBuf {
     let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/plugins/needs-door-stages.wat");
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/plugins/needs-a-future-feature.wat");
     let file = dir.join("future.wasm");
     std::fs::write(&file, wat::parse_file(&fixture).expect("wat")).expect("write");
     file
@@ -220,13 +220,16 @@ fn needs_door_stages(dir: &Path) -> PathBuf {
 #[test]
 fn a_plugin_needing_an_abi_feature_this_host_lacks_is_refused_naming_it() {
     let dir = tempfile::tempdir().expect("tmp");
-    let file = needs_door_stages(dir.path());
+    let file = needs_a_future_feature(dir.path());
     let err = runtime().load(&file).expect_err("refused");
-    assert_eq!(err.fault, Fault::NeedsFeatures(vec!["door-stages".into()]));
+    assert_eq!(
+        err.fault,
+        Fault::NeedsFeatures(vec!["from-the-future".into()])
+    );
     let text = err.to_string();
     assert!(text.contains("future.wasm"), "{text}");
     assert!(
-        text.contains("needs an ABI feature this finaldot does not have: door-stages"),
+        text.contains("needs an ABI feature this finaldot does not have: from-the-future"),
         "{text}"
     );
     assert!(text.contains("newer finaldot-sdk"), "{text}");

@@ -221,7 +221,8 @@ impl OpenGrants {
             | HostRequest::KvPut { .. }
             | HostRequest::KvDelete { .. }
             | HostRequest::KvPutIfAbsent { .. }
-            | HostRequest::KvMac { .. } => self.kv_request(req, now, budget),
+            | HostRequest::KvMac { .. }
+            | HostRequest::KvIncr { .. } => self.kv_request(req, now, budget),
             _ => self.serve(req, body),
         };
         match served {
@@ -328,6 +329,13 @@ impl OpenGrants {
             HostRequest::KvMac { data } => self.mac_key(kv, now, limit).map(|key| {
                 HostResponse::Data(Some(ring::hmac::sign(&key, data).as_ref().to_vec()))
             }),
+            HostRequest::KvIncr {
+                key,
+                delta,
+                ttl_secs,
+            } => kv
+                .incr(key, *delta, now, *ttl_secs, limit)
+                .map(HostResponse::Count),
             _ => {
                 return Err(CapError::new(
                     HostErrorKind::Invalid,
@@ -336,6 +344,9 @@ impl OpenGrants {
             }
         };
         result.map_err(|e| match e {
+            KvError::Storage(e) if e.kind() == io::ErrorKind::InvalidData => {
+                CapError::new(HostErrorKind::Invalid, format!("kv: {e}"))
+            }
             KvError::Storage(e) => CapError::io("kv", e),
             e @ KvError::Unavailable { timed_out, .. } => {
                 let message = format!("kv: {e}");
@@ -426,7 +437,8 @@ impl OpenGrants {
             | HostRequest::KvPut { .. }
             | HostRequest::KvDelete { .. }
             | HostRequest::KvPutIfAbsent { .. }
-            | HostRequest::KvMac { .. } => {
+            | HostRequest::KvMac { .. }
+            | HostRequest::KvIncr { .. } => {
                 return Err(CapError::new(
                     HostErrorKind::Invalid,
                     "DNS, HTTP and key-value requests are served by handle",
@@ -518,6 +530,7 @@ impl OpenGrants {
             | HostRequest::KvPut { .. }
             | HostRequest::KvDelete { .. }
             | HostRequest::KvPutIfAbsent { .. }
+            | HostRequest::KvIncr { .. }
             | HostRequest::DnsLookup { .. }
             | HostRequest::Http { .. } => true,
             // The first call makes and stores the key.

@@ -51,6 +51,15 @@ enum Op {
         record: Vec<u8>,
         found: Arc<OnceLock<Option<Vec<u8>>>>,
     },
+    /// Adds `delta` to the counter (decimal text) under `name`; a counter
+    /// it creates expires at `expires`. `value` receives the new value, or
+    /// why there is none (the value is not a counter).
+    Incr {
+        name: String,
+        delta: i64,
+        expires: u64,
+        value: Arc<OnceLock<Result<i64, String>>>,
+    },
 }
 
 struct Store {
@@ -243,6 +252,24 @@ impl Local {
             .ok_or_else(|| io::Error::other("kv commit did not answer"))
     }
 
+    /// Adds `delta` to the counter under `key` durably, atomically with
+    /// every other write; a counter it creates expires at `expires`. The
+    /// new value, or `InvalidData` when the value there is not a counter.
+    pub fn incr(&self, key: &[u8], delta: i64, expires: u64) -> io::Result<i64> {
+        let value = Arc::new(OnceLock::new());
+        self.write(Op::Incr {
+            name: Self::name(key),
+            delta,
+            expires,
+            value: value.clone(),
+        })?;
+        match value.get() {
+            Some(Ok(n)) => Ok(*n),
+            Some(Err(why)) => Err(io::Error::new(io::ErrorKind::InvalidData, why.clone())),
+            None => Err(io::Error::other("kv commit did not answer")),
+        }
+    }
+
     /// Deletes a key durably (absent is fine).
     pub fn delete(&self, key: &[u8]) -> io::Result<()> {
         self.write(Op::Delete {
@@ -284,6 +311,36 @@ fn commit(db: &Database, ops: Vec<Op>, now: u64) -> io::Result<()> {
                     }
                     Op::Put { name, record }
                 }
+                Op::Incr {
+                    name,
+                    delta,
+                    expires,
+                    value,
+                } => {
+                    let live = values.get(name.as_str()).map_err(io_err)?.and_then(|g| {
+                        let r = g.value();
+                        live_value(r, now).map(|v| (v.to_vec(), expiry_of(r)))
+                    });
+                    let (current, expires) = match live {
+                        None => (Ok(0), expires),
+                        Some((v, e)) => (
+                            std::str::from_utf8(&v)
+                                .ok()
+                                .and_then(|t| t.parse::<i64>().ok())
+                                .ok_or_else(|| "the value is not a counter".to_string()),
+                            e,
+                        ),
+                    };
+                    let next = current.map(|c| c.saturating_add(delta));
+                    let _ = value.set(next.clone());
+                    match next {
+                        Ok(n) => Op::Put {
+                            name,
+                            record: record(n.to_string().as_bytes(), expires),
+                        },
+                        Err(_) => continue,
+                    }
+                }
                 op => op,
             };
             let (name, old) = match op {
@@ -307,7 +364,7 @@ fn commit(db: &Database, ops: Vec<Op>, now: u64) -> io::Result<()> {
                         .map(|g| expiry_of(g.value()));
                     (name, old)
                 }
-                Op::PutIfAbsent { .. } => continue,
+                Op::PutIfAbsent { .. } | Op::Incr { .. } => continue,
             };
             if let Some(old) = old.filter(|&o| o != 0) {
                 expiry

@@ -130,6 +130,23 @@ impl Kv {
         }
     }
 
+    /// Adds `delta` to the counter under `key` atomically (absent or
+    /// expired: 0) and returns the new value; a counter it creates lives
+    /// `ttl_secs` from `now`.
+    pub fn incr(
+        &self,
+        key: &[u8],
+        delta: i64,
+        now: u64,
+        ttl_secs: Option<u64>,
+        limit: Option<Duration>,
+    ) -> Result<i64, KvError> {
+        match &self.backend {
+            Backend::Local(l) => Ok(l.incr(key, delta, expires_at(now, ttl_secs))?),
+            Backend::Redis(r) => r.incr(key, delta, ttl_secs, limit),
+        }
+    }
+
     /// Deletes a key (absent is fine).
     pub fn delete(&self, key: &[u8], limit: Option<Duration>) -> Result<(), KvError> {
         match &self.backend {

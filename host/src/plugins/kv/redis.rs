@@ -204,6 +204,28 @@ impl RedisKv {
         self.run(&cmd, limit)
     }
 
+    /// Adds `delta` to the counter under `key` in one atomic step (a Lua
+    /// script: INCRBY, then EXPIRE when the key has no lifetime yet, so a
+    /// counter made here expires and an existing one keeps its window).
+    pub fn incr(
+        &self,
+        key: &[u8],
+        delta: i64,
+        ttl_secs: Option<u64>,
+        limit: Option<Duration>,
+    ) -> Result<i64, KvError> {
+        const SCRIPT: &str = "local v = redis.call('INCRBY', KEYS[1], ARGV[1]) \
+            if tonumber(ARGV[2]) > 0 and redis.call('TTL', KEYS[1]) == -1 then \
+            redis.call('EXPIRE', KEYS[1], ARGV[2]) end return v";
+        let mut cmd = ::redis::cmd("EVAL");
+        cmd.arg(SCRIPT)
+            .arg(1)
+            .arg(self.key(key))
+            .arg(delta)
+            .arg(ttl_secs.unwrap_or(0));
+        self.run(&cmd, limit)
+    }
+
     /// Deletes a key (absent is fine).
     pub fn delete(&self, key: &[u8], limit: Option<Duration>) -> Result<(), KvError> {
         self.run::<()>(::redis::cmd("DEL").arg(self.key(key)), limit)
