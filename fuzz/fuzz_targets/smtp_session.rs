@@ -25,6 +25,16 @@ fn config(starttls: bool) -> Arc<SessionConfig> {
         ),
         starttls,
         submission: starttls,
+        sender_login: Default::default(),
+        postmaster: finaldot::smtp::session::Mailbox {
+            local: "postmaster".into(),
+            domain: "localhost".into(),
+        },
+        // A door that judges every stage (the transcript answers continue).
+        door: finaldot::door::DoorWants {
+            anonymous: [true; 4],
+            authenticated: [true; 4],
+        },
     })
 }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 use notify::Watcher;
 use tracing::{error, info, warn};
 
+use crate::door::DoorChain;
 use crate::config::{Config, ConfigError};
 use crate::pipeline::{self, chain, Pipeline, SharedChain};
 use crate::plugins::{Runtime, RuntimeOptions};
@@ -82,6 +83,7 @@ pub struct Daemon {
     server: Server,
     runtime: Arc<Runtime>,
     chain: SharedChain,
+    door: Arc<DoorChain>,
     pipeline: Pipeline,
     _reloader: chain::Reloader,
     /// Held for the daemon's whole life, so no second daemon claims its mail.
@@ -115,12 +117,16 @@ impl Daemon {
             Ok::<_, spool::Error>((spool, lock))
         })?;
         let spool = Arc::new(spool);
-        // Listeners first: a port that is taken fails the start before any plugin loads.
+        // Listeners first: a port that is taken fails the start before any
+        // plugin loads. The door knows what its plugins judge before they
+        // load; until then their calls get their failure policy.
+        let door = Arc::new(DoorChain::new(&config.door));
         let server = Server::bind(
             &config.smtp,
             &config.submission,
             config.session_config(),
             spool.clone(),
+            door.clone(),
         )
         .await
         .map_err(StartError::Listen)?;
@@ -139,14 +145,19 @@ impl Daemon {
             max_memory: 1 << 30,
             max_running: config.pipeline.max_running_plugins,
         })?);
+        tokio::task::block_in_place(|| door.load(&runtime));
         let stages =
             tokio::task::block_in_place(|| pipeline::load_chain(&runtime, &config.plugins));
         let chain: SharedChain = Arc::new(RwLock::new(Arc::new(stages)));
         let pipeline = Pipeline::start(spool, chain.clone(), pipeline_settings(&config)?)
             .map_err(|e| StartError::Thread("the pipeline", e))?;
+        let door_stages: chain::StageList = {
+            let door = door.clone();
+            Box::new(move || door.stages())
+        };
         let reloader = chain::Reloader::start(
             runtime.clone(),
-            chain.clone(),
+            vec![chain::chain_stages(&chain), door_stages],
             config.pipeline.plugin_dir.clone(),
             config.pipeline.rescan,
             chain::status_path(&config.data_dir),
@@ -168,6 +179,7 @@ impl Daemon {
             server,
             runtime,
             chain,
+            door,
             pipeline,
             _reloader: reloader,
             _spool_lock: spool_lock,
@@ -215,6 +227,10 @@ impl Daemon {
                 warn!("{what} changed: it takes effect at the next restart");
             }
         }
+        // The door first: the listeners' settings say what it judges.
+        let door = self.door.clone();
+        let runtime = self.runtime.clone();
+        tokio::task::block_in_place(|| door.replace(&runtime, &new.door));
         for problem in self
             .server
             .reconfigure(&new.smtp, &new.submission, new.session_config())
@@ -247,7 +263,8 @@ impl Daemon {
             }
         }
         let names: Vec<&str> = new.plugins.iter().map(|p| p.name.as_str()).collect();
-        info!(file = %path.display(), chain = %names.join(" -> "), "configuration reloaded");
+        let door: Vec<&str> = new.door.iter().map(|d| d.plugin.name.as_str()).collect();
+        info!(file = %path.display(), chain = %names.join(" -> "), door = %door.join(" -> "), "configuration reloaded");
         self.config = new;
     }
 

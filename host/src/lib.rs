@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod dns;
+pub mod door;
 pub mod group_commit;
 pub mod metrics;
 pub mod outbound;

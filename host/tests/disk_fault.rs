@@ -53,6 +53,7 @@ async fn start(dir: &Path) -> (Arc<Spool>, Client, tokio::sync::oneshot::Sender<
         &config.submission,
         config.session_config(),
         spool.clone(),
+        std::sync::Arc::new(finaldot::door::OpenDoor),
     )
     .await
     .expect("bind");

@@ -139,6 +139,9 @@ pub struct RawConfig {
     /// The plugin chain, in order.
     #[serde(default)]
     pub plugins: Vec<RawPlugin>,
+    /// The door plugins (connect, HELO, MAIL, RCPT), in order.
+    #[serde(default)]
+    pub door: Vec<RawPlugin>,
     /// Metrics and the status page.
     #[serde(default)]
     pub metrics: RawMetrics,
@@ -196,6 +199,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// The plugin chain, in order.
     pub plugins: Vec<PluginSpec>,
+    /// The door plugins (before DATA), in order.
+    pub door: Vec<crate::door::DoorSpec>,
     /// Where `/metrics` and the status page are served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// Delivery to other mail servers.
@@ -260,6 +265,8 @@ impl Config {
             // Only an authenticated (submission) session is checked.
             sender_login: self.submission.sender_login.clone(),
             postmaster: self.postmaster.clone(),
+            // Filled per listener by the server from the door it was given.
+            door: crate::door::DoorWants::default(),
         }
     }
 }
@@ -378,9 +385,18 @@ impl RawConfig {
         let nameservers = cx.addrs("dns.nameservers", &self.dns.nameservers.unwrap_or_default())?;
         let plugins = pipeline::validate_plugins(
             self.plugins,
+            "plugins",
             &pipeline.plugin_dir,
             &data_dir,
             &nameservers,
+            &cx,
+        )?;
+        let door = pipeline::validate_door(
+            self.door,
+            &pipeline.plugin_dir,
+            &data_dir,
+            &nameservers,
+            &plugins,
             &cx,
         )?;
         // A plugin that asks DNS, HTTP or a Redis namespace holds its worker
@@ -412,6 +428,7 @@ impl RawConfig {
             recipients,
             pipeline,
             plugins,
+            door,
             metrics_listen,
             outbound,
             lmtp,

@@ -72,6 +72,16 @@ pub struct RawPlugin {
     pub dns: Option<toml::Value>,
     /// HTTP to allow-listed URLs.
     pub http: Option<RawHttpGrant>,
+    /// `[[door]]` only: the stages it judges (`connect`, `helo`, `mail`,
+    /// `rcpt`; default all four).
+    pub stages: Option<Vec<String>>,
+    /// `[[door]]` only: the listeners it judges (`mx`, `submission`;
+    /// default `["mx"]`).
+    pub listeners: Option<Vec<String>>,
+    /// `[[door]]` only: judge authenticated clients too (default false).
+    pub authenticated: Option<bool>,
+    /// `[[door]]` only: what a failure does, `continue` (default) or `tempfail`.
+    pub on_failure: Option<String>,
 }
 
 /// A plugin's `http = { … }` as written.
@@ -171,6 +181,7 @@ impl RawPipeline {
 // Long on purpose: one check per key of [[plugins]], in the order the example file documents them.
 pub fn validate_plugins(
     raw: Vec<RawPlugin>,
+    table: &str,
     plugin_dir: &Path,
     data_dir: &Path,
     nameservers: &[SocketAddr],
@@ -180,8 +191,21 @@ pub fn validate_plugins(
     let mut plugins = Vec::new();
     let mut names = HashSet::new();
     for (i, rp) in raw.into_iter().enumerate() {
-        let key = |k: &str| format!("plugins[{i}].{k}");
+        let key = |k: &str| format!("{table}[{i}].{k}");
         check_name(&rp.name, &key("name"), cx)?;
+        for (k, set) in [
+            ("stages", rp.stages.is_some()),
+            ("listeners", rp.listeners.is_some()),
+            ("authenticated", rp.authenticated.is_some()),
+            ("on_failure", rp.on_failure.is_some()),
+        ] {
+            if set {
+                return Err(invalid(
+                    &key(k),
+                    "only a [[door]] plugin has this (the chain runs after the 250, on every message)".into(),
+                ));
+            }
+        }
         if !names.insert(rp.name.clone()) {
             return Err(invalid(
                 &key("name"),
@@ -264,6 +288,97 @@ pub fn validate_plugins(
     }
 
     Ok(plugins)
+}
+
+/// Validates `[[door]]` into the door plugins' specs, in order, with the
+/// same keys as `[[plugins]]` (files, limits, grants) and the door's own;
+/// a name may not be one the chain (`taken`) already uses.
+// Long on purpose: the door's four keys, each with its default and check, then the plugin keys through validate_plugins.
+pub fn validate_door(
+    raw: Vec<RawPlugin>,
+    plugin_dir: &Path,
+    data_dir: &Path,
+    nameservers: &[SocketAddr],
+    taken: &[PluginSpec],
+    cx: &Cx,
+) -> Result<Vec<crate::door::DoorSpec>, ConfigError> {
+    use crate::door::{DoorListener, OnFailure};
+    use finaldot_sdk::wire::DoorStage;
+    let mut door = Vec::new();
+    let mut plugins = Vec::new();
+    for (i, mut rp) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("door[{i}].{k}");
+        if taken.iter().any(|p| p.name == rp.name) {
+            return Err(cx.invalid(
+                &key("name"),
+                format!(
+                    "{:?} is a [[plugins]] name too: give the door entry a name of its own (metrics and logs tell them apart by it)",
+                    rp.name
+                ),
+            ));
+        }
+        let stages = match rp.stages.take() {
+            None => DoorStage::ALL.to_vec(),
+            Some(list) if list.is_empty() => {
+                return Err(cx.invalid(&key("stages"), "lists no stage".into()))
+            }
+            Some(list) => list
+                .iter()
+                .map(|s| {
+                    DoorStage::parse(s).ok_or_else(|| {
+                        cx.invalid(
+                            &key("stages"),
+                            format!("{s:?} is not one of \"connect\", \"helo\", \"mail\", \"rcpt\" (there is no door stage at or after DATA)"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let listeners = match rp.listeners.take() {
+            None => vec![DoorListener::Mx],
+            Some(list) if list.is_empty() => {
+                return Err(cx.invalid(&key("listeners"), "lists no listener".into()))
+            }
+            Some(list) => list
+                .iter()
+                .map(|l| match l.as_str() {
+                    "mx" => Ok(DoorListener::Mx),
+                    "submission" => Ok(DoorListener::Submission),
+                    other => Err(cx.invalid(
+                        &key("listeners"),
+                        format!("{other:?} is not \"mx\" (port 25 and implicit TLS) or \"submission\""),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let authenticated = rp.authenticated.take().unwrap_or(false);
+        let on_failure = match rp.on_failure.take().as_deref().unwrap_or("continue") {
+            "continue" => OnFailure::Continue,
+            "tempfail" => OnFailure::Tempfail,
+            other => {
+                return Err(cx.invalid(
+                    &key("on_failure"),
+                    format!("{other:?} is not \"continue\" (fail open) or \"tempfail\" (451 4.7.1)"),
+                ))
+            }
+        };
+        door.push((stages, listeners, authenticated, on_failure));
+        plugins.push(rp);
+    }
+    let specs = validate_plugins(plugins, "door", plugin_dir, data_dir, nameservers, cx)?;
+    Ok(specs
+        .into_iter()
+        .zip(door)
+        .map(
+            |(plugin, (stages, listeners, authenticated, on_failure))| crate::door::DoorSpec {
+                plugin,
+                stages,
+                listeners,
+                authenticated,
+                on_failure,
+            },
+        )
+        .collect())
 }
 
 /// `dns = true | false | { timeout_ms, max_lookups }` of one plugin.

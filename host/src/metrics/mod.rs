@@ -73,6 +73,14 @@ pub struct Metrics {
     pub dsns: Counter,
     /// DSNs not sent because the sender failed SPF or DMARC (backscatter).
     pub dsns_withheld: Counter,
+    /// Door plugin calls, by plugin and stage.
+    pub door_calls: Labeled<Counter>,
+    /// Door refusals, by plugin, stage and reply code.
+    pub door_refusals: Labeled<Counter>,
+    /// Door plugin failures (their on_failure applied), by plugin and stage.
+    pub door_failures: Labeled<Counter>,
+    /// Door plugin call time, by plugin and stage.
+    pub door_call_seconds: Labeled<Latency>,
 }
 
 /// The daemon's metrics.
@@ -114,6 +122,10 @@ impl Metrics {
             holds: Counter::default(),
             dsns: Counter::default(),
             dsns_withheld: Counter::default(),
+            door_calls: Labeled::new(Counter::default),
+            door_refusals: Labeled::new(Counter::default),
+            door_failures: Labeled::new(Counter::default),
+            door_call_seconds: Labeled::new(Latency::default),
             registry: Registry::default(),
         };
         registry.register(
@@ -203,6 +215,26 @@ impl Metrics {
             "dsns_withheld",
             "DSNs not sent because the sender failed SPF or DMARC",
             m.dsns_withheld.clone(),
+        );
+        registry.register(
+            "door_calls",
+            "Door plugin calls (before DATA), by plugin and stage",
+            m.door_calls.clone(),
+        );
+        registry.register(
+            "door_refusals",
+            "Commands a door plugin refused, by plugin, stage and reply code",
+            m.door_refusals.clone(),
+        );
+        registry.register(
+            "door_failures",
+            "Door plugin calls that failed (their on_failure applied), by plugin and stage",
+            m.door_failures.clone(),
+        );
+        registry.register(
+            "door_call_duration_seconds",
+            "Door plugin call time, by plugin and stage",
+            m.door_call_seconds.clone(),
         );
         Metrics { registry, ..m }
     }

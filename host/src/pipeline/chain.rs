@@ -35,6 +35,12 @@ pub struct Stage {
     refused: std::sync::Mutex<Option<String>>,
 }
 
+impl std::fmt::Debug for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stage").field("name", &self.spec.name).finish()
+    }
+}
+
 /// Where a stage's module comes from: its file, or the built-in copy when
 /// the file does not exist.
 enum Source {
@@ -324,6 +330,15 @@ pub fn snapshot(chain: &SharedChain) -> Arc<Vec<Arc<Stage>>> {
     crate::read_clone(chain)
 }
 
+/// Where the reloader finds stages to watch: the chain, the door plugins.
+pub type StageList = Box<dyn Fn() -> Vec<Arc<Stage>> + Send>;
+
+/// The stages of a shared chain, as a [`StageList`].
+pub fn chain_stages(chain: &SharedChain) -> StageList {
+    let chain = chain.clone();
+    Box::new(move || snapshot(&chain).to_vec())
+}
+
 /// Watches the plugin directory and reloads changed plugins.
 pub struct Reloader {
     stop: mpsc::Sender<()>,
@@ -331,10 +346,12 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Starts watching `dir` for the stages of `chain`; rescans every `rescan`.
+    /// Starts watching `dir` for the stages of `lists` (each asked again
+    /// at every look, so a reload's new stages are watched); rescans every
+    /// `rescan`.
     pub fn start(
         runtime: Arc<Runtime>,
-        chain: SharedChain,
+        lists: Vec<StageList>,
         dir: PathBuf,
         rescan: Duration,
         status_file: PathBuf,
@@ -377,7 +394,7 @@ impl Reloader {
                         None
                     }
                 };
-                reload_loop(&runtime, &chain, ev_rx, stop_rx, rescan, &status_file);
+                reload_loop(&runtime, &lists, ev_rx, stop_rx, rescan, &status_file);
             })?;
         Ok(Reloader {
             stop: stop_tx,
@@ -403,7 +420,7 @@ fn file_stamp(p: &Path) -> Option<(u64, SystemTime)> {
 
 fn reload_loop(
     runtime: &Runtime,
-    chain: &SharedChain,
+    lists: &[StageList],
     events: mpsc::Receiver<PathBuf>,
     stop: mpsc::Receiver<()>,
     rescan: Duration,
@@ -413,7 +430,8 @@ fn reload_loop(
     // version the stage loaded (by content hash), so a change made between
     // the load and the start of the watch is not missed.
     let mut stamps: HashMap<PathBuf, Option<(u64, SystemTime)>> = HashMap::new();
-    write_status(status_file, &snapshot(chain));
+    let all = || -> Vec<Arc<Stage>> { lists.iter().flat_map(|list| list()).collect() };
+    write_status(status_file, &all());
     let mut last_scan: Option<Instant> = None;
     let mut last_status = Instant::now();
     loop {
@@ -434,7 +452,7 @@ fn reload_loop(
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
-        let stages = snapshot(chain);
+        let stages = all();
         if last_scan.is_none_or(|t| t.elapsed() >= rescan) {
             last_scan = Some(Instant::now());
             for s in stages.iter() {

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use finaldot_sdk::wire::{
-    GuestResult, HostRequest, Level, MessageInput, MessageOutput, PluginInfo, ABI_VERSION,
+    DoorInput, DoorOutput, DoorVerdict, GuestResult, HostRequest, Level, MessageInput,
+    MessageOutput, PluginInfo, ABI_VERSION,
 };
 use wasmtime::{Caller, Linker, Memory, Store, TypedFunc};
 
@@ -252,6 +253,8 @@ pub struct PluginInstance {
     alloc: TypedFunc<u32, u32>,
     dealloc: TypedFunc<(u32, u32), ()>,
     on_message: TypedFunc<(u32, u32), u64>,
+    /// `finaldot_on_door`, in a module built with door stages.
+    on_door: Option<TypedFunc<(u32, u32), u64>>,
     limits: Limits,
     module: Arc<LoadedModule>,
     /// Set after any fault: the instance must not be used again.
@@ -342,12 +345,20 @@ impl PluginInstance {
         let on_message = get(&mut store, "finaldot_on_message")?
             .typed::<(u32, u32), u64>(&store)
             .map_err(|e| bad_sig("finaldot_on_message", e))?;
+        let on_door = match instance.get_func(&mut store, "finaldot_on_door") {
+            None => None,
+            Some(f) => Some(
+                f.typed::<(u32, u32), u64>(&store)
+                    .map_err(|e| bad_sig("finaldot_on_door", e))?,
+            ),
+        };
         let mut inst = PluginInstance {
             store,
             memory,
             alloc,
             dealloc,
             on_message,
+            on_door,
             limits,
             module: module.clone(),
             poisoned: false,
@@ -498,6 +509,60 @@ impl PluginInstance {
         self.store.data_mut().body = Body::empty();
         match out {
             GuestResult::Ok(o) if o.abi == ABI_VERSION => Ok(o),
+            GuestResult::Ok(o) => Err(self.error(Fault::AbiMismatch {
+                found: o.abi,
+                supported: ABI_VERSION,
+            })),
+            GuestResult::Err(e) => Err(self.error(Fault::Guest(e))),
+        }
+    }
+}
+
+impl PluginInstance {
+    /// Runs `on_door` for one door stage; `session` names the connection in
+    /// the plugin's log lines. Poisoned after any fault, as `on_message`.
+    pub fn on_door(&mut self, input: &DoorInput, session: &str) -> Result<DoorVerdict, PluginError> {
+        let result = self.on_door_inner(input, session);
+        let unavailable = self.store.data_mut().unavailable.take();
+        match (result, unavailable) {
+            (Err(mut e), Some(why)) => {
+                e.fault = Fault::Unavailable(why);
+                Err(e)
+            }
+            (result, _) => result,
+        }
+    }
+
+    fn on_door_inner(&mut self, input: &DoorInput, session: &str) -> Result<DoorVerdict, PluginError> {
+        if self.poisoned {
+            return Err(self.error(Fault::Trap(
+                "instance was poisoned by an earlier fault".into(),
+            )));
+        }
+        let Some(on_door) = self.on_door.clone() else {
+            return Err(self.error(Fault::MissingExport(
+                "finaldot_on_door (built with an SDK without door stages)".into(),
+            )));
+        };
+        {
+            let s = self.store.data_mut();
+            s.queue_id = session.to_string();
+            s.dns_used = 0;
+            s.unavailable = None;
+            s.body = Body::empty();
+            s.panic = None;
+        }
+        let bytes = postcard::to_allocvec(input)
+            .map_err(|e| self.error(Fault::MalformedOutput(format!("encoding input: {e}"))))?;
+        let out: GuestResult<DoorOutput> = self.call(on_door, &bytes, |b| postcard::from_bytes(b))?;
+        match out {
+            GuestResult::Ok(o) if o.abi == ABI_VERSION => match o.verdict.invalid() {
+                None => Ok(o.verdict),
+                Some(why) => {
+                    self.poisoned = true;
+                    Err(self.error(Fault::MalformedOutput(format!("door reply refused: {why}"))))
+                }
+            },
             GuestResult::Ok(o) => Err(self.error(Fault::AbiMismatch {
                 found: o.abi,
                 supported: ABI_VERSION,

@@ -31,7 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use finaldot_sdk::wire::{
-    GuestResult, MessageInput, MessageOutput, PluginInfo, Value, ABI_VERSION,
+    DoorInput, DoorVerdict, GuestResult, MessageInput, MessageOutput, PluginInfo, Value,
+    ABI_VERSION,
 };
 use sha2::Digest;
 use wasmtime::{Engine, InstancePre, Linker, Module, Store};
@@ -733,6 +734,46 @@ impl Plugin {
         }
         result
     }
+
+    /// Whether the module can judge at the door (exports `finaldot_on_door`).
+    pub fn has_door(&self) -> bool {
+        self.module.exports.iter().any(|e| e == "finaldot_on_door")
+    }
+
+    /// Runs the plugin at one door stage; `session` names the connection in
+    /// its log lines. Blocking: call it off the network runtime.
+    pub fn call_door(&self, input: &DoorInput, session: &str) -> Result<DoorCall, PluginError> {
+        let started = Instant::now();
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let gate = self.module.gate.clone();
+        let _slot = gate.enter();
+        let result = (|| {
+            let mut inst = self.instance(false)?;
+            let version = inst.module().version_label();
+            let verdict = inst.on_door(input, session)?;
+            self.give_back(inst);
+            Ok(DoorCall {
+                verdict,
+                version,
+                elapsed: started.elapsed(),
+            })
+        })();
+        if result.is_err() {
+            self.stats.faults.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+/// The result of one door call.
+#[derive(Debug)]
+pub struct DoorCall {
+    /// What the plugin decided (valid to send).
+    pub verdict: DoorVerdict,
+    /// The version label of the module that ran.
+    pub version: String,
+    /// Time for the whole call.
+    pub elapsed: Duration,
 }
 
 impl Drop for Runtime {

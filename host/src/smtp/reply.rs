@@ -1,6 +1,7 @@
 //! SMTP replies: a code, an enhanced status code (RFC 3463, sent on every reply
 //! because ENHANCEDSTATUSCODES is always advertised) and one or more lines of text.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// One SMTP reply, possibly multi-line.
@@ -9,17 +10,17 @@ pub struct Reply {
     /// The three-digit reply code (RFC 5321 §4.2).
     pub code: u16,
     /// The enhanced status code (RFC 3463), e.g. `"2.0.0"`; empty for 220/221 style greetings.
-    pub enhanced: &'static str,
+    pub enhanced: Cow<'static, str>,
     /// The text lines; at least one.
     pub text: Vec<String>,
 }
 
 impl Reply {
     /// A single-line reply.
-    pub fn new(code: u16, enhanced: &'static str, text: impl Into<String>) -> Self {
+    pub fn new(code: u16, enhanced: impl Into<Cow<'static, str>>, text: impl Into<String>) -> Self {
         Reply {
             code,
-            enhanced,
+            enhanced: enhanced.into(),
             text: vec![text.into()],
         }
     }
@@ -29,7 +30,7 @@ impl Reply {
         debug_assert!(!text.is_empty());
         Reply {
             code,
-            enhanced,
+            enhanced: Cow::Borrowed(enhanced),
             text,
         }
     }

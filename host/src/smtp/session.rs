@@ -31,7 +31,10 @@ use finaldot_sdk::wire::{Listener, TlsFacts};
 
 mod auth;
 mod content;
+mod door;
 mod envelope;
+
+use door::DoorPending;
 
 /// Longest command line including CRLF (RFC 5321 §4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512 + 500;
@@ -82,6 +85,9 @@ pub struct SessionConfig {
     /// host's address]` goes (RFC 5321 §4.5.1: it must be accepted and
     /// delivered), as the envelope recipient the pipeline sees.
     pub postmaster: Mailbox,
+    /// The door stages some `[[door]]` plugin judges on this listener
+    /// (none: the session never asks).
+    pub door: crate::door::DoorWants,
 }
 
 /// What the driver must do next.
@@ -111,6 +117,9 @@ pub enum Step {
         /// The password.
         password: String,
     },
+    /// Ask the door about this command (off the network runtime), then
+    /// call [`Session::door_answered`]. Never asked at or after DATA.
+    Door(Box<finaldot_sdk::wire::DoorInput>),
 }
 
 /// What the driver found when it checked credentials ([`Step::Authenticate`]).
@@ -166,6 +175,8 @@ enum Phase {
     AuthResponse(AuthWait),
     /// Waiting for [`Session::auth_checked`].
     AwaitAuth,
+    /// Waiting for [`Session::door_answered`].
+    AwaitDoor,
     /// The connection is over.
     Closed,
 }
@@ -264,6 +275,13 @@ pub struct Session {
     authenticated: Option<String>,
     /// The address the client connected to.
     local_ip: Option<IpAddr>,
+    /// When the connection opened (the door's `received_at`).
+    connected_at: u64,
+    /// The command waiting for the door's answer.
+    door_pending: Option<DoorPending>,
+    /// The door refused the connection at connect with a 5xx greeting:
+    /// only QUIT is accepted (RFC 5321 §3.1).
+    refused: bool,
 }
 
 impl Session {
@@ -286,6 +304,9 @@ impl Session {
             tls: None,
             authenticated: None,
             local_ip: None,
+            connected_at: unix_now(),
+            door_pending: None,
+            refused: false,
         }
     }
 
@@ -489,7 +510,11 @@ impl Session {
                         return Step::NeedInput;
                     }
                 }
-                Phase::AwaitBegin(_) | Phase::AwaitCommit | Phase::AwaitTls | Phase::AwaitAuth => {
+                Phase::AwaitBegin(_)
+                | Phase::AwaitCommit
+                | Phase::AwaitTls
+                | Phase::AwaitAuth
+                | Phase::AwaitDoor => {
                     debug_assert!(false, "next_step() while a request is unanswered");
                     return Step::NeedInput;
                 }
@@ -564,6 +589,13 @@ impl Session {
             return true;
         }
         match command::parse(&line) {
+            Ok(Command::Quit) => self.execute(Command::Quit),
+            // RFC 5321 §3.1: after a 554 greeting, 503 to all but QUIT.
+            Ok(_) if self.refused => self.error_reply(Reply::new(
+                503,
+                "5.5.1",
+                "Error: this server refused the connection; only QUIT is accepted",
+            )),
             Ok(cmd) => self.execute(cmd),
             Err(reply) => self.error_reply(reply),
         }
@@ -576,7 +608,7 @@ impl Session {
             Command::Ehlo(name) => {
                 self.abort_content();
                 self.tx = None;
-                self.greeting = Some((Greeting::Ehlo, name));
+                self.greeting = None;
                 let c = &self.cfg;
                 let lines = vec![
                     format!("{} greets {}", c.hostname, self.client_ip),
@@ -596,14 +628,22 @@ impl Session {
                 if c.submission && self.tls.is_some() {
                     lines.push("AUTH PLAIN LOGIN".to_string());
                 }
-                self.reply(Reply::lines(250, "", lines));
+                self.through_door(DoorPending::Helo {
+                    greeting: Greeting::Ehlo,
+                    name,
+                    reply: Reply::lines(250, "", lines),
+                });
             }
             Command::Helo(name) => {
                 self.abort_content();
                 self.tx = None;
-                self.greeting = Some((Greeting::Helo, name));
+                self.greeting = None;
                 let text = self.cfg.hostname.clone();
-                self.reply(Reply::new(250, "", text));
+                self.through_door(DoorPending::Helo {
+                    greeting: Greeting::Helo,
+                    name,
+                    reply: Reply::new(250, "", text),
+                });
             }
             Command::Mail { from, params } => self.mail(from, params),
             Command::Rcpt { to, params } => self.rcpt(to, params),

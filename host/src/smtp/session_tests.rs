@@ -27,6 +27,7 @@ fn config() -> Arc<SessionConfig> {
             local: "postmaster".into(),
             domain: "localhost".into(),
         },
+    door: Default::default(),
     })
 }
 

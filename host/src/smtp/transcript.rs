@@ -1,7 +1,8 @@
 //! A session driver with no I/O, for tests: it feeds a [`Session`] input in
 //! pieces, answers every [`Step`] as a well-behaved driver would (every
 //! `Begin` and `Commit` succeeds unless told to fail, STARTTLS completes,
-//! AUTH succeeds only for `alice`/`secret`) and records what the session
+//! AUTH succeeds only for `alice`/`secret`, the door answers as scripted or
+//! continues) and records what the session
 //! did. The session's unit tests, the property tests and the fuzz target all
 //! drive sessions through this one copy.
 
@@ -39,6 +40,10 @@ pub struct Transcript {
     pub commit_fail: Option<Reply>,
     /// STARTTLS handshakes done.
     pub tls_started: usize,
+    /// What the door answers, in order (then continue).
+    pub door_answers: std::collections::VecDeque<crate::door::DoorAnswer>,
+    /// What the session asked the door.
+    pub door_asks: Vec<finaldot_sdk::wire::DoorInput>,
 }
 
 impl Transcript {
@@ -92,6 +97,14 @@ impl Transcript {
                 Step::StartTls => {
                     self.tls_started += 1;
                     s.tls_established(test_tls());
+                }
+                Step::Door(ask) => {
+                    let answer = self
+                        .door_answers
+                        .pop_front()
+                        .unwrap_or(crate::door::DoorAnswer::Continue);
+                    self.door_asks.push(*ask);
+                    s.door_answered(answer);
                 }
                 Step::Authenticate { user, password } => {
                     let ok = user == "alice" && password == "secret";

@@ -19,6 +19,7 @@ use tracing::{debug, error, info, warn};
 use super::received::received_header;
 use super::tls::{describe, Stream};
 use super::{admission, auth, spool_error_reply, ListenKind, Shared};
+use crate::door::{DoorAnswer, DoorMemory};
 use crate::metrics;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{AuthResult, Session, SessionConfig, Step};
@@ -197,6 +198,9 @@ pub(super) struct Conn {
     received_auth: bool,
     /// Writes of replies so far (the command deadline starts over after one).
     replies_sent: u64,
+    /// What the door remembers of this connection (taken while a door call
+    /// runs on a blocking thread).
+    door_memory: Option<DoorMemory>,
 }
 
 impl Conn {
@@ -229,6 +233,10 @@ impl Conn {
             peer: peer.ip(),
             received_auth,
             replies_sent: 0,
+            door_memory: Some(DoorMemory {
+                label: peer.to_string(),
+                ..DoorMemory::default()
+            }),
         }
     }
 
@@ -296,7 +304,17 @@ impl Conn {
             let r = self.session.shutdown();
             return self.send_final(r).await;
         }
-        self.session.greeting().write_to(&mut self.out);
+        match self.session.connect_ask() {
+            None => self.session.greeting().write_to(&mut self.out),
+            Some(ask) => {
+                let answer = self.ask_door(ask).await;
+                let (reply, close) = self.session.connect_answered(answer);
+                if close {
+                    return self.send_final(reply).await;
+                }
+                reply.write_to(&mut self.out);
+            }
+        }
         self.send().await?;
         let mut buf = vec![0u8; 64 * 1024];
         let mut clock = Deadlines::new(&self.smtp);
@@ -385,6 +403,10 @@ impl Conn {
                     }
                 }
                 Step::Authenticate { user, password } => self.authenticate(user, password).await,
+                Step::Door(ask) => {
+                    let answer = self.ask_door(*ask).await;
+                    self.session.door_answered(answer);
+                }
                 Step::Commit => {
                     self.ack_started = Some(std::time::Instant::now());
                     let r = self.commit().await;
@@ -395,6 +417,30 @@ impl Conn {
                     count_message(if r.is_ok() { "accepted" } else { "refused" }, &code);
                     self.session.committed(r);
                 }
+            }
+        }
+    }
+
+    /// Asks the door about one command on a blocking thread (the plugin
+    /// pool's calls block; the runtime's threads never wait on them). A
+    /// door that could not be asked at all answers with the tempfail.
+    async fn ask_door(&mut self, ask: finaldot_sdk::wire::DoorInput) -> DoorAnswer {
+        let door = self.shared.door.clone();
+        let stage = ask.stage;
+        let mut memory = self.door_memory.take().unwrap_or_default();
+        let judged = tokio::task::spawn_blocking(move || {
+            let answer = door.judge(&ask, &mut memory);
+            (answer, memory)
+        })
+        .await;
+        match judged {
+            Ok((answer, memory)) => {
+                self.door_memory = Some(memory);
+                answer
+            }
+            Err(e) => {
+                error!(error = %e, "the door call did not finish");
+                DoorAnswer::tempfail(stage)
             }
         }
     }

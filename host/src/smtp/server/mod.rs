@@ -36,6 +36,7 @@ use self::admission::{accept_loop, PerIpWindow};
 use super::reply::Reply;
 use super::session::SessionConfig;
 use super::settings::{SmtpConfig, SubmissionConfig};
+use crate::door::Door;
 use crate::read_clone;
 use crate::spool::{self, Spool};
 
@@ -91,6 +92,8 @@ struct Shared {
     auth_failures: PerIpWindow,
     /// Where every AUTH password check runs (bounded threads and memory).
     auth: auth::AuthGate,
+    /// The door plugins (before DATA), or an open door.
+    door: Arc<dyn Door>,
 }
 
 /// A cap on simultaneous connections: a semaphore and the size it was
@@ -252,11 +255,19 @@ fn listen_keys(smtp: &SmtpConfig, submission: &SubmissionConfig) -> Vec<ListenKe
 }
 
 /// The session settings of submission listeners, from those of port 25.
-fn submission_session(session: &SessionConfig) -> SessionConfig {
+fn submission_session(session: &SessionConfig, door: &dyn Door) -> SessionConfig {
     SessionConfig {
         submission: true,
+        door: door.wants(Listener::Submission),
         ..session.clone()
     }
+}
+
+/// The MX listeners' session settings: `session` with the door stages
+/// judged there.
+fn mx_session(mut session: SessionConfig, door: &dyn Door) -> SessionConfig {
+    session.door = door.wants(Listener::Smtp);
+    session
 }
 
 /// A running SMTP server: listeners accepting, sessions served, until
@@ -277,6 +288,7 @@ impl Server {
         submission: &SubmissionConfig,
         session: SessionConfig,
         spool: Arc<Spool>,
+        door: Arc<dyn Door>,
     ) -> std::io::Result<Server> {
         let (stop, _) = watch::channel(false);
         // Every accept loop and session holds a clone of `alive`; when the last
@@ -285,8 +297,8 @@ impl Server {
         let server = Server {
             shared: Arc::new(Shared {
                 smtp: RwLock::new(Arc::new(smtp.clone())),
-                submission_session: RwLock::new(Arc::new(submission_session(&session))),
-                session: RwLock::new(Arc::new(session)),
+                submission_session: RwLock::new(Arc::new(submission_session(&session, &*door))),
+                session: RwLock::new(Arc::new(mx_session(session, &*door))),
                 submission: RwLock::new(Arc::new(submission.clone())),
                 tls: RwLock::new(match &smtp.tls {
                     Some(files) => Some(tls_acceptor(files)?),
@@ -299,6 +311,7 @@ impl Server {
                 submission_total: Cap::new(submission.max_connections),
                 auth_failures: PerIpWindow::new(AUTH_FAILURE_WINDOW),
                 auth: auth::AuthGate::start(auth::AuthGate::default_threads())?,
+                door,
             }),
             listeners: Mutex::new(HashMap::new()),
             stop,
@@ -398,11 +411,12 @@ impl Server {
                 session.starttls = self.shared.tls().is_some();
             }
         }
+        let door = &*self.shared.door;
         if let Ok(mut s) = self.shared.submission_session.write() {
-            *s = Arc::new(submission_session(&session));
+            *s = Arc::new(submission_session(&session, door));
         }
         if let Ok(mut s) = self.shared.session.write() {
-            *s = Arc::new(session);
+            *s = Arc::new(mx_session(session, door));
         }
         if let Ok(mut s) = self.shared.submission.write() {
             *s = Arc::new(submission.clone());

@@ -63,7 +63,8 @@ impl Session {
                 ));
             }
         }
-        self.tx = Some(Transaction {
+        let size = params.size;
+        let tx = Transaction {
             mail_from: from,
             body: params.body,
             smtputf8: params.smtputf8,
@@ -75,8 +76,12 @@ impl Session {
             },
             overshoot: 0,
             content: None,
+        };
+        self.through_door(DoorPending::Mail {
+            tx: Box::new(tx),
+            size,
+            reply: Reply::new(250, "2.1.0", "Ok"),
         });
-        self.reply(Reply::new(250, "2.1.0", "Ok"));
     }
 
     pub(super) fn rcpt(&mut self, to: Mailbox, params: command::RcptParams) {
@@ -129,24 +134,16 @@ impl Session {
         };
         match verdict {
             RcptVerdict::Accept => {
-                let tx = self.tx.as_mut().expect("checked above");
-                // The same mailbox twice is one recipient; domains compare
-                // without case (RFC 5321 §2.4), local parts exactly.
-                let known = tx
-                    .rcpt_to
-                    .iter()
-                    .any(|r| r.local == to.local && r.domain.eq_ignore_ascii_case(&to.domain));
-                if !known {
-                    if dsn {
-                        tx.dsn.recipients.push(finaldot_sdk::wire::DsnRcpt {
-                            address: to.to_string(),
-                            notify: params.notify,
-                            orcpt: params.orcpt,
-                        });
-                    }
-                    tx.rcpt_to.push(to);
-                }
-                self.reply(Reply::new(250, "2.1.5", "Ok"));
+                let dsn = dsn.then(|| finaldot_sdk::wire::DsnRcpt {
+                    address: to.to_string(),
+                    notify: params.notify,
+                    orcpt: params.orcpt,
+                });
+                self.through_door(DoorPending::Rcpt {
+                    to,
+                    dsn,
+                    reply: Reply::new(250, "2.1.5", "Ok"),
+                });
             }
             RcptVerdict::UnknownUser => self.error_reply(Reply::new(
                 550,
@@ -169,6 +166,25 @@ impl Session {
     /// The configured postmaster when `to` is this host's postmaster: the
     /// bare `<postmaster>` (RFC 5321 §4.1.1.3) or `postmaster@[this host's
     /// address]` (RFC 5321 §4.5.1, RFC 1123 §5.2.17), in any case.
+    /// Adds an accepted recipient to the transaction (once: the same
+    /// mailbox twice is one recipient; domains compare without case, RFC
+    /// 5321 §2.4, local parts exactly), with its DSN parameters.
+    pub(super) fn add_recipient(&mut self, to: Mailbox, dsn: Option<finaldot_sdk::wire::DsnRcpt>) {
+        let Some(tx) = self.tx.as_mut() else {
+            return;
+        };
+        let known = tx
+            .rcpt_to
+            .iter()
+            .any(|r| r.local == to.local && r.domain.eq_ignore_ascii_case(&to.domain));
+        if !known {
+            if let Some(d) = dsn {
+                tx.dsn.recipients.push(d);
+            }
+            tx.rcpt_to.push(to);
+        }
+    }
+
     pub(super) fn own_postmaster(&self, to: &Mailbox) -> Option<Mailbox> {
         if !to.local.eq_ignore_ascii_case("postmaster") {
             return None;
