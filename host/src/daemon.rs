@@ -17,8 +17,8 @@ use std::time::Duration;
 use notify::Watcher;
 use tracing::{error, info, warn};
 
-use crate::door::DoorChain;
 use crate::config::{Config, ConfigError};
+use crate::door::DoorChain;
 use crate::pipeline::{self, chain, Pipeline, SharedChain};
 use crate::plugins::{Runtime, RuntimeOptions};
 use crate::smtp::server::{ListenKind, Server};

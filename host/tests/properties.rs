@@ -26,7 +26,7 @@ fn config() -> Arc<SessionConfig> {
             local: "postmaster".into(),
             domain: "localhost".into(),
         },
-    door: Default::default(),
+        door: Default::default(),
     })
 }
 

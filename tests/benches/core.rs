@@ -26,7 +26,7 @@ fn parser() {
             local: "postmaster".into(),
             domain: "localhost".into(),
         },
-    door: Default::default(),
+        door: Default::default(),
     });
     let mut body = Vec::new();
     let line: &[u8] = b"..a line of text that starts with a dot and is sixty-odd octets long\r\n";

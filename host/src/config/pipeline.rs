@@ -346,7 +346,9 @@ pub fn validate_door(
                     "submission" => Ok(DoorListener::Submission),
                     other => Err(cx.invalid(
                         &key("listeners"),
-                        format!("{other:?} is not \"mx\" (port 25 and implicit TLS) or \"submission\""),
+                        format!(
+                            "{other:?} is not \"mx\" (port 25 and implicit TLS) or \"submission\""
+                        ),
                     )),
                 })
                 .collect::<Result<_, _>>()?,
@@ -358,7 +360,9 @@ pub fn validate_door(
             other => {
                 return Err(cx.invalid(
                     &key("on_failure"),
-                    format!("{other:?} is not \"continue\" (fail open) or \"tempfail\" (451 4.7.1)"),
+                    format!(
+                        "{other:?} is not \"continue\" (fail open) or \"tempfail\" (451 4.7.1)"
+                    ),
                 ))
             }
         };

@@ -173,11 +173,15 @@ impl Door for DoorChain {
                     m.door_failures.get_or_create(&l).inc();
                     let policy = p.spec.on_failure;
                     warn!(plugin = %name, stage = stage.as_str(), %client, policy = ?policy, error = %crate::Printable(&why), "door plugin failed");
-                    memory.earlier.entry(name.to_string()).or_default().push(DoorRecord {
-                        stage,
-                        rcpt_to: ask.rcpt_to.clone(),
-                        answer: format!("failure: {why}"),
-                    });
+                    memory
+                        .earlier
+                        .entry(name.to_string())
+                        .or_default()
+                        .push(DoorRecord {
+                            stage,
+                            rcpt_to: ask.rcpt_to.clone(),
+                            answer: format!("failure: {why}"),
+                        });
                     match policy {
                         OnFailure::Continue => continue,
                         OnFailure::Tempfail => return DoorAnswer::tempfail(stage),
@@ -196,11 +200,15 @@ impl Door for DoorChain {
                     if *disconnect { " (disconnect)" } else { "" }
                 ),
             };
-            memory.earlier.entry(name.to_string()).or_default().push(DoorRecord {
-                stage,
-                rcpt_to: ask.rcpt_to.clone(),
-                answer: said.clone(),
-            });
+            memory
+                .earlier
+                .entry(name.to_string())
+                .or_default()
+                .push(DoorRecord {
+                    stage,
+                    rcpt_to: ask.rcpt_to.clone(),
+                    answer: said.clone(),
+                });
             if let DoorAnswer::Refuse { code, .. } = &answer {
                 let code = code.to_string();
                 m.door_refusals
@@ -211,8 +219,12 @@ impl Door for DoorChain {
                     ]))
                     .inc();
                 match about {
-                    Some(rcpt) => info!(plugin = %name, stage = stage.as_str(), %client, to = %rcpt, reply = %crate::Printable(&said), "door refused"),
-                    None => info!(plugin = %name, stage = stage.as_str(), %client, reply = %crate::Printable(&said), "door refused"),
+                    Some(rcpt) => {
+                        info!(plugin = %name, stage = stage.as_str(), %client, to = %rcpt, reply = %crate::Printable(&said), "door refused")
+                    }
+                    None => {
+                        info!(plugin = %name, stage = stage.as_str(), %client, reply = %crate::Printable(&said), "door refused")
+                    }
                 }
                 return answer;
             }

@@ -142,7 +142,11 @@ impl DoorAnswer {
     /// and close).
     pub fn tempfail(stage: DoorStage) -> DoorAnswer {
         DoorAnswer::Refuse {
-            code: if stage == DoorStage::Connect { 421 } else { 451 },
+            code: if stage == DoorStage::Connect {
+                421
+            } else {
+                451
+            },
             status: "4.7.1".into(),
             text: "Service temporarily unavailable, try again later".into(),
             disconnect: stage == DoorStage::Connect,

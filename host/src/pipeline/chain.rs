@@ -37,7 +37,9 @@ pub struct Stage {
 
 impl std::fmt::Debug for Stage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stage").field("name", &self.spec.name).finish()
+        f.debug_struct("Stage")
+            .field("name", &self.spec.name)
+            .finish()
     }
 }
 

@@ -521,7 +521,11 @@ impl PluginInstance {
 impl PluginInstance {
     /// Runs `on_door` for one door stage; `session` names the connection in
     /// the plugin's log lines. Poisoned after any fault, as `on_message`.
-    pub fn on_door(&mut self, input: &DoorInput, session: &str) -> Result<DoorVerdict, PluginError> {
+    pub fn on_door(
+        &mut self,
+        input: &DoorInput,
+        session: &str,
+    ) -> Result<DoorVerdict, PluginError> {
         let result = self.on_door_inner(input, session);
         let unavailable = self.store.data_mut().unavailable.take();
         match (result, unavailable) {
@@ -533,7 +537,11 @@ impl PluginInstance {
         }
     }
 
-    fn on_door_inner(&mut self, input: &DoorInput, session: &str) -> Result<DoorVerdict, PluginError> {
+    fn on_door_inner(
+        &mut self,
+        input: &DoorInput,
+        session: &str,
+    ) -> Result<DoorVerdict, PluginError> {
         if self.poisoned {
             return Err(self.error(Fault::Trap(
                 "instance was poisoned by an earlier fault".into(),
@@ -554,7 +562,8 @@ impl PluginInstance {
         }
         let bytes = postcard::to_allocvec(input)
             .map_err(|e| self.error(Fault::MalformedOutput(format!("encoding input: {e}"))))?;
-        let out: GuestResult<DoorOutput> = self.call(on_door, &bytes, |b| postcard::from_bytes(b))?;
+        let out: GuestResult<DoorOutput> =
+            self.call(on_door, &bytes, |b| postcard::from_bytes(b))?;
         match out {
             GuestResult::Ok(o) if o.abi == ABI_VERSION => match o.verdict.invalid() {
                 None => Ok(o.verdict),

@@ -236,6 +236,8 @@ fn needs_separator(start: &[u8]) -> Option<bool> {
 #[derive(Debug)]
 struct Transaction {
     mail_from: Option<Mailbox>,
+    /// SIZE= of MAIL, as given.
+    size: Option<u64>,
     body: Body,
     smtputf8: bool,
     rcpt_to: Vec<Mailbox>,

@@ -27,7 +27,7 @@ fn config() -> Arc<SessionConfig> {
             local: "postmaster".into(),
             domain: "localhost".into(),
         },
-    door: Default::default(),
+        door: Default::default(),
     })
 }
 
@@ -671,4 +671,149 @@ fn a_nul_anywhere_in_content_refuses_the_message_and_the_session_goes_on() {
     let d = run_every_split(&with_hello(b"BDAT 9 LAST\r\nA: b\r\n\0\r\nNOOP\r\n"));
     assert_eq!(d.codes(), vec![250, 250, 250, 550, 250]);
     assert!(d.committed.is_empty());
+}
+
+/// A session whose door judges every stage.
+fn door_session() -> Session {
+    let cfg = SessionConfig {
+        door: crate::door::DoorWants {
+            anonymous: [true; 4],
+            authenticated: [true; 4],
+        },
+        ..(*config()).clone()
+    };
+    fixed_clock(Session::new(
+        Arc::new(cfg),
+        "192.0.2.1".parse().expect("ip"),
+    ))
+}
+
+fn refuse(code: u16, status: &str, text: &str, disconnect: bool) -> crate::door::DoorAnswer {
+    crate::door::DoorAnswer::Refuse {
+        code,
+        status: status.into(),
+        text: text.into(),
+        disconnect,
+    }
+}
+
+/// Runs `input` on a door session whose door answers `answers` in order
+/// (then continue), whole and at every split: the same replies each time.
+fn run_door(input: &[u8], answers: &[crate::door::DoorAnswer]) -> Transcript {
+    let go = |cuts: &[usize]| {
+        let d = Transcript {
+            door_answers: answers.iter().cloned().collect(),
+            ..Transcript::default()
+        };
+        d.run(&mut door_session(), input, cuts)
+    };
+    let whole = go(&[]);
+    for split in 0..=input.len() {
+        let d = go(&[split]);
+        assert_eq!(d.replies, whole.replies, "split at {split}");
+        assert_eq!(d.door_asks, whole.door_asks, "split at {split}");
+    }
+    whole
+}
+
+#[test]
+fn a_door_refusal_at_rcpt_keeps_pipelined_replies_in_order_and_the_recipient_out() {
+    use crate::door::DoorAnswer::Continue;
+    let input = b"EHLO c.test\r\nMAIL FROM:<s@remote.test> SIZE=100\r\nRCPT TO:<a@localhost>\r\nRCPT TO:<grey@localhost> NOTIFY=FAILURE\r\nRCPT TO:<b@localhost>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n";
+    let d = run_door(
+        input,
+        &[
+            Continue,
+            Continue,
+            Continue,
+            refuse(450, "4.7.1", "greylisted, try again later", false),
+            Continue,
+        ],
+    );
+    assert_eq!(d.codes(), vec![250, 250, 250, 450, 250, 354, 250, 221]);
+    let text = String::from_utf8_lossy(&d.replies);
+    assert!(
+        text.contains("450 4.7.1 greylisted, try again later\r\n"),
+        "{text}"
+    );
+    let (env, _) = &d.committed[0];
+    assert_eq!(env.rcpt_to, vec!["a@localhost", "b@localhost"]);
+    // What the door was asked, stage by stage, with the facts so far.
+    let stages: Vec<_> = d.door_asks.iter().map(|a| a.stage.as_str()).collect();
+    assert_eq!(stages, vec!["helo", "mail", "rcpt", "rcpt", "rcpt"]);
+    let grey = &d.door_asks[3];
+    assert_eq!(grey.session.helo, "c.test");
+    assert_eq!(grey.session.client_ip, "192.0.2.1");
+    assert_eq!(grey.mail_from.as_deref(), Some("s@remote.test"));
+    assert_eq!(
+        grey.mail_params,
+        vec![("SIZE".to_string(), "100".to_string())]
+    );
+    assert_eq!(grey.rcpt_to.as_deref(), Some("grey@localhost"));
+    assert_eq!(
+        grey.rcpt_params,
+        vec![("NOTIFY".to_string(), "FAILURE".to_string())]
+    );
+    assert_eq!(grey.recipients, vec!["a@localhost".to_string()]);
+    // Nothing is asked at DATA or after it.
+    assert_eq!(d.door_asks.len(), 5);
+}
+
+#[test]
+fn a_door_refusal_at_helo_leaves_the_client_unintroduced() {
+    let d = run_door(
+        b"EHLO bad.test\r\nMAIL FROM:<s@remote.test>\r\nHELO good.test\r\nMAIL FROM:<s@remote.test>\r\nQUIT\r\n",
+        &[refuse(550, "5.7.1", "we do not talk to bad.test", false)],
+    );
+    assert_eq!(d.codes(), vec![550, 503, 250, 250, 221]);
+}
+
+#[test]
+fn a_door_disconnect_sends_its_reply_and_closes() {
+    let d = run_door(
+        b"EHLO c.test\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<a@localhost>\r\nQUIT\r\n",
+        &[
+            crate::door::DoorAnswer::Continue,
+            refuse(421, "4.7.0", "too many messages from you", true),
+        ],
+    );
+    assert_eq!(d.codes(), vec![250, 421]);
+    assert!(d.closed);
+}
+
+#[test]
+fn without_a_door_plugin_the_session_never_asks() {
+    let d = run(b"EHLO c.test\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<a@localhost>\r\nQUIT\r\n");
+    assert!(d.door_asks.is_empty());
+    assert_eq!(d.codes(), vec![250, 250, 250, 221]);
+}
+
+#[test]
+fn a_5xx_at_connect_is_a_554_greeting_after_which_only_quit_is_accepted() {
+    let mut s = door_session();
+    let ask = s.connect_ask().expect("the door judges connect");
+    assert_eq!(ask.stage, finaldot_sdk::wire::DoorStage::Connect);
+    assert_eq!(ask.session.helo, "");
+    let (greeting, close) =
+        s.connect_answered(refuse(550, "5.7.1", "listed in zen.example", false));
+    assert!(!close);
+    assert_eq!(
+        greeting.to_string(),
+        "554 5.7.1 mx.test listed in zen.example"
+    );
+    let d = Transcript::default().run(
+        &mut s,
+        b"EHLO c.test\r\nMAIL FROM:<s@remote.test>\r\nQUIT\r\n",
+        &[],
+    );
+    assert_eq!(d.codes(), vec![503, 503, 221]);
+    // A 4xx (or a disconnect) closes at once, a 4xx as 421.
+    let mut s = door_session();
+    let (greeting, close) = s.connect_answered(refuse(450, "4.7.1", "busy", false));
+    assert!(close);
+    assert_eq!(greeting.to_string(), "421 4.7.1 mx.test busy");
+    let mut s = door_session();
+    let (greeting, close) = s.connect_answered(crate::door::DoorAnswer::Continue);
+    assert!(!close);
+    assert_eq!(greeting.code, 220);
 }

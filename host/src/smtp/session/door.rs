@@ -30,8 +30,6 @@ pub(super) enum DoorPending {
     Mail {
         /// The transaction.
         tx: Box<Transaction>,
-        /// SIZE=, as given.
-        size: Option<u64>,
         /// The 250.
         reply: Reply,
     },
@@ -174,13 +172,13 @@ impl Session {
             (_, Some((_, name))) => name.clone(),
             _ => String::new(),
         };
-        let (tx, size) = match pending {
-            Some(DoorPending::Mail { tx, size, .. }) => (Some(tx.as_ref()), *size),
-            _ => (self.tx.as_ref(), None),
+        let tx = match pending {
+            Some(DoorPending::Mail { tx, .. }) => Some(tx.as_ref()),
+            _ => self.tx.as_ref(),
         };
         let mut mail_params = Vec::new();
         if let Some(tx) = tx {
-            if let Some(size) = size {
+            if let Some(size) = tx.size {
                 mail_params.push(("SIZE".to_string(), size.to_string()));
             }
             match tx.body {
@@ -215,7 +213,12 @@ impl Session {
                 body_8bit: tx.is_some_and(|t| t.body == Body::EightBitMime),
                 smtputf8: tx.is_some_and(|t| t.smtputf8),
             },
-            mail_from: tx.map(|t| t.mail_from.as_ref().map(|m| m.to_string()).unwrap_or_default()),
+            mail_from: tx.map(|t| {
+                t.mail_from
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_default()
+            }),
             mail_params,
             rcpt_to,
             rcpt_params,

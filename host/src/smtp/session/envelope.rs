@@ -63,9 +63,9 @@ impl Session {
                 ));
             }
         }
-        let size = params.size;
         let tx = Transaction {
             mail_from: from,
+            size: params.size,
             body: params.body,
             smtputf8: params.smtputf8,
             rcpt_to: Vec::new(),
@@ -79,7 +79,6 @@ impl Session {
         };
         self.through_door(DoorPending::Mail {
             tx: Box::new(tx),
-            size,
             reply: Reply::new(250, "2.1.0", "Ok"),
         });
     }
