@@ -1,5 +1,6 @@
 //! Builds the default chain's plugins (dedup, list-expand, filter,
-//! local-delivery) and the two filters an MX usually adds (dnsbl, rspamd)
+//! local-delivery), the two filters an MX usually adds (dnsbl, rspamd) and
+//! the two door plugins (greylist, ratelimit)
 //! for wasm32-unknown-unknown, so that the `finaldot` binary
 //! carries them (`plugins::builtin`) and delivers mail on its own, started in
 //! an empty directory. A `.wasm` of the same name in the plugin directory
@@ -9,19 +10,21 @@
 //! directory (`target/builtin-plugins`): the outer build holds the lock of
 //! its own. Packagers who build the plugins themselves may point
 //! `FINALDOT_BUILTIN_PLUGINS` at a directory (an absolute path) holding
-//! the six `.wasm` files.
+//! the eight `.wasm` files.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// (package, file stem) of every built-in plugin.
-const PLUGINS: [(&str, &str); 6] = [
+const PLUGINS: [(&str, &str); 8] = [
     ("dedup", "dedup"),
     ("list-expand", "list_expand"),
     ("filter", "filter"),
     ("local-delivery", "local_delivery"),
     ("dnsbl", "dnsbl"),
     ("rspamd", "rspamd"),
+    ("greylist", "greylist"),
+    ("ratelimit", "ratelimit"),
 ];
 
 const WASM_TARGET: &str = "wasm32-unknown-unknown";

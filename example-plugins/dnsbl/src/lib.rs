@@ -1,8 +1,12 @@
 //! `dnsbl`: checks the client's address (IPv4 and IPv6) against DNS
-//! blocklists and allowlists (RFC 5782) and acts on the score: a header with
-//! the listings, hold for an administrator, or discard. It never bounces: the
-//! sender of blocklisted mail is usually forged, and a DSN would be
-//! backscatter. Every decision is logged with the zone and the answer.
+//! blocklists and allowlists (RFC 5782) and acts on the score. In the
+//! chain (`[[plugins]]`, after the 250): a header with the listings, hold
+//! for an administrator, or discard; it never bounces there (the sender of
+//! blocklisted mail is usually forged, and a DSN would be backscatter). At
+//! the door (`[[door]]`, stage `connect`), postscreen style: a client at
+//! the threshold is refused before its greeting, `554 5.7.1` (or the
+//! configured 4xx) naming the zones, and nothing of its mail is ever
+//! written. Every decision is logged with the zone and the answer.
 //!
 //! A zone lists an address when `REVERSED.ZONE` has an A record in
 //! 127.0.0.0/8 (or one of the zone's `codes`). A zone that fails (SERVFAIL,
@@ -38,6 +42,18 @@ pub struct Dnsbl {
     header: String,
     defer_on_error: bool,
     skip: Vec<ipnet::IpNet>,
+    /// The door's refusal code: 554 (a 5xx greeting, the client may only
+    /// QUIT) or a 4xx (421, the connection closes).
+    door_code: u16,
+}
+
+/// What the zones said about one address.
+struct Score {
+    score: f64,
+    /// `zone (codes)` per listing.
+    listings: Vec<String>,
+    /// The zones listing it, for the reply text.
+    zones: Vec<String>,
 }
 
 /// The name to look up for `ip` in `zone`: reversed octets for IPv4,
@@ -185,6 +201,14 @@ impl Plugin for Dnsbl {
             None => vec!["127.0.0.0/8".to_string(), "::1/128".to_string()],
             Some(_) => config.strings("skip_networks")?,
         };
+        self.door_code = match config.int("door_code")?.unwrap_or(554) {
+            c @ (554 | 421 | 450 | 451) => c as u16,
+            other => {
+                return Err(Error::new(format!(
+                    "`door_code` {other} must be 554 (refuse; the client may only QUIT) or 421, 450, 451 (try later; the connection closes)"
+                )))
+            }
+        };
         self.skip = skip
             .iter()
             .map(|n| {
@@ -196,44 +220,29 @@ impl Plugin for Dnsbl {
         Ok(())
     }
 
+    fn on_connect(&mut self, door: &Door, cx: &Context) -> Result<DoorVerdict> {
+        self.at_connect(door, cx)
+    }
+
     fn on_message(&mut self, msg: &mut Message, cx: &Context) -> Result<Verdict> {
         let facts = msg.session();
         if facts.auth.is_some() {
             return Ok(Verdict::Continue);
         }
-        let Ok(ip) = facts.client_ip.parse::<std::net::IpAddr>() else {
+        let Some(ip) = self.checked(&facts.client_ip) else {
             return Ok(Verdict::Continue);
         };
-        let ip = ip.to_canonical();
-        if self.skip.iter().any(|n| n.contains(&ip)) {
-            return Ok(Verdict::Continue);
-        }
-        let mut score = 0.0;
-        let mut listings = Vec::new();
-        for zone in &self.zones {
-            match self.check(cx, ip, zone)? {
-                Finding::Listed(codes) => {
-                    cx.info(&format!(
-                        "{ip} listed in {} ({}), weight {}",
-                        zone.zone,
-                        codes.join(", "),
-                        zone.weight
-                    ));
-                    score += zone.weight;
-                    listings.push(format!("{} ({})", zone.zone, codes.join(", ")));
-                }
-                Finding::NotListed => cx.debug(&format!("{ip} not listed in {}", zone.zone)),
-                Finding::Failed(outcome) => {
-                    cx.warn(&format!("{}: {outcome:?} for {ip}", zone.zone));
-                    if self.defer_on_error {
-                        return Ok(Verdict::Defer {
-                            reason: format!("blocklist {} did not answer ({outcome:?})", zone.zone),
-                            retry_after_secs: None,
-                        });
-                    }
-                }
+        let Score {
+            score, listings, ..
+        } = match self.score(cx, ip)? {
+            Ok(s) => s,
+            Err(failed) => {
+                return Ok(Verdict::Defer {
+                    reason: failed,
+                    retry_after_secs: None,
+                })
             }
-        }
+        };
         if listings.is_empty() {
             return Ok(Verdict::Continue);
         }
@@ -266,12 +275,100 @@ impl Plugin for Dnsbl {
     }
 }
 
+impl Dnsbl {
+    /// The client's address, canonical, unless it is not checked
+    /// (unparsable, or in `skip_networks`).
+    fn checked(&self, client_ip: &str) -> Option<std::net::IpAddr> {
+        let ip = client_ip.parse::<std::net::IpAddr>().ok()?.to_canonical();
+        (!self.skip.iter().any(|n| n.contains(&ip))).then_some(ip)
+    }
+
+    /// Asks every zone about `ip`: the score and the listings, or (inner
+    /// `Err`), with `on_error = "defer"`, why a zone failed. A host error
+    /// (no DNS grant, the lookup budget spent) is the outer `Err`.
+    fn score(&self, cx: &Context, ip: std::net::IpAddr) -> Result<Result<Score, String>> {
+        let mut score = Score {
+            score: 0.0,
+            listings: Vec::new(),
+            zones: Vec::new(),
+        };
+        for zone in &self.zones {
+            match self.check(cx, ip, zone)? {
+                Finding::Listed(codes) => {
+                    cx.info(&format!(
+                        "{ip} listed in {} ({}), weight {}",
+                        zone.zone,
+                        codes.join(", "),
+                        zone.weight
+                    ));
+                    score.score += zone.weight;
+                    if zone.weight > 0.0 {
+                        score.zones.push(zone.zone.clone());
+                    }
+                    score
+                        .listings
+                        .push(format!("{} ({})", zone.zone, codes.join(", ")));
+                }
+                Finding::NotListed => cx.debug(&format!("{ip} not listed in {}", zone.zone)),
+                Finding::Failed(outcome) => {
+                    cx.warn(&format!("{}: {outcome:?} for {ip}", zone.zone));
+                    if self.defer_on_error {
+                        return Ok(Err(format!(
+                            "blocklist {} did not answer ({outcome:?})",
+                            zone.zone
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(Ok(score))
+    }
+}
+
+impl Dnsbl {
+    /// The door at connect: a client at the threshold is refused before
+    /// its greeting. A failing zone with `on_error = "defer"` is the
+    /// plugin's failure (the `[[door]]` entry's `on_failure` decides).
+    fn at_connect(&self, door: &Door, cx: &Context) -> Result<DoorVerdict> {
+        if door.authenticated().is_some() {
+            return Ok(DoorVerdict::Continue);
+        }
+        let Some(ip) = self.checked(&door.session().client_ip) else {
+            return Ok(DoorVerdict::Continue);
+        };
+        let s = self.score(cx, ip)?.map_err(Error::new)?;
+        if s.listings.is_empty() || s.score < self.threshold {
+            if !s.listings.is_empty() {
+                cx.info(&format!(
+                    "{ip}: score {} below {}: let in",
+                    s.score, self.threshold
+                ));
+            }
+            return Ok(DoorVerdict::Continue);
+        }
+        cx.info(&format!(
+            "{ip} refused at connect: {} (score {})",
+            s.listings.join("; "),
+            s.score
+        ));
+        let text = format!(
+            "Service unavailable; client [{ip}] blocked using {}",
+            s.zones.join(", ")
+        );
+        Ok(if self.door_code >= 500 {
+            DoorVerdict::reply(self.door_code, "5.7.1", text)
+        } else {
+            DoorVerdict::reply(self.door_code, "4.7.1", text)
+        })
+    }
+}
+
 finaldot_sdk::export_plugin!(Dnsbl);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use finaldot_sdk::testing::{config_from_toml, TestHost, TestMessage};
+    use finaldot_sdk::testing::{config_from_toml, TestDoor, TestHost, TestMessage};
     use finaldot_sdk::wire::DnsAnswer;
 
     fn listed(addr: &str) -> DnsAnswer {
@@ -369,6 +466,72 @@ mod tests {
         ));
     }
 
+    fn connecting(ip: &str) -> TestDoor {
+        TestDoor::at(DoorStage::Connect, ip)
+    }
+
+    #[test]
+    fn at_the_door_a_listed_client_is_refused_at_connect_naming_the_zone() {
+        let (mut host, mut p) =
+            setup("zones = [{ zone = \"zen.test\" }, { zone = \"bl.test\" }]\n");
+        host.dns_answer("2.2.0.192.zen.test", DnsType::A, listed("127.0.0.2"));
+        assert_eq!(
+            host.door(&mut p, &connecting("192.0.2.2")).unwrap(),
+            DoorVerdict::reply(
+                554,
+                "5.7.1",
+                "Service unavailable; client [192.0.2.2] blocked using zen.test"
+            )
+        );
+        assert!(host
+            .logs()
+            .iter()
+            .any(|(_, l)| l.contains("refused at connect: zen.test (127.0.0.2)")));
+        // Unlisted, loopback (skipped) and authenticated clients come in.
+        assert_eq!(
+            host.door(&mut p, &connecting("198.51.100.1")).unwrap(),
+            DoorVerdict::Continue
+        );
+        assert_eq!(
+            host.door(&mut p, &connecting("127.0.0.2")).unwrap(),
+            DoorVerdict::Continue
+        );
+        assert_eq!(
+            host.door(&mut p, &connecting("192.0.2.2").authenticated("alice"))
+                .unwrap(),
+            DoorVerdict::Continue
+        );
+    }
+
+    #[test]
+    fn at_the_door_weights_thresholds_allowlists_and_a_4xx_apply() {
+        let cfg = "zones = [{ zone = \"zen.test\" }]\nallow = [{ zone = \"wl.test\" }]\nthreshold = 1\ndoor_code = 450\n";
+        let (mut host, mut p) = setup(cfg);
+        host.dns_answer("2.2.0.192.zen.test", DnsType::A, listed("127.0.0.2"));
+        let v = host.door(&mut p, &connecting("192.0.2.2")).unwrap();
+        assert!(
+            matches!(v, DoorVerdict::Reply { code: 450, ref status, .. } if status == "4.7.1"),
+            "{v:?}"
+        );
+        host.dns_answer("2.2.0.192.wl.test", DnsType::A, listed("127.0.10.1"));
+        assert_eq!(
+            host.door(&mut p, &connecting("192.0.2.2")).unwrap(),
+            DoorVerdict::Continue
+        );
+        // A failing zone with on_error = "defer" is the plugin's failure
+        // (the [[door]] entry's on_failure decides); ignored otherwise.
+        let failing = DnsAnswer::empty(DnsOutcome::ServFail);
+        let (mut host, mut p) = setup("zones = [{ zone = \"zen.test\" }]\non_error = \"defer\"\n");
+        host.dns_answer("2.2.0.192.zen.test", DnsType::A, failing.clone());
+        assert!(host.door(&mut p, &connecting("192.0.2.2")).is_err());
+        let (mut host, mut p) = setup("zones = [{ zone = \"zen.test\" }]\n");
+        host.dns_answer("2.2.0.192.zen.test", DnsType::A, failing);
+        assert_eq!(
+            host.door(&mut p, &connecting("192.0.2.2")).unwrap(),
+            DoorVerdict::Continue
+        );
+    }
+
     #[test]
     fn configuration_mistakes_are_named() {
         let mut host = TestHost::new();
@@ -383,6 +546,7 @@ mod tests {
                 "zones = [{ zone = \"z\" }]\nskip_networks = [\"nope\"]",
                 "skip_networks",
             ),
+            ("zones = [{ zone = \"z\" }]\ndoor_code = 250", "door_code"),
         ] {
             let e = host
                 .configure::<Dnsbl>("dnsbl", config_from_toml(cfg).unwrap())

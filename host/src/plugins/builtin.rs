@@ -1,6 +1,7 @@
 //! The plugins the `finaldot` binary carries: the embedded default chain's
-//! four (dedup, list-expand, filter, local-delivery) and the two filters an
-//! MX usually adds (dnsbl, rspamd), built for
+//! four (dedup, list-expand, filter, local-delivery), the two filters an
+//! MX usually adds (dnsbl, rspamd) and the two door plugins (greylist,
+//! ratelimit), built for
 //! wasm32-unknown-unknown by `host/build.rs` from `example-plugins/`.
 //!
 //! A `[[plugins]]` entry with `builtin = true` (the embedded default
@@ -47,6 +48,14 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         file_name: "rspamd.wasm",
         wasm: include_bytes!(concat!(env!("OUT_DIR"), "/rspamd.wasm")),
+    },
+    Builtin {
+        file_name: "greylist.wasm",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/greylist.wasm")),
+    },
+    Builtin {
+        file_name: "ratelimit.wasm",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/ratelimit.wasm")),
     },
 ];
 
