@@ -530,6 +530,30 @@ impl Client {
         }
     }
 
+    /// Connects from `source` (a loopback address such as 127.0.0.2, so
+    /// the server sees another client) without reading the greeting.
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Client {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .expect("socket");
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .expect("bind the source address");
+        socket.connect(&addr.into()).expect("connect");
+        let stream: TcpStream = socket.into();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Client {
+            reader: BufReader::new(stream.try_clone().expect("clone")),
+            writer: stream,
+        }
+    }
+
     /// The client side's port (the one the server records as the client's).
     pub fn local_port(&self) -> u16 {
         self.writer.local_addr().map(|a| a.port()).unwrap_or(0)
@@ -704,6 +728,15 @@ pub fn wait_for_files(dir: &Path, n: usize, limit: Duration) -> Vec<PathBuf> {
 pub fn plugin_toml(name: &str, wasm_name: &str, extra: &str) -> String {
     format!(
         "[[plugins]]\nname = \"{name}\"\nfile = {:?}\n{extra}\n\n",
+        wasm(wasm_name)
+    )
+}
+
+/// A `[[door]]` table for the plugin built as `wasm_name`, with `extra`
+/// lines (stages, grants, `[door.config]`).
+pub fn door_toml(name: &str, wasm_name: &str, extra: &str) -> String {
+    format!(
+        "[[door]]\nname = \"{name}\"\nfile = {:?}\n{extra}\n\n",
         wasm(wasm_name)
     )
 }

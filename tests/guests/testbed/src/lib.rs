@@ -17,6 +17,18 @@
 //! | `verdict` | returns the verdict named by `verdict` (defer, hold, bounce, discard) |
 //! | `spin` | burns `ms` milliseconds of CPU, then continues |
 //! | `version` | stamps `X-Version: NNNNNN` from [`VERSION_MARKER`] (tests patch the digits in the .wasm to make new versions) |
+//!
+//! At the door, its config key `door` picks what every door stage does:
+//!
+//! | door | does |
+//! |---|---|
+//! | `continue` (default) | continues |
+//! | `refuse-no` | answers `550 5.7.1 no thanks` to a recipient whose local part starts with `no`, and to a HELO name starting with `no` |
+//! | `bad-reply` | answers `250 2.0.0 ok` (the host must refuse it as a fault) |
+//! | `loop` | loops forever (time limit) |
+//! | `unreachable` | executes `unreachable` |
+//! | `membomb` | allocates until it fails (memory limit) |
+//! | `kv` | counts RCPTs in its key-value namespace (so an unreachable Redis fails the call) |
 
 use finaldot_sdk::prelude::*;
 use finaldot_sdk::wire::HostErrorKind;
@@ -32,11 +44,51 @@ pub struct Testbed {
     verdict: String,
     ms: u64,
     only: Vec<String>,
+    door: String,
 }
 
 /// A version the hot-reload tests rewrite in the compiled `.wasm` (same length,
 /// so the module stays valid and only its data changes).
 pub static VERSION_MARKER: [u8; 23] = *b"FINALDOT-VERSION-000000";
+
+impl Testbed {
+    /// Every door stage, by the `door` key.
+    fn at_door(&mut self, door: &Door, cx: &Context) -> Result<DoorVerdict> {
+        match self.door.as_str() {
+            "refuse-no" => {
+                let no = |s: Option<&str>| s.is_some_and(|s| s.starts_with("no"));
+                if no(door.rcpt_to()) || (door.stage() == DoorStage::Helo && no(door.helo())) {
+                    return Ok(DoorVerdict::reply(550, "5.7.1", "no thanks"));
+                }
+            }
+            "bad-reply" => return Ok(DoorVerdict::reply(250, "2.0.0", "ok")),
+            "loop" => {
+                let mut i: u64 = 0;
+                loop {
+                    i = std::hint::black_box(i.wrapping_add(1));
+                }
+            }
+            "unreachable" => {
+                #[cfg(target_arch = "wasm32")]
+                core::arch::wasm32::unreachable();
+                #[cfg(not(target_arch = "wasm32"))]
+                std::process::abort();
+            }
+            "membomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "kv" => {
+                cx.kv().incr(b"rcpts", 1, None)?;
+            }
+            _ => {}
+        }
+        Ok(DoorVerdict::Continue)
+    }
+}
 
 #[allow(unconditional_recursion)]
 fn recurse(n: u64) -> u64 {
@@ -53,10 +105,27 @@ impl Plugin for Testbed {
         self.verdict = config.str("verdict")?.unwrap_or("continue").to_string();
         self.ms = config.int("ms")?.unwrap_or(50) as u64;
         self.only = config.strings("only")?;
+        self.door = config.str("door")?.unwrap_or("continue").to_string();
         if self.mode == "configure-error" {
             return Err(Error::new("testbed refuses this configuration"));
         }
         Ok(())
+    }
+
+    fn on_connect(&mut self, door: &Door, cx: &Context) -> Result<DoorVerdict> {
+        self.at_door(door, cx)
+    }
+
+    fn on_helo(&mut self, door: &Door, cx: &Context) -> Result<DoorVerdict> {
+        self.at_door(door, cx)
+    }
+
+    fn on_mail(&mut self, door: &Door, cx: &Context) -> Result<DoorVerdict> {
+        self.at_door(door, cx)
+    }
+
+    fn on_rcpt(&mut self, door: &Door, cx: &Context) -> Result<DoorVerdict> {
+        self.at_door(door, cx)
     }
 
     fn on_message(&mut self, msg: &mut Message, cx: &Context) -> Result<Verdict> {

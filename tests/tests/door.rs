@@ -1,0 +1,371 @@
+//! The door end to end: `[[door]]` plugins judging real clients before
+//! DATA in the real daemon. A DNSBL-listed client (a loopback source
+//! address the tests' DNS server lists) is refused at connect and nothing
+//! of it reaches the spool; greylisting shared by two nodes on a real
+//! redis-server; a rate limit; a door plugin that traps, hangs, bombs its
+//! memory or loses its Redis gets its failure policy while the session goes
+//! on; PIPELINING keeps its reply order through a door call (a raw client
+//! and Python's smtplib).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use finaldot::spool::QueueState;
+use finaldot_e2e::dns::{DnsServer, Record};
+use finaldot_e2e::redis::Redis;
+use finaldot_e2e::*;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// Every file in the spool (every state, `tmp/` too).
+fn spool_files_all(d: &Daemon) -> Vec<std::path::PathBuf> {
+    let mut all = Vec::new();
+    for state in [
+        QueueState::Tmp,
+        QueueState::Incoming,
+        QueueState::Active,
+        QueueState::Deferred,
+        QueueState::Hold,
+        QueueState::Corrupt,
+    ] {
+        all.extend(d.spool_files(state));
+    }
+    all
+}
+
+/// A metric's value in `/metrics` (the first sample whose line starts with `prefix`).
+fn metric(d: &Daemon, prefix: &str) -> f64 {
+    http_get(d.metrics_addr(), "/metrics")
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A daemon whose door runs `door` (`[[door]]` tables) and whose chain
+/// delivers into `dir/mail`, with the metrics listener on.
+fn start(dir: &TestDir, door: &str, extra: &str) -> Daemon {
+    let mail = dir.path().join("mail");
+    let config = test_config(
+        dir.path(),
+        "",
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:0\"\n[pipeline]\nrescan_secs = 1\n\n{}{door}{extra}",
+            local_delivery_toml(&mail)
+        ),
+    );
+    Daemon::start_with(dir.path(), &config)
+}
+
+#[test]
+fn a_listed_client_is_refused_at_connect_and_nothing_reaches_the_spool() {
+    // 127.0.0.2 is listed (RFC 5782's test address); 127.0.0.1 is not.
+    let dns = DnsServer::start(vec![Record::A(
+        "2.0.0.127.zen.test".into(),
+        Ipv4Addr::new(127, 0, 0, 2),
+    )]);
+    let dir = TestDir::new("door-dnsbl");
+    let door = door_toml(
+        "dnsbl-door",
+        "dnsbl",
+        "stages = [\"connect\"]\ndns = true\n[door.config]\nzones = [{ zone = \"zen.test\" }]\nskip_networks = [\"192.0.2.0/24\"]\n",
+    );
+    let d = Daemon::start_with(
+        dir.path(),
+        &with_dns(
+            &test_config(
+                dir.path(),
+                "",
+                &format!(
+                    "[metrics]\nlisten = \"127.0.0.1:0\"\n[pipeline]\nrescan_secs = 1\n\n{}{door}",
+                    local_delivery_toml(&dir.path().join("mail"))
+                ),
+            ),
+            dns.addr,
+        ),
+    );
+    let before = spool_files_all(&d);
+    let mut c = Client::connect_from(d.addr, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    let (code, text) = c.read_reply();
+    assert_eq!(code, 554, "{text}");
+    assert!(
+        text.contains("5.7.1") && text.contains("blocked using zen.test"),
+        "{text}"
+    );
+    // RFC 5321 §3.1: after a 554 greeting, 503 to everything but QUIT.
+    c.expect("EHLO spammer.test", 503);
+    c.expect("MAIL FROM:<spam@spammer.test>", 503);
+    c.expect("DATA", 503);
+    c.expect("QUIT", 221);
+    assert_eq!(
+        spool_files_all(&d),
+        before,
+        "the refused client wrote nothing"
+    );
+    assert_eq!(metric(&d, "finaldot_smtp_messages_total"), 0.0);
+    assert_eq!(
+        metric(
+            &d,
+            "finaldot_door_refusals_total{plugin=\"dnsbl-door\",stage=\"connect\",code=\"554\"}"
+        ),
+        1.0
+    );
+    assert!(
+        d.log().contains("door refused") && d.log().contains("client=127.0.0.2"),
+        "{}",
+        d.log()
+    );
+    // An unlisted client is served and its mail delivered.
+    let id = d.send(
+        "s@remote.test",
+        &["alice@example.test"],
+        b"Subject: ok\r\n\r\nhi\r\n",
+    );
+    let files = wait_for_files(&dir.path().join("mail/alice/Maildir/new"), 1, LONG);
+    assert_eq!(files.len(), 1, "{id}");
+}
+
+#[test]
+fn greylisting_defers_the_first_try_and_passes_the_retry_on_another_node() {
+    let dir = TestDir::new("door-greylist");
+    let redis = Redis::start(dir.path());
+    let door = door_toml(
+        "greylist",
+        "greylist",
+        &format!(
+            "stages = [\"rcpt\"]\nkv = {{ backend = \"redis\", url = \"{}\", prefix = \"grey:\" }}\n[door.config]\ndelay_secs = 2\nskip_networks = [\"192.0.2.0/24\"]\n",
+            redis.url()
+        ),
+    );
+    let a_dir = TestDir::new("door-greylist-a");
+    let b_dir = TestDir::new("door-greylist-b");
+    let a = start(&a_dir, &door, "");
+    let b = start(&b_dir, &door, "");
+    let mut c = a.connect();
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<s@remote.test>", 250);
+    let text = c.expect("RCPT TO:<alice@example.test>", 451);
+    assert!(text.contains("4.7.1 Greylisted"), "{text}");
+    c.expect("QUIT", 221);
+    assert!(spool_files_all(&a).is_empty());
+    // Too early on the other node: still greylisted.
+    let mut c = b.connect();
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<s@remote.test>", 250);
+    c.expect("RCPT TO:<alice@example.test>", 451);
+    c.expect("QUIT", 221);
+    std::thread::sleep(Duration::from_millis(2100));
+    // After the delay, node B lets the retry in: the nodes share one Redis.
+    let id = b.send(
+        "s@remote.test",
+        &["alice@example.test"],
+        b"Subject: grey\r\n\r\nhi\r\n",
+    );
+    let files = wait_for_files(&b_dir.path().join("mail/alice/Maildir/new"), 1, LONG);
+    assert_eq!(files.len(), 1, "{id}");
+    // And the triplet is remembered on node A.
+    a.send(
+        "s@remote.test",
+        &["alice@example.test"],
+        b"Subject: again\r\n\r\nhi\r\n",
+    );
+}
+
+#[test]
+fn the_message_over_the_rate_limit_gets_450_and_the_session_goes_on() {
+    let dir = TestDir::new("door-ratelimit");
+    let door = door_toml(
+        "ratelimit",
+        "ratelimit",
+        "stages = [\"mail\"]\nkv = true\n[door.config]\nlimits = [{ by = \"client_ip\", max = 2, window_secs = 3600 }]\n",
+    );
+    let d = start(&dir, &door, "");
+    let mut c = d.connect();
+    for n in 0..2 {
+        let (code, text) = c.send_message(
+            "s@remote.test",
+            &["alice@example.test"],
+            format!("Subject: {n}\r\n\r\nhi\r\n").as_bytes(),
+        );
+        assert_eq!(code, 250, "{text}");
+    }
+    c.expect("RSET", 250);
+    let text = c.expect("MAIL FROM:<s@remote.test>", 450);
+    assert!(text.contains("4.7.1 Rate limit exceeded"), "{text}");
+    // The session goes on: no transaction was opened.
+    c.expect("RCPT TO:<alice@example.test>", 503);
+    c.expect("NOOP", 250);
+    c.expect("QUIT", 221);
+    let files = wait_for_files(&dir.path().join("mail/alice/Maildir/new"), 2, LONG);
+    assert_eq!(files.len(), 2);
+}
+
+/// A daemon whose door runs the testbed with `door_mode` at every stage,
+/// time limit 300 ms, and `on_failure`.
+fn testbed_door(dir: &TestDir, door_mode: &str, on_failure: &str, extra: &str) -> Daemon {
+    let door = door_toml(
+        "bed",
+        "finaldot_testbed",
+        &format!("timeout_ms = 300\nmemory_mb = 16\non_failure = \"{on_failure}\"\n{extra}\n[door.config]\ndoor = \"{door_mode}\"\n"),
+    );
+    start(dir, &door, "")
+}
+
+#[test]
+fn a_door_plugin_that_traps_hangs_bombs_or_lies_gets_its_failure_policy() {
+    for mode in ["unreachable", "loop", "membomb", "bad-reply"] {
+        // tempfail: 421 at connect, and the connection closes.
+        let dir = TestDir::new(&format!("door-fail-{mode}"));
+        let d = testbed_door(&dir, mode, "tempfail", "");
+        let mut c = Client::connect_raw(d.addr);
+        let started = Instant::now();
+        let (code, text) = c.read_reply();
+        assert_eq!(code, 421, "{mode}: {text}");
+        assert!(text.contains("4.7.1"), "{mode}: {text}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{mode}: bounded"
+        );
+        assert!(c.is_closed(), "{mode}");
+        assert!(
+            d.log().contains("door plugin failed"),
+            "{mode}: {}",
+            d.log()
+        );
+        assert!(metric(&d, "finaldot_door_failures_total") >= 1.0, "{mode}");
+        // continue: the client is served as if the plugin had said continue.
+        let dir = TestDir::new(&format!("door-open-{mode}"));
+        let d = testbed_door(&dir, mode, "continue", "");
+        d.send(
+            "s@remote.test",
+            &["alice@example.test"],
+            b"Subject: in\r\n\r\nhi\r\n",
+        );
+        wait_for_files(&dir.path().join("mail/alice/Maildir/new"), 1, LONG);
+    }
+    // At a command, tempfail is 451 4.7.1 and the session goes on.
+    let dir = TestDir::new("door-fail-rcpt");
+    let d = testbed_door(&dir, "unreachable", "tempfail", "stages = [\"rcpt\"]");
+    let mut c = d.connect();
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<s@remote.test>", 250);
+    let text = c.expect("RCPT TO:<alice@example.test>", 451);
+    assert!(text.contains("4.7.1"), "{text}");
+    c.expect("NOOP", 250);
+    c.expect("QUIT", 221);
+}
+
+#[test]
+fn an_unreachable_redis_gets_the_failure_policy_never_a_hang() {
+    // A port nobody listens on.
+    let dead = format!("redis://127.0.0.1:{}/0", free_port());
+    for (policy, code) in [("tempfail", 451), ("continue", 250)] {
+        let dir = TestDir::new(&format!("door-redis-{policy}"));
+        let d = testbed_door(
+            &dir,
+            "kv",
+            policy,
+            &format!("stages = [\"rcpt\"]\nkv = {{ backend = \"redis\", url = \"{dead}\" }}"),
+        );
+        let mut c = d.connect();
+        c.expect("EHLO client.test", 250);
+        c.expect("MAIL FROM:<s@remote.test>", 250);
+        let started = Instant::now();
+        c.expect("RCPT TO:<alice@example.test>", code);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{policy}: answered in {:?}",
+            started.elapsed()
+        );
+        c.expect("QUIT", 221);
+    }
+}
+
+#[test]
+fn pipelined_commands_keep_their_reply_order_through_door_calls() {
+    let dir = TestDir::new("door-pipelining");
+    let d = testbed_door(
+        &dir,
+        "refuse-no",
+        "continue",
+        "stages = [\"helo\", \"mail\", \"rcpt\"]",
+    );
+    let mut c = d.connect();
+    // Everything in one write, as a PIPELINING client sends it.
+    c.send(
+        b"EHLO client.test\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<nobody@localhost>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n",
+    );
+    let replies: Vec<(u16, String)> = (0..6).map(|_| c.read_reply()).collect();
+    let codes: Vec<u16> = replies.iter().map(|r| r.0).collect();
+    assert_eq!(codes, vec![250, 250, 250, 550, 250, 354], "{replies:?}");
+    assert!(replies[3].1.contains("5.7.1 no thanks"), "{replies:?}");
+    c.send(b"Subject: pipelined\r\n\r\nhi\r\n.\r\nQUIT\r\n");
+    assert_eq!(c.read_reply().0, 250);
+    assert_eq!(c.read_reply().0, 221);
+    wait_for_files(&dir.path().join("mail/alice/Maildir/new"), 1, LONG);
+    wait_for_files(&dir.path().join("mail/bob/Maildir/new"), 1, LONG);
+    // Python's smtplib (which pipelines nothing but reads every reply):
+    // the refused recipient is reported, the others get the message.
+    let out = run_python(
+        python3(),
+        &format!(
+            r#"
+import smtplib
+s = smtplib.SMTP("127.0.0.1", {port}, timeout=30)
+refused = s.sendmail("s@remote.test", ["alice@example.test", "nope@localhost"], "Subject: smtplib\r\n\r\nhi\r\n")
+print(refused)
+s.quit()
+"#,
+            port = d.addr.port()
+        ),
+        &[],
+        b"",
+        "smtplib",
+    );
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("nope@localhost") && out.contains("550") && out.contains("no thanks"),
+        "{out}"
+    );
+    wait_for_files(&dir.path().join("mail/alice/Maildir/new"), 2, LONG);
+}
+
+#[test]
+fn door_entries_are_checked_like_plugins_and_named_apart() {
+    let dir = TestDir::new("door-config");
+    for (entry, want) in [
+        ("stages = [\"data\"]", "door[0].stages"),
+        ("listeners = [\"lmtp\"]", "door[0].listeners"),
+        ("on_failure = \"bounce\"", "door[0].on_failure"),
+    ] {
+        let config = test_config(dir.path(), "", &door_toml("x", "finaldot_testbed", entry));
+        let (ok, err) = check_config(&dir, &config);
+        assert!(!ok && err.contains(want), "{entry}: {err}");
+    }
+    let config = test_config(
+        dir.path(),
+        "",
+        &format!(
+            "{}{}",
+            plugin_toml("x", "finaldot_testbed", ""),
+            door_toml("x", "finaldot_testbed", "")
+        ),
+    );
+    let (ok, err) = check_config(&dir, &config);
+    assert!(!ok && err.contains("a [[plugins]] name too"), "{err}");
+}
+
+/// `finaldot check-config` on `config`: whether it passed, and its stderr.
+fn check_config(dir: &TestDir, config: &str) -> (bool, String) {
+    let file = dir.path().join("check.toml");
+    std::fs::write(&file, config).expect("write");
+    let out = std::process::Command::new(finaldot_bin())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("run finaldot");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
