@@ -115,6 +115,13 @@ fn a_listed_client_is_refused_at_connect_and_nothing_reaches_the_spool() {
         "{}",
         d.log()
     );
+    // The status page shows the door's refusal beside its calls.
+    let page = http_get(d.metrics_addr(), "/");
+    let row = page
+        .split("<tr ")
+        .find(|r| r.contains("data-door=\"dnsbl-door\" data-stage=\"connect\""))
+        .unwrap_or_else(|| panic!("no door row in:\n{page}"));
+    assert!(row.contains("class=\"n refusals\">1<"), "{row}");
     // An unlisted client is served and its mail delivered.
     let id = d.send(
         "s@remote.test",
@@ -353,6 +360,64 @@ fn door_entries_are_checked_like_plugins_and_named_apart() {
     );
     let (ok, err) = check_config(&dir, &config);
     assert!(!ok && err.contains("a [[plugins]] name too"), "{err}");
+}
+
+#[test]
+fn plugin_test_runs_a_door_stage_against_given_facts() {
+    let dir = TestDir::new("door-plugin-test");
+    let config = test_config(
+        dir.path(),
+        "",
+        &door_toml(
+            "greylist",
+            "greylist",
+            "stages = [\"rcpt\"]\nkv = true\n[door.config]\ndelay_secs = 120\n",
+        ),
+    );
+    std::fs::write(dir.path().join("finaldot.toml"), &config).expect("write");
+    let out = std::process::Command::new(finaldot_bin())
+        .args(["plugin", "test"])
+        .arg(wasm("greylist"))
+        .args([
+            "--door",
+            "rcpt",
+            "--client-ip",
+            "198.51.100.7",
+            "--to",
+            "bob@localhost",
+        ])
+        .arg("--config")
+        .arg(dir.path().join("finaldot.toml"))
+        .output()
+        .expect("plugin test");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("stage:    rcpt"), "{text}");
+    assert!(
+        text.contains("verdict:  451 4.7.1 Greylisted, please try again in 120 seconds"),
+        "{text}"
+    );
+    assert!(text.contains("greylisted 198.51.100.0/24"), "{text}");
+    // There is no door stage at DATA.
+    let out = std::process::Command::new(finaldot_bin())
+        .args(["plugin", "test"])
+        .arg(wasm("greylist"))
+        .args(["--door", "data"])
+        .output()
+        .expect("plugin test");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no door stage at or after DATA"));
+    // plugin check says it can judge at the door.
+    let out = std::process::Command::new(finaldot_bin())
+        .args(["plugin", "check"])
+        .arg(wasm("greylist"))
+        .output()
+        .expect("plugin check");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("door:     yes"));
 }
 
 /// `finaldot check-config` on `config`: whether it passed, and its stderr.

@@ -21,27 +21,39 @@ pub(crate) enum PluginCommand {
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
-    /// Run one plugin on one message, outside the daemon, with the daemon's
-    /// limits and capabilities; print the verdict, the changes, the log lines
-    /// and the call time.
+    /// Run one plugin on one message (or, with --door, at one door stage),
+    /// outside the daemon, with the daemon's limits and capabilities; print
+    /// the verdict, the changes, the log lines and the call time.
     Test {
         /// The plugin's .wasm file.
         file: PathBuf,
-        /// The message (.eml, CRLF or LF line endings).
-        message: PathBuf,
+        /// The message (.eml, CRLF or LF line endings); not with --door.
+        message: Option<PathBuf>,
         /// Take the plugin's settings, limits and grants from this configuration
-        /// (the [[plugins]] entry with this file, or --name).
+        /// (the [[plugins]] or [[door]] entry with this file, or --name).
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Which [[plugins]] entry of --config to use.
+        /// Which [[plugins]] or [[door]] entry of --config to use.
         #[arg(long)]
         name: Option<String>,
-        /// Envelope sender.
+        /// Envelope sender (MAIL FROM; "" for <>).
         #[arg(long, default_value = "sender@example.test")]
         from: String,
-        /// Envelope recipients (repeatable).
+        /// Envelope recipients (repeatable; at the door: the one judged).
         #[arg(long, default_value = "alice@localhost")]
         to: Vec<String>,
+        /// Run this door stage instead of on_message: connect, helo, mail or rcpt.
+        #[arg(long)]
+        door: Option<String>,
+        /// At the door: the client's address.
+        #[arg(long, default_value = "192.0.2.1")]
+        client_ip: String,
+        /// At the door: the HELO name.
+        #[arg(long, default_value = "client.example")]
+        helo: String,
+        /// At the door: the user the client authenticated as.
+        #[arg(long)]
+        user: Option<String>,
     },
     /// What the running (or last run) daemon has loaded: name, file, version,
     /// ABI, content hash, loaded at, calls, faults.
@@ -85,6 +97,14 @@ pub(crate) fn plugin_check(file: &std::path::Path) -> anyhow::Result<()> {
                         .to_string()
                 } else {
                     m.info.needs.join(", ")
+                }
+            );
+            println!(
+                "door:     {}",
+                if m.exports.iter().any(|e| e == "finaldot_on_door") {
+                    "yes (finaldot_on_door: it can judge at connect, HELO, MAIL and RCPT in [[door]])"
+                } else {
+                    "no (built without door stages: [[plugins]] only)"
                 }
             );
             println!("sha256:   {}", m.hash);
@@ -226,23 +246,24 @@ pub(crate) fn plugin_new(
 
 /// `finaldot plugin test FILE MESSAGE`: one plugin run on one message, printed.
 // Long on purpose: `plugin test` end to end (load, configure, build the input, run, print), one step after another.
-pub(crate) fn plugin_test(
-    file: &std::path::Path,
-    message: &std::path::Path,
-    config: Option<PathBuf>,
-    name: Option<String>,
-    from: &str,
-    to: &[String],
-) -> anyhow::Result<()> {
+pub(crate) fn plugin_test(args: TestArgs) -> anyhow::Result<()> {
     use finaldot::plugins::{Plugin, PluginSpec, Runtime, RuntimeOptions};
-    use finaldot_sdk::wire::{parse_headers, EnvelopeState, MessageInput, MessageState, Recipient};
-    let spec = match &config {
+    let TestArgs {
+        file,
+        message,
+        config,
+        name,
+        ..
+    } = &args;
+    let file = file.as_path();
+    let spec = match config {
         Some(path) => {
             let cfg = Config::load(Some(path))?;
             let wanted = file.file_name();
             cfg.plugins
                 .into_iter()
-                .find(|p| match &name {
+                .chain(cfg.door.into_iter().map(|d| d.plugin))
+                .find(|p| match name {
                     Some(n) => &p.name == n,
                     None => p.file.file_name() == wanted,
                 })
@@ -252,14 +273,14 @@ pub(crate) fn plugin_test(
                 })
                 .with_context(|| {
                     format!(
-                        "no [[plugins]] entry for {} in {}",
+                        "no [[plugins]] or [[door]] entry for {} in {}",
                         file.display(),
                         path.display()
                     )
                 })?
         }
         None => PluginSpec {
-            name: name.unwrap_or_else(|| {
+            name: name.clone().unwrap_or_else(|| {
                 file.file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_else(|| "plugin".into())
@@ -272,29 +293,13 @@ pub(crate) fn plugin_test(
             builtin: None,
         },
     };
-    let raw = std::fs::read(message).with_context(|| format!("reading {}", message.display()))?;
-    let (headers, body_at) = parse_headers(&raw);
-    let input = MessageInput {
-        abi: finaldot_sdk::ABI_VERSION,
-        queue_id: "PLUGINTEST".into(),
-        state: MessageState {
-            envelope: EnvelopeState {
-                mail_from: from.to_string(),
-                recipients: to.iter().map(Recipient::new).collect(),
-            },
-            headers,
-        },
-        body_len: (raw.len() - body_at) as u64,
-        client_ip: "127.0.0.1".into(),
-        helo: "plugin-test".into(),
-        received_at: 0,
-        session: finaldot_sdk::wire::SessionFacts {
-            helo: "plugin-test".into(),
-            listener: finaldot_sdk::wire::Listener::Smtp,
-            ..finaldot_sdk::wire::SessionFacts::local(0)
-        },
-        auth: None,
-        dsn: None,
+    let what = match (&args.door, message) {
+        (Some(stage), _) => Input::Door(door_input(&args, stage)?),
+        (None, Some(m)) => {
+            let raw = std::fs::read(m).with_context(|| format!("reading {}", m.display()))?;
+            Input::Message(message_input(&raw, &args.from, &args.to), raw)
+        }
+        (None, None) => anyhow::bail!("give a message file to run on_message, or --door STAGE"),
     };
     let runtime = Runtime::new(RuntimeOptions {
         max_instances: 4,
@@ -318,12 +323,136 @@ pub(crate) fn plugin_test(
         if scratch.is_some() {
             println!("kv:       a scratch namespace (empty), not the daemon's");
         }
-        run_plugin_test(&plugin, &input, &raw[body_at..])
+        match &what {
+            Input::Message(input, raw) => {
+                let body_at = raw.len() - input.body_len as usize;
+                run_plugin_test(&plugin, input, &raw[body_at..])
+            }
+            Input::Door(input) => run_door_test(&plugin, input),
+        }
     });
     if let Some(s) = scratch {
         let _ = std::fs::remove_dir_all(s);
     }
     result
+}
+
+/// What `plugin test` runs the plugin on.
+enum Input {
+    /// A message (`on_message`) and its raw bytes.
+    Message(finaldot_sdk::wire::MessageInput, Vec<u8>),
+    /// A door stage.
+    Door(finaldot_sdk::wire::DoorInput),
+}
+
+/// `finaldot plugin test`'s arguments.
+pub(crate) struct TestArgs {
+    /// The plugin's .wasm file.
+    pub file: PathBuf,
+    /// The message, for on_message.
+    pub message: Option<PathBuf>,
+    /// The configuration to take the entry from.
+    pub config: Option<PathBuf>,
+    /// The entry's name.
+    pub name: Option<String>,
+    /// MAIL FROM.
+    pub from: String,
+    /// RCPT TO.
+    pub to: Vec<String>,
+    /// The door stage, if any.
+    pub door: Option<String>,
+    /// The client's address at the door.
+    pub client_ip: String,
+    /// The HELO name at the door.
+    pub helo: String,
+    /// The authenticated user at the door.
+    pub user: Option<String>,
+}
+
+/// The door input of `--door STAGE` and the facts given: what a stage
+/// knows at that point of a session (HELO from `helo` on, MAIL from
+/// `mail`, the first `--to` at `rcpt`).
+fn door_input(args: &TestArgs, stage: &str) -> anyhow::Result<finaldot_sdk::wire::DoorInput> {
+    use finaldot_sdk::wire::{DoorInput, DoorStage, Listener, SessionFacts};
+    let stage = DoorStage::parse(stage).with_context(|| {
+        format!("--door {stage:?}: one of connect, helo, mail, rcpt (there is no door stage at or after DATA)")
+    })?;
+    let after = |s: DoorStage| stage >= s;
+    Ok(DoorInput {
+        abi: finaldot_sdk::ABI_VERSION,
+        stage,
+        session: SessionFacts {
+            client_ip: args.client_ip.clone(),
+            client_port: 40000,
+            listener: Listener::Smtp,
+            helo: if after(DoorStage::Helo) {
+                args.helo.clone()
+            } else {
+                String::new()
+            },
+            auth: args.user.clone(),
+            ..SessionFacts::local(finaldot::unix_now())
+        },
+        mail_from: after(DoorStage::Mail).then(|| args.from.clone()),
+        mail_params: Vec::new(),
+        rcpt_to: (stage == DoorStage::Rcpt)
+            .then(|| args.to.first().cloned())
+            .flatten(),
+        rcpt_params: Vec::new(),
+        recipients: Vec::new(),
+        earlier: Vec::new(),
+    })
+}
+
+/// The message input of `plugin test` for `raw` from `from` to `to`.
+fn message_input(raw: &[u8], from: &str, to: &[String]) -> finaldot_sdk::wire::MessageInput {
+    use finaldot_sdk::wire::{parse_headers, EnvelopeState, MessageInput, MessageState, Recipient};
+    let (headers, body_at) = parse_headers(raw);
+    MessageInput {
+        abi: finaldot_sdk::ABI_VERSION,
+        queue_id: "PLUGINTEST".into(),
+        state: MessageState {
+            envelope: EnvelopeState {
+                mail_from: from.to_string(),
+                recipients: to.iter().map(Recipient::new).collect(),
+            },
+            headers,
+        },
+        body_len: (raw.len() - body_at) as u64,
+        client_ip: "127.0.0.1".into(),
+        helo: "plugin-test".into(),
+        received_at: 0,
+        session: finaldot_sdk::wire::SessionFacts {
+            helo: "plugin-test".into(),
+            listener: finaldot_sdk::wire::Listener::Smtp,
+            ..finaldot_sdk::wire::SessionFacts::local(0)
+        },
+        auth: None,
+        dsn: None,
+    }
+}
+
+/// Runs one door stage and prints the verdict, the log lines and the time.
+fn run_door_test(
+    plugin: &finaldot::plugins::Plugin,
+    input: &finaldot_sdk::wire::DoorInput,
+) -> anyhow::Result<()> {
+    println!("stage:    {}", input.stage.as_str());
+    match plugin.call_door(input, "plugin-test", true) {
+        Ok(r) => {
+            println!("verdict:  {}", r.verdict.describe());
+            println!("log:");
+            for l in &r.logs {
+                println!("  {:?} {}", l.level, l.text);
+            }
+            println!("time:     {:.1} µs", r.elapsed.as_secs_f64() * 1e6);
+            Ok(())
+        }
+        Err(e) => {
+            println!("fault:    {e}");
+            Err(e.into())
+        }
+    }
 }
 
 fn run_plugin_test(

@@ -127,7 +127,7 @@ impl DoorChain {
             .current()
             .map_err(|why| format!("plugin {name} is not available: {why}"))?;
         plugin
-            .call_door(input, label)
+            .call_door(input, label, false)
             .map(|call| DoorAnswer::of(&call.verdict))
             .map_err(|e| e.to_string())
     }

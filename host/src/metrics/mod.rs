@@ -297,6 +297,20 @@ impl Metrics {
             p.timed += h.count();
             readable::add_buckets(&mut p.buckets, &h.buckets());
         }
+        let mut door: BTreeMap<(String, String), DoorReading> = BTreeMap::new();
+        let at = |l: &Labels| (label(l, "plugin"), label(l, "stage"));
+        for (l, c) in self.door_calls.each() {
+            door.entry(at(&l)).or_default().calls += c.get();
+        }
+        for (l, c) in self.door_refusals.each() {
+            door.entry(at(&l)).or_default().refusals += c.get();
+        }
+        for (l, c) in self.door_failures.each() {
+            door.entry(at(&l)).or_default().failures += c.get();
+        }
+        for (l, h) in self.door_call_seconds.each() {
+            readable::add_buckets(&mut door.entry(at(&l)).or_default().buckets, &h.buckets());
+        }
         Reading {
             queue,
             accepted,
@@ -309,6 +323,7 @@ impl Metrics {
             holds: self.holds.get(),
             ack: self.ack_latency.buckets(),
             plugins,
+            door,
         }
     }
 }
@@ -347,6 +362,21 @@ pub struct Reading {
     pub ack: Vec<(f64, u64)>,
     /// Per plugin (every version together).
     pub plugins: BTreeMap<String, PluginReading>,
+    /// Per door plugin and stage.
+    pub door: BTreeMap<(String, String), DoorReading>,
+}
+
+/// One door plugin's calls at one stage.
+#[derive(Debug, Clone, Default)]
+pub struct DoorReading {
+    /// Calls.
+    pub calls: u64,
+    /// Commands refused.
+    pub refusals: u64,
+    /// Failures (the plugin's on_failure applied).
+    pub failures: u64,
+    /// Call time histogram: (upper bound, cumulative count).
+    pub buckets: Vec<(f64, u64)>,
 }
 
 impl Reading {

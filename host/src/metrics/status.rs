@@ -408,6 +408,25 @@ pub(super) fn status_page(reading: &Reading, plugins_json: &str) -> String {
             ms(quantile(&b, 0.99)),
         ));
     }
+    let mut door_rows = String::new();
+    for ((plugin, stage), d) in &reading.door {
+        let b = as_f64(&d.buckets);
+        door_rows.push_str(&format!(
+            "<tr data-door=\"{}\" data-stage=\"{}\"><td>{}</td><td>{}</td><td class=\"n calls\">{}</td><td class=\"n refusals\">{}</td><td class=\"n failures\">{}</td><td class=n>{}</td><td class=n>{}</td></tr>",
+            html_escape(plugin),
+            html_escape(stage),
+            html_escape(plugin),
+            html_escape(stage),
+            value(d.calls),
+            value(d.refusals),
+            value(d.failures),
+            ms(quantile(&b, 0.5)),
+            ms(quantile(&b, 0.99)),
+        ));
+    }
+    if door_rows.is_empty() {
+        door_rows.push_str("<tr><td colspan=7>no [[door]] plugin has been called</td></tr>");
+    }
     format!(
         r#"<!doctype html>
 <html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
@@ -436,6 +455,8 @@ svg .axis {{ font-size: 10px; fill: #666 }}
 <table><tr><th>bucket</th><th>messages</th><th></th></tr>{ack_rows}</table>
 <h2>Plugins</h2>
 <table><tr><th>name</th><th>version</th><th>from</th><th>calls</th><th>faults</th><th>mean per call</th><th>p50</th><th>p99</th></tr>{plugin_rows}</table>
+<h2>Door (before DATA)</h2>
+<table><tr><th>plugin</th><th>stage</th><th>calls</th><th>refused</th><th>failed</th><th>p50</th><th>p99</th></tr>{door_rows}</table>
 </body></html>
 "#,
         accepted = value(reading.accepted),

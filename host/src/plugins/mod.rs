@@ -741,19 +741,27 @@ impl Plugin {
     }
 
     /// Runs the plugin at one door stage; `session` names the connection in
-    /// its log lines. Blocking: call it off the network runtime.
-    pub fn call_door(&self, input: &DoorInput, session: &str) -> Result<DoorCall, PluginError> {
+    /// its log lines; `capture_logs` keeps them in the result (for
+    /// `finaldot plugin test`). Blocking: call it off the network runtime.
+    pub fn call_door(
+        &self,
+        input: &DoorInput,
+        session: &str,
+        capture_logs: bool,
+    ) -> Result<DoorCall, PluginError> {
         let started = Instant::now();
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let gate = self.module.gate.clone();
         let _slot = gate.enter();
         let result = (|| {
-            let mut inst = self.instance(false)?;
+            let mut inst = self.instance(capture_logs)?;
             let version = inst.module().version_label();
             let verdict = inst.on_door(input, session)?;
+            let logs = inst.take_logs();
             self.give_back(inst);
             Ok(DoorCall {
                 verdict,
+                logs,
                 version,
                 elapsed: started.elapsed(),
             })
@@ -770,6 +778,8 @@ impl Plugin {
 pub struct DoorCall {
     /// What the plugin decided (valid to send).
     pub verdict: DoorVerdict,
+    /// Log lines, when the call captured them.
+    pub logs: Vec<LogLine>,
     /// The version label of the module that ran.
     pub version: String,
     /// Time for the whole call.
