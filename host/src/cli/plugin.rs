@@ -294,7 +294,7 @@ pub(crate) fn plugin_test(args: TestArgs) -> anyhow::Result<()> {
         },
     };
     let what = match (&args.door, message) {
-        (Some(stage), _) => Input::Door(door_input(&args, stage)?),
+        (Some(stage), _) => Input::Door(Box::new(door_input(&args, stage)?)),
         (None, Some(m)) => {
             let raw = std::fs::read(m).with_context(|| format!("reading {}", m.display()))?;
             Input::Message(message_input(&raw, &args.from, &args.to), raw)
@@ -342,7 +342,7 @@ enum Input {
     /// A message (`on_message`) and its raw bytes.
     Message(finaldot_sdk::wire::MessageInput, Vec<u8>),
     /// A door stage.
-    Door(finaldot_sdk::wire::DoorInput),
+    Door(Box<finaldot_sdk::wire::DoorInput>),
 }
 
 /// `finaldot plugin test`'s arguments.
