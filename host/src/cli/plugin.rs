@@ -297,7 +297,7 @@ pub(crate) fn plugin_test(args: TestArgs) -> anyhow::Result<()> {
         (Some(stage), _) => Input::Door(Box::new(door_input(&args, stage)?)),
         (None, Some(m)) => {
             let raw = std::fs::read(m).with_context(|| format!("reading {}", m.display()))?;
-            Input::Message(message_input(&raw, &args.from, &args.to), raw)
+            Input::Message(Box::new(message_input(&raw, &args.from, &args.to)), raw)
         }
         (None, None) => anyhow::bail!("give a message file to run on_message, or --door STAGE"),
     };
@@ -340,7 +340,7 @@ pub(crate) fn plugin_test(args: TestArgs) -> anyhow::Result<()> {
 /// What `plugin test` runs the plugin on.
 enum Input {
     /// A message (`on_message`) and its raw bytes.
-    Message(finaldot_sdk::wire::MessageInput, Vec<u8>),
+    Message(Box<finaldot_sdk::wire::MessageInput>, Vec<u8>),
     /// A door stage.
     Door(Box<finaldot_sdk::wire::DoorInput>),
 }
