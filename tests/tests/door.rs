@@ -420,6 +420,33 @@ fn plugin_test_runs_a_door_stage_against_given_facts() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("door:     yes"));
 }
 
+#[test]
+fn the_example_files_door_entries_validate_once_uncommented() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../finaldot.example.toml"
+    ))
+    .expect("example");
+    let block: String = example
+        .split("# --- door examples begin\n")
+        .nth(1)
+        .and_then(|rest| rest.split("# --- door examples end").next())
+        .expect("the door examples block")
+        .lines()
+        .map(|l| {
+            l.strip_prefix("# ")
+                .or_else(|| l.strip_prefix('#'))
+                .unwrap_or(l)
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(block.contains("[[door]]"), "{block}");
+    let dir = TestDir::new("door-example");
+    let config = test_config(dir.path(), "", &block);
+    let (ok, err) = check_config(&dir, &config);
+    assert!(ok, "{err}\n{block}");
+}
+
 /// `finaldot check-config` on `config`: whether it passed, and its stderr.
 fn check_config(dir: &TestDir, config: &str) -> (bool, String) {
     let file = dir.path().join("check.toml");
