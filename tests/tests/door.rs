@@ -447,6 +447,65 @@ fn the_example_files_door_entries_validate_once_uncommented() {
     assert!(ok, "{err}\n{block}");
 }
 
+#[test]
+fn a_door_plugin_is_hot_reloaded_and_a_sighup_applies_a_new_door() {
+    let dir = TestDir::new("door-reload");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir");
+    let land = |name: &str, from: &std::path::Path| {
+        let tmp = plugins.join(format!(".{name}.part"));
+        std::fs::copy(from, &tmp).expect("copy");
+        std::fs::rename(&tmp, plugins.join(name)).expect("rename");
+    };
+    land("swap.wasm", &wasm("finaldot_testbed"));
+    let config = |door: &str| {
+        test_config(
+            dir.path(),
+            "",
+            &format!(
+                "[pipeline]\nrescan_secs = 1\nplugin_dir = {plugins:?}\n\n{}{door}",
+                local_delivery_toml(&dir.path().join("mail"))
+            ),
+        )
+    };
+    let swap = "[[door]]\nname = \"swap\"\nfile = \"swap.wasm\"\nstages = [\"rcpt\"]\nkv = true\n[door.config]\ndoor = \"refuse-no\"\nskip_networks = [\"192.0.2.0/24\"]\n";
+    let d = Daemon::start_with(dir.path(), &config(swap));
+    let rcpt = |to: &str| {
+        let mut c = d.connect();
+        c.expect("EHLO client.test", 250);
+        c.expect("MAIL FROM:<s@remote.test>", 250);
+        let (code, text) = c.cmd(&format!("RCPT TO:<{to}>"));
+        c.expect("QUIT", 221);
+        (code, text)
+    };
+    let (code, text) = rcpt("nobody@localhost");
+    assert_eq!(code, 550, "{text}");
+    // Another plugin lands under the same file name: the door serves it.
+    land("swap.wasm", &wasm("greylist"));
+    let started = Instant::now();
+    loop {
+        let (code, text) = rcpt("nobody@localhost");
+        if code == 451 {
+            assert!(text.contains("Greylisted"), "{text}");
+            break;
+        }
+        assert!(
+            started.elapsed() < LONG,
+            "still {code} {text}:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SIGHUP with the door entry gone: the client is let in.
+    std::fs::write(dir.path().join("finaldot.toml"), config("")).expect("write");
+    d.signal("HUP");
+    let started = Instant::now();
+    while rcpt("nobody@localhost").0 != 250 {
+        assert!(started.elapsed() < LONG, "the door stayed:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `finaldot check-config` on `config`: whether it passed, and its stderr.
 fn check_config(dir: &TestDir, config: &str) -> (bool, String) {
     let file = dir.path().join("check.toml");
