@@ -132,8 +132,7 @@ data_dir = "{dir}/data"
 [smtp]
 listen = ["127.0.0.1:{port}"]
 max_connections = 1000
-max_connections_per_ip = 1000
-max_connections_per_ip_per_minute = 0
+limit_exceptions = ["127.0.0.0/8"]
 [domains."example.test"]
 recipients = ["alice"]
 [dns]
