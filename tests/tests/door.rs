@@ -111,7 +111,8 @@ fn a_listed_client_is_refused_at_connect_and_nothing_reaches_the_spool() {
         1.0
     );
     assert!(
-        d.log().contains("door refused") && d.log().contains("client=127.0.0.2"),
+        wait_until(LONG, || d.log().contains("door refused"))
+            && d.log().contains("client=127.0.0.2"),
         "{}",
         d.log()
     );
@@ -234,8 +235,9 @@ fn a_door_plugin_that_traps_hangs_bombs_or_lies_gets_its_failure_policy() {
             "{mode}: bounded"
         );
         assert!(c.is_closed(), "{mode}");
+        // The log is read from the daemon's output as it comes.
         assert!(
-            d.log().contains("door plugin failed"),
+            wait_until(LONG, || d.log().contains("door plugin failed")),
             "{mode}: {}",
             d.log()
         );
