@@ -678,6 +678,46 @@ impl Dns {
             r => Err(unexpected(r)),
         }
     }
+
+    /// The names `ip`'s PTR records give (its reverse DNS: what a door
+    /// plugin asks at connect), none when there are none; other outcomes
+    /// (SERVFAIL, timeout) as the answer's outcome in the error's text.
+    pub fn ptr(&self, ip: std::net::IpAddr) -> Result<Vec<String>> {
+        let answer = self.lookup(&reverse_name(ip), DnsType::Ptr)?;
+        match answer.outcome {
+            crate::wire::DnsOutcome::Found => Ok(answer
+                .records
+                .into_iter()
+                .filter_map(|r| match r {
+                    crate::wire::DnsRecord::Ptr(name) => Some(name),
+                    _ => None,
+                })
+                .collect()),
+            crate::wire::DnsOutcome::NxDomain | crate::wire::DnsOutcome::NoData => Ok(Vec::new()),
+            other => Err(Error::new(format!("PTR lookup for {ip}: {other:?}"))),
+        }
+    }
+}
+
+/// The reverse-DNS name of `ip`: `4.3.2.1.in-addr.arpa` for IPv4, the 32
+/// nibbles under `ip6.arpa` for IPv6 (RFC 3596); an IPv4-mapped IPv6
+/// address is reversed as IPv4.
+pub fn reverse_name(ip: std::net::IpAddr) -> String {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+        }
+        std::net::IpAddr::V6(v6) => {
+            let mut labels = Vec::with_capacity(33);
+            for byte in v6.octets().iter().rev() {
+                labels.push(format!("{:x}", byte & 0x0f));
+                labels.push(format!("{:x}", byte >> 4));
+            }
+            labels.push("ip6.arpa".into());
+            labels.join(".")
+        }
+    }
 }
 
 fn request(req: HostRequest) -> Result<HostResponse> {

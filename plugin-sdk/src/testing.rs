@@ -819,6 +819,64 @@ mod tests {
         }
     }
 
+    /// At connect, refuses a client without reverse DNS.
+    #[derive(Default)]
+    struct NeedsPtr;
+    impl Plugin for NeedsPtr {
+        fn on_connect(&mut self, door: &Door, cx: &Context) -> Result<crate::wire::DoorVerdict> {
+            let Some(ip) = door.client_ip() else {
+                return Ok(crate::wire::DoorVerdict::Continue);
+            };
+            Ok(match cx.dns().ptr(ip)?.first() {
+                Some(name) => {
+                    cx.info(&format!("{ip} is {name}"));
+                    crate::wire::DoorVerdict::Continue
+                }
+                None => crate::wire::DoorVerdict::reply(550, "5.7.25", "no reverse DNS"),
+            })
+        }
+    }
+
+    #[test]
+    fn a_door_plugin_asks_the_clients_ptr() {
+        use crate::plugin::reverse_name;
+        assert_eq!(
+            reverse_name("192.0.2.7".parse().expect("ip")),
+            "7.2.0.192.in-addr.arpa"
+        );
+        assert_eq!(
+            reverse_name("::ffff:192.0.2.7".parse().expect("ip")),
+            "7.2.0.192.in-addr.arpa"
+        );
+        assert_eq!(
+            reverse_name("2001:db8::1".parse().expect("ip")),
+            "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"
+        );
+        let mut host = TestHost::new();
+        host.dns_answer(
+            "7.2.0.192.in-addr.arpa",
+            DnsType::Ptr,
+            DnsAnswer {
+                outcome: DnsOutcome::Found,
+                ttl_secs: 60,
+                records: vec![DnsRecord::Ptr("mail.example.org".into())],
+            },
+        );
+        let at = |ip: &str| TestDoor::at(crate::wire::DoorStage::Connect, ip);
+        assert_eq!(
+            host.door(&mut NeedsPtr, &at("192.0.2.7")).expect("door"),
+            crate::wire::DoorVerdict::Continue
+        );
+        assert!(host
+            .logs()
+            .iter()
+            .any(|(_, l)| l == "192.0.2.7 is mail.example.org"));
+        assert_eq!(
+            host.door(&mut NeedsPtr, &at("192.0.2.8")).expect("door"),
+            crate::wire::DoorVerdict::reply(550, "5.7.25", "no reverse DNS")
+        );
+    }
+
     #[test]
     fn scripted_http_responses_and_what_was_sent() {
         let mut host = TestHost::new();

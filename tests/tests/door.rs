@@ -134,6 +134,59 @@ fn a_listed_client_is_refused_at_connect_and_nothing_reaches_the_spool() {
 }
 
 #[test]
+fn one_clients_slow_dns_answer_never_delays_another_clients_greeting() {
+    // 127.0.0.3's blocklist query is never answered; 127.0.0.1's is (NXDOMAIN).
+    let dns = DnsServer::start(vec![Record::Silent("3.0.0.127.zen.test".into())]);
+    let dir = TestDir::new("door-slow-dns");
+    let door = door_toml(
+        "dnsbl-door",
+        "dnsbl",
+        "stages = [\"connect\"]\ntimeout_ms = 5000\ndns = { timeout_ms = 2000 }\n[door.config]\nzones = [{ zone = \"zen.test\" }]\nskip_networks = [\"192.0.2.0/24\"]\n",
+    );
+    let d = Daemon::start_with(
+        dir.path(),
+        &with_dns(
+            &test_config(
+                dir.path(),
+                "",
+                &format!(
+                    "[pipeline]\nrescan_secs = 1\n\n{}{door}",
+                    local_delivery_toml(&dir.path().join("mail"))
+                ),
+            ),
+            dns.addr,
+        ),
+    );
+    // Warm the plugin and the resolver's cache for 127.0.0.1.
+    d.connect().expect("QUIT", 221);
+    let slow = std::thread::spawn({
+        let addr = d.addr;
+        move || {
+            let started = Instant::now();
+            let mut c = Client::connect_from(addr, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
+            let (code, _) = c.read_reply();
+            (code, started.elapsed())
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // While that greeting waits on DNS, other clients are greeted at once.
+    for _ in 0..5 {
+        let started = Instant::now();
+        let mut c = d.connect();
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_millis(700),
+            "a greeting took {waited:?} while another client's DNS answer was slow"
+        );
+        c.expect("QUIT", 221);
+    }
+    let (code, waited) = slow.join().expect("slow client");
+    // Its lookup timed out (a failing zone counts as not listed): let in.
+    assert_eq!(code, 220);
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+}
+
+#[test]
 fn greylisting_defers_the_first_try_and_passes_the_retry_on_another_node() {
     let dir = TestDir::new("door-greylist");
     let redis = Redis::start(dir.path());
