@@ -1182,8 +1182,11 @@ impl DoorVerdict {
         if text.len() > 400 {
             return Some(format!("reply text of {} bytes (at most 400)", text.len()));
         }
-        if text.chars().any(char::is_control) {
-            return Some("reply text with a control character (CR, LF, …)".into());
+        if !text.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+            return Some(
+                "reply text with a control character (CR, LF, …) or a non-ASCII one (RFC 5321 §4.2)"
+                    .into(),
+            );
         }
         if text.trim().is_empty() {
             return Some("empty reply text".into());
@@ -1934,6 +1937,7 @@ mod round_trip {
             (DoorVerdict::reply(450, "4.7", "x"), "4.X.Y"),
             (DoorVerdict::reply(450, "4.7.1a", "x"), "4.X.Y"),
             (DoorVerdict::reply(450, "4.7.1", "a\r\n250 ok"), "control"),
+            (DoorVerdict::reply(450, "4.7.1", "a\u{2028}b"), "non-ASCII"),
             (DoorVerdict::reply(450, "4.7.1", " "), "empty"),
             (
                 DoorVerdict::reply(450, "4.7.1", "x".repeat(401)),

@@ -344,6 +344,36 @@ fn an_unreachable_redis_gets_the_failure_policy_never_a_hang() {
 }
 
 #[test]
+fn the_final_dots_250_never_waits_for_the_next_commands_door_call() {
+    // A door plugin that spins to its time limit (2 s) at MAIL, fail open.
+    let dir = TestDir::new("door-dot-first");
+    let door = door_toml(
+        "slow",
+        "finaldot_testbed",
+        "stages = [\"mail\"]\ntimeout_ms = 2000\n[door.config]\ndoor = \"loop\"\n",
+    );
+    let d = start(&dir, &door, "");
+    let mut c = d.connect();
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<s@remote.test>", 250);
+    c.expect("RCPT TO:<alice@example.test>", 250);
+    c.expect("DATA", 354);
+    // The final dot and the next MAIL in one write, as a pipelining client.
+    c.send(b"Subject: first\r\n\r\nhi\r\n.\r\nMAIL FROM:<s@remote.test>\r\n");
+    let started = Instant::now();
+    let (code, text) = c.read_reply();
+    let dot = started.elapsed();
+    assert_eq!(code, 250, "{text}");
+    assert!(
+        dot < Duration::from_millis(1000),
+        "the 250 after the final dot waited {dot:?} for the next MAIL's door call"
+    );
+    // Then the MAIL's answer, after the door call failed open.
+    assert_eq!(c.read_reply().0, 250);
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+}
+
+#[test]
 fn pipelined_commands_keep_their_reply_order_through_door_calls() {
     let dir = TestDir::new("door-pipelining");
     let d = testbed_door(

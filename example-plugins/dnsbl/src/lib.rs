@@ -351,10 +351,20 @@ impl Dnsbl {
             s.listings.join("; "),
             s.score
         ));
-        let text = format!(
-            "Service unavailable; client [{ip}] blocked using {}",
-            s.zones.join(", ")
-        );
+        // A door reply is at most 400 bytes: name as many zones as fit.
+        let mut text = format!("Service unavailable; client [{ip}] blocked using");
+        for (i, zone) in s.zones.iter().enumerate() {
+            let more = if i == 0 {
+                format!(" {zone}")
+            } else {
+                format!(", {zone}")
+            };
+            if text.len() + more.len() > 390 {
+                text.push_str(", ...");
+                break;
+            }
+            text.push_str(&more);
+        }
         Ok(if self.door_code >= 500 {
             DoorVerdict::reply(self.door_code, "5.7.1", text)
         } else {
@@ -530,6 +540,34 @@ mod tests {
             host.door(&mut p, &connecting("192.0.2.2")).unwrap(),
             DoorVerdict::Continue
         );
+    }
+
+    #[test]
+    fn many_listing_zones_still_make_a_valid_reply() {
+        let zones: Vec<String> = (0..10)
+            .map(|i| {
+                format!(
+                    "{{ zone = \"blocklist-number-{i}-with-a-rather-long-name.example.test\" }}"
+                )
+            })
+            .collect();
+        let (mut host, mut p) = setup(&format!("zones = [{}]\n", zones.join(", ")));
+        for i in 0..10 {
+            host.dns_answer(
+                &format!("2.2.0.192.blocklist-number-{i}-with-a-rather-long-name.example.test"),
+                DnsType::A,
+                listed("127.0.0.2"),
+            );
+        }
+        // TestHost::door refuses what the daemon would refuse (over 400 bytes).
+        match host.door(&mut p, &connecting("192.0.2.2")).unwrap() {
+            DoorVerdict::Reply {
+                code: 554, text, ..
+            } => {
+                assert!(text.len() <= 400 && text.ends_with(", ..."), "{text}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

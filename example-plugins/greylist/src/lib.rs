@@ -139,10 +139,26 @@ impl Plugin for Greylist {
         let triplet = format!("{net}\0{sender}\0{}", rcpt.to_ascii_lowercase());
         let passed_key = format!("passed\0{triplet}");
         let kv = cx.kv();
-        if kv.get(passed_key.as_bytes())?.is_some() {
+        let now = cx.now_ms();
+        let ms = |v: &[u8]| {
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|t| t.parse::<u64>().ok())
+        };
+        if let Some(passed) = kv.get(passed_key.as_bytes())? {
+            // Remembered for pass_secs from its last use (RFC 6647 §4.3),
+            // refreshed at most once per half period: a regular
+            // correspondent is never greylisted again.
+            let since = ms(&passed).map_or(u64::MAX, |t| now.saturating_sub(t));
+            if since > self.pass_secs * 500 {
+                kv.put(
+                    passed_key.as_bytes(),
+                    now.to_string().as_bytes(),
+                    Some(self.pass_secs),
+                )?;
+            }
             return Ok(DoorVerdict::Continue);
         }
-        let now = cx.now_ms();
         let seen_key = format!("seen\0{triplet}");
         let first = kv.put_if_absent(
             seen_key.as_bytes(),
@@ -156,13 +172,18 @@ impl Plugin for Greylist {
                 ));
                 0
             }
-            Some(seen) => {
-                let seen: u64 = std::str::from_utf8(&seen)
-                    .ok()
-                    .and_then(|t| t.parse().ok())
-                    .unwrap_or(now);
-                now.saturating_sub(seen) / 1000
-            }
+            Some(seen) => match ms(&seen) {
+                Some(seen) => now.saturating_sub(seen) / 1000,
+                None => {
+                    // Not ours (or damaged): this attempt is the first.
+                    kv.put(
+                        seen_key.as_bytes(),
+                        now.to_string().as_bytes(),
+                        Some(self.delay_secs + self.retry_window_secs),
+                    )?;
+                    0
+                }
+            },
         };
         if waited < self.delay_secs {
             let left = self.delay_secs - waited;
@@ -172,7 +193,11 @@ impl Plugin for Greylist {
                 format!("Greylisted, please try again in {left} seconds"),
             ));
         }
-        kv.put(passed_key.as_bytes(), b"1", Some(self.pass_secs))?;
+        kv.put(
+            passed_key.as_bytes(),
+            now.to_string().as_bytes(),
+            Some(self.pass_secs),
+        )?;
         kv.delete(seen_key.as_bytes())?;
         cx.info(&format!(
             "{net} <{sender}> -> <{rcpt}> passed greylisting after {waited} s"
@@ -271,6 +296,25 @@ mod tests {
                 )
                 .unwrap()
         ));
+    }
+
+    #[test]
+    fn a_passed_triplet_in_use_is_remembered_past_pass_secs() {
+        let (mut host, mut p) = setup("delay_secs = 10\npass_secs = 1000\n");
+        let d = rcpt("192.0.2.10", "a@sender.test", "bob@localhost");
+        host.set_now_ms(T0);
+        assert!(greylisted(&host.door(&mut p, &d).unwrap()));
+        host.set_now_ms(T0 + 11_000);
+        assert_eq!(host.door(&mut p, &d).unwrap(), DoorVerdict::Continue);
+        // Used again past half its life: refreshed, so it outlives the
+        // first pass_secs.
+        host.set_now_ms(T0 + 11_000 + 700_000);
+        assert_eq!(host.door(&mut p, &d).unwrap(), DoorVerdict::Continue);
+        host.set_now_ms(T0 + 11_000 + 1_500_000);
+        assert_eq!(host.door(&mut p, &d).unwrap(), DoorVerdict::Continue);
+        // Unused for longer than pass_secs: greylisted again.
+        host.set_now_ms(T0 + 11_000 + 1_500_000 + 1_001_000);
+        assert!(greylisted(&host.door(&mut p, &d).unwrap()));
     }
 
     #[test]

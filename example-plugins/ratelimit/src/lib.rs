@@ -125,7 +125,13 @@ impl RateLimit {
     fn count(&self, door: &Door, cx: &Context) -> Result<DoorVerdict> {
         let stage = door.stage();
         let now_secs = cx.now_ms() / 1000;
-        for l in self.limits.iter().filter(|l| l.on == stage) {
+        let mut answer = DoorVerdict::Continue;
+        for (index, l) in self
+            .limits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.on == stage)
+        {
             let who = match l.by {
                 By::ClientIp => door.client_ip().map(client_key),
                 By::User => door.authenticated().map(str::to_ascii_lowercase),
@@ -136,14 +142,17 @@ impl RateLimit {
             };
             let Some(who) = who else { continue };
             let window = now_secs / l.window_secs;
+            // Each limit its own counter (two limits on the same thing must
+            // not count each command twice), and every limit counts the
+            // command, even after an earlier one refused it.
             let key = format!(
-                "{}\0{who}\0{}\0{}\0{window}",
+                "{index}\0{}\0{who}\0{}\0{}\0{window}",
                 l.by.name(),
                 stage.as_str(),
                 l.window_secs
             );
             let n = cx.kv().incr(key.as_bytes(), 1, Some(l.window_secs))?;
-            if n > l.max {
+            if n > l.max && answer == DoorVerdict::Continue {
                 let what = match stage {
                     DoorStage::Connect => "connections",
                     DoorStage::Rcpt => "recipients",
@@ -156,14 +165,14 @@ impl RateLimit {
                     l.by.name()
                 );
                 cx.info(&format!("{text} (count {n})"));
-                return Ok(if l.code == 421 {
+                answer = if l.code == 421 {
                     DoorVerdict::disconnect(421, "4.7.1", text)
                 } else {
                     DoorVerdict::reply(l.code, "4.7.1", text)
-                });
+                };
             }
         }
-        Ok(DoorVerdict::Continue)
+        Ok(answer)
     }
 }
 
@@ -298,6 +307,46 @@ mod tests {
             host.door(&mut p, &rcpt("2001:db8:0:1::2")).unwrap(),
             DoorVerdict::Reply { code: 450, ref text, .. } if text.contains("2001:db8:0:1::/64")
         ));
+    }
+
+    #[test]
+    fn two_limits_on_the_same_thing_count_apart_and_every_limit_counts() {
+        let cfg = "limits = [{ by = \"client_ip\", max = 1 }, { by = \"client_ip\", max = 3, code = 421 }]\n";
+        let (mut host, mut p) = setup(cfg);
+        let m = || mail("192.0.2.1", "a@x.test");
+        assert_eq!(host.door(&mut p, &m()).unwrap(), DoorVerdict::Continue);
+        // Over the first limit (450); the second counts it too: 2 of 3.
+        assert!(matches!(
+            host.door(&mut p, &m()).unwrap(),
+            DoorVerdict::Reply { code: 450, .. }
+        ));
+        assert!(matches!(
+            host.door(&mut p, &m()).unwrap(),
+            DoorVerdict::Reply { code: 450, .. }
+        ));
+        // The fourth is over both: the first limit's answer, the second counted.
+        assert!(matches!(
+            host.door(&mut p, &m()).unwrap(),
+            DoorVerdict::Reply { code: 450, .. }
+        ));
+        let counts: Vec<i64> = (0..2)
+            .map(|i| {
+                let key = format!(
+                    "{i}\0client_ip\0192.0.2.1\0mail\03600\0{}",
+                    1_700_000_000 / 3600
+                );
+                match host.handle(&finaldot_sdk::wire::HostRequest::KvGet {
+                    key: key.into_bytes(),
+                }) {
+                    finaldot_sdk::wire::HostResponse::Data(Some(v)) => String::from_utf8(v)
+                        .ok()
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(-1),
+                    _ => -1,
+                }
+            })
+            .collect();
+        assert_eq!(counts, vec![4, 4]);
     }
 
     #[test]

@@ -17,6 +17,32 @@ use finaldot_sdk::wire::{DoorInput, DoorRecord, DoorStage, Listener};
 use tracing::{info, warn};
 
 use super::{Door, DoorAnswer, DoorMemory, DoorSpec, DoorWants, OnFailure};
+
+/// Earlier answers kept per plugin and connection: the connect and HELO
+/// ones, and the latest of the rest (a client looping MAIL and RCPT must not
+/// grow what every call copies).
+const EARLIER_KEPT: usize = 32;
+
+/// Records `record` in a plugin's earlier answers, dropping the oldest MAIL
+/// or RCPT answer past [`EARLIER_KEPT`].
+fn remember(list: &mut Vec<DoorRecord>, mut record: DoorRecord) {
+    if record.answer.len() > 300 {
+        let mut cut = 300;
+        while !record.answer.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        record.answer.truncate(cut);
+    }
+    list.push(record);
+    if list.len() > EARLIER_KEPT {
+        if let Some(i) = list
+            .iter()
+            .position(|r| matches!(r.stage, DoorStage::Mail | DoorStage::Rcpt))
+        {
+            list.remove(i);
+        }
+    }
+}
 use crate::metrics;
 use crate::pipeline::Stage;
 use crate::plugins::Runtime;
@@ -173,15 +199,14 @@ impl Door for DoorChain {
                     m.door_failures.get_or_create(&l).inc();
                     let policy = p.spec.on_failure;
                     warn!(plugin = %name, stage = stage.as_str(), %client, policy = ?policy, error = %crate::Printable(&why), "door plugin failed");
-                    memory
-                        .earlier
-                        .entry(name.to_string())
-                        .or_default()
-                        .push(DoorRecord {
+                    remember(
+                        memory.earlier.entry(name.to_string()).or_default(),
+                        DoorRecord {
                             stage,
                             rcpt_to: ask.rcpt_to.clone(),
                             answer: format!("failure: {why}"),
-                        });
+                        },
+                    );
                     match policy {
                         OnFailure::Continue => continue,
                         OnFailure::Tempfail => return DoorAnswer::tempfail(stage),
@@ -200,15 +225,14 @@ impl Door for DoorChain {
                     if *disconnect { " (disconnect)" } else { "" }
                 ),
             };
-            memory
-                .earlier
-                .entry(name.to_string())
-                .or_default()
-                .push(DoorRecord {
+            remember(
+                memory.earlier.entry(name.to_string()).or_default(),
+                DoorRecord {
                     stage,
                     rcpt_to: ask.rcpt_to.clone(),
                     answer: said.clone(),
-                });
+                },
+            );
             if let DoorAnswer::Refuse { code, .. } = &answer {
                 let code = code.to_string();
                 m.door_refusals
@@ -230,5 +254,31 @@ impl Door for DoorChain {
             }
         }
         DoorAnswer::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn earlier_answers_are_bounded_keeping_connect_and_helo() {
+        let mut list = Vec::new();
+        let at = |stage, answer: &str| DoorRecord {
+            stage,
+            rcpt_to: None,
+            answer: answer.to_string(),
+        };
+        remember(&mut list, at(DoorStage::Connect, "continue"));
+        remember(&mut list, at(DoorStage::Helo, "continue"));
+        for n in 0..1000 {
+            remember(&mut list, at(DoorStage::Rcpt, &format!("rcpt {n}")));
+        }
+        assert_eq!(list.len(), EARLIER_KEPT);
+        assert_eq!(list[0].stage, DoorStage::Connect);
+        assert_eq!(list[1].stage, DoorStage::Helo);
+        assert_eq!(list.last().map(|r| r.answer.as_str()), Some("rcpt 999"));
+        remember(&mut list, at(DoorStage::Mail, &"y".repeat(5000)));
+        assert!(list.last().is_some_and(|r| r.answer.len() == 300));
     }
 }

@@ -554,6 +554,9 @@ impl PluginInstance {
         };
         {
             let s = self.store.data_mut();
+            // Not on the CPU gate (see Plugin::call_door): nothing to lend
+            // out while a host request waits.
+            s.gate = None;
             s.queue_id = session.to_string();
             s.dns_used = 0;
             s.unavailable = None;

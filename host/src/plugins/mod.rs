@@ -743,6 +743,9 @@ impl Plugin {
     /// Runs the plugin at one door stage; `session` names the connection in
     /// its log lines; `capture_logs` keeps them in the result (for
     /// `finaldot plugin test`). Blocking: call it off the network runtime.
+    /// A door call does not take a slot of the CPU gate: a client is
+    /// waiting for it, and it must not queue behind the pipeline's plugins
+    /// (the SMTP side bounds how many run at once).
     pub fn call_door(
         &self,
         input: &DoorInput,
@@ -751,8 +754,6 @@ impl Plugin {
     ) -> Result<DoorCall, PluginError> {
         let started = Instant::now();
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        let gate = self.module.gate.clone();
-        let _slot = gate.enter();
         let result = (|| {
             let mut inst = self.instance(capture_logs)?;
             let version = inst.module().version_label();

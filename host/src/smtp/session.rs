@@ -592,6 +592,9 @@ impl Session {
         }
         match command::parse(&line) {
             Ok(Command::Quit) => self.execute(Command::Quit),
+            // BDAT's refusal consumes its chunk (RFC 3030): bdat() refuses
+            // it, with no greeting, as content that is not allowed.
+            Ok(cmd @ Command::Bdat { .. }) if self.refused => self.execute(cmd),
             // RFC 5321 §3.1: after a 554 greeting, 503 to all but QUIT.
             Ok(_) if self.refused => self.error_reply(Reply::new(
                 503,
@@ -608,9 +611,8 @@ impl Session {
     fn execute(&mut self, cmd: Command) {
         match cmd {
             Command::Ehlo(name) => {
-                self.abort_content();
-                self.tx = None;
-                self.greeting = None;
+                // The reset (RFC 5321 §4.1.4) happens when the door lets
+                // the EHLO through: a refused one leaves the state as it was.
                 let c = &self.cfg;
                 let lines = vec![
                     format!("{} greets {}", c.hostname, self.client_ip),
@@ -637,9 +639,6 @@ impl Session {
                 });
             }
             Command::Helo(name) => {
-                self.abort_content();
-                self.tx = None;
-                self.greeting = None;
                 let text = self.cfg.hostname.clone();
                 self.through_door(DoorPending::Helo {
                     greeting: Greeting::Helo,

@@ -817,3 +817,68 @@ fn a_5xx_at_connect_is_a_554_greeting_after_which_only_quit_is_accepted() {
     assert!(!close);
     assert_eq!(greeting.code, 220);
 }
+
+#[test]
+fn a_refused_ehlo_leaves_the_greeting_and_the_transaction_as_they_were() {
+    let d = run_door(
+        b"EHLO c.test\r\nMAIL FROM:<s@remote.test>\r\nEHLO no.test\r\nRCPT TO:<a@localhost>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n",
+        &[
+            crate::door::DoorAnswer::Continue,
+            crate::door::DoorAnswer::Continue,
+            refuse(450, "4.7.1", "not now", false),
+        ],
+    );
+    assert_eq!(d.codes(), vec![250, 250, 450, 250, 354, 250]);
+    assert_eq!(d.committed[0].0.helo, "c.test");
+}
+
+#[test]
+fn door_4xx_refusals_do_not_count_as_errors_and_a_421_closes() {
+    // Thirty greylisted recipients, max_errors 20: the session goes on.
+    let mut input = b"EHLO c.test\r\nMAIL FROM:<s@remote.test>\r\n".to_vec();
+    for n in 0..30 {
+        input.extend(format!("RCPT TO:<u{n}@localhost>\r\n").as_bytes());
+    }
+    input.extend(b"QUIT\r\n");
+    let mut answers = vec![crate::door::DoorAnswer::Continue; 2];
+    answers.extend(std::iter::repeat_n(
+        refuse(451, "4.7.1", "greylisted", false),
+        30,
+    ));
+    let d = Transcript {
+        door_answers: answers.into_iter().collect(),
+        ..Transcript::default()
+    }
+    .run(&mut door_session(), &input, &[]);
+    let codes = d.codes();
+    assert_eq!(codes.len(), 33, "{codes:?}");
+    assert_eq!(codes.last(), Some(&221));
+    // A 421 closes, even as a plain reply.
+    let d = run_door(
+        b"EHLO c.test\r\nMAIL FROM:<s@remote.test>\r\nNOOP\r\n",
+        &[
+            crate::door::DoorAnswer::Continue,
+            refuse(421, "4.7.0", "going away", false),
+        ],
+    );
+    assert_eq!(d.codes(), vec![250, 421]);
+    assert!(d.closed);
+}
+
+#[test]
+fn after_a_554_greeting_a_bdat_chunk_is_consumed_not_read_as_commands() {
+    let mut s = door_session();
+    let (_, close) = s.connect_answered(refuse(550, "5.7.1", "listed", false));
+    assert!(!close);
+    let d = Transcript::default().run(&mut s, b"BDAT 14 LAST\r\nMAIL FROM:<>\r\nQUIT\r\n", &[]);
+    // The 14 octets "MAIL FROM:<>\\r\\n" were the chunk: refused, then QUIT.
+    assert_eq!(d.codes(), vec![503, 221]);
+    // A long greeting text is cut to one reply line of 512 octets.
+    let mut s = door_session();
+    let (greeting, _) = s.connect_answered(refuse(550, "5.7.1", &"x".repeat(400), false));
+    assert!(
+        greeting.to_bytes().len() <= 512,
+        "{}",
+        greeting.to_bytes().len()
+    );
+}

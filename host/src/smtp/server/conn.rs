@@ -404,6 +404,10 @@ impl Conn {
                 }
                 Step::Authenticate { user, password } => self.authenticate(user, password).await,
                 Step::Door(ask) => {
+                    // Replies already due (a 250 after a final dot, when
+                    // the client pipelined the next MAIL) never wait for a
+                    // door call.
+                    self.send().await?;
                     let answer = self.ask_door(*ask).await;
                     self.session.door_answered(answer);
                 }
@@ -427,9 +431,26 @@ impl Conn {
     async fn ask_door(&mut self, ask: finaldot_sdk::wire::DoorInput) -> DoorAnswer {
         let door = self.shared.door.clone();
         let stage = ask.stage;
+        // A slot first, waited for here (no thread held), within the
+        // command timeout: a door that cannot be asked is a door failure.
+        let wait = self.smtp.command_timeout;
+        let slot = match tokio::time::timeout(wait, self.shared.door_calls.clone().acquire_owned())
+            .await
+        {
+            Ok(Ok(slot)) => slot,
+            _ => {
+                warn!(
+                    stage = stage.as_str(),
+                    "no door call slot in time; answering with the tempfail"
+                );
+                return DoorAnswer::tempfail(stage);
+            }
+        };
         let mut memory = self.door_memory.take().unwrap_or_default();
+        let label = memory.label.clone();
         let judged = tokio::task::spawn_blocking(move || {
             let answer = door.judge(&ask, &mut memory);
+            drop(slot);
             (answer, memory)
         })
         .await;
@@ -440,6 +461,10 @@ impl Conn {
             }
             Err(e) => {
                 error!(error = %e, "the door call did not finish");
+                self.door_memory = Some(DoorMemory {
+                    label,
+                    ..DoorMemory::default()
+                });
                 DoorAnswer::tempfail(stage)
             }
         }

@@ -94,6 +94,11 @@ struct Shared {
     auth: auth::AuthGate,
     /// The door plugins (before DATA), or an open door.
     door: Arc<dyn Door>,
+    /// Door calls running at once (each holds a blocking thread and a
+    /// plugin instance): past it, sessions wait for a slot without holding
+    /// a thread, so a flood cannot take the blocking threads the spool
+    /// writes need, nor the instances the pipeline needs.
+    door_calls: Arc<Semaphore>,
 }
 
 /// A cap on simultaneous connections: a semaphore and the size it was
@@ -255,6 +260,9 @@ fn listen_keys(smtp: &SmtpConfig, submission: &SubmissionConfig) -> Vec<ListenKe
 }
 
 /// The session settings of submission listeners, from those of port 25.
+/// Door calls running at once, every listener together.
+const DOOR_CALLS: usize = 32;
+
 fn submission_session(session: &SessionConfig, door: &dyn Door) -> SessionConfig {
     SessionConfig {
         submission: true,
@@ -312,6 +320,7 @@ impl Server {
                 auth_failures: PerIpWindow::new(AUTH_FAILURE_WINDOW),
                 auth: auth::AuthGate::start(auth::AuthGate::default_threads())?,
                 door,
+                door_calls: Arc::new(Semaphore::new(DOOR_CALLS)),
             }),
             listeners: Mutex::new(HashMap::new()),
             stop,

@@ -88,6 +88,8 @@ impl Session {
                 name,
                 reply,
             } => {
+                self.abort_content();
+                self.tx = None;
                 self.greeting = Some((greeting, name));
                 self.reply(reply);
             }
@@ -117,11 +119,27 @@ impl Session {
                 text,
                 disconnect,
             } => {
+                // A door is trusted only so far: nothing but a 4xx/5xx.
+                let (code, status, text) = if (400..=599).contains(&code) {
+                    (code, status, text)
+                } else {
+                    (
+                        451,
+                        "4.7.1".to_string(),
+                        "Service temporarily unavailable, try again later".to_string(),
+                    )
+                };
                 let reply = Reply::new(code, status, text);
-                if disconnect {
+                if disconnect || code == 421 {
+                    // 421: the channel is closing (RFC 5321 §4.2.2).
                     self.reply(reply);
                     self.pending.push_back(Step::Close);
                     self.phase = Phase::Closed;
+                } else if code < 500 {
+                    // A 4xx (greylisting, a rate limit) is no client
+                    // error: a list server's message to many new
+                    // recipients must not end in "too many errors".
+                    self.reply(reply);
                 } else {
                     self.error_reply(reply);
                 }
@@ -152,7 +170,16 @@ impl Session {
                 text,
                 disconnect,
             } => {
-                let text = format!("{} {text}", self.cfg.hostname);
+                // One reply line is at most 512 octets with its CRLF (RFC
+                // 5321 §4.5.3.1.5): "554 " + status + " " + host + " " + text.
+                let mut text = format!("{} {text}", self.cfg.hostname);
+                let mut room = 510usize.saturating_sub(5 + status.len());
+                if text.len() > room {
+                    while !text.is_char_boundary(room) {
+                        room -= 1;
+                    }
+                    text.truncate(room);
+                }
                 if code >= 500 && !disconnect {
                     self.refused = true;
                     return (Reply::new(554, status, text), false);
@@ -174,6 +201,8 @@ impl Session {
         };
         let tx = match pending {
             Some(DoorPending::Mail { tx, .. }) => Some(tx.as_ref()),
+            // HELO/EHLO starts over: no transaction to speak of.
+            Some(DoorPending::Helo { .. }) => None,
             _ => self.tx.as_ref(),
         };
         let mut mail_params = Vec::new();
@@ -222,9 +251,7 @@ impl Session {
             mail_params,
             rcpt_to,
             rcpt_params,
-            recipients: self
-                .tx
-                .as_ref()
+            recipients: tx
                 .map(|t| t.rcpt_to.iter().map(|r| r.to_string()).collect())
                 .unwrap_or_default(),
             earlier: Vec::new(),

@@ -162,9 +162,6 @@ impl Session {
         }
     }
 
-    /// The configured postmaster when `to` is this host's postmaster: the
-    /// bare `<postmaster>` (RFC 5321 §4.1.1.3) or `postmaster@[this host's
-    /// address]` (RFC 5321 §4.5.1, RFC 1123 §5.2.17), in any case.
     /// Adds an accepted recipient to the transaction (once: the same
     /// mailbox twice is one recipient; domains compare without case, RFC
     /// 5321 §2.4, local parts exactly), with its DSN parameters.
@@ -184,6 +181,9 @@ impl Session {
         }
     }
 
+    /// The configured postmaster when `to` is this host's postmaster: the
+    /// bare `<postmaster>` (RFC 5321 §4.1.1.3) or `postmaster@[this host's
+    /// address]` (RFC 5321 §4.5.1, RFC 1123 §5.2.17), in any case.
     pub(super) fn own_postmaster(&self, to: &Mailbox) -> Option<Mailbox> {
         if !to.local.eq_ignore_ascii_case("postmaster") {
             return None;
