@@ -42,19 +42,29 @@ fn metric(d: &Daemon, prefix: &str) -> f64 {
         .sum()
 }
 
-/// A daemon whose door runs `door` (`[[door]]` tables) and whose chain
-/// delivers into `dir/mail`, with the metrics listener on.
-fn start(dir: &TestDir, door: &str, extra: &str) -> Daemon {
+/// The configuration of a daemon whose door runs `door` (`[[door]]`
+/// tables) and whose chain delivers into `dir/mail`, with the metrics
+/// listener on.
+fn door_config(dir: &TestDir, door: &str, extra: &str) -> String {
     let mail = dir.path().join("mail");
-    let config = test_config(
+    test_config(
         dir.path(),
         "",
         &format!(
             "[metrics]\nlisten = \"127.0.0.1:0\"\n[pipeline]\nrescan_secs = 1\n\n{}{door}{extra}",
             local_delivery_toml(&mail)
         ),
-    );
-    Daemon::start_with(dir.path(), &config)
+    )
+}
+
+/// A daemon with [`door_config`].
+fn start(dir: &TestDir, door: &str, extra: &str) -> Daemon {
+    Daemon::start_with(dir.path(), &door_config(dir, door, extra))
+}
+
+/// A daemon with [`door_config`] asking the tests' DNS server at `dns`.
+fn start_with_dns(dir: &TestDir, door: &str, dns: std::net::SocketAddr) -> Daemon {
+    Daemon::start_with(dir.path(), &with_dns(&door_config(dir, door, ""), dns))
 }
 
 #[test]
@@ -70,20 +80,7 @@ fn a_listed_client_is_refused_at_connect_and_nothing_reaches_the_spool() {
         "dnsbl",
         "stages = [\"connect\"]\ndns = true\n[door.config]\nzones = [{ zone = \"zen.test\" }]\nskip_networks = [\"192.0.2.0/24\"]\n",
     );
-    let d = Daemon::start_with(
-        dir.path(),
-        &with_dns(
-            &test_config(
-                dir.path(),
-                "",
-                &format!(
-                    "[metrics]\nlisten = \"127.0.0.1:0\"\n[pipeline]\nrescan_secs = 1\n\n{}{door}",
-                    local_delivery_toml(&dir.path().join("mail"))
-                ),
-            ),
-            dns.addr,
-        ),
-    );
+    let d = start_with_dns(&dir, &door, dns.addr);
     let before = spool_files_all(&d);
     let mut c = Client::connect_from(d.addr, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
     let (code, text) = c.read_reply();
@@ -143,20 +140,7 @@ fn one_clients_slow_dns_answer_never_delays_another_clients_greeting() {
         "dnsbl",
         "stages = [\"connect\"]\ntimeout_ms = 5000\ndns = { timeout_ms = 2000 }\n[door.config]\nzones = [{ zone = \"zen.test\" }]\nskip_networks = [\"192.0.2.0/24\"]\n",
     );
-    let d = Daemon::start_with(
-        dir.path(),
-        &with_dns(
-            &test_config(
-                dir.path(),
-                "",
-                &format!(
-                    "[pipeline]\nrescan_secs = 1\n\n{}{door}",
-                    local_delivery_toml(&dir.path().join("mail"))
-                ),
-            ),
-            dns.addr,
-        ),
-    );
+    let d = start_with_dns(&dir, &door, dns.addr);
     // Warm the plugin and the resolver's cache for 127.0.0.1.
     d.connect().expect("QUIT", 221);
     let slow = std::thread::spawn({

@@ -24,37 +24,7 @@ pub(crate) enum PluginCommand {
     /// Run one plugin on one message (or, with --door, at one door stage),
     /// outside the daemon, with the daemon's limits and capabilities; print
     /// the verdict, the changes, the log lines and the call time.
-    Test {
-        /// The plugin's .wasm file.
-        file: PathBuf,
-        /// The message (.eml, CRLF or LF line endings); not with --door.
-        message: Option<PathBuf>,
-        /// Take the plugin's settings, limits and grants from this configuration
-        /// (the [[plugins]] or [[door]] entry with this file, or --name).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Which [[plugins]] or [[door]] entry of --config to use.
-        #[arg(long)]
-        name: Option<String>,
-        /// Envelope sender (MAIL FROM; "" for <>).
-        #[arg(long, default_value = "sender@example.test")]
-        from: String,
-        /// Envelope recipients (repeatable; at the door: the one judged).
-        #[arg(long, default_value = "alice@localhost")]
-        to: Vec<String>,
-        /// Run this door stage instead of on_message: connect, helo, mail or rcpt.
-        #[arg(long)]
-        door: Option<String>,
-        /// At the door: the client's address.
-        #[arg(long, default_value = "192.0.2.1")]
-        client_ip: String,
-        /// At the door: the HELO name.
-        #[arg(long, default_value = "client.example")]
-        helo: String,
-        /// At the door: the user the client authenticated as.
-        #[arg(long)]
-        user: Option<String>,
-    },
+    Test(TestArgs),
     /// What the running (or last run) daemon has loaded: name, file, version,
     /// ABI, content hash, loaded at, calls, faults.
     List {
@@ -346,26 +316,36 @@ enum Input {
 }
 
 /// `finaldot plugin test`'s arguments.
+#[derive(clap::Args)]
 pub(crate) struct TestArgs {
     /// The plugin's .wasm file.
     pub file: PathBuf,
-    /// The message, for on_message.
+    /// The message (.eml, CRLF or LF line endings); not with --door.
     pub message: Option<PathBuf>,
-    /// The configuration to take the entry from.
+    /// Take the plugin's settings, limits and grants from this configuration
+    /// (the [[plugins]] or [[door]] entry with this file, or --name).
+    #[arg(long, short)]
     pub config: Option<PathBuf>,
-    /// The entry's name.
+    /// Which [[plugins]] or [[door]] entry of --config to use.
+    #[arg(long)]
     pub name: Option<String>,
-    /// MAIL FROM.
+    /// Envelope sender (MAIL FROM; "" for <>).
+    #[arg(long, default_value = "sender@example.test")]
     pub from: String,
-    /// RCPT TO.
+    /// Envelope recipients (repeatable; at the door: the one judged).
+    #[arg(long, default_value = "alice@localhost")]
     pub to: Vec<String>,
-    /// The door stage, if any.
+    /// Run this door stage instead of on_message: connect, helo, mail or rcpt.
+    #[arg(long)]
     pub door: Option<String>,
-    /// The client's address at the door.
+    /// At the door: the client's address.
+    #[arg(long, default_value = "192.0.2.1")]
     pub client_ip: String,
-    /// The HELO name at the door.
+    /// At the door: the HELO name.
+    #[arg(long, default_value = "client.example")]
     pub helo: String,
-    /// The authenticated user at the door.
+    /// At the door: the user the client authenticated as.
+    #[arg(long)]
     pub user: Option<String>,
 }
 

@@ -474,6 +474,12 @@ impl PluginInstance {
         body: Body,
     ) -> Result<MessageOutput, PluginError> {
         let result = self.on_message_inner(input, body);
+        self.unless_unavailable(result)
+    }
+
+    /// `result`, except that a failure after a service the plugin asked
+    /// could not answer is that service's [`Fault::Unavailable`].
+    fn unless_unavailable<T>(&mut self, result: Result<T, PluginError>) -> Result<T, PluginError> {
         let unavailable = self.store.data_mut().unavailable.take();
         match (result, unavailable) {
             (Err(mut e), Some(why)) => {
@@ -527,14 +533,7 @@ impl PluginInstance {
         session: &str,
     ) -> Result<DoorVerdict, PluginError> {
         let result = self.on_door_inner(input, session);
-        let unavailable = self.store.data_mut().unavailable.take();
-        match (result, unavailable) {
-            (Err(mut e), Some(why)) => {
-                e.fault = Fault::Unavailable(why);
-                Err(e)
-            }
-            (result, _) => result,
-        }
+        self.unless_unavailable(result)
     }
 
     fn on_door_inner(

@@ -712,22 +712,37 @@ impl Plugin {
         body: Body,
         capture_logs: bool,
     ) -> Result<CallResult, PluginError> {
+        // The call's time includes the wait for a CPU slot (as before).
         let started = Instant::now();
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let gate = self.module.gate.clone();
         let _slot = gate.enter();
+        let (output, logs, version, _) =
+            self.with_instance(capture_logs, |inst| inst.on_message(input, body))?;
+        Ok(CallResult {
+            output,
+            logs,
+            version,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Runs `call` on an instance (reused or new), counting the call and
+    /// its fault: what it returned, the log lines captured, the module's
+    /// version label and the time the whole call took.
+    fn with_instance<T>(
+        &self,
+        capture_logs: bool,
+        call: impl FnOnce(&mut PluginInstance) -> Result<T, PluginError>,
+    ) -> Result<(T, Vec<LogLine>, String, Duration), PluginError> {
+        let started = Instant::now();
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let result = (|| {
             let mut inst = self.instance(capture_logs)?;
             let version = inst.module().version_label();
-            let output = inst.on_message(input, body)?;
+            let out = call(&mut inst)?;
             let logs = inst.take_logs();
             self.give_back(inst);
-            Ok(CallResult {
-                output,
-                logs,
-                version,
-                elapsed: started.elapsed(),
-            })
+            Ok((out, logs, version, started.elapsed()))
         })();
         if result.is_err() {
             self.stats.faults.fetch_add(1, Ordering::Relaxed);
@@ -752,25 +767,14 @@ impl Plugin {
         session: &str,
         capture_logs: bool,
     ) -> Result<DoorCall, PluginError> {
-        let started = Instant::now();
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        let result = (|| {
-            let mut inst = self.instance(capture_logs)?;
-            let version = inst.module().version_label();
-            let verdict = inst.on_door(input, session)?;
-            let logs = inst.take_logs();
-            self.give_back(inst);
-            Ok(DoorCall {
-                verdict,
-                logs,
-                version,
-                elapsed: started.elapsed(),
-            })
-        })();
-        if result.is_err() {
-            self.stats.faults.fetch_add(1, Ordering::Relaxed);
-        }
-        result
+        let (verdict, logs, version, elapsed) =
+            self.with_instance(capture_logs, |inst| inst.on_door(input, session))?;
+        Ok(DoorCall {
+            verdict,
+            logs,
+            version,
+            elapsed,
+        })
     }
 }
 
