@@ -338,11 +338,18 @@ impl std::fmt::Display for Change {
 }
 
 impl MessageState {
+    /// The recipient a change names: the one with exactly this address,
+    /// else the first equal to it without case. Two recipients that differ
+    /// only in case (`Alice@x`, `alice@X`, two RCPTs the session keeps
+    /// apart: a local part may be case-sensitive) are each reached by
+    /// their own address.
     fn recipient_mut(&mut self, address: &str) -> Option<&mut Recipient> {
-        self.envelope
-            .recipients
-            .iter_mut()
-            .find(|r| r.address.eq_ignore_ascii_case(address))
+        let rs = &mut self.envelope.recipients;
+        let i = rs.iter().position(|r| r.address == address).or_else(|| {
+            rs.iter()
+                .position(|r| r.address.eq_ignore_ascii_case(address))
+        })?;
+        rs.get_mut(i)
     }
 
     /// Applies one change. Changes naming an unknown recipient do nothing.
@@ -1920,6 +1927,53 @@ mod round_trip {
             version: String::new(),
             needs: Vec::new(),
         }));
+    }
+
+    #[test]
+    fn recipients_differing_only_in_case_are_each_changed_by_their_own_address() {
+        let mut m = MessageState {
+            envelope: EnvelopeState {
+                mail_from: "s@x".into(),
+                recipients: vec![
+                    Recipient::new("Alice@example.test"),
+                    Recipient::new("alice@EXAMPLE.test"),
+                ],
+            },
+            headers: Vec::new(),
+        };
+        for a in ["Alice@example.test", "alice@EXAMPLE.test"] {
+            m.apply(&Change::MarkDelivered {
+                address: a.into(),
+                note: a.into(),
+            });
+        }
+        let notes: Vec<_> = m
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| r.state.clone())
+            .collect();
+        assert_eq!(
+            notes,
+            vec![
+                RecipientState::Delivered {
+                    note: "Alice@example.test".into()
+                },
+                RecipientState::Delivered {
+                    note: "alice@EXAMPLE.test".into()
+                }
+            ]
+        );
+        // Without an exact match, case does not matter.
+        m.apply(&Change::MarkFailed {
+            address: "ALICE@example.test".into(),
+            status: "5.0.0".into(),
+            reason: "x".into(),
+        });
+        assert!(matches!(
+            m.envelope.recipients[0].state,
+            RecipientState::Failed { .. }
+        ));
     }
 
     #[test]

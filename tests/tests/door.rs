@@ -113,13 +113,25 @@ fn a_listed_client_is_refused_at_connect_and_nothing_reaches_the_spool() {
         "{}",
         d.log()
     );
+    // A refused client that never QUITs is closed after a short while
+    // (not command_timeout_secs: it holds a connection slot).
+    let mut idle = Client::connect_from(d.addr, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    assert_eq!(idle.read_reply().0, 554);
+    let started = Instant::now();
+    let (code, text) = idle.read_reply();
+    assert_eq!(code, 421, "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
     // The status page shows the door's refusal beside its calls.
     let page = http_get(d.metrics_addr(), "/");
     let row = page
         .split("<tr ")
         .find(|r| r.contains("data-door=\"dnsbl-door\" data-stage=\"connect\""))
         .unwrap_or_else(|| panic!("no door row in:\n{page}"));
-    assert!(row.contains("class=\"n refusals\">1<"), "{row}");
+    assert!(row.contains("class=\"n refusals\">2<"), "{row}");
     // An unlisted client is served and its mail delivered.
     let id = d.send(
         "s@remote.test",

@@ -115,6 +115,25 @@ fn a_list_message_reaches_every_member_once_with_list_headers() {
 }
 
 #[test]
+fn recipients_differing_only_in_case_are_delivered_once_and_never_reported_failed() {
+    // Found by a black-box probe: two RCPTs the session keeps apart (a local
+    // part may be case-sensitive) that name one mailbox.
+    let dir = TestDir::new("default-case");
+    let d = start_default(dir.path());
+    d.send(
+        "s@remote.test",
+        &["Alice@localhost", "alice@LOCALHOST"],
+        b"Subject: case\r\n\r\nhi\r\n",
+    );
+    assert!(wait_until(LONG, || d.queue_drained()), "{}", d.log());
+    let files = wait_for_files(&maildir_new(dir.path(), "alice"), 1, LONG);
+    assert_eq!(files.len(), 1);
+    let log = d.log();
+    assert!(!log.contains("failed to="), "{log}");
+    assert!(!log.contains("DSN queued"), "{log}");
+}
+
+#[test]
 fn the_same_message_sent_twice_is_delivered_once() {
     let dir = TestDir::new("default-dedup");
     let d = start_default(dir.path());

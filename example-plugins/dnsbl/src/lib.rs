@@ -234,7 +234,7 @@ impl Plugin for Dnsbl {
         };
         let Score {
             score, listings, ..
-        } = match self.score(cx, ip)? {
+        } = match self.score(cx, ip, false)? {
             Ok(s) => s,
             Err(failed) => {
                 return Ok(Verdict::Defer {
@@ -286,7 +286,15 @@ impl Dnsbl {
     /// Asks every zone about `ip`: the score and the listings, or (inner
     /// `Err`), with `on_error = "defer"`, why a zone failed. A host error
     /// (no DNS grant, the lookup budget spent) is the outer `Err`.
-    fn score(&self, cx: &Context, ip: std::net::IpAddr) -> Result<Result<Score, String>> {
+    /// `at_door`: listings are logged at debug (the host logs each refusal,
+    /// with the zones, once; a flood must not write three lines per
+    /// connection).
+    fn score(
+        &self,
+        cx: &Context,
+        ip: std::net::IpAddr,
+        at_door: bool,
+    ) -> Result<Result<Score, String>> {
         let mut score = Score {
             score: 0.0,
             listings: Vec::new(),
@@ -295,12 +303,17 @@ impl Dnsbl {
         for zone in &self.zones {
             match self.check(cx, ip, zone)? {
                 Finding::Listed(codes) => {
-                    cx.info(&format!(
+                    let line = format!(
                         "{ip} listed in {} ({}), weight {}",
                         zone.zone,
                         codes.join(", "),
                         zone.weight
-                    ));
+                    );
+                    if at_door {
+                        cx.debug(&line);
+                    } else {
+                        cx.info(&line);
+                    }
                     score.score += zone.weight;
                     if zone.weight > 0.0 {
                         score.zones.push(zone.zone.clone());
@@ -336,7 +349,7 @@ impl Dnsbl {
         let Some(ip) = self.checked(&door.session().client_ip) else {
             return Ok(DoorVerdict::Continue);
         };
-        let s = self.score(cx, ip)?.map_err(Error::new)?;
+        let s = self.score(cx, ip, true)?.map_err(Error::new)?;
         if s.listings.is_empty() || s.score < self.threshold {
             if !s.listings.is_empty() {
                 cx.info(&format!(
@@ -346,7 +359,7 @@ impl Dnsbl {
             }
             return Ok(DoorVerdict::Continue);
         }
-        cx.info(&format!(
+        cx.debug(&format!(
             "{ip} refused at connect: {} (score {})",
             s.listings.join("; "),
             s.score

@@ -26,6 +26,10 @@ use crate::smtp::session::{AuthResult, Session, SessionConfig, Step};
 use crate::smtp::settings::SmtpConfig;
 use crate::spool::{self, Envelope, Spool, SpoolWriter};
 
+/// How long a client the door refused at connect (554 greeting) may stay
+/// before it is closed with 421, whatever `command_timeout_secs` says.
+const REFUSED_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Content buffered before it is handed to a blocking write.
 const WRITE_BATCH: usize = 256 * 1024;
 
@@ -304,6 +308,7 @@ impl Conn {
             let r = self.session.shutdown();
             return self.send_final(r).await;
         }
+        let mut refused = false;
         match self.session.connect_ask() {
             None => self.session.greeting().write_to(&mut self.out),
             Some(ask) => {
@@ -312,12 +317,19 @@ impl Conn {
                 if close {
                     return self.send_final(reply).await;
                 }
+                refused = reply.code >= 500;
                 reply.write_to(&mut self.out);
             }
         }
         self.send().await?;
         let mut buf = vec![0u8; 64 * 1024];
         let mut clock = Deadlines::new(&self.smtp);
+        if refused {
+            // After a 554 greeting the client may only QUIT (RFC 5321
+            // §3.1): it gets a short while to, not a slot for minutes.
+            clock.command_timeout = clock.command_timeout.min(REFUSED_TIMEOUT);
+            clock.line = Instant::now() + clock.command_timeout;
+        }
         loop {
             let before = self.replies_sent;
             if self.drive().await? {
