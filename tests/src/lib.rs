@@ -516,7 +516,11 @@ pub struct Client {
 impl Client {
     /// Connects without reading the greeting.
     pub fn connect_raw(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Client::over(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// A client on a connected stream: 30 s read timeout, no Nagle.
+    fn over(stream: TcpStream) -> Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .expect("timeout");
@@ -543,15 +547,7 @@ impl Client {
             .bind(&SocketAddr::new(source, 0).into())
             .expect("bind the source address");
         socket.connect(&addr.into()).expect("connect");
-        let stream: TcpStream = socket.into();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        stream.set_nodelay(true).expect("nodelay");
-        Client {
-            reader: BufReader::new(stream.try_clone().expect("clone")),
-            writer: stream,
-        }
+        Client::over(socket.into())
     }
 
     /// The client side's port (the one the server records as the client's).

@@ -421,11 +421,7 @@ fn run_door_test(
     match plugin.call_door(input, "plugin-test", true) {
         Ok(r) => {
             println!("verdict:  {}", r.verdict.describe());
-            println!("log:");
-            for l in &r.logs {
-                println!("  {:?} {}", l.level, l.text);
-            }
-            println!("time:     {:.1} µs", r.elapsed.as_secs_f64() * 1e6);
+            print_logs_and_time(&r.logs, r.elapsed);
             Ok(())
         }
         Err(e) => {
@@ -433,6 +429,15 @@ fn run_door_test(
             Err(e.into())
         }
     }
+}
+
+/// The log lines a test call captured, and its time.
+fn print_logs_and_time(logs: &[finaldot::plugins::LogLine], elapsed: std::time::Duration) {
+    println!("log:");
+    for l in logs {
+        println!("  {:?} {}", l.level, l.text);
+    }
+    println!("time:     {:.1} µs", elapsed.as_secs_f64() * 1e6);
 }
 
 fn run_plugin_test(
@@ -461,11 +466,7 @@ fn run_plugin_test(
             for rc in &state.envelope.recipients {
                 println!("  {} {:?}", rc.address, rc.state);
             }
-            println!("log:");
-            for l in &r.logs {
-                println!("  {:?} {}", l.level, l.text);
-            }
-            println!("time:     {:.1} µs", r.elapsed.as_secs_f64() * 1e6);
+            print_logs_and_time(&r.logs, r.elapsed);
             Ok(())
         }
         Err(e) => {
