@@ -64,6 +64,16 @@ thread_local! {
 }
 
 /// The native host the SDK's host functions reach during [`TestHost::run`].
+impl State {
+    /// The value under `key` and its expiry (ms), unless expired now.
+    fn live(&self, key: &[u8]) -> Option<&(Vec<u8>, Option<u64>)> {
+        let now = self.now_ms;
+        self.kv
+            .get(key)
+            .filter(|(_, exp)| exp.is_none_or(|e| e > now))
+    }
+}
+
 pub(crate) struct Current(Rc<RefCell<State>>);
 
 pub(crate) fn with_host<T>(f: impl FnOnce(&mut Current) -> T) -> T {
@@ -195,13 +205,7 @@ impl Current {
                     HostResponse::Done
                 }
                 HostRequest::KvGet { key } => {
-                    let s = self.0.borrow();
-                    let now = s.now_ms;
-                    HostResponse::Data(
-                        s.kv.get(key)
-                            .filter(|(_, exp)| exp.is_none_or(|e| e > now))
-                            .map(|(v, _)| v.clone()),
-                    )
+                    HostResponse::Data(self.0.borrow().live(key).map(|(v, _)| v.clone()))
                 }
                 HostRequest::KvPut {
                     key,
@@ -224,11 +228,7 @@ impl Current {
                 } => {
                     let mut s = self.0.borrow_mut();
                     let now = s.now_ms;
-                    let live =
-                        s.kv.get(key)
-                            .filter(|(_, exp)| exp.is_none_or(|e| e > now))
-                            .cloned();
-                    let (current, exp) = match live {
+                    let (current, exp) = match s.live(key).cloned() {
                         None => (0, ttl_secs.map(|t| now + t * 1000)),
                         Some((v, exp)) => (counter(&v)?, exp),
                     };
@@ -315,10 +315,7 @@ impl Current {
                 } => {
                     let mut s = self.0.borrow_mut();
                     let now = s.now_ms;
-                    let live =
-                        s.kv.get(key)
-                            .filter(|(_, exp)| exp.is_none_or(|e| e > now))
-                            .map(|(v, _)| v.clone());
+                    let live = s.live(key).map(|(v, _)| v.clone());
                     if live.is_none() {
                         let exp = ttl_secs.map(|t| now + t * 1000);
                         s.kv.insert(key.clone(), (value.clone(), exp));

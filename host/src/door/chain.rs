@@ -13,7 +13,7 @@
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
-use finaldot_sdk::wire::{DoorInput, DoorRecord, DoorStage, Listener};
+use finaldot_sdk::wire::{DoorInput, DoorRecord, DoorStage, DoorVerdict, Listener};
 use tracing::{info, warn};
 
 use super::{Door, DoorAnswer, DoorMemory, DoorSpec, DoorWants, OnFailure};
@@ -143,8 +143,8 @@ impl DoorChain {
             .collect()
     }
 
-    /// Calls one plugin; its verdict as an answer, or the failure's text.
-    fn call(&self, p: &DoorPlugin, input: &DoorInput, label: &str) -> Result<DoorAnswer, String> {
+    /// Calls one plugin; its verdict, or the failure's text.
+    fn call(&self, p: &DoorPlugin, input: &DoorInput, label: &str) -> Result<DoorVerdict, String> {
         let name = &p.spec.plugin.name;
         let plugin = p
             .stage
@@ -154,7 +154,7 @@ impl DoorChain {
             .map_err(|why| format!("plugin {name} is not available: {why}"))?;
         plugin
             .call_door(input, label, false)
-            .map(|call| DoorAnswer::of(&call.verdict))
+            .map(|call| call.verdict)
             .map_err(|e| e.to_string())
     }
 }
@@ -193,8 +193,8 @@ impl Door for DoorChain {
                 .observe(started.elapsed().as_secs_f64());
             let client = crate::Printable(&ask.session.client_ip);
             let about = ask.rcpt_to.as_deref().map(crate::Printable);
-            let answer = match result {
-                Ok(answer) => answer,
+            let verdict = match result {
+                Ok(verdict) => verdict,
                 Err(why) => {
                     m.door_failures.get_or_create(&l).inc();
                     let policy = p.spec.on_failure;
@@ -213,18 +213,8 @@ impl Door for DoorChain {
                     }
                 }
             };
-            let said = match &answer {
-                DoorAnswer::Continue => "continue".to_string(),
-                DoorAnswer::Refuse {
-                    code,
-                    status,
-                    text,
-                    disconnect,
-                } => format!(
-                    "{code} {status} {text}{}",
-                    if *disconnect { " (disconnect)" } else { "" }
-                ),
-            };
+            let answer = DoorAnswer::of(&verdict);
+            let said = verdict.describe();
             remember(
                 memory.earlier.entry(name.to_string()).or_default(),
                 DoorRecord {

@@ -338,7 +338,7 @@ impl Session {
         self.phase = Phase::Command;
         match result {
             AuthResult::Blocked => {
-                self.reply(Reply::new(
+                self.reply_and_close(Reply::new(
                     421,
                     "4.7.0",
                     format!(
@@ -346,8 +346,6 @@ impl Session {
                         self.cfg.hostname
                     ),
                 ));
-                self.pending.push_back(Step::Close);
-                self.phase = Phase::Closed;
             }
             AuthResult::Valid(u) => {
                 self.authenticated = Some(u);
@@ -485,17 +483,22 @@ impl Session {
         self.pending.push_back(Step::Reply(reply));
     }
 
+    /// Sends `reply`, then closes the connection.
+    fn reply_and_close(&mut self, reply: Reply) {
+        self.reply(reply);
+        self.pending.push_back(Step::Close);
+        self.phase = Phase::Closed;
+    }
+
     fn error_reply(&mut self, reply: Reply) {
         self.reply(reply);
         self.errors += 1;
         if self.errors >= self.cfg.max_errors {
-            self.reply(Reply::new(
+            self.reply_and_close(Reply::new(
                 421,
                 "4.7.0",
                 format!("{} Error: too many errors", self.cfg.hostname),
             ));
-            self.pending.push_back(Step::Close);
-            self.phase = Phase::Closed;
         }
     }
 
@@ -660,9 +663,7 @@ impl Session {
                 self.abort_content();
                 self.tx = None;
                 let text = format!("{} closing connection", self.cfg.hostname);
-                self.reply(Reply::new(221, "2.0.0", text));
-                self.pending.push_back(Step::Close);
-                self.phase = Phase::Closed;
+                self.reply_and_close(Reply::new(221, "2.0.0", text));
             }
             Command::Vrfy => self.reply(Reply::new(
                 252,

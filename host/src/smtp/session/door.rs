@@ -132,9 +132,7 @@ impl Session {
                 let reply = Reply::new(code, status, text);
                 if disconnect || code == 421 {
                     // 421: the channel is closing (RFC 5321 §4.2.2).
-                    self.reply(reply);
-                    self.pending.push_back(Step::Close);
-                    self.phase = Phase::Closed;
+                    self.reply_and_close(reply);
                 } else if code < 500 {
                     // A 4xx (greylisting, a rate limit) is no client
                     // error: a list server's message to many new
